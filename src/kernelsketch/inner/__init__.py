@@ -1,0 +1,1 @@
+"""Inner-product sketches and join-size / join-correlation estimation."""

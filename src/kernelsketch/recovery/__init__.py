@@ -1,0 +1,1 @@
+"""Function recovery by leverage-score sampling."""

@@ -1,0 +1,1 @@
+"""Shared randomized primitives: projections, tensor sketches, LSH, leverage scores, sampling."""
