@@ -1,0 +1,129 @@
+"""Shared scikit-learn scaffolding for the randomized kernel feature transformers.
+
+A transformer in :mod:`kernelsketch.features` is a thin scikit-learn shell around
+a ``torch.nn.Module`` feature map whose random draws are made once, in ``fit``,
+from ``random_state``. Subclasses implement two hooks:
+
+- ``_check_params(n_features)``: validate constructor parameters with
+  :mod:`kernelsketch._checks` (scikit-learn forbids validation in ``__init__``);
+- ``_make_feature_map(n_features, generator, X) -> torch.nn.Module``: build the
+  map ``[n, n_features] -> [n, d_out]`` (with an int attribute ``d_out``) from the
+  seeded ``generator``; ``X`` is the training data as a tensor, used only by
+  data-dependent maps (leverage-score sampling).
+
+The base class does the rest: input validation (2-D, finite, float32/float64,
+no sparse input), the seeded ``torch.Generator``, float32 preservation,
+``n_features_in_``, ``get_feature_names_out`` and the scikit-learn tags. The
+fitted map is kept in ``feature_map_``; move it to a GPU and call it on torch
+batches directly (``est.feature_map_.to("cuda")(X_cuda)``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+__all__ = ["RandomFeaturesTransformer", "torch_generator_from_random_state"]
+
+
+def torch_generator_from_random_state(random_state) -> torch.Generator:
+    """Return a CPU ``torch.Generator`` seeded from a scikit-learn ``random_state``.
+
+    Parameters
+    ----------
+    random_state : int, numpy.random.RandomState or None
+        ``None`` draws a fresh seed; an int or RandomState gives reproducible draws.
+
+    Returns
+    -------
+    torch.Generator
+        Seeded with an int drawn from ``check_random_state(random_state)``.
+    """
+    seed = int(check_random_state(random_state).randint(0, 2**31 - 1))
+    return torch.Generator().manual_seed(seed)
+
+
+class RandomFeaturesTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Base class: a randomized feature map drawn in ``fit``, applied in ``transform``.
+
+    Attributes set by ``fit``
+    -------------------------
+    feature_map_ : torch.nn.Module
+        The fitted map (float64 buffers on CPU); callable on torch tensors
+        ``[..., n_features_in_]`` of any float dtype and device after ``.to(device)``.
+    n_features_in_ : int
+    """
+
+    # Subclasses may allow images given as [n, C, H, W] arrays (flattened internally).
+    _allow_nd = False
+
+    def _check_params(self, n_features: int) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _make_feature_map(
+        self, n_features: int, generator: torch.Generator, X: torch.Tensor
+    ) -> torch.nn.Module:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _validate_X(self, X, *, reset: bool) -> np.ndarray:
+        X = validate_data(
+            self,
+            X,
+            reset=reset,
+            dtype=[np.float64, np.float32],
+            accept_sparse=False,
+            ensure_all_finite=True,
+            allow_nd=self._allow_nd,
+        )
+        if X.ndim > 2:
+            X = X.reshape(X.shape[0], -1)
+        # torch.from_numpy needs a writable, C-ordered buffer (copies only if X is not).
+        return np.require(X, requirements=["C", "W"])
+
+    def fit(self, X, y=None):
+        """Draw the random feature map for inputs shaped like ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data; only its number of features is used (and its values
+            by data-dependent variants such as leverage-score sampling).
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        X = self._validate_X(X, reset=True)
+        self._check_params(X.shape[1])
+        generator = torch_generator_from_random_state(self.random_state)
+        self.feature_map_ = self._make_feature_map(X.shape[1], generator, torch.from_numpy(X))
+        self._n_features_out = int(self.feature_map_.d_out)
+        return self
+
+    def transform(self, X):
+        """Map ``X`` to random features.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features_in_)
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, n_features_out), float32 for float32 input, else float64
+            ``Z @ Z.T`` approximates the kernel matrix of ``X``.
+        """
+        check_is_fitted(self, "feature_map_")
+        X = self._validate_X(X, reset=False)
+        with torch.no_grad():
+            Z = self.feature_map_(torch.from_numpy(X))
+        return Z.numpy()
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        tags.non_deterministic = False
+        return tags

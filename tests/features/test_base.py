@@ -1,0 +1,68 @@
+"""The shared scikit-learn scaffolding, exercised through a minimal random-projection subclass."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from kernelsketch._checks import check_int
+from kernelsketch.features._base import (
+    RandomFeaturesTransformer,
+    torch_generator_from_random_state,
+)
+
+
+class _Projection(torch.nn.Module):
+    def __init__(self, d_in, d_out, generator):
+        super().__init__()
+        w = torch.randn(d_in, d_out, generator=generator, dtype=torch.float64)
+        self.register_buffer("w", w / d_out**0.5)
+        self.d_out = d_out
+
+    def forward(self, x):
+        return x @ self.w.to(x.dtype)
+
+
+class _RandomProjection(RandomFeaturesTransformer):
+    def __init__(self, *, n_components=8, random_state=None):
+        self.n_components = n_components
+        self.random_state = random_state
+
+    def _check_params(self, n_features):
+        check_int("n_components", self.n_components, min=1)
+
+    def _make_feature_map(self, n_features, generator, X):
+        return _Projection(n_features, self.n_components, generator)
+
+
+@parametrize_with_checks([_RandomProjection()])
+def test_sklearn_conventions(estimator, check):
+    check(estimator)
+
+
+def test_float32_preserved_and_feature_names():
+    X = np.random.default_rng().standard_normal((5, 3)).astype(np.float32)
+    est = _RandomProjection(n_components=4, random_state=0).fit(X)
+    assert est.transform(X).dtype == np.float32
+    assert list(est.get_feature_names_out()) == [f"_randomprojection{i}" for i in range(4)]
+
+
+def test_same_random_state_same_features_and_different_otherwise():
+    X = np.random.default_rng().standard_normal((6, 3))
+    a = _RandomProjection(random_state=3).fit_transform(X)
+    b = _RandomProjection(random_state=3).fit_transform(X)
+    c = _RandomProjection(random_state=4).fit_transform(X)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_generator_from_random_state_is_reproducible():
+    a = torch.rand(3, generator=torch_generator_from_random_state(7))
+    b = torch.rand(3, generator=torch_generator_from_random_state(np.random.RandomState(7)))
+    assert torch.equal(a, torch.rand(3, generator=torch_generator_from_random_state(7)))
+    assert a.shape == b.shape
+
+
+def test_bad_param_is_reported_at_fit():
+    with pytest.raises(ValueError, match="n_components must be >= 1, got 0"):
+        _RandomProjection(n_components=0).fit(np.ones((3, 2)))
