@@ -1,3 +1,12 @@
-"""kernelsketch: sub-quadratic attention and kernel methods through randomized sketching."""
+"""kernelsketch: sub-quadratic attention and kernel methods through randomized sketching.
+
+``kernelsketch.attention(q, k, v, method=...)`` is the attention entry point
+(SDPA layout); the method configs are exported here too.
+"""
+
+from . import attention
+from .attention import ExactConfig, SketchedAttention, available_methods
 
 __version__ = "0.1.0"
+
+__all__ = ["ExactConfig", "SketchedAttention", "attention", "available_methods", "__version__"]

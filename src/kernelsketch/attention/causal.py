@@ -1,0 +1,128 @@
+"""Recursive causal decomposition shared by the LSH-based methods.
+
+HyperAttention (arXiv 2310.05869, §4 "causal masking") splits the causal
+attention matrix of a length-n sequence into three blocks: the two diagonal
+halves, which are causal problems of length n/2, and the lower-left block
+(second-half queries against first-half keys), which has no mask and is
+handed to a non-causal approximator. Recursing until the blocks are at most
+``min_seq_len`` long, where attention is computed exactly, gives
+
+    level 1: one off-diagonal block of size n/2 x n/2
+    level 2: two blocks of size n/4 x n/4, ...
+
+All off-diagonal blocks of one level have the same shape (the sequence is
+padded at the end to leaf·2^L, where padded keys sit in every real query's
+future and padded queries are dropped), so each level is ONE batched call of
+the approximator, and the leaves are one batched exact causal call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .exact import exact_partial, partial_attention
+from .merge import merge_partials
+
+# approximate(q, k, v, scale) -> (out, lse): non-causal partial attention of
+# q [B', Hq, n, D] over k, v [B', Hkv, m, D]; out/lse in the accumulation dtype.
+Approximator = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], tuple]
+
+
+def causal_levels(n: int, min_seq_len: int) -> tuple[int, int]:
+    """Number of recursion levels L and leaf length, with leaf <= max(min_seq_len, 1)."""
+    if n <= min_seq_len:
+        return 0, n
+    levels = math.ceil(math.log2(n / max(min_seq_len, 1)))
+    return levels, math.ceil(n / 2**levels)
+
+
+def _square_causal(q, k, v, *, scale, approximate, min_seq_len):
+    B, Hq, n, D = q.shape
+    Hkv = k.shape[1]
+    levels, leaf = causal_levels(n, min_seq_len)
+    n_pad = leaf * 2**levels
+    if n_pad != n:
+        pad = (0, 0, 0, n_pad - n)
+        q, k, v = F.pad(q, pad), F.pad(k, pad), F.pad(v, pad)
+    nb = 2**levels
+    # Leaves: exact causal attention inside each diagonal block, batched over blocks.
+    # (GQA: the query heads of a group broadcast against one key/value head.)
+    ql = q.reshape(B, Hkv, Hq // Hkv, nb, leaf, D)
+    kl = k.reshape(B, Hkv, 1, nb, leaf, D)
+    vl = v.reshape(B, Hkv, 1, nb, leaf, v.shape[-1])
+    tri = torch.ones(leaf, leaf, dtype=torch.bool, device=q.device).tril()
+    out, lse = partial_attention(ql, kl, vl, scale=scale, mask=tri)
+    out = out.reshape(B, Hq, n_pad, -1)
+    lse = lse.reshape(B, Hq, n_pad)
+    for level in range(levels, 0, -1):
+        blocks = 2 ** (level - 1)
+        half = n_pad // (2 * blocks)
+
+        def halves(x, second):
+            h = x.shape[1]
+            x = x.reshape(B, h, blocks, 2, half, x.shape[-1])[:, :, :, second]
+            return x.transpose(1, 2).reshape(B * blocks, h, half, x.shape[-1])
+
+        off_out, off_lse = approximate(halves(q, 1), halves(k, 0), halves(v, 0), scale)
+        off_out = off_out.reshape(B, blocks, Hq, half, -1).transpose(1, 2)
+        off_lse = off_lse.reshape(B, blocks, Hq, half).transpose(1, 2)
+        o = out.reshape(B, Hq, blocks, 2, half, -1)
+        s = lse.reshape(B, Hq, blocks, 2, half)
+        merged_out, merged_lse = merge_partials(o[:, :, :, 1], s[:, :, :, 1], off_out, off_lse)
+        out = torch.stack((o[:, :, :, 0], merged_out), dim=3).reshape(B, Hq, n_pad, -1)
+        lse = torch.stack((s[:, :, :, 0], merged_lse), dim=3).reshape(B, Hq, n_pad)
+    return out[:, :, :n], lse[:, :, :n]
+
+
+def causal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    approximate: Approximator,
+    min_seq_len: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal attention by recursive halving with a non-causal approximator.
+
+    Parameters
+    ----------
+    q : [B, Hq, N, D]; k, v : [B, Hkv, M, D] / [B, Hkv, M, Dv]; causal mask
+        aligned bottom-right (query i sees keys j <= i + M - N).
+    approximate : non-causal approximator for the off-diagonal blocks.
+    min_seq_len : blocks of at most this length are computed exactly.
+
+    Returns
+    -------
+    (out [B, Hq, N, Dv], lse [B, Hq, N]) in the accumulation dtype. With the
+    exact method as ``approximate`` this equals exact causal attention.
+    """
+    N, M = q.shape[2], k.shape[2]
+    if M > N:
+        # The first M - N keys are visible to every query: a non-causal block.
+        prefix = _noncausal(q, k[:, :, : M - N], v[:, :, : M - N], scale, approximate, min_seq_len)
+        diag = _square_causal(
+            q, k[:, :, M - N :], v[:, :, M - N :], scale=scale, approximate=approximate,
+            min_seq_len=min_seq_len,
+        )
+        return merge_partials(*diag, *prefix)
+    if M < N:
+        # The first N - M queries see no key at all.
+        out, lse = _square_causal(
+            q[:, :, N - M :], k, v, scale=scale, approximate=approximate, min_seq_len=min_seq_len
+        )
+        empty = N - M
+        out = F.pad(out, (0, 0, empty, 0))
+        lse = F.pad(lse, (empty, 0), value=float("-inf"))
+        return out, lse
+    return _square_causal(q, k, v, scale=scale, approximate=approximate, min_seq_len=min_seq_len)
+
+
+def _noncausal(q, k, v, scale, approximate, min_seq_len):
+    if k.shape[2] <= min_seq_len:
+        return exact_partial(q, k, v, scale=scale)
+    return approximate(q, k, v, scale)

@@ -1,0 +1,34 @@
+"""Grouped-query attention layout helpers.
+
+Query head ``h`` uses key/value head ``h // G`` with ``G = Hq // Hkv`` (the
+convention of ``torch.repeat_interleave`` and SDPA's ``enable_gqa``). For any
+method that treats queries independently, the G query heads that share a
+key/value head can be folded into the query-row axis, so the keys are never
+copied: ``[B, Hq, N, D] -> [B, Hkv, G*N, D]``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def fold_groups(q: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """[B, Hq, N, D] -> [B, Hkv, G*N, D]; row ``g*N + i`` is query i of group member g."""
+    B, Hq, N, D = q.shape
+    return q.reshape(B, kv_heads, (Hq // kv_heads) * N, D)
+
+
+def unfold_groups(x: torch.Tensor, q_heads: int) -> torch.Tensor:
+    """Inverse of :func:`fold_groups` for outputs [B, Hkv, G*N, ...] -> [B, Hq, N, ...]."""
+    B, Hkv, GN = x.shape[:3]
+    return x.reshape(B, q_heads, GN * Hkv // q_heads, *x.shape[3:])
+
+
+def query_positions(num_queries: int, num_keys: int, groups: int, device) -> torch.Tensor:
+    """Key-aligned positions of folded query rows, causal mask aligned bottom-right.
+
+    Query i of N sees keys j <= i + (M - N), as in FlashAttention for N != M.
+    Returns an int64 tensor of length ``groups * num_queries``.
+    """
+    pos = torch.arange(num_queries, device=device) + (num_keys - num_queries)
+    return pos.repeat(groups)
