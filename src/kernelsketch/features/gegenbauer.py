@@ -1,0 +1,477 @@
+"""Gegenbauer (zonal) harmonics on the sphere and random Gegenbauer features.
+
+Notation (arXiv 2202.03474 §2; arXiv 2202.12995 §2). ``P_ℓ`` is the degree-ℓ
+Gegenbauer polynomial for the sphere ``S^{d-1}``, normalised so that
+``P_ℓ(1) = 1`` (Chebyshev polynomials for d = 2, Legendre for d = 3), and
+``α_ℓ = dim H_ℓ`` is the dimension of the degree-ℓ spherical harmonics. With
+``σ`` the uniform probability measure on ``S^{d-1}`` they satisfy the
+reproducing property
+
+    E_{w~σ}[ P_ℓ(<x, w>) P_ℓ'(<y, w>) ] = δ_{ℓℓ'} P_ℓ(<x, y>) / α_ℓ,
+
+so ``α_ℓ P_ℓ(<x, y>)`` is the reproducing kernel of ``H_ℓ`` in ``L²(σ)`` and
+``Σ_{ℓ≤q} α_ℓ P_ℓ(<x, y>)`` the one of the harmonics of degree ≤ q.
+
+A generalized zonal kernel (GZK) has the form
+
+    k(x, y) = Σ_j ρ_j(‖x‖) ρ_j(‖y‖) Σ_ℓ a_{jℓ} P_ℓ(<x̂, ŷ>),   a_{jℓ} ≥ 0,
+
+with radial factors ``ρ_j`` (the paper's ``h``). The Gegenbauer feature of a
+direction ``w ~ σ`` and radial index j is
+``ρ_j(‖x‖) Σ_ℓ sqrt(α_ℓ a_{jℓ}) P_ℓ(<x̂, w>)``; by the reproducing property the
+inner product of m such features (scaled by 1/sqrt(m)) is an unbiased estimate
+of ``k`` (cross-degree terms vanish in expectation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from scipy.special import roots_jacobi
+
+from kernelsketch._checks import check_choice, check_float, check_int, check_tensor
+from kernelsketch.features._base import RandomFeaturesTransformer
+
+__all__ = [
+    "GegenbauerFeatureMap",
+    "GegenbauerFeatures",
+    "gegenbauer",
+    "gegenbauer_coefficients",
+    "gegenbauer_features",
+    "gzk_kernel",
+    "gzk_series",
+    "harmonic_dimension",
+    "harmonic_space_dimension",
+    "monomial_to_gegenbauer",
+    "uniform_sphere",
+    "zonal_kernel",
+]
+
+KERNELS = ("gaussian", "dot_product", "ntk")
+
+
+def gegenbauer(t, degree: int, d: int):
+    """Gegenbauer polynomials ``P_0 .. P_degree`` for ``S^{d-1}``, normalised ``P(1) = 1``.
+
+    Evaluated with the three-term recurrence
+    ``(ℓ+d-3) P_ℓ(t) = (2ℓ+d-4) t P_{ℓ-1}(t) - (ℓ-1) P_{ℓ-2}(t)``, which is stable on
+    [-1, 1] and valid for every d ≥ 2 (Chebyshev for d = 2, Legendre for d = 3).
+
+    Parameters
+    ----------
+    t : numpy.ndarray or torch.Tensor, any shape
+        Points in [-1, 1] (cosines of angles).
+    degree : int ≥ 0
+    d : int ≥ 2
+        Ambient dimension (the sphere is ``S^{d-1}``).
+
+    Returns
+    -------
+    P : same type, dtype and device as ``t``, shape ``t.shape + (degree + 1,)``
+        ``P[..., ℓ] = P_ℓ(t)``.
+    """
+    check_int("degree", degree, min=0)
+    check_int("d", d, min=2)
+    is_torch = isinstance(t, torch.Tensor)
+    if not is_torch:
+        t = np.asarray(t, dtype=np.float64)
+    polys = [t * 0 + 1]
+    if degree >= 1:
+        polys.append(t * 1)
+    for ell in range(2, degree + 1):
+        polys.append(
+            ((2 * ell + d - 4) * t * polys[-1] - (ell - 1) * polys[-2]) / (ell + d - 3)
+        )
+    return torch.stack(polys, dim=-1) if is_torch else np.stack(polys, axis=-1)
+
+
+def harmonic_dimension(degree: int, d: int) -> int:
+    """Dimension ``α_ℓ`` of the spherical harmonics of degree ℓ on ``S^{d-1}``.
+
+    ``α_0 = 1`` and ``α_ℓ = (2ℓ+d-2)/ℓ · C(ℓ+d-3, ℓ-1)`` for ℓ ≥ 1 (2 for d = 2,
+    2ℓ+1 for d = 3).
+    """
+    check_int("degree", degree, min=0)
+    check_int("d", d, min=2)
+    if degree == 0:
+        return 1
+    return (2 * degree + d - 2) * math.comb(degree + d - 3, degree - 1) // degree
+
+
+def harmonic_space_dimension(degree: int, d: int) -> int:
+    """Dimension of the harmonics of degree ≤ ``degree`` on ``S^{d-1}``: ``Σ_ℓ α_ℓ``.
+
+    Equals the number of polynomials of degree ≤ q in d variables restricted to
+    the sphere, ``C(q+d-1, d-1) + C(q+d-2, d-1)``.
+    """
+    check_int("degree", degree, min=0)
+    check_int("d", d, min=2)
+    return math.comb(degree + d - 1, d - 1) + (math.comb(degree + d - 2, d - 1) if degree else 0)
+
+
+def _harmonic_dimensions(degree: int, d: int) -> np.ndarray:
+    return np.array([harmonic_dimension(ell, d) for ell in range(degree + 1)], dtype=np.float64)
+
+
+def uniform_sphere(n: int, d: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Draw ``n`` points uniformly on ``S^{d-1}`` (normalised Gaussians), float64 [n, d]."""
+    check_int("n", n, min=1)
+    check_int("d", d, min=1)
+    rng = np.random.default_rng(rng)
+    g = rng.standard_normal((n, d))
+    return g / np.linalg.norm(g, axis=1, keepdims=True)
+
+
+def zonal_kernel(X, Y, degree: int) -> np.ndarray:
+    """Reproducing kernel of the harmonics of degree ≤ q: ``Σ_{ℓ≤q} α_ℓ P_ℓ(<x, y>)``.
+
+    It reproduces the degree-≤q part of any f in ``L²(σ)``:
+    ``E_{w~σ}[K(x, w) f(w)] = (Π_{≤q} f)(x)``, and ``K(x, x) = dim H_{≤q}``.
+
+    Parameters
+    ----------
+    X : array of shape (n, d), rows on the unit sphere
+    Y : array of shape (m, d), rows on the unit sphere
+    degree : int ≥ 0
+
+    Returns
+    -------
+    K : float64 ndarray of shape (n, m)
+    """
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    d = X.shape[1]
+    t = np.clip(X @ Y.T, -1.0, 1.0)
+    return gegenbauer(t, degree, d) @ _harmonic_dimensions(degree, d)
+
+
+def monomial_to_gegenbauer(max_power: int, d: int) -> np.ndarray:
+    """Gegenbauer coefficients of the monomials: ``t^j = Σ_ℓ B[j, ℓ] P_ℓ(t)``.
+
+    Built exactly by multiplying by t with the recurrence
+    ``(2ℓ+d-2) t P_ℓ = (ℓ+d-2) P_{ℓ+1} + ℓ P_{ℓ-1}`` (and ``t P_0 = P_1``); all
+    entries are ≥ 0, ``B[j, ℓ] = 0`` unless ℓ ≤ j and ℓ ≡ j (mod 2), rows sum to 1.
+
+    Returns
+    -------
+    B : float64 ndarray of shape (max_power + 1, max_power + 1), lower triangular
+    """
+    check_int("max_power", max_power, min=0)
+    check_int("d", d, min=2)
+    B = np.zeros((max_power + 1, max_power + 1))
+    B[0, 0] = 1.0
+    for j in range(1, max_power + 1):
+        prev = B[j - 1]
+        B[j, 1] += prev[0]
+        for ell in range(1, j):
+            B[j, ell + 1] += prev[ell] * (ell + d - 2) / (2 * ell + d - 2)
+            B[j, ell - 1] += prev[ell] * ell / (2 * ell + d - 2)
+    return B
+
+
+def gegenbauer_coefficients(
+    func: Callable[[np.ndarray], np.ndarray], degree: int, d: int, *, n_nodes: int | None = None
+) -> np.ndarray:
+    """Gegenbauer coefficients of a function on [-1, 1]: ``f(t) ≈ Σ_{ℓ≤q} c_ℓ P_ℓ(t)``.
+
+    ``c_ℓ = α_ℓ E_{t~μ_d}[f(t) P_ℓ(t)]`` where ``μ_d ∝ (1-t²)^{(d-3)/2}`` is the law of
+    ``<x, w>`` for ``w ~ σ``; computed with Gauss–Jacobi quadrature (exact for
+    polynomials of degree < 2·n_nodes - degree). For a positive definite zonal
+    kernel ``f`` on ``S^{d-1}`` the coefficients are ≥ 0 (Schoenberg).
+
+    Parameters
+    ----------
+    func : callable, float64 ndarray -> ndarray of the same shape
+    degree : int ≥ 0
+    d : int ≥ 2
+    n_nodes : int, optional
+        Quadrature nodes; default ``max(200, 4 * degree)`` (non-smooth f such as the
+        ReLU NTK converge slowly at the endpoints).
+
+    Returns
+    -------
+    c : float64 ndarray of shape (degree + 1,)
+    """
+    check_int("degree", degree, min=0)
+    check_int("d", d, min=2)
+    n_nodes = max(200, 4 * degree) if n_nodes is None else check_int("n_nodes", n_nodes, min=1)
+    nodes, weights = roots_jacobi(n_nodes, (d - 3) / 2, (d - 3) / 2)
+    weights = weights / weights.sum()
+    values = np.asarray(func(nodes), dtype=np.float64)
+    return _harmonic_dimensions(degree, d) * ((weights * values) @ gegenbauer(nodes, degree, d))
+
+
+def _relu_ntk_on_sphere(t: np.ndarray, depth: int) -> np.ndarray:
+    """NTK κ(t) of a bias-free ReLU network with ``depth`` layers on unit inputs.
+
+    Evaluated through the public oracle :func:`kernelsketch.features.ntk.ntk_relu`
+    on pairs of planar unit vectors with inner product t; the bias-free ReLU NTK is
+    positively homogeneous, so ``NTK(x, y) = ‖x‖‖y‖ κ(<x̂, ŷ>)``.
+    """
+    from kernelsketch.features.ntk import ntk_relu
+
+    t = np.clip(np.asarray(t, dtype=np.float64), -1.0, 1.0)
+    x = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    y = torch.from_numpy(np.stack([t, np.sqrt(1.0 - t**2)], axis=1))
+    return np.asarray(ntk_relu(x, y, depth=depth), dtype=np.float64).reshape(-1)
+
+
+def gzk_series(
+    kernel: str,
+    degree: int,
+    d: int,
+    *,
+    gamma: float = 1.0,
+    coefficients=None,
+    depth: int = 2,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Radial / Gegenbauer decomposition of a generalized zonal kernel.
+
+    The kernel is ``Σ_j ρ_j(‖x‖) ρ_j(‖y‖) Σ_ℓ A[j, ℓ] P_ℓ(<x̂, ŷ>)`` with
+    ``ρ_j(r) = r^{p_j} exp(-γ_r r²)``:
+
+    - ``"dot_product"``: ``Σ_j c_j <x, y>^j`` truncated at ``j ≤ degree``:
+      ``p_j = j``, ``A[j] = c_j B[j]`` with B from :func:`monomial_to_gegenbauer`.
+    - ``"gaussian"``: ``exp(-γ‖x-y‖²) = e^{-γ‖x‖²} e^{-γ‖y‖²} Σ_j (2γ)^j <x,y>^j / j!``,
+      Taylor series truncated at ``j ≤ degree``: ``γ_r = γ``.
+    - ``"ntk"``: bias-free ReLU NTK of ``depth`` layers, ``‖x‖‖y‖ κ(<x̂,ŷ>)``, with the
+      Gegenbauer series of κ truncated at ``ℓ ≤ degree``: one radial term, ``p = 1``.
+
+    Returns
+    -------
+    A : float64 ndarray (J, degree + 1), non-negative
+    powers : int64 ndarray (J,), the radial powers ``p_j``
+    gamma_r : float, the Gaussian radial factor (0 for dot-product kernels and the NTK)
+    """
+    check_choice("kernel", kernel, KERNELS)
+    check_int("degree", degree, min=0)
+    if kernel == "ntk":
+        check_int("depth", depth, min=1)
+        a = gegenbauer_coefficients(lambda t: _relu_ntk_on_sphere(t, depth), degree, d)
+        return np.clip(a, 0.0, None)[None, :], np.array([1]), 0.0
+    B = monomial_to_gegenbauer(degree, d)
+    powers = np.arange(degree + 1)
+    if kernel == "gaussian":
+        gamma = check_float("gamma", gamma, min=0.0, min_exclusive=True)
+        c = np.array([(2 * gamma) ** j / math.factorial(j) for j in powers])
+        return c[:, None] * B, powers, gamma
+    c = _check_coefficients(coefficients, degree)
+    return c[:, None] * B, powers, 0.0
+
+
+def _check_coefficients(coefficients, degree: int) -> np.ndarray:
+    if coefficients is None:
+        raise ValueError("coefficients must be given for kernel='dot_product', got None")
+    c = np.asarray(coefficients, dtype=np.float64)
+    if c.ndim != 1 or c.size == 0:
+        raise ValueError(f"coefficients must be a non-empty 1-D sequence, got shape {c.shape}")
+    if not np.all(np.isfinite(c)) or np.any(c < 0):
+        raise ValueError(
+            "coefficients must be finite and >= 0 (a positive definite dot-product kernel), "
+            f"got {coefficients!r}"
+        )
+    return np.pad(c, (0, max(0, degree + 1 - c.size)))[: degree + 1]
+
+
+def gzk_kernel(
+    X,
+    Y=None,
+    *,
+    kernel: str = "gaussian",
+    degree: int = 8,
+    gamma: float = 1.0,
+    coefficients=None,
+    depth: int = 2,
+) -> np.ndarray:
+    """Exact (truncated) generalized zonal kernel matrix from its Gegenbauer series.
+
+    This is the expectation of ``GegenbauerFeatures(...).transform(X) @ ...T`` and the
+    oracle for it; as ``degree`` grows it converges to the closed-form kernel (see
+    :func:`gzk_series` for the three families).
+
+    Parameters
+    ----------
+    X : array of shape (n, d)
+    Y : array of shape (m, d), optional (defaults to X)
+    kernel, degree, gamma, coefficients, depth : see :class:`GegenbauerFeatures`
+
+    Returns
+    -------
+    K : float64 ndarray of shape (n, m)
+    """
+    X = np.asarray(X, dtype=np.float64)
+    Y = X if Y is None else np.asarray(Y, dtype=np.float64)
+    d = max(X.shape[1], 2)
+    A, powers, gamma_r = gzk_series(
+        kernel, degree, d, gamma=gamma, coefficients=coefficients, depth=depth
+    )
+    rx, ry = np.linalg.norm(X, axis=1), np.linalg.norm(Y, axis=1)
+    t = (X / np.maximum(rx, 1e-300)[:, None]) @ (Y / np.maximum(ry, 1e-300)[:, None]).T
+    P = gegenbauer(np.clip(t, -1.0, 1.0), A.shape[1] - 1, d)  # (n, m, L)
+    radial_x = rx[:, None] ** powers * np.exp(-gamma_r * rx**2)[:, None]  # (n, J)
+    radial_y = ry[:, None] ** powers * np.exp(-gamma_r * ry**2)[:, None]
+    return np.einsum("nj,mj,nml,jl->nm", radial_x, radial_y, P, A)
+
+
+def gegenbauer_features(
+    x: torch.Tensor,
+    directions: torch.Tensor,
+    sqrt_weights: torch.Tensor,
+    powers: torch.Tensor,
+    gamma: float = 0.0,
+) -> torch.Tensor:
+    """Random Gegenbauer features (torch; any device, any float dtype, batched).
+
+    ``φ(x)[i, j] = ρ_j(‖x‖) Σ_ℓ S[j, ℓ] P_ℓ(<x̂, w_i>) / sqrt(m)`` with
+    ``ρ_j(r) = r^{p_j} e^{-γ r²}`` and ``S[j, ℓ] = sqrt(α_ℓ A[j, ℓ])`` (see the module
+    docstring); ``E[<φ(x), φ(y)>]`` is the GZK ``k(x, y)`` for directions ``w_i ~ σ``.
+
+    Parameters
+    ----------
+    x : Tensor [..., d]
+    directions : Tensor [m, d], rows on the unit sphere
+    sqrt_weights : Tensor [J, L], ``sqrt(α_ℓ A[j, ℓ])``
+    powers : Tensor [J], radial powers
+    gamma : float ≥ 0, Gaussian radial factor
+
+    Returns
+    -------
+    Tensor [..., m * J] in the dtype of ``x`` (features ordered direction-major)
+    """
+    m, d = directions.shape
+    r = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    u = (x / r.clamp_min(torch.finfo(x.dtype).tiny)) @ directions.to(x.dtype).T  # [..., m]
+    P = gegenbauer(u.clamp(-1.0, 1.0), sqrt_weights.shape[1] - 1, d)  # [..., m, L]
+    per_direction = P @ sqrt_weights.to(x.dtype).T  # [..., m, J]
+    radial = r ** powers.to(x.dtype) * torch.exp(-gamma * r * r)  # [..., J]
+    z = per_direction * radial.unsqueeze(-2) / math.sqrt(m)
+    return z.reshape(*x.shape[:-1], m * sqrt_weights.shape[0])
+
+
+class GegenbauerFeatureMap(torch.nn.Module):
+    """Fitted random Gegenbauer feature map ``[..., d_in] -> [..., d_out]`` (see
+    :func:`gegenbauer_features`); inputs with ``d_in = 1`` are padded with a zero
+    coordinate (kernels depend on norms and inner products only)."""
+
+    def __init__(self, directions, sqrt_weights, powers, gamma: float, d_in: int):
+        super().__init__()
+        self.register_buffer("directions", directions)
+        self.register_buffer("sqrt_weights", sqrt_weights)
+        self.register_buffer("powers", powers)
+        self.gamma = float(gamma)
+        self.d_in = int(d_in)
+        self.d_out = int(directions.shape[0] * sqrt_weights.shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor("x", x)
+        if x.shape[-1] != self.d_in:
+            raise ValueError(
+                f"x must have {self.d_in} features in its last dimension, got shape {list(x.shape)}"
+            )
+        if self.d_in == 1:
+            x = torch.cat([x, torch.zeros_like(x)], dim=-1)
+        work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        z = gegenbauer_features(
+            x.to(work), self.directions, self.sqrt_weights, self.powers, self.gamma
+        )
+        return z.to(x.dtype)
+
+
+class GegenbauerFeatures(RandomFeaturesTransformer):
+    """Random Gegenbauer features for generalized zonal kernels (GZK).
+
+    Draws ``m`` directions uniformly on ``S^{d-1}`` and maps x to
+    ``[ρ_j(‖x‖) Σ_ℓ sqrt(α_ℓ A[j,ℓ]) P_ℓ(<x̂, w_i>)]_{i,j} / sqrt(m)``, whose inner
+    products are unbiased for the degree-truncated kernel :func:`gzk_kernel`
+    (arXiv 2202.03474, Def. of GZK and Gegenbauer features). The paper proves a
+    subspace-embedding guarantee ``(1-ε)(K+λI) ⪯ ZZᵀ+λI ⪯ (1+ε)(K+λI)`` once m is of
+    the order of the statistical dimension of K (times log factors).
+
+    Parameters
+    ----------
+    kernel : {"gaussian", "dot_product", "ntk"}, default="gaussian"
+        ``exp(-gamma ‖x-y‖²)``; ``Σ_j coefficients[j] <x,y>^j``; bias-free ReLU NTK
+        of ``depth`` layers.
+    degree : int, default=8
+        Truncation: Taylor degree for "gaussian"/"dot_product" (error
+        ``≤ Σ_{j>q} (2γ r²)^j / j!`` for radii ≤ r), Gegenbauer degree for "ntk".
+    n_components : int, default=256
+        Requested number of features. Each direction gives J features (J = degree+1
+        radial terms, or 1 for "ntk"), so ``m = max(1, n_components // J)``
+        directions are drawn and ``n_components_ = m * J`` features are produced.
+    gamma : float, default=1.0
+        Gaussian bandwidth (only for "gaussian").
+    coefficients : array-like of non-negative floats, optional
+        Taylor coefficients of the dot-product kernel (only for "dot_product").
+    depth : int, default=2
+        NTK depth (only for "ntk").
+    random_state : int, RandomState or None
+        Seeds the directions drawn in ``fit``.
+
+    Attributes
+    ----------
+    feature_map_ : GegenbauerFeatureMap (torch module; ``.to("cuda")`` for GPU batches)
+    n_components_ : int
+    n_features_in_ : int
+
+    References
+    ----------
+    I. Han, A. Zandieh, H. Avron. Random Gegenbauer Features for Scalable Kernel
+    Methods. ICML 2022, arXiv 2202.03474.
+    """
+
+    def __init__(
+        self,
+        *,
+        kernel: str = "gaussian",
+        degree: int = 8,
+        n_components: int = 256,
+        gamma: float = 1.0,
+        coefficients=None,
+        depth: int = 2,
+        random_state=None,
+    ):
+        self.kernel = kernel
+        self.degree = degree
+        self.n_components = n_components
+        self.gamma = gamma
+        self.coefficients = coefficients
+        self.depth = depth
+        self.random_state = random_state
+
+    def _check_params(self, n_features: int) -> None:
+        check_choice("kernel", self.kernel, KERNELS)
+        check_int("degree", self.degree, min=0)
+        check_int("n_components", self.n_components, min=1)
+        if self.kernel == "gaussian":
+            check_float("gamma", self.gamma, min=0.0, min_exclusive=True)
+        if self.kernel == "dot_product":
+            _check_coefficients(self.coefficients, self.degree)
+        if self.kernel == "ntk":
+            check_int("depth", self.depth, min=1)
+
+    def _make_feature_map(self, n_features, generator, X):
+        d = max(n_features, 2)
+        A, powers, gamma_r = gzk_series(
+            self.kernel,
+            self.degree,
+            d,
+            gamma=self.gamma,
+            coefficients=self.coefficients,
+            depth=self.depth,
+        )
+        sqrt_weights = np.sqrt(_harmonic_dimensions(A.shape[1] - 1, d) * A)
+        m = max(1, self.n_components // A.shape[0])
+        g = torch.randn(m, d, generator=generator, dtype=torch.float64)
+        directions = g / torch.linalg.vector_norm(g, dim=1, keepdim=True)
+        self.n_components_ = m * A.shape[0]
+        return GegenbauerFeatureMap(
+            directions,
+            torch.from_numpy(sqrt_weights),
+            torch.from_numpy(powers.astype(np.float64)),
+            gamma_r,
+            n_features,
+        )
