@@ -21,6 +21,7 @@ from .merge import accumulation_dtype
 # name -> module that defines METHOD (imported on first use).
 METHOD_MODULES: dict[str, str] = {
     "exact": "kernelsketch.attention.exact",
+    "polynomial": "kernelsketch.attention.polynomial",
 }
 
 
