@@ -22,6 +22,8 @@ from .merge import accumulation_dtype
 METHOD_MODULES: dict[str, str] = {
     "exact": "kernelsketch.attention.exact",
     "polynomial": "kernelsketch.attention.polynomial",
+    "polysketch": "kernelsketch.attention.polysketch",
+    "hyper": "kernelsketch.attention.hyper",
 }
 
 

@@ -1,0 +1,213 @@
+"""HyperAttention (Han, Jayaram, Karbasi, Mirrokni, Woodruff, Zandieh; arXiv 2310.05869).
+
+Non-causal approximation of softmax attention in near-linear time:
+
+1. **sortLSH** (Alg. 1): hash queries and keys with an angular LSH of
+   ``lsh_bits`` bits, Gray-code bucket order (sketch/lsh.py), sort both by
+   bucket and split the sorted orders into blocks; query block i attends
+   exactly to key block i (the block-diagonal mask of the sorted order).
+   With ``hash_rounds > 1`` the union of the blocks of several independent
+   hashes is covered, each pair counted once.
+2. **Sampling** (Alg. 2/3): the keys outside a query's blocks are estimated
+   from ``s`` sampled keys with weights ``1 / (s p_j)`` (uniform:
+   ``p_j = 1/m``; optionally ``p_j`` ∝ ‖v_j‖ mixed with uniform, the
+   importance distribution of KDEformer), masking the sampled pairs that the
+   blocks already cover so nothing is counted twice. Both the normaliser
+   D = A·1 and the product AV are estimated (the sampled part is unbiased).
+3. **Merge** the two partial attentions by log-sum-exp (attention/merge.py).
+4. **Causal** (§4): the shared recursion of attention/causal.py, with this
+   approximation on the off-diagonal blocks and exact attention below
+   ``min_seq_len``.
+
+Sequences shorter than ``min_seq_len`` (keys, non-causal; or the whole
+sequence, causal) use exact attention.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .._checks import check_choice, check_float, check_int
+from ..sketch.lsh import AngularLSH
+from ..sketch.sampling import importance_sample, uniform_sample
+from .api import MethodConfig, MethodSpec
+from .causal import causal_attention
+from .exact import ExactConfig, exact_forward, exact_partial, partial_attention
+from .gqa import fold_groups, unfold_groups
+from .merge import merge_many
+
+
+@dataclass(frozen=True)
+class HyperConfig(MethodConfig):
+    """Configuration of HyperAttention (defaults: the paper's).
+
+    lsh_bits : bits of the angular LSH (2**lsh_bits buckets), 1..30.
+    block_size : keys per block of the sorted block-diagonal part.
+    sample_size : keys sampled for the residual (all keys, weight 1, once
+        ``sample_size`` reaches the key count; 0 disables sampling).
+    min_seq_len : exact attention at or below this length (keys for
+        non-causal; the recursion's leaf size for causal).
+    hash_rounds : independent LSH rounds whose blocks are united.
+    sampling : "uniform" (the paper) or "value_norm" (p_j ∝ ‖v_j‖, mixed
+        half-and-half with uniform so every key keeps probability ≥ 1/(2m)).
+    samples_per_key : extra samples proportional to the key count: the sample
+        size is ``sample_size + ceil(samples_per_key * m)``.
+    """
+
+    lsh_bits: int = 7
+    block_size: int = 256
+    sample_size: int = 256
+    min_seq_len: int = 4096
+    hash_rounds: int = 1
+    sampling: str = "uniform"
+    samples_per_key: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_int("lsh_bits", self.lsh_bits, min=1, max=30)
+        check_int("block_size", self.block_size, min=1)
+        check_int("sample_size", self.sample_size, min=0)
+        check_int("min_seq_len", self.min_seq_len, min=0)
+        check_int("hash_rounds", self.hash_rounds, min=1, max=16)
+        check_choice("sampling", self.sampling, ("uniform", "value_norm"))
+        check_float("samples_per_key", self.samples_per_key, min=0.0, max=1.0)
+
+    def num_samples(self, num_keys: int) -> int:
+        """Sample size used for ``num_keys`` keys."""
+        return self.sample_size + math.ceil(self.samples_per_key * num_keys)
+
+    @classmethod
+    def full_budget(cls, seq_len: int) -> HyperConfig:
+        """A config whose blocks cover every pair at this length (equals exact attention)."""
+        return cls(block_size=max(seq_len, 1), sample_size=0, min_seq_len=0)
+
+
+def _sorted_blocks(bucket: torch.Tensor, num_blocks: int):
+    """Sort rows by bucket; return (perm [.., R], block id of each original row [.., R], block len)."""
+    rows = bucket.shape[-1]
+    perm = torch.argsort(bucket, dim=-1, stable=True)
+    block_len = math.ceil(rows / num_blocks)
+    rank = torch.empty_like(perm)
+    rank.scatter_(-1, perm, torch.arange(rows, device=perm.device).expand_as(perm))
+    return perm, rank // block_len, block_len
+
+
+def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x [B, H, R, D], idx [B, H, S] -> [B, H, S, D]."""
+    return torch.gather(x, 2, idx.unsqueeze(-1).expand(*idx.shape, x.shape[-1]))
+
+
+def _blocked(x: torch.Tensor, num_blocks: int, block_len: int, pad_value=0) -> torch.Tensor:
+    """[B, H, R, ...] -> [B, H, num_blocks, block_len, ...] padding R at the end."""
+    pad_rows = num_blocks * block_len - x.shape[2]
+    if pad_rows:
+        pad = [0, 0] * (x.dim() - 3) + [0, pad_rows]
+        x = F.pad(x, pad, value=pad_value)
+    return x.reshape(*x.shape[:2], num_blocks, block_len, *x.shape[3:])
+
+
+def _unsort(x_sorted: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """Inverse of gathering rows by ``perm`` (x_sorted [B, H, R, ...])."""
+    idx = perm.reshape(*perm.shape, *([1] * (x_sorted.dim() - 3))).expand_as(x_sorted)
+    return torch.empty_like(x_sorted).scatter(2, idx, x_sorted)
+
+
+def hyper_noncausal(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    config: HyperConfig,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-causal HyperAttention partial ``(out, lse)`` in the accumulation dtype.
+
+    q [B, Hq, N, D], k [B, Hkv, M, D], v [B, Hkv, M, Dv]. The G = Hq/Hkv query
+    heads sharing a key head are hashed and sorted together with that head's
+    keys (GQA without copying keys). The returned lse estimates
+    log Σ_j exp(q_i·k_j·scale) (unbiased in exp).
+    """
+    B, Hq, N, D = q.shape
+    Hkv, M = k.shape[1], k.shape[2]
+    qf = fold_groups(q, Hkv)
+    rows = qf.shape[2]
+    num_blocks = math.ceil(M / config.block_size)
+    covered_q, covered_k, parts = [], [], []
+    for _ in range(config.hash_rounds):
+        lsh = AngularLSH(D, config.lsh_bits, generator=generator).to(q.device)
+        perm_q, blk_q, q_len = _sorted_blocks(lsh(qf), num_blocks)
+        perm_k, blk_k, k_len = _sorted_blocks(lsh(k), num_blocks)
+        qs = _blocked(_gather_rows(qf, perm_q), num_blocks, q_len)
+        ks = _blocked(_gather_rows(k, perm_k), num_blocks, k_len)
+        vs = _blocked(_gather_rows(v, perm_k), num_blocks, k_len)
+        key_real = _blocked(torch.ones_like(perm_k, dtype=torch.bool), num_blocks, k_len, False)
+        mask = key_real.unsqueeze(-2)  # [B, H, nb, 1, k_len]
+        if covered_q:
+            # Pairs inside an earlier round's block are already counted.
+            bq = torch.stack([torch.gather(c, 2, perm_q) for c in covered_q], -1)
+            bk = torch.stack([torch.gather(c, 2, perm_k) for c in covered_k], -1)
+            bq = _blocked(bq, num_blocks, q_len, -1)
+            bk = _blocked(bk, num_blocks, k_len, -2)
+            seen = (bq.unsqueeze(-2) == bk.unsqueeze(-3)).any(-1)  # [B, H, nb, q_len, k_len]
+            mask = mask & ~seen
+        out, lse = partial_attention(qs, ks, vs, scale=scale, mask=mask)
+        out = out.reshape(B, Hkv, -1, out.shape[-1])[:, :, :rows]
+        lse = lse.reshape(B, Hkv, -1)[:, :, :rows]
+        parts.append((_unsort(out, perm_q), _unsort(lse, perm_q)))
+        covered_q.append(blk_q)
+        covered_k.append(blk_k)
+
+    num_samples = config.num_samples(M)
+    if num_samples > 0 and num_blocks > 1:
+        if num_samples >= M:
+            idx = torch.arange(M, device=q.device).expand(B, Hkv, M)
+            log_w = torch.zeros(B, Hkv, M, device=q.device)
+        elif config.sampling == "uniform":
+            idx, w = uniform_sample(M, num_samples, batch_shape=(B, Hkv), device=q.device,
+                                    generator=generator)
+            log_w = w.log()
+        else:
+            norms = torch.linalg.vector_norm(v.float(), dim=-1)
+            probs = 0.5 / M + 0.5 * norms / norms.sum(-1, keepdim=True).clamp_min(1e-30)
+            idx, w = importance_sample(probs, num_samples, generator=generator)
+            log_w = w.log()
+        ks, vs = _gather_rows(k, idx), _gather_rows(v, idx)
+        # Mask sampled keys that share a block with the query in any round.
+        seen = torch.zeros(B, Hkv, rows, idx.shape[-1], dtype=torch.bool, device=q.device)
+        for bq, bk in zip(covered_q, covered_k):
+            seen |= bq.unsqueeze(-1) == torch.gather(bk, 2, idx).unsqueeze(-2)
+        parts.append(partial_attention(qf, ks, vs, scale=scale, mask=~seen, key_log_weights=log_w))
+    out, lse = merge_many(parts)
+    return unfold_groups(out, Hq), unfold_groups(lse, Hq)
+
+
+def hyper_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
+    """Registry entry of HyperAttention (see :class:`HyperConfig`)."""
+    N, M = q.shape[2], k.shape[2]
+    if (is_causal and max(N, M) <= config.min_seq_len) or (not is_causal and M <= config.min_seq_len):
+        return exact_forward(q, k, v, is_causal=is_causal, scale=scale, config=_EXACT,
+                             generator=None, need_lse=need_lse)
+
+    def approximate(qb, kb, vb, s):
+        if kb.shape[2] <= config.min_seq_len:
+            return exact_partial(qb, kb, vb, scale=s)
+        return hyper_noncausal(qb, kb, vb, s, config, generator)
+
+    if is_causal:
+        return causal_attention(q, k, v, scale=scale, approximate=approximate,
+                                min_seq_len=config.min_seq_len)
+    return hyper_noncausal(q, k, v, scale, config, generator)
+
+
+_EXACT = ExactConfig()
+
+METHOD = MethodSpec(
+    name="hyper",
+    forward=hyper_forward,
+    config_cls=HyperConfig,
+    summary="sortLSH block-diagonal + sampled residual, LSE merge, causal recursion",
+    paper="HyperAttention, arXiv 2310.05869",
+)
