@@ -6,7 +6,18 @@
 
 from . import attention
 from .attention import ExactConfig, SketchedAttention, available_methods
+from .attention.polynomial import PolynomialConfig
+from .attention.polysketch import PolySketchAttention, PolySketchConfig
 
 __version__ = "0.1.0"
 
-__all__ = ["ExactConfig", "SketchedAttention", "attention", "available_methods", "__version__"]
+__all__ = [
+    "ExactConfig",
+    "SketchedAttention",
+    "attention",
+    "available_methods",
+    "__version__",
+    "PolynomialConfig",
+    "PolySketchAttention",
+    "PolySketchConfig",
+]
