@@ -35,6 +35,7 @@ __all__ = [
     "hash_keys",
     "hash_streams",
     "to_unit",
+    "to_unit_pair",
     "to_sign",
     "to_bucket",
 ]
@@ -69,14 +70,18 @@ def mix64(x: Any) -> np.ndarray:
     -------
     np.ndarray of uint64, same shape: a bijective, avalanching scramble of ``x``.
     """
-    z = np.array(x, dtype=np.uint64, copy=True, ndmin=1)
+    z = _mix_inplace(np.array(x, dtype=np.uint64, copy=True, ndmin=1))
+    return z if np.ndim(x) else z.reshape(())
+
+
+def _mix_inplace(z: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
         z ^= z >> np.uint64(30)
         z *= _M1
         z ^= z >> np.uint64(27)
         z *= _M2
         z ^= z >> np.uint64(31)
-    return z if np.ndim(x) else z.reshape(())
+    return z
 
 
 def _int_keys(keys: np.ndarray, seed: np.uint64) -> np.ndarray:
@@ -92,7 +97,7 @@ def _str_keys(keys: np.ndarray, seed: np.uint64) -> np.ndarray:
     n = keys.shape[0]
     width = keys.dtype.itemsize // 4  # code points per fixed-width slot
     lengths = np.char.str_len(keys).astype(np.int64)
-    codes = keys.view(np.uint32).reshape(n, width)
+    codes = np.ascontiguousarray(keys).view(np.uint32).reshape(n, width)
     if width % 2:
         codes = np.concatenate([codes, np.zeros((n, 1), np.uint32)], axis=1)
     # two code points per 64-bit word; positions past a string's length are
@@ -168,7 +173,7 @@ def hash_streams(hashes: Any, streams: Any) -> np.ndarray:
     st = np.asarray(streams).astype(np.uint64)
     with np.errstate(over="ignore"):
         salt = mix64(st * _GOLDEN + _STREAM_TAG)
-    return mix64(np.asarray(hashes, dtype=np.uint64) ^ salt)
+    return _mix_inplace(np.bitwise_xor(np.asarray(hashes, dtype=np.uint64), salt))
 
 
 def to_unit(h: Any) -> np.ndarray:
@@ -176,6 +181,17 @@ def to_unit(h: Any) -> np.ndarray:
     h = np.asarray(h, dtype=np.uint64)
     # 52 bits: with 53, the top value + 1/2 would round up to exactly 1.0
     return ((h >> np.uint64(12)).astype(np.float64) + 0.5) * 2.0**-52
+
+
+def to_unit_pair(h: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Split each uint64 word into two float64 uniforms in (0, 1) of 32 bits each.
+
+    Half the hashing work where 32-bit resolution is enough (e.g. Gamma variates).
+    """
+    h = np.asarray(h, dtype=np.uint64)
+    hi = (h >> np.uint64(32)).astype(np.float64)
+    lo = (h & np.uint64(0xFFFFFFFF)).astype(np.float64)
+    return (hi + 0.5) * 2.0**-32, (lo + 0.5) * 2.0**-32
 
 
 def to_sign(h: Any) -> np.ndarray:

@@ -1,0 +1,295 @@
+"""Sketcher / Sketch API: inputs, coordination, merge, serialization and errors."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kernelsketch.inner import (
+    METHODS,
+    CountSketch,
+    PrioritySketch,
+    Sketch,
+    Sketcher,
+    ThresholdSketch,
+    WeightedMinHashSketch,
+)
+from kernelsketch.inner.base import FORMAT_VERSION
+
+
+def _sparse_vector(rng, n=200, nnz=60):
+    x = np.zeros(n)
+    x[rng.choice(n, nnz, replace=False)] = rng.normal(size=nnz)
+    return x
+
+
+# ------------------------------------------------------------- inputs
+@pytest.mark.parametrize("method", METHODS)
+def test_dense_and_sparse_inputs_give_the_same_sketch(method):
+    x = _sparse_vector(np.random.default_rng())
+    idx = np.flatnonzero(x)
+    sk = Sketcher(method, 41, 17)
+    assert sk.sketch(x) == sk.sketch((idx, x[idx]))
+    assert sk.sketch(x) == sk.sketch((idx.tolist(), x[idx].tolist()))
+    assert sk.sketch(x) == sk.sketch(torch.from_numpy(x))
+    assert sk.sketch(x) == sk.sketch(pd.Series(x))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_duplicate_indices_are_summed(method):
+    sk = Sketcher(method, 21, 2)
+    merged = sk.sketch((["a", "b", "a"], [1.0, 2.0, 0.5]))
+    assert merged == sk.sketch((["a", "b"], [1.5, 2.0]))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_string_and_large_integer_keys_coordinate(method):
+    rng = np.random.default_rng()
+    keys = np.array([f"id{i}" for i in range(300)])
+    big = rng.integers(2**62, 2**63, size=300, dtype=np.int64).astype(np.uint64) * np.uint64(2)
+    va, vb = rng.normal(size=300), rng.normal(size=300)
+    sk = Sketcher(method, 2001, 4)
+    for k in (keys, big):
+        est = sk.sketch((k, va)).inner_product(sk.sketch((k[::-1], vb[::-1])))
+        scale = np.linalg.norm(va) * np.linalg.norm(vb)
+        assert abs(est - va @ vb) < 0.5 * scale
+
+
+def test_sketch_is_deterministic_across_sketchers():
+    x = _sparse_vector(np.random.default_rng())
+    for method in METHODS:
+        assert Sketcher(method, 31, 5).sketch(x) == Sketcher(method, 31, 5).sketch(x)
+        assert Sketcher(method, 31, 5).sketch(x) != Sketcher(method, 31, 6).sketch(x)
+
+
+def test_zeros_are_ignored():
+    sk = Sketcher("ps", 21, 0)
+    assert sk.sketch((["a", "b", "c"], [1.0, 0.0, 2.0])) == sk.sketch((["a", "c"], [1.0, 2.0]))
+
+
+# ------------------------------------------------------------ storage
+@pytest.mark.parametrize("method", ["jl", "cs", "mh", "wmh", "ps"])
+def test_storage_size_within_budget(method):
+    x = np.random.default_rng().normal(size=500)
+    for size in (9, 100, 401):
+        assert size - 1 <= Sketcher(method, size, 1).sketch(x).storage_size <= size
+
+
+def test_threshold_storage_within_budget_in_expectation():
+    x = np.random.default_rng(3).standard_cauchy(size=2000)  # very skewed weights
+    sizes = [Sketcher("ts", 201, s).sketch(x).storage_size for s in range(200)]
+    # E[k] = (201 - 1) / 2 = 100 exactly (adaptive threshold), Var[k] <= 100
+    assert abs(np.mean(sizes) - 201) < 4.5 * 2 * np.sqrt(100 / 200)
+
+
+def test_priority_keeps_whole_support_when_it_fits():
+    x = np.random.default_rng().normal(size=30)
+    s = Sketcher("ps", 61, 1).sketch(x)
+    assert isinstance(s, PrioritySketch) and s.keys.size == 30 and s.tau == np.inf
+
+
+def test_countsketch_rows_shape():
+    s = Sketcher("cs", 100, 1, rows=3).sketch(np.ones(10))
+    assert isinstance(s, CountSketch) and s.table.shape == (3, 33) and s.storage_size == 99
+
+
+# -------------------------------------------------------------- merge
+@pytest.mark.parametrize("method", ["jl", "cs"])
+def test_linear_merge_is_sketch_of_sum(method):
+    rng = np.random.default_rng()
+    a, b = rng.normal(size=100), rng.normal(size=100)
+    sk = Sketcher(method, 50, 3, rows=2 if method == "cs" else 1)
+    merged = sk.sketch(a).merge(sk.sketch(b))
+    whole = sk.sketch(a + b)
+    arr = merged.projection if method == "jl" else merged.table
+    ref = whole.projection if method == "jl" else whole.table
+    np.testing.assert_allclose(arr, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["mh", "wmh", "ts", "ps"])
+def test_sampling_merge_of_disjoint_parts_is_sketch_of_whole(method):
+    x = np.random.default_rng().normal(size=400)
+    keys = np.arange(400)
+    sk = Sketcher(method, 61, 9)
+    norm = float(np.linalg.norm(x))
+    parts = [sk.sketch((keys[p], x[p]), norm=norm) for p in np.array_split(np.arange(400), 3)]
+    merged = parts[0].merge(parts[1]).merge(parts[2])
+    assert merged == sk.sketch(x, norm=norm)
+    if method in ("mh", "ps"):  # these do not depend on the norm at all
+        assert merged == sk.sketch(x)
+
+
+def test_priority_merge_rejects_shared_keys():
+    sk = Sketcher("ps", 21, 0)
+    with pytest.raises(ValueError, match="disjoint supports"):
+        sk.sketch((["a", "b"], [1.0, 2.0])).merge(sk.sketch((["b", "c"], [1.0, 2.0])))
+
+
+def test_weighted_minhash_merge_requires_common_norm():
+    sk = Sketcher("wmh", 21, 0)
+    with pytest.raises(ValueError, match="same norm"):
+        sk.sketch(([1, 2], [1.0, 2.0])).merge(sk.sketch(([3, 4], [1.0, 5.0])))
+
+
+def test_threshold_merge_requires_common_norm():
+    sk = Sketcher("ts", 5, 0)
+    with pytest.raises(ValueError, match="same norm"):
+        sk.sketch(([1, 2, 3], [1.0, 2.0, 3.0])).merge(sk.sketch(([4, 5, 6], [1.0, 7.0, 3.0])))
+
+
+# ------------------------------------------------------ serialization
+@pytest.mark.parametrize("method", METHODS)
+def test_bytes_round_trip(method):
+    x = np.random.default_rng().normal(size=300)
+    for s in (Sketcher(method, 41, 2**64 - 1).sketch(x), Sketcher(method, 41, 3).sketch(np.zeros(3))):
+        back = Sketch.from_bytes(s.to_bytes())
+        assert type(back) is type(s) and back == s
+        y = np.random.default_rng().normal(size=300)
+        other = Sketcher(method, 41, s.seed).sketch(y)
+        assert back.inner_product(other) == s.inner_product(other)
+
+
+def test_from_bytes_rejects_wrong_magic():
+    with pytest.raises(ValueError, match="not a kernelsketch inner-product sketch"):
+        Sketch.from_bytes(b"XXXX" + bytes(10))
+
+
+def test_from_bytes_rejects_other_version():
+    data = bytearray(Sketcher("jl", 4, 0).sketch(np.ones(3)).to_bytes())
+    data[4] = FORMAT_VERSION + 1
+    with pytest.raises(ValueError, match=f"format version {FORMAT_VERSION + 1}"):
+        Sketch.from_bytes(bytes(data))
+
+
+def test_from_bytes_rejects_truncated_data():
+    data = Sketcher("ps", 21, 0).sketch(np.ones(30)).to_bytes()
+    with pytest.raises(ValueError, match="truncated"):
+        Sketch.from_bytes(data[:-8])
+
+
+def test_from_bytes_rejects_non_bytes():
+    with pytest.raises(TypeError, match="data must be bytes, got str"):
+        Sketch.from_bytes("abc")
+
+
+# -------------------------------------------------- mixing sketches
+def test_mixing_methods_raises():
+    x = np.ones(5)
+    with pytest.raises(ValueError, match="method differs"):
+        Sketcher("ts", 21, 0).sketch(x).inner_product(Sketcher("ps", 21, 0).sketch(x))
+
+
+def test_mixing_seeds_raises():
+    x = np.ones(5)
+    with pytest.raises(ValueError, match="seed differs, 0 here vs 1"):
+        Sketcher("wmh", 21, 0).sketch(x).inner_product(Sketcher("wmh", 21, 1).sketch(x))
+
+
+def test_mixing_sizes_raises():
+    x = np.ones(5)
+    with pytest.raises(ValueError, match="size differs"):
+        Sketcher("jl", 20, 0).sketch(x).merge(Sketcher("jl", 21, 0).sketch(x))
+
+
+def test_mixing_countsketch_rows_raises():
+    x = np.ones(5)
+    with pytest.raises(ValueError, match="params differs"):
+        Sketcher("cs", 20, 0, rows=2).sketch(x).inner_product(Sketcher("cs", 20, 0).sketch(x))
+
+
+def test_inner_product_with_non_sketch_raises():
+    with pytest.raises(TypeError, match="other must be a Sketch, got ndarray"):
+        Sketcher("jl", 20, 0).sketch(np.ones(5)).inner_product(np.ones(5))
+
+
+# ------------------------------------------------------- bad inputs
+def test_unknown_method():
+    with pytest.raises(ValueError, match=r"method must be one of .*got 'lsh'"):
+        Sketcher("lsh", 10)
+
+
+def test_size_not_int():
+    with pytest.raises(TypeError, match="size must be an int, got float"):
+        Sketcher("jl", 10.0)
+
+
+def test_size_too_small_for_method():
+    with pytest.raises(ValueError, match="size must be >= 5, got 4"):
+        Sketcher("wmh", 4)
+
+
+def test_negative_seed():
+    with pytest.raises(ValueError, match="seed must be in"):
+        Sketcher("jl", 10, -1)
+
+
+def test_rows_for_non_countsketch():
+    with pytest.raises(ValueError, match="rows applies to method='cs' only"):
+        Sketcher("jl", 10, rows=3)
+
+
+def test_rows_larger_than_size():
+    with pytest.raises(ValueError, match="size must be >= rows=5"):
+        Sketcher("cs", 4, rows=5)
+
+
+def test_vector_with_nan():
+    with pytest.raises(ValueError, match="x must be finite"):
+        Sketcher("ts", 11).sketch(np.array([1.0, np.nan]))
+
+
+def test_sparse_values_with_inf():
+    with pytest.raises(ValueError, match="values must be finite"):
+        Sketcher("ts", 11).sketch(([1, 2], [1.0, np.inf]))
+
+
+def test_vector_two_dimensional():
+    with pytest.raises(ValueError, match=r"x must have 1 dimensions, got shape \[2, 2\]"):
+        Sketcher("jl", 11).sketch(np.ones((2, 2)))
+
+
+def test_vector_empty():
+    with pytest.raises(ValueError, match="x must be non-empty"):
+        Sketcher("jl", 11).sketch(np.array([]))
+
+
+def test_vector_of_strings():
+    with pytest.raises(TypeError, match="x must hold real numbers, got dtype <U1"):
+        Sketcher("jl", 11).sketch(np.array(["a", "b"]))
+
+
+def test_complex_tensor():
+    with pytest.raises(TypeError, match="x must hold real numbers, got dtype torch.complex64"):
+        Sketcher("jl", 11).sketch(torch.ones(3, dtype=torch.complex64))
+
+
+def test_sparse_length_mismatch():
+    with pytest.raises(ValueError, match="same length, got 3 indices and 2 values"):
+        Sketcher("ps", 11).sketch(([1, 2, 3], [1.0, 2.0]))
+
+
+def test_sparse_float_indices():
+    with pytest.raises(TypeError, match="keys must be integers, strings or datetimes"):
+        Sketcher("ps", 11).sketch(([1.5, 2.5], [1.0, 2.0]))
+
+
+def test_tuple_of_wrong_length():
+    with pytest.raises(ValueError, match="tuple \\(indices, values\\), got a 3-tuple"):
+        Sketcher("ps", 11).sketch(([1], [1.0], [2.0]))
+
+
+def test_norm_smaller_than_vector_norm():
+    with pytest.raises(ValueError, match=r"norm must be >= the norm of x \(5.0\), got 1.0"):
+        Sketcher("wmh", 11).sketch(np.array([3.0, 4.0]), norm=1.0)
+
+
+def test_norm_negative():
+    with pytest.raises(ValueError, match="norm must be >= 0.0, got -1.0"):
+        Sketcher("ts", 11).sketch(np.array([3.0, 4.0]), norm=-1.0)
+
+
+def test_repr_mentions_parameters():
+    assert repr(Sketcher("cs", 12, 3, rows=2)) == "Sketcher('cs', size=12, seed=3, rows=2)"
+    s = Sketcher("wmh", 11, 1).sketch(np.ones(4))
+    assert isinstance(s, WeightedMinHashSketch) and "storage_size=11" in repr(s)
+    assert isinstance(Sketcher("ts", 11, 1).sketch(np.ones(4)), ThresholdSketch)
