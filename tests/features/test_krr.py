@@ -1,0 +1,157 @@
+"""Primal kernel ridge regression: CG / Cholesky vs a dense float64 solve, sparse features,
+exactness with an exact feature map, error falling with features, sklearn checks, bad input."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from sklearn.kernel_ridge import KernelRidge as ExactKernelRidge
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from kernelsketch.features.krr import KernelRidge, _as_torch_features, conjugate_gradient, ridge_solve
+from kernelsketch.features.nystroem import RLSNystroem
+
+
+def _reference(Z, y, alpha):
+    return np.linalg.solve(Z.T @ Z + alpha * np.eye(Z.shape[1]), Z.T @ y)
+
+
+@parametrize_with_checks([KernelRidge(RLSNystroem(n_components=30, random_state=0), alpha=0.1)])
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+def test_ridge_solve_matches_dense_solve(solver):
+    rng = np.random.default_rng()
+    Z = rng.normal(size=(200, 30)) * np.logspace(0, -2, 30)
+    y = rng.normal(size=(200, 2))
+    w = ridge_solve(torch.from_numpy(Z), torch.from_numpy(y), 1e-2, solver=solver)
+    ref = _reference(Z, y, 1e-2)
+    assert np.linalg.norm(w.numpy() - ref) <= 1e-6 * np.linalg.norm(ref)
+
+
+def test_ridge_solve_vector_target_shape():
+    rng = np.random.default_rng()
+    Z, y = torch.from_numpy(rng.normal(size=(50, 8))), torch.from_numpy(rng.normal(size=50))
+    for solver in ("cholesky", "cg"):
+        w = ridge_solve(Z, y, 0.5, solver=solver)
+        assert w.shape == (8,)
+        np.testing.assert_allclose(w.numpy(), _reference(Z.numpy(), y.numpy(), 0.5), rtol=1e-6)
+
+
+def test_sparse_features_match_dense():
+    rng = np.random.default_rng()
+    Zs = sp.random(300, 60, density=0.05, random_state=int(rng.integers(1 << 31)), format="csr")
+    y = rng.normal(size=300)
+    Zt = _as_torch_features(Zs, "cpu", torch.float64)
+    w = ridge_solve(Zt, torch.from_numpy(y), 0.1)
+    ref = _reference(Zs.toarray(), y, 0.1)
+    assert np.linalg.norm(w.numpy() - ref) <= 1e-6 * np.linalg.norm(ref)
+
+
+def test_conjugate_gradient_spd_system_with_preconditioner():
+    rng = np.random.default_rng()
+    M = rng.normal(size=(40, 40))
+    A = torch.from_numpy(M @ M.T + np.diag(np.logspace(0, 3, 40)))
+    b = torch.from_numpy(rng.normal(size=40))
+    x, n_iter = conjugate_gradient(lambda v: A @ v, b, preconditioner=torch.diagonal(A), tol=1e-10)
+    ref = np.linalg.solve(A.numpy(), b.numpy())
+    assert np.linalg.norm(x.numpy() - ref) <= 1e-7 * np.linalg.norm(ref)
+    assert 1 <= n_iter <= 400
+
+
+def test_exact_features_reproduce_exact_krr():
+    # All points as Nystroem landmarks: Z Z^T = K, so primal ridge = exact KRR.
+    rng = np.random.default_rng()
+    X, Xt = rng.normal(size=(80, 3)), rng.normal(size=(20, 3))
+    y = np.sin(X[:, 0]) + 0.1 * rng.normal(size=80)
+    model = KernelRidge(RLSNystroem(n_components=80, gamma=0.5), alpha=0.1).fit(X, y)
+    exact = ExactKernelRidge(alpha=0.1, kernel="rbf", gamma=0.5).fit(X, y - y.mean())
+    np.testing.assert_allclose(model.predict(Xt), exact.predict(Xt) + y.mean(), atol=1e-6)
+
+
+def test_prediction_error_falls_with_features():
+    rng = np.random.default_rng(5)
+    X, Xt = rng.normal(size=(400, 2)), rng.normal(size=(100, 2))
+    y = np.sin(2 * X[:, 0]) * X[:, 1]
+    exact = ExactKernelRidge(alpha=1e-2, kernel="rbf", gamma=1.0).fit(X, y - y.mean())
+    ref = exact.predict(Xt) + y.mean()
+    errs = []
+    for s in (10, 40, 160):
+        e = [np.mean((KernelRidge(RLSNystroem(n_components=s, gamma=1.0, random_state=t),
+                                  alpha=1e-2).fit(X, y).predict(Xt) - ref) ** 2) for t in range(3)]
+        errs.append(np.mean(e))
+    assert errs[0] > 4 * errs[1] > 16 * errs[2]
+
+
+def test_cg_and_cholesky_predictions_agree():
+    rng = np.random.default_rng()
+    X, y = rng.normal(size=(100, 3)), rng.normal(size=100)
+    feats = RLSNystroem(n_components=30, random_state=1)
+    p1 = KernelRidge(feats, alpha=0.1, solver="cholesky").fit(X, y).predict(X)
+    p2 = KernelRidge(feats, alpha=0.1, solver="cg", tol=1e-12).fit(X, y).predict(X)
+    np.testing.assert_allclose(p1, p2, atol=1e-6)
+
+
+def test_multi_target():
+    rng = np.random.default_rng()
+    X, Y = rng.normal(size=(60, 3)), rng.normal(size=(60, 2))
+    feats = RLSNystroem(n_components=20, random_state=2)
+    both = KernelRidge(feats, alpha=0.3).fit(X, Y).predict(X)
+    first = KernelRidge(feats, alpha=0.3).fit(X, Y[:, 0]).predict(X)
+    assert both.shape == (60, 2)
+    np.testing.assert_allclose(both[:, 0], first, atol=1e-8)
+
+
+Z_OK = torch.randn(10, 3, dtype=torch.float64)
+Y_OK = torch.randn(10, dtype=torch.float64)
+
+
+def test_ridge_solve_bad_alpha():
+    with pytest.raises(ValueError, match="alpha must be > 0.0, got 0.0"):
+        ridge_solve(Z_OK, Y_OK, 0.0)
+
+
+def test_ridge_solve_bad_solver():
+    with pytest.raises(ValueError, match="solver must be one of"):
+        ridge_solve(Z_OK, Y_OK, 1.0, solver="lsqr")
+
+
+def test_ridge_solve_row_mismatch():
+    with pytest.raises(ValueError, match="y must have 10 rows"):
+        ridge_solve(Z_OK, Y_OK[:7], 1.0)
+
+
+def test_ridge_solve_dtype_mismatch():
+    with pytest.raises(TypeError, match="y must have the same dtype as features"):
+        ridge_solve(Z_OK, Y_OK.float(), 1.0)
+
+
+def test_ridge_solve_nan_features():
+    Z = Z_OK.clone()
+    Z[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="features must be finite"):
+        ridge_solve(Z, Y_OK, 1.0)
+
+
+def test_ridge_solve_wrong_rank():
+    with pytest.raises(ValueError, match="features must have 2 dimensions"):
+        ridge_solve(Z_OK[0], Y_OK, 1.0)
+
+
+def test_cg_bad_preconditioner():
+    A = torch.eye(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="preconditioner must be a positive vector of length 3"):
+        conjugate_gradient(lambda v: A @ v, torch.ones(3, dtype=torch.float64),
+                           preconditioner=-torch.ones(3, dtype=torch.float64))
+
+
+def test_estimator_bad_alpha():
+    with pytest.raises(ValueError, match="alpha must be > 0.0, got -1.0"):
+        KernelRidge(alpha=-1.0).fit(np.ones((5, 2)), np.ones(5))
+
+
+def test_estimator_bad_features():
+    with pytest.raises(TypeError, match="features must be a transformer with fit and transform"):
+        KernelRidge(features="rbf").fit(np.ones((5, 2)), np.ones(5))
