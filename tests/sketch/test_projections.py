@@ -1,0 +1,241 @@
+"""Linear sketches: fwht, Gaussian / Rademacher JL, SRHT, CountSketch."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from kernelsketch.sketch.projections import (
+    SRHT,
+    CountSketch,
+    GaussianSketch,
+    RademacherSketch,
+    fwht,
+)
+from tests.sketch.stats import assert_unbiased, correlated_pair
+
+LINEAR = [GaussianSketch, RademacherSketch, SRHT, CountSketch]
+
+
+def _srht_dense_oracle(s: SRHT) -> torch.Tensor:
+    """Dense SRHT matrix from its buffers and scipy's Hadamard matrix (float64)."""
+    big = s.padded_dim
+    hadamard = torch.from_numpy(scipy.linalg.hadamard(big).astype(np.float64))
+    blocks = [s.signs[b].double()[:, None] * hadamard[: s.d_in] for b in range(s.signs.shape[0])]
+    return torch.cat(blocks, dim=1)[:, s.index] / math.sqrt(s.d_out)
+
+
+@pytest.mark.parametrize("d", [1, 2, 8, 64])
+def test_fwht_matches_dense_hadamard(d):
+    x = torch.randn(2, 3, d, dtype=torch.float64)
+    hadamard = torch.from_numpy(scipy.linalg.hadamard(d).astype(np.float64))
+    torch.testing.assert_close(fwht(x), x @ hadamard, rtol=1e-12, atol=1e-12)
+
+
+def test_fwht_is_differentiable():
+    x = torch.randn(3, 16, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(fwht, (x,))
+
+
+def test_fwht_rejects_non_power_of_two():
+    with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., d\] with d a power of two"):
+        fwht(torch.randn(4, 12))
+
+
+def test_fwht_rejects_integer_input():
+    with pytest.raises(TypeError, match="x must have dtype"):
+        fwht(torch.ones(4, 8, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("d_in,d_out", [(5, 3), (12, 16), (3, 20)])
+def test_srht_equals_dense_hadamard_formula(d_in, d_out):
+    s = SRHT(d_in, d_out).double()
+    x = torch.randn(4, d_in, dtype=torch.float64)
+    oracle = _srht_dense_oracle(s)
+    torch.testing.assert_close(s(x), x @ oracle, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(s.matrix, oracle, rtol=1e-12, atol=1e-12)
+
+
+def test_srht_index_is_without_replacement():
+    s = SRHT(6, 20)
+    assert s.index.unique().numel() == 20
+    assert s.index.max() < s.signs.shape[0] * s.padded_dim
+
+
+def test_countsketch_matrix_equals_forward():
+    s = CountSketch(17, 5).double()
+    x = torch.randn(3, 2, 17, dtype=torch.float64)
+    m = s.matrix
+    assert ((m != 0).sum(1) == 1).all() and set(m.abs().unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(s(x), x @ m, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [GaussianSketch, RademacherSketch])
+def test_dense_sketch_forward_is_matmul(cls):
+    s = cls(7, 4).double()
+    x = torch.randn(5, 7, dtype=torch.float64)
+    torch.testing.assert_close(s(x), x @ s.matrix, rtol=1e-12, atol=1e-12)
+
+
+def test_dense_sketch_entry_scale():
+    assert torch.allclose(RademacherSketch(9, 16).matrix.abs(), torch.full((9, 16), 0.25))
+    g = GaussianSketch(200, 100, seed=0).matrix
+    assert abs(g.var().item() * 100 - 1.0) < 0.05
+
+
+@pytest.mark.parametrize("cls", LINEAR)
+def test_inner_products_unbiased(cls):
+    gen = torch.Generator().manual_seed(1234)
+    x, y = correlated_pair(12, 3, 0.6, gen)
+    truth = (x * y).sum(-1)
+    est = torch.stack([(s(x) * s(y)).sum(-1) for s in (cls(12, 4, seed=i) for i in range(400))])
+    assert_unbiased(est, truth)
+
+
+@pytest.mark.parametrize("cls", LINEAR)
+def test_distortion_falls_with_sketch_size(cls):
+    gen = torch.Generator().manual_seed(99)
+    x = torch.randn(8, 256, dtype=torch.float64, generator=gen)
+    sq = (x * x).sum(-1)
+
+    def distortion(d_out):
+        errs = [((s(x) ** 2).sum(-1) - sq).abs() / sq
+                for s in (cls(256, d_out, seed=i) for i in range(10))]
+        return torch.stack(errs).mean().item()
+
+    small, mid, large = distortion(8), distortion(32), distortion(128)
+    assert small > mid > large
+    # JL rate 1/sqrt(d_out): a factor 4 from d_out = 8 to 128; require >= 2.5.
+    assert large < small / 2.5
+
+
+@pytest.mark.parametrize("cls", [SRHT, CountSketch])
+def test_one_sparse_vectors_keep_their_norm_exactly(cls):
+    # Heavy single entry: SRHT spreads it evenly (|HDe_i| = 1 everywhere),
+    # CountSketch maps it to one bucket, so both preserve its norm exactly.
+    x = torch.zeros(3, 33, dtype=torch.float64)
+    x[0, 0], x[1, 17], x[2, 32] = 2.0, -3.0, 0.5
+    s = cls(33, 8)
+    torch.testing.assert_close(s(x).norm(dim=-1), x.norm(dim=-1), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("cls", LINEAR)
+def test_batched_equals_row_by_row(cls):
+    s = cls(6, 5)
+    x = torch.randn(2, 3, 6)
+    rows = torch.stack([s(r) for r in x.reshape(-1, 6)]).reshape(2, 3, 5)
+    torch.testing.assert_close(s(x), rows)
+    assert s(x[0, 0]).shape == (5,)
+
+
+@pytest.mark.parametrize("cls", LINEAR)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_dtype_preserved(cls, dtype):
+    s = cls(16, 8)
+    x = torch.randn(4, 16, dtype=torch.float64)
+    out = s(x.to(dtype))
+    assert out.dtype == dtype and out.shape == (4, 8)
+    tol = 1e-5 if dtype in (torch.float32, torch.float64) else 5e-2
+    torch.testing.assert_close(out.double(), s(x), rtol=tol, atol=tol * 5)
+
+
+@pytest.mark.parametrize("cls", LINEAR)
+def test_differentiable(cls):
+    s = cls(6, 4).double()
+    x = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(s, (x,))
+
+
+@pytest.mark.parametrize("cls", LINEAR)
+def test_seed_determinism_and_generator_equivalence(cls):
+    x = torch.randn(3, 10)
+    a, b, c = cls(10, 6, seed=7), cls(10, 6, seed=7), cls(10, 6, seed=8)
+    d = cls(10, 6, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+    torch.testing.assert_close(a(x), d(x), rtol=0, atol=0)
+    assert not torch.equal(a(x), c(x))
+    torch.manual_seed(3)
+    e = cls(10, 6)
+    torch.manual_seed(3)
+    f = cls(10, 6)
+    torch.testing.assert_close(e(x), f(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cls", LINEAR)
+def test_state_dict_reproduces_sketch(cls):
+    a, b = cls(10, 6, seed=1), cls(10, 6, seed=2)
+    assert len(a.state_dict()) > 0
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(4, 10)
+    torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+    # Drawn once: forward never redraws.
+    torch.testing.assert_close(a(x), a(x), rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("cls", LINEAR)
+def test_cuda_matches_cpu(cls):
+    s = cls(10, 6, seed=0)
+    x = torch.randn(4, 10)
+    out = s.to("cuda")(x.cuda())
+    assert out.device.type == "cuda"
+    torch.testing.assert_close(out.cpu(), cls(10, 6, seed=0)(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", LINEAR)
+def test_rejects_zero_d_in(cls):
+    with pytest.raises(ValueError, match="d_in must be >= 1, got 0"):
+        cls(0, 4)
+
+
+@pytest.mark.parametrize("cls", LINEAR)
+def test_rejects_non_int_d_out(cls):
+    with pytest.raises(TypeError, match="d_out must be an int, got float 4.0"):
+        cls(4, 4.0)
+
+
+@pytest.mark.parametrize("cls", LINEAR)
+def test_rejects_seed_and_generator_together(cls):
+    with pytest.raises(ValueError, match="either seed or generator, not both"):
+        cls(4, 4, seed=1, generator=torch.Generator())
+
+
+@pytest.mark.parametrize("cls", LINEAR)
+def test_rejects_negative_seed(cls):
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
+        cls(4, 4, seed=-1)
+
+
+@pytest.mark.parametrize("cls", LINEAR)
+def test_rejects_non_generator(cls):
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
+        cls(4, 4, generator=3)
+
+
+@pytest.mark.parametrize("cls", LINEAR)
+def test_rejects_wrong_feature_dim(cls):
+    with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., 4\] \(d_in=4\), got shape \[2, 5\]"):
+        cls(4, 3)(torch.randn(2, 5))
+
+
+@pytest.mark.parametrize("cls", LINEAR)
+def test_rejects_integer_input(cls):
+    with pytest.raises(TypeError, match="x must have dtype in"):
+        cls(4, 3)(torch.ones(2, 4, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("cls", LINEAR)
+def test_rejects_nan_input(cls):
+    x = torch.randn(2, 4)
+    x[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="x must be finite"):
+        cls(4, 3)(x)
+
+
+@pytest.mark.parametrize("cls", LINEAR)
+def test_rejects_non_tensor_input(cls):
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, got list"):
+        cls(4, 3)([1.0, 2.0, 3.0, 4.0])
