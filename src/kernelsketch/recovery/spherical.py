@@ -1,0 +1,189 @@
+"""Recovery of spherical-harmonic expansions from random samples (arXiv 2202.12995).
+
+Let ``H_{≤q}`` be the spherical harmonics of degree ≤ q on ``S^{d-1}``, of dimension
+``β = dim H_{≤q}``, with reproducing kernel ``K_q(x, y) = Σ_{ℓ≤q} α_ℓ P_ℓ(<x, y>)``
+in ``L²(σ)`` (σ the uniform probability measure). Since ``K_q(x, x) = β`` for every
+x, the leverage function of ``H_{≤q}`` is constant: uniform sampling *is*
+leverage-score sampling, and ``s = O(β log β)`` uniform samples make the sampled
+least-squares problem a subspace embedding of ``H_{≤q}`` (matrix Chernoff). The
+recovered expansion is the kernel regression
+
+    g = Σ_i c_i K_q(·, w_i),   c = (K + s λ I)^+ y,   K = [K_q(w_i, w_j)]_{ij},
+
+which for λ = 0 is the least-squares fit in ``H_{≤q}`` to the samples: exact when
+f ∈ ``H_{≤q}`` and s ≥ β (generic samples), and within a constant factor of the best
+degree-q approximation of any f when s ≳ β log β (the paper's near-optimality).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import scipy.linalg
+
+from kernelsketch._checks import check_float, check_int
+from kernelsketch.features.gegenbauer import (
+    gegenbauer,
+    harmonic_dimension,
+    harmonic_space_dimension,
+    uniform_sphere,
+)
+
+__all__ = ["SphericalExpansion", "default_spherical_samples", "recover_spherical"]
+
+
+def default_spherical_samples(d: int, degree: int) -> int:
+    """Default sample count ``ceil(β · max(2, ln β))`` with ``β = dim H_{≤q}`` on ``S^{d-1}``.
+
+    The log factor is the coupon-collector / matrix-Chernoff term of leverage-score
+    sampling (arXiv 2202.12995, Thm. on O(β log β) samples); ``max(2, ·)`` keeps
+    at least a 2x oversampling for tiny spaces.
+    """
+    beta = harmonic_space_dimension(degree, d)
+    return int(math.ceil(beta * max(2.0, math.log(beta))))
+
+
+class SphericalExpansion:
+    """A recovered degree-≤q expansion ``g(x) = Σ_i c_i K_q(x, w_i)`` on ``S^{d-1}``.
+
+    Attributes
+    ----------
+    d : int
+    degree : int
+    nodes : float64 ndarray (s, d), the sample points ``w_i`` on the sphere
+    values : float64 ndarray (s,), the observed ``f(w_i)``
+    coef : float64 ndarray (s,), the kernel weights ``c_i``
+    dimension : int, ``dim H_{≤q}``
+    """
+
+    def __init__(self, d: int, degree: int, nodes: np.ndarray, values: np.ndarray, coef: np.ndarray):
+        self.d = d
+        self.degree = degree
+        self.nodes = nodes
+        self.values = values
+        self.coef = coef
+        self.dimension = harmonic_space_dimension(degree, d)
+        self._alpha = np.array([harmonic_dimension(ell, d) for ell in range(degree + 1)], float)
+
+    def _check_points(self, X) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.d:
+            raise ValueError(f"X must have shape (n, {self.d}), got shape {X.shape}")
+        if not np.all(np.isfinite(X)):
+            raise ValueError("X must be finite, found NaN or infinite values")
+        norms = np.linalg.norm(X, axis=1)
+        if np.any(np.abs(norms - 1.0) > 1e-6):
+            raise ValueError(
+                f"X must have unit-norm rows (points on S^{self.d - 1}), got norms in "
+                f"[{norms.min():.3g}, {norms.max():.3g}]"
+            )
+        return X
+
+    def components(self, X) -> np.ndarray:
+        """Per-degree components ``g_ℓ(x) = Σ_i c_i α_ℓ P_ℓ(<x, w_i>)`` (``g = Σ_ℓ g_ℓ``).
+
+        Parameters
+        ----------
+        X : array (n, d), unit-norm rows
+
+        Returns
+        -------
+        float64 ndarray (n, degree + 1); column ℓ is the projection of g onto ``H_ℓ``.
+        """
+        X = self._check_points(X)
+        P = gegenbauer(np.clip(X @ self.nodes.T, -1.0, 1.0), self.degree, self.d)  # (n, s, L)
+        return np.einsum("nsl,s->nl", P, self.coef) * self._alpha
+
+    def __call__(self, X) -> np.ndarray:
+        """Evaluate g at the rows of X (n, d) on the sphere; returns float64 (n,)."""
+        return self.components(X).sum(axis=1)
+
+
+def recover_spherical(
+    f: Callable[[np.ndarray], np.ndarray],
+    d: int,
+    degree: int,
+    n_samples: int | None = None,
+    *,
+    regularization: float = 0.0,
+    rcond: float = 1e-10,
+    random_state=None,
+) -> SphericalExpansion:
+    """Recover the degree-≤q spherical-harmonic expansion of ``f`` from random samples.
+
+    Draws ``n_samples`` points uniformly on ``S^{d-1}`` (= leverage-score sampling
+    for ``H_{≤q}``, see the module docstring), evaluates f there once, and solves
+    the kernel regression with the degree-≤q Gegenbauer reproducing kernel.
+
+    Parameters
+    ----------
+    f : callable
+        Maps a float64 array (s, d) of unit vectors to s real values (noise allowed).
+    d : int ≥ 2
+        Ambient dimension.
+    degree : int ≥ 0
+        Maximal harmonic degree q.
+    n_samples : int, optional
+        Number of samples s; default :func:`default_spherical_samples`
+        (``ceil(β max(2, ln β))``). With s < β the problem is underdetermined and a
+        warning is issued.
+    regularization : float ≥ 0, default=0
+        Ridge parameter λ of ``min (1/s) Σ (g(w_i) - f(w_i))² + λ ‖g‖²_{L²(σ)}``;
+        0 gives the least-squares fit (pseudo-inverse), exact for f ∈ ``H_{≤q}``.
+    rcond : float in (0, 1), default=1e-10
+        Relative eigenvalue cut-off of the pseudo-inverse when ``regularization=0``.
+    random_state : int, numpy.random.Generator or None
+
+    Returns
+    -------
+    SphericalExpansion
+        Callable on (n, d) unit vectors; ``.components(X)`` gives per-degree parts.
+
+    References
+    ----------
+    A. Zandieh, I. Han, H. Avron. Near Optimal Reconstruction of Spherical Harmonic
+    Expansions. arXiv 2202.12995.
+    """
+    if not callable(f):
+        raise TypeError(f"f must be callable (array (s, d) -> (s,)), got {type(f).__name__}")
+    check_int("d", d, min=2)
+    check_int("degree", degree, min=0)
+    beta = harmonic_space_dimension(degree, d)
+    if n_samples is None:
+        n_samples = default_spherical_samples(d, degree)
+    check_int("n_samples", n_samples, min=1)
+    check_float("regularization", regularization, min=0.0)
+    check_float("rcond", rcond, min=0.0, max=1.0, min_exclusive=True)
+    if n_samples < beta:
+        warnings.warn(
+            f"n_samples={n_samples} is below dim H_<=q = {beta} (d={d}, degree={degree}): "
+            "the expansion is underdetermined and will not be recovered",
+            UserWarning,
+            stacklevel=2,
+        )
+    nodes = uniform_sphere(n_samples, d, np.random.default_rng(random_state))
+    values = _evaluate(f, nodes)
+    alpha = np.array([harmonic_dimension(ell, d) for ell in range(degree + 1)], float)
+    K = gegenbauer(np.clip(nodes @ nodes.T, -1.0, 1.0), degree, d) @ alpha
+    if regularization > 0:
+        K[np.diag_indices_from(K)] += n_samples * regularization
+        coef = scipy.linalg.solve(K, values, assume_a="pos")
+    else:
+        evals, evecs = scipy.linalg.eigh(K)
+        keep = evals > rcond * evals[-1]
+        coef = evecs[:, keep] @ ((evecs[:, keep].T @ values) / evals[keep])
+    return SphericalExpansion(d, degree, nodes, values, coef)
+
+
+def _evaluate(f, nodes: np.ndarray) -> np.ndarray:
+    values = np.asarray(f(nodes.copy()), dtype=np.float64)
+    if values.shape != (len(nodes),):
+        raise ValueError(
+            f"f must return one value per sample, shape ({len(nodes)},), got shape {values.shape}"
+        )
+    if not np.all(np.isfinite(values)):
+        raise ValueError("f must return finite values, found NaN or infinite values")
+    return values

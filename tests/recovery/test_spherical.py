@@ -1,0 +1,166 @@
+import numpy as np
+import pytest
+
+from kernelsketch.features.gegenbauer import (
+    gegenbauer,
+    gegenbauer_coefficients,
+    harmonic_space_dimension,
+    uniform_sphere,
+)
+from kernelsketch.recovery import SphericalExpansion, default_spherical_samples, recover_spherical
+
+RNG = np.random.default_rng()
+
+
+def _random_expansion(d, q, rng, terms=3):
+    """A random element of H_{<=q}: per degree ℓ, a sum of zonal harmonics P_ℓ(<x, z>)."""
+    centers = [uniform_sphere(terms, d, rng) for _ in range(q + 1)]
+    weights = [rng.standard_normal(terms) for _ in range(q + 1)]
+
+    def parts(X):
+        return np.stack(
+            [gegenbauer(X @ centers[ell].T, q, d)[..., ell] @ weights[ell] for ell in range(q + 1)],
+            axis=1,
+        )
+
+    return parts, lambda X: parts(X).sum(axis=1)
+
+
+def _rel(a, b):
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+@pytest.mark.parametrize("d,q", [(2, 7), (3, 5), (5, 3)])
+def test_exact_recovery_with_default_samples(d, q):
+    parts, f = _random_expansion(d, q, RNG)
+    g = recover_spherical(f, d, q, random_state=RNG)
+    assert len(g.nodes) == default_spherical_samples(d, q)
+    X = uniform_sphere(300, d, RNG)
+    assert _rel(g(X), f(X)) < 1e-9
+    np.testing.assert_allclose(g.components(X), parts(X), atol=1e-8 * np.abs(parts(X)).max())
+
+
+def test_default_sample_count_is_dimension_times_log():
+    for d, q in [(3, 4), (4, 6), (10, 2)]:
+        beta = harmonic_space_dimension(q, d)
+        s = default_spherical_samples(d, q)
+        assert beta * np.log(beta) <= s <= beta * np.log(beta) + 2 * beta
+
+
+def test_far_fewer_samples_fail():
+    d, q = 3, 6
+    _, f = _random_expansion(d, q, RNG)
+    beta = harmonic_space_dimension(q, d)
+    with pytest.warns(UserWarning, match="underdetermined"):
+        g = recover_spherical(f, d, q, n_samples=beta // 3, random_state=RNG)
+    X = uniform_sphere(300, d, RNG)
+    assert _rel(g(X), f(X)) > 0.3
+
+
+def test_near_best_approximation_of_smooth_function():
+    # f(x) = exp(κ<x, v>) is zonal; its best degree-q approximation in L²(σ) is its
+    # truncated Gegenbauer series. The recovered expansion is within a constant
+    # factor of that best error, and the error falls as q grows. The ratio is random
+    # (heavier-tailed for tiny β), so the seed is fixed to make the test deterministic.
+    d, kappa = 3, 2.0
+    rng = np.random.default_rng(2024)
+    v = uniform_sphere(1, d, rng)[0]
+
+    def f(X):
+        return np.exp(kappa * X @ v)
+
+    X = uniform_sphere(2000, d, rng)
+    errs = []
+    for q in (2, 4, 6):
+        c = gegenbauer_coefficients(lambda t: np.exp(kappa * t), q, d)
+        best = gegenbauer(X @ v, q, d) @ c
+        g = recover_spherical(f, d, q, random_state=rng)
+        err, best_err = np.sqrt(np.mean((g(X) - f(X)) ** 2)), np.sqrt(np.mean((best - f(X)) ** 2))
+        assert err < 3 * best_err, (q, err / best_err)
+        errs.append(err)
+    assert errs[0] > errs[1] > errs[2]
+
+
+def test_noise_robustness_improves_with_samples():
+    # Least squares with s samples and noise σ has error ≈ σ sqrt(β/s) < σ; with only
+    # s = β samples (no oversampling) the system is ill-conditioned. Seed fixed:
+    # the comparison is statistical.
+    d, q, sigma = 3, 5, 0.05
+    rng = np.random.default_rng(7)
+    _, f = _random_expansion(d, q, rng)
+    beta = harmonic_space_dimension(q, d)
+    X = uniform_sphere(1000, d, rng)
+
+    def rms_error(n):
+        g = recover_spherical(lambda W: f(W) + sigma * rng.standard_normal(len(W)), d, q, n, random_state=rng)
+        return np.sqrt(np.mean((g(X) - f(X)) ** 2))
+
+    err_default, err_4x, err_min = rms_error(None), rms_error(4 * default_spherical_samples(d, q)), rms_error(beta)
+    assert err_default < sigma
+    assert err_4x < err_default < err_min
+
+
+def test_regularization_shrinks_towards_zero():
+    d, q = 3, 3
+    _, f = _random_expansion(d, q, RNG)
+    X = uniform_sphere(200, d, RNG)
+    exact = recover_spherical(f, d, q, random_state=0)
+    ridge = recover_spherical(f, d, q, regularization=10.0, random_state=0)
+    assert _rel(exact(X), f(X)) < 1e-9
+    assert np.linalg.norm(ridge(X)) < np.linalg.norm(exact(X))
+
+
+def test_result_type_and_attributes():
+    g = recover_spherical(lambda X: X[:, 0], 3, 1, n_samples=20, random_state=0)
+    assert isinstance(g, SphericalExpansion)
+    assert g.nodes.shape == (20, 3) and g.coef.shape == (20,) and g.dimension == 4
+
+
+# --- errors --------------------------------------------------------------------------
+
+
+def test_error_f_not_callable():
+    with pytest.raises(TypeError, match="f must be callable"):
+        recover_spherical(np.ones(3), 3, 2)
+
+
+def test_error_dimension_too_small():
+    with pytest.raises(ValueError, match="d must be >= 2, got 1"):
+        recover_spherical(lambda X: X[:, 0], 1, 2)
+
+
+def test_error_negative_degree():
+    with pytest.raises(ValueError, match="degree must be >= 0, got -1"):
+        recover_spherical(lambda X: X[:, 0], 3, -1)
+
+
+def test_error_zero_samples():
+    with pytest.raises(ValueError, match="n_samples must be >= 1, got 0"):
+        recover_spherical(lambda X: X[:, 0], 3, 2, n_samples=0)
+
+
+def test_error_negative_regularization():
+    with pytest.raises(ValueError, match="regularization must be >= 0.0, got -1.0"):
+        recover_spherical(lambda X: X[:, 0], 3, 2, regularization=-1.0)
+
+
+def test_error_f_wrong_output_shape():
+    with pytest.raises(ValueError, match=r"f must return one value per sample, shape \(\d+,\), got shape"):
+        recover_spherical(lambda X: X, 3, 2)
+
+
+def test_error_f_returns_nan():
+    with pytest.raises(ValueError, match="f must return finite values"):
+        recover_spherical(lambda X: np.full(len(X), np.nan), 3, 2)
+
+
+def test_error_evaluate_off_sphere():
+    g = recover_spherical(lambda X: X[:, 0], 3, 1, random_state=0)
+    with pytest.raises(ValueError, match="X must have unit-norm rows"):
+        g(2 * uniform_sphere(4, 3, RNG))
+
+
+def test_error_evaluate_wrong_dimension():
+    g = recover_spherical(lambda X: X[:, 0], 3, 1, random_state=0)
+    with pytest.raises(ValueError, match=r"X must have shape \(n, 3\), got shape \(4, 2\)"):
+        g(uniform_sphere(4, 2, RNG))
