@@ -1,1 +1,43 @@
-"""Inner-product sketches and join-size / join-correlation estimation."""
+"""Inner-product sketches and join-size / join-correlation estimation.
+
+``Sketcher(method, size, seed).sketch(vector or (indices, values))`` returns a
+:class:`Sketch`; ``sketch_a.inner_product(sketch_b)`` estimates ``<a, b>``.
+:mod:`kernelsketch.inner.join` estimates join size, sums and post-join
+correlation of two keyed columns from one sketch per column.
+"""
+
+from kernelsketch.inner.base import Sketch
+from kernelsketch.inner.join import (
+    ColumnSketch,
+    JoinStatistics,
+    estimate_join,
+    exact_join_statistics,
+    join_correlation,
+    join_size,
+    join_statistics,
+    sketch_column,
+)
+from kernelsketch.inner.linear import CountSketch, JLSketch
+from kernelsketch.inner.minhash import MinHashSketch, WeightedMinHashSketch
+from kernelsketch.inner.sampling import PrioritySketch, ThresholdSketch
+from kernelsketch.inner.sketcher import METHODS, Sketcher
+
+__all__ = [
+    "METHODS",
+    "Sketcher",
+    "Sketch",
+    "JLSketch",
+    "CountSketch",
+    "MinHashSketch",
+    "WeightedMinHashSketch",
+    "ThresholdSketch",
+    "PrioritySketch",
+    "ColumnSketch",
+    "JoinStatistics",
+    "sketch_column",
+    "join_statistics",
+    "exact_join_statistics",
+    "estimate_join",
+    "join_size",
+    "join_correlation",
+]

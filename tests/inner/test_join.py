@@ -1,0 +1,190 @@
+"""Join size / sums / correlation estimation from column sketches, against pandas joins."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kernelsketch.inner import (
+    ColumnSketch,
+    estimate_join,
+    exact_join_statistics,
+    join_correlation,
+    join_size,
+    join_statistics,
+    sketch_column,
+)
+
+
+def _tables(rng, n_a=300, n_b=250, n_keys=400, rho=0.8):
+    """Two keyed tables with duplicate keys; y correlates with x through a per-key latent."""
+    latent = rng.normal(size=n_keys)
+    ka = rng.integers(0, n_keys, size=n_a)
+    kb = rng.integers(n_keys // 3, n_keys, size=n_b)
+    x = latent[ka] + 0.3 * rng.normal(size=n_a)
+    y = rho * latent[kb] + np.sqrt(1 - rho**2) * rng.normal(size=n_b) + 5.0
+    return ka, x, kb, y
+
+
+def _pandas_join(ka, x, kb, y, duplicates):
+    a, b = pd.DataFrame({"k": ka, "x": x}), pd.DataFrame({"k": kb, "y": y})
+    if duplicates != "join":
+        a = a.groupby("k", as_index=False).agg(duplicates)
+        b = b.groupby("k", as_index=False).agg(duplicates)
+    return a.merge(b, on="k", how="inner")
+
+
+@pytest.mark.parametrize("duplicates", ["join", "mean", "sum"])
+def test_exact_statistics_match_pandas_join(duplicates):
+    ka, x, kb, y = _tables(np.random.default_rng())
+    j = _pandas_join(ka, x, kb, y, duplicates)
+    st = exact_join_statistics(ka, x, kb, y, duplicates=duplicates)
+    assert st.size == len(j)
+    assert st.sum_a == pytest.approx(j.x.sum())
+    assert st.sum_b == pytest.approx(j.y.sum())
+    assert st.sum_sq_a == pytest.approx((j.x**2).sum())
+    assert st.sum_sq_b == pytest.approx((j.y**2).sum())
+    assert st.sum_ab == pytest.approx((j.x * j.y).sum())
+    assert st.mean_a == pytest.approx(j.x.mean())
+    assert st.correlation == pytest.approx(j.x.corr(j.y), abs=1e-10)
+
+
+@pytest.mark.parametrize("method", ["ts", "ps"])
+@pytest.mark.parametrize("duplicates", ["join", "mean"])
+def test_full_budget_sampling_sketches_are_exact(method, duplicates):
+    ka, x, kb, y = _tables(np.random.default_rng())
+    size = 3 * (2 * 400 + 1)  # every key of either table fits in each of the 3 sketches
+    est = estimate_join(ka, x, kb, y, size=size, method=method, seed=5, duplicates=duplicates)
+    ref = exact_join_statistics(ka, x, kb, y, duplicates=duplicates)
+    for field in ("size", "sum_a", "sum_b", "sum_sq_a", "sum_sq_b", "sum_ab"):
+        assert getattr(est, field) == pytest.approx(getattr(ref, field), rel=1e-10)
+    assert est.correlation == pytest.approx(ref.correlation, abs=1e-9)
+
+
+@pytest.mark.parametrize("method", ["ts", "ps"])
+def test_join_size_unbiased(method):
+    rng = np.random.default_rng(21)
+    ka = rng.integers(0, 3000, size=2000)
+    kb = rng.integers(2000, 6000, size=2000)
+    true = exact_join_statistics(ka, np.ones(ka.size), kb, np.ones(kb.size)).size
+    est = np.array([join_size(ka, kb, size=101, method=method, seed=s) for s in range(300)])
+    assert abs(est.mean() - true) < 4.5 * est.std(ddof=1) / np.sqrt(est.size)
+
+
+@pytest.mark.parametrize("method", ["ts", "ps", "wmh", "jl"])
+def test_correlation_error_falls_with_size(method):
+    rng = np.random.default_rng(22)
+    ka, kb = np.unique(rng.integers(0, 1500, 900)), np.unique(rng.integers(500, 2000, 900))
+    x, y = rng.normal(size=ka.size), rng.normal(size=kb.size)
+    common = np.intersect1d(ka, kb)
+    x[np.searchsorted(ka, common)] += 2 * np.sin(common)
+    y[np.searchsorted(kb, common)] += 2 * np.sin(common)
+    true = exact_join_statistics(ka, x, kb, y).correlation
+
+    def err(size):
+        est = [join_correlation(ka, x, kb, y, size=size, method=method, seed=s) for s in range(10)]
+        return float(np.nanmedian(np.abs(np.array(est) - true)))
+
+    assert err(1200) < 0.5 * err(90)
+
+
+def test_pandas_series_and_date_keys():
+    rng = np.random.default_rng()
+    dates_a = pd.Series(pd.date_range("2001-01-01", periods=200, freq="D"))
+    dates_b = pd.Series(pd.date_range("2001-03-01", periods=200, freq="D"))
+    x = pd.Series(rng.normal(size=200))
+    y = pd.Series(rng.normal(size=200))
+    ref = pd.DataFrame({"k": dates_a, "x": x}).merge(pd.DataFrame({"k": dates_b, "y": y}), on="k")
+    r = join_correlation(dates_a, x, dates_b, y, size=3 * 401, method="ps")
+    assert r == pytest.approx(ref.x.corr(ref.y), abs=1e-9)
+
+
+def test_string_keys_join_size_exact_with_full_budget():
+    ka = np.array(["a", "b", "b", "c", "d"])
+    kb = np.array(["b", "c", "c", "e"])
+    assert join_size(ka, kb, size=21, method="ts") == pytest.approx(1 * 2 + 2 * 1)
+
+
+def test_nan_drop_equals_removing_rows():
+    ka, x, kb, y = _tables(np.random.default_rng())
+    x_nan = x.copy()
+    x_nan[::7] = np.nan
+    keep = ~np.isnan(x_nan)
+    dropped = exact_join_statistics(ka, x_nan, kb, y, nan="drop")
+    assert dropped == exact_join_statistics(ka[keep], x[keep], kb, y)
+    a = sketch_column(ka, x_nan, size=300, nan="drop", seed=1)
+    assert a.count == sketch_column(ka[keep], x[keep], size=300, seed=1).count
+
+
+def test_empty_join_gives_nan_correlation():
+    st = estimate_join([1, 2, 3], [1.0, 2.0, 3.0], [4, 5], [1.0, 2.0], size=30, method="ts")
+    assert st.size == 0.0 and math.isnan(st.correlation) and math.isnan(st.mean_a)
+
+
+def test_column_sketch_round_trip_and_merge():
+    rng = np.random.default_rng()
+    keys = np.arange(500)
+    x = rng.normal(size=500)
+    whole = sketch_column(keys, x, size=301, method="ps", seed=3)
+    assert ColumnSketch.from_bytes(whole.to_bytes()) == whole
+    halves = [sketch_column(keys[s], x[s], size=301, method="ps", seed=3)
+              for s in (slice(0, 250), slice(250, 500))]
+    assert halves[0].merge(halves[1]) == whole
+    assert whole.storage_size <= 301
+
+
+# ----------------------------------------------------------- bad inputs
+def test_nan_raises_by_default():
+    with pytest.raises(ValueError, match="values_a must not contain NaN, found 1; pass nan='drop'"):
+        exact_join_statistics([1, 2], [1.0, np.nan], [1], [2.0])
+
+
+def test_inf_values_raise():
+    with pytest.raises(ValueError, match="values must be finite or NaN, found infinite values"):
+        sketch_column([1, 2], [1.0, np.inf], size=30)
+
+
+def test_values_length_mismatch():
+    with pytest.raises(ValueError, match=r"values must have one value per key \(3 keys\), got 2"):
+        sketch_column([1, 2, 3], [1.0, 2.0], size=30)
+
+
+def test_values_not_numeric():
+    with pytest.raises(TypeError, match="values must hold real numbers, got dtype <U1"):
+        sketch_column([1, 2], ["a", "b"], size=30)
+
+
+def test_unknown_duplicates_policy():
+    with pytest.raises(ValueError, match=r"duplicates must be one of .*got 'max'"):
+        sketch_column([1, 2], [1.0, 2.0], size=30, duplicates="max")
+
+
+def test_unknown_nan_policy():
+    with pytest.raises(ValueError, match=r"nan must be one of .*got 'ignore'"):
+        sketch_column([1, 2], [1.0, 2.0], size=30, nan="ignore")
+
+
+def test_size_too_small():
+    with pytest.raises(ValueError, match="size must be >= 3, got 2"):
+        sketch_column([1, 2], [1.0, 2.0], size=2)
+
+
+def test_mixed_duplicates_policies_raise():
+    a = sketch_column([1, 2], [1.0, 2.0], size=30, duplicates="join")
+    b = sketch_column([1, 2], [1.0, 2.0], size=30, duplicates="mean")
+    with pytest.raises(ValueError, match="same duplicates policy"):
+        join_statistics(a, b)
+
+
+def test_join_statistics_needs_column_sketches():
+    a = sketch_column([1, 2], [1.0, 2.0], size=30)
+    with pytest.raises(TypeError, match="b must be a ColumnSketch, got int"):
+        join_statistics(a, 3)
+
+
+def test_mixed_methods_raise():
+    a = sketch_column([1, 2], [1.0, 2.0], size=30, method="ts")
+    b = sketch_column([1, 2], [1.0, 2.0], size=30, method="ps")
+    with pytest.raises(ValueError, match="method differs"):
+        join_statistics(a, b)
