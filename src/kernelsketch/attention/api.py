@@ -52,7 +52,9 @@ class MethodSpec:
     resolved ``scale`` and ``config``, and returns ``(out, lse)``: ``out`` of
     shape [B, Hq, N, Dv] in any float dtype (cast to q's dtype by
     :func:`attention`), ``lse`` of shape [B, Hq, N] (float32, or float64 for
-    float64 inputs) or None when ``need_lse`` is False.
+    float64 inputs) or None when ``need_lse`` is False. ``reference`` names
+    the exact method it approximates (None for an exact method itself):
+    benchmarks and the demo measure its error against that method.
     """
 
     name: str
@@ -61,6 +63,7 @@ class MethodSpec:
     summary: str
     paper: str = ""
     causal: bool = True
+    reference: str | None = "exact"
 
 
 _REGISTRY: dict[str, MethodSpec] = {}

@@ -169,4 +169,5 @@ METHOD = MethodSpec(
     config_cls=ExactConfig,
     summary="exact softmax attention (SDPA; chunked with log-sum-exp)",
     paper="reference",
+    reference=None,
 )

@@ -1,0 +1,1 @@
+"""Benchmark runners shared by ``benchmarks/`` scripts and the ``kernelsketch`` CLI."""

@@ -1,0 +1,30 @@
+"""Command line: ``kernelsketch demo`` and ``kernelsketch bench attention ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="kernelsketch", description="kernelsketch command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="every registered attention method on a built-in default (CPU)")
+    demo.add_argument("--out-dir", default="results/demo")
+    bench = sub.add_parser("bench", help="benchmarks: kernelsketch bench attention --help")
+    bench.add_argument("family", choices=["attention"])
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "demo":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        from .demo import main as demo_main
+
+        return demo_main(out_dir=args.out_dir)
+    from .bench.attention import main as bench_main
+
+    return bench_main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

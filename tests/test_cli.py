@@ -1,0 +1,40 @@
+import json
+
+import pytest
+
+from kernelsketch.attention.hyper import HyperConfig
+from kernelsketch.bench.attention import Variant, format_table, run
+from kernelsketch.cli import main
+
+
+def test_bench_runs_methods_against_exact_baseline_and_writes_json(tmp_path):
+    cfg = HyperConfig(block_size=32, sample_size=32, min_seq_len=16)
+    res = run(device="cpu", ns=[128], causal=True, heads=2, head_dim=16, reps=1,
+              variants=[Variant("hyper-small", "hyper", cfg),
+                        Variant("hyper-full", "hyper", HyperConfig.full_budget(128))],
+              inputs=("random", "planted"), out_dir=tmp_path, tag="t")
+    data = json.loads((tmp_path / "t_cpu_causal.json").read_text())
+    labels = {r["label"] for r in data["rows"]}
+    assert labels == {"sdpa", "hyper-small", "hyper-full"}
+    full = [r for r in data["rows"] if r["label"] == "hyper-full"]
+    assert all(r["rel_error"] < 1e-5 and r["spectral_error"] < 1e-5 for r in full)
+    small = [r for r in data["rows"] if r["label"] == "hyper-small"]
+    assert all(r["rel_error"] > 1e-4 for r in small)
+    assert all(r["speedup_fwd"] > 0 and r["fwd_bwd_ms"] > 0 for r in data["rows"])
+    table = format_table(res)
+    assert "hyper-small" in table and "CPU" in table
+
+
+def test_cli_rejects_unknown_command():
+    with pytest.raises(SystemExit):
+        main(["nope"])
+
+
+def test_demo_writes_table_and_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from kernelsketch import demo
+
+    demo.main(out_dir=str(tmp_path), ns=(128,))
+    out = capsys.readouterr().out
+    assert "results folder" in out and "hyper" in out
+    assert (tmp_path / "demo_error_vs_speedup.png").stat().st_size > 1000
