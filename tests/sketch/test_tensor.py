@@ -1,0 +1,260 @@
+"""Tensor-power sketches: TensorSketch, TensorSRHT, Degree2Sketch, PolySketch."""
+
+import math
+
+import pytest
+import torch
+
+from kernelsketch.sketch.tensor import Degree2Sketch, PolySketch, TensorSketch, TensorSRHT
+from tests.sketch.stats import assert_unbiased, correlated_pair
+
+KINDS = ["gaussian", "srht", "countsketch", "tensorsketch"]
+
+
+def _outer_power(x: torch.Tensor, q: int) -> torch.Tensor:
+    """Explicit x^{⊗q} [..., d**q] (row-major in the factor order)."""
+    out = x
+    for _ in range(q - 1):
+        out = (out.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)
+    return out
+
+
+@pytest.mark.parametrize("q", [1, 2, 3])
+def test_tensorsketch_is_countsketch_of_the_explicit_tensor_power(q):
+    d, m = 5, 7
+    ts = TensorSketch(d, m, q).double()
+    x = torch.randn(3, d, dtype=torch.float64)
+    # Oracle: CountSketch of x^{⊗q} with bucket sum_k h_k(i_k) mod m and sign prod_k s_k(i_k).
+    bucket = torch.zeros(1, dtype=torch.int64)
+    sign = torch.ones(1, dtype=torch.float64)
+    for f in ts.factors:
+        bucket = (bucket.unsqueeze(-1) + f.buckets.unsqueeze(0)).flatten()
+        sign = (sign.unsqueeze(-1) * f.signs.unsqueeze(0)).flatten()
+    dense = torch.zeros(d**q, m, dtype=torch.float64)
+    dense[torch.arange(d**q), bucket % m] = sign
+    torch.testing.assert_close(ts(x), _outer_power(x, q) @ dense, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("q", [1, 2, 3])
+def test_tensorsrht_equals_product_formula(q):
+    d, m = 6, 10
+    s = TensorSRHT(d, m, q).double()
+    x = torch.randn(4, d, dtype=torch.float64)
+    expected = math.sqrt(m) ** (q - 1) * torch.stack([x @ f.matrix for f in s.factors]).prod(0)
+    torch.testing.assert_close(s(x), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_degree2_gaussian_is_polysketchformer_formula():
+    d, m = 6, 9
+    s = Degree2Sketch(d, m, kind="gaussian").double()
+    s1, s2 = (math.sqrt(m) * f.matrix for f in s.sketch.factors)
+    x, y = torch.randn(2, 3, d, dtype=torch.float64)
+    torch.testing.assert_close(s(x, y), (x @ s1) * (y @ s2) / math.sqrt(m), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(s(x), s(x, x), rtol=0, atol=0)
+
+
+def test_degree2_countsketch_is_countsketch_of_outer_product():
+    d, m = 4, 6
+    s = Degree2Sketch(d, m, kind="countsketch").double()
+    x, y = torch.randn(2, 5, d, dtype=torch.float64)
+    outer = (x.unsqueeze(-1) * y.unsqueeze(-2)).flatten(-2)
+    torch.testing.assert_close(s(x, y), outer @ s.sketch.matrix, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [TensorSketch, TensorSRHT])
+@pytest.mark.parametrize("q", [2, 3, 4])
+def test_tensor_sketch_unbiased_for_powers_of_inner_product(cls, q):
+    gen = torch.Generator().manual_seed(10 + q)
+    x, y = correlated_pair(8, 2, 0.85, gen)
+    truth = (x * y).sum(-1) ** q
+    est = torch.stack(
+        [(s(x) * s(y)).sum(-1) for s in (cls(8, 32, q, seed=i) for i in range(300))]
+    )
+    assert_unbiased(est, truth)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_degree2_sketch_unbiased_for_pair_products(kind):
+    gen = torch.Generator().manual_seed(21)
+    x, x2 = correlated_pair(6, 2, 0.8, gen)
+    y, y2 = correlated_pair(6, 2, -0.7, gen)
+    truth = (x * x2).sum(-1) * (y * y2).sum(-1)
+    sketches = (Degree2Sketch(6, 16, kind=kind, seed=i) for i in range(300))
+    est = torch.stack([(s(x, y) * s(x2, y2)).sum(-1) for s in sketches])
+    assert_unbiased(est, truth)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("q", [3, 4])
+def test_polysketch_unbiased(kind, q):
+    gen = torch.Generator().manual_seed(30 + q)
+    x, y = correlated_pair(6, 2, 0.9, gen)
+    truth = (x * y).sum(-1) ** q
+    sketches = (PolySketch(6, 32, q, kind=kind, seed=i) for i in range(200))
+    est = torch.stack([(s(x) * s(y)).sum(-1) for s in sketches])
+    assert_unbiased(est, truth)
+
+
+def test_polysketch_all_powers_unbiased():
+    gen = torch.Generator().manual_seed(40)
+    x, y = correlated_pair(6, 1, 0.9, gen)
+    truth = torch.stack([(x * y).sum(-1) ** j for j in range(4)], -1)
+    est = []
+    for i in range(200):
+        s = PolySketch(6, 32, 3, seed=i)
+        px, py = s.all_powers(x), s.all_powers(y)
+        est.append(torch.stack([(a * b).sum(-1) for a, b in zip(px, py)], -1))
+    est = torch.stack(est)
+    torch.testing.assert_close(est[..., 0], torch.ones_like(est[..., 0]), rtol=0, atol=0)
+    assert_unbiased(est[..., 1:], truth[..., 1:])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("degree", [1, 3, 4])
+def test_polysketch_all_powers_consistent(kind, degree):
+    s = PolySketch(5, 12, degree, kind=kind)
+    x = torch.randn(2, 3, 5, dtype=torch.float64)
+    powers = s.all_powers(x)
+    assert len(powers) == degree + 1
+    assert all(p.shape == (2, 3, 12) and p.dtype == torch.float64 for p in powers)
+    torch.testing.assert_close(powers[degree], s(x), rtol=1e-12, atol=1e-12)
+    # Entry j is homogeneous of degree j in x (entry 0 is the constant feature).
+    c = 1.7
+    for j, (p, pc) in enumerate(zip(powers, s.all_powers(c * x))):
+        torch.testing.assert_close(pc, c**j * p, rtol=1e-10, atol=1e-10)
+    # Entry 1 is a linear sketch of x.
+    y = torch.randn(2, 3, 5, dtype=torch.float64)
+    torch.testing.assert_close(
+        s.all_powers(x + y)[1], powers[1] + s.all_powers(y)[1], rtol=1e-10, atol=1e-10
+    )
+
+
+@pytest.mark.parametrize("make", [
+    lambda m, i: TensorSRHT(64, m, 2, seed=i),
+    lambda m, i: TensorSketch(64, m, 2, seed=i),
+    lambda m, i: PolySketch(64, m, 2, kind="srht", seed=i),
+    lambda m, i: PolySketch(64, m, 4, kind="gaussian", seed=i),
+], ids=["tensorsrht", "tensorsketch", "polysketch-srht-2", "polysketch-gaussian-4"])
+def test_distortion_falls_with_sketch_size(make):
+    gen = torch.Generator().manual_seed(50)
+    x = torch.randn(8, 64, dtype=torch.float64, generator=gen)
+    x = x / x.norm(dim=-1, keepdim=True)
+
+    def distortion(m):
+        errs = [((make(m, i)(x) ** 2).sum(-1) - 1).abs() for i in range(8)]
+        return torch.stack(errs).mean().item()
+
+    small, large = distortion(16), distortion(512)
+    # Rate 1/sqrt(m): a factor sqrt(32) ~ 5.7 expected; require 2.5.
+    assert large < small / 2.5
+
+
+@pytest.mark.parametrize("make", [
+    lambda: TensorSketch(6, 8, 3),
+    lambda: TensorSRHT(6, 8, 3),
+    lambda: PolySketch(6, 8, 3, kind="srht"),
+    lambda: PolySketch(6, 8, 2, kind="countsketch"),
+], ids=["tensorsketch", "tensorsrht", "polysketch-srht", "polysketch-countsketch"])
+def test_differentiable(make):
+    s = make().double()
+    x = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(s, (x,))
+
+
+def test_degree2_differentiable_in_both_arguments():
+    s = Degree2Sketch(5, 6, kind="tensorsketch").double()
+    x, y = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(s, (x, y))
+
+
+def test_degree2_broadcasts_leading_shapes():
+    s = Degree2Sketch(5, 6, kind="srht")
+    x, y = torch.randn(4, 1, 5), torch.randn(3, 5)
+    out = s(x, y)
+    assert out.shape == (4, 3, 6)
+    torch.testing.assert_close(out[2, 1], s(x[2, 0], y[1]))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: TensorSketch(16, 8, 2),
+    lambda: TensorSRHT(16, 8, 3),
+    lambda: PolySketch(16, 8, 3, kind="gaussian"),
+])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_dtype_preserved(make, dtype):
+    s = make()
+    x = torch.randn(4, 16, dtype=torch.float64) / 4
+    out = s(x.to(dtype))
+    assert out.dtype == dtype and out.shape == (4, 8)
+    tol = 1e-5 if dtype in (torch.float32, torch.float64) else 5e-2
+    torch.testing.assert_close(out.double(), s(x), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_polysketch_seed_and_state_dict(kind):
+    a, b, c = (PolySketch(6, 8, 3, kind=kind, seed=s) for s in (1, 1, 2))
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+    assert not torch.equal(a(x), c(x))
+    c.load_state_dict(a.state_dict())
+    torch.testing.assert_close(a(x), c(x), rtol=0, atol=0)
+    g = PolySketch(6, 8, 3, kind=kind, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a(x), g(x), rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_matches_cpu(kind):
+    x = torch.randn(3, 6, dtype=torch.float64)
+    cpu = PolySketch(6, 8, 3, kind=kind, seed=0)
+    gpu = PolySketch(6, 8, 3, kind=kind, seed=0).to("cuda")
+    torch.testing.assert_close(gpu(x.cuda()).cpu(), cpu(x))
+    for p, q in zip(gpu.all_powers(x.cuda()), cpu.all_powers(x)):
+        torch.testing.assert_close(p.cpu(), q)
+
+
+@pytest.mark.parametrize("cls", [TensorSketch, TensorSRHT, PolySketch])
+def test_rejects_zero_degree(cls):
+    with pytest.raises(ValueError, match="degree must be >= 1, got 0"):
+        cls(4, 4, 0)
+
+
+@pytest.mark.parametrize("cls", [TensorSketch, TensorSRHT, PolySketch])
+def test_rejects_non_int_degree(cls):
+    with pytest.raises(TypeError, match="degree must be an int, got float 2.0"):
+        cls(4, 4, 2.0)
+
+
+@pytest.mark.parametrize("cls", [Degree2Sketch, PolySketch])
+def test_rejects_unknown_kind(cls):
+    args = (4, 4) if cls is Degree2Sketch else (4, 4, 2)
+    with pytest.raises(ValueError, match="kind must be one of .*got 'hadamard'"):
+        cls(*args, kind="hadamard")
+
+
+def test_rejects_seed_and_generator_together():
+    with pytest.raises(ValueError, match="either seed or generator, not both"):
+        PolySketch(4, 4, 2, seed=0, generator=torch.Generator())
+
+
+def test_degree2_rejects_wrong_y_dim():
+    with pytest.raises(ValueError, match=r"y must have shape \[\.\.\., 4\] \(d_in=4\), got shape \[2, 3\]"):
+        Degree2Sketch(4, 4)(torch.randn(2, 4), torch.randn(2, 3))
+
+
+def test_degree2_rejects_y_dtype_mismatch():
+    with pytest.raises(TypeError, match="y must have the same dtype as x"):
+        Degree2Sketch(4, 4)(torch.randn(2, 4), torch.randn(2, 4, dtype=torch.float64))
+
+
+def test_polysketch_rejects_wrong_input_dim():
+    with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., 4\]"):
+        PolySketch(4, 4, 2).all_powers(torch.randn(2, 5))
+
+
+def test_tensorsketch_rejects_nan():
+    x = torch.randn(2, 4)
+    x[0, 1] = float("inf")
+    with pytest.raises(ValueError, match="x must be finite"):
+        TensorSketch(4, 4, 2)(x)
