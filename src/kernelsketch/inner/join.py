@@ -45,6 +45,8 @@ __all__ = [
     "JoinStatistics",
     "keyed_vectors",
     "sketch_column",
+    "column_sketcher",
+    "sketch_keyed_vectors",
     "join_statistics",
     "exact_join_statistics",
     "estimate_join",
@@ -268,18 +270,32 @@ def sketch_column(
     -------
     ColumnSketch
     """
+    sketcher = column_sketcher(size, method, seed, rows)
+    vectors = keyed_vectors(keys, values, seed=sketcher.seed, duplicates=duplicates, nan=nan)
+    return sketch_keyed_vectors(sketcher, vectors, duplicates)
+
+
+def column_sketcher(size: int, method: str = "ts", seed: int = 0, rows: int = 1) -> Sketcher:
+    """The sketcher of each of a column's three vectors: a third of ``size`` words."""
     check_choice("method", method, METHODS)
     check_int("size", size, min=3)
-    sketcher = Sketcher(method, size // 3, seed, rows=rows)
-    hashes, count, total, squares = keyed_vectors(
-        keys, values, seed=sketcher.seed, duplicates=duplicates, nan=nan
+    return Sketcher(method, size // 3, seed, rows=rows)
+
+
+def sketch_keyed_vectors(
+    sketcher: Sketcher,
+    vectors: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    duplicates: str,
+    norms: tuple[float, float, float] | None = None,
+) -> ColumnSketch:
+    """Sketch the output of :func:`keyed_vectors` (``norms``: of the whole column's
+    count, sum and square vectors when these vectors are one key-disjoint part of it)."""
+    hashes, *parts = vectors
+    norms = norms or (None, None, None)
+    count, total, squares = (
+        sketcher.sketch_hashed(hashes, v, norm=n) for v, n in zip(parts, norms)
     )
-    return ColumnSketch(
-        sketcher.sketch_hashed(hashes, count),
-        sketcher.sketch_hashed(hashes, total),
-        sketcher.sketch_hashed(hashes, squares),
-        duplicates,
-    )
+    return ColumnSketch(count, total, squares, duplicates)
 
 
 def join_statistics(a: ColumnSketch, b: ColumnSketch) -> JoinStatistics:
