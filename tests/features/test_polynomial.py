@@ -1,0 +1,233 @@
+"""PolynomialSketch and PolynomialLeverageSampler against the exact polynomial kernel:
+unbiasedness, error falling with features, spectral approximation, leverage vs
+squared-norm sampling on structured inputs, comparison with scikit-learn, bad input."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from sklearn.kernel_approximation import PolynomialCountSketch
+from sklearn.metrics.pairwise import polynomial_kernel
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from kernelsketch.features.polynomial import (
+    PolynomialLeverageSampler,
+    PolynomialSketch,
+    _lift,
+    sample_tensor_coordinates,
+)
+
+
+def _spectral_eps(K, Kt, lam):
+    """Smallest eps with (1-eps)(K+lam I) <= Kt+lam I <= (1+eps)(K+lam I)."""
+    w, V = np.linalg.eigh(K + lam * np.eye(len(K)))
+    inv_sqrt = (V / np.sqrt(w)) @ V.T
+    ev = np.linalg.eigvalsh(inv_sqrt @ (Kt + lam * np.eye(len(K))) @ inv_sqrt)
+    return max(ev.max() - 1.0, 1.0 - ev.min())
+
+
+def _all_columns(A, q):
+    """Explicit A^{⊗q} (columns indexed by tuples), for small d only."""
+    cols = list(itertools.product(range(A.shape[1]), repeat=q))
+    return cols, np.stack([np.prod(A[:, c], axis=1) for c in cols], axis=1)
+
+
+@parametrize_with_checks(
+    [
+        PolynomialSketch(n_components=16, random_state=0),
+        PolynomialLeverageSampler(n_components=16, sketch_size=8, random_state=0),
+    ]
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+def test_polysketch_unbiased():
+    # Average of independent sketches -> K, within 5 standard errors per entry
+    # (the fitted torch map, rebuilt from 150 seeds without the sklearn shell).
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4, 3)) / np.sqrt(3)
+    K = polynomial_kernel(X, degree=3, gamma=1.0, coef0=0.5)
+    x = torch.from_numpy(X)
+    est = []
+    for s in range(150):
+        fmap = PolynomialSketch(n_components=8, degree=3, coef0=0.5)._make_feature_map(
+            3, torch.Generator().manual_seed(s), x)
+        Z = fmap(x).numpy()
+        est.append(Z @ Z.T)
+    est = np.stack(est)
+    se = est.std(0) / np.sqrt(len(est))
+    assert np.all(np.abs(est.mean(0) - K) <= 5 * se + 1e-12)
+
+
+def test_polysketch_error_falls_with_dimension():
+    rng = np.random.default_rng()
+    X = rng.normal(size=(50, 8))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    K = polynomial_kernel(X, degree=4, gamma=1.0, coef0=1.0)
+    errs = []
+    for D in (32, 128, 512):
+        Z = [PolynomialSketch(n_components=D, degree=4, coef0=1.0).fit_transform(X)
+             for _ in range(3)]
+        errs.append(np.mean([np.linalg.norm(z @ z.T - K) for z in Z]) / np.linalg.norm(K))
+    assert errs[0] > 1.4 * errs[1] > 1.96 * errs[2]
+
+
+def test_polysketch_beats_tensorsketch_at_high_degree():
+    # Degree-2 tree: variance polynomial in the degree; TensorSketch: exponential.
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(100, 16))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    K = polynomial_kernel(X, degree=8, gamma=1.0, coef0=1.0)
+
+    def err(est):
+        Z = est.fit_transform(X)
+        return np.linalg.norm(Z @ Z.T - K) / np.linalg.norm(K)
+
+    ours = np.mean([err(PolynomialSketch(n_components=256, degree=8, coef0=1.0, random_state=s))
+                    for s in range(4)])
+    sk = np.mean([err(PolynomialCountSketch(n_components=256, degree=8, coef0=1.0,
+                                            random_state=s)) for s in range(4)])
+    assert ours < 0.85 * sk
+
+
+def test_polysketch_torch_map_batched_float32():
+    X = np.random.default_rng().normal(size=(6, 3))
+    est = PolynomialSketch(n_components=16, degree=3, coef0=1.0, random_state=0).fit(X)
+    out = est.feature_map_(torch.from_numpy(X).float().reshape(2, 3, 3))
+    assert out.shape == (2, 3, 16) and out.dtype == torch.float32
+    np.testing.assert_allclose(out.reshape(6, 16).numpy(), est.transform(X), rtol=1e-4, atol=1e-4)
+
+
+def test_leverage_sampler_unbiased():
+    # The m sampled columns are i.i.d.; each contributes phi_c phi_c^T / p_c with mean K.
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(6, 3)) / np.sqrt(3)
+    m = 20000
+    est = PolynomialLeverageSampler(n_components=m, degree=3, coef0=1.0, ridge=0.1,
+                                    random_state=5).fit(X)
+    Z = est.transform(X)
+    per_sample = m * Z[:, None, :] * Z[None, :, :]  # [n, n, m]
+    se = per_sample.std(-1) / np.sqrt(m)
+    K = polynomial_kernel(X, degree=3, gamma=1.0, coef0=1.0)
+    assert np.all(np.abs(per_sample.mean(-1) - K) <= 5 * se + 1e-12)
+
+
+def test_leverage_probabilities_close_to_exact_ridge_leverage():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(40, 3)) / np.sqrt(3)
+    lam, q = 0.1, 2
+    A = _lift(torch.from_numpy(X), 1.0, 1.0).numpy()
+    cols, Phi = _all_columns(A, q)
+    K = Phi @ Phi.T
+    tau = np.einsum("ic,ij,jc->c", Phi, np.linalg.inv(K + lam * np.eye(len(K))), Phi)
+    p = tau / tau.sum()
+    idx, probs = sample_tensor_coordinates(torch.from_numpy(A), q, 4000, ridge=lam,
+                                           generator=torch.Generator().manual_seed(0))
+    drawn = np.array([cols.index(tuple(r)) for r in idx.numpy()])
+    ratio = probs.numpy() / p[drawn]
+    assert ratio.min() > 0.2 and ratio.max() < 5.0
+
+
+def test_leverage_sampler_spectral_error_falls():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(40, 4)) / 2
+    K = polynomial_kernel(X, degree=2, gamma=1.0, coef0=1.0)
+    lam = 0.5
+    eps = []
+    for m in (25, 100, 400):
+        eps.append(np.mean([
+            _spectral_eps(K, (lambda Z: Z @ Z.T)(PolynomialLeverageSampler(
+                n_components=m, degree=2, coef0=1.0, ridge=lam, random_state=s
+            ).fit_transform(X)), lam)
+            for s in range(3)
+        ]))
+    assert eps[0] > 1.4 * eps[1] > 1.96 * eps[2]
+    assert eps[2] < 0.5
+
+
+def test_leverage_beats_norm_sampling_on_heavy_coordinate():
+    # Coordinate 0 carries almost all the norm; the small coordinates span directions
+    # of K well above the ridge. Squared-norm sampling misses them, leverage does not.
+    rng = np.random.default_rng(5)
+    n, q, lam, m = 30, 2, 0.05, 200
+    X = np.hstack([10 * rng.normal(size=(n, 1)), 0.5 * rng.normal(size=(n, 3))])
+    cols, Phi = _all_columns(X, q)
+    K = Phi @ Phi.T
+    norm_p = (Phi**2).sum(0) / (Phi**2).sum()
+    lev, nrm = [], []
+    for s in range(4):
+        Z = PolynomialLeverageSampler(n_components=m, degree=q, ridge=lam,
+                                      random_state=s).fit_transform(X)
+        lev.append(_spectral_eps(K, Z @ Z.T, lam))
+        c = np.random.default_rng(s).choice(len(cols), m, p=norm_p)
+        Zn = Phi[:, c] / np.sqrt(m * norm_p[c])
+        nrm.append(_spectral_eps(K, Zn @ Zn.T, lam))
+    assert max(lev) < 0.8 and min(nrm) > 0.95
+
+
+def test_leverage_sampler_torch_map():
+    X = np.random.default_rng().normal(size=(10, 3))
+    est = PolynomialLeverageSampler(n_components=12, degree=3, coef0=1.0, random_state=0).fit(X)
+    out = est.feature_map_(torch.from_numpy(X).reshape(2, 5, 3))
+    assert out.shape == (2, 5, 12)
+    np.testing.assert_allclose(out.reshape(10, 12).numpy(), est.transform(X), rtol=1e-10)
+    assert est.indices_.shape == (12, 3) and est.indices_.max() <= 3
+
+
+X_BAD = np.random.default_rng(0).normal(size=(10, 3))
+BOTH = [PolynomialSketch, PolynomialLeverageSampler]
+
+
+@pytest.mark.parametrize("cls", BOTH)
+def test_bad_n_components(cls):
+    with pytest.raises(ValueError, match="n_components must be >= 1, got 0"):
+        cls(n_components=0).fit(X_BAD)
+
+
+@pytest.mark.parametrize("cls", BOTH)
+def test_bad_degree(cls):
+    with pytest.raises(ValueError, match="degree must be >= 1, got 0"):
+        cls(degree=0).fit(X_BAD)
+
+
+@pytest.mark.parametrize("cls", BOTH)
+def test_bad_degree_type(cls):
+    with pytest.raises(TypeError, match="degree must be an int"):
+        cls(degree=2.0).fit(X_BAD)
+
+
+@pytest.mark.parametrize("cls", BOTH)
+def test_bad_gamma(cls):
+    with pytest.raises(ValueError, match="gamma must be > 0.0, got 0.0"):
+        cls(gamma=0.0).fit(X_BAD)
+
+
+@pytest.mark.parametrize("cls", BOTH)
+def test_bad_coef0(cls):
+    with pytest.raises(ValueError, match="coef0 must be >= 0.0, got -1.0"):
+        cls(coef0=-1.0).fit(X_BAD)
+
+
+@pytest.mark.parametrize("cls", BOTH)
+def test_nan_input(cls):
+    X = X_BAD.copy()
+    X[2, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        cls().fit(X)
+
+
+def test_bad_kind():
+    with pytest.raises(ValueError, match="kind must be one of"):
+        PolynomialSketch(kind="fft").fit(X_BAD)
+
+
+def test_bad_ridge():
+    with pytest.raises(ValueError, match="ridge must be > 0.0, got -0.5"):
+        PolynomialLeverageSampler(ridge=-0.5).fit(X_BAD)
+
+
+def test_bad_sketch_size():
+    with pytest.raises(ValueError, match="sketch_size must be >= 1, got 0"):
+        PolynomialLeverageSampler(sketch_size=0).fit(X_BAD)
