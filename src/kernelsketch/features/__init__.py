@@ -9,3 +9,13 @@ from kernelsketch.features.gegenbauer import (  # noqa: E402,F401
     harmonic_space_dimension,
     zonal_kernel,
 )
+from kernelsketch.features.binning import (  # noqa: E402,F401
+    WeightedRandomBinning,
+    weighted_binning_kernel,
+)
+from kernelsketch.features.krr import KernelRidge, conjugate_gradient, ridge_solve  # noqa: E402,F401
+from kernelsketch.features.nystroem import RLSNystroem, pairwise_kernel  # noqa: E402,F401
+from kernelsketch.features.polynomial import (  # noqa: E402,F401
+    PolynomialLeverageSampler,
+    PolynomialSketch,
+)
