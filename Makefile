@@ -14,6 +14,10 @@ $(VPY):
 install: $(VPY)
 	@$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q torch==2.13.0
 	$(VPY) -m pip install -q -e ".[$(EXTRAS)]"
+	@# Triton kernels are tested on CPU through TRITON_INTERPRET=1, which needs triton >= 3.9
+	@# with numpy >= 2.4; a CUDA build of torch keeps the triton it pins.
+	@$(VPY) -c "import torch, sys; sys.exit(0 if torch.version.cuda else 1)" \
+	  || $(VPY) -m pip install -q "triton>=3.9"
 
 demo: install
 	$(VENV)/bin/kernelsketch demo

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .exact import exact_partial, partial_attention
+from .exact import exact_lse
 from .merge import merge_partials
 
 # approximate(q, k, v, scale) -> (out, lse): non-causal partial attention of
@@ -41,28 +41,26 @@ def causal_levels(n: int, min_seq_len: int) -> tuple[int, int]:
 
 
 def _square_causal(q, k, v, *, scale, approximate, min_seq_len):
-    B, Hq, n, D = q.shape
-    Hkv = k.shape[1]
+    B, Hq, n, _ = q.shape
     levels, leaf = causal_levels(n, min_seq_len)
     n_pad = leaf * 2**levels
     if n_pad != n:
         pad = (0, 0, 0, n_pad - n)
         q, k, v = F.pad(q, pad), F.pad(k, pad), F.pad(v, pad)
     nb = 2**levels
-    # Leaves: exact causal attention inside each diagonal block, batched over blocks.
-    # (GQA: the query heads of a group broadcast against one key/value head.)
-    ql = q.reshape(B, Hkv, Hq // Hkv, nb, leaf, D)
-    kl = k.reshape(B, Hkv, 1, nb, leaf, D)
-    vl = v.reshape(B, Hkv, 1, nb, leaf, v.shape[-1])
-    tri = torch.ones(leaf, leaf, dtype=torch.bool, device=q.device).tril()
-    out, lse = partial_attention(ql, kl, vl, scale=scale, mask=tri)
-    out = out.reshape(B, Hq, n_pad, -1)
-    lse = lse.reshape(B, Hq, n_pad)
+    # Leaves: exact causal attention inside each diagonal block, the blocks in the batch dim.
+    def blocks(x):
+        return x.reshape(B, x.shape[1], nb, leaf, x.shape[-1]).transpose(1, 2).reshape(
+            B * nb, x.shape[1], leaf, x.shape[-1])
+
+    out, lse = exact_lse(blocks(q), blocks(k), blocks(v), scale=scale, is_causal=True)
+    out = out.reshape(B, nb, Hq, leaf, -1).transpose(1, 2).reshape(B, Hq, n_pad, -1)
+    lse = lse.reshape(B, nb, Hq, leaf).transpose(1, 2).reshape(B, Hq, n_pad)
     for level in range(levels, 0, -1):
         blocks = 2 ** (level - 1)
         half = n_pad // (2 * blocks)
 
-        def halves(x, second):
+        def halves(x, second, blocks=blocks, half=half):
             h = x.shape[1]
             x = x.reshape(B, h, blocks, 2, half, x.shape[-1])[:, :, :, second]
             return x.transpose(1, 2).reshape(B * blocks, h, half, x.shape[-1])
@@ -124,5 +122,5 @@ def causal_attention(
 
 def _noncausal(q, k, v, scale, approximate, min_seq_len):
     if k.shape[2] <= min_seq_len:
-        return exact_partial(q, k, v, scale=scale)
+        return exact_lse(q, k, v, scale=scale)
     return approximate(q, k, v, scale)

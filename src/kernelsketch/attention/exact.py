@@ -150,6 +150,17 @@ def _use_flash(q, k, v, is_causal) -> bool:
     )
 
 
+def exact_lse(q, k, v, *, scale, is_causal=False, chunk_size=1024):
+    """Exact ``(out, lse)``: the flash kernel for CUDA half-precision inference, else chunked torch.
+
+    Same contract as :func:`exact_partial`; used wherever a method needs an
+    exact part with its log-sum-exp (causal leaves, short blocks).
+    """
+    if _use_flash(q, k, v, is_causal):
+        return _flash_with_lse(q, k, v, scale=scale, is_causal=is_causal)
+    return exact_partial(q, k, v, scale=scale, is_causal=is_causal, chunk_size=chunk_size)
+
+
 def exact_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
     """Registry entry of the exact method (see :class:`ExactConfig`)."""
     del generator
@@ -158,9 +169,7 @@ def exact_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
             q, k, v, is_causal=is_causal, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
         )
         return out, None
-    if _use_flash(q, k, v, is_causal):
-        return _flash_with_lse(q, k, v, scale=scale, is_causal=is_causal)
-    return exact_partial(q, k, v, scale=scale, is_causal=is_causal, chunk_size=config.chunk_size)
+    return exact_lse(q, k, v, scale=scale, is_causal=is_causal, chunk_size=config.chunk_size)
 
 
 METHOD = MethodSpec(

@@ -36,7 +36,7 @@ from ..sketch.lsh import AngularLSH
 from ..sketch.sampling import importance_sample, uniform_sample
 from .api import MethodConfig, MethodSpec
 from .causal import causal_attention
-from .exact import ExactConfig, exact_forward, exact_partial, partial_attention
+from .exact import ExactConfig, exact_forward, exact_lse, partial_attention
 from .gqa import fold_groups, unfold_groups
 from .merge import merge_many
 
@@ -115,6 +115,75 @@ def _unsort(x_sorted: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x_sorted).scatter(2, idx, x_sorted)
 
 
+def _draw_samples(k, v, config, generator):
+    """Sampled key indices [B, Hkv, s] and their log-weights, or None without sampling."""
+    B, Hkv, M = k.shape[:3]
+    num_samples = config.num_samples(M)
+    if num_samples == 0:
+        return None
+    if num_samples >= M:
+        return (torch.arange(M, device=k.device).expand(B, Hkv, M),
+                torch.zeros(B, Hkv, M, device=k.device))
+    if config.sampling == "uniform":
+        idx, w = uniform_sample(M, num_samples, batch_shape=(B, Hkv), device=k.device,
+                                generator=generator)
+    else:
+        norms = torch.linalg.vector_norm(v.float(), dim=-1)
+        probs = 0.5 / M + 0.5 * norms / norms.sum(-1, keepdim=True).clamp_min(1e-30)
+        idx, w = importance_sample(probs, num_samples, generator=generator)
+    return idx, w.log()
+
+
+def _use_fused(q, k, v, config) -> bool:
+    """The Triton kernel runs inference on CUDA half-precision inputs with one hash round."""
+    from .triton import triton_available
+
+    return (
+        q.is_cuda
+        and config.hash_rounds == 1
+        and q.dtype in (torch.float16, torch.bfloat16)
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
+        and triton_available()
+    )
+
+
+def hyper_noncausal_fused(q, k, v, scale, config, generator):
+    """The same function as :func:`hyper_noncausal` (one hash round) through one Triton launch.
+
+    Draws the hash and the samples exactly as the torch path does, so both
+    give the same result for the same generator state.
+    """
+    from .triton.hyper_fused import hyper_fused_forward
+
+    B, Hq, _, D = q.shape
+    Hkv, M, Dv = k.shape[1], k.shape[2], v.shape[-1]
+    qf = fold_groups(q, Hkv)
+    rows = qf.shape[2]
+    num_blocks = math.ceil(M / config.block_size)
+    lsh = AngularLSH(D, config.lsh_bits, generator=generator).to(q.device)
+    perm_q, _, q_len = _sorted_blocks(lsh(qf), num_blocks)
+    perm_k, blk_k, k_len = _sorted_blocks(lsh(k), num_blocks)
+    samples = _draw_samples(k, v, config, generator) if num_blocks > 1 else None
+    if samples is None:
+        idx = torch.zeros(B, Hkv, 0, dtype=torch.long, device=q.device)
+        log_w = torch.zeros(B, Hkv, 0, device=q.device)
+    else:
+        idx, log_w = samples
+    out, lse = hyper_fused_forward(
+        _gather_rows(qf, perm_q).reshape(B * Hkv, rows, D),
+        _gather_rows(k, perm_k).reshape(B * Hkv, M, D),
+        _gather_rows(v, perm_k).reshape(B * Hkv, M, Dv),
+        _gather_rows(k, idx).reshape(B * Hkv, -1, D),
+        _gather_rows(v, idx).reshape(B * Hkv, -1, Dv),
+        log_w.float().reshape(B * Hkv, -1).contiguous(),
+        torch.gather(blk_k, 2, idx).to(torch.int32).reshape(B * Hkv, -1).contiguous(),
+        perm_q.reshape(B * Hkv, rows).contiguous(),
+        q_block=q_len, k_block=k_len, scale=scale,
+    )
+    return (unfold_groups(out.reshape(B, Hkv, rows, Dv), Hq),
+            unfold_groups(lse.reshape(B, Hkv, rows), Hq))
+
+
 def hyper_noncausal(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -130,7 +199,7 @@ def hyper_noncausal(
     keys (GQA without copying keys). The returned lse estimates
     log Σ_j exp(q_i·k_j·scale) (unbiased in exp).
     """
-    B, Hq, N, D = q.shape
+    B, Hq, _, D = q.shape
     Hkv, M = k.shape[1], k.shape[2]
     qf = fold_groups(q, Hkv)
     rows = qf.shape[2]
@@ -160,20 +229,9 @@ def hyper_noncausal(
         covered_q.append(blk_q)
         covered_k.append(blk_k)
 
-    num_samples = config.num_samples(M)
-    if num_samples > 0 and num_blocks > 1:
-        if num_samples >= M:
-            idx = torch.arange(M, device=q.device).expand(B, Hkv, M)
-            log_w = torch.zeros(B, Hkv, M, device=q.device)
-        elif config.sampling == "uniform":
-            idx, w = uniform_sample(M, num_samples, batch_shape=(B, Hkv), device=q.device,
-                                    generator=generator)
-            log_w = w.log()
-        else:
-            norms = torch.linalg.vector_norm(v.float(), dim=-1)
-            probs = 0.5 / M + 0.5 * norms / norms.sum(-1, keepdim=True).clamp_min(1e-30)
-            idx, w = importance_sample(probs, num_samples, generator=generator)
-            log_w = w.log()
+    samples = _draw_samples(k, v, config, generator) if num_blocks > 1 else None
+    if samples is not None:
+        idx, log_w = samples
         ks, vs = _gather_rows(k, idx), _gather_rows(v, idx)
         # Mask sampled keys that share a block with the query in any round.
         seen = torch.zeros(B, Hkv, rows, idx.shape[-1], dtype=torch.bool, device=q.device)
@@ -191,15 +249,17 @@ def hyper_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
         return exact_forward(q, k, v, is_causal=is_causal, scale=scale, config=_EXACT,
                              generator=None, need_lse=need_lse)
 
+    noncausal = hyper_noncausal_fused if _use_fused(q, k, v, config) else hyper_noncausal
+
     def approximate(qb, kb, vb, s):
         if kb.shape[2] <= config.min_seq_len:
-            return exact_partial(qb, kb, vb, scale=s)
-        return hyper_noncausal(qb, kb, vb, s, config, generator)
+            return exact_lse(qb, kb, vb, scale=s)
+        return noncausal(qb, kb, vb, s, config, generator)
 
     if is_causal:
         return causal_attention(q, k, v, scale=scale, approximate=approximate,
                                 min_seq_len=config.min_seq_len)
-    return hyper_noncausal(q, k, v, scale, config, generator)
+    return noncausal(q, k, v, scale, config, generator)
 
 
 _EXACT = ExactConfig()

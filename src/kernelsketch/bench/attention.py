@@ -191,7 +191,7 @@ def run(
                     fwd = time_ms(fn, dev, reps=reps)
                     bwd = None
                     if backward:
-                        def fb(fn=fn):
+                        def fb(fn=fn, q=q, k=k, v=v, grad=grad):
                             for t in (q, k, v):
                                 t.requires_grad_(True)
                             out = fn()
