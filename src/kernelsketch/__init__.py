@@ -6,6 +6,7 @@
 
 from . import attention
 from .attention import ExactConfig, SketchedAttention, available_methods
+from .attention.lev import LevConfig
 from .attention.polynomial import PolynomialConfig
 from .attention.polysketch import PolySketchAttention, PolySketchConfig
 
@@ -20,4 +21,5 @@ __all__ = [
     "PolynomialConfig",
     "PolySketchAttention",
     "PolySketchConfig",
+    "LevConfig",
 ]

@@ -75,9 +75,9 @@ from .merge import accumulation_dtype, merge_partials
 __all__ = [
     "LevConfig",
     "LevSelector",
-    "universal_set",
     "power_partial_attention",
     "symmetric_power_features",
+    "universal_set",
 ]
 
 
@@ -468,6 +468,12 @@ def lev_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
     valid = idx >= 0
     gidx = idx.clamp(min=0)
     k_sel, v_sel = _gather_rows(k, gidx), _gather_rows(v, gidx)
+    same_keys_for_all = not (is_causal or config.window or config.eps is not None)
+    if same_keys_for_all and config.kind == "softmax" and not need_lse:
+        # Every query sees the same S keys: one fused SDPA call (flash / cuDNN on GPU).
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, k_sel, v_sel, scale=scale, enable_gqa=Hq != Hkv)
+        return out, None
     groups = Hq // Hkv
     qf = fold_groups(q, Hkv)  # [B, Hkv, G*N, D]
     mask = valid.unsqueeze(2)  # [B, Hkv, 1, S]

@@ -1,0 +1,437 @@
+import itertools
+import math
+
+import pytest
+import torch
+
+import kernelsketch as ks
+from kernelsketch.attention.lev import (
+    LevConfig,
+    LevSelector,
+    power_partial_attention,
+    symmetric_power_features,
+    universal_set,
+)
+from kernelsketch.attention.metrics import relative_error
+
+from .reference import naive_attention, random_qkv
+
+# ---------------------------------------------------------------- float64 oracles
+
+
+def power_probs(q, k, p):
+    """Exact normalised |<q, k>|^p attention [..., N, M] in float64."""
+    a = (q.double() @ k.double().transpose(-1, -2)).abs() ** p
+    return a / a.sum(-1, keepdim=True)
+
+
+def kernel_leverage(k, p):
+    """Leverage scores of K^{⊗p/2} from the n x n kernel (K Kᵀ)^{∘p/2}: diag(Kp Kp⁺)."""
+    kp = (k.double() @ k.double().transpose(-1, -2)) ** (p // 2)
+    return (kp @ torch.linalg.pinv(kp, hermitian=True, rtol=1e-10)).diagonal(dim1=-2, dim2=-1)
+
+
+def set_mask(idx, M, N, Hq, *, is_causal, window):
+    """Boolean [B, Hq, N, M]: key j visible to query i (selected, or in its window)."""
+    B, Hkv, _ = idx.shape
+    sel = torch.zeros(B, Hkv, M + 1, dtype=torch.bool)
+    sel.scatter_(-1, torch.where(idx >= 0, idx, M), True)
+    sel = sel[..., :M].repeat_interleave(Hq // Hkv, dim=1)[:, :, None, :].expand(B, Hq, N, M)
+    qpos = torch.arange(N)[:, None] + (M - N)
+    kpos = torch.arange(M)[None, :]
+    win = (kpos <= qpos) & (kpos > qpos - window)
+    vis = sel | win
+    if is_causal:
+        vis = vis & (kpos <= qpos)
+    return vis
+
+
+def masked_oracle(q, k, v, mask, *, kind="softmax", p=2, scale=None):
+    q, k, v = q.double(), k.double(), v.double()
+    G = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s = q @ k.transpose(-1, -2) * scale
+    if kind == "softmax":
+        w = torch.exp(s.masked_fill(~mask, float("-inf")) - s.amax(-1, keepdim=True))
+    else:
+        w = s.abs() ** p * mask
+    z = w.sum(-1, keepdim=True)
+    return torch.nan_to_num(w / z, nan=0.0) @ v
+
+
+def planted_keys(B, H, M, D, heavy):
+    """Gaussian keys with `heavy` keys of 30x the norm at random positions."""
+    k = torch.randn(B, H, M, D, dtype=torch.float64)
+    pos = torch.randperm(M)[:heavy]
+    k[:, :, pos] *= 30.0
+    return k, pos
+
+
+def low_rank_keys(B, H, M, D, rank):
+    return torch.randn(B, H, M, rank, dtype=torch.float64) @ torch.randn(B, H, rank, D,
+                                                                        dtype=torch.float64)
+
+
+# ---------------------------------------------------------------- scores
+
+
+@pytest.mark.parametrize("p", [2, 4, 6])
+def test_symmetric_power_features_reproduce_the_polynomial_kernel(p):
+    x, y = torch.randn(7, 5, dtype=torch.float64), torch.randn(9, 5, dtype=torch.float64)
+    t = p // 2
+    fx, fy = symmetric_power_features(x, t), symmetric_power_features(y, t)
+    assert fx.shape[-1] == math.comb(5 + t - 1, t)
+    torch.testing.assert_close(fx @ fy.T, (x @ y.T) ** t)
+
+
+@pytest.mark.parametrize("p", [2, 4])
+@pytest.mark.parametrize("keys", ["gaussian", "low_rank"])
+def test_scores_are_leverage_scores_of_the_tensor_power(p, keys):
+    k = torch.randn(2, 2, 60, 4, dtype=torch.float64) if keys == "gaussian" else \
+        low_rank_keys(2, 2, 60, 4, 2)
+    sel = LevSelector(p=p, budget=5).update(k)
+    scores = sel.scores(k)
+    torch.testing.assert_close(scores, kernel_leverage(k, p), rtol=1e-6, atol=1e-8)
+    rank = torch.linalg.matrix_rank(symmetric_power_features(k, p // 2)).double()
+    torch.testing.assert_close(scores.sum(-1), rank, rtol=1e-6, atol=1e-6)
+
+
+def test_ridge_lowers_scores_to_the_ridge_formula():
+    k = torch.randn(1, 2, 50, 6, dtype=torch.float64)
+    sel = LevSelector(p=2, budget=4, ridge=0.1).update(k)
+    g = k.transpose(-1, -2) @ k
+    lam = 0.1 * g.diagonal(dim1=-2, dim2=-1).sum(-1) / 6
+    ref = (k @ torch.linalg.inv(g + lam[..., None, None] * torch.eye(6, dtype=k.dtype)) * k).sum(-1)
+    torch.testing.assert_close(sel.scores(k), ref)
+    assert (ref < kernel_leverage(k, 2)).all()
+
+
+def test_sketched_scores_exact_when_sketch_covers_the_rank():
+    # d = 4, p = 4: rank(K^{⊗2}) <= C(5, 2) = 10; a 64-wide sketch keeps its column space.
+    k = torch.randn(1, 2, 80, 4, dtype=torch.float64)
+    sel = LevSelector(p=4, budget=5, sketch_size=64, seed=3).update(k)
+    torch.testing.assert_close(sel.scores(k), kernel_leverage(k, 4), rtol=1e-5, atol=1e-6)
+
+
+def test_sketched_ridge_scores_improve_with_sketch_size():
+    k = torch.randn(1, 1, 300, 16, dtype=torch.float64)
+    exact = LevSelector(p=4, budget=5, ridge=1e-2).update(k).scores(k)
+    errs = []
+    for r in (16, 64, 256):
+        # mean over 3 fixed seeds keeps the check deterministic and far from the margin
+        e = [(LevSelector(p=4, budget=5, ridge=1e-2, sketch_size=r, seed=s).update(k).scores(k)
+              - exact).abs().mean() / exact.mean() for s in range(3)]
+        errs.append(float(sum(e) / 3))
+    assert errs[0] > errs[1] > errs[2], errs
+
+
+# ---------------------------------------------------------------- the universal-set guarantee
+
+
+def _check_guarantee(k, q, p, eps):
+    idx = universal_set(k, p, eps=eps)
+    M = k.shape[2]
+    probs = power_probs(q, k, p)  # [B, H, N, M]
+    heavy = (probs >= eps).any(dim=2)  # keys with some entry >= eps
+    chosen = torch.zeros(*heavy.shape[:-1], M + 1, dtype=torch.bool)
+    chosen = chosen.scatter(-1, torch.where(idx >= 0, idx, M), True)[..., :M]
+    assert heavy.any(), "test inputs must contain heavy entries"
+    assert not (heavy & ~chosen).any()
+    rank = torch.linalg.matrix_rank(symmetric_power_features(k, p // 2))
+    size = (idx >= 0).sum(-1)
+    slack = 1 + 1e-6
+    assert (size <= rank / eps * slack).all() and (size.max() <= k.shape[-1] ** (p // 2) / eps)
+    assert size.max() < M  # the set is a real subset on these inputs
+
+
+def _adversarial_queries(k, p):
+    """For p = 2, q = G⁺k_j attains A_j(q) = τ_j (the bound is tight); for p > 2 the keys themselves."""
+    if p == 2:
+        g = k.transpose(-1, -2) @ k
+        return k @ torch.linalg.pinv(g, hermitian=True)
+    return k
+
+
+@pytest.mark.parametrize("p", [2, 4])
+@pytest.mark.parametrize("keys", ["gaussian", "planted", "low_rank"])
+def test_every_heavy_entry_has_its_key_in_the_universal_set(p, keys):
+    B, H, M, D = 2, 2, 300, 4
+    if keys == "gaussian":
+        k = torch.randn(B, H, M, D, dtype=torch.float64)
+    elif keys == "planted":
+        k, _ = planted_keys(B, H, M, D, 3)
+    else:  # rank 2, with a few keys of larger norm (scaling rows keeps the rank)
+        k = low_rank_keys(B, H, M, D, 2)
+        k[:, :, torch.randperm(M)[:3]] *= 10.0
+    q = torch.cat((torch.randn(B, H, 200, D, dtype=torch.float64), _adversarial_queries(k, p)), 2)
+    eps = 0.05 if p == 2 else 0.1
+    _check_guarantee(k, q, p, eps)
+
+
+def test_threshold_is_tight_for_p2():
+    k = torch.randn(1, 1, 200, 5, dtype=torch.float64)
+    q = _adversarial_queries(k, 2)
+    tau = LevSelector(p=2, budget=1).update(k).scores(k)
+    attained = power_probs(q, k, 2).diagonal(dim1=-2, dim2=-1)
+    torch.testing.assert_close(attained, tau)
+
+
+def test_planted_heavy_keys_are_selected_in_budget_mode():
+    k, pos = planted_keys(2, 3, 500, 8, 4)
+    idx = universal_set(k, 2, budget=8)
+    for j in pos.tolist():
+        assert (idx == j).any(-1).all()
+
+
+def test_budget_mode_takes_the_top_scores():
+    k = torch.randn(2, 2, 100, 6, dtype=torch.float64)
+    idx = universal_set(k, 2, budget=10)
+    scores = kernel_leverage(k, 2)
+    ref = scores.topk(10, dim=-1).indices.sort(-1).values
+    assert torch.equal(idx, ref)
+    assert idx.shape == (2, 2, 10)
+
+
+def test_threshold_set_padding_and_order():
+    k = torch.randn(3, 4, 120, 4, dtype=torch.float64)
+    k[0, 0, 7] *= 100.0  # one head where a single key dominates
+    idx = universal_set(k, 2, eps=0.08)
+    scores = kernel_leverage(k, 2)
+    for b in range(3):
+        for h in range(4):
+            row = idx[b, h]
+            kept = row[row >= 0]
+            assert torch.equal(kept, torch.nonzero(scores[b, h] >= 0.08).flatten())
+            assert (row[len(kept):] == -1).all()
+
+
+# ---------------------------------------------------------------- streaming and parallel
+
+
+def _random_blocks(k, v=None):
+    M = k.shape[2]
+    cuts = sorted(torch.randperm(M - 1)[:5].add(1).tolist())
+    bounds = [0] + cuts + [M]
+    return [(k[:, :, a:b], None if v is None else v[:, :, a:b]) for a, b in itertools.pairwise(bounds)]
+
+
+@pytest.mark.parametrize("p", [2, 4])
+def test_stream_equals_one_pass_in_threshold_mode(p):
+    k, _ = planted_keys(2, 3, 240, 4, 2)
+    v = torch.randn(2, 3, 240, 5, dtype=torch.float64)
+    sel = LevSelector(p=p, eps=0.05)
+    for kb, vb in _random_blocks(k, v):
+        sel.update(kb, vb)
+    idx = sel.select()
+    assert torch.equal(idx, universal_set(k, p, eps=0.05))
+    valid = idx >= 0
+    gathered = k.gather(2, idx.clamp(min=0)[..., None].expand(-1, -1, -1, 4))
+    assert torch.equal(sel.keys[valid], gathered[valid])
+    assert torch.equal(sel.values[valid], v.gather(2, idx.clamp(min=0)[..., None].expand(
+        -1, -1, -1, 5))[valid])
+    # memory: never more candidates than rank/eps (+ slack)
+    assert sel.keys.shape[2] <= math.comb(4 + p // 2 - 1, p // 2) / 0.05 + 1
+
+
+@pytest.mark.parametrize("p", [2, 4])
+def test_merged_shards_equal_one_pass(p):
+    k = low_rank_keys(1, 2, 300, 5, 3) + 0.1 * torch.randn(1, 2, 300, 5, dtype=torch.float64)
+    shards = [k[:, :, :90], k[:, :, 90:200], k[:, :, 200:]]
+    sels = []
+    for shard in shards:
+        s = LevSelector(p=p, eps=0.05)
+        for kb, _ in _random_blocks(shard):
+            s.update(kb)
+        sels.append(s)
+    merged = sels[0].merge(sels[1]).merge(sels[2])
+    one = LevSelector(p=p, eps=0.05).update(k)
+    assert torch.equal(merged.select(), one.select())
+    torch.testing.assert_close(merged.gram, one.gram)
+    assert merged.num_seen == 300
+
+
+def test_streaming_budget_mode_accumulates_the_full_gram_and_keeps_planted_keys():
+    k, pos = planted_keys(1, 2, 400, 6, 3)
+    sel = LevSelector(p=2, budget=6)
+    for kb, _ in _random_blocks(k):
+        sel.update(kb)
+    torch.testing.assert_close(sel.gram, k.transpose(-1, -2) @ k)
+    idx = sel.select()
+    assert idx.shape == (1, 2, 6)
+    for j in pos.tolist():
+        assert (idx == j).any(-1).all()
+
+
+# ---------------------------------------------------------------- attention forward
+
+SHAPES = [  # (B, Hq, Hkv, N, M, D)
+    (2, 4, 2, 50, 50, 8),
+    (1, 4, 1, 23, 70, 8),   # cross-attention, MQA
+    (1, 2, 2, 70, 33, 8),   # more queries than keys
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("window", [0, 5])
+@pytest.mark.parametrize("kind", ["softmax", "power"])
+def test_forward_matches_attention_restricted_to_the_set(shape, is_causal, window, kind):
+    B, Hq, Hkv, N, M, D = shape
+    q, k, v = random_qkv(B, Hq, Hkv, N, M, D)
+    cfg = LevConfig(budget=12, window=window, kind=kind)
+    out, lse = ks.attention(q, k, v, method="lev", config=cfg, is_causal=is_causal,
+                            return_lse=True)
+    mask = set_mask(universal_set(k, 2, budget=12), M, N, Hq, is_causal=is_causal, window=window)
+    ref = masked_oracle(q, k, v, mask, kind=kind)
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-10)
+    assert out.dtype == q.dtype and lse.shape == (B, Hq, N)
+    # without the log-sum-exp, non-causal budget mode takes the one-call SDPA path
+    out_only = ks.attention(q, k, v, method="lev", config=cfg, is_causal=is_causal)
+    torch.testing.assert_close(out_only, ref, rtol=1e-9, atol=1e-10)
+    assert torch.equal(torch.isinf(lse), ~mask.any(-1))
+
+
+def test_threshold_forward_matches_oracle_with_ragged_sets():
+    q, k, v = random_qkv(2, 4, 2, 40, 60, 4)
+    k[0, 1, 3] *= 50.0
+    cfg = LevConfig(eps=0.1, window=3)
+    out = ks.attention(q, k, v, method="lev", config=cfg, is_causal=True)
+    mask = set_mask(universal_set(k, 2, eps=0.1), 60, 40, 4, is_causal=True, window=3)
+    torch.testing.assert_close(out, masked_oracle(q, k, v, mask), rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_full_budget_is_exact(is_causal):
+    q, k, v = random_qkv(1, 4, 2, 30, 30, 8)
+    out = ks.attention(q, k, v, method="lev", config=LevConfig(budget=30), is_causal=is_causal)
+    torch.testing.assert_close(out, naive_attention(q, k, v, is_causal=is_causal))
+    outp = ks.attention(q, k, v, method="lev", config=LevConfig(budget=30, kind="power", p=4))
+    mask = torch.ones(1, 4, 30, 30, dtype=torch.bool)
+    torch.testing.assert_close(outp, masked_oracle(q, k, v, mask, kind="power", p=4))
+
+
+def test_power_partial_attention_matches_formula_and_handles_zeros():
+    q, k, v = torch.randn(3, 5, 4, dtype=torch.float64), torch.randn(3, 7, 4, dtype=torch.float64), \
+        torch.randn(3, 7, 2, dtype=torch.float64)
+    out, lse = power_partial_attention(q, k, v, p=4, scale=0.5)
+    s = (q @ k.transpose(-1, -2) * 0.5).abs() ** 4
+    torch.testing.assert_close(out, s / s.sum(-1, keepdim=True) @ v)
+    torch.testing.assert_close(lse, s.sum(-1).log())
+    qz = torch.zeros(1, 2, 4, dtype=torch.float64, requires_grad=True)
+    oz, lz = power_partial_attention(qz, k[:1], v[:1], p=2, scale=1.0)
+    assert (oz == 0).all() and torch.isneginf(lz).all()
+    oz.sum().backward()
+    assert torch.isfinite(qz.grad).all()
+
+
+@pytest.mark.parametrize("kind", ["softmax", "power"])
+def test_gradients_match_the_restricted_oracle(kind):
+    q, k, v = random_qkv(1, 4, 2, 24, 40, 8, requires_grad=True)
+    cfg = LevConfig(budget=10, window=4, kind=kind)
+    out = ks.attention(q, k, v, method="lev", config=cfg, is_causal=True)
+    w = torch.randn_like(out)
+    grads = torch.autograd.grad((out * w).sum(), (q, k, v))
+    mask = set_mask(universal_set(k.detach(), 2, budget=10), 40, 24, 4, is_causal=True, window=4)
+    ref = masked_oracle(q, k, v, mask, kind=kind)
+    ref_grads = torch.autograd.grad((ref * w).sum(), (q, k, v))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2),
+                                       (torch.float16, 5e-3)])
+def test_low_precision_dtypes(dtype, tol):
+    q, k, v = random_qkv(1, 4, 2, 64, 64, 16)
+    q = q * 0.5
+    k[:, :, [3, 40]] *= 20.0  # clear score gaps so the set does not depend on rounding
+    ref = ks.attention(q, k, v, method="lev", config=LevConfig(budget=8), is_causal=True)
+    out = ks.attention(q.to(dtype), k.to(dtype), v.to(dtype), method="lev",
+                       config=LevConfig(budget=8), is_causal=True)
+    assert out.dtype == dtype
+    assert (out.double() - ref).norm() / ref.norm() < tol
+
+
+def test_error_falls_as_the_budget_grows_on_structured_keys():
+    B, H, N, D = 1, 4, 256, 16
+    k = low_rank_keys(B, H, N, D, 4) + 0.05 * torch.randn(B, H, N, D, dtype=torch.float64)
+    k[:, :, torch.randperm(N)[:6]] *= 6.0
+    q = torch.randn(B, H, N, D, dtype=torch.float64)
+    v = torch.randn(B, H, N, D, dtype=torch.float64)
+    ref = naive_attention(q, k, v)
+    errs = [relative_error(
+        ks.attention(q, k, v, method="lev", config=LevConfig(budget=b)), ref)
+        for b in (8, 32, 128, 256)]
+    assert errs[0] > errs[1] > errs[2] > errs[3] and errs[3] < 1e-12, errs
+
+
+def test_sketched_p4_forward_is_deterministic_given_a_generator():
+    q, k, v = random_qkv(1, 2, 2, 40, 40, 8)
+    cfg = LevConfig(p=4, budget=10, sketch_size=32)
+    outs = [ks.attention(q, k, v, method="lev", config=cfg,
+                         generator=torch.Generator().manual_seed(5)) for _ in range(2)]
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_module_wrapper_runs_lev():
+    q, k, v = random_qkv(1, 2, 2, 40, 40, 8)
+    layer = ks.SketchedAttention("lev", LevConfig(budget=6))
+    torch.testing.assert_close(layer(q, k, v), ks.attention(q, k, v, method="lev",
+                                                            config=LevConfig(budget=6)))
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("field,value,exc", [
+    ("p", 3, ValueError), ("p", 0, ValueError), ("p", 2.0, TypeError),
+    ("eps", 0.0, ValueError), ("eps", 1.5, ValueError), ("eps", "a", TypeError),
+    ("budget", 0, ValueError), ("budget", 1.5, TypeError), ("window", -1, ValueError),
+    ("kind", "relu", ValueError), ("ridge", -0.1, ValueError), ("sketch_size", 0, ValueError),
+])
+def test_config_rejects_bad_fields(field, value, exc):
+    with pytest.raises(exc, match=field):
+        LevConfig(**{field: value})
+
+
+def test_universal_set_needs_exactly_one_of_eps_and_budget():
+    k = torch.randn(1, 1, 10, 4)
+    with pytest.raises(ValueError, match="eps and budget"):
+        universal_set(k)
+    with pytest.raises(ValueError, match="eps and budget"):
+        universal_set(k, eps=0.1, budget=3)
+
+
+def test_universal_set_rejects_bad_keys():
+    with pytest.raises(ValueError, match="k_block must have 4 dimensions"):
+        universal_set(torch.randn(10, 4), budget=3)
+    with pytest.raises(TypeError, match="k_block must have dtype"):
+        universal_set(torch.ones(1, 1, 10, 4, dtype=torch.int64), budget=3)
+    bad = torch.randn(1, 1, 10, 4)
+    bad[0, 0, 2, 1] = float("nan")
+    with pytest.raises(ValueError, match="k_block must be finite"):
+        universal_set(bad, budget=3)
+
+
+def test_selector_rejects_mismatched_blocks_and_shards():
+    sel = LevSelector(budget=3).update(torch.randn(1, 2, 10, 4))
+    with pytest.raises(ValueError, match="k_block must have shape"):
+        sel.update(torch.randn(1, 3, 10, 4))
+    with pytest.raises(TypeError, match="k_block must have the same dtype"):
+        sel.update(torch.randn(1, 2, 10, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="v_block must be given"):
+        sel.update(torch.randn(1, 2, 10, 4), torch.randn(1, 2, 10, 4))
+    with pytest.raises(ValueError, match="v_block must have shape"):
+        LevSelector(budget=3).update(torch.randn(1, 2, 10, 4), torch.randn(1, 2, 9, 4))
+    with pytest.raises(ValueError, match="other must have the same"):
+        sel.merge(LevSelector(budget=4))
+    with pytest.raises(TypeError, match="other must be a LevSelector"):
+        sel.merge("shard")
+    with pytest.raises(ValueError, match="select\\(\\) needs"):
+        LevSelector(eps=0.1).select()
+
+
+def test_attention_rejects_wrong_config_type():
+    q, k, v = random_qkv(1, 2, 2, 8, 8, 4)
+    with pytest.raises(TypeError, match="LevConfig"):
+        ks.attention(q, k, v, method="lev", config=ks.ExactConfig())
