@@ -29,7 +29,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .._checks import check_choice, check_float, check_int
 from ..sketch.lsh import AngularLSH
@@ -39,6 +38,7 @@ from .causal import causal_attention
 from .exact import ExactConfig, exact_forward, exact_lse, partial_attention
 from .gqa import fold_groups, unfold_groups
 from .merge import merge_many
+from .sortlsh import block_diagonal_attention, covered_by_blocks, gather_rows, sorted_blocks
 
 
 @dataclass(frozen=True)
@@ -83,36 +83,6 @@ class HyperConfig(MethodConfig):
     def full_budget(cls, seq_len: int) -> HyperConfig:
         """A config whose blocks cover every pair at this length (equals exact attention)."""
         return cls(block_size=max(seq_len, 1), sample_size=0, min_seq_len=0)
-
-
-def _sorted_blocks(bucket: torch.Tensor, num_blocks: int):
-    """Sort rows by bucket; return (perm [.., R], block id of each original row [.., R], block len)."""
-    rows = bucket.shape[-1]
-    perm = torch.argsort(bucket, dim=-1, stable=True)
-    block_len = math.ceil(rows / num_blocks)
-    rank = torch.empty_like(perm)
-    rank.scatter_(-1, perm, torch.arange(rows, device=perm.device).expand_as(perm))
-    return perm, rank // block_len, block_len
-
-
-def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x [B, H, R, D], idx [B, H, S] -> [B, H, S, D]."""
-    return torch.gather(x, 2, idx.unsqueeze(-1).expand(*idx.shape, x.shape[-1]))
-
-
-def _blocked(x: torch.Tensor, num_blocks: int, block_len: int, pad_value=0) -> torch.Tensor:
-    """[B, H, R, ...] -> [B, H, num_blocks, block_len, ...] padding R at the end."""
-    pad_rows = num_blocks * block_len - x.shape[2]
-    if pad_rows:
-        pad = [0, 0] * (x.dim() - 3) + [0, pad_rows]
-        x = F.pad(x, pad, value=pad_value)
-    return x.reshape(*x.shape[:2], num_blocks, block_len, *x.shape[3:])
-
-
-def _unsort(x_sorted: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """Inverse of gathering rows by ``perm`` (x_sorted [B, H, R, ...])."""
-    idx = perm.reshape(*perm.shape, *([1] * (x_sorted.dim() - 3))).expand_as(x_sorted)
-    return torch.empty_like(x_sorted).scatter(2, idx, x_sorted)
 
 
 def _draw_samples(k, v, config, generator):
@@ -161,8 +131,8 @@ def hyper_noncausal_fused(q, k, v, scale, config, generator):
     rows = qf.shape[2]
     num_blocks = math.ceil(M / config.block_size)
     lsh = AngularLSH(D, config.lsh_bits, generator=generator).to(q.device)
-    perm_q, _, q_len = _sorted_blocks(lsh(qf), num_blocks)
-    perm_k, blk_k, k_len = _sorted_blocks(lsh(k), num_blocks)
+    perm_q, _, q_len = sorted_blocks(lsh(qf), num_blocks)
+    perm_k, blk_k, k_len = sorted_blocks(lsh(k), num_blocks)
     samples = _draw_samples(k, v, config, generator) if num_blocks > 1 else None
     if samples is None:
         idx = torch.zeros(B, Hkv, 0, dtype=torch.long, device=q.device)
@@ -170,11 +140,11 @@ def hyper_noncausal_fused(q, k, v, scale, config, generator):
     else:
         idx, log_w = samples
     out, lse = hyper_fused_forward(
-        _gather_rows(qf, perm_q).reshape(B * Hkv, rows, D),
-        _gather_rows(k, perm_k).reshape(B * Hkv, M, D),
-        _gather_rows(v, perm_k).reshape(B * Hkv, M, Dv),
-        _gather_rows(k, idx).reshape(B * Hkv, -1, D),
-        _gather_rows(v, idx).reshape(B * Hkv, -1, Dv),
+        gather_rows(qf, perm_q).reshape(B * Hkv, rows, D),
+        gather_rows(k, perm_k).reshape(B * Hkv, M, D),
+        gather_rows(v, perm_k).reshape(B * Hkv, M, Dv),
+        gather_rows(k, idx).reshape(B * Hkv, -1, D),
+        gather_rows(v, idx).reshape(B * Hkv, -1, Dv),
         log_w.float().reshape(B * Hkv, -1).contiguous(),
         torch.gather(blk_k, 2, idx).to(torch.int32).reshape(B * Hkv, -1).contiguous(),
         perm_q.reshape(B * Hkv, rows).contiguous(),
@@ -202,42 +172,22 @@ def hyper_noncausal(
     B, Hq, _, D = q.shape
     Hkv, M = k.shape[1], k.shape[2]
     qf = fold_groups(q, Hkv)
-    rows = qf.shape[2]
     num_blocks = math.ceil(M / config.block_size)
-    covered_q, covered_k, parts = [], [], []
+    covered = []  # block ids (queries, keys) of each hash round
+    parts = []
     for _ in range(config.hash_rounds):
         lsh = AngularLSH(D, config.lsh_bits, generator=generator).to(q.device)
-        perm_q, blk_q, q_len = _sorted_blocks(lsh(qf), num_blocks)
-        perm_k, blk_k, k_len = _sorted_blocks(lsh(k), num_blocks)
-        qs = _blocked(_gather_rows(qf, perm_q), num_blocks, q_len)
-        ks = _blocked(_gather_rows(k, perm_k), num_blocks, k_len)
-        vs = _blocked(_gather_rows(v, perm_k), num_blocks, k_len)
-        key_real = _blocked(torch.ones_like(perm_k, dtype=torch.bool), num_blocks, k_len, False)
-        mask = key_real.unsqueeze(-2)  # [B, H, nb, 1, k_len]
-        if covered_q:
-            # Pairs inside an earlier round's block are already counted.
-            bq = torch.stack([torch.gather(c, 2, perm_q) for c in covered_q], -1)
-            bk = torch.stack([torch.gather(c, 2, perm_k) for c in covered_k], -1)
-            bq = _blocked(bq, num_blocks, q_len, -1)
-            bk = _blocked(bk, num_blocks, k_len, -2)
-            seen = (bq.unsqueeze(-2) == bk.unsqueeze(-3)).any(-1)  # [B, H, nb, q_len, k_len]
-            mask = mask & ~seen
-        out, lse = partial_attention(qs, ks, vs, scale=scale, mask=mask)
-        out = out.reshape(B, Hkv, -1, out.shape[-1])[:, :, :rows]
-        lse = lse.reshape(B, Hkv, -1)[:, :, :rows]
-        parts.append((_unsort(out, perm_q), _unsort(lse, perm_q)))
-        covered_q.append(blk_q)
-        covered_k.append(blk_k)
+        out, lse, blk_q, blk_k = block_diagonal_attention(qf, k, v, lsh, num_blocks, scale=scale,
+                                                          covered=covered)
+        parts.append((out, lse))
+        covered.append((blk_q, blk_k))
 
     samples = _draw_samples(k, v, config, generator) if num_blocks > 1 else None
     if samples is not None:
         idx, log_w = samples
-        ks, vs = _gather_rows(k, idx), _gather_rows(v, idx)
-        # Mask sampled keys that share a block with the query in any round.
-        seen = torch.zeros(B, Hkv, rows, idx.shape[-1], dtype=torch.bool, device=q.device)
-        for bq, bk in zip(covered_q, covered_k):
-            seen |= bq.unsqueeze(-1) == torch.gather(bk, 2, idx).unsqueeze(-2)
-        parts.append(partial_attention(qf, ks, vs, scale=scale, mask=~seen, key_log_weights=log_w))
+        seen = covered_by_blocks(covered, idx)
+        parts.append(partial_attention(qf, gather_rows(k, idx), gather_rows(v, idx), scale=scale,
+                                       mask=~seen, key_log_weights=log_w))
     out, lse = merge_many(parts)
     return unfold_groups(out, Hq), unfold_groups(lse, Hq)
 
