@@ -1,0 +1,221 @@
+"""Statistical leverage scores of the rows of a matrix: exact, ridge, from a Gram matrix, sketched.
+
+For ``A`` [n, d], the leverage score of row ``i`` is ``τ_i = a_i (AᵀA)^+ a_iᵀ``,
+the squared norm of row ``i`` of any orthonormal basis of the column space of
+``A``; ``0 <= τ_i <= 1`` and ``sum_i τ_i = rank(A)``. Sampling rows with
+probability ``∝ τ_i`` gives subspace embeddings and spectral approximations;
+LevAttention (arXiv 2410.05462) keeps the keys of large leverage.
+
+Every function is batched over the leading dimensions of ``A`` [..., n, d],
+computes in float32 for half dtypes (the input dtype otherwise) and returns
+scores [..., n] in the dtype of ``A``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernelsketch._checks import FLOAT_DTYPES, _shape, check_choice, check_float, check_int
+from kernelsketch._checks import check_same, check_tensor
+from kernelsketch.sketch.projections import SRHT, CountSketch, GaussianSketch, compute_dtype
+from kernelsketch.sketch.sampling import resolve_generator
+
+__all__ = [
+    "leverage_scores",
+    "ridge_leverage_scores",
+    "leverage_scores_from_gram",
+    "sketched_leverage_scores",
+]
+
+
+def _check_matrix(name: str, a: torch.Tensor) -> torch.Tensor:
+    check_tensor(name, a, dtypes=FLOAT_DTYPES)
+    if a.dim() < 2:
+        raise ValueError(f"{name} must have shape [..., n, d], got shape {_shape(a)}")
+    return a.to(compute_dtype(a.dtype))
+
+
+def _keep(values: torch.Tensor, rcond: float | None, default: float) -> torch.Tensor:
+    """Mask of ``values`` [..., k] (non-negative) above ``rcond * max(values)``."""
+    rcond = default if rcond is None else check_float("rcond", rcond, min=0.0, max=1.0)
+    top = values.amax(-1, keepdim=True)
+    return (values > rcond * top) & (top > 0)
+
+
+def leverage_scores(A: torch.Tensor, *, rcond: float | None = None) -> torch.Tensor:
+    """Exact, rank-aware leverage scores of the rows of ``A``.
+
+    ``τ_i = ‖U_i‖²`` for ``U`` the left singular vectors of ``A`` whose
+    singular values exceed ``rcond * σ_max``, so ``sum_i τ_i = rank(A)``
+    (the numerical rank at that tolerance). Time ``O(n d min(n, d))``.
+
+    Parameters
+    ----------
+    A : Tensor [..., n, d], float
+    rcond : float in [0, 1], optional
+        Relative rank tolerance; default ``max(n, d) * eps(dtype)`` (as
+        ``numpy.linalg.matrix_rank``).
+
+    Returns
+    -------
+    Tensor [..., n], dtype of ``A``; entries in [0, 1].
+    """
+    a = _check_matrix("A", A)
+    u, s, _ = torch.linalg.svd(a, full_matrices=False)
+    keep = _keep(s, rcond, max(a.shape[-2:]) * torch.finfo(a.dtype).eps)
+    return (u.square() * keep.unsqueeze(-2)).sum(-1).to(A.dtype)
+
+
+def ridge_leverage_scores(A: torch.Tensor, lam: float) -> torch.Tensor:
+    """Ridge leverage scores ``τ_i(λ) = a_i (AᵀA + λ I)^{-1} a_iᵀ``.
+
+    Computed stably from the SVD ``A = U Σ Vᵀ`` as
+    ``sum_k U_ik² σ_k² / (σ_k² + λ)``; their sum is the statistical dimension
+    ``sum_k σ_k² / (σ_k² + λ)``.
+
+    Parameters
+    ----------
+    A : Tensor [..., n, d], float
+    lam : float > 0
+        Ridge ``λ`` (for ``λ = 0`` use :func:`leverage_scores`).
+
+    Returns
+    -------
+    Tensor [..., n], dtype of ``A``; entries in [0, 1).
+
+    References
+    ----------
+    Alaoui, Mahoney. Fast randomized kernel ridge regression with statistical
+    guarantees, NeurIPS 2015.
+    """
+    a = _check_matrix("A", A)
+    lam = check_float("lam", lam, min=0.0, min_exclusive=True)
+    u, s, _ = torch.linalg.svd(a, full_matrices=False)
+    weight = s.square() / (s.square() + lam)
+    return (u.square() * weight.unsqueeze(-2)).sum(-1).to(A.dtype)
+
+
+def leverage_scores_from_gram(
+    A: torch.Tensor,
+    gram: torch.Tensor,
+    *,
+    ridge: float = 0.0,
+    rcond: float | None = None,
+) -> torch.Tensor:
+    """Scores ``a_i (G + ridge I)^+ a_iᵀ`` of the rows of ``A`` against a given Gram matrix.
+
+    With ``G = AᵀA`` these are the leverage scores of ``A``; with ``G`` the
+    Gram matrix of a larger set of rows accumulated in a stream (``G += BᵀB``
+    per block ``B``), they are the leverage scores of the rows of ``A`` within
+    that set — the streaming key selection of LevAttention. With
+    ``ridge = 0`` the pseudo-inverse drops eigenvalues of ``G`` below
+    ``rcond * λ_max`` (rank-aware).
+
+    Parameters
+    ----------
+    A : Tensor [..., n, d], float
+    gram : Tensor [..., d, d], symmetric positive semi-definite, same dtype
+        and device as ``A``; leading dimensions broadcast against ``A``'s.
+    ridge : float >= 0, default 0
+    rcond : float in [0, 1], optional
+        Relative eigenvalue tolerance for ``ridge = 0``; default
+        ``10 * d * eps(dtype)`` (eigenvalues of a Gram matrix are only
+        resolved to ``O(eps * λ_max)``). Ignored when ``ridge > 0``.
+
+    Returns
+    -------
+    Tensor [..., n], dtype of ``A``.
+    """
+    a = _check_matrix("A", A)
+    check_tensor("gram", gram, dtypes=FLOAT_DTYPES)
+    check_same(("A", "gram"), (A, gram))
+    d = a.shape[-1]
+    if gram.dim() < 2 or gram.shape[-2:] != (d, d):
+        raise ValueError(
+            f"gram must have shape [..., {d}, {d}] (d from A {_shape(A)}), got shape {_shape(gram)}"
+        )
+    ridge = check_float("ridge", ridge, min=0.0)
+    g = gram.to(a.dtype)
+    evals, evecs = torch.linalg.eigh((g + g.transpose(-1, -2)) / 2)
+    evals = evals.clamp_min(0)
+    if ridge > 0:
+        inverse = 1.0 / (evals + ridge)
+    else:
+        keep = _keep(evals, rcond, 10 * d * torch.finfo(a.dtype).eps)
+        inverse = torch.where(keep, 1.0 / torch.where(keep, evals, 1.0), 0.0)
+    proj = a @ evecs
+    return (proj.square() * inverse.unsqueeze(-2)).sum(-1).to(A.dtype)
+
+
+def sketched_leverage_scores(
+    A: torch.Tensor,
+    *,
+    sketch_size: int,
+    jl_size: int | None = None,
+    sketch: str = "srht",
+    rcond: float | None = None,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Fast approximate leverage scores (Drineas, Magdon-Ismail, Mahoney, Woodruff).
+
+    1. Sketch the rows: ``ΠA`` [sketch_size, d] with an SRHT (or CountSketch)
+       acting on the ``n`` rows (one draw shared by all batch entries).
+    2. Orthogonalize: ``ΠA = W Σ Vᵀ``; ``R^{-1} = V Σ^{-1}`` restricted to
+       singular values above ``rcond * σ_max`` (the thin SVD replaces the
+       paper's QR so rank-deficient ``A`` is handled; same ``O(s d²)`` cost).
+    3. Optionally multiply ``R^{-1}`` on the right by a Gaussian JL map
+       [rank, jl_size] (the paper's ``Π₂``, step 3 of Algorithm 1).
+    4. ``τ̃_i = ‖a_i R^{-1} Π₂‖²``.
+
+    If ``Π`` is a subspace embedding with distortion ``ε`` for the column
+    space of ``A`` (``sketch_size = O(d log n / ε²)`` for SRHT,
+    ``O(d² / ε²)`` for CountSketch), then ``|τ̃_i − τ_i| <= O(ε) τ_i`` for all
+    ``i`` without JL; the JL step adds relative error
+    ``O(sqrt(log n / jl_size))`` and brings the time to
+    ``O(n d log n + s d² + n d jl_size)``.
+
+    Parameters
+    ----------
+    A : Tensor [..., n, d], float
+    sketch_size : int >= min(n, d)
+        Rows of ``ΠA``.
+    jl_size : int, optional
+        Columns of the right JL map; ``None`` skips it (exact ``‖a_i R^{-1}‖²``).
+    sketch : {"srht", "countsketch"}, default "srht"
+    rcond : float in [0, 1], optional
+        Relative rank tolerance on ``ΠA``'s singular values; default
+        ``max(sketch_size, d) * eps``.
+    seed : int, optional
+    generator : torch.Generator, optional
+
+    Returns
+    -------
+    Tensor [..., n], dtype of ``A``.
+
+    References
+    ----------
+    Drineas, Magdon-Ismail, Mahoney, Woodruff. Fast approximation of matrix
+    coherence and statistical leverage, JMLR 13, 2012 (Algorithm 1).
+    """
+    a = _check_matrix("A", A)
+    n, d = a.shape[-2:]
+    check_int("sketch_size", sketch_size, min=1)
+    if sketch_size < min(n, d):
+        raise ValueError(
+            f"sketch_size must be >= min(n, d) = {min(n, d)} for A of shape {_shape(A)} "
+            f"(a subspace embedding needs at least rank(A) rows), got {sketch_size}"
+        )
+    if jl_size is not None:
+        check_int("jl_size", jl_size, min=1)
+    check_choice("sketch", sketch, ("srht", "countsketch"))
+    g = resolve_generator(seed, generator)
+    row_sketch = (SRHT if sketch == "srht" else CountSketch)(n, sketch_size, generator=g)
+    sa = row_sketch.to(a.device)._sketch(a.transpose(-1, -2)).transpose(-1, -2)
+    _, s, vh = torch.linalg.svd(sa, full_matrices=False)
+    keep = _keep(s, rcond, max(sketch_size, d) * torch.finfo(a.dtype).eps)
+    r_inv = vh.transpose(-1, -2) * torch.where(keep, 1.0 / torch.where(keep, s, 1.0), 0.0).unsqueeze(-2)
+    if jl_size is not None:
+        jl = GaussianSketch(r_inv.shape[-1], jl_size, generator=g).to(a.device)
+        r_inv = jl._sketch(r_inv)
+    return (a @ r_inv).square().sum(-1).to(A.dtype)

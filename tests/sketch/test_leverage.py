@@ -1,0 +1,248 @@
+"""Leverage scores: exact (rank-aware), ridge, from a Gram matrix, sketched."""
+
+import pytest
+import torch
+
+from kernelsketch.sketch.leverage import (
+    leverage_scores,
+    leverage_scores_from_gram,
+    ridge_leverage_scores,
+    sketched_leverage_scores,
+)
+
+
+def _low_rank(batch, n, d, rank, dtype=torch.float64, generator=None):
+    a = torch.randn(batch, n, rank, dtype=dtype, generator=generator)
+    b = torch.randn(batch, rank, d, dtype=dtype, generator=generator)
+    # Uneven row norms so the scores are far from uniform.
+    scale = torch.rand(batch, n, 1, dtype=dtype, generator=generator) ** 3
+    return (a @ b) * scale
+
+
+def _hat_diagonal(a):
+    """Oracle diag(A A^+) in float64 via numpy-style pinv."""
+    return torch.diagonal(a @ torch.linalg.pinv(a), dim1=-2, dim2=-1)
+
+
+@pytest.mark.parametrize("shape", [(30, 6), (6, 30), (2, 3, 40, 8)])
+def test_full_rank_scores_match_hat_matrix(shape):
+    a = torch.randn(*shape, dtype=torch.float64)
+    tau = leverage_scores(a)
+    assert tau.shape == shape[:-1]
+    torch.testing.assert_close(tau, _hat_diagonal(a), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(tau.sum(-1), torch.full(shape[:-2], float(min(shape[-2:])),
+                                                      dtype=torch.float64), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rank", [1, 4, 7])
+def test_scores_sum_to_rank_for_rank_deficient_matrices(dtype, rank):
+    a = _low_rank(3, 60, 10, rank, dtype=dtype)
+    tau = leverage_scores(a)
+    assert tau.dtype == dtype
+    assert ((tau >= -1e-6) & (tau <= 1 + 1e-6)).all()
+    torch.testing.assert_close(tau.sum(-1), torch.full((3,), float(rank), dtype=dtype),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_zero_rows_and_zero_matrix():
+    a = torch.randn(20, 4, dtype=torch.float64)
+    a[5] = 0
+    tau = leverage_scores(a)
+    assert tau[5] == 0
+    assert torch.equal(leverage_scores(torch.zeros(2, 5, 3)), torch.zeros(2, 5))
+
+
+def test_rcond_controls_numerical_rank():
+    u, _ = torch.linalg.qr(torch.randn(40, 5, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64))
+    a = u @ torch.diag(torch.tensor([1.0, 1.0, 1.0, 1e-3, 1e-9], dtype=torch.float64)) @ v.T
+    assert abs(leverage_scores(a).sum().item() - 5) < 1e-6
+    assert abs(leverage_scores(a, rcond=1e-6).sum().item() - 4) < 1e-6
+    assert abs(leverage_scores(a, rcond=1e-2).sum().item() - 3) < 1e-6
+
+
+@pytest.mark.parametrize("lam", [1e-3, 1.0, 50.0])
+def test_ridge_scores_match_formula(lam):
+    a = _low_rank(2, 25, 6, 4)
+    eye = torch.eye(6, dtype=torch.float64)
+    expected = torch.diagonal(a @ torch.linalg.solve(a.mT @ a + lam * eye, a.mT), dim1=-2, dim2=-1)
+    torch.testing.assert_close(ridge_leverage_scores(a, lam), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_ridge_scores_increase_to_leverage_as_ridge_vanishes():
+    a = torch.randn(30, 5, dtype=torch.float64)
+    exact = leverage_scores(a)
+    previous = torch.zeros(30, dtype=torch.float64)
+    for lam in (100.0, 1.0, 1e-2, 1e-6):
+        current = ridge_leverage_scores(a, lam)
+        assert (current >= previous - 1e-12).all() and (current <= exact + 1e-12).all()
+        previous = current
+    torch.testing.assert_close(previous, exact, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("rank", [3, 8])
+def test_from_gram_equals_exact(rank):
+    a = _low_rank(2, 50, 8, rank)
+    torch.testing.assert_close(leverage_scores_from_gram(a, a.mT @ a), leverage_scores(a),
+                               rtol=1e-7, atol=1e-9)
+
+
+def test_from_gram_accumulated_in_a_stream():
+    a = torch.randn(90, 6, dtype=torch.float64)
+    gram = torch.zeros(6, 6, dtype=torch.float64)
+    for block in a.split(16):
+        gram += block.T @ block
+    head = a[:10]
+    torch.testing.assert_close(leverage_scores_from_gram(head, gram), leverage_scores(a)[:10],
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_from_gram_with_ridge_equals_ridge_scores():
+    a = torch.randn(3, 40, 7, dtype=torch.float64)
+    torch.testing.assert_close(leverage_scores_from_gram(a, a.mT @ a, ridge=0.5),
+                               ridge_leverage_scores(a, 0.5), rtol=1e-9, atol=1e-12)
+
+
+def test_from_gram_broadcasts_one_gram_over_a_batch():
+    a = torch.randn(4, 12, 5, dtype=torch.float64)
+    gram = torch.randn(50, 5, dtype=torch.float64)
+    gram = gram.T @ gram
+    out = leverage_scores_from_gram(a, gram)
+    torch.testing.assert_close(out[2], leverage_scores_from_gram(a[2], gram))
+
+
+@pytest.mark.parametrize("sketch", ["srht", "countsketch"])
+def test_sketched_error_falls_with_sketch_size(sketch):
+    gen = torch.Generator().manual_seed(7)
+    a = torch.randn(1024, 12, dtype=torch.float64, generator=gen)
+    a = a * torch.rand(1024, 1, dtype=torch.float64, generator=gen) ** 4  # heavy rows
+    exact = leverage_scores(a)
+
+    def error(size):
+        errs = [((sketched_leverage_scores(a, sketch_size=size, sketch=sketch, seed=s) - exact)
+                 .abs() / exact).max() for s in range(4)]
+        return torch.stack(errs).mean().item()
+
+    small, mid, large = error(48), error(192), error(768)
+    assert small > mid > large
+    # Subspace-embedding rate: ε ∝ 1/sqrt(size); a factor 4 expected, 2 required.
+    assert large < small / 2
+    assert large < 0.5
+
+
+def test_sketched_is_exact_with_the_full_hadamard():
+    # sketch_size equal to the padded row count keeps every row of an orthogonal map.
+    a = torch.randn(2, 64, 5, dtype=torch.float64)
+    torch.testing.assert_close(sketched_leverage_scores(a, sketch_size=64), leverage_scores(a),
+                               rtol=1e-8, atol=1e-10)
+
+
+def test_sketched_is_rank_aware():
+    a = _low_rank(2, 256, 10, 3, generator=torch.Generator().manual_seed(3))
+    approx = sketched_leverage_scores(a, sketch_size=128, seed=0)
+    torch.testing.assert_close(approx.sum(-1), torch.full((2,), 3.0, dtype=torch.float64),
+                               rtol=0.2, atol=0)
+
+
+def test_sketched_jl_error_falls_with_jl_size():
+    gen = torch.Generator().manual_seed(11)
+    a = torch.randn(512, 32, dtype=torch.float64, generator=gen)
+    exact = leverage_scores(a)
+
+    def error(jl):
+        errs = [((sketched_leverage_scores(a, sketch_size=512, jl_size=jl, seed=s) - exact)
+                 .abs() / exact).mean() for s in range(4)]
+        return torch.stack(errs).mean().item()
+
+    assert error(256) < error(16) / 2.5
+
+
+def test_sketched_seed_determinism():
+    a = torch.randn(100, 4)
+    x = sketched_leverage_scores(a, sketch_size=20, seed=3)
+    y = sketched_leverage_scores(a, sketch_size=20, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(x, y)
+    assert not torch.equal(x, sketched_leverage_scores(a, sketch_size=20, seed=4))
+
+
+@pytest.mark.parametrize("fn", [
+    leverage_scores,
+    lambda a: ridge_leverage_scores(a, 0.1),
+    lambda a: leverage_scores_from_gram(a, a.mT @ a),
+    lambda a: sketched_leverage_scores(a, sketch_size=16, seed=0),
+])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_dtype_preserved(fn, dtype):
+    a = torch.randn(2, 32, 4).to(dtype)
+    out = fn(a)
+    assert out.dtype == dtype and out.shape == (2, 32)
+    torch.testing.assert_close(out.float(), fn(a.float()), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    a = torch.randn(2, 64, 6, dtype=torch.float64)
+    torch.testing.assert_close(leverage_scores(a.cuda()).cpu(), leverage_scores(a))
+    torch.testing.assert_close(
+        sketched_leverage_scores(a.cuda(), sketch_size=32, seed=0).cpu(),
+        sketched_leverage_scores(a, sketch_size=32, seed=0),
+    )
+
+
+def test_rejects_vector():
+    with pytest.raises(ValueError, match=r"A must have shape \[\.\.\., n, d\], got shape \[5\]"):
+        leverage_scores(torch.randn(5))
+
+
+def test_rejects_integer_matrix():
+    with pytest.raises(TypeError, match="A must have dtype in"):
+        leverage_scores(torch.ones(5, 2, dtype=torch.int64))
+
+
+def test_rejects_nan_matrix():
+    a = torch.randn(5, 2)
+    a[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="A must be finite"):
+        leverage_scores(a)
+
+
+def test_rejects_out_of_range_rcond():
+    with pytest.raises(ValueError, match="rcond must be <= 1.0, got 2.0"):
+        leverage_scores(torch.randn(5, 2), rcond=2.0)
+
+
+def test_ridge_rejects_zero_lambda():
+    with pytest.raises(ValueError, match="lam must be > 0.0, got 0.0"):
+        ridge_leverage_scores(torch.randn(5, 2), 0.0)
+
+
+def test_from_gram_rejects_wrong_gram_shape():
+    with pytest.raises(ValueError, match=r"gram must have shape \[\.\.\., 2, 2\].*got shape \[3, 3\]"):
+        leverage_scores_from_gram(torch.randn(5, 2), torch.eye(3))
+
+
+def test_from_gram_rejects_dtype_mismatch():
+    with pytest.raises(TypeError, match="gram must have the same dtype as A"):
+        leverage_scores_from_gram(torch.randn(5, 2), torch.eye(2, dtype=torch.float64))
+
+
+def test_from_gram_rejects_negative_ridge():
+    with pytest.raises(ValueError, match="ridge must be >= 0.0, got -1.0"):
+        leverage_scores_from_gram(torch.randn(5, 2), torch.eye(2), ridge=-1.0)
+
+
+def test_sketched_rejects_too_small_sketch():
+    with pytest.raises(ValueError, match="sketch_size must be >= min\\(n, d\\) = 4.*got 3"):
+        sketched_leverage_scores(torch.randn(50, 4), sketch_size=3)
+
+
+def test_sketched_rejects_unknown_sketch():
+    with pytest.raises(ValueError, match="sketch must be one of .*got 'gaussian'"):
+        sketched_leverage_scores(torch.randn(50, 4), sketch_size=8, sketch="gaussian")
+
+
+def test_sketched_rejects_bad_jl_size():
+    with pytest.raises(ValueError, match="jl_size must be >= 1, got 0"):
+        sketched_leverage_scores(torch.randn(50, 4), sketch_size=8, jl_size=0)
