@@ -1,0 +1,317 @@
+"""kernelsketch attention inside transformers models (tiny random llama, CPU, float64)."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers", reason="needs the 'hf' extra (transformers)")
+
+import kernelsketch.integrations.transformers as kst  # noqa: E402
+from kernelsketch.attention import ExactConfig, MethodSpec, available_methods, get_method  # noqa: E402
+from kernelsketch.attention import api as attention_api  # noqa: E402
+from kernelsketch.attention.exact import exact_forward  # noqa: E402
+
+VOCAB, SEQ = 61, 24
+
+
+def tiny_llama(kv_heads=2, impl="sdpa", layers=3, dropout=0.0):
+    """A randomly initialised llama (GQA 4 query heads over ``kv_heads``), float64, eval mode."""
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=128,
+        attention_dropout=dropout, attn_implementation=impl,
+    )
+    return transformers.LlamaForCausalLM(config).double().eval()
+
+
+def tokens(batch=1, n=SEQ):
+    """Random ids avoiding the llama config's special tokens 0, 1, 2 (pad, bos, eos)."""
+    return torch.randint(3, VOCAB, (batch, n))
+
+
+def logits(model, ids, **kwargs):
+    with torch.no_grad():
+        return model(ids, **kwargs).logits
+
+
+def full_budget(method, n):
+    """The method's config that covers every key at length n, or skip."""
+    if method == "exact":
+        return ExactConfig()
+    config_cls = get_method(method).config_cls
+    if not hasattr(config_cls, "full_budget"):
+        pytest.skip(f"{config_cls.__name__} has no full_budget(n) classmethod (no config of "
+                    f"{method!r} equals exact softmax attention)")
+    return config_cls.full_budget(n)
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Records (method, queries, keys) of every kernelsketch attention call of the integration."""
+    seen = []
+    inner = kst.attention
+
+    def spy(q, k, v, *, method, **kwargs):
+        seen.append((method, q.shape[2], k.shape[2]))
+        return inner(q, k, v, method=method, **kwargs)
+
+    monkeypatch.setattr(kst, "attention", spy)
+    return seen
+
+
+def test_every_method_is_registered_with_transformers():
+    names = set(transformers.AttentionInterface._global_mapping)
+    masks = set(transformers.masking_utils.AttentionMaskInterface._global_mapping)
+    for method in available_methods():
+        assert f"kernelsketch-{method}" in names and f"kernelsketch-{method}" in masks
+
+
+def test_register_all_picks_up_methods_registered_later(monkeypatch):
+    spec = MethodSpec(name="later-test", forward=exact_forward, config_cls=ExactConfig,
+                      summary="exact under another name")
+    monkeypatch.setitem(attention_api._REGISTRY, "later-test", spec)
+    monkeypatch.setattr(transformers.AttentionInterface, "_global_mapping",
+                        dict(transformers.AttentionInterface._global_mapping))
+    assert "kernelsketch-later-test" in kst.register_all()
+    assert "kernelsketch-later-test" in transformers.AttentionInterface._global_mapping
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_exact_patch_equals_the_models_own_attention(impl, kv_heads, calls):
+    model, ids = tiny_llama(kv_heads, impl), tokens(2)
+    ref = logits(model, ids)
+    kst.patch_model(model, "exact")
+    out = logits(model, ids)
+    assert [c[0] for c in calls] == ["exact"] * 3
+    tol = 1e-10 if impl == "sdpa" else 1e-6  # eager takes its softmax in float32
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+
+
+def test_one_line_attn_implementation_equals_sdpa(calls):
+    model, ids = tiny_llama(), tokens()
+    ref = logits(model, ids)
+    loaded = transformers.LlamaForCausalLM._from_config(
+        model.config, attn_implementation="kernelsketch-exact").double().eval()
+    loaded.load_state_dict(model.state_dict())
+    assert loaded.config._attn_implementation == "kernelsketch-exact"
+    torch.testing.assert_close(logits(loaded, ids), ref, rtol=1e-10, atol=1e-10)
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_full_budget_patch_equals_exact_logits(method, calls):
+    config = full_budget(method, SEQ)
+    model, ids = tiny_llama(), tokens(2)
+    ref = logits(model, ids)
+    kst.patch_model(model, method, config, layers=2)
+    out = logits(model, ids)
+    assert calls == [(method, SEQ, SEQ)] * 2  # the last two layers, prefill through the method
+    torch.testing.assert_close(out, ref, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_full_budget_one_line_loading_equals_exact(method):
+    config = full_budget(method, SEQ)
+    model, ids = tiny_llama(), tokens()
+    ref = logits(model, ids)
+    name = kst.register(method, config, name=f"kernelsketch-{method}-full-test")
+    loaded = transformers.LlamaForCausalLM._from_config(model.config, attn_implementation=name)
+    loaded = loaded.double().eval()
+    loaded.load_state_dict(model.state_dict())
+    torch.testing.assert_close(logits(loaded, ids), ref, rtol=1e-8, atol=1e-8)
+
+
+def test_budget_starved_sketch_changes_logits_and_is_deterministic():
+    hyper = pytest.importorskip("kernelsketch.attention.hyper", reason="HyperAttention not merged")
+    small = hyper.HyperConfig(block_size=4, sample_size=2, min_seq_len=4, lsh_bits=2)
+    model, ids = tiny_llama(), tokens(1, 64)
+    ref = logits(model, ids)
+    kst.patch_model(model, "hyper", small, layers=[0, 1, 2], seed=3)
+    first, again = logits(model, ids), logits(model, ids)
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    assert (first - ref).abs().max() > 1e-6
+    kst.patch_model(model, "hyper", small, seed=11)
+    assert (logits(model, ids) - first).abs().max() > 0
+
+
+@pytest.mark.parametrize("decode", ["exact", "method"])
+@pytest.mark.parametrize("method", available_methods())
+def test_generation_with_kv_cache_after_patching(method, decode, calls):
+    new = 6
+    config = full_budget(method, SEQ + new)
+    model, ids = tiny_llama(), tokens(1)
+    kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, use_cache=True,
+                  return_dict_in_generate=True, output_scores=True, pad_token_id=0,
+                  attention_mask=torch.ones_like(ids))
+    with torch.no_grad():
+        ref = model.generate(ids, **kwargs)
+        kst.patch_model(model, method, config, layers=2, decode=decode)
+        out = model.generate(ids, **kwargs)
+    assert torch.equal(out.sequences, ref.sequences)
+    torch.testing.assert_close(torch.stack(out.scores), torch.stack(ref.scores), rtol=1e-8,
+                               atol=1e-8)
+    prefill = [c for c in calls if c[1] == c[2]]
+    steps = [c for c in calls if c[1] < c[2]]
+    assert prefill == [(method, SEQ, SEQ)] * 2
+    assert len(steps) == 2 * (new - 1) and all(c[1] == 1 for c in steps)
+    assert {c[0] for c in steps} == {"exact" if decode == "exact" else method}
+
+
+def left_padded_batch():
+    ids = tokens(2)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    return ids, mask
+
+
+def test_exact_patch_honours_padding_masks():
+    model = tiny_llama()
+    ids, mask = left_padded_batch()
+    ref = logits(model, ids, attention_mask=mask)
+    kst.patch_model(model, "exact")
+    out = logits(model, ids, attention_mask=mask)
+    keep = mask.bool()
+    torch.testing.assert_close(out[keep], ref[keep], rtol=1e-10, atol=1e-10)
+    # The padded row, unpadded and alone, gives the same logits (the mask is honoured).
+    alone = logits(model, ids[1:, 5:])
+    torch.testing.assert_close(out[1, 5:], alone[0], rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("method", [m for m in available_methods() if m != "exact"])
+def test_sketched_method_rejects_padding_masks(method):
+    model = tiny_llama()
+    ids, mask = left_padded_batch()
+    kst.patch_model(model, method, layers=1)
+    with pytest.raises(ValueError, match=rf"method '{method}' cannot honour a padding"):
+        logits(model, ids, attention_mask=mask)
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_all_ones_padding_mask_is_the_plain_causal_mask(method, calls):
+    config = full_budget(method, SEQ)
+    model, ids = tiny_llama(), tokens(2)
+    ref = logits(model, ids)
+    kst.patch_model(model, method, config, layers=1)
+    out = logits(model, ids, attention_mask=torch.ones_like(ids))
+    assert calls == [(method, SEQ, SEQ)]
+    torch.testing.assert_close(out, ref, rtol=1e-8, atol=1e-8)
+
+
+def test_layers_selection_and_unpatch(calls):
+    model, ids = tiny_llama(layers=4), tokens()
+    ref = logits(model, ids)
+    assert sorted(kst.patch_model(model, "exact", layers=2) and kst.patched_layers(model)) == [2, 3]
+    kst.unpatch(model)
+    kst.patch_model(model, "exact", layers=[0, -1])
+    assert sorted(kst.patched_layers(model)) == [0, 3]
+    kst.patch_model(model, "exact", layers=0)
+    assert sorted(kst.patched_layers(model)) == [0, 3]
+    kst.unpatch(model)
+    assert kst.patched_layers(model) == {}
+    calls.clear()
+    out = logits(model, ids)
+    assert calls == [] and model.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_patch_keeps_the_model_config_and_state_dict():
+    model = tiny_llama()
+    keys = set(model.state_dict())
+    kst.patch_model(model, "exact", layers=1)
+    assert set(model.state_dict()) == keys
+    assert model.config._attn_implementation == "sdpa"
+    layers = kst.attention_layers(model)
+    assert layers[2].config._attn_implementation == "kernelsketch-exact"
+    assert layers[0].config is model.config
+
+
+def test_patched_model_trains_with_zero_dropout():
+    model = tiny_llama().train()
+    kst.patch_model(model, "exact")
+    ids = tokens()
+    model(ids, labels=ids).loss.backward()
+    assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+# --- errors -----------------------------------------------------------------
+
+
+def test_dropout_in_training_is_an_error():
+    model = tiny_llama(dropout=0.1).train()
+    kst.patch_model(model, "exact")
+    with pytest.raises(ValueError, match=r"attention dropout 0 .* got dropout=0.1"):
+        model(tokens())
+
+
+def test_output_attentions_is_an_error():
+    model = tiny_llama()
+    kst.patch_model(model, "exact")
+    with pytest.raises(ValueError, match="output_attentions=True needs attn_implementation='eager'"):
+        logits(model, tokens(), output_attentions=True)
+
+
+def test_additive_bias_mask_is_an_error():
+    layer = kst.attention_layers(tiny_llama())[0]
+    q = torch.randn(1, 4, 5, 8, dtype=torch.float64)
+    k = torch.randn(1, 2, 5, 8, dtype=torch.float64)
+    bias = torch.randn(1, 1, 5, 5, dtype=torch.float64)
+    fn = transformers.AttentionInterface._global_mapping["kernelsketch-exact"]
+    with pytest.raises(ValueError, match="attention_mask holds an additive bias"):
+        fn(layer, q, k, k, bias, scaling=0.3)
+
+
+def test_mask_of_wrong_shape_is_an_error():
+    layer = kst.attention_layers(tiny_llama())[0]
+    q = torch.randn(1, 4, 5, 8, dtype=torch.float64)
+    k = torch.randn(1, 2, 5, 8, dtype=torch.float64)
+    fn = transformers.AttentionInterface._global_mapping["kernelsketch-exact"]
+    with pytest.raises(ValueError, match=r"attention_mask must be 2D \[batch, kv_len\]"):
+        fn(layer, q, k, k, torch.ones(1, 5, 5, dtype=torch.bool), scaling=0.3)
+
+
+def test_unknown_method_is_an_error():
+    with pytest.raises(ValueError, match="method must be one of"):
+        kst.patch_model(tiny_llama(), "no-such-method")
+
+
+def test_wrong_config_type_is_an_error():
+    other = next((m for m in available_methods() if m != "exact"), None)
+    if other is None:
+        pytest.skip("needs a second registered method")
+    with pytest.raises(TypeError, match=r"config for method .* must be a"):
+        kst.patch_model(tiny_llama(), other, ExactConfig())
+
+
+def test_negative_seed_is_an_error():
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
+        kst.patch_model(tiny_llama(), "exact", seed=-1)
+
+
+def test_bad_decode_is_an_error():
+    with pytest.raises(ValueError, match=r"decode must be one of \('exact', 'method'\)"):
+        kst.patch_model(tiny_llama(), "exact", decode="sketch")
+
+
+def test_too_many_layers_is_an_error():
+    with pytest.raises(ValueError, match="layers must be <= 3, got 4"):
+        kst.patch_model(tiny_llama(), "exact", layers=4)
+
+
+def test_layer_index_out_of_range_is_an_error():
+    with pytest.raises(ValueError, match=r"layers must hold layer indices in \[-3, 3\), got \[3\]"):
+        kst.patch_model(tiny_llama(), "exact", layers=[3])
+
+
+def test_layers_of_wrong_type_is_an_error():
+    with pytest.raises(TypeError, match="layers must be None .* got float"):
+        kst.patch_model(tiny_llama(), "exact", layers=1.5)
+
+
+def test_model_without_attention_layers_is_an_error():
+    with pytest.raises(ValueError, match="model must contain transformers attention modules"):
+        kst.patch_model(torch.nn.Linear(2, 2), "exact")
+
+
+def test_non_module_model_is_an_error():
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+        kst.patch_model("llama", "exact")
