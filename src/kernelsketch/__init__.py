@@ -6,6 +6,8 @@
 
 from . import attention
 from .attention import ExactConfig, SketchedAttention, available_methods
+from .attention.hyper import HyperConfig
+from .attention.kde import KDEConfig
 from .attention.lev import LevConfig
 from .attention.polynomial import PolynomialConfig
 from .attention.polysketch import PolySketchAttention, PolySketchConfig
@@ -14,6 +16,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ExactConfig",
+    "HyperConfig",
+    "KDEConfig",
     "SketchedAttention",
     "attention",
     "available_methods",

@@ -24,6 +24,7 @@ METHOD_MODULES: dict[str, str] = {
     "polynomial": "kernelsketch.attention.polynomial",
     "polysketch": "kernelsketch.attention.polysketch",
     "hyper": "kernelsketch.attention.hyper",
+    "kde": "kernelsketch.attention.kde",
     "lev": "kernelsketch.attention.lev",
 }
 

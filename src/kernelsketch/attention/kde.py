@@ -1,0 +1,181 @@
+"""KDEformer (Zandieh, Han, Daliri, Karbasi; arXiv 2302.02451).
+
+Att = D⁻¹AV with A = exp(QKᵀ·scale). KDEformer's two observations:
+
+* the normaliser D_i = Σ_j exp(⟨q_i, k_j⟩·scale) is a kernel density estimate
+  at q_i, and
+* D⁻¹A·V is a matrix product that can be approximated by sampling columns of
+  D⁻¹A / rows of V (approximate matrix multiplication, AMM), which gives the
+  spectral-norm bound ‖Att̃ − Att‖₂ ≤ ε‖D⁻¹A‖₂‖V‖₂ when the sampling
+  probabilities dominate the AMM distribution
+  p_j ∝ ‖(D⁻¹A)_{:,j}‖²/‖D⁻¹A‖_F² + ‖v_j‖²/‖V‖_F²   (the paper's Lemma/Thm. on AMM).
+
+This implementation follows the paper's practical algorithm (§4):
+
+1. sortLSH blocks (attention/sortlsh.py, shared with HyperAttention): the
+   entries of A that collide under angular LSH are computed exactly.
+2. A KDE of the rows: D̂ = exact block part + a uniform sample of the other keys.
+3. A weighted-exponential KDE of the columns: ‖(D⁻¹A)_{:,j}‖² over the pairs
+   not covered by the blocks, Σ_i exp(2 s_ij)/D̂_i², estimated from a uniform
+   sample of query rows (all in the log domain).
+4. Keys are sampled with the AMM distribution above, where V has a ones column
+   appended (so numerator D⁻¹AV and denominator D are estimated from the same
+   samples and every key keeps p_j > 0); the sampled part is reweighted by
+   1/(s p_j), masked where the blocks already count the pair, and merged with
+   the block part by log-sum-exp. The denominator is a sum of positive terms
+   including at least one exact key per row, so it is never ≤ 0, and every
+   step runs on logits minus row maxima (no overflow for logits of ±1e4 or in
+   bf16/fp16).
+
+Causal attention uses the shared recursion (attention/causal.py); exact
+attention below ``min_seq_len``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .._checks import check_int
+from ..sketch.lsh import AngularLSH
+from ..sketch.sampling import importance_sample, uniform_sample
+from .api import MethodConfig, MethodSpec
+from .causal import causal_attention
+from .exact import ExactConfig, exact_forward, exact_lse, partial_attention
+from .gqa import fold_groups, unfold_groups
+from .merge import merge_partials
+from .sortlsh import block_diagonal_attention, covered_by_blocks, gather_rows
+
+
+@dataclass(frozen=True)
+class KDEConfig(MethodConfig):
+    """Configuration of KDEformer.
+
+    lsh_bits : bits of the angular LSH, 1..30.
+    block_size : keys per sorted block (the exact, LSH-colliding part).
+    sample_size : keys sampled with the AMM distribution (all keys, weight 1,
+        once it reaches the key count; 0 keeps only the blocks).
+    kde_samples : uniform samples used by the two density estimates (keys for
+        D̂, query rows for the column norms).
+    min_seq_len : exact attention at or below this length; 0 forces the
+        approximation at any length.
+    """
+
+    lsh_bits: int = 7
+    block_size: int = 256
+    sample_size: int = 256
+    kde_samples: int = 256
+    min_seq_len: int = 4096
+
+    def __post_init__(self) -> None:
+        check_int("lsh_bits", self.lsh_bits, min=1, max=30)
+        check_int("block_size", self.block_size, min=1)
+        check_int("sample_size", self.sample_size, min=0)
+        check_int("kde_samples", self.kde_samples, min=1)
+        check_int("min_seq_len", self.min_seq_len, min=0)
+
+    @classmethod
+    def full_budget(cls, seq_len: int) -> KDEConfig:
+        """A config whose blocks cover every pair at this length (equals exact attention)."""
+        return cls(block_size=max(seq_len, 1), sample_size=0, min_seq_len=0)
+
+
+def _masked_lse(q, k, scale, keep, log_w=None):
+    """log Σ_j keep_ij w_j exp(q_i·k_j·scale) over the given keys, [..., R]."""
+    s = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if log_w is not None:
+        s = s + log_w.unsqueeze(-2)
+    return torch.logsumexp(s.masked_fill(~keep, float("-inf")), dim=-1)
+
+
+@torch.no_grad()
+def amm_probabilities(qf, k, v, lse_blocks, covered, scale, config, generator):
+    """KDEformer's sampling distribution over keys, [B, H, M] (unnormalised, > 0).
+
+    ½·ĉ_j/Σĉ + ½·(‖v_j‖² + 1)/Σ(‖v‖² + 1), with ĉ_j the estimated squared norm of
+    column j of D⁻¹A restricted to pairs outside the blocks. The distribution
+    only chooses which keys to sample; the estimator is unbiased for any such
+    choice, so it carries no gradient.
+    """
+    B, H, R, _ = qf.shape
+    M = k.shape[2]
+    acc = lse_blocks.dtype
+    qa, ka = qf.to(acc), k.to(acc)
+    # Row KDE: D̂_i = blocks (exact) + uniformly sampled other keys.
+    idx, w = uniform_sample(M, min(config.kde_samples, M), batch_shape=(B, H), device=k.device,
+                            generator=generator)
+    keep = ~covered_by_blocks(covered, idx)
+    lse_rest = _masked_lse(qa, gather_rows(ka, idx), scale, keep, w.log().to(acc))
+    log_d = torch.logaddexp(lse_blocks, lse_rest)
+    # Column KDE with kernel exp(2 s) and weights 1/D̂²: uniformly sampled query rows.
+    rows, w_rows = uniform_sample(R, min(config.kde_samples, R), batch_shape=(B, H),
+                                  device=k.device, generator=generator)
+    q_rows = gather_rows(qa, rows)
+    s = 2 * torch.matmul(q_rows, ka.transpose(-1, -2)) * scale  # [B, H, S_q, M]
+    s = s - 2 * torch.gather(log_d, 2, rows).unsqueeze(-1)
+    blk_q, blk_k = covered[0]
+    same_block = torch.gather(blk_q, 2, rows).unsqueeze(-1) == blk_k.unsqueeze(-2)
+    log_c = torch.logsumexp(s.masked_fill(same_block, float("-inf")), dim=-2)
+    col = torch.nan_to_num(torch.softmax(log_c, dim=-1), nan=0.0)
+    vnorm = torch.linalg.vector_norm(v.to(acc), dim=-1) ** 2 + 1.0  # ones column appended
+    return 0.5 * col + 0.5 * vnorm / vnorm.sum(-1, keepdim=True)
+
+
+def kde_noncausal(q, k, v, scale, config, generator):
+    """Non-causal KDEformer partial ``(out, lse)`` in the accumulation dtype.
+
+    q [B, Hq, N, D], k [B, Hkv, M, D], v [B, Hkv, M, Dv] (GQA groups folded into
+    query rows). exp(lse) is an unbiased estimate of D_i = Σ_j exp(q_i·k_j·scale).
+    """
+    B, Hq, _, D = q.shape
+    Hkv, M = k.shape[1], k.shape[2]
+    qf = fold_groups(q, Hkv)
+    num_blocks = math.ceil(M / config.block_size)
+    lsh = AngularLSH(D, config.lsh_bits, generator=generator).to(q.device)
+    out, lse, blk_q, blk_k = block_diagonal_attention(qf, k, v, lsh, num_blocks, scale=scale)
+    covered = [(blk_q, blk_k)]
+    s = config.sample_size
+    if num_blocks > 1 and s > 0:
+        if s >= M:
+            idx = torch.arange(M, device=q.device).expand(B, Hkv, M)
+            log_w = torch.zeros(B, Hkv, M, device=q.device)
+        else:
+            probs = amm_probabilities(qf, k, v, lse, covered, scale, config, generator)
+            idx, w = importance_sample(probs, s, generator=generator)
+            log_w = w.log()
+        part = partial_attention(qf, gather_rows(k, idx), gather_rows(v, idx), scale=scale,
+                                 mask=~covered_by_blocks(covered, idx), key_log_weights=log_w)
+        out, lse = merge_partials(out, lse, *part)
+    return unfold_groups(out, Hq), unfold_groups(lse, Hq)
+
+
+_EXACT = ExactConfig()
+
+
+def kde_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
+    """Registry entry of KDEformer (see :class:`KDEConfig`)."""
+    N, M = q.shape[2], k.shape[2]
+    if (is_causal and max(N, M) <= config.min_seq_len) or (not is_causal and M <= config.min_seq_len):
+        return exact_forward(q, k, v, is_causal=is_causal, scale=scale, config=_EXACT,
+                             generator=None, need_lse=need_lse)
+
+    def approximate(qb, kb, vb, s):
+        if kb.shape[2] <= config.min_seq_len:
+            return exact_lse(qb, kb, vb, scale=s)
+        return kde_noncausal(qb, kb, vb, s, config, generator)
+
+    if is_causal:
+        return causal_attention(q, k, v, scale=scale, approximate=approximate,
+                                min_seq_len=config.min_seq_len)
+    return kde_noncausal(q, k, v, scale, config, generator)
+
+
+METHOD = MethodSpec(
+    name="kde",
+    forward=kde_forward,
+    config_cls=KDEConfig,
+    summary="LSH-colliding blocks exact + AMM importance sampling from KDE estimates",
+    paper="KDEformer, arXiv 2302.02451",
+)
