@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import types
 
+from . import metrics
 from .api import (
     MethodConfig,
     MethodSpec,
