@@ -8,6 +8,8 @@ import pytest
 
 from kernelsketch.inner import (
     ColumnSketch,
+    keyed_vectors,
+    sketch_keyed_vectors,
     estimate_join,
     exact_join_statistics,
     join_correlation,
@@ -67,7 +69,7 @@ def test_join_size_unbiased(method):
     rng = np.random.default_rng(21)
     ka = rng.integers(0, 3000, size=2000)
     kb = rng.integers(2000, 6000, size=2000)
-    true = exact_join_statistics(ka, np.ones(ka.size), kb, np.ones(kb.size)).size
+    true = exact_join_statistics(ka, np.ones(ka.size), kb, np.ones(kb.size), duplicates="join").size
     est = np.array([join_size(ka, kb, size=101, method=method, seed=s) for s in range(300)])
     assert abs(est.mean() - true) < 4.5 * est.std(ddof=1) / np.sqrt(est.size)
 
@@ -113,8 +115,9 @@ def test_nan_drop_equals_removing_rows():
     keep = ~np.isnan(x_nan)
     dropped = exact_join_statistics(ka, x_nan, kb, y, nan="drop")
     assert dropped == exact_join_statistics(ka[keep], x[keep], kb, y)
-    a = sketch_column(ka, x_nan, size=300, nan="drop", seed=1)
-    assert a.count == sketch_column(ka[keep], x[keep], size=300, seed=1).count
+    for method in ("ps", "jl"):
+        a = sketch_column(ka, x_nan, size=300, nan="drop", seed=1, method=method)
+        assert a == sketch_column(ka[keep], x[keep], size=300, seed=1, method=method)
 
 
 def test_empty_join_gives_nan_correlation():
@@ -122,16 +125,36 @@ def test_empty_join_gives_nan_correlation():
     assert st.size == 0.0 and math.isnan(st.correlation) and math.isnan(st.mean_a)
 
 
-def test_column_sketch_round_trip_and_merge():
+@pytest.mark.parametrize("method", ["ps", "ts", "wmh", "cs"])
+@pytest.mark.parametrize("duplicates", ["mean", "join"])
+def test_column_sketch_round_trip_and_merge(method, duplicates):
     rng = np.random.default_rng()
-    keys = np.arange(500)
-    x = rng.normal(size=500)
-    whole = sketch_column(keys, x, size=301, method="ps", seed=3)
+    keys = rng.integers(0, 400, size=600)
+    x = rng.normal(size=600)
+    vectors = keyed_vectors(keys, x, seed=3, duplicates=duplicates)
+    norms = tuple(float(np.linalg.norm(v)) for v in vectors[1:])
+    kw = dict(size=301, method=method, seed=3, duplicates=duplicates)
+    whole = sketch_keyed_vectors(vectors, norms=norms, **kw)
     assert ColumnSketch.from_bytes(whole.to_bytes()) == whole
-    halves = [sketch_column(keys[s], x[s], size=301, method="ps", seed=3)
-              for s in (slice(0, 250), slice(250, 500))]
-    assert halves[0].merge(halves[1]) == whole
     assert whole.storage_size <= 301
+    # key-disjoint halves sketched with the whole column's norms merge into the whole
+    halves = [sketch_keyed_vectors(tuple(v[s] for v in vectors), norms=norms, **kw)
+              for s in (slice(0, 150), slice(150, None))]
+    merged = halves[0].merge(halves[1])
+    if method == "cs":
+        assert join_statistics(merged, whole).size == pytest.approx(join_statistics(whole, whole).size)
+    else:
+        assert merged == whole
+
+
+def test_joint_sample_of_column_keeps_one_key_set():
+    # threshold / priority columns hold one sample of keys shared by count, sum and squares
+    keys = np.arange(1000)
+    col = sketch_column(keys, np.random.default_rng().normal(size=1000), size=204, method="ps")
+    (sample,) = col.sketches
+    assert sample.keys.size == (204 - 4) // 2 and col.storage_size == 204
+    with pytest.raises(TypeError, match="use kernelsketch.inner.join_statistics"):
+        sample.inner_product(sample)
 
 
 # ----------------------------------------------------------- bad inputs
@@ -166,8 +189,8 @@ def test_unknown_nan_policy():
 
 
 def test_size_too_small():
-    with pytest.raises(ValueError, match="size must be >= 3, got 2"):
-        sketch_column([1, 2], [1.0, 2.0], size=2)
+    with pytest.raises(ValueError, match="size must be >= 15, got 14"):
+        sketch_column([1, 2], [1.0, 2.0], size=14)
 
 
 def test_mixed_duplicates_policies_raise():

@@ -15,7 +15,9 @@ from kernelsketch.inner.join import (
     join_correlation,
     join_size,
     join_statistics,
+    keyed_vectors,
     sketch_column,
+    sketch_keyed_vectors,
 )
 from kernelsketch.inner.linear import CountSketch, JLSketch
 from kernelsketch.inner.minhash import MinHashSketch, WeightedMinHashSketch
@@ -35,6 +37,8 @@ __all__ = [
     "ColumnSketch",
     "JoinStatistics",
     "sketch_column",
+    "keyed_vectors",
+    "sketch_keyed_vectors",
     "join_statistics",
     "exact_join_statistics",
     "estimate_join",

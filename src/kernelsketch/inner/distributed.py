@@ -14,10 +14,10 @@ Plan (all steps run on the Dask scheduler in use, e.g. a
 3. sketch each partition's vectors with those global norms;
 4. merge the partial sketches pairwise in a tree (:meth:`Sketch.merge`).
 
-The result equals (``"mh"``, ``"ps"``; up to float rounding for ``"jl"``,
+The result equals (``"mh"``; up to float rounding for ``"ps"``, ``"jl"``,
 ``"cs"`` and ``"wmh"``) the sketch a single machine would build from the
-whole column. Threshold sampling uses the non-adaptive scale
-``m / ||v||^2`` here, since the adaptive one needs every weight at once.
+whole column. Threshold sampling uses the non-adaptive scale ``m / 3`` here
+(see :mod:`.joint`), since the adaptive one needs every weight at once.
 """
 
 from __future__ import annotations
@@ -27,12 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from kernelsketch.inner.join import (
-    ColumnSketch,
-    column_sketcher,
-    keyed_vectors,
-    sketch_keyed_vectors,
-)
+from kernelsketch._checks import check_choice, check_int
+from kernelsketch.inner.join import ColumnSketch, keyed_vectors, sketch_keyed_vectors
+from kernelsketch.inner.sketcher import METHODS
 
 __all__ = ["sketch_table"]
 
@@ -53,12 +50,13 @@ def _squared_norms(part: Any, key: str, columns: Sequence[str], seed: int, dupli
     return out
 
 
-def _partial_sketches(part: Any, key: str, columns: Sequence[str], sketcher: Any,
-                      duplicates: str, nan: str, norms: np.ndarray) -> list[ColumnSketch]:
+def _partial_sketches(part: Any, key: str, columns: Sequence[str], options: dict,
+                      nan: str, norms: np.ndarray) -> list[ColumnSketch]:
     return [
         sketch_keyed_vectors(
-            sketcher, _vectors(part, key, col, sketcher.seed, duplicates, nan), duplicates,
+            _vectors(part, key, col, options["seed"], options["duplicates"], nan),
             norms=tuple(float(n) for n in norms[i]),
+            **options,
         )
         for i, col in enumerate(columns)
     ]
@@ -76,7 +74,7 @@ def sketch_table(
     size: int,
     method: str = "ts",
     seed: int = 0,
-    duplicates: str = "join",
+    duplicates: str = "mean",
     nan: str = "raise",
     rows: int = 1,
 ) -> dict[str, ColumnSketch]:
@@ -118,17 +116,19 @@ def sketch_table(
     for name in [key, *columns]:
         if name not in frame.columns:
             raise ValueError(f"frame has no column {name!r}; its columns are {list(frame.columns)}")
-    sketcher = column_sketcher(size, method, seed, rows)
-    keyed_vectors([0], [0.0], duplicates=duplicates, nan=nan)  # validate the policies early
+    check_choice("method", method, METHODS)
+    check_int("size", size, min=15)
+    keyed_vectors([0], [0.0], seed=seed, duplicates=duplicates, nan=nan)  # validate early
+    options = {"size": size, "method": method, "seed": seed, "duplicates": duplicates, "rows": rows}
 
     # one key per partition; persisted so the two passes below shuffle once
     parts = frame[[key, *columns]].shuffle(on=key).persist().to_delayed()
     partial_norms = [
-        dask.delayed(_squared_norms)(p, key, columns, sketcher.seed, duplicates, nan) for p in parts
+        dask.delayed(_squared_norms)(p, key, columns, seed, duplicates, nan) for p in parts
     ]
     norms = np.sqrt(np.sum(dask.compute(*partial_norms), axis=0))  # [columns, 3]
     level = [
-        dask.delayed(_partial_sketches)(p, key, columns, sketcher, duplicates, nan, norms)
+        dask.delayed(_partial_sketches)(p, key, columns, options, nan, norms)
         for p in parts
     ]
     while len(level) > 1:  # pairwise tree merge

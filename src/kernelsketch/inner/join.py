@@ -14,12 +14,15 @@ and the Pearson correlation is
 ``(n sum xy - sum x sum y) / sqrt((n sum x^2 - (sum x)^2)(n sum y^2 - (sum y)^2))``.
 One :class:`ColumnSketch` per column holds coordinated sketches of
 ``(c, s, q)``, so the six inner products are estimated from a sketch of each
-side, without joining. With unique keys ``c`` is the key indicator, ``s = x``
+side, without joining: three inner-product sketches for the linear and
+MinHash methods (the black-box reduction), one joint sample of the keys for
+threshold and priority sampling (:mod:`.joint`). With unique keys ``c`` is the key indicator, ``s = x``
 and ``q = x^2``, the paper's reduction exactly.
 
 Duplicate keys (``duplicates=``):
-- ``"join"`` (default): SQL inner-join semantics as above (many-to-many);
-- ``"mean"``: each side is first reduced to one row per key, its mean;
+- ``"mean"`` (default): each side is first reduced to one row per key, its
+  mean (as in correlation sketches, Santos et al. 2021);
+- ``"join"``: SQL inner-join semantics as above (many-to-many);
 - ``"sum"``: each side is first reduced to one row per key, its sum.
 
 NaN values (``nan=``): ``"raise"`` (default) raises ``ValueError``;
@@ -37,6 +40,7 @@ import numpy as np
 
 from kernelsketch._checks import check_choice, check_int
 from kernelsketch.inner.base import Sketch
+from kernelsketch.inner.joint import joint_sample
 from kernelsketch.inner.sketcher import METHODS, Sketcher
 from kernelsketch.sketch.hashing import hash_keys
 
@@ -45,7 +49,6 @@ __all__ = [
     "JoinStatistics",
     "keyed_vectors",
     "sketch_column",
-    "column_sketcher",
     "sketch_keyed_vectors",
     "join_statistics",
     "exact_join_statistics",
@@ -105,42 +108,36 @@ class JoinStatistics:
 
 @dataclass(frozen=True)
 class ColumnSketch:
-    """Coordinated sketches of a keyed column's per-key count, sum and sum of squares.
+    """The sketch of one keyed column for join estimation.
 
     Attributes
     ----------
-    count, total, squares : Sketch
-        Sketches of ``c``, ``s`` and ``q`` (see the module docstring), each with
-        a third of the column's storage budget.
+    sketches : tuple of Sketch
+        For ``"ts"`` / ``"ps"``: one joint coordinated sample of the keys holding
+        (count, sum, squares) per sampled key (:mod:`.joint`, Daliri et al. §5).
+        For the other methods (black-box reduction): three sketches of the
+        count, sum and square vectors, a third of the budget each.
     duplicates : str
         How duplicate keys were treated; both columns of a join must agree.
     """
 
-    count: Sketch
-    total: Sketch
-    squares: Sketch
+    sketches: tuple[Sketch, ...]
     duplicates: str
 
     @property
     def storage_size(self) -> int:
-        """Storage in 64-bit words (sum over the three sketches)."""
-        return self.count.storage_size + self.total.storage_size + self.squares.storage_size
+        """Storage in 64-bit words (over all inner sketches)."""
+        return sum(s.storage_size for s in self.sketches)
 
     def merge(self, other: ColumnSketch) -> ColumnSketch:
-        """Sketch of the union of two disjoint-key parts of a column (see :meth:`Sketch.merge`)."""
+        """Sketch of the union of two key-disjoint parts of a column (see :meth:`Sketch.merge`)."""
         _check_pair(self, other)
-        return ColumnSketch(
-            self.count.merge(other.count),
-            self.total.merge(other.total),
-            self.squares.merge(other.squares),
-            self.duplicates,
-        )
+        merged = tuple(x.merge(y) for x, y in zip(self.sketches, other.sketches))
+        return ColumnSketch(merged, self.duplicates)
 
     def to_bytes(self) -> bytes:
-        """Serialize: the duplicates policy and the three sketches, length-prefixed."""
-        parts = [self.duplicates.encode()] + [
-            s.to_bytes() for s in (self.count, self.total, self.squares)
-        ]
+        """Serialize: the duplicates policy and the inner sketches, length-prefixed."""
+        parts = [self.duplicates.encode()] + [s.to_bytes() for s in self.sketches]
         return b"".join(_LEN.pack(len(p)) + p for p in parts)
 
     @staticmethod
@@ -156,11 +153,10 @@ class ColumnSketch:
             offset += _LEN.size
             parts.append(data[offset : offset + n])
             offset += n
-        if len(parts) != 4 or offset != len(data):
-            raise ValueError(f"data must hold 4 length-prefixed parts, found {len(parts)}")
+        if len(parts) not in (2, 4) or offset != len(data):
+            raise ValueError(f"data must hold 2 or 4 length-prefixed parts, found {len(parts)}")
         duplicates = check_choice("duplicates", parts[0].decode(), DUPLICATES)
-        count, total, squares = (Sketch.from_bytes(p) for p in parts[1:])
-        return ColumnSketch(count, total, squares, duplicates)
+        return ColumnSketch(tuple(Sketch.from_bytes(p) for p in parts[1:]), duplicates)
 
 
 def _check_pair(a: Any, b: Any) -> None:
@@ -192,7 +188,7 @@ def keyed_vectors(
     values: Any,
     *,
     seed: int = 0,
-    duplicates: str = "join",
+    duplicates: str = "mean",
     nan: str = "raise",
     name: str = "values",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -245,7 +241,7 @@ def sketch_column(
     size: int,
     method: str = "ts",
     seed: int = 0,
-    duplicates: str = "join",
+    duplicates: str = "mean",
     nan: str = "raise",
     rows: int = 1,
 ) -> ColumnSketch:
@@ -256,12 +252,14 @@ def sketch_column(
     keys, values : array_like [n]
         The join key and the numeric column (see :func:`keyed_vectors`).
     size : int
-        Total storage budget in 64-bit words; each of the three inner sketches
-        gets ``size // 3`` (see :class:`~kernelsketch.inner.Sketcher`).
+        Storage budget in 64-bit words (>= 15). ``"ts"`` / ``"ps"``: one joint
+        sample of the keys (:mod:`.joint`): 4 scalars plus 2 words per sampled
+        key (4 with ``duplicates="join"``). Other methods: three sketches of
+        ``size // 3`` words (see :class:`~kernelsketch.inner.Sketcher`).
     method : {"wmh", "jl", "cs", "mh", "ts", "ps"}, default "ts"
     seed : int, default 0
         Columns are comparable only when sketched with the same seed, method and size.
-    duplicates : {"join", "mean", "sum"}, default "join"
+    duplicates : {"mean", "join", "sum"}, default "mean"
     nan : {"raise", "drop"}, default "raise"
     rows : int, default 1
         CountSketch rows (``method="cs"`` only).
@@ -270,44 +268,56 @@ def sketch_column(
     -------
     ColumnSketch
     """
-    sketcher = column_sketcher(size, method, seed, rows)
-    vectors = keyed_vectors(keys, values, seed=sketcher.seed, duplicates=duplicates, nan=nan)
-    return sketch_keyed_vectors(sketcher, vectors, duplicates)
-
-
-def column_sketcher(size: int, method: str = "ts", seed: int = 0, rows: int = 1) -> Sketcher:
-    """The sketcher of each of a column's three vectors: a third of ``size`` words."""
     check_choice("method", method, METHODS)
-    check_int("size", size, min=3)
-    return Sketcher(method, size // 3, seed, rows=rows)
+    check_int("size", size, min=15)
+    vectors = keyed_vectors(keys, values, seed=seed, duplicates=duplicates, nan=nan)
+    return sketch_keyed_vectors(
+        vectors, size=size, method=method, seed=seed, duplicates=duplicates, rows=rows
+    )
 
 
 def sketch_keyed_vectors(
-    sketcher: Sketcher,
     vectors: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    *,
+    size: int,
+    method: str,
+    seed: int,
     duplicates: str,
+    rows: int = 1,
     norms: tuple[float, float, float] | None = None,
 ) -> ColumnSketch:
-    """Sketch the output of :func:`keyed_vectors` (``norms``: of the whole column's
-    count, sum and square vectors when these vectors are one key-disjoint part of it)."""
+    """Sketch the output of :func:`keyed_vectors` (hashed with the same ``seed``).
+
+    ``norms``: of the whole column's count, sum and square vectors when these
+    vectors are one key-disjoint part of it (for merging parts).
+    """
     hashes, *parts = vectors
+    if method in ("ts", "ps"):
+        sample = joint_sample(
+            hashes, tuple(parts), method=method, size=size, seed=seed, duplicates=duplicates,
+            norms=norms,
+        )
+        return ColumnSketch((sample,), duplicates)
+    sketcher = Sketcher(method, size // 3, seed, rows=rows)
     norms = norms or (None, None, None)
-    count, total, squares = (
-        sketcher.sketch_hashed(hashes, v, norm=n) for v, n in zip(parts, norms)
+    return ColumnSketch(
+        tuple(sketcher.sketch_hashed(hashes, v, norm=n) for v, n in zip(parts, norms)), duplicates
     )
-    return ColumnSketch(count, total, squares, duplicates)
 
 
 def join_statistics(a: ColumnSketch, b: ColumnSketch) -> JoinStatistics:
     """Estimate the statistics of the join of two sketched columns (see the module docstring)."""
     _check_pair(a, b)
+    if len(a.sketches) == 1:
+        return JoinStatistics(*a.sketches[0].join_sums(b.sketches[0]))
+    (ca, sa, qa), (cb, sb, qb) = a.sketches, b.sketches
     return JoinStatistics(
-        size=a.count.inner_product(b.count),
-        sum_a=a.total.inner_product(b.count),
-        sum_b=a.count.inner_product(b.total),
-        sum_sq_a=a.squares.inner_product(b.count),
-        sum_sq_b=a.count.inner_product(b.squares),
-        sum_ab=a.total.inner_product(b.total),
+        size=ca.inner_product(cb),
+        sum_a=sa.inner_product(cb),
+        sum_b=ca.inner_product(sb),
+        sum_sq_a=qa.inner_product(cb),
+        sum_sq_b=ca.inner_product(qb),
+        sum_ab=sa.inner_product(sb),
     )
 
 
@@ -317,7 +327,7 @@ def exact_join_statistics(
     keys_b: Any,
     values_b: Any,
     *,
-    duplicates: str = "join",
+    duplicates: str = "mean",
     nan: str = "raise",
 ) -> JoinStatistics:
     """Exact statistics of the join (the reference for the estimates), in O(n log n)."""
@@ -344,7 +354,7 @@ def estimate_join(
     size: int,
     method: str = "ts",
     seed: int = 0,
-    duplicates: str = "join",
+    duplicates: str = "mean",
     nan: str = "raise",
     rows: int = 1,
 ) -> JoinStatistics:
@@ -362,7 +372,7 @@ def join_correlation(
     size: int,
     method: str = "ts",
     seed: int = 0,
-    duplicates: str = "join",
+    duplicates: str = "mean",
     nan: str = "raise",
     rows: int = 1,
 ) -> float:

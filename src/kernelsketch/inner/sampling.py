@@ -90,8 +90,7 @@ class ThresholdSketch(_SampleSketch):
         return self._scalars["scale"]
 
     def probabilities(self) -> np.ndarray:
-        with np.errstate(invalid="ignore"):  # inf * 0 cannot occur: values are nonzero
-            return np.minimum(1.0, self.scale * self.sample_values**2)
+        return np.minimum(1.0, self.scale * self.sample_values**2)
 
     def _merge(self, other: Sketch) -> Sketch:
         if self.scale != other.scale:
@@ -124,21 +123,13 @@ class PrioritySketch(_SampleSketch):
 
     def _merge(self, other: Sketch) -> Sketch:
         keys, values = self._union(other)
-        ranks = to_unit(keys) / values**2
-        tau = min(self.tau, other.tau)
-        m = (self.size - 1) // 2
-        keep = ranks < tau
-        if keep.sum() > m:
-            order = np.argsort(ranks, kind="stable")
-            tau = min(tau, float(ranks[order[m]]))
-            keep = np.zeros(keys.size, dtype=bool)
-            keep[order[:m]] = True
+        keep, tau = priority_merge(keys, values**2, min(self.tau, other.tau), (self.size - 1) // 2)
         return self._like({"keys": keys[keep], "values": values[keep]}, {"tau": tau})
 
 
-def _adaptive_scale(sq: np.ndarray, m: int) -> float:
-    """The ``c`` with ``sum_i min(1, c sq_i) = m`` (water-filling over sorted ``sq``)."""
-    q = np.sort(sq)[::-1]  # descending
+def adaptive_scale(weights: np.ndarray, m: int) -> float:
+    """The ``c`` with ``sum_i min(1, c w_i) = m`` (water-filling; inf if ``len(w) <= m``)."""
+    q = np.sort(weights)[::-1]  # descending
     n = q.size
     if n <= m:
         return np.inf
@@ -163,10 +154,10 @@ def threshold_sketch(
     m = (size - 1) // 2
     sq = values**2
     if norm is None:
-        scale = _adaptive_scale(sq, m)
+        scale = adaptive_scale(sq, m)
     else:
         scale = m / norm**2 if norm > 0 else np.inf
-    keep = to_unit(hashes) <= np.minimum(1.0, scale * sq)
+    keep = threshold_keep(hashes, sq, scale)
     order = np.argsort(hashes[keep])
     return ThresholdSketch(
         size=size,
@@ -179,13 +170,7 @@ def threshold_sketch(
 
 def priority_sketch(hashes: np.ndarray, values: np.ndarray, *, size: int, seed: int) -> PrioritySketch:
     """Priority-sample the sparse vector (nonzero key hashes [n] uint64, values [n] float64)."""
-    m = (size - 1) // 2
-    if hashes.size <= m:
-        keep, tau = np.arange(hashes.size), np.inf
-    else:
-        ranks = to_unit(hashes) / values**2
-        part = np.argpartition(ranks, m)
-        keep, tau = part[:m], float(ranks[part[m]])
+    keep, tau = priority_select(hashes, values**2, (size - 1) // 2)
     order = np.argsort(hashes[keep])
     keep = keep[order]
     return PrioritySketch(
@@ -195,3 +180,35 @@ def priority_sketch(hashes: np.ndarray, values: np.ndarray, *, size: int, seed: 
         arrays={"keys": hashes[keep], "values": values[keep]},
         scalars={"tau": tau},
     )
+
+
+def threshold_keep(hashes: np.ndarray, weights: np.ndarray, scale: float) -> np.ndarray:
+    """Coordinated threshold sample: keep ``i`` iff ``u_i <= min(1, scale * w_i)`` (bool mask)."""
+    return to_unit(hashes) <= np.minimum(1.0, scale * weights)  # weights > 0: no inf * 0
+
+
+def priority_select(hashes: np.ndarray, weights: np.ndarray, m: int) -> tuple[np.ndarray, float]:
+    """Indices of the ``m`` smallest ranks ``u_i / w_i`` and ``tau``, the ``(m+1)``-th (inf if none)."""
+    if hashes.size <= m:
+        return np.arange(hashes.size), np.inf
+    ranks = to_unit(hashes) / weights
+    part = np.argpartition(ranks, m)
+    return part[:m], float(ranks[part[m]])
+
+
+def priority_merge(
+    hashes: np.ndarray, weights: np.ndarray, tau: float, m: int
+) -> tuple[np.ndarray, float]:
+    """Bottom-m of the union of two priority samples (disjoint keys) whose smaller tau is ``tau``.
+
+    Returns the kept mask and the merged tau: the (m+1)-th smallest rank of the
+    union is the smaller of ``tau`` and the (m+1)-th smallest kept candidate.
+    """
+    ranks = to_unit(hashes) / weights
+    keep = ranks < tau
+    if keep.sum() > m:
+        order = np.argsort(ranks, kind="stable")
+        tau = min(tau, float(ranks[order[m]]))
+        keep = np.zeros(hashes.size, dtype=bool)
+        keep[order[:m]] = True
+    return keep, tau
