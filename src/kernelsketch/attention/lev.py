@@ -91,8 +91,8 @@ class LevConfig(MethodConfig):
         kept (set size <= rank/eps <= d^{p/2}/eps per head) and ``budget`` is
         ignored.
     budget : keys kept per key/value head when ``eps`` is None (the keys of
-        largest score); the paper uses 32. At or above the key count the
-        exact method runs.
+        largest score); the paper uses 32. At or above the key count every
+        key is kept (softmax: the exact method runs).
     window : each query also attends to the ``window`` keys ending at its
         own position (0: none).
     kind : "softmax" (softmax restricted to the set; the paper's practical
@@ -246,7 +246,7 @@ class LevSelector:
         pos = torch.arange(self.num_seen, self.num_seen + m, device=k_block.device)
         pos = pos.expand(*k_block.shape[:2], m)
         self.num_seen += m
-        self._absorb(k_block, v_block, pos)
+        self._absorb(k_block.detach(), None if v_block is None else v_block.detach(), pos)
         return self
 
     def merge(self, other: LevSelector) -> LevSelector:
