@@ -42,13 +42,11 @@ def _single(df, col, method):
 def test_distributed_sketches_match_single_machine(client, table):
     # one test (one cluster) for all methods: worker start-up dominates the cost
     df, ddf = table
-    for method in ("mh",):  # bit-identical
+    # black-box (three WMH sketches per column) and joint priority sample; equal up to
+    # rounding of the norms, which are summed over partitions in another order
+    for method in ("wmh", "ps"):
         sketches = sketch_table(ddf, "k", ["x", "y"], size=301, method=method, seed=11)
         assert set(sketches) == {"x", "y"}
-        for col in ("x", "y"):
-            assert sketches[col] == _single(df, col, method)
-    for method in ("jl", "wmh", "ps"):  # equal up to rounding of sums and norms in another order
-        sketches = sketch_table(ddf, "k", ["x", "y"], size=301, method=method, seed=11)
         dist = join_statistics(sketches["x"], sketches["y"])
         local = join_statistics(_single(df, "x", method), _single(df, "y", method))
         for field in ("size", "sum_a", "sum_b", "sum_sq_a", "sum_sq_b", "sum_ab"):
