@@ -106,6 +106,24 @@ def test_linear_merge_is_sketch_of_sum(method):
     np.testing.assert_allclose(arr, ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("method", ["jl", "cs"])
+def test_streaming_updates_of_linear_sketches(method):
+    rng = np.random.default_rng()
+    sk = Sketcher(method, 40, 8)
+    s = sk.sketch((["a", "b"], [1.0, 2.0]))
+    for _ in range(3):
+        s = sk.update(s, (["b", "c"], [0.5, -1.0]))
+    whole = sk.sketch((["a", "b", "c"], [1.0, 3.5, -3.0]))
+    probe = sk.sketch((["a", "b", "c", "d"], rng.normal(size=4)))
+    assert s.inner_product(probe) == pytest.approx(whole.inner_product(probe), rel=1e-12, abs=1e-12)
+
+
+def test_streaming_update_rejects_sampling_sketches():
+    sk = Sketcher("ps", 21, 0)
+    with pytest.raises(ValueError, match="streaming updates need a linear sketch"):
+        sk.update(sk.sketch(np.ones(3)), np.ones(3))
+
+
 @pytest.mark.parametrize("method", ["mh", "wmh", "ts", "ps"])
 def test_sampling_merge_of_disjoint_parts_is_sketch_of_whole(method):
     x = np.random.default_rng().normal(size=400)

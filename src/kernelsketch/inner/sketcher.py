@@ -117,6 +117,19 @@ class Sketcher:
         hashes, values = self.prepare(x)
         return self.sketch_hashed(hashes, values, norm=norm)
 
+    def update(self, sketch: Sketch, x: Any) -> Sketch:
+        """Streaming update of a linear sketch: the sketch of ``a + x`` from that of ``a``.
+
+        ``x`` is a dense or sparse update as in :meth:`sketch` (e.g. new counts
+        for a few keys). Only ``"jl"`` and ``"cs"`` are linear; sampling sketches
+        merge only parts with disjoint supports (:meth:`Sketch.merge`).
+        """
+        if self.method not in ("jl", "cs"):
+            raise ValueError(
+                f"streaming updates need a linear sketch (method 'jl' or 'cs'), got {self.method!r}"
+            )
+        return sketch.merge(self.sketch(x))
+
     def prepare(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
         """Validate ``x`` and return (distinct key hashes uint64 [k], values float64 [k])."""
         if isinstance(x, tuple):
