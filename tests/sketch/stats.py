@@ -6,7 +6,7 @@ import torch
 
 
 def assert_unbiased(estimates: torch.Tensor, truth: torch.Tensor, *, z: float = 5.0,
-                    max_rel_stderr: float = 0.25) -> None:
+                    max_rel_stderr: float = 0.12) -> None:
     """Assert ``mean(estimates, 0)`` is within ``z`` standard errors of ``truth``.
 
     ``estimates`` is [N, ...] (one row per independent sketch). The test is

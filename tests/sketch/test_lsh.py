@@ -63,7 +63,7 @@ def test_adjacent_bucket_ids_hold_sign_patterns_one_bit_apart():
     codes = {int(i): int(c) for i, c in zip(lsh(x), lsh.codes(x))}
     adjacent = ids[1:][ids[1:] == ids[:-1] + 1]
     assert adjacent.numel() > 20
-    diffs = [bin(codes[int(r)] ^ codes[int(r) - 1]).count("1") for r in adjacent]
+    diffs = [(codes[int(r)] ^ codes[int(r) - 1]).bit_count() for r in adjacent]
     assert set(diffs) == {1}
 
 

@@ -27,7 +27,7 @@ def _srht_dense_oracle(s: SRHT) -> torch.Tensor:
     return torch.cat(blocks, dim=1)[:, s.index] / math.sqrt(s.d_out)
 
 
-@pytest.mark.parametrize("d", [1, 2, 8, 64])
+@pytest.mark.parametrize("d", [1, 2, 8, 64, 128, 2048])
 def test_fwht_matches_dense_hadamard(d):
     x = torch.randn(2, 3, d, dtype=torch.float64)
     hadamard = torch.from_numpy(scipy.linalg.hadamard(d).astype(np.float64))

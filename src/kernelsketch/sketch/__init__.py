@@ -27,13 +27,13 @@ from kernelsketch.sketch.sampling import importance_sample, resolve_generator, u
 from kernelsketch.sketch.tensor import Degree2Sketch, PolySketch, TensorSketch, TensorSRHT
 
 __all__ = [
+    "SRHT",
     "AngularLSH",
     "CountSketch",
     "Degree2Sketch",
     "GaussianSketch",
     "PolySketch",
     "RademacherSketch",
-    "SRHT",
     "SketchModule",
     "TensorSRHT",
     "TensorSketch",

@@ -15,15 +15,22 @@ from __future__ import annotations
 
 import torch
 
-from kernelsketch._checks import FLOAT_DTYPES, _shape, check_choice, check_float, check_int
-from kernelsketch._checks import check_same, check_tensor
+from kernelsketch._checks import (
+    FLOAT_DTYPES,
+    _shape,
+    check_choice,
+    check_float,
+    check_int,
+    check_same,
+    check_tensor,
+)
 from kernelsketch.sketch.projections import SRHT, CountSketch, GaussianSketch, compute_dtype
 from kernelsketch.sketch.sampling import resolve_generator
 
 __all__ = [
     "leverage_scores",
-    "ridge_leverage_scores",
     "leverage_scores_from_gram",
+    "ridge_leverage_scores",
     "sketched_leverage_scores",
 ]
 

@@ -16,7 +16,7 @@ from kernelsketch._checks import check_int, check_tensor
 from kernelsketch.sketch.projections import SketchModule, compute_dtype
 from kernelsketch.sketch.sampling import generator_device, resolve_generator
 
-__all__ = ["gray_code", "inverse_gray_code", "AngularLSH"]
+__all__ = ["AngularLSH", "gray_code", "inverse_gray_code"]
 
 _INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
 

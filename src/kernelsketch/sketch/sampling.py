@@ -19,7 +19,7 @@ import torch
 
 from kernelsketch._checks import FLOAT_DTYPES, check_generator, check_int, check_tensor
 
-__all__ = ["resolve_generator", "importance_sample", "uniform_sample"]
+__all__ = ["importance_sample", "resolve_generator", "uniform_sample"]
 
 
 def resolve_generator(

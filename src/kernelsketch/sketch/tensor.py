@@ -23,7 +23,7 @@ from kernelsketch.sketch.projections import (
 )
 from kernelsketch.sketch.sampling import resolve_generator
 
-__all__ = ["TensorSketch", "TensorSRHT", "Degree2Sketch", "PolySketch"]
+__all__ = ["Degree2Sketch", "PolySketch", "TensorSRHT", "TensorSketch"]
 
 KINDS = ("srht", "gaussian", "countsketch", "tensorsketch")
 
