@@ -321,20 +321,21 @@ class LevSelector:
                 v = torch.cat((self.values, v), dim=2)
         score = self.scores(k)
         valid = pos >= 0
+        beyond = self.num_seen + 1  # shifts dropped keys behind every kept position
         if self.eps is not None:
             # Scores are computed in floating point: keep a relative slack of sqrt(machine eps)
             # so a key whose exact score is eps is never lost to rounding.
             slack = math.sqrt(torch.finfo(score.dtype).eps)
             keep = valid & (score >= self.eps * (1 - slack))
-        else:
+            size = int(keep.sum(-1).max()) if keep.numel() else 0
+            order = torch.where(keep, pos, pos + beyond).topk(size, dim=-1, largest=False).indices
+        else:  # top-budget scores, then in position order: O(m + budget log budget)
             keep = valid
-            if k.shape[2] > self.budget:
-                ranked = torch.where(valid, score, torch.full_like(score, -1.0))
-                top = ranked.topk(self.budget, dim=-1).indices
-                keep = torch.zeros_like(valid).scatter(-1, top, True) & valid
-        size = int(keep.sum(-1).max()) if keep.numel() else 0
-        big = self.num_seen + 1
-        order = torch.where(keep, pos, pos + big + 1).argsort(dim=-1)[..., :size]
+            ranked = torch.where(valid, score, torch.full_like(score, -1.0))
+            top = ranked.topk(min(self.budget, k.shape[2]), dim=-1).indices
+            top_pos = pos.gather(-1, top)
+            top_pos = torch.where(valid.gather(-1, top), top_pos, top_pos + beyond)
+            order = top.gather(-1, top_pos.argsort(dim=-1))
         self.positions = torch.where(keep.gather(-1, order), pos.gather(-1, order), -1)
         self.keys = _gather_rows(k, order)
         self.values = None if v is None else _gather_rows(v, order)
