@@ -44,8 +44,11 @@ own position; the two parts are disjoint and merged by log-sum-exp. With
 ``is_causal`` a query sees only selected keys at positions <= its own
 (aligned bottom-right). The set is computed from all M keys (as for a
 prompt or an image), so for causal training the *choice* of set depends on
-later keys (not through gradients: selection is not differentiable); for
-strictly causal decoding use :class:`kernelsketch.attention.kvcache.LevKVCache`.
+later keys (not through gradients: selection is not differentiable), and the
+ε-guarantee is for attention over all M keys (a causal row has a smaller
+normaliser, so its entries can exceed their full-row value); for strictly
+causal decoding, with the guarantee over the prefix, use
+:class:`kernelsketch.attention.kvcache.LevKVCache`.
 Gradients flow to q, k, v through the gathered keys. When the set is all
 keys (budget >= M, no eps) the exact method runs.
 """
