@@ -131,3 +131,171 @@ def test_oracle_rejects_nan():
 def test_oracle_rejects_integer_dtype():
     with pytest.raises(TypeError, match="X must have dtype"):
         ntk_relu(torch.ones(2, 3, dtype=torch.int64))
+
+
+# ----------------------------------------------------------------------------- power-series sketch
+
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+from kernelsketch.features._powerseries import (  # noqa: E402
+    PowerSeriesSketch,
+    fit_nonnegative_polynomial,
+)
+from kernelsketch.features.ntk import (  # noqa: E402
+    NTKRandomFeatureMap,
+    NTKRandomFeatures,
+    NTKSketch,
+    relu_ntk_of_cosine,
+)
+
+
+def _rel_fro(Z, K):
+    Z, K = np.asarray(Z, dtype=np.float64), np.asarray(K, dtype=np.float64)
+    return np.linalg.norm(Z @ Z.T - K) / np.linalg.norm(K)
+
+
+def test_exponential_kernel_degree16_via_polysketch():
+    X = _unit_rows(32, 8)
+    K = torch.exp(X @ X.T)
+    w = torch.tensor([1 / math.sqrt(math.factorial(j)) for j in range(17)], dtype=f64)
+    errs = {m: [] for m in (64, 1024)}
+    for m in errs:
+        for seed in range(3):
+            ps = PowerSeriesSketch(8, 16, m, poly_dim=m, generator=torch.Generator().manual_seed(seed))
+            errs[m].append(_rel_fro(ps(X, w), K))
+    # Single draws at 1024 range about 0.12-0.17 (heavy-ish tails of the degree-16 tree).
+    assert np.median(errs[1024]) <= 0.15
+    assert np.median(errs[1024]) < np.median(errs[64]) / 2
+
+
+def test_power_series_sketch_is_unbiased():
+    X = _unit_rows(6, 4)
+    c = torch.tensor([0.5, 1.0, 0.0, 0.25], dtype=f64)
+    want = sum(c[j] * (X @ X.T) ** j for j in range(4))
+    reps = 100
+    acc = torch.zeros(6, 6, dtype=f64)
+    sq = torch.zeros(6, 6, dtype=f64)
+    for seed in range(reps):
+        Z = PowerSeriesSketch(4, 3, 32, poly_dim=32, generator=torch.Generator().manual_seed(seed))(X, c.sqrt())
+        A = Z @ Z.T
+        acc += A / reps
+        sq += A * A / reps
+    se = ((sq - acc * acc) / reps).sqrt()
+    assert torch.all((acc - want).abs() <= 5 * se + 1e-9)
+
+
+def test_nonnegative_fit_is_close_and_cached():
+    c = fit_nonnegative_polynomial(("test-ntk", 2), lambda t: relu_ntk_of_cosine(t, 2), 12)
+    assert torch.all(c >= 0)
+    t = torch.linspace(-1, 1, 301, dtype=f64)
+    fit = sum(c[j] * t**j for j in range(13))
+    assert (fit - relu_ntk_of_cosine(t, 2)).abs().max() < 0.05 * 3
+    # The cache keys on (key, degree): a different function under the same key is not refitted.
+    again = fit_nonnegative_polynomial(("test-ntk", 2), lambda t: t * 0, 12)
+    assert torch.equal(c, again)
+
+
+# ----------------------------------------------------------------------------- transformers
+
+
+@parametrize_with_checks(
+    [
+        NTKRandomFeatures(n_components=8),
+        NTKRandomFeatures(n_components=8, kernel="nngp", depth=2, tensor_sketch="countsketch"),
+        NTKSketch(n_components=8, degree=3),
+    ]
+)
+def test_sklearn_conventions(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize("cls", [NTKRandomFeatures, NTKSketch])
+@pytest.mark.parametrize("kernel", ["ntk", "nngp"])
+def test_error_falls_with_n_components_and_is_small_at_1024(cls, kernel):
+    X = _unit_rows(48, 8).numpy()
+    K = (ntk_relu if kernel == "ntk" else nngp_relu)(X, depth=1)
+    errs = [_rel_fro(cls(n_components=m, kernel=kernel, random_state=0).fit_transform(X), K) for m in (64, 1024)]
+    assert errs[1] <= 0.2
+    assert errs[1] < errs[0] / 2
+
+
+def test_deeper_ntk_random_features_error_falls():
+    X = _unit_rows(32, 8).numpy()
+    K = ntk_relu(X, depth=3)
+    errs = [_rel_fro(NTKRandomFeatures(depth=3, n_components=m, random_state=1).fit_transform(X), K) for m in (64, 1024)]
+    assert errs[1] < 0.3 and errs[1] < errs[0] / 2
+
+
+def test_depth1_ntk_random_features_are_unbiased():
+    X = _unit_rows(5, 4)
+    K = ntk_relu(X, depth=1)
+    reps = 200
+    acc = torch.zeros(5, 5, dtype=f64)
+    sq = torch.zeros(5, 5, dtype=f64)
+    for seed in range(reps):
+        g = torch.Generator().manual_seed(seed)
+        mp = NTKRandomFeatureMap(4, depth=1, n_arccos=16, d_out=16, kernel="ntk", generator=g)
+        A = mp(X) @ mp(X).T
+        acc += A / reps
+        sq += A * A / reps
+    se = ((sq - acc * acc) / reps).sqrt()
+    assert torch.all((acc - K).abs() <= 5 * se + 1e-9)
+
+
+@pytest.mark.parametrize("cls", [NTKRandomFeatures, NTKSketch])
+def test_features_are_homogeneous_off_the_sphere(cls):
+    X = np.random.default_rng().standard_normal((6, 5))
+    est = cls(n_components=32, random_state=0).fit(X)
+    np.testing.assert_allclose(est.transform(3.0 * X), 3.0 * est.transform(X), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [NTKRandomFeatures, NTKSketch])
+def test_float32_preserved_determinism_and_torch_map(cls):
+    X = np.random.default_rng().standard_normal((7, 5)).astype(np.float32)
+    a = cls(n_components=32, random_state=4).fit(X)
+    b = cls(n_components=32, random_state=4).fit(X)
+    Za = a.transform(X)
+    assert Za.dtype == np.float32 and Za.shape == (7, 32)
+    np.testing.assert_array_equal(Za, b.transform(X))
+    assert not np.allclose(Za, cls(n_components=32, random_state=5).fit_transform(X))
+    batch = torch.from_numpy(X).reshape(7, 1, 5).expand(7, 3, 5)  # any leading shape
+    Zt = a.feature_map_(batch)
+    torch.testing.assert_close(Zt[:, 2], torch.from_numpy(Za))
+
+
+@pytest.mark.parametrize(
+    "params, exc, msg",
+    [
+        (dict(depth=0), ValueError, "depth must be >= 1, got 0"),
+        (dict(n_components=0), ValueError, "n_components must be >= 1, got 0"),
+        (dict(kernel="cntk"), ValueError, "kernel must be one of"),
+        (dict(tensor_sketch="gaussian"), ValueError, "tensor_sketch must be one of"),
+        (dict(n_arccos=0), ValueError, "n_arccos must be >= 1, got 0"),
+        (dict(n_arccos=8, kernel="nngp"), ValueError, "n_arccos must be None or n_components=256"),
+        (dict(depth="2"), TypeError, "depth must be an int"),
+    ],
+)
+def test_ntk_random_features_bad_params(params, exc, msg):
+    with pytest.raises(exc, match=msg):
+        NTKRandomFeatures(**params).fit(np.ones((3, 2)))
+
+
+@pytest.mark.parametrize(
+    "params, exc, msg",
+    [
+        (dict(degree=0), ValueError, "degree must be >= 1, got 0"),
+        (dict(degree=100), ValueError, "degree must be <= 64, got 100"),
+        (dict(poly_dim=0), ValueError, "poly_dim must be >= 1, got 0"),
+        (dict(n_components=0), ValueError, "n_components must be >= 1, got 0"),
+        (dict(kernel="rbf"), ValueError, "kernel must be one of"),
+    ],
+)
+def test_ntk_sketch_bad_params(params, exc, msg):
+    with pytest.raises(exc, match=msg):
+        NTKSketch(**params).fit(np.ones((3, 2)))
+
+
+def test_transform_rejects_wrong_feature_count():
+    est = NTKSketch(n_components=8, degree=2, random_state=0).fit(np.ones((3, 4)))
+    with pytest.raises(ValueError, match="X has 3 features, but NTKSketch is expecting 4"):
+        est.transform(np.ones((2, 3)))

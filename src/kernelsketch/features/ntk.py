@@ -15,12 +15,34 @@ homogeneous: K(x, y) = |x| |y| K(x/|x|, y/|y|), and Theta^(L)(x, x) = (L+1)|x|^2
 
 from __future__ import annotations
 
+import math
+
 import torch
+from torch import nn
 
-from kernelsketch._checks import check_int
+from kernelsketch._checks import check_choice, check_int
 from kernelsketch.features._arccos import as_tensor_pair, cosines, kappa0, kappa1, return_like
+from kernelsketch.features._base import RandomFeaturesTransformer
+from kernelsketch.features._powerseries import (
+    PowerSeriesSketch,
+    fit_nonnegative_polynomial,
+    unit_rows,
+)
+from kernelsketch.sketch.projections import SRHT, GaussianSketch
+from kernelsketch.sketch.tensor import Degree2Sketch
 
-__all__ = ["ntk_relu", "nngp_relu", "relu_ntk_of_cosine", "relu_nngp_of_cosine"]
+__all__ = [
+    "ntk_relu",
+    "nngp_relu",
+    "relu_ntk_of_cosine",
+    "relu_nngp_of_cosine",
+    "NTKRandomFeatureMap",
+    "NTKRandomFeatures",
+    "NTKSketchMap",
+    "NTKSketch",
+]
+
+KERNELS = ("ntk", "nngp")
 
 
 def relu_ntk_of_cosine(t: torch.Tensor, depth: int) -> torch.Tensor:
@@ -93,3 +115,251 @@ def nngp_relu(X, Y=None, *, depth: int = 1):
     Cho, Saul, "Kernel Methods for Deep Learning", NeurIPS 2009.
     """
     return _relu_kernel(X, Y, depth, relu_nngp_of_cosine)
+
+
+# ----------------------------------------------------------------------------- NTK random features
+
+
+def _pad_to(x: torch.Tensor, d: int) -> torch.Tensor:
+    return nn.functional.pad(x, (0, d - x.shape[-1]))
+
+
+class NTKRandomFeatureMap(nn.Module):
+    """Torch feature map of NTK random features (arc-cosine features + sketched tensor products).
+
+    Layer by layer (after Han, Avron, Shoham, Kim, Shin, arXiv 2104.01351,
+    Alg. 1), with Phi^(0) = Psi^(0) = x and i.i.d. N(0, I) directions W_h:
+
+        Phi^(h)  = sqrt(2 / m) relu(Phi^(h-1) W_h)        (order-1 arc-cosine: E <.,.> = Sigma^(h))
+        dPhi^(h) = sqrt(2 / m) step(Phi^(h-1) W_h)        (order-0 arc-cosine: E <.,.> = kappa0)
+        Psi^(h)  = T_h(Psi^(h-1) ⊗ dPhi^(h)) + R_h(Phi^(h))  (E <.,.> = Theta^(h-1) kappa0 + Sigma^(h))
+
+    T_h is a :class:`~kernelsketch.sketch.tensor.Degree2Sketch` of the pair
+    (TensorSRHT for ``tensor_sketch="srht"``, TensorSketch — FFT of
+    CountSketches — for ``"countsketch"``; the shorter factor is zero-padded,
+    which leaves inner products unchanged) and R_h an independent SRHT, both
+    into ``d_out`` dimensions. The paper concatenates the two parts; summing
+    two independent unbiased sketches is also unbiased for the sum of the
+    two kernels (cross terms have mean zero) and lets the output have any
+    dimension. Both arc-cosine orders use the same directions (each is
+    unbiased on its own). The output is Psi^(L) (NTK) or Phi^(L) (NNGP).
+
+    Parameters
+    ----------
+    d_in : int
+    depth : int >= 1
+    n_arccos : int
+        Arc-cosine features per layer m (the NNGP output dimension).
+    d_out : int
+        NTK output dimension (ignored for NNGP).
+    kernel : {"ntk", "nngp"}
+    tensor_sketch : {"srht", "countsketch"}
+    generator : torch.Generator, optional
+    """
+
+    def __init__(self, d_in, *, depth, n_arccos, d_out, kernel, tensor_sketch="srht", generator=None):
+        super().__init__()
+        self.kernel = kernel
+        dims = [d_in] + [n_arccos] * depth
+        self.arccos = nn.ModuleList(
+            GaussianSketch(dims[h], n_arccos, generator=generator) for h in range(depth)
+        )
+        self.tensor = nn.ModuleList()
+        self.linear = nn.ModuleList()
+        if kernel == "ntk":
+            kind = "srht" if tensor_sketch == "srht" else "tensorsketch"
+            for h in range(depth):
+                width = max(n_arccos, d_in if h == 0 else d_out)
+                self.tensor.append(Degree2Sketch(width, d_out, kind=kind, generator=generator))
+                self.linear.append(SRHT(n_arccos, d_out, generator=generator))
+        self.n_arccos = n_arccos
+        self.d_out = d_out if kernel == "ntk" else n_arccos
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features [..., d_out] of x [..., d_in] (dtype of x)."""
+        m = self.n_arccos
+        phi, psi = x, x
+        for h, directions in enumerate(self.arccos):
+            # GaussianSketch entries are N(0, 1/m): u = Phi W / sqrt(m), W ~ N(0, 1).
+            u = directions(phi)
+            phi = math.sqrt(2.0) * torch.relu(u)
+            if self.kernel == "ntk":
+                dphi = math.sqrt(2.0 / m) * (u > 0).to(x.dtype)
+                t = self.tensor[h]
+                psi = t(_pad_to(psi, t.d_in), _pad_to(dphi, t.d_in)) + self.linear[h](phi)
+        return psi if self.kernel == "ntk" else phi
+
+
+class NTKRandomFeatures(RandomFeaturesTransformer):
+    """Random features of the fully-connected ReLU NTK / NNGP (scikit-learn transformer).
+
+    Arc-cosine random features of orders 1 and 0, layer by layer, with the
+    NTK recursion's products sketched by TensorSRHT or TensorSketch
+    (:class:`NTKRandomFeatureMap`). At depth 1 the features are unbiased;
+    deeper, each layer is unbiased given the previous one. ``Z @ Z.T``
+    approaches :func:`ntk_relu` (or :func:`nngp_relu`) as ``n_components``
+    grows, with relative error ``O(depth / sqrt(n_components))``.
+
+    Parameters
+    ----------
+    depth : int >= 1, default 1
+    n_components : int >= 1, default 256
+        Output dimension.
+    kernel : {"ntk", "nngp"}, default "ntk"
+    n_arccos : int or None, default None
+        Arc-cosine features per hidden layer for the NTK (default
+        ``n_components``). For the NNGP the output is the last layer's
+        arc-cosine features, so it must be None or ``n_components``.
+    tensor_sketch : {"srht", "countsketch"}, default "srht"
+    random_state : int, RandomState or None
+
+    Attributes
+    ----------
+    feature_map_ : NTKRandomFeatureMap
+        Fitted torch map, usable on GPU batches after ``.to("cuda")``.
+    n_features_in_ : int
+
+    References
+    ----------
+    Han, Avron, Shoham, Kim, Shin, "Random Features for the Neural Tangent
+    Kernel", arXiv 2104.01351.
+    """
+
+    def __init__(self, *, depth=1, n_components=256, kernel="ntk", n_arccos=None, tensor_sketch="srht", random_state=None):
+        self.depth = depth
+        self.n_components = n_components
+        self.kernel = kernel
+        self.n_arccos = n_arccos
+        self.tensor_sketch = tensor_sketch
+        self.random_state = random_state
+
+    def _check_params(self, n_features):
+        check_int("depth", self.depth, min=1)
+        check_int("n_components", self.n_components, min=1)
+        check_choice("kernel", self.kernel, KERNELS)
+        check_choice("tensor_sketch", self.tensor_sketch, ("srht", "countsketch"))
+        if self.n_arccos is not None:
+            check_int("n_arccos", self.n_arccos, min=1)
+            if self.kernel == "nngp" and self.n_arccos != self.n_components:
+                raise ValueError(
+                    f"n_arccos must be None or n_components={self.n_components} for "
+                    f"kernel='nngp' (the output is the arc-cosine features), got {self.n_arccos}"
+                )
+
+    def _make_feature_map(self, n_features, generator, X):
+        return NTKRandomFeatureMap(
+            n_features,
+            depth=self.depth,
+            n_arccos=self.n_arccos or self.n_components,
+            d_out=self.n_components,
+            kernel=self.kernel,
+            tensor_sketch=self.tensor_sketch,
+            generator=generator,
+        )
+
+
+# ----------------------------------------------------------------------------- NTK Sketch
+
+
+class NTKSketchMap(nn.Module):
+    """Torch feature map of NTK Sketch: ``phi(x) = |x| S(concat_j sqrt(c_j) PolySketch_j(x/|x|))``.
+
+    ``c_j >= 0`` are a non-negative least-squares polynomial fit of degree
+    ``degree`` to the NTK (or NNGP) function of the cosine (cached per
+    ``(kernel, depth, degree)``), so ``E[<phi(x), phi(y)>] = |x||y| sum_j c_j cos^j``,
+    which is within the fit error of the exact kernel.
+
+    Parameters
+    ----------
+    d_in : int
+    depth : int >= 1
+    n_components : int
+        Output dimension.
+    degree : int >= 1
+        Polynomial degree of the fit (and of the PolySketch tree).
+    kernel : {"ntk", "nngp"}
+    poly_dim : int
+        Dimension of each power's PolySketch before the final SRHT.
+    kind : PolySketch node kind
+    generator : torch.Generator, optional
+
+    References
+    ----------
+    Zandieh, Han, Avron, Shoham, Kim, Shin, "Scaling Neural Tangent Kernels via
+    Sketching and Random Features", NeurIPS 2021 (arXiv 2106.07880), Alg. 1.
+    """
+
+    def __init__(self, d_in, *, depth, n_components, degree, kernel, poly_dim, kind="srht", generator=None):
+        super().__init__()
+        fn = relu_ntk_of_cosine if kernel == "ntk" else relu_nngp_of_cosine
+        coef = fit_nonnegative_polynomial((kernel, depth), lambda t: fn(t, depth), degree)
+        self.register_buffer("coef", coef)
+        self.series = PowerSeriesSketch(d_in, degree, n_components, poly_dim=poly_dim, kind=kind, generator=generator)
+        self.d_out = n_components
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features [..., n_components] of x [..., d_in] (dtype of x)."""
+        u, r = unit_rows(x)
+        return r * self.series(u, self.coef.sqrt().to(x.dtype))
+
+
+class NTKSketch(RandomFeaturesTransformer):
+    """NTK Sketch features of the fully-connected ReLU NTK / NNGP (scikit-learn transformer).
+
+    ``Z = transform(X)`` has ``Z @ Z.T`` approximating :func:`ntk_relu` (or
+    :func:`nngp_relu`) of depth ``depth``: a non-negative polynomial fit of
+    the kernel's cosine function, PolySketch of all powers and a final SRHT.
+    The expected features reproduce the fitted polynomial kernel; the
+    relative error falls like ``1/sqrt(n_components)`` plus the fit error
+    (about 1-3% of K(x, x) for degree 8-16).
+
+    Parameters
+    ----------
+    depth : int >= 1, default 1
+        Hidden ReLU layers.
+    n_components : int >= 1, default 256
+        Output dimension.
+    degree : int >= 1, default 8
+        Degree of the polynomial fit.
+    kernel : {"ntk", "nngp"}, default "ntk"
+    poly_dim : int or None, default None
+        Per-power PolySketch dimension (``n_components`` if None).
+    random_state : int, RandomState or None
+
+    Attributes
+    ----------
+    feature_map_ : NTKSketchMap
+        Fitted torch map, usable on GPU batches after ``.to("cuda")``.
+    n_features_in_ : int
+
+    References
+    ----------
+    Zandieh et al., arXiv 2106.07880.
+    """
+
+    def __init__(self, *, depth=1, n_components=256, degree=8, kernel="ntk", poly_dim=None, random_state=None):
+        self.depth = depth
+        self.n_components = n_components
+        self.degree = degree
+        self.kernel = kernel
+        self.poly_dim = poly_dim
+        self.random_state = random_state
+
+    def _check_params(self, n_features):
+        check_int("depth", self.depth, min=1)
+        check_int("n_components", self.n_components, min=1)
+        check_int("degree", self.degree, min=1, max=64)
+        check_choice("kernel", self.kernel, KERNELS)
+        if self.poly_dim is not None:
+            check_int("poly_dim", self.poly_dim, min=1)
+
+    def _make_feature_map(self, n_features, generator, X):
+        return NTKSketchMap(
+            n_features,
+            depth=self.depth,
+            n_components=self.n_components,
+            degree=self.degree,
+            kernel=self.kernel,
+            poly_dim=self.poly_dim or self.n_components,
+            generator=generator,
+        )
