@@ -282,9 +282,11 @@ def sketched_polynomial_attention(
         from .triton import polysketch as kernels
 
         if kernels.supported(qs, ks, v, fq, block_size=block_size, exact_local=exact_local):
-            num, den = kernels.polysketch_causal(qs, ks, v, fq, fk, degree=degree,
-                                                 block_size=block_size)
-            return normalize_output(num, den, need_lse)
+            # Half-precision inputs: tensor-core products for the local scores (fp32 state).
+            low = v.dtype if v.dtype in (torch.float16, torch.bfloat16) else acc
+            out, den = kernels.polysketch_causal(qs.to(low), ks.to(low), v.to(low), fq, fk,
+                                                 degree=degree, block_size=block_size)
+            return out, (torch.log(1.0 + den) if need_lse else None)
     G = Hq // Hkv
     qg, fqg = qs.reshape(B, Hkv, G, N, D), fq.reshape(B, Hkv, G, N, -1)
     v = v.to(acc)
