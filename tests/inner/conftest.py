@@ -11,7 +11,7 @@ def make_pair(rng, n, nnz, overlap, *, corr=0.7, outliers=0.1, outlier_scale=10.
     (heavy entries); on the shared indices b is correlated with a (``corr``),
     following the synthetic design of Daliri et al. (2024), §6.
     """
-    shared = int(round(overlap * nnz))
+    shared = round(overlap * nnz)
     idx = rng.permutation(n)[: 2 * nnz - shared]
     ia, ib = idx[:nnz], np.concatenate([idx[:shared], idx[nnz:]])
     a, b = np.zeros(n), np.zeros(n)

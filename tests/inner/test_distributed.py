@@ -5,17 +5,22 @@ import pandas as pd
 import pytest
 
 dd = pytest.importorskip("dask.dataframe", reason="the optional 'dask' extra is not installed")
-distributed = pytest.importorskip("distributed", reason="the optional 'dask' extra is not installed")
+distributed = pytest.importorskip(
+    "distributed", reason="the optional 'dask' extra is not installed"
+)
 
-from kernelsketch.inner import join_statistics, sketch_column  # noqa: E402
-from kernelsketch.inner.distributed import sketch_table  # noqa: E402
+from kernelsketch.inner import join_statistics, sketch_column
+from kernelsketch.inner.distributed import sketch_table
 
 
 @pytest.fixture(scope="module")
 def client():
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as cluster, distributed.Client(cluster) as c:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as c,
+    ):
         yield c
 
 

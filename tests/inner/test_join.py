@@ -8,14 +8,14 @@ import pytest
 
 from kernelsketch.inner import (
     ColumnSketch,
-    keyed_vectors,
-    sketch_keyed_vectors,
     estimate_join,
     exact_join_statistics,
     join_correlation,
     join_size,
     join_statistics,
+    keyed_vectors,
     sketch_column,
+    sketch_keyed_vectors,
 )
 
 
@@ -133,16 +133,20 @@ def test_column_sketch_round_trip_and_merge(method, duplicates):
     x = rng.normal(size=600)
     vectors = keyed_vectors(keys, x, seed=3, duplicates=duplicates)
     norms = tuple(float(np.linalg.norm(v)) for v in vectors[1:])
-    kw = dict(size=301, method=method, seed=3, duplicates=duplicates)
+    kw = {"size": 301, "method": method, "seed": 3, "duplicates": duplicates}
     whole = sketch_keyed_vectors(vectors, norms=norms, **kw)
     assert ColumnSketch.from_bytes(whole.to_bytes()) == whole
     assert whole.storage_size <= 301
     # key-disjoint halves sketched with the whole column's norms merge into the whole
-    halves = [sketch_keyed_vectors(tuple(v[s] for v in vectors), norms=norms, **kw)
-              for s in (slice(0, 150), slice(150, None))]
+    halves = [
+        sketch_keyed_vectors(tuple(v[s] for v in vectors), norms=norms, **kw)
+        for s in (slice(0, 150), slice(150, None))
+    ]
     merged = halves[0].merge(halves[1])
     if method == "cs":
-        assert join_statistics(merged, whole).size == pytest.approx(join_statistics(whole, whole).size)
+        assert join_statistics(merged, whole).size == pytest.approx(
+            join_statistics(whole, whole).size
+        )
     else:
         assert merged == whole
 

@@ -159,7 +159,10 @@ def test_threshold_merge_requires_common_norm():
 @pytest.mark.parametrize("method", METHODS)
 def test_bytes_round_trip(method):
     x = np.random.default_rng().normal(size=300)
-    for s in (Sketcher(method, 41, 2**64 - 1).sketch(x), Sketcher(method, 41, 3).sketch(np.zeros(3))):
+    for s in (
+        Sketcher(method, 41, 2**64 - 1).sketch(x),
+        Sketcher(method, 41, 3).sketch(np.zeros(3)),
+    ):
         back = Sketch.from_bytes(s.to_bytes())
         assert type(back) is type(s) and back == s
         y = np.random.default_rng().normal(size=300)

@@ -36,13 +36,18 @@ __all__ = ["sketch_table"]
 
 def _vectors(part: Any, key: str, column: str, seed: int, duplicates: str, nan: str):
     return keyed_vectors(
-        part[key].to_numpy(), part[column].to_numpy(), seed=seed, duplicates=duplicates, nan=nan,
+        part[key].to_numpy(),
+        part[column].to_numpy(),
+        seed=seed,
+        duplicates=duplicates,
+        nan=nan,
         name=column,
     )
 
 
-def _squared_norms(part: Any, key: str, columns: Sequence[str], seed: int, duplicates: str,
-                   nan: str) -> np.ndarray:
+def _squared_norms(
+    part: Any, key: str, columns: Sequence[str], seed: int, duplicates: str, nan: str
+) -> np.ndarray:
     out = np.zeros((len(columns), 3))
     for i, col in enumerate(columns):
         _, *vecs = _vectors(part, key, col, seed, duplicates, nan)
@@ -50,8 +55,9 @@ def _squared_norms(part: Any, key: str, columns: Sequence[str], seed: int, dupli
     return out
 
 
-def _partial_sketches(part: Any, key: str, columns: Sequence[str], options: dict,
-                      nan: str, norms: np.ndarray) -> list[ColumnSketch]:
+def _partial_sketches(
+    part: Any, key: str, columns: Sequence[str], options: dict, nan: str, norms: np.ndarray
+) -> list[ColumnSketch]:
     return [
         sketch_keyed_vectors(
             _vectors(part, key, col, options["seed"], options["duplicates"], nan),
@@ -105,9 +111,7 @@ def sketch_table(
         import dask
         import dask.dataframe as dd
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise ImportError(
-            "sketch_table needs dask: pip install 'kernelsketch[dask]'"
-        ) from exc
+        raise ImportError("sketch_table needs dask: pip install 'kernelsketch[dask]'") from exc
     if not isinstance(frame, dd.DataFrame):
         raise TypeError(f"frame must be a dask.dataframe.DataFrame, got {type(frame).__name__}")
     columns = list(columns)
@@ -127,10 +131,7 @@ def sketch_table(
         dask.delayed(_squared_norms)(p, key, columns, seed, duplicates, nan) for p in parts
     ]
     norms = np.sqrt(np.sum(dask.compute(*partial_norms), axis=0))  # [columns, 3]
-    level = [
-        dask.delayed(_partial_sketches)(p, key, columns, options, nan, norms)
-        for p in parts
-    ]
+    level = [dask.delayed(_partial_sketches)(p, key, columns, options, nan, norms) for p in parts]
     while len(level) > 1:  # pairwise tree merge
         level = [
             dask.delayed(_merge_lists)(level[i], level[i + 1]) if i + 1 < len(level) else level[i]

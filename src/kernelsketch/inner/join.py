@@ -47,14 +47,14 @@ from kernelsketch.sketch.hashing import hash_keys
 __all__ = [
     "ColumnSketch",
     "JoinStatistics",
+    "estimate_join",
+    "exact_join_statistics",
+    "join_correlation",
+    "join_size",
+    "join_statistics",
     "keyed_vectors",
     "sketch_column",
     "sketch_keyed_vectors",
-    "join_statistics",
-    "exact_join_statistics",
-    "estimate_join",
-    "join_size",
-    "join_correlation",
 ]
 
 DUPLICATES = ("join", "mean", "sum")
@@ -294,7 +294,12 @@ def sketch_keyed_vectors(
     hashes, *parts = vectors
     if method in ("ts", "ps"):
         sample = joint_sample(
-            hashes, tuple(parts), method=method, size=size, seed=seed, duplicates=duplicates,
+            hashes,
+            tuple(parts),
+            method=method,
+            size=size,
+            seed=seed,
+            duplicates=duplicates,
             norms=norms,
         )
         return ColumnSketch((sample,), duplicates)
@@ -331,8 +336,12 @@ def exact_join_statistics(
     nan: str = "raise",
 ) -> JoinStatistics:
     """Exact statistics of the join (the reference for the estimates), in O(n log n)."""
-    ha, ca, sa, qa = keyed_vectors(keys_a, values_a, duplicates=duplicates, nan=nan, name="values_a")
-    hb, cb, sb, qb = keyed_vectors(keys_b, values_b, duplicates=duplicates, nan=nan, name="values_b")
+    ha, ca, sa, qa = keyed_vectors(
+        keys_a, values_a, duplicates=duplicates, nan=nan, name="values_a"
+    )
+    hb, cb, sb, qb = keyed_vectors(
+        keys_b, values_b, duplicates=duplicates, nan=nan, name="values_b"
+    )
     _, ia, ib = np.intersect1d(ha, hb, assume_unique=True, return_indices=True)
     ca, sa, qa, cb, sb, qb = ca[ia], sa[ia], qa[ia], cb[ib], sb[ib], qb[ib]
     return JoinStatistics(
@@ -359,8 +368,17 @@ def estimate_join(
     rows: int = 1,
 ) -> JoinStatistics:
     """Sketch both columns (``size`` words each) and estimate their join statistics."""
-    kw = dict(size=size, method=method, seed=seed, duplicates=duplicates, nan=nan, rows=rows)
-    return join_statistics(sketch_column(keys_a, values_a, **kw), sketch_column(keys_b, values_b, **kw))
+    kw = {
+        "size": size,
+        "method": method,
+        "seed": seed,
+        "duplicates": duplicates,
+        "nan": nan,
+        "rows": rows,
+    }
+    return join_statistics(
+        sketch_column(keys_a, values_a, **kw), sketch_column(keys_b, values_b, **kw)
+    )
 
 
 def join_correlation(
@@ -400,8 +418,16 @@ def join_correlation(
     >>> r = join_correlation(dates_a, price, dates_b, volume, size=600, method="ps")
     """
     return estimate_join(
-        keys_a, values_a, keys_b, values_b,
-        size=size, method=method, seed=seed, duplicates=duplicates, nan=nan, rows=rows,
+        keys_a,
+        values_a,
+        keys_b,
+        values_b,
+        size=size,
+        method=method,
+        seed=seed,
+        duplicates=duplicates,
+        nan=nan,
+        rows=rows,
     ).correlation
 
 

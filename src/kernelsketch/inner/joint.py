@@ -93,7 +93,9 @@ class JointSampleSketch(Sketch):
         (ca, sa, qa), (cb, sb, qb) = (
             [v[i] / np.sqrt(p) for v in sk.vectors()] for sk, i in ((self, ia), (other, ib))
         )
-        return tuple(float(x @ y) for x, y in ((ca, cb), (sa, cb), (ca, sb), (qa, cb), (ca, qb), (sa, sb)))
+        return tuple(
+            float(x @ y) for x, y in ((ca, cb), (sa, cb), (ca, sb), (qa, cb), (ca, qb), (sa, sb))
+        )
 
     def _inner(self, other: Sketch) -> float:
         raise TypeError(
@@ -158,7 +160,9 @@ class JointPrioritySketch(JointSampleSketch):
 
 
 def _weights(vectors, norms) -> np.ndarray:
-    return np.max([v**2 / n**2 if n > 0 else np.zeros_like(v) for v, n in zip(vectors, norms)], axis=0)
+    return np.max(
+        [v**2 / n**2 if n > 0 else np.zeros_like(v) for v, n in zip(vectors, norms)], axis=0
+    )
 
 
 def entries(size: int, full: bool) -> int:

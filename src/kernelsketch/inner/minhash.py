@@ -110,8 +110,10 @@ class MinHashSketch(Sketch):
         ha, hb = self.hash_values, other.hash_values
         match = _matches(ha, hb)
         m = ha.size
-        return _union_estimate(ha, hb) / m * float(
-            self.sample_values[match] @ other.sample_values[match]
+        return (
+            _union_estimate(ha, hb)
+            / m
+            * float(self.sample_values[match] @ other.sample_values[match])
         )
 
     def _min_arrays(self, other: MinHashSketch) -> dict[str, np.ndarray]:
@@ -166,7 +168,9 @@ class WeightedMinHashSketch(MinHashSketch):
         return self._like(self._min_arrays(other), {"norm": self.norm})
 
 
-def minhash_sketch(hashes: np.ndarray, values: np.ndarray, *, size: int, seed: int) -> MinHashSketch:
+def minhash_sketch(
+    hashes: np.ndarray, values: np.ndarray, *, size: int, seed: int
+) -> MinHashSketch:
     """MinHash-sketch the sparse vector (nonzero key hashes [n] uint64, values [n] float64)."""
     m = size // 2
     streams = np.arange(m, dtype=np.uint64)[:, None]

@@ -168,7 +168,9 @@ def threshold_sketch(
     )
 
 
-def priority_sketch(hashes: np.ndarray, values: np.ndarray, *, size: int, seed: int) -> PrioritySketch:
+def priority_sketch(
+    hashes: np.ndarray, values: np.ndarray, *, size: int, seed: int
+) -> PrioritySketch:
     """Priority-sample the sparse vector (nonzero key hashes [n] uint64, values [n] float64)."""
     keep, tau = priority_select(hashes, values**2, (size - 1) // 2)
     order = np.argsort(hashes[keep])

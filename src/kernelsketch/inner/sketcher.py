@@ -134,7 +134,9 @@ class Sketcher:
         """Validate ``x`` and return (distinct key hashes uint64 [k], values float64 [k])."""
         if isinstance(x, tuple):
             if len(x) != 2:
-                raise ValueError(f"x must be a vector or a tuple (indices, values), got a {len(x)}-tuple")
+                raise ValueError(
+                    f"x must be a vector or a tuple (indices, values), got a {len(x)}-tuple"
+                )
             indices, vals = x
             values = as_float_vector("values", vals)
             hashes = hash_keys(indices, self.seed)

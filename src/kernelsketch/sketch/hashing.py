@@ -30,14 +30,14 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "seed_to_uint64",
-    "mix64",
     "hash_keys",
     "hash_streams",
+    "mix64",
+    "seed_to_uint64",
+    "to_bucket",
+    "to_sign",
     "to_unit",
     "to_unit_pair",
-    "to_sign",
-    "to_bucket",
 ]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -146,15 +146,15 @@ def hash_keys(keys: Any, seed: Any = 0) -> np.ndarray:
     if kind == "S":
         return _str_keys(arr.astype(np.str_), s)
     if kind == "O":
-        if arr.size and all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in arr):
+        if arr.size and all(
+            isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in arr
+        ):
             ints = [int(k) for k in arr]
             if min(ints) >= 0:
                 return _int_keys(np.array(ints, dtype=np.uint64), s)
             return _int_keys(np.array(ints, dtype=np.int64), s)
         return _str_keys(np.array([str(k) for k in arr], dtype=np.str_), s)
-    raise TypeError(
-        f"keys must be integers, strings or datetimes, got dtype {arr.dtype}"
-    )
+    raise TypeError(f"keys must be integers, strings or datetimes, got dtype {arr.dtype}")
 
 
 def hash_streams(hashes: Any, streams: Any) -> np.ndarray:
