@@ -72,16 +72,17 @@ def test_error_falls_with_landmarks():
 
 
 def test_leverage_estimates_within_constant_of_exact():
+    # Regime of the guarantee: n_components (60) above d_lambda (~45).
     rng = np.random.default_rng(3)
     X = rng.normal(size=(400, 3))
-    lam = 0.2
+    lam = 1.0
     K = rbf_kernel(X, gamma=0.5)
     tau = np.diag(K @ np.linalg.inv(K + lam * np.eye(len(K))))
-    est = RLSNystroem(n_components=30, gamma=0.5, ridge=lam, random_state=0).fit(X)
+    est = RLSNystroem(n_components=60, gamma=0.5, ridge=lam, random_state=0).fit(X)
     # Over-estimates (what the sampling guarantee needs), and not by much in total.
     ratio = est.leverage_scores_ / tau
-    assert ratio.min() >= 0.5
-    assert est.leverage_scores_.sum() <= 3.0 * tau.sum()
+    assert ratio.min() >= 0.6
+    assert est.leverage_scores_.sum() <= 2.5 * tau.sum()
 
 
 def test_isolated_points_beat_uniform_nystroem():

@@ -43,7 +43,7 @@ __all__ = ["RLSNystroem", "NystroemMap", "pairwise_kernel", "recursive_rls_landm
 KERNELS = ("rbf", "laplacian", "polynomial", "linear", "cosine")
 
 # Oversampling factor of the intermediate levels (constant of Musco & Musco, Alg. 3).
-_OVERSAMPLE = 3.0
+_OVERSAMPLE = 2.0
 
 
 def pairwise_kernel(
@@ -109,8 +109,8 @@ def _ridge_scores(
     A = A + lam * torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
     B = K_IS * w[None, :]
     L = torch.linalg.cholesky(A)
-    C = torch.cholesky_solve(B.mT, L)  # [s, n]
-    resid = diag_I - (B * C.mT).sum(-1)
+    C = torch.linalg.solve_triangular(L, B.mT, upper=False)  # [s, n]; ||C_i||^2 = quad. form
+    resid = diag_I - (C * C).sum(0)
     return (resid.clamp_min(0.0) / lam).clamp(max=1.0)
 
 

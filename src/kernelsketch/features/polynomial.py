@@ -189,12 +189,19 @@ class CoordinateSampleMap(nn.Module):
 
 
 def _completion_scores(
-    A: torch.Tensor, B: torch.Tensor, psi: torch.Tensor, v: torch.Tensor
+    A: torch.Tensor, B: torch.Tensor, psi: torch.Tensor | None, v: torch.Tensor
 ) -> torch.Tensor:
-    """``sum_l ||psi^T (B_l * v * A[:, j])||^2`` for every column ``j`` -> [d]."""
+    """``sum_l ||psi^T (B_l * v * A[:, j])||^2`` for every column ``j`` -> [d].
+
+    ``psi=None`` stands for the exact constant feature (last index: no completion).
+    """
     T = B * v  # [k, n]
-    P = torch.einsum("ie,li,ij->lej", psi, T, A)
-    return (P * P).sum((0, 1))
+    if psi is None:
+        return ((T @ A) ** 2).sum(0)
+    k, n = T.shape
+    W = (T[:, :, None] * A[None]).transpose(1, 2).reshape(-1, n)  # [k * d, n]
+    P = W @ psi  # [k * d, D]
+    return (P * P).sum(-1).reshape(k, -1).sum(0)
 
 
 def sample_tensor_coordinates(
@@ -250,7 +257,7 @@ def sample_tensor_coordinates(
         new_groups, new_vec = {}, {}
         for prefix, members in groups.items():
             v = prefix_vec[prefix]
-            lev = _completion_scores(A, B, psi[remaining], v)
+            lev = _completion_scores(A, B, psi[remaining] if remaining else None, v)
             norm = ((v[:, None] * A) ** 2 * (row_sq**remaining)[:, None]).sum(0)
             if float(norm.sum()) <= 0.0:  # every completion is zero: any draw has weight 0
                 norm = torch.ones_like(norm)
