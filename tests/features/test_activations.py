@@ -155,3 +155,115 @@ def test_hermite_rejects_negative_radius():
 def test_hermite_rejects_negative_degree():
     with pytest.raises(ValueError, match="degree must be >= 0, got -1"):
         hermite_coefficients("relu", -1)
+
+
+def test_depth2_relu_dual_is_a_quarter_of_the_relu_nngp():
+    from kernelsketch.features.ntk import nngp_relu
+
+    X = torch.randn(5, 3, dtype=f64)
+    # The NNGP uses sqrt(2) relu: each of the two layers contributes a factor 2.
+    torch.testing.assert_close(dual_activation("relu", X, depth=2), nngp_relu(X, depth=2) / 4)
+
+
+def test_depth2_quadrature_matches_closed_form():
+    X = 0.5 * torch.randn(4, 3, dtype=f64)
+    torch.testing.assert_close(
+        dual_activation("gelu", X, depth=2, method="quadrature", n_nodes=60),
+        dual_activation("gelu", X, depth=2),
+        rtol=1e-6,
+        atol=1e-8,
+    )
+
+
+def test_dual_rejects_bad_depth():
+    with pytest.raises(ValueError, match="depth must be >= 1, got 0"):
+        dual_activation("relu", torch.ones(2, 2), depth=0)
+
+
+# ----------------------------------------------------------------------------- ActivationKernelSketch
+
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+from kernelsketch.features.activations import ActivationKernelSketch, ActivationSketchMap  # noqa: E402
+
+
+def _rel_fro(Z, K):
+    Z, K = np.asarray(Z, dtype=np.float64), np.asarray(K, dtype=np.float64)
+    return np.linalg.norm(Z @ Z.T - K) / np.linalg.norm(K)
+
+
+@parametrize_with_checks(
+    [
+        ActivationKernelSketch(n_components=8, degree=3),
+        ActivationKernelSketch(activation="gelu", depth=2, n_components=8, degree=2),
+    ]
+)
+def test_sklearn_conventions(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize("name", ["relu", "gelu"])
+def test_sketch_error_falls_with_n_components_off_the_sphere(name):
+    X = 0.6 * np.random.default_rng(0).standard_normal((40, 8))
+    K = dual_activation(name, X)
+    errs = [
+        _rel_fro(ActivationKernelSketch(activation=name, n_components=m, random_state=0).fit_transform(X), K)
+        for m in (64, 1024)
+    ]
+    assert errs[1] <= 0.2 and errs[1] < errs[0] / 2
+
+
+def test_two_layer_sketch_error_falls():
+    X = 0.6 * np.random.default_rng(1).standard_normal((32, 8))
+    K = dual_activation("relu", X, depth=2)
+    errs = [
+        _rel_fro(ActivationKernelSketch(depth=2, n_components=m, random_state=0).fit_transform(X), K)
+        for m in (64, 1024)
+    ]
+    assert errs[1] <= 0.25 and errs[1] < errs[0] / 1.5
+
+
+def test_sketch_is_unbiased_for_the_truncated_hermite_series():
+    X = 0.7 * torch.randn(5, 3, dtype=f64)
+    r = X.norm(dim=1)
+    degree = 3
+    b = hermite_coefficients("gelu", degree, radius=r)
+    t = (X / r[:, None]) @ (X / r[:, None]).T
+    want = sum(b[:, i, None] * b[None, :, i] * t**i for i in range(degree + 1))
+    reps = 100
+    acc, sq = torch.zeros(5, 5, dtype=f64), torch.zeros(5, 5, dtype=f64)
+    for seed in range(reps):
+        mp = ActivationSketchMap(3, activation=ACTIVATIONS["gelu"], depth=1, degree=degree, n_components=16,
+                                 poly_dim=16, generator=torch.Generator().manual_seed(seed))
+        Z = mp(X)
+        acc += Z @ Z.T / reps
+        sq += (Z @ Z.T) ** 2 / reps
+    se = ((sq - acc * acc) / reps).sqrt()
+    assert torch.all((acc - want).abs() <= 5 * se + 1e-9)
+
+
+def test_callable_activation_sketch_approaches_its_quadrature_dual():
+    X = 0.5 * np.random.default_rng(2).standard_normal((24, 6))
+    K = dual_activation(torch.tanh, X)
+    errs = [
+        _rel_fro(ActivationKernelSketch(activation=torch.tanh, n_components=m, random_state=0).fit_transform(X), K)
+        for m in (128, 2048)
+    ]
+    # Odd activations have small off-diagonal kernels, so relative errors are larger.
+    assert errs[1] <= 0.2 and errs[1] < errs[0] / 2
+
+
+@pytest.mark.parametrize(
+    "params, exc, msg",
+    [
+        (dict(activation="swish"), ValueError, "activation must be one of"),
+        (dict(activation=1.0), TypeError, "activation must be one of .* or a callable"),
+        (dict(degree=0), ValueError, "degree must be >= 1, got 0"),
+        (dict(depth=0), ValueError, "depth must be >= 1, got 0"),
+        (dict(n_components=0), ValueError, "n_components must be >= 1, got 0"),
+        (dict(poly_dim=-1), ValueError, "poly_dim must be >= 1, got -1"),
+    ],
+)
+def test_activation_sketch_bad_params(params, exc, msg):
+    with pytest.raises(exc, match=msg):
+        ActivationKernelSketch(**params).fit(np.ones((3, 2)))

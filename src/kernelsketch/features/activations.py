@@ -21,14 +21,20 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from torch import nn
+
 from kernelsketch._checks import check_choice, check_int, check_tensor
 from kernelsketch.features._arccos import as_tensor_pair, return_like
+from kernelsketch.features._base import RandomFeaturesTransformer
+from kernelsketch.features._powerseries import PowerSeriesSketch, unit_rows
 
 __all__ = [
     "ACTIVATIONS",
     "dual_activation",
     "hermite_coefficients",
     "relu_hermite_coefficients",
+    "ActivationSketchMap",
+    "ActivationKernelSketch",
 ]
 
 
@@ -141,8 +147,12 @@ def _split_normal_quadrature(n_nodes: int, cutoff: float) -> tuple[torch.Tensor,
     return torch.from_numpy(x), torch.from_numpy(w)
 
 
-def dual_activation(activation, X, Y=None, *, method: str = "auto", n_nodes: int = 64):
+def dual_activation(activation, X, Y=None, *, depth: int = 1, method: str = "auto", n_nodes: int = 64):
     """Dual kernel ``E_w[sigma(<w,x>) sigma(<w,y>)]`` of an activation, w ~ N(0, I).
+
+    With ``depth`` L > 1, the NNGP kernel of a fully-connected network with L
+    hidden sigma-layers (no biases): the dual map applied L times to the
+    covariance [[|x|^2, <x,y>], [<x,y>, |y|^2]].
 
     Parameters
     ----------
@@ -157,6 +167,8 @@ def dual_activation(activation, X, Y=None, *, method: str = "auto", n_nodes: int
         quadrature: two-dimensional Gauss-Hermite quadrature with ``n_nodes``
         nodes per dimension (exact for polynomials of degree < 2 n_nodes;
         converges slowly for non-smooth activations such as ReLU).
+    depth : int >= 1
+        Number of hidden layers (compositions of the dual map).
     n_nodes : int in [2, 200]
         Quadrature nodes per dimension.
 
@@ -170,6 +182,7 @@ def dual_activation(activation, X, Y=None, *, method: str = "auto", n_nodes: int
     Han et al., "Fast Neural Kernel Embeddings for General Activations", arXiv 2209.04121.
     """
     name, fn = _resolve(activation)
+    check_int("depth", depth, min=1)
     check_choice("method", method, ("auto", "closed_form", "quadrature"))
     check_int("n_nodes", n_nodes, min=2, max=200)
     if method == "closed_form" and name is None:
@@ -177,33 +190,65 @@ def dual_activation(activation, X, Y=None, *, method: str = "auto", n_nodes: int
             f"method='closed_form' needs a named activation in {tuple(_DUALS)}, got a callable"
         )
     X, Y, was_numpy = as_tensor_pair(X, Y)
+    if name is not None and method != "quadrature":
+        dual = _DUALS[name]
+    else:
+        nodes = _gauss_hermite(n_nodes, X.dtype)
+
+        def dual(a, b, c):
+            return _quadrature_dual(fn, a, b, c, nodes)
+
     a = (X * X).sum(1)[:, None]
     b = (Y * Y).sum(1)[None, :]
     c = X @ Y.T
-    if name is not None and method != "quadrature":
-        return return_like(_DUALS[name](a, b, c), was_numpy)
+    for _ in range(depth):
+        a, b, c = dual(a, a, a), dual(b, b, b), dual(a, b, c)
+    return return_like(c, was_numpy)
+
+
+def _quadrature_dual(fn, a, b, c, nodes):
+    """E[fn(u) fn(v)], (u, v) ~ N(0, [[a, c], [c, b]]), by 2-D Gauss-Hermite quadrature."""
+    x, w = nodes
+    q = x.numel()
     # u = sqrt(a) g1, v = sqrt(b) (rho g1 + sqrt(1 - rho^2) g2).
-    x, w = _gauss_hermite(n_nodes, X.dtype)
+    a, b = torch.broadcast_to(a, c.shape), torch.broadcast_to(b, c.shape)
     s = torch.sqrt(a * b)
     rho = torch.where(s > 0, c / torch.where(s > 0, s, 1.0), 0.0).clamp(-1.0, 1.0)
-    fu = (_apply(fn, a.sqrt()[..., None] * x) * w)[..., None]  # [n, 1, q(g1), 1]
+    fu = (_apply(fn, a.sqrt()[..., None] * x) * w)[..., None]  # [n, m, q(g1), 1]
     coef1 = (b.sqrt() * rho)[..., None, None] * x[:, None]  # [n, m, q, 1]
     coef2 = (b.sqrt() * torch.sqrt(1 - rho * rho))[..., None, None]
-    K = torch.zeros(c.shape, dtype=X.dtype)
-    chunk = max(1, 2**22 // max(1, c.numel() * n_nodes))  # g2 nodes per step: bounded memory
-    for j in range(0, n_nodes, chunk):
+    K = torch.zeros(c.shape, dtype=c.dtype)
+    chunk = max(1, 2**22 // max(1, c.numel() * q))  # g2 nodes per step: bounded memory
+    for j in range(0, q, chunk):
         v = coef1 + coef2 * x[j : j + chunk]  # [n, m, q, chunk]
         K += (_apply(fn, v) * fu * w[j : j + chunk]).sum((-2, -1))
-    return return_like(K, was_numpy)
+    return K
+
+
+def _hermite_quadrature(degree: int, n_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nodes [2 n_nodes] and matrix H [2 n_nodes, degree + 1] with E[f(g) h_i(g)] ~= f(nodes) @ H.
+
+    h_i = He_i / sqrt(i!) are the orthonormal Hermite polynomials (three-term
+    recurrence); the rule is :func:`_split_normal_quadrature` with cutoff
+    T = 12 + 2 sqrt(degree), beyond which the Gaussian tail is below float64
+    precision even against h_degree.
+    """
+    x, w = _split_normal_quadrature(n_nodes, 12.0 + 2.0 * math.sqrt(degree))
+    h_prev, h = torch.zeros_like(x), torch.ones_like(x)
+    cols = [h]
+    for i in range(degree):
+        h_prev, h = h, (x * h - math.sqrt(i) * h_prev) / math.sqrt(i + 1)
+        cols.append(h)
+    return x, torch.stack(cols, dim=-1) * w[:, None]
 
 
 def hermite_coefficients(activation, degree: int, *, radius=1.0, n_nodes: int = 200):
     """Normalised Hermite coefficients ``b_i(r) = sqrt(i!) a_i(r)`` of ``z -> sigma(r z)``.
 
     ``a_i(r) = E[sigma(r g) He_i(g)] / i!`` (g ~ N(0, 1)), computed by Gauss-Legendre
-    quadrature with ``n_nodes`` nodes on each of [-T, 0] and [0, T] (T = 12 + 2 sqrt(degree),
-    beyond which the Gaussian tail is below float64 precision). The dual kernel
-    of inputs of norms r, s is ``sum_i b_i(r) b_i(s) t^i`` (t their cosine).
+    quadrature with ``n_nodes`` nodes on each of [-T, 0] and [0, T] (T = 12 + 2 sqrt(degree);
+    split at 0 so kinks there cost no accuracy). The dual kernel of inputs of
+    norms r, s is ``sum_i b_i(r) b_i(s) t^i`` (t their cosine).
 
     Parameters
     ----------
@@ -229,15 +274,8 @@ def hermite_coefficients(activation, degree: int, *, radius=1.0, n_nodes: int = 
     check_tensor("radius", r, ndim=1)
     if (r < 0).any():
         raise ValueError(f"radius must be >= 0, got min {r.min().item()}")
-    x, w = _split_normal_quadrature(n_nodes, 12.0 + 2.0 * math.sqrt(degree))
-    f = _apply(fn, r[:, None] * x) * w  # [n, q]
-    # Orthonormal Hermite functions h_i = He_i / sqrt(i!) by the three-term recurrence.
-    h_prev, h = torch.zeros_like(x), torch.ones_like(x)
-    out = [f @ h]
-    for i in range(degree):
-        h_prev, h = h, (x * h - math.sqrt(i) * h_prev) / math.sqrt(i + 1)
-        out.append(f @ h)
-    b = torch.stack(out, dim=-1)
+    x, H = _hermite_quadrature(degree, n_nodes)
+    b = _apply(fn, r[:, None] * x) @ H
     return b[0] if scalar else b
 
 
@@ -261,3 +299,117 @@ def relu_hermite_coefficients(degree: int) -> torch.Tensor:
         double_fact = math.prod(range(i - 3, 0, -2)) if i > 2 else 1
         a[i] = (-1) ** (i // 2 - 1) * double_fact / (math.sqrt(2 * math.pi) * math.factorial(i))
     return a
+
+
+# ----------------------------------------------------------------------------- sketch
+
+
+class ActivationSketchMap(nn.Module):
+    """Torch feature map of the dual kernel of any activation, off the sphere.
+
+    Per layer, ``phi(x) = S(concat_i b_i(|x|) PolySketch_i(x/|x|))`` with the
+    normalised Hermite coefficients ``b_i(r)`` of ``z -> sigma(r z)``
+    (radial factors, computed per sample by quadrature on the input's device),
+    so ``E[<phi(x), phi(y)>] = sum_{i <= degree} b_i(|x|) b_i(|y|) cos^i``:
+    the dual kernel truncated at ``degree`` (arXiv 2209.04121, Sec. 3-4).
+    ``depth`` layers compose the map (the norms of the previous layer's
+    features estimate its diagonal), sketching the NNGP kernel of a
+    ``depth``-hidden-layer sigma-network.
+
+    Parameters
+    ----------
+    d_in : int
+    activation : callable
+        Elementwise torch function.
+    depth, degree, n_components, poly_dim : int
+    n_nodes : int
+        Quadrature nodes per half-line for the radial factors.
+    generator : torch.Generator, optional
+    """
+
+    def __init__(self, d_in, *, activation, depth, degree, n_components, poly_dim, n_nodes=100, generator=None):
+        super().__init__()
+        self.activation = activation
+        nodes, H = _hermite_quadrature(degree, n_nodes)
+        self.register_buffer("nodes", nodes)
+        self.register_buffer("hermite", H)
+        dims = [d_in] + [n_components] * depth
+        self.layers = nn.ModuleList(
+            PowerSeriesSketch(dims[h], degree, n_components, poly_dim=poly_dim, generator=generator)
+            for h in range(depth)
+        )
+        self.d_out = n_components
+
+    def radial_factors(self, r: torch.Tensor) -> torch.Tensor:
+        """b_i(r) [..., degree + 1] for radii r [..., 1]."""
+        z = r * self.nodes.to(r.dtype)
+        return _apply(self.activation, z) @ self.hermite.to(r.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features [..., n_components] of x [..., d_in] (dtype of x)."""
+        for layer in self.layers:
+            u, r = unit_rows(x)
+            x = layer(u, self.radial_factors(r))
+        return x
+
+
+class ActivationKernelSketch(RandomFeaturesTransformer):
+    """Sketched dual-activation (NNGP) kernel of any activation (scikit-learn transformer).
+
+    ``Z @ Z.T`` approximates ``dual_activation(activation, X, depth=depth)``:
+    a truncated Hermite expansion with radial factors (valid off the unit
+    sphere), PolySketch of all powers and a final SRHT per layer. Error: the
+    Hermite truncation at ``degree`` (largest at cos = 1 for non-smooth
+    activations) plus a sketching error falling like ``1/sqrt(n_components)``.
+
+    Parameters
+    ----------
+    activation : {"relu", "gelu", "erf", "sin", "cos", "gaussian", "abs"} or callable, default "relu"
+        A callable must act elementwise on torch tensors.
+    depth : int >= 1, default 1
+        Hidden layers.
+    n_components : int >= 1, default 256
+    degree : int >= 1, default 8
+        Hermite truncation degree.
+    poly_dim : int or None, default None
+        Per-power PolySketch dimension (``n_components`` if None).
+    random_state : int, RandomState or None
+
+    Attributes
+    ----------
+    feature_map_ : ActivationSketchMap
+        Fitted torch map, usable on GPU batches after ``.to("cuda")``.
+    n_features_in_ : int
+
+    References
+    ----------
+    Han, Zandieh, Lee, Novak, Xiao, Karbasi, "Fast Neural Kernel Embeddings for
+    General Activations", NeurIPS 2022 (arXiv 2209.04121).
+    """
+
+    def __init__(self, *, activation="relu", depth=1, n_components=256, degree=8, poly_dim=None, random_state=None):
+        self.activation = activation
+        self.depth = depth
+        self.n_components = n_components
+        self.degree = degree
+        self.poly_dim = poly_dim
+        self.random_state = random_state
+
+    def _check_params(self, n_features):
+        _resolve(self.activation)
+        check_int("depth", self.depth, min=1)
+        check_int("n_components", self.n_components, min=1)
+        check_int("degree", self.degree, min=1, max=64)
+        if self.poly_dim is not None:
+            check_int("poly_dim", self.poly_dim, min=1)
+
+    def _make_feature_map(self, n_features, generator, X):
+        return ActivationSketchMap(
+            n_features,
+            activation=_resolve(self.activation)[1],
+            depth=self.depth,
+            degree=self.degree,
+            n_components=self.n_components,
+            poly_dim=self.poly_dim or self.n_components,
+            generator=generator,
+        )
