@@ -8,7 +8,12 @@ import torch
 from sklearn.kernel_ridge import KernelRidge as ExactKernelRidge
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from kernelsketch.features.krr import KernelRidge, _as_torch_features, conjugate_gradient, ridge_solve
+from kernelsketch.features.krr import (
+    KernelRidge,
+    _as_torch_features,
+    conjugate_gradient,
+    ridge_solve,
+)
 from kernelsketch.features.nystroem import RLSNystroem
 
 

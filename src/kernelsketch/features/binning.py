@@ -61,9 +61,12 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from kernelsketch._checks import check_choice, check_float, check_int, check_tensor
-from kernelsketch.features._base import RandomFeaturesTransformer
+from kernelsketch.features._base import (
+    RandomFeaturesTransformer,
+    torch_generator_from_random_state,
+)
 
-__all__ = ["WeightedRandomBinning", "WeightedBinningMap", "weighted_binning_kernel"]
+__all__ = ["WeightedBinningMap", "WeightedRandomBinning", "weighted_binning_kernel"]
 
 KERNELS = ("gaussian", "matern", "laplacian")
 
@@ -177,9 +180,19 @@ def weighted_binning_kernel(
 
 
 def _hash_cells(cells: np.ndarray, multipliers: np.ndarray) -> np.ndarray:
-    """One int64 key per (grid, cell): random odd multipliers, arithmetic mod 2^64."""
-    with np.errstate(over="ignore"):
-        return (cells.astype(np.uint64) * multipliers).sum(-1, dtype=np.uint64).view(np.int64)
+    """One int64 key per (row, grid) cell: random odd multipliers, arithmetic mod 2^64.
+
+    ``cells`` is int64 ``[n, R, d]``; ``multipliers`` uint64 ``[d + 1]`` (the last one
+    mixes in the grid index, so equal cells of different grids get different keys).
+    """
+    u = cells.view(np.uint64)  # two's complement reinterpretation, no copy
+    keys = (u * multipliers[:-1]).sum(-1, dtype=np.uint64)
+    keys += np.arange(cells.shape[1], dtype=np.uint64) * multipliers[-1]
+    return keys.view(np.int64)
+
+
+# Rows per chunk when binning (bounds the [rows, n_grids, d] temporaries).
+_CHUNK = 2048
 
 
 class WeightedRandomBinning(RandomFeaturesTransformer):
@@ -259,12 +272,24 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
         return WeightedBinningMap(torch.from_numpy(widths), torch.from_numpy(shifts), weighting)
 
     def _cells_and_weights(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with torch.no_grad():
-            cells, weights = self.feature_map_(torch.from_numpy(X))
-        cells = cells.numpy()
-        grid = np.broadcast_to(np.arange(cells.shape[1])[None, :, None], cells.shape[:2] + (1,))
-        keys = _hash_cells(np.concatenate([cells, grid], axis=-1), self._multipliers)
-        return keys, weights.numpy()
+        keys, weights = [], []
+        with torch.no_grad(), np.errstate(over="ignore"):
+            for start in range(0, X.shape[0], _CHUNK):
+                cells, w = self.feature_map_(torch.from_numpy(X[start:start + _CHUNK]))
+                keys.append(_hash_cells(cells.numpy(), self._multipliers))
+                weights.append(w.numpy())
+        return np.concatenate(keys), np.concatenate(weights)
+
+    def _csr(self, keys: np.ndarray, weights: np.ndarray, dtype) -> sp.csr_matrix:
+        n, R = keys.shape
+        pos = np.searchsorted(self.cell_keys_, keys.ravel()).clip(max=self.cell_keys_.size - 1)
+        seen = self.cell_keys_[pos] == keys.ravel()
+        rows = np.repeat(np.arange(n), R)[seen]
+        return sp.csr_matrix(
+            (weights.ravel()[seen], (rows, pos[seen])),
+            shape=(n, self.n_features_out_),
+            dtype=dtype,
+        )
 
     def fit(self, X, y=None):
         """Draw the grids and index the cells occupied by ``X``.
@@ -278,16 +303,33 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
         -------
         self
         """
+        self._fit(X)
+        return self
+
+    def _fit(self, X):
         X = self._validate_X(X, reset=True)
         self._check_params(X.shape[1])
-        from kernelsketch.features._base import torch_generator_from_random_state
-
         generator = torch_generator_from_random_state(self.random_state)
         self.feature_map_ = self._make_feature_map(X.shape[1], generator, None)
-        keys, _ = self._cells_and_weights(X)
+        keys, weights = self._cells_and_weights(X)
         self.cell_keys_ = np.unique(keys)
         self._n_features_out = self.n_features_out_ = int(self.cell_keys_.size)
-        return self
+        return X, keys, weights
+
+    def fit_transform(self, X, y=None):
+        """Fit on ``X`` and return its features (bins ``X`` once).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : ignored
+
+        Returns
+        -------
+        Z : scipy.sparse.csr_matrix of shape (n_samples, n_features_out_)
+        """
+        X, keys, weights = self._fit(X)
+        return self._csr(keys, weights, X.dtype)
 
     def transform(self, X):
         """Sparse features of ``X``.
@@ -304,13 +346,4 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
         check_is_fitted(self, "cell_keys_")
         X = self._validate_X(X, reset=False)
         keys, weights = self._cells_and_weights(X)
-        n, R = keys.shape
-        pos = np.searchsorted(self.cell_keys_, keys.ravel()).clip(max=self.cell_keys_.size - 1)
-        seen = self.cell_keys_[pos] == keys.ravel()
-        rows = np.repeat(np.arange(n), R)[seen]
-        Z = sp.csr_matrix(
-            (weights.ravel()[seen], (rows, pos[seen])),
-            shape=(n, self.n_features_out_),
-            dtype=X.dtype,
-        )
-        return Z
+        return self._csr(keys, weights, X.dtype)

@@ -34,7 +34,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from kernelsketch._checks import check_choice, check_float, check_int, check_same, check_tensor
 
-__all__ = ["conjugate_gradient", "ridge_solve", "KernelRidge"]
+__all__ = ["KernelRidge", "conjugate_gradient", "ridge_solve"]
 
 # Above this many features the normal matrix D x D is not formed ("auto" uses CG).
 _CHOLESKY_MAX_FEATURES = 4096

@@ -38,7 +38,7 @@ from torch import nn
 from kernelsketch._checks import check_choice, check_float, check_int, check_tensor
 from kernelsketch.features._base import RandomFeaturesTransformer
 
-__all__ = ["RLSNystroem", "NystroemMap", "pairwise_kernel", "recursive_rls_landmarks"]
+__all__ = ["NystroemMap", "RLSNystroem", "pairwise_kernel", "recursive_rls_landmarks"]
 
 KERNELS = ("rbf", "laplacian", "polynomial", "linear", "cosine")
 
@@ -159,8 +159,8 @@ def recursive_rls_landmarks(
         The estimated ridge leverage scores of all points.
     """
     n = X.shape[0]
-    params = dict(gamma=kernel_params.get("gamma"), degree=kernel_params.get("degree", 3),
-                  coef0=kernel_params.get("coef0", 1.0))
+    params = {"gamma": kernel_params.get("gamma"), "degree": kernel_params.get("degree", 3),
+                  "coef0": kernel_params.get("coef0", 1.0)}
     diag = _kernel_diag(X, kernel, **params)
 
     def kmat(I, J):
@@ -313,7 +313,7 @@ class RLSNystroem(RandomFeaturesTransformer):
         n = X.shape[0]
         s = min(self.n_components, n)
         Xd = X.to(torch.float64)
-        params = dict(gamma=self.gamma, degree=self.degree, coef0=self.coef0)
+        params = {"gamma": self.gamma, "degree": self.degree, "coef0": self.coef0}
         idx, scores = recursive_rls_landmarks(
             Xd, s, kernel=self.kernel, ridge=self.ridge, generator=generator, **params
         )

@@ -59,10 +59,10 @@ from kernelsketch.features._base import RandomFeaturesTransformer
 from kernelsketch.sketch.tensor import KINDS, PolySketch
 
 __all__ = [
+    "CoordinateSampleMap",
+    "PolynomialLeverageSampler",
     "PolynomialSketch",
     "PolynomialSketchMap",
-    "PolynomialLeverageSampler",
-    "CoordinateSampleMap",
     "sample_tensor_coordinates",
 ]
 
