@@ -311,6 +311,15 @@ def test_full_budget_is_exact(is_causal):
     torch.testing.assert_close(outp, masked_oracle(q, k, v, mask, kind="power", p=4))
 
 
+def test_full_budget_config_equals_exact_attention():
+    q, k, v = random_qkv(1, 4, 2, 20, 37, 8)
+    out, lse = ks.attention(q, k, v, method="lev", config=LevConfig.full_budget(37),
+                            is_causal=True, return_lse=True)
+    ref, ref_lse = naive_attention(q, k, v, is_causal=True, return_lse=True)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(lse, ref_lse)
+
+
 def test_power_partial_attention_matches_formula_and_handles_zeros():
     q, k, v = torch.randn(3, 5, 4, dtype=torch.float64), torch.randn(3, 7, 4, dtype=torch.float64), \
         torch.randn(3, 7, 2, dtype=torch.float64)

@@ -126,6 +126,11 @@ class LevConfig(MethodConfig):
         if self.sketch_size is not None:
             check_int("sketch_size", self.sketch_size, min=1)
 
+    @classmethod
+    def full_budget(cls, seq_len: int) -> LevConfig:
+        """A config that keeps every key at this length (equals exact softmax attention)."""
+        return cls(budget=max(check_int("seq_len", seq_len, min=0), 1))
+
 
 def _check_p(p) -> int:
     check_int("p", p, min=2)
