@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import kernelsketch as ks
+import kernelsketch.attention.polysketch as ps
 from kernelsketch.attention.metrics import relative_error
 from kernelsketch.attention.polysketch import (
     PolySketchAttention,
@@ -49,6 +50,13 @@ def seeded(seed):
     return torch.Generator().manual_seed(seed)
 
 
+@pytest.fixture(params=["linear", "quadratic"])
+def path(request, monkeypatch):
+    """Force the r²-feature (block / linear) form or the materialised-scores form."""
+    monkeypatch.setattr(ps, "use_quadratic", lambda *a: request.param == "quadratic")
+    return request.param
+
+
 SHAPES = [  # (B, Hq, Hkv, N, M, D, Dv)
     (1, 1, 1, 1, 1, 8, 8),
     (2, 4, 2, 37, 37, 16, 16),
@@ -58,9 +66,10 @@ SHAPES = [  # (B, Hq, Hkv, N, M, D, Dv)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("block_size", [1, 8, 64])
+@pytest.mark.parametrize("block_size", [1, 8, 64])  # one token, several blocks, one block
 @pytest.mark.parametrize("exact_local", [True, False])
-def test_causal_blocks_equal_naive_evaluation_of_the_same_scores(shape, block_size, exact_local):
+def test_causal_blocks_equal_naive_evaluation_of_the_same_scores(shape, block_size, exact_local,
+                                                                path):
     B, Hq, Hkv, N, M, D, Dv = shape
     q, k, v = random_qkv(B, Hq, Hkv, N, M, D, Dv)
     cfg = PolySketchConfig(sketch_size=8, block_size=block_size, exact_local=exact_local)
@@ -76,7 +85,7 @@ def test_causal_blocks_equal_naive_evaluation_of_the_same_scores(shape, block_si
 @pytest.mark.parametrize("sketch", ["gaussian", "hadamard"])
 @pytest.mark.parametrize("degree", [2, 4, 6])
 @pytest.mark.parametrize("is_causal", [False, True])
-def test_sketch_kinds_and_degrees_equal_naive_evaluation(sketch, degree, is_causal):
+def test_sketch_kinds_and_degrees_equal_naive_evaluation(sketch, degree, is_causal, path):
     q, k, v = random_qkv(1, 4, 2, 29, 29, 8)
     cfg = PolySketchConfig(degree=degree, sketch=sketch, sketch_size=16, block_size=8)
     out = ks.attention(q, k, v, method="polysketch", is_causal=is_causal, config=cfg,
@@ -133,7 +142,7 @@ def test_degree2_features_are_unbiased_for_the_squared_inner_product(sketch):
     assert abs(vals.mean() - truth) < 5 * vals.std() / 20 + 1e-9
 
 
-def test_no_future_leakage():
+def test_no_future_leakage(path):
     q, k, v = random_qkv(1, 4, 2, 40, 40, 8)
     cfg = PolySketchConfig(sketch_size=8, block_size=8)
     t = 17
@@ -147,7 +156,7 @@ def test_no_future_leakage():
     assert not torch.allclose(a[:, :, t + 1:], b[:, :, t + 1:])
 
 
-def test_gradients_match_naive_evaluation():
+def test_gradients_match_naive_evaluation(path):
     q, k, v = random_qkv(1, 4, 2, 19, 23, 8, requires_grad=True)
     cfg = PolySketchConfig(sketch_size=8, block_size=5)
     out, lse = ks.attention(q, k, v, method="polysketch", is_causal=True, config=cfg,
@@ -178,7 +187,7 @@ def test_float32_and_bfloat16_inputs_follow_the_float64_result():
 
 
 @pytest.mark.parametrize("exact_local", [True, False])
-def test_module_equals_functional_with_its_features_and_norms(exact_local):
+def test_module_equals_functional_with_its_features_and_norms(exact_local, path):
     cfg = PolySketchConfig(sketch_size=8, block_size=8, exact_local=exact_local)
     layer = PolySketchAttention(16, cfg, seed=5, norm_affine=False).double()
     q, k, v = random_qkv(2, 4, 2, 30, 30, 16)
@@ -199,7 +208,7 @@ def test_module_is_deterministic_and_state_dict_reproduces_it():
 
 
 @pytest.mark.parametrize("exact_local", [True, False])
-def test_decoding_equals_the_parallel_form(exact_local):
+def test_decoding_equals_the_parallel_form(exact_local, path):
     cfg = PolySketchConfig(sketch_size=8, block_size=6, exact_local=exact_local)
     layer = PolySketchAttention(8, cfg, seed=0).double()
     with torch.no_grad():  # affine layer norms with non-trivial parameters
@@ -295,3 +304,8 @@ def test_sketched_attention_function_checks_nothing_twice_but_runs_on_any_featur
                                            exact_local=False, scale=0.5, is_causal=True)
     ref = naive_polynomial(q, k, v, degree=2, is_causal=True, normalize=False, scale=0.5)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_quadratic_form_is_chosen_only_when_it_costs_fewer_flops():
+    assert ps.use_quadratic(128, 128, 32, 32, 32)      # short context: [N, M] scores
+    assert not ps.use_quadratic(8192, 8192, 32, 64, 64)  # long context: r² features

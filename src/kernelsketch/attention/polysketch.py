@@ -30,6 +30,9 @@ q' = sqrt(scale)·q and k' = sqrt(scale)·k (so that q'·k' = scale·q·k):
   ``exact_local`` the result is exact polynomial attention.
 * **Non-causal**: the linear form ``Φ(Q') (Φ(K')ᵀ [V, 1])``, all scores
   sketched (``exact_local`` is not used).
+* **Short sequences** (PyTorch path): when it costs fewer flops
+  (:func:`use_quadratic`), the same scores are materialised as an [N, M]
+  matrix instead; the result is the same up to rounding.
 
 Random sketches are drawn from ``generator`` on every functional call; the
 :class:`PolySketchAttention` module draws them once (buffers, or parameters
@@ -238,6 +241,29 @@ def _causal_torch(q, k, v, fq, fk, *, degree, block_size, exact_local):
     return out[..., :-1], out[..., -1]
 
 
+def _quadratic_torch(q, k, v, fq, fk, *, degree, block_size, exact_local, is_causal):
+    """The same scores as the block / linear forms, materialised as [N, M] matrices.
+
+    Cheaper than the r²-feature forms for short sequences (see :func:`use_quadratic`).
+    """
+    N, M = q.shape[-2], k.shape[-2]
+    w = polynomial_weights(fq, fk.unsqueeze(2), degree=2)
+    if is_causal:
+        pos_q = torch.arange(N, device=q.device) + (M - N)
+        pos_k = torch.arange(M, device=q.device)
+        if exact_local:
+            same = (pos_q // block_size).unsqueeze(1) == (pos_k // block_size).unsqueeze(0)
+            w = torch.where(same, polynomial_weights(q, k.unsqueeze(2), degree=degree), w)
+        w = w.masked_fill(pos_k.unsqueeze(0) > pos_q.unsqueeze(1), 0.0)
+    return torch.matmul(w, v.unsqueeze(2)), w.sum(-1)
+
+
+def use_quadratic(n: int, m: int, r: int, d: int, dv: int) -> bool:
+    """Whether materialising the [n, m] sketched scores costs fewer flops than the
+    r²-feature (linear-time) form: n·m·(r + d + dv) < (n + m)·r²·(dv + 1)."""
+    return n * m * (r + d + dv) < (n + m) * r * r * (dv + 1)
+
+
 def _noncausal_torch(fq, fk, v):
     """Linear form Φ(Q)(Φ(K)ᵀ[V, 1]). fq [B, Hkv, G, N, r]; fk, v [B, Hkv, M, ·]."""
     vp = torch.cat((v, torch.ones_like(v[..., :1])), dim=-1)
@@ -290,7 +316,11 @@ def sketched_polynomial_attention(
     G = Hq // Hkv
     qg, fqg = qs.reshape(B, Hkv, G, N, D), fq.reshape(B, Hkv, G, N, -1)
     v = v.to(acc)
-    if is_causal:
+    M, r = k.shape[2], fq.shape[-1]
+    if use_quadratic(N, M, r, D, v.shape[-1]):
+        num, den = _quadratic_torch(qg, ks, v, fqg, fk, degree=degree, block_size=block_size,
+                                    exact_local=exact_local, is_causal=is_causal)
+    elif is_causal:
         num, den = _causal_torch(qg, ks, v, fqg, fk, degree=degree, block_size=block_size,
                                  exact_local=exact_local)
     else:

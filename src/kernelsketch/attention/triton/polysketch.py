@@ -251,6 +251,11 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def _warps(d: int, dv: int) -> int:
+    # Wide heads keep [64, 128] fp32 accumulators per tile: spread them over more warps.
+    return 8 if max(d, dv) >= 128 else 4
+
+
 def _states(feat, x, y, *, heads_out, src_g, n, block_size, tile, reverse, precision):
     """Exclusive block prefix (suffix when ``reverse``) states H [.., NB, R, R, DV], z [.., NB, R, R]."""
     r, dv = feat.shape[-1], x.shape[-1]
@@ -279,7 +284,7 @@ class _PolySketchCausal(torch.autograd.Function):
         nb = h.shape[1]
         _fwd_kernel[(triton.cdiv(N, BM), B * Hq)](
             q, k, v, fq, h, z, out, den, N, G, nb, D=D, DV=Dv, R=R, P=degree, BLOCK=block_size,
-            BM=BM, DOT=prec)
+            BM=BM, DOT=prec, num_warps=_warps(D, Dv))
         ctx.save_for_backward(q, k, v, fq, fk, out, den, h, z)
         ctx.degree, ctx.block_size, ctx.tile = degree, block_size, tile
         return out, den
@@ -303,13 +308,13 @@ class _PolySketchCausal(torch.autograd.Function):
         dfq = torch.empty(B, Hq, N, R, device=q.device, dtype=torch.float32)
         _bwd_q_kernel[(triton.cdiv(N, BM), B * Hq)](
             q, k, v, fq, ga, gb, h, z, dq, dfq, N, G, nb, D=D, DV=Dv, R=R, P=ctx.degree,
-            BLOCK=b, BM=BM, DOT=prec)
+            BLOCK=b, BM=BM, DOT=prec, num_warps=_warps(D, Dv))
         dk = torch.empty(B, Hkv, N, D, device=q.device, dtype=torch.float32)
         dv = torch.empty(B, Hkv, N, Dv, device=q.device, dtype=torch.float32)
         dfk = torch.empty(B, Hkv, N, R, device=q.device, dtype=torch.float32)
         _bwd_kv_kernel[(triton.cdiv(N, BM), B * Hkv)](
             q, k, v, fk, ga, gb, rs, rz, dk, dv, dfk, N, G, nb, D=D, DV=Dv, R=R, P=ctx.degree,
-            BLOCK=b, BM=BM, DOT=prec)
+            BLOCK=b, BM=BM, DOT=prec, num_warps=_warps(D, Dv))
         fq_dtype, fk_dtype = ctx.feature_dtypes
         return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dfq.to(fq_dtype),
                 dfk.to(fk_dtype), None, None, None)
