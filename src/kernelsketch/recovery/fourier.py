@@ -1,0 +1,443 @@
+"""Reconstruction of signals with constrained Fourier structure on [0, T] by universal
+sampling (Avron, Kapralov, Musco, Musco, Velingker, Zandieh, STOC 2019, arXiv 1812.08723).
+
+Model. A signal is ``x(t) = ∫ g(ξ) e^{2πiξt} dμ(ξ)`` with μ a power spectrum (the
+prior / constraint on its frequencies). The signal class is the RKHS of the
+stationary kernel ``k(τ) = ∫ e^{2πiξτ} dμ(ξ)``; recovering x from samples is kernel
+ridge regression with k, and the number of samples needed is governed by the
+statistical dimension
+
+    s_λ = tr(𝒦 (𝒦 + λ I)^{-1}),   (𝒦f)(t) = (1/T) ∫_0^T k(t - u) f(u) du,
+
+with ``λ = regularization · k(0)`` (the accuracy / noise level relative to the
+signal power). ``𝒦``'s ridge leverage function τ(t) integrates to s_λ, and the
+paper shows that, for *every* μ, ``τ(t) ≲ s_λ log(s_λ) / min(t, T - t)`` away from
+the ends. Hence one universal density, depending on μ only through s_λ,
+
+    p(t) = 1 / (2 (1 + ln(1/(2δ))) · max(min(t, T - t), δ T)),   δ = 1 / s_λ²,
+
+dominates every leverage function up to a log factor, and ``O(s_λ log² s_λ)``
+samples from it suffice (Thm. 1 of the paper, up to constants). The cut-off δ
+covers edge leverage up to O(s_λ²)/T (polynomial-like classes, e.g. narrow bands).
+Given samples ``t_j ~ p`` with weights ``v_j = 1 / (m T p(t_j))`` the estimate is the
+weighted kernel ridge regression
+
+    x̃(t) = Σ_j a_j k(t - t_j),  a = V^{1/2} (V^{1/2} K V^{1/2} + λ I)^{-1} V^{1/2} y,
+
+``K = [k(t_i - t_j)]``, ``V = diag(v)`` (Alg. 1 of the paper, written in kernel form).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+from scipy.special import gamma as gamma_fn
+from scipy.special import kv
+
+from kernelsketch._checks import check_choice, check_float, check_int
+
+__all__ = [
+    "Bandlimited",
+    "GaussianSpectrum",
+    "MaternSpectrum",
+    "Multiband",
+    "PowerSpectrum",
+    "ReconstructedSignal",
+    "SparseFrequencies",
+    "default_signal_samples",
+    "reconstruct_signal",
+    "sample_universal",
+    "statistical_dimension",
+    "universal_density",
+]
+
+
+# --- power spectra --------------------------------------------------------------------
+# Each spectrum gives its kernel k(τ) (complex in general, real when μ is symmetric)
+# and a frequency scale used to size the quadrature that discretizes 𝒦.
+
+
+@dataclass(frozen=True)
+class Bandlimited:
+    """Flat spectrum on ``[-bandwidth, bandwidth]`` (unit power): ``k(τ) = sinc(2Fτ)``."""
+
+    bandwidth: float
+
+    def __post_init__(self):
+        check_float("bandwidth", self.bandwidth, min=0.0, min_exclusive=True)
+
+    def kernel(self, tau: np.ndarray) -> np.ndarray:
+        return np.sinc(2 * self.bandwidth * tau)
+
+    def frequency_scale(self) -> float:
+        return self.bandwidth
+
+
+@dataclass(frozen=True)
+class Multiband:
+    """Flat spectrum on a union of bands ``[(lo, hi), ...]`` (unit total power).
+
+    ``k(τ) = Σ_b (w_b / W) e^{2πi c_b τ} sinc(w_b τ)`` with centre c_b, width w_b,
+    ``W = Σ w_b``. Real signals need bands symmetric about 0.
+    """
+
+    bands: Sequence[tuple[float, float]]
+
+    def __post_init__(self):
+        bands = np.asarray(self.bands, dtype=np.float64)
+        if bands.ndim != 2 or bands.shape[1] != 2 or len(bands) == 0:
+            raise ValueError(f"bands must be a non-empty sequence of (lo, hi) pairs, got {self.bands!r}")
+        if not np.all(np.isfinite(bands)) or np.any(bands[:, 1] <= bands[:, 0]):
+            raise ValueError(f"bands must be finite with lo < hi, got {self.bands!r}")
+        object.__setattr__(self, "bands", tuple(map(tuple, bands.tolist())))
+
+    def kernel(self, tau):
+        bands = np.asarray(self.bands)
+        width, centre = bands[:, 1] - bands[:, 0], bands.mean(axis=1)
+        tau = np.asarray(tau, dtype=np.float64)[..., None]
+        terms = width * np.exp(2j * np.pi * centre * tau) * np.sinc(width * tau)
+        return _maybe_real(terms.sum(-1) / width.sum())
+
+    def frequency_scale(self) -> float:
+        return float(np.abs(np.asarray(self.bands)).max())
+
+
+@dataclass(frozen=True)
+class SparseFrequencies:
+    """Spectrum on finitely many known frequencies (Fourier-sparse signals).
+
+    ``k(τ) = Σ_j w_j e^{2πi f_j τ} / Σ_j w_j``; the signal class is the span of the
+    exponentials. Include ``-f`` with every ``f`` for real signals.
+    """
+
+    frequencies: Sequence[float]
+    weights: Sequence[float] | None = None
+
+    def __post_init__(self):
+        f = np.asarray(self.frequencies, dtype=np.float64).reshape(-1)
+        if f.size == 0 or not np.all(np.isfinite(f)):
+            raise ValueError(f"frequencies must be a non-empty finite sequence, got {self.frequencies!r}")
+        w = np.ones_like(f) if self.weights is None else np.asarray(self.weights, dtype=np.float64)
+        if w.shape != f.shape or not np.all(np.isfinite(w)) or np.any(w <= 0):
+            raise ValueError(
+                f"weights must be {f.size} finite positive numbers (one per frequency), got {self.weights!r}"
+            )
+        object.__setattr__(self, "frequencies", tuple(f.tolist()))
+        object.__setattr__(self, "weights", tuple(w.tolist()))
+
+    def kernel(self, tau):
+        f, w = np.asarray(self.frequencies), np.asarray(self.weights)
+        tau = np.asarray(tau, dtype=np.float64)[..., None]
+        return _maybe_real((w * np.exp(2j * np.pi * f * tau)).sum(-1) / w.sum())
+
+    def frequency_scale(self) -> float:
+        return float(np.abs(np.asarray(self.frequencies)).max())
+
+
+@dataclass(frozen=True)
+class GaussianSpectrum:
+    """Gaussian process prior with squared-exponential covariance (1-D kriging).
+
+    ``k(τ) = exp(-τ² / (2 ℓ²))``, spectrum ``∝ exp(-2π² ℓ² ξ²)``.
+    """
+
+    lengthscale: float
+
+    def __post_init__(self):
+        check_float("lengthscale", self.lengthscale, min=0.0, min_exclusive=True)
+
+    def kernel(self, tau):
+        return np.exp(-np.asarray(tau, dtype=np.float64) ** 2 / (2 * self.lengthscale**2))
+
+    def frequency_scale(self) -> float:
+        return 1.0 / self.lengthscale
+
+
+@dataclass(frozen=True)
+class MaternSpectrum:
+    """Gaussian process prior with Matérn(ν) covariance (1-D kriging).
+
+    ``k(τ) = 2^{1-ν}/Γ(ν) (√(2ν)|τ|/ℓ)^ν K_ν(√(2ν)|τ|/ℓ)``, spectrum
+    ``∝ (2ν/ℓ² + 4π²ξ²)^{-(ν+1/2)}``.
+    """
+
+    nu: float
+    lengthscale: float
+
+    def __post_init__(self):
+        check_float("nu", self.nu, min=0.0, min_exclusive=True)
+        check_float("lengthscale", self.lengthscale, min=0.0, min_exclusive=True)
+
+    def kernel(self, tau):
+        r = math.sqrt(2 * self.nu) * np.abs(np.asarray(tau, dtype=np.float64)) / self.lengthscale
+        with np.errstate(invalid="ignore"):
+            k = 2 ** (1 - self.nu) / gamma_fn(self.nu) * r**self.nu * kv(self.nu, r)
+        return np.where(r == 0, 1.0, k)
+
+    def frequency_scale(self) -> float:
+        return 4.0 / self.lengthscale
+
+
+@dataclass(frozen=True)
+class PowerSpectrum:
+    """A user-given power spectral density on a bounded support (normalised to unit power).
+
+    ``k(τ) = ∫_lo^hi density(ξ) e^{2πiξτ} dξ / ∫_lo^hi density``, by Gauss–Legendre
+    quadrature with enough nodes to resolve the oscillation at the largest |τ| asked.
+    """
+
+    density: Callable[[np.ndarray], np.ndarray]
+    support: tuple[float, float]
+
+    def __post_init__(self):
+        if not callable(self.density):
+            raise TypeError(f"density must be callable, got {type(self.density).__name__}")
+        lo, hi = (float(v) for v in self.support)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"support must be a finite interval (lo, hi) with lo < hi, got {self.support!r}")
+        object.__setattr__(self, "support", (lo, hi))
+
+    def kernel(self, tau):
+        tau = np.asarray(tau, dtype=np.float64)
+        lo, hi = self.support
+        # Gauss–Legendre resolves e^{2πiξτ} on [lo, hi] once n exceeds ~π(hi-lo)|τ|/2.
+        n = 24 + int(3 * (hi - lo) * (np.abs(tau).max() if tau.size else 0.0))
+        x, w = np.polynomial.legendre.leggauss(n)
+        xi, w = lo + (x + 1) * (hi - lo) / 2, w * (hi - lo) / 2
+        dens = np.asarray(self.density(xi), dtype=np.float64)
+        if dens.shape != xi.shape or not np.all(np.isfinite(dens)) or np.any(dens < 0):
+            raise ValueError("density must return finite non-negative values, one per frequency")
+        w = w * dens / (w @ dens)
+        return _maybe_real(np.exp(2j * np.pi * tau[..., None] * xi) @ w)
+
+    def frequency_scale(self) -> float:
+        return float(max(abs(self.support[0]), abs(self.support[1])))
+
+
+SPECTRA = (Bandlimited, Multiband, SparseFrequencies, GaussianSpectrum, MaternSpectrum, PowerSpectrum)
+
+
+def _maybe_real(k: np.ndarray) -> np.ndarray:
+    """Drop a numerically zero imaginary part (symmetric spectra give real kernels)."""
+    if np.iscomplexobj(k) and np.abs(k.imag).max(initial=0.0) <= 1e-12 * max(1.0, np.abs(k).max(initial=0.0)):
+        return k.real
+    return k
+
+
+def _check_spectrum(spectrum):
+    if not isinstance(spectrum, SPECTRA):
+        names = ", ".join(c.__name__ for c in SPECTRA)
+        raise TypeError(f"spectrum must be one of ({names}), got {type(spectrum).__name__}")
+    return spectrum
+
+
+# --- statistical dimension and the universal density ---------------------------------
+
+
+def statistical_dimension(spectrum, T: float, *, regularization: float = 1e-6, n_nodes: int | None = None) -> float:
+    """Statistical dimension ``s_λ = tr(𝒦(𝒦 + λI)^{-1})`` of a spectrum on [0, T].
+
+    ``𝒦`` (module docstring) is discretized by Gauss–Legendre quadrature (Nyström
+    method) and ``λ = regularization · k(0)``.
+
+    Parameters
+    ----------
+    spectrum : one of the spectrum classes of this module
+    T : float > 0
+    regularization : float > 0
+    n_nodes : int, optional
+        Quadrature nodes; default ``min(3000, 256 + 16 · T · frequency_scale)``.
+
+    Returns
+    -------
+    float
+    """
+    _check_spectrum(spectrum)
+    T = check_float("T", T, min=0.0, min_exclusive=True)
+    regularization = check_float("regularization", regularization, min=0.0, min_exclusive=True)
+    if n_nodes is None:
+        n_nodes = min(3000, 256 + int(16 * T * spectrum.frequency_scale()))
+    check_int("n_nodes", n_nodes, min=1)
+    x, w = np.polynomial.legendre.leggauss(n_nodes)
+    t, w = (x + 1) * T / 2, w / 2  # weights of the probability measure dt / T
+    sw = np.sqrt(w)
+    M = sw[:, None] * spectrum.kernel(t[:, None] - t[None, :]) * sw[None, :]
+    evals = np.clip(scipy.linalg.eigvalsh(M), 0.0, None)
+    lam = regularization * float(np.real(spectrum.kernel(np.zeros(1))[0]))
+    return float((evals / (evals + lam)).sum())
+
+
+def _edge_cutoff(s: float) -> float:
+    return min(0.25, 1.0 / max(s, 1.0) ** 2)
+
+
+def universal_density(t, T: float, s: float) -> np.ndarray:
+    """The universal sampling density on [0, T] for statistical dimension s.
+
+    ``p(t) = 1 / (2 (1 + ln(1/(2δ))) max(min(t, T-t), δT))`` with ``δ = min(1/4, 1/s²)``;
+    it integrates to 1 on [0, T] and is the same for every spectrum of statistical
+    dimension s (module docstring).
+
+    Returns
+    -------
+    float64 ndarray shaped like t (0 outside [0, T])
+    """
+    T = check_float("T", T, min=0.0, min_exclusive=True)
+    s = check_float("s", s, min=0.0, min_exclusive=True)
+    t = np.asarray(t, dtype=np.float64)
+    delta = _edge_cutoff(s)
+    dist = np.maximum(np.minimum(t, T - t), delta * T)
+    p = 1.0 / (2.0 * (1.0 + math.log(1.0 / (2.0 * delta))) * dist)
+    return np.where((t >= 0) & (t <= T), p, 0.0)
+
+
+def sample_universal(n: int, T: float, s: float, rng=None) -> np.ndarray:
+    """Draw n points from :func:`universal_density` by inverting its CDF.
+
+    Each half of [0, T] has mass 1/2; within ``[0, T/2]`` the point is uniform on
+    ``[0, δT]`` with probability ``1/(1+L)`` and log-uniform on ``[δT, T/2]``
+    otherwise, ``L = ln(1/(2δ))``; the right half is the mirror image.
+    """
+    check_int("n", n, min=1)
+    rng = np.random.default_rng(rng)
+    delta = _edge_cutoff(s)
+    L = math.log(1.0 / (2.0 * delta))
+    u = rng.uniform(size=n)
+    flat = rng.uniform(size=n) < 1.0 / (1.0 + L)
+    dist = np.where(flat, u * delta * T, delta * T * np.exp(u * L))
+    return np.where(rng.uniform(size=n) < 0.5, dist, T - dist)
+
+
+def default_signal_samples(s: float) -> int:
+    """Default sample count ``ceil(4 s max(1, ln s))`` for statistical dimension s.
+
+    The paper's Theorem 1 gives ``O(s log² s)`` samples from the universal density;
+    on bandlimited, multiband, sparse and Gaussian-process classes (benchmarks/recovery.py)
+    ``4 s ln s`` already reaches the regularization / noise floor.
+    """
+    s = max(float(s), 1.0)
+    return int(math.ceil(4.0 * s * max(1.0, math.log(s))))
+
+
+# --- reconstruction ------------------------------------------------------------------
+
+
+class ReconstructedSignal:
+    """A signal recovered by weighted kernel ridge regression: ``x̃(t) = Σ_j a_j k(t - t_j)``.
+
+    Attributes
+    ----------
+    spectrum, T
+    times : float64 ndarray (m,), sample times t_j
+    weights : float64 ndarray (m,), importance weights ``v_j = 1/(m T p(t_j))``
+    values : ndarray (m,), observed samples
+    coef : ndarray (m,), the a_j
+    statistical_dimension : float, s_λ used to set the density and the default count
+    """
+
+    def __init__(self, spectrum, T, times, weights, values, coef, s):
+        self.spectrum = spectrum
+        self.T = T
+        self.times = times
+        self.weights = weights
+        self.values = values
+        self.coef = coef
+        self.statistical_dimension = s
+
+    def __call__(self, t) -> np.ndarray:
+        """Evaluate the reconstruction at times t (any shape); real for real kernels and data."""
+        t = np.asarray(t, dtype=np.float64)
+        if not np.all(np.isfinite(t)):
+            raise ValueError("t must be finite, found NaN or infinite values")
+        return self.spectrum.kernel(t[..., None] - self.times) @ self.coef
+
+
+def reconstruct_signal(
+    samples_fn: Callable[[np.ndarray], np.ndarray],
+    T: float,
+    spectrum,
+    n_samples: int | None = None,
+    *,
+    regularization: float = 1e-6,
+    sampling: str = "universal",
+    random_state=None,
+) -> ReconstructedSignal:
+    """Reconstruct a signal on [0, T] with a known power spectrum from few samples.
+
+    Samples t_j from the universal density (or uniformly, for comparison), reads the
+    signal there once, and solves the weighted kernel ridge regression of the
+    module docstring. Covers bandlimited (:class:`Bandlimited`), multiband
+    (:class:`Multiband`), Fourier-sparse with known frequencies
+    (:class:`SparseFrequencies`), and 1-D Gaussian-process kriging
+    (:class:`GaussianSpectrum`, :class:`MaternSpectrum`, :class:`PowerSpectrum`).
+
+    Parameters
+    ----------
+    samples_fn : callable
+        Maps a float64 array of m times in [0, T] to m (real or complex) samples,
+        possibly noisy.
+    T : float > 0
+        Length of the observation window.
+    spectrum : spectrum object
+        The allowed power spectrum μ.
+    n_samples : int, optional
+        Default :func:`default_signal_samples`, ``ceil(4 s_λ ln s_λ)`` (the paper's
+        Theorem 1 bound is ``O(s_λ log² s_λ)``).
+    regularization : float > 0, default=1e-6
+        Ridge λ relative to the signal power k(0); set it to about the
+        noise-to-signal power ratio for noisy samples. The guarantee (paper, Thm. 1):
+        ``‖x̃ - x‖_T² ≤ C (‖noise‖_T² + λ ‖x‖_μ²)`` with high probability.
+    sampling : {"universal", "uniform"}, default="universal"
+    random_state : int, numpy.random.Generator or None
+
+    Returns
+    -------
+    ReconstructedSignal
+        Callable on times.
+
+    References
+    ----------
+    H. Avron, M. Kapralov, C. Musco, C. Musco, A. Velingker, A. Zandieh. A Universal
+    Sampling Method for Reconstructing Signals with Simple Fourier Transforms.
+    STOC 2019, arXiv 1812.08723.
+    """
+    if not callable(samples_fn):
+        raise TypeError(f"samples_fn must be callable (times (m,) -> (m,)), got {type(samples_fn).__name__}")
+    T = check_float("T", T, min=0.0, min_exclusive=True)
+    _check_spectrum(spectrum)
+    regularization = check_float("regularization", regularization, min=0.0, min_exclusive=True)
+    check_choice("sampling", sampling, ("universal", "uniform"))
+    s = statistical_dimension(spectrum, T, regularization=regularization)
+    if n_samples is None:
+        n_samples = default_signal_samples(s)
+    check_int("n_samples", n_samples, min=1)
+    rng = np.random.default_rng(random_state)
+    if sampling == "universal":
+        times = sample_universal(n_samples, T, s, rng)
+        density = universal_density(times, T, s)
+    else:
+        times = rng.uniform(0.0, T, size=n_samples)
+        density = np.full(n_samples, 1.0 / T)
+    weights = 1.0 / (n_samples * T * density)
+    values = _read_samples(samples_fn, times)
+    sw = np.sqrt(weights)
+    A = sw[:, None] * spectrum.kernel(times[:, None] - times[None, :]) * sw[None, :]
+    lam = regularization * float(np.real(spectrum.kernel(np.zeros(1))[0]))
+    A[np.diag_indices_from(A)] += lam
+    coef = sw * scipy.linalg.solve(A, sw * values, assume_a="her")
+    return ReconstructedSignal(spectrum, T, times, weights, values, coef, s)
+
+
+def _read_samples(samples_fn, times: np.ndarray) -> np.ndarray:
+    values = np.asarray(samples_fn(times.copy()))
+    if values.shape != times.shape:
+        raise ValueError(
+            f"samples_fn must return one value per time, shape ({len(times)},), got shape {values.shape}"
+        )
+    if not (np.issubdtype(values.dtype, np.number) and np.all(np.isfinite(values))):
+        raise ValueError("samples_fn must return finite numbers, found NaN, infinite or non-numeric values")
+    return values.astype(np.complex128 if np.iscomplexobj(values) else np.float64)
