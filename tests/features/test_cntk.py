@@ -93,3 +93,78 @@ def test_cntk_rejects_mismatched_image_shape():
 def test_cntk_rejects_bad_depth():
     with pytest.raises(ValueError, match="depth must be >= 1, got 0"):
         cnngp_relu(torch.ones(2, 1, 3, 3), depth=0)
+
+
+# ----------------------------------------------------------------------------- CNTKSketch
+
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+from kernelsketch.features.cntk import CNTKSketch  # noqa: E402
+
+
+def _rel_fro(Z, K):
+    Z, K = np.asarray(Z, dtype=np.float64), np.asarray(K, dtype=np.float64)
+    return np.linalg.norm(Z @ Z.T - K) / np.linalg.norm(K)
+
+
+@parametrize_with_checks(
+    [
+        CNTKSketch(n_components=8, pixel_dim=4, degree=2),
+        CNTKSketch(n_components=8, pixel_dim=4, degree=2, depth=2, kernel="nngp"),
+    ]
+)
+def test_sklearn_conventions(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize("kernel", ["ntk", "nngp"])
+def test_sketch_error_falls_with_budget(kernel):
+    X = torch.randn(24, 2, 5, 5, dtype=f64)
+    K = (cntk_relu if kernel == "ntk" else cnngp_relu)(X, depth=1)
+    flat = X.reshape(24, -1).numpy()
+    errs = [
+        _rel_fro(
+            CNTKSketch(n_components=m, pixel_dim=p, kernel=kernel, image_shape=(2, 5, 5), random_state=0).fit_transform(flat),
+            K,
+        )
+        for m, p in ((32, 8), (1024, 256))
+    ]
+    assert errs[1] <= 0.1 and errs[1] < errs[0] / 2
+
+
+def test_two_layer_sketch_error_is_small():
+    X = torch.randn(16, 1, 4, 4, dtype=f64)
+    K = cntk_relu(X, depth=2)
+    Z = CNTKSketch(depth=2, n_components=1024, pixel_dim=256, random_state=0).fit_transform(X.reshape(16, -1).numpy())
+    assert _rel_fro(Z, K) <= 0.15
+
+
+def test_torch_map_takes_image_batches_and_is_homogeneous():
+    X = torch.randn(6, 3, 4, 4)
+    est = CNTKSketch(n_components=16, image_shape=(3, 4, 4), random_state=0).fit(X.reshape(6, -1).numpy())
+    Z = est.transform(X.reshape(6, -1).numpy())
+    assert Z.dtype == np.float32 and Z.shape == (6, 16)
+    torch.testing.assert_close(est.feature_map_(X), torch.from_numpy(Z))
+    torch.testing.assert_close(est.feature_map_(2.0 * X), 2.0 * torch.from_numpy(Z), rtol=1e-4, atol=1e-5)
+
+
+def test_image_shape_is_inferred_for_square_inputs():
+    est = CNTKSketch(n_components=8, pixel_dim=4, random_state=0).fit(np.random.default_rng().random((3, 16)))
+    assert est.image_shape_ == (1, 4, 4)
+
+
+@pytest.mark.parametrize(
+    "params, exc, msg",
+    [
+        (dict(image_shape=(1, 3, 3)), ValueError, r"image_shape \(1, 3, 3\) must have C\*H\*W = n_features = 16, got 9"),
+        (dict(image_shape=(4, 4)), ValueError, "image_shape must be \\(C, H, W\\) of positive ints"),
+        (dict(filter_size=4), ValueError, "filter_size must be odd"),
+        (dict(depth=0), ValueError, "depth must be >= 1, got 0"),
+        (dict(pixel_dim=0), ValueError, "pixel_dim must be >= 1, got 0"),
+        (dict(kernel="rbf"), ValueError, "kernel must be one of"),
+        (dict(degree=0), ValueError, "degree must be >= 1, got 0"),
+    ],
+)
+def test_cntk_sketch_bad_params(params, exc, msg):
+    with pytest.raises(exc, match=msg):
+        CNTKSketch(**params).fit(np.ones((3, 16)))

@@ -55,9 +55,16 @@ class PowerSeriesSketch(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Features of ``x`` [..., d_in] with power weights [degree + 1] or [..., degree + 1]."""
-        powers = self.poly.all_powers(x)
+        return self.combine(self.poly.all_powers(x), weights)
+
+    def combine(self, powers: list[torch.Tensor], weights: torch.Tensor, compress=None) -> torch.Tensor:
+        """``compress(concat_j weights_j powers_j)``; several series can share one ``all_powers``.
+
+        ``compress`` defaults to this module's SRHT; pass another SRHT of the
+        same input size for an independent second series on the same powers.
+        """
         z = torch.cat([weights[..., j, None] * p for j, p in enumerate(powers)], dim=-1)
-        return self.compress(z)
+        return (compress or self.compress)(z)
 
 
 def unit_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,13 +21,24 @@ obeys n^(h) = conv(n^(h-1)) since kappa1(1) = 1). Finally
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from kernelsketch._checks import check_int
+from kernelsketch._checks import check_choice, check_int
 from kernelsketch.features._arccos import as_tensor_pair, kappa0, kappa1, return_like
+from kernelsketch.features._base import RandomFeaturesTransformer
+from kernelsketch.features._powerseries import (
+    PowerSeriesSketch,
+    fit_nonnegative_polynomial,
+    unit_rows,
+)
+from kernelsketch.sketch.projections import SRHT
+from kernelsketch.sketch.tensor import Degree2Sketch
 
-__all__ = ["cntk_relu", "cnngp_relu", "pixel_variances"]
+__all__ = ["cntk_relu", "cnngp_relu", "pixel_variances", "CNTKSketchMap", "CNTKSketch"]
 
 
 def _check_filter_size(filter_size: int) -> int:
@@ -132,3 +143,182 @@ def cntk_relu(X, Y=None, *, depth: int = 1, filter_size: int = 3):
 def cnngp_relu(X, Y=None, *, depth: int = 1, filter_size: int = 3):
     """Exact NNGP kernel of the same conv net as :func:`cntk_relu` (same parameters)."""
     return _cntk_both(X, Y, depth, filter_size)[0]
+
+
+# ----------------------------------------------------------------------------- CNTK Sketch
+
+
+class CNTKSketchMap(nn.Module):
+    """Torch feature map of CNTK Sketch for images [n, C, H, W] (time linear in pixels).
+
+    Per pixel p, features psi_p (NNGP, <psi_p(x), psi_p'(y)> ~ Sigma_g) and
+    phi_p (NTK part, ~ Theta_g) of dimension ``pixel_dim`` follow the
+    recursion of :func:`cntk_relu` (arXiv 2106.07880, Sec. 5):
+
+    - convolution: the q x q neighbourhood of features, scaled by 1/q, is
+      concatenated (exact for conv(.)) and compressed by an SRHT:
+      psi_f = R(nbhd(psi_g)/q), phi_f = R'([nbhd(phi_g)/q, nbhd(psi_g)/q]);
+    - ReLU: with the exact pre-activation std sqrt(n_p) (:func:`pixel_variances`)
+      and u = psi_f / |psi_f|, psi_g = sqrt(n_p) K1(u) and
+      phi_g = T(phi_f ⊗ K0(u)), where K1, K0 are power-series sketches of
+      non-negative polynomial fits of kappa1, kappa0 sharing one PolySketch,
+      and T a degree-2 TensorSRHT;
+    - global average pooling: means over pixels, then an SRHT of
+      [psi, phi] (NTK) or of psi (NNGP) to ``n_components``.
+
+    Parameters
+    ----------
+    image_shape : (C, H, W)
+    depth, filter_size : as :func:`cntk_relu`
+    n_components : int
+    pixel_dim : int
+        Per-pixel feature dimension.
+    degree : int
+        Degree of the kappa fits.
+    kernel : {"ntk", "nngp"}
+    generator : torch.Generator, optional
+    """
+
+    def __init__(self, image_shape, *, depth, filter_size, n_components, pixel_dim, degree, kernel="ntk", generator=None):
+        super().__init__()
+        C, H, W = image_shape
+        self.image_shape, self.depth, self.q, self.kernel = tuple(image_shape), depth, filter_size, kernel
+        m, q2 = pixel_dim, filter_size**2
+        self.register_buffer("c1", fit_nonnegative_polynomial("kappa1", kappa1, degree).sqrt())
+        self.register_buffer("c0", fit_nonnegative_polynomial("kappa0", kappa0, degree).sqrt())
+        g = generator
+        self.conv_psi = nn.ModuleList(SRHT((C if h == 0 else m) * q2, m, generator=g) for h in range(depth))
+        self.relu = nn.ModuleList(
+            PowerSeriesSketch(m, degree, m, poly_dim=m, generator=g) for _ in range(depth)
+        )
+        if kernel == "ntk":
+            self.conv_phi = nn.ModuleList(SRHT(2 * m * q2, m, generator=g) for h in range(1, depth))
+            self.step = nn.ModuleList(SRHT((degree + 1) * m, m, generator=g) for _ in range(depth))
+            self.product = nn.ModuleList(Degree2Sketch(m, m, kind="srht", generator=g) for _ in range(depth))
+        self.pool = SRHT((2 if kernel == "ntk" else 1) * m, n_components, generator=g)
+        self.d_out = n_components
+
+    def _neighbourhoods(self, z: torch.Tensor) -> torch.Tensor:
+        """[n, P, k] per-pixel features -> [n, P, k q^2] / q (zero padding outside the image)."""
+        n, _, k = z.shape
+        H, W = self.image_shape[1:]
+        img = z.transpose(1, 2).reshape(n, k, H, W)
+        return F.unfold(img, self.q, padding=self.q // 2).transpose(1, 2) / self.q
+
+    def forward(self, x: torch.Tensor, *, batch_size: int = 128) -> torch.Tensor:
+        """Features [n, n_components] of images x [n, C, H, W] or [n, C*H*W] (dtype of x).
+
+        Images are processed ``batch_size`` at a time (memory O(batch_size H W
+        pixel_dim q^2)).
+        """
+        x = x.reshape(x.shape[0], *self.image_shape)
+        return torch.cat([self._features(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        variances = pixel_variances(x, self.depth, self.q)
+        psi = x.flatten(2).transpose(1, 2)  # [n, P, C]
+        phi = None
+        for h in range(self.depth):
+            nb_psi = self._neighbourhoods(psi)
+            psi_f = self.conv_psi[h](nb_psi)
+            if self.kernel == "ntk":
+                # Theta_f = conv(Theta_g) + Sigma_f; at h = 0, Theta_g = 0 so Theta_f = Sigma_f.
+                phi_f = psi_f if phi is None else self.conv_phi[h - 1](
+                    torch.cat([self._neighbourhoods(phi), nb_psi], dim=-1)
+                )
+            u, _ = unit_rows(psi_f)
+            std = variances[h + 1].flatten(1).sqrt()[..., None].to(x.dtype)  # [n, P, 1]
+            relu = self.relu[h]
+            powers = relu.poly.all_powers(u)
+            psi = std * relu.combine(powers, self.c1.to(x.dtype))
+            if self.kernel == "ntk":
+                step = relu.combine(powers, self.c0.to(x.dtype), compress=self.step[h])
+                phi = self.product[h](phi_f, step)
+        pooled = psi.mean(1) if self.kernel == "nngp" else torch.cat([psi.mean(1), phi.mean(1)], -1)
+        return self.pool(pooled)
+
+
+class CNTKSketch(RandomFeaturesTransformer):
+    """CNTK Sketch features of a ReLU conv net with global average pooling (scikit-learn transformer).
+
+    ``Z @ Z.T`` approximates :func:`cntk_relu` (or :func:`cnngp_relu`) in time
+    linear in the number of pixels: per-pixel sketches of the CNTK recursion
+    (:class:`CNTKSketchMap`). Error: the polynomial fits of the arc-cosine
+    functions (degree ``degree``) plus sketching error falling with
+    ``pixel_dim`` and ``n_components``.
+
+    Parameters
+    ----------
+    depth : int >= 1, default 1
+        Convolution + ReLU layers.
+    n_components : int >= 1, default 256
+    filter_size : odd int, default 3
+    image_shape : (C, H, W) or None, default None
+        Layout of each row of X (C-major, like ``images.reshape(n, -1)``).
+        None: one channel, square if n_features is a square, else 1 x n_features.
+    pixel_dim : int or None, default None
+        Per-pixel feature dimension (``min(n_components, 64)`` if None).
+    degree : int >= 1, default 6
+        Degree of the non-negative polynomial fits of kappa0, kappa1.
+    kernel : {"ntk", "nngp"}, default "ntk"
+    random_state : int, RandomState or None
+
+    Attributes
+    ----------
+    feature_map_ : CNTKSketchMap
+        Fitted torch map; call it on [n, C, H, W] GPU batches after ``.to("cuda")``.
+    image_shape_ : tuple (C, H, W)
+    n_features_in_ : int
+
+    References
+    ----------
+    Zandieh, Han, Avron, Shoham, Kim, Shin, "Scaling Neural Tangent Kernels via
+    Sketching and Random Features", NeurIPS 2021 (arXiv 2106.07880).
+    """
+
+    def __init__(self, *, depth=1, n_components=256, filter_size=3, image_shape=None, pixel_dim=None, degree=6, kernel="ntk", random_state=None):
+        self.depth = depth
+        self.n_components = n_components
+        self.filter_size = filter_size
+        self.image_shape = image_shape
+        self.pixel_dim = pixel_dim
+        self.degree = degree
+        self.kernel = kernel
+        self.random_state = random_state
+
+    def _resolved_image_shape(self, n_features: int) -> tuple[int, int, int]:
+        if self.image_shape is None:
+            side = math.isqrt(n_features)
+            return (1, side, side) if side * side == n_features else (1, 1, n_features)
+        shape = tuple(self.image_shape)
+        if len(shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in shape):
+            raise ValueError(f"image_shape must be (C, H, W) of positive ints, got {self.image_shape!r}")
+        if math.prod(shape) != n_features:
+            raise ValueError(
+                f"image_shape {shape} must have C*H*W = n_features = {n_features}, got {math.prod(shape)}"
+            )
+        return shape
+
+    def _check_params(self, n_features):
+        check_int("depth", self.depth, min=1)
+        check_int("n_components", self.n_components, min=1)
+        _check_filter_size(self.filter_size)
+        check_int("degree", self.degree, min=1, max=64)
+        check_choice("kernel", self.kernel, ("ntk", "nngp"))
+        if self.pixel_dim is not None:
+            check_int("pixel_dim", self.pixel_dim, min=1)
+        self._resolved_image_shape(n_features)
+
+    def _make_feature_map(self, n_features, generator, X):
+        self.image_shape_ = self._resolved_image_shape(n_features)
+        return CNTKSketchMap(
+            self.image_shape_,
+            depth=self.depth,
+            filter_size=self.filter_size,
+            n_components=self.n_components,
+            pixel_dim=self.pixel_dim or min(self.n_components, 64),
+            degree=self.degree,
+            kernel=self.kernel,
+            generator=generator,
+        )
