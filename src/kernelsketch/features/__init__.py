@@ -19,3 +19,17 @@ from kernelsketch.features.polynomial import (  # noqa: E402,F401
     PolynomialLeverageSampler,
     PolynomialSketch,
 )
+from kernelsketch.features.activations import (  # noqa: E402,F401
+    ACTIVATIONS,
+    ActivationKernelSketch,
+    dual_activation,
+    hermite_coefficients,
+    relu_hermite_coefficients,
+)
+from kernelsketch.features.cntk import CNTKSketch, cnngp_relu, cntk_relu  # noqa: E402,F401
+from kernelsketch.features.ntk import (  # noqa: E402,F401
+    NTKRandomFeatures,
+    NTKSketch,
+    nngp_relu,
+    ntk_relu,
+)
