@@ -74,6 +74,22 @@ def test_join_size_unbiased(method):
     assert abs(est.mean() - true) < 4.5 * est.std(ddof=1) / np.sqrt(est.size)
 
 
+@pytest.mark.parametrize("method", ["ts", "ps"])
+@pytest.mark.parametrize("duplicates", ["mean", "join"])
+def test_joint_sample_sums_unbiased(method, duplicates):
+    # every join sum is an unbiased inner-product estimate from the same joint sample
+    rng = np.random.default_rng(23)
+    ka, x, kb, y = _tables(rng, n_a=500, n_b=500, n_keys=600)
+    ref = exact_join_statistics(ka, x, kb, y, duplicates=duplicates)
+    est = [
+        estimate_join(ka, x, kb, y, size=124, method=method, seed=s, duplicates=duplicates)
+        for s in range(200)
+    ]
+    for field in ("size", "sum_a", "sum_b", "sum_sq_a", "sum_sq_b", "sum_ab"):
+        v = np.array([getattr(e, field) for e in est])
+        assert abs(v.mean() - getattr(ref, field)) < 4.5 * v.std(ddof=1) / np.sqrt(v.size), field
+
+
 @pytest.mark.parametrize("method", ["ts", "ps", "wmh", "jl"])
 def test_correlation_error_falls_with_size(method):
     rng = np.random.default_rng(22)
