@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from sklearn.kernel_approximation import PolynomialCountSketch
 from sklearn.metrics.pairwise import polynomial_kernel
@@ -175,6 +176,50 @@ def test_leverage_sampler_torch_map():
     assert out.shape == (2, 5, 12)
     np.testing.assert_allclose(out.reshape(10, 12).numpy(), est.transform(X), rtol=1e-10)
     assert est.indices_.shape == (12, 3) and est.indices_.max() <= 3
+
+
+def _sparse_data(seed, n=40, d=300, density=0.03):
+    rng = np.random.default_rng(seed)
+    X = sp.random(n, d, density=density, random_state=int(rng.integers(1 << 31)), format="csr",
+                  data_rvs=rng.standard_normal)
+    return X
+
+
+def test_sparse_transform_matches_dense():
+    X = _sparse_data(6)
+    est = PolynomialLeverageSampler(n_components=50, degree=3, coef0=1.0, random_state=0)
+    est.fit(X.toarray())
+    Zs = est.transform(X)
+    assert sp.issparse(Zs) and Zs.format == "csr"
+    np.testing.assert_allclose(Zs.toarray(), est.transform(X.toarray()), rtol=1e-10, atol=1e-14)
+
+
+def test_sparse_fit_unbiased():
+    # Fitted on a CSR matrix (CountSketch-compressed scores, O(nnz) passes): still unbiased.
+    X = _sparse_data(7, n=6, d=200, density=0.05)
+    m = 20000
+    est = PolynomialLeverageSampler(n_components=m, degree=2, coef0=1.0, ridge=0.1,
+                                    random_state=1).fit(X)
+    Z = est.transform(X).toarray()
+    per_sample = m * Z[:, None, :] * Z[None, :, :]
+    se = per_sample.std(-1) / np.sqrt(m)
+    K = polynomial_kernel(X.toarray(), degree=2, gamma=1.0, coef0=1.0)
+    assert np.all(np.abs(per_sample.mean(-1) - K) <= 5 * se + 1e-12)
+
+
+def test_sparse_fit_spectral_error_falls():
+    X = _sparse_data(8)
+    K = polynomial_kernel(X.toarray(), degree=2, gamma=1.0, coef0=1.0)
+    lam = 0.5
+    eps = []
+    for m in (50, 200, 800):
+        e = []
+        for s in range(3):
+            Z = PolynomialLeverageSampler(n_components=m, degree=2, coef0=1.0, ridge=lam,
+                                          random_state=s).fit_transform(X)
+            e.append(_spectral_eps(K, (Z @ Z.T).toarray(), lam))
+        eps.append(np.mean(e))
+    assert eps[0] > 1.4 * eps[1] > 1.96 * eps[2]
 
 
 X_BAD = np.random.default_rng(0).normal(size=(10, 3))

@@ -24,6 +24,7 @@ Hestenes & Stiefel (1952), conjugate gradients; Jacobi (diagonal) preconditionin
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -115,12 +116,15 @@ def _as_torch_features(Z, device, dtype) -> torch.Tensor:
     """Features as a torch tensor (sparse CSR for scipy sparse input) on ``device``."""
     if sp.issparse(Z):
         Z = sp.csr_matrix(Z)
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(Z.indptr.astype(np.int64)),
-            torch.from_numpy(Z.indices.astype(np.int64)),
-            torch.from_numpy(Z.data.astype(np.float64)),
-            size=Z.shape,
-        ).to(device=device, dtype=dtype)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(
+                torch.from_numpy(Z.indptr.astype(np.int64)),
+                torch.from_numpy(Z.indices.astype(np.int64)),
+                torch.from_numpy(Z.data.astype(np.float64)),
+                size=Z.shape,
+                check_invariants=False,
+            ).to(device=device, dtype=dtype)
     if isinstance(Z, torch.Tensor):
         return Z.to(device=device, dtype=dtype)
     return torch.as_tensor(np.asarray(Z), dtype=dtype, device=device)

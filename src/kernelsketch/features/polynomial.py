@@ -51,11 +51,18 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import scipy.sparse as sp
 import torch
+from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from kernelsketch._checks import check_choice, check_float, check_int, check_tensor
-from kernelsketch.features._base import RandomFeaturesTransformer
+from kernelsketch.features._base import (
+    RandomFeaturesTransformer,
+    torch_generator_from_random_state,
+)
+from kernelsketch.sketch.projections import CountSketch
 from kernelsketch.sketch.tensor import KINDS, PolySketch
 
 __all__ = [
@@ -77,6 +84,15 @@ def _lift(x: torch.Tensor, gamma: float, coef0: float) -> torch.Tensor:
         return x
     const = torch.full((*x.shape[:-1], 1), math.sqrt(coef0), dtype=x.dtype, device=x.device)
     return torch.cat([x, const], dim=-1)
+
+
+def _lift_sparse(X, gamma: float, coef0: float) -> sp.csc_matrix:
+    """Sparse version of :func:`_lift` (CSC, float64)."""
+    A = sp.csc_matrix(X, dtype=np.float64) * math.sqrt(gamma)
+    if coef0 == 0.0:
+        return A
+    const = sp.csc_matrix(np.full((X.shape[0], 1), math.sqrt(coef0)))
+    return sp.hstack([A, const], format="csc")
 
 
 def _check_poly_params(est) -> None:
@@ -188,24 +204,56 @@ class CoordinateSampleMap(nn.Module):
         return out.to(dtype)
 
 
-def _completion_scores(
-    A: torch.Tensor, B: torch.Tensor, psi: torch.Tensor | None, v: torch.Tensor
-) -> torch.Tensor:
+def _tmatmul(A, M: torch.Tensor) -> torch.Tensor:
+    """``A^T @ M`` for a dense tensor or a scipy sparse ``A`` (``O(nnz(A) * cols(M))``)."""
+    if sp.issparse(A):
+        return torch.from_numpy(np.asarray(A.T @ M.numpy()))
+    return A.mT @ M
+
+
+def _column(A, j: int) -> torch.Tensor:
+    if sp.issparse(A):
+        return torch.from_numpy(A[:, [j]].toarray().ravel())
+    return A[:, j]
+
+
+def _sketch_input(A, sketch_size: int, generator) -> torch.Tensor:
+    """Dense rows for the PolySketch tree; sparse ``A`` is first CountSketched (``O(nnz)``).
+
+    The CountSketch preserves inner products in expectation, so the tree still
+    sketches ``K_r`` (with more variance); it only shapes the sampling probabilities.
+    """
+    if not sp.issparse(A):
+        return A
+    d = A.shape[1]
+    d_c = min(d, 2 * sketch_size)
+    cs = CountSketch(d, d_c, generator=generator)
+    C = sp.csr_matrix(
+        (cs.signs.numpy().astype(np.float64), (np.arange(d), cs.buckets.numpy())), shape=(d, d_c)
+    )
+    return torch.from_numpy(np.asarray((A @ C).todense()))
+
+
+def _completion_scores(A, B: torch.Tensor, psi: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:
     """``sum_l ||psi^T (B_l * v * A[:, j])||^2`` for every column ``j`` -> [d].
 
     ``psi=None`` stands for the exact constant feature (last index: no completion).
+    ``A`` is a dense tensor or a scipy CSC matrix.
     """
     T = B * v  # [k, n]
     if psi is None:
-        return ((T @ A) ** 2).sum(0)
+        return (_tmatmul(A, T.mT) ** 2).sum(1)
     k, n = T.shape
-    W = (T[:, :, None] * A[None]).transpose(1, 2).reshape(-1, n)  # [k * d, n]
-    P = W @ psi  # [k * d, D]
-    return (P * P).sum(-1).reshape(k, -1).sum(0)
+    out = torch.zeros(A.shape[1], dtype=T.dtype)
+    step = max(1, 2**22 // (n * psi.shape[1]))  # bound the [n, rows * D] temporary
+    for lo in range(0, k, step):
+        M = (T[lo:lo + step, :, None] * psi[None]).permute(1, 0, 2).reshape(n, -1)
+        out += (_tmatmul(A, M) ** 2).sum(1)
+    return out
 
 
 def sample_tensor_coordinates(
-    A: torch.Tensor,
+    A,
     degree: int,
     num_samples: int,
     *,
@@ -218,8 +266,9 @@ def sample_tensor_coordinates(
 
     Parameters
     ----------
-    A : Tensor [n, d], float64
+    A : Tensor [n, d] float64, or scipy.sparse matrix [n, d]
         Rows are the (lifted) data points; the kernel is ``K = (A A^T)^{∘degree}``.
+        Sparse input is handled in ``O(nnz(A))`` per pass (CSC columns).
     degree : int >= 1
     num_samples : int
         Number ``m`` of coordinates drawn (with replacement).
@@ -234,23 +283,29 @@ def sample_tensor_coordinates(
     Returns
     -------
     indices : int64 Tensor [m, degree]
-    probs : Tensor [m]
+    probs : Tensor [m], float64
         Exact probability with which each tuple was drawn (so weights
         ``1 / (m probs)`` make ``K~`` unbiased).
     """
-    n, d = A.shape
-    tree = PolySketch(d, sketch_size, degree, kind="gaussian", generator=generator).double()
+    sparse = sp.issparse(A)
+    if sparse:
+        A = sp.csc_matrix(A, dtype=np.float64)
+    n = A.shape[0]
+    dense_rows = _sketch_input(A, sketch_size, generator)
+    tree = PolySketch(dense_rows.shape[1], sketch_size, degree, kind="gaussian",
+                      generator=generator).double()
     with torch.no_grad():
-        psi = tree.all_powers(A)  # psi[r] ~ A^{⊗r}, [n, D]
+        psi = tree.all_powers(dense_rows)  # psi[r] ~ A^{⊗r}, [n, D]
     U, S, _ = torch.linalg.svd(psi[degree], full_matrices=False)
     shrink = 1.0 - torch.sqrt(ridge / (S * S + ridge))
-    G = torch.randn(jl_size, n, generator=generator, dtype=A.dtype) / math.sqrt(jl_size)
+    G = torch.randn(jl_size, n, generator=generator, dtype=torch.float64) / math.sqrt(jl_size)
     B = (G - ((G @ U) * shrink) @ U.mT) / math.sqrt(ridge)  # [k, n], B^T B ~ (K + lam I)^{-1}
 
-    row_sq = (A * A).sum(-1)
+    A_sq = A.multiply(A).tocsc() if sparse else A * A
+    row_sq = torch.as_tensor(np.asarray(A_sq.sum(1)).ravel()) if sparse else A_sq.sum(-1)
     indices = torch.zeros(num_samples, degree, dtype=torch.int64)
-    probs = torch.ones(num_samples, dtype=A.dtype)
-    prefix_vec = {(): torch.ones(n, dtype=A.dtype)}
+    probs = torch.ones(num_samples, dtype=torch.float64)
+    prefix_vec = {(): torch.ones(n, dtype=torch.float64)}
     groups = {(): torch.arange(num_samples)}
     for t in range(degree):
         remaining = degree - t - 1
@@ -258,7 +313,7 @@ def sample_tensor_coordinates(
         for prefix, members in groups.items():
             v = prefix_vec[prefix]
             lev = _completion_scores(A, B, psi[remaining] if remaining else None, v)
-            norm = ((v[:, None] * A) ** 2 * (row_sq**remaining)[:, None]).sum(0)
+            norm = _tmatmul(A_sq, (v * v * row_sq**remaining)[:, None])[:, 0]
             if float(norm.sum()) <= 0.0:  # every completion is zero: any draw has weight 0
                 norm = torch.ones_like(norm)
             dist = (1 - _NORM_MIX) * lev / lev.sum().clamp_min(1e-300) + _NORM_MIX * norm / norm.sum()
@@ -268,7 +323,7 @@ def sample_tensor_coordinates(
             for j in draws.unique().tolist():
                 key = prefix + (j,)
                 new_groups[key] = members[draws == j]
-                new_vec[key] = v * A[:, j]
+                new_vec[key] = v * _column(A, j)
         groups, prefix_vec = new_groups, new_vec
     return indices, probs
 
@@ -336,10 +391,68 @@ class PolynomialLeverageSampler(RandomFeaturesTransformer):
             check_float("ridge", self.ridge, min=0.0, min_exclusive=True)
         check_int("sketch_size", self.sketch_size, min=1)
 
+    def _validate_X(self, X, *, reset: bool):
+        if sp.issparse(X):
+            return validate_data(self, X, reset=reset, accept_sparse="csr",
+                                 dtype=[np.float64, np.float32], ensure_all_finite=True)
+        return super()._validate_X(X, reset=reset)
+
+    def fit(self, X, y=None):
+        """Sample the tensor-power coordinates from ``X`` (dense or scipy sparse).
+
+        Parameters
+        ----------
+        X : array-like or sparse matrix of shape (n_samples, n_features)
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        X = self._validate_X(X, reset=True)
+        self._check_params(X.shape[1])
+        generator = torch_generator_from_random_state(self.random_state)
+        data = X if sp.issparse(X) else torch.from_numpy(X)
+        self.feature_map_ = self._make_feature_map(X.shape[1], generator, data)
+        self._n_features_out = int(self.feature_map_.d_out)
+        return self
+
+    def transform(self, X):
+        """Sampled coordinates of ``a(X)^{⊗degree}``.
+
+        Parameters
+        ----------
+        X : array-like or sparse matrix of shape (n_samples, n_features_in_)
+
+        Returns
+        -------
+        Z : ndarray (dense input) or scipy.sparse.csr_matrix (sparse input) of shape
+            (n_samples, n_components); float32 for float32 input.
+        """
+        check_is_fitted(self, "feature_map_")
+        if not sp.issparse(X):
+            return super().transform(X)
+        X = self._validate_X(X, reset=False)
+        A = _lift_sparse(X, float(self.gamma), float(self.coef0))
+        Z = A[:, self.indices_[:, 0]]
+        for t in range(1, self.indices_.shape[1]):
+            Z = Z.multiply(A[:, self.indices_[:, t]])
+        scale = self.feature_map_.scale.numpy()
+        return sp.csr_matrix(sp.csr_matrix(Z).multiply(scale[None, :]), dtype=X.dtype)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
     def _make_feature_map(self, n_features, generator, X):
         gamma, coef0 = float(self.gamma), float(self.coef0)
-        A = _lift(X.to(torch.float64), gamma, coef0)
-        trace = float(((A * A).sum(-1) ** self.degree).sum())
+        if sp.issparse(X):
+            A = _lift_sparse(X, gamma, coef0)
+            trace = float((np.asarray(A.multiply(A).sum(1)).ravel() ** self.degree).sum())
+        else:
+            A = _lift(X.to(torch.float64), gamma, coef0)
+            trace = float(((A * A).sum(-1) ** self.degree).sum())
         ridge = trace / self.n_components if self.ridge is None else float(self.ridge)
         ridge = max(ridge, 1e-12 * max(trace, 1e-300))
         idx, probs = sample_tensor_coordinates(
