@@ -26,12 +26,12 @@ os.environ.setdefault("KERNELSKETCH_CHECK_FINITE", "0")  # no NaN scan inside th
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from kernelsketch.attention import polysketch as ps  # noqa: E402
-from kernelsketch.attention.triton import polysketch as kernels  # noqa: E402
+from kernelsketch.attention import polysketch as ps
+from kernelsketch.attention.triton import polysketch as kernels
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -66,8 +66,8 @@ def check(dtype, B, Hq, Hkv, N, D, r, b, tol):
     ref = torch_path(layer, q.double(), k.double(), v.double())
     g_ref = torch.autograd.grad((ref * w.double()).sum(), (q, k, v))
     errs = {"out": rel(out, ref)} | {f"d{n}": rel(a, c) for n, a, c in zip("qkv", g, g_ref)}
-    row = dict(dtype=str(dtype).replace("torch.", ""), B=B, Hq=Hq, Hkv=Hkv, N=N, D=D, r=r,
-               block=b, tol=tol, errors=errs, ok=all(e < tol for e in errs.values()))
+    row = {"dtype": str(dtype).replace("torch.", ""), "B": B, "Hq": Hq, "Hkv": Hkv, "N": N, "D": D, "r": r,
+               "block": b, "tol": tol, "errors": errs, "ok": all(e < tol for e in errs.values())}
     print(f"  {row['dtype']:9s} B{B} Hq{Hq} Hkv{Hkv} N{N:5d} D{D:3d} r{r} b{b}: "
           + " ".join(f"{n}={e:.1e}" for n, e in errs.items()) + ("  ok" if row["ok"] else "  FAIL"))
     return row
@@ -103,13 +103,13 @@ def bench(n, d, r, reps):
 
     fns = {"polysketch": lambda: layer(q, k, v), "flash": sdpa(SDPBackend.FLASH_ATTENTION),
            "cudnn": sdpa(SDPBackend.CUDNN_ATTENTION)}
-    row = dict(n=n, d=d, r=r)
+    row = {"n": n, "d": d, "r": r}
     for name, fn in fns.items():
         try:
             with torch.no_grad():
                 row[f"{name}_fwd_ms"] = timed(fn, reps)
             row[f"{name}_fwdbwd_ms"] = timed(
-                lambda: torch.autograd.grad(fn(), (q, k, v), do), reps)
+                lambda fn=fn: torch.autograd.grad(fn(), (q, k, v), do), reps)
         except RuntimeError as exc:  # e.g. a backend unavailable for this shape
             row[f"{name}_fwd_ms"] = row[f"{name}_fwdbwd_ms"] = None
             row[f"{name}_error"] = str(exc).splitlines()[0][:200]
@@ -169,8 +169,8 @@ def main():
     print("\nshortest measured n where PolySketch fwd+bwd beats SDPA:", crossover)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "polysketch_gpu.json"
-    out.write_text(json.dumps(dict(device=dev, torch=torch.__version__, checks=checks,
-                                   timings=rows, crossover_fwdbwd=crossover), indent=1))
+    out.write_text(json.dumps({"device": dev, "torch": torch.__version__, "checks": checks,
+                                   "timings": rows, "crossover_fwdbwd": crossover}, indent=1))
     print(f"wrote {out}")
     if not all(c["ok"] for c in checks):
         sys.exit("correctness check FAILED")

@@ -135,7 +135,7 @@ def save_run(run, meta):
     """benchmarks/results/train_lm_<kind>.json, rewritten after every evaluation."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"train_lm_{run['kind']}.json").write_text(
-        json.dumps(dict(config=meta, run=run), indent=1))
+        json.dumps({"config": meta, "run": run}, indent=1))
 
 
 def train(kind, args, train_data, val_data, meta):
@@ -161,10 +161,10 @@ def train(kind, args, train_data, val_data, meta):
                           loss.item()))
             print(f"  {kind:24s} step {step + 1:4d} train {loss.item():.3f} "
                   f"val {curve[-1][1]:.3f}", flush=True)
-            run = dict(kind=kind, params=sum(p.numel() for p in model.parameters()),
-                       seconds=time.time() - t0, steps_done=step + 1,
-                       steps=[c[0] for c in curve], val_loss=[c[1] for c in curve],
-                       train_loss=[c[2] for c in curve])
+            run = {"kind": kind, "params": sum(p.numel() for p in model.parameters()),
+                       "seconds": time.time() - t0, "steps_done": step + 1,
+                       "steps": [c[0] for c in curve], "val_loss": [c[1] for c in curve],
+                       "train_loss": [c[2] for c in curve]}
             save_run(run, meta)
     return run
 
@@ -214,7 +214,7 @@ def main():
         print(f"{r['kind']:26s}{r['params']:>10d}{r['steps_done']:>7d}{v:>16.4f}"
               f"{math.exp(v):>10.3f}{v / math.log(2):>11.4f}{r['seconds']:>9.1f}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "train_lm.json").write_text(json.dumps(dict(config=meta, runs=runs), indent=1))
+    (RESULTS / "train_lm.json").write_text(json.dumps({"config": meta, "runs": runs}, indent=1))
     try:
         import matplotlib
 

@@ -113,11 +113,11 @@ def test_low_precision_dtypes(dtype, tol):
 
 
 BAD_CONFIGS = [
-    (dict(degree=3), ValueError, "degree must be even"),
-    (dict(degree=0), ValueError, "degree must be >= 2"),
-    (dict(degree=4.0), TypeError, "degree must be an int"),
-    (dict(normalize=1), TypeError, "normalize must be a bool"),
-    (dict(chunk_size=0), ValueError, "chunk_size must be >= 1"),
+    ({"degree": 3}, ValueError, "degree must be even"),
+    ({"degree": 0}, ValueError, "degree must be >= 2"),
+    ({"degree": 4.0}, TypeError, "degree must be an int"),
+    ({"normalize": 1}, TypeError, "normalize must be a bool"),
+    ({"chunk_size": 0}, ValueError, "chunk_size must be >= 1"),
 ]
 
 

@@ -136,8 +136,8 @@ def test_degree2_features_are_unbiased_for_the_squared_inner_product(sketch):
     # E[φ(x)·φ(y)] = (x·y)²: average of 400 independent sketches within 5 standard errors.
     x, y = torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
     cfg = PolySketchConfig(sketch=sketch, sketch_size=8)
-    vals = torch.stack([(lambda f: f(x) @ f(y))(PolySketchFeatures(8, cfg, generator=seeded(s)))
-                        for s in range(400)])
+    feats = [PolySketchFeatures(8, cfg, generator=seeded(s)) for s in range(400)]
+    vals = torch.stack([f(x) @ f(y) for f in feats])
     truth = (x @ y) ** 2
     assert abs(vals.mean() - truth) < 5 * vals.std() / 20 + 1e-9
 
@@ -241,14 +241,14 @@ def test_learned_sketch_starts_at_the_gaussian_sketch_and_trains():
 # ---- errors ----------------------------------------------------------------------------------
 
 BAD_CONFIGS = [
-    (dict(degree=5), ValueError, "degree must be even"),
-    (dict(sketch_size=0), ValueError, "sketch_size must be >= 1"),
-    (dict(sketch_size=3.0), TypeError, "sketch_size must be an int"),
-    (dict(block_size=0), ValueError, "block_size must be >= 1"),
-    (dict(sketch="fourier"), ValueError, "sketch must be one of"),
-    (dict(exact_local="yes"), TypeError, "exact_local must be a bool"),
-    (dict(normalize=None), TypeError, "normalize must be a bool"),
-    (dict(sketch="learned", degree=6), ValueError, "sketch='learned' needs degree=4"),
+    ({"degree": 5}, ValueError, "degree must be even"),
+    ({"sketch_size": 0}, ValueError, "sketch_size must be >= 1"),
+    ({"sketch_size": 3.0}, TypeError, "sketch_size must be an int"),
+    ({"block_size": 0}, ValueError, "block_size must be >= 1"),
+    ({"sketch": "fourier"}, ValueError, "sketch must be one of"),
+    ({"exact_local": "yes"}, TypeError, "exact_local must be a bool"),
+    ({"normalize": None}, TypeError, "normalize must be a bool"),
+    ({"sketch": "learned", "degree": 6}, ValueError, "sketch='learned' needs degree=4"),
 ]
 
 

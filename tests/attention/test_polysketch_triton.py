@@ -11,7 +11,7 @@ import torch.nn.functional as F
 os.environ["TRITON_INTERPRET"] = "1"  # before the kernels module is (re)loaded below
 pytest.importorskip("triton")
 
-from kernelsketch.attention.polysketch import (  # noqa: E402
+from kernelsketch.attention.polysketch import (
     PolySketchConfig,
     PolySketchFeatures,
     _causal_torch,

@@ -63,7 +63,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_attention_inputs, check_choice, check_float, check_int
-from ..sketch.projections import GaussianSketch
 from ..sketch.sampling import resolve_generator
 from ..sketch.tensor import Degree2Sketch, PolySketch
 from .api import MethodConfig, MethodSpec
@@ -439,7 +438,7 @@ class PolySketchAttention(nn.Module):
         dv = self.head_dim if value_dim is None else check_int("value_dim", value_dim, min=1)
         acc = accumulation_dtype(dtype)
         r, D = self.features.dim, self.head_dim
-        z = dict(device=device, dtype=acc)
+        z = {"device": device, "dtype": acc}
         return PolySketchState(
             kv=torch.zeros(batch_size, kv_heads, r * r, dv + 1, **z),
             keys=torch.zeros(batch_size, kv_heads, 0, D, **z),
