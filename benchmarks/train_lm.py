@@ -13,8 +13,11 @@ the attention function differs:
   used for every pair more than one block apart);
 * ``polysketch-learned-rR`` (``--learned``): the learned sketch.
 
-Prints a table and writes ``benchmarks/results/train_lm.json`` and
-``benchmarks/results/train_lm.png`` (validation loss curves).
+Prints a table and writes ``benchmarks/results/<name>.json`` and ``<name>.png``
+(validation loss curves; ``--name`` defaults to ``train_lm``), and one
+``<name>_<kind>.json`` per variant, rewritten after every evaluation (so
+variants can train in parallel processes with ``--kinds``, and ``--report``
+merges them).
 
 Usage: ``python benchmarks/train_lm.py [--steps 150] [--device cpu|cuda]``. The defaults
 are a CPU run of a few minutes per variant (a 0.6M-parameter model); pass larger
@@ -132,9 +135,9 @@ def evaluate(model, val, context, device, n_batches=4, batch=16):
 
 
 def save_run(run, meta):
-    """benchmarks/results/train_lm_<kind>.json, rewritten after every evaluation."""
+    """benchmarks/results/<name>_<kind>.json, rewritten after every evaluation."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"train_lm_{run['kind']}.json").write_text(
+    (RESULTS / f"{meta['name']}_{run['kind']}.json").write_text(
         json.dumps({"config": meta, "run": run}, indent=1))
 
 
@@ -185,6 +188,7 @@ def main():
     ap.add_argument("--kinds", default="softmax,polynomial,polysketch-r32,polysketch-r64",
                     help="comma-separated variants to train (one process may train a subset; "
                          "each writes train_lm_<kind>.json)")
+    ap.add_argument("--name", default="train_lm", help="prefix of the result files")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--report", action="store_true",
                     help="train nothing: merge the train_lm_<kind>.json files of --kinds")
@@ -197,11 +201,11 @@ def main():
     split = int(0.9 * len(data))
     train_data, val_data = data[:split], data[split:]
     meta = {k: getattr(args, k) for k in ("steps", "batch", "context", "block_size", "dim",
-                                          "layers", "heads", "lr", "device")}
+                                          "layers", "heads", "lr", "device", "name")}
     meta.update(torch=torch.__version__, data="pydoc_data.topics (UTF-8 bytes)",
                 data_bytes=len(data))
     if args.report:
-        runs = [json.loads((RESULTS / f"train_lm_{k}.json").read_text())["run"] for k in kinds]
+        runs = [json.loads((RESULTS / f"{args.name}_{k}.json").read_text())["run"] for k in kinds]
     else:
         print(f"pydoc_data.topics: {len(data)} bytes ({split} train, {len(data) - split} val); "
               f"{args.steps} steps x {args.batch} x {args.context} tokens per variant")
@@ -214,7 +218,7 @@ def main():
         print(f"{r['kind']:26s}{r['params']:>10d}{r['steps_done']:>7d}{v:>16.4f}"
               f"{math.exp(v):>10.3f}{v / math.log(2):>11.4f}{r['seconds']:>9.1f}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "train_lm.json").write_text(json.dumps({"config": meta, "runs": runs}, indent=1))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({"config": meta, "runs": runs}, indent=1))
     try:
         import matplotlib
 
@@ -230,8 +234,8 @@ def main():
            title=f"byte-level LM on pydoc topics, context {args.context}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "train_lm.png", dpi=120)
-    print(f"wrote {RESULTS / 'train_lm.json'} and train_lm.png")
+    fig.savefig(RESULTS / f"{args.name}.png", dpi=120)
+    print(f"wrote {RESULTS / args.name}.json and {args.name}.png")
 
 
 if __name__ == "__main__":
