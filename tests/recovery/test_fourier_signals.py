@@ -65,7 +65,12 @@ def test_sampler_follows_universal_density():
     t = np.sort(sample_universal(20000, T, s, rng))
     assert t.min() >= 0 and t.max() <= T
     probe = np.linspace(0, T, 41)[1:-1]
-    cdf = np.array([quad(lambda u: universal_density(u, T, s), 0, p, points=[T / s**2], limit=200)[0] for p in probe])
+    cdf = np.array(
+        [
+            quad(lambda u: universal_density(u, T, s), 0, p, points=[T / s**2], limit=200)[0]
+            for p in probe
+        ]
+    )
     emp = np.searchsorted(t, probe) / len(t)
     assert np.abs(emp - cdf).max() < 0.02
 
@@ -103,10 +108,12 @@ def test_bandlimited_recovered_to_noise_level_with_default_samples():
         spec = Bandlimited(F)
         f = _translates(spec, RNG)
         scale = np.sqrt(np.mean(f(GRID) ** 2))
-        rec = reconstruct_signal(
-            lambda t: f(t) + sigma * scale * RNG.standard_normal(t.shape), 1.0, spec,
-            regularization=sigma**2, random_state=RNG,
-        )
+        noise = sigma * scale
+
+        def noisy(t, f=f, noise=noise):
+            return f(t) + noise * RNG.standard_normal(t.shape)
+
+        rec = reconstruct_signal(noisy, 1.0, spec, regularization=sigma**2, random_state=RNG)
         assert len(rec.times) == default_signal_samples(rec.statistical_dimension)
         assert _rel(rec, f) < 5 * sigma
 
@@ -117,7 +124,12 @@ def test_error_falls_with_samples():
     f = _translates(spec, rng)
     s = statistical_dimension(spec, 1.0, regularization=1e-10)
     errs = [
-        np.median([_rel(reconstruct_signal(f, 1.0, spec, m, regularization=1e-10, random_state=rng), f) for _ in range(3)])
+        np.median(
+            [
+                _rel(reconstruct_signal(f, 1.0, spec, m, regularization=1e-10, random_state=rng), f)
+                for _ in range(3)
+            ]
+        )
         for m in (int(s), int(2 * s * np.log(s)), int(8 * s * np.log(s)))
     ]
     assert errs[0] > 10 * errs[1] and errs[1] > errs[2] and errs[2] < 1e-3
@@ -136,7 +148,9 @@ def test_multiband_real_signal():
     assert np.isrealobj(out)
     assert _rel(rec, f) < 1e-3
     # far fewer samples than the statistical dimension cannot work
-    few = reconstruct_signal(f, 1.0, spec, int(rec.statistical_dimension / 3), regularization=1e-10, random_state=RNG)
+    few = reconstruct_signal(
+        f, 1.0, spec, int(rec.statistical_dimension / 3), regularization=1e-10, random_state=RNG
+    )
     assert _rel(few, f) > 0.1
 
 
@@ -148,12 +162,16 @@ def test_sparse_clustered_frequencies_complex_signal():
     def f(t):
         return np.exp(2j * np.pi * np.asarray(t)[..., None] * freqs) @ coef
 
-    rec = reconstruct_signal(f, 1.0, SparseFrequencies(freqs), regularization=1e-12, random_state=RNG)
+    rec = reconstruct_signal(
+        f, 1.0, SparseFrequencies(freqs), regularization=1e-12, random_state=RNG
+    )
     assert np.iscomplexobj(rec(GRID))
     assert _rel(rec, f) < 1e-3
 
 
-@pytest.mark.parametrize("spec,reg", [(GaussianSpectrum(0.08), 1e-8), (MaternSpectrum(2.5, 0.3), 1e-5)])
+@pytest.mark.parametrize(
+    "spec,reg", [(GaussianSpectrum(0.08), 1e-8), (MaternSpectrum(2.5, 0.3), 1e-5)]
+)
 def test_gp_kriging(spec, reg):
     f = _translates(spec, RNG)
     rec = reconstruct_signal(f, 1.0, spec, regularization=reg, random_state=RNG)
@@ -181,10 +199,17 @@ def test_universal_needs_fewer_samples_than_uniform():
     m = int(2 * s * np.log(s))
 
     def median_error(sampling):
-        return np.median([
-            _rel(reconstruct_signal(f, 1.0, spec, m, regularization=reg, sampling=sampling, random_state=rng), f)
-            for _ in range(8)
-        ])
+        return np.median(
+            [
+                _rel(
+                    reconstruct_signal(
+                        f, 1.0, spec, m, regularization=reg, sampling=sampling, random_state=rng
+                    ),
+                    f,
+                )
+                for _ in range(8)
+            ]
+        )
 
     assert median_error("universal") < median_error("uniform") / 3
 
@@ -199,10 +224,17 @@ def test_mixture_keeps_uniform_efficiency_for_bandlimited_signals():
     m = int(3 * s)
 
     def median_error(sampling):
-        return np.median([
-            _rel(reconstruct_signal(f, 1.0, spec, m, regularization=reg, sampling=sampling, random_state=rng), f)
-            for f in [_translates(spec, rng) for _ in range(5)]
-        ])
+        return np.median(
+            [
+                _rel(
+                    reconstruct_signal(
+                        f, 1.0, spec, m, regularization=reg, sampling=sampling, random_state=rng
+                    ),
+                    f,
+                )
+                for f in [_translates(spec, rng) for _ in range(5)]
+            ]
+        )
 
     mixture, universal = median_error("mixture"), median_error("universal")
     assert mixture < 1e-3 < universal
@@ -270,7 +302,9 @@ def test_error_zero_samples():
 
 
 def test_error_samples_fn_wrong_shape():
-    with pytest.raises(ValueError, match=r"samples_fn must return one value per time, shape \(10,\)"):
+    with pytest.raises(
+        ValueError, match=r"samples_fn must return one value per time, shape \(10,\)"
+    ):
         reconstruct_signal(lambda t: t[:3], 1.0, Bandlimited(1.0), 10)
 
 

@@ -92,10 +92,16 @@ def test_noise_robustness_improves_with_samples():
     X = uniform_sphere(1000, d, rng)
 
     def rms_error(n):
-        g = recover_spherical(lambda W: f(W) + sigma * rng.standard_normal(len(W)), d, q, n, random_state=rng)
+        g = recover_spherical(
+            lambda W: f(W) + sigma * rng.standard_normal(len(W)), d, q, n, random_state=rng
+        )
         return np.sqrt(np.mean((g(X) - f(X)) ** 2))
 
-    err_default, err_4x, err_min = rms_error(None), rms_error(4 * default_spherical_samples(d, q)), rms_error(beta)
+    err_default, err_4x, err_min = (
+        rms_error(None),
+        rms_error(4 * default_spherical_samples(d, q)),
+        rms_error(beta),
+    )
     assert err_default < sigma
     assert err_4x < err_default < err_min
 
@@ -145,7 +151,9 @@ def test_error_negative_regularization():
 
 
 def test_error_f_wrong_output_shape():
-    with pytest.raises(ValueError, match=r"f must return one value per sample, shape \(\d+,\), got shape"):
+    with pytest.raises(
+        ValueError, match=r"f must return one value per sample, shape \(\d+,\), got shape"
+    ):
         recover_spherical(lambda X: X, 3, 2)
 
 

@@ -34,6 +34,7 @@ from scipy.special import roots_jacobi
 
 from kernelsketch._checks import check_choice, check_float, check_int, check_tensor
 from kernelsketch.features._base import RandomFeaturesTransformer
+from kernelsketch.features.ntk import ntk_relu
 
 __all__ = [
     "GegenbauerFeatureMap",
@@ -82,9 +83,7 @@ def gegenbauer(t, degree: int, d: int):
     if degree >= 1:
         polys.append(t * 1)
     for ell in range(2, degree + 1):
-        polys.append(
-            ((2 * ell + d - 4) * t * polys[-1] - (ell - 1) * polys[-2]) / (ell + d - 3)
-        )
+        polys.append(((2 * ell + d - 4) * t * polys[-1] - (ell - 1) * polys[-2]) / (ell + d - 3))
     return torch.stack(polys, dim=-1) if is_torch else np.stack(polys, axis=-1)
 
 
@@ -205,14 +204,12 @@ def gegenbauer_coefficients(
 
 
 def _relu_ntk_on_sphere(t: np.ndarray, depth: int) -> np.ndarray:
-    """NTK κ(t) of a bias-free ReLU network with ``depth`` layers on unit inputs.
+    """NTK κ(t) of a bias-free ReLU network with ``depth`` hidden layers on unit inputs.
 
     Evaluated through the public oracle :func:`kernelsketch.features.ntk.ntk_relu`
     on pairs of planar unit vectors with inner product t; the bias-free ReLU NTK is
     positively homogeneous, so ``NTK(x, y) = ‖x‖‖y‖ κ(<x̂, ŷ>)``.
     """
-    from kernelsketch.features.ntk import ntk_relu
-
     t = np.clip(np.asarray(t, dtype=np.float64), -1.0, 1.0)
     x = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
     y = torch.from_numpy(np.stack([t, np.sqrt(1.0 - t**2)], axis=1))
@@ -226,7 +223,7 @@ def gzk_series(
     *,
     gamma: float = 1.0,
     coefficients=None,
-    depth: int = 2,
+    depth: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Radial / Gegenbauer decomposition of a generalized zonal kernel.
 
@@ -237,8 +234,9 @@ def gzk_series(
       ``p_j = j``, ``A[j] = c_j B[j]`` with B from :func:`monomial_to_gegenbauer`.
     - ``"gaussian"``: ``exp(-γ‖x-y‖²) = e^{-γ‖x‖²} e^{-γ‖y‖²} Σ_j (2γ)^j <x,y>^j / j!``,
       Taylor series truncated at ``j ≤ degree``: ``γ_r = γ``.
-    - ``"ntk"``: bias-free ReLU NTK of ``depth`` layers, ``‖x‖‖y‖ κ(<x̂,ŷ>)``, with the
-      Gegenbauer series of κ truncated at ``ℓ ≤ degree``: one radial term, ``p = 1``.
+    - ``"ntk"``: bias-free ReLU NTK with ``depth`` hidden layers (as in ``ntk_relu``),
+      ``‖x‖‖y‖ κ(<x̂,ŷ>)``, with the Gegenbauer series of κ truncated at ``ℓ ≤ degree``:
+      one radial term, ``p = 1``.
 
     Returns
     -------
@@ -284,7 +282,7 @@ def gzk_kernel(
     degree: int = 8,
     gamma: float = 1.0,
     coefficients=None,
-    depth: int = 2,
+    depth: int = 1,
 ) -> np.ndarray:
     """Exact (truncated) generalized zonal kernel matrix from its Gegenbauer series.
 
@@ -394,7 +392,7 @@ class GegenbauerFeatures(RandomFeaturesTransformer):
     ----------
     kernel : {"gaussian", "dot_product", "ntk"}, default="gaussian"
         ``exp(-gamma ‖x-y‖²)``; ``Σ_j coefficients[j] <x,y>^j``; bias-free ReLU NTK
-        of ``depth`` layers.
+        with ``depth`` hidden layers.
     degree : int, default=8
         Truncation: Taylor degree for "gaussian"/"dot_product" (error
         ``≤ Σ_{j>q} (2γ r²)^j / j!`` for radii ≤ r), Gegenbauer degree for "ntk".
@@ -406,8 +404,9 @@ class GegenbauerFeatures(RandomFeaturesTransformer):
         Gaussian bandwidth (only for "gaussian").
     coefficients : array-like of non-negative floats, optional
         Taylor coefficients of the dot-product kernel (only for "dot_product").
-    depth : int, default=2
-        NTK depth (only for "ntk").
+    depth : int, default=1
+        Number of hidden ReLU layers of the NTK, as in
+        :func:`kernelsketch.features.ntk.ntk_relu` (only for "ntk").
     random_state : int, RandomState or None
         Seeds the directions drawn in ``fit``.
 
@@ -431,7 +430,7 @@ class GegenbauerFeatures(RandomFeaturesTransformer):
         n_components: int = 256,
         gamma: float = 1.0,
         coefficients=None,
-        depth: int = 2,
+        depth: int = 1,
         random_state=None,
     ):
         self.kernel = kernel

@@ -90,7 +90,9 @@ class Multiband:
     def __post_init__(self):
         bands = np.asarray(self.bands, dtype=np.float64)
         if bands.ndim != 2 or bands.shape[1] != 2 or len(bands) == 0:
-            raise ValueError(f"bands must be a non-empty sequence of (lo, hi) pairs, got {self.bands!r}")
+            raise ValueError(
+                f"bands must be a non-empty sequence of (lo, hi) pairs, got {self.bands!r}"
+            )
         if not np.all(np.isfinite(bands)) or np.any(bands[:, 1] <= bands[:, 0]):
             raise ValueError(f"bands must be finite with lo < hi, got {self.bands!r}")
         object.__setattr__(self, "bands", tuple(map(tuple, bands.tolist())))
@@ -120,7 +122,9 @@ class SparseFrequencies:
     def __post_init__(self):
         f = np.asarray(self.frequencies, dtype=np.float64).reshape(-1)
         if f.size == 0 or not np.all(np.isfinite(f)):
-            raise ValueError(f"frequencies must be a non-empty finite sequence, got {self.frequencies!r}")
+            raise ValueError(
+                f"frequencies must be a non-empty finite sequence, got {self.frequencies!r}"
+            )
         w = np.ones_like(f) if self.weights is None else np.asarray(self.weights, dtype=np.float64)
         if w.shape != f.shape or not np.all(np.isfinite(w)) or np.any(w <= 0):
             raise ValueError(
@@ -151,7 +155,7 @@ class GaussianSpectrum:
         check_float("lengthscale", self.lengthscale, min=0.0, min_exclusive=True)
 
     def kernel(self, tau):
-        return np.exp(-np.asarray(tau, dtype=np.float64) ** 2 / (2 * self.lengthscale**2))
+        return np.exp(-(np.asarray(tau, dtype=np.float64) ** 2) / (2 * self.lengthscale**2))
 
     def frequency_scale(self) -> float:
         return 1.0 / self.lengthscale
@@ -198,7 +202,9 @@ class PowerSpectrum:
             raise TypeError(f"density must be callable, got {type(self.density).__name__}")
         lo, hi = (float(v) for v in self.support)
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ValueError(f"support must be a finite interval (lo, hi) with lo < hi, got {self.support!r}")
+            raise ValueError(
+                f"support must be a finite interval (lo, hi) with lo < hi, got {self.support!r}"
+            )
         object.__setattr__(self, "support", (lo, hi))
 
     def kernel(self, tau):
@@ -218,12 +224,21 @@ class PowerSpectrum:
         return float(max(abs(self.support[0]), abs(self.support[1])))
 
 
-SPECTRA = (Bandlimited, Multiband, SparseFrequencies, GaussianSpectrum, MaternSpectrum, PowerSpectrum)
+SPECTRA = (
+    Bandlimited,
+    Multiband,
+    SparseFrequencies,
+    GaussianSpectrum,
+    MaternSpectrum,
+    PowerSpectrum,
+)
 
 
 def _maybe_real(k: np.ndarray) -> np.ndarray:
     """Drop a numerically zero imaginary part (symmetric spectra give real kernels)."""
-    if np.iscomplexobj(k) and np.abs(k.imag).max(initial=0.0) <= 1e-12 * max(1.0, np.abs(k).max(initial=0.0)):
+    if np.iscomplexobj(k) and np.abs(k.imag).max(initial=0.0) <= 1e-12 * max(
+        1.0, np.abs(k).max(initial=0.0)
+    ):
         return k.real
     return k
 
@@ -238,7 +253,9 @@ def _check_spectrum(spectrum):
 # --- statistical dimension and the universal density ---------------------------------
 
 
-def statistical_dimension(spectrum, T: float, *, regularization: float = 1e-6, n_nodes: int | None = None) -> float:
+def statistical_dimension(
+    spectrum, T: float, *, regularization: float = 1e-6, n_nodes: int | None = None
+) -> float:
     """Statistical dimension ``s_λ = tr(𝒦(𝒦 + λI)^{-1})`` of a spectrum on [0, T].
 
     ``𝒦`` (module docstring) is discretized by Gauss–Legendre quadrature (Nyström
@@ -320,7 +337,7 @@ def default_signal_samples(s: float) -> int:
     ``4 s ln s`` already reaches the regularization / noise floor.
     """
     s = max(float(s), 1.0)
-    return int(math.ceil(4.0 * s * max(1.0, math.log(s))))
+    return math.ceil(4.0 * s * max(1.0, math.log(s)))
 
 
 # --- reconstruction ------------------------------------------------------------------
@@ -411,7 +428,9 @@ def reconstruct_signal(
     STOC 2019, arXiv 1812.08723.
     """
     if not callable(samples_fn):
-        raise TypeError(f"samples_fn must be callable (times (m,) -> (m,)), got {type(samples_fn).__name__}")
+        raise TypeError(
+            f"samples_fn must be callable (times (m,) -> (m,)), got {type(samples_fn).__name__}"
+        )
     T = check_float("T", T, min=0.0, min_exclusive=True)
     _check_spectrum(spectrum)
     regularization = check_float("regularization", regularization, min=0.0, min_exclusive=True)
@@ -450,5 +469,7 @@ def _read_samples(samples_fn, times: np.ndarray) -> np.ndarray:
             f"samples_fn must return one value per time, shape ({len(times)},), got shape {values.shape}"
         )
     if not (np.issubdtype(values.dtype, np.number) and np.all(np.isfinite(values))):
-        raise ValueError("samples_fn must return finite numbers, found NaN, infinite or non-numeric values")
+        raise ValueError(
+            "samples_fn must return finite numbers, found NaN, infinite or non-numeric values"
+        )
     return values.astype(np.complex128 if np.iscomplexobj(values) else np.float64)

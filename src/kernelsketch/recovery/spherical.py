@@ -43,7 +43,7 @@ def default_spherical_samples(d: int, degree: int) -> int:
     at least a 2x oversampling for tiny spaces.
     """
     beta = harmonic_space_dimension(degree, d)
-    return int(math.ceil(beta * max(2.0, math.log(beta))))
+    return math.ceil(beta * max(2.0, math.log(beta)))
 
 
 class SphericalExpansion:
@@ -59,7 +59,9 @@ class SphericalExpansion:
     dimension : int, ``dim H_{≤q}``
     """
 
-    def __init__(self, d: int, degree: int, nodes: np.ndarray, values: np.ndarray, coef: np.ndarray):
+    def __init__(
+        self, d: int, degree: int, nodes: np.ndarray, values: np.ndarray, coef: np.ndarray
+    ):
         self.d = d
         self.degree = degree
         self.nodes = nodes
