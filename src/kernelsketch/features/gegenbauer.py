@@ -79,12 +79,19 @@ def gegenbauer(t, degree: int, d: int):
     is_torch = isinstance(t, torch.Tensor)
     if not is_torch:
         t = np.asarray(t, dtype=np.float64)
-    polys = [t * 0 + 1]
-    if degree >= 1:
-        polys.append(t * 1)
-    for ell in range(2, degree + 1):
-        polys.append(((2 * ell + d - 4) * t * polys[-1] - (ell - 1) * polys[-2]) / (ell + d - 3))
+    polys = list(_gegenbauer_sequence(t, degree, d))
     return torch.stack(polys, dim=-1) if is_torch else np.stack(polys, axis=-1)
+
+
+def _gegenbauer_sequence(t, degree: int, d: int):
+    """Yield ``P_0(t), ..., P_degree(t)`` (numpy or torch) by the three-term recurrence."""
+    prev, cur = t * 0 + 1, t * 1
+    yield prev
+    if degree >= 1:
+        yield cur
+    for ell in range(2, degree + 1):
+        prev, cur = cur, ((2 * ell + d - 4) * t * cur - (ell - 1) * prev) / (ell + d - 3)
+        yield cur
 
 
 def harmonic_dimension(degree: int, d: int) -> int:
@@ -340,13 +347,18 @@ def gegenbauer_features(
     Tensor [..., m * J] in the dtype of ``x`` (features ordered direction-major)
     """
     m, d = directions.shape
+    S = sqrt_weights.to(x.dtype)  # [J, L]
     r = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
     u = (x / r.clamp_min(torch.finfo(x.dtype).tiny)) @ directions.to(x.dtype).T  # [..., m]
-    P = gegenbauer(u.clamp(-1.0, 1.0), sqrt_weights.shape[1] - 1, d)  # [..., m, L]
-    per_direction = P @ sqrt_weights.to(x.dtype).T  # [..., m, J]
+    u = u.clamp(-1.0, 1.0).unsqueeze(-1)  # [..., m, 1]
+    # Accumulate Σ_ℓ S[:, ℓ] P_ℓ(u) along the recurrence, so memory stays O(output)
+    # instead of holding all L polynomials.
+    per_direction = 0
+    for ell, p_ell in enumerate(_gegenbauer_sequence(u, S.shape[1] - 1, d)):
+        per_direction = per_direction + p_ell * S[:, ell]  # [..., m, J]
     radial = r ** powers.to(x.dtype) * torch.exp(-gamma * r * r)  # [..., J]
     z = per_direction * radial.unsqueeze(-2) / math.sqrt(m)
-    return z.reshape(*x.shape[:-1], m * sqrt_weights.shape[0])
+    return z.reshape(*x.shape[:-1], m * S.shape[0])
 
 
 class GegenbauerFeatureMap(torch.nn.Module):
