@@ -19,8 +19,10 @@ q' = sqrt(scale)·q and k' = sqrt(scale)·k (so that q'·k' = scale·q·k):
   ``Φ(x) = φ(x) ⊗ φ(x)`` (r² features). It is non-negative by construction,
   so denominators stay >= 1. It is NOT an unbiased estimate of (q'·k')^p
   (its mean exceeds it by the variance of φ(q')·φ(k')); it converges to it as
-  r grows. The r² features are formed one block at a time (never for the
-  whole sequence at once on the GPU kernel path); the state is r²×(Dv+1).
+  r grows. The state is r²×(Dv+1) per block boundary. The Triton kernels
+  form Φ tile by tile in registers and never store it; the PyTorch path
+  materialises Φ for the whole sequence (N·r² values per head), which is
+  fine for CPU-sized inputs.
 * **Causal, block algorithm** (§4, "block-based lower triangular
   multiplication"): positions are cut into blocks of b tokens aligned at key
   position 0. Query i sees, in its own block, the keys j <= i with exact
