@@ -161,11 +161,13 @@ def test_exponential_kernel_degree16_via_polysketch():
     errs = {m: [] for m in (64, 1024)}
     for m in errs:
         for seed in range(3):
-            ps = PowerSeriesSketch(8, 16, m, poly_dim=m, generator=torch.Generator().manual_seed(seed))
+            g = torch.Generator().manual_seed(seed)
+            ps = PowerSeriesSketch(8, 16, m, poly_dim=2 * m, generator=g)
             errs[m].append(_rel_fro(ps(X, w), K))
-    # Single draws at 1024 range about 0.12-0.17 (heavy-ish tails of the degree-16 tree).
-    assert np.median(errs[1024]) <= 0.15
-    assert np.median(errs[1024]) < np.median(errs[64]) / 2
+    # 1024 output features from per-power sketches of 2048 (single draws measured 0.08-0.11;
+    # with poly_dim = 1024 they range 0.10-0.20).
+    assert max(errs[1024]) <= 0.15
+    assert max(errs[1024]) < min(errs[64]) / 2
 
 
 def test_power_series_sketch_is_unbiased():
@@ -202,6 +204,7 @@ def test_nonnegative_fit_is_close_and_cached():
     [
         NTKRandomFeatures(n_components=8),
         NTKRandomFeatures(n_components=8, kernel="nngp", depth=2, tensor_sketch="countsketch"),
+        NTKRandomFeatures(n_components=8, leverage_sampling=True),
         NTKSketch(n_components=8, degree=3),
     ]
 )
@@ -299,3 +302,40 @@ def test_transform_rejects_wrong_feature_count():
     est = NTKSketch(n_components=8, degree=2, random_state=0).fit(np.ones((3, 4)))
     with pytest.raises(ValueError, match="X has 3 features, but NTKSketch is expecting 4"):
         est.transform(np.ones((2, 3)))
+
+
+# ----------------------------------------------------------------------------- leverage-score sampling
+
+
+def test_leverage_sampled_first_layer_is_unbiased():
+    X = _unit_rows(6, 4)
+    X[:3] = X[0] + 0.05 * X[:3]  # a tight cluster, where leverage scores are far from uniform
+    K = nngp_relu(X, depth=1)
+    reps = 150
+    acc, sq = torch.zeros(6, 6, dtype=f64), torch.zeros(6, 6, dtype=f64)
+    for seed in range(reps):
+        g = torch.Generator().manual_seed(seed)
+        mp = NTKRandomFeatureMap(4, depth=1, n_arccos=16, d_out=16, kernel="nngp", generator=g, leverage_data=X)
+        A = mp(X) @ mp(X).T
+        acc += A / reps
+        sq += A * A / reps
+    se = ((sq - acc * acc) / reps).sqrt()
+    assert torch.all((acc - K).abs() <= 5 * se + 1e-9)
+
+
+def test_leverage_sampling_transformer_error_falls_and_is_deterministic():
+    X = _unit_rows(40, 6).numpy()
+    K = ntk_relu(X, depth=1)
+    errs = [
+        _rel_fro(NTKRandomFeatures(n_components=m, leverage_sampling=True, random_state=0).fit_transform(X), K)
+        for m in (32, 512)
+    ]
+    assert errs[1] < errs[0] / 2
+    a = NTKRandomFeatures(n_components=16, leverage_sampling=True, random_state=3).fit(X).transform(X)
+    b = NTKRandomFeatures(n_components=16, leverage_sampling=True, random_state=3).fit(X).transform(X)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_leverage_sampling_rejects_non_bool():
+    with pytest.raises(ValueError, match="leverage_sampling must be one of"):
+        NTKRandomFeatures(leverage_sampling="yes").fit(np.ones((3, 2)))

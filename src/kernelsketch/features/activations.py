@@ -372,7 +372,8 @@ class ActivationKernelSketch(RandomFeaturesTransformer):
     degree : int >= 1, default 8
         Hermite truncation degree.
     poly_dim : int or None, default None
-        Per-power PolySketch dimension (``n_components`` if None).
+        Per-power PolySketch dimension before the final SRHT (``2 * n_components``
+        if None: the per-power sketches' variance dominates at equal sizes).
     random_state : int, RandomState or None
 
     Attributes
@@ -410,6 +411,6 @@ class ActivationKernelSketch(RandomFeaturesTransformer):
             depth=self.depth,
             degree=self.degree,
             n_components=self.n_components,
-            poly_dim=self.poly_dim or self.n_components,
+            poly_dim=self.poly_dim or 2 * self.n_components,
             generator=generator,
         )

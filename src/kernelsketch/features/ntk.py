@@ -28,7 +28,9 @@ from kernelsketch.features._powerseries import (
     fit_nonnegative_polynomial,
     unit_rows,
 )
+from kernelsketch.sketch.leverage import ridge_leverage_scores
 from kernelsketch.sketch.projections import SRHT, GaussianSketch
+from kernelsketch.sketch.sampling import importance_sample
 from kernelsketch.sketch.tensor import Degree2Sketch
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "nngp_relu",
     "relu_ntk_of_cosine",
     "relu_nngp_of_cosine",
+    "leverage_sampled_directions",
     "NTKRandomFeatureMap",
     "NTKRandomFeatures",
     "NTKSketchMap",
@@ -124,6 +127,37 @@ def _pad_to(x: torch.Tensor, d: int) -> torch.Tensor:
     return nn.functional.pad(x, (0, d - x.shape[-1]))
 
 
+def leverage_sampled_directions(X, m, *, pool_factor=4, ridge=1e-3, generator=None, max_rows=1000):
+    """First-layer directions sampled by ridge leverage scores of order-1 arc-cosine features.
+
+    Draws a pool of M = pool_factor * m directions w ~ N(0, I), forms the
+    features f_w = sqrt(2) relu(X w) on (up to ``max_rows`` of) the training
+    rows, and samples m directions with probability p_w proportional to the
+    ridge leverage score of f_w in the pool's Gram K = (1/M) sum_w f_w f_w^T
+    (ridge ``ridge * trace(K)``), with importance weights 1/(m p_w). This is
+    the empirical version of leverage-score sampling of random features
+    (Bach 2017; Avron et al. 2017), as proposed for arc-cosine features in
+    arXiv 2104.01351, Sec. 4: the weighted features are unbiased for the pool
+    average, itself unbiased for the exact arc-cosine kernel.
+
+    Returns
+    -------
+    matrix : Tensor [d, m]
+        Directions scaled by sqrt(weight / M): relu(x @ matrix) * sqrt(2) are the features.
+    step_scale : Tensor [m]
+        sqrt(weight / M), the per-feature scale of the order-0 (step) features.
+    """
+    rows = X[torch.randperm(X.shape[0], generator=generator)[:max_rows]].to(torch.float64)
+    pool = pool_factor * m
+    W = torch.randn(X.shape[1], pool, generator=generator, dtype=torch.float64)
+    A = math.sqrt(2.0 / pool) * torch.relu(rows @ W)  # [n, M], K = A A^T
+    lam = ridge * float((A * A).sum()) + 1e-12
+    scores = ridge_leverage_scores(A.T.contiguous(), lam)
+    idx, weights = importance_sample(scores + 1e-12 * scores.max(), m, generator=generator)
+    scale = (weights / pool).sqrt()
+    return W[:, idx] * scale, scale
+
+
 class NTKRandomFeatureMap(nn.Module):
     """Torch feature map of NTK random features (arc-cosine features + sketched tensor products).
 
@@ -155,15 +189,24 @@ class NTKRandomFeatureMap(nn.Module):
     kernel : {"ntk", "nngp"}
     tensor_sketch : {"srht", "countsketch"}
     generator : torch.Generator, optional
+    leverage_data : Tensor [n, d_in], optional
+        If given, the first layer's directions are sampled by ridge leverage
+        scores on these rows (:func:`leverage_sampled_directions`).
     """
 
-    def __init__(self, d_in, *, depth, n_arccos, d_out, kernel, tensor_sketch="srht", generator=None):
+    def __init__(self, d_in, *, depth, n_arccos, d_out, kernel, tensor_sketch="srht", generator=None, leverage_data=None):
         super().__init__()
         self.kernel = kernel
         dims = [d_in] + [n_arccos] * depth
         self.arccos = nn.ModuleList(
             GaussianSketch(dims[h], n_arccos, generator=generator) for h in range(depth)
         )
+        # Per-feature scale of the step features of each layer: 1/sqrt(m) for Gaussian directions.
+        step_scale = torch.full((depth, n_arccos), 1.0 / math.sqrt(n_arccos), dtype=torch.float64)
+        if leverage_data is not None:
+            matrix, step_scale[0] = leverage_sampled_directions(leverage_data, n_arccos, generator=generator)
+            self.arccos[0].matrix = matrix.to(self.arccos[0].matrix.dtype)
+        self.register_buffer("step_scale", step_scale)
         self.tensor = nn.ModuleList()
         self.linear = nn.ModuleList()
         if kernel == "ntk":
@@ -177,14 +220,13 @@ class NTKRandomFeatureMap(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Features [..., d_out] of x [..., d_in] (dtype of x)."""
-        m = self.n_arccos
         phi, psi = x, x
         for h, directions in enumerate(self.arccos):
             # GaussianSketch entries are N(0, 1/m): u = Phi W / sqrt(m), W ~ N(0, 1).
             u = directions(phi)
             phi = math.sqrt(2.0) * torch.relu(u)
             if self.kernel == "ntk":
-                dphi = math.sqrt(2.0 / m) * (u > 0).to(x.dtype)
+                dphi = math.sqrt(2.0) * self.step_scale[h].to(x.dtype) * (u > 0).to(x.dtype)
                 t = self.tensor[h]
                 psi = t(_pad_to(psi, t.d_in), _pad_to(dphi, t.d_in)) + self.linear[h](phi)
         return psi if self.kernel == "ntk" else phi
@@ -211,6 +253,10 @@ class NTKRandomFeatures(RandomFeaturesTransformer):
         ``n_components``). For the NNGP the output is the last layer's
         arc-cosine features, so it must be None or ``n_components``.
     tensor_sketch : {"srht", "countsketch"}, default "srht"
+    leverage_sampling : bool, default False
+        Sample the first layer's directions by ridge leverage scores of the
+        arc-cosine features on the training data (data-dependent; see
+        :func:`leverage_sampled_directions`) instead of i.i.d. Gaussian.
     random_state : int, RandomState or None
 
     Attributes
@@ -225,12 +271,23 @@ class NTKRandomFeatures(RandomFeaturesTransformer):
     Kernel", arXiv 2104.01351.
     """
 
-    def __init__(self, *, depth=1, n_components=256, kernel="ntk", n_arccos=None, tensor_sketch="srht", random_state=None):
+    def __init__(
+        self,
+        *,
+        depth=1,
+        n_components=256,
+        kernel="ntk",
+        n_arccos=None,
+        tensor_sketch="srht",
+        leverage_sampling=False,
+        random_state=None,
+    ):
         self.depth = depth
         self.n_components = n_components
         self.kernel = kernel
         self.n_arccos = n_arccos
         self.tensor_sketch = tensor_sketch
+        self.leverage_sampling = leverage_sampling
         self.random_state = random_state
 
     def _check_params(self, n_features):
@@ -238,6 +295,7 @@ class NTKRandomFeatures(RandomFeaturesTransformer):
         check_int("n_components", self.n_components, min=1)
         check_choice("kernel", self.kernel, KERNELS)
         check_choice("tensor_sketch", self.tensor_sketch, ("srht", "countsketch"))
+        check_choice("leverage_sampling", self.leverage_sampling, (False, True))
         if self.n_arccos is not None:
             check_int("n_arccos", self.n_arccos, min=1)
             if self.kernel == "nngp" and self.n_arccos != self.n_components:
@@ -255,6 +313,7 @@ class NTKRandomFeatures(RandomFeaturesTransformer):
             kernel=self.kernel,
             tensor_sketch=self.tensor_sketch,
             generator=generator,
+            leverage_data=X if self.leverage_sampling else None,
         )
 
 
@@ -323,7 +382,8 @@ class NTKSketch(RandomFeaturesTransformer):
         Degree of the polynomial fit.
     kernel : {"ntk", "nngp"}, default "ntk"
     poly_dim : int or None, default None
-        Per-power PolySketch dimension (``n_components`` if None).
+        Per-power PolySketch dimension before the final SRHT (``2 * n_components``
+        if None: the per-power sketches' variance dominates at equal sizes).
     random_state : int, RandomState or None
 
     Attributes
@@ -360,6 +420,6 @@ class NTKSketch(RandomFeaturesTransformer):
             n_components=self.n_components,
             degree=self.degree,
             kernel=self.kernel,
-            poly_dim=self.poly_dim or self.n_components,
+            poly_dim=self.poly_dim or 2 * self.n_components,
             generator=generator,
         )
