@@ -240,6 +240,23 @@ def test_mixture_keeps_uniform_efficiency_for_bandlimited_signals():
     assert mixture < 1e-3 < universal
 
 
+@pytest.mark.parametrize("sampling", ["mixture", "universal", "uniform"])
+def test_importance_weights_are_unbiased(sampling):
+    # Σ_j v_j g(t_j) is unbiased for (1/T) ∫_0^T g; check with g = 1 and g = t / T
+    # (6-sigma bound over independent draws, seeded).
+    T = 3.0
+    rng = np.random.default_rng(5)
+    sums = []
+    for _ in range(200):
+        rec = reconstruct_signal(
+            np.cos, T, Bandlimited(1.0), 40, sampling=sampling, random_state=rng
+        )
+        sums.append([rec.weights.sum(), rec.weights @ rec.times / T])
+    sums = np.array(sums)
+    se = sums.std(0) / np.sqrt(len(sums))
+    assert np.all(np.abs(sums.mean(0) - [1.0, 0.5]) < 6 * se + 1e-12)
+
+
 def test_result_attributes():
     rec = reconstruct_signal(np.cos, 2.0, Bandlimited(1.0), 30, random_state=0)
     assert isinstance(rec, ReconstructedSignal)
