@@ -208,7 +208,7 @@ def test_sparse_fit_unbiased():
 
 
 def test_sparse_fit_spectral_error_falls():
-    X = _sparse_data(8)
+    X = _sparse_data(8, d=100, density=0.06)
     K = polynomial_kernel(X.toarray(), degree=2, gamma=1.0, coef0=1.0)
     lam = 0.5
     eps = []

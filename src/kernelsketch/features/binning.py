@@ -15,7 +15,9 @@ becomes the autocorrelation of the weight function,
 which is as smooth as ``f`` allows, while each point still has exactly one
 non-zero feature per grid (``n_components`` non-zeros per row, CSR output).
 
-Weightings implemented here (``int f^2 = 1``, so the induced kernel has k(x, x) = 1):
+Weightings implemented here (``int f^2 = 1``, so the induced kernel has k(x, x) = 1).
+The weight function and width distributions are this module's choices, derived
+from the construction above; they are not copied from the paper's experiments:
 
 - ``"laplacian"``: ``f = 1`` (plain random binning), widths ``w ~ Gamma(2, scale=length_scale)``
   per coordinate: the induced kernel is exactly ``exp(-||x - y||_1 / length_scale)``.
@@ -35,7 +37,12 @@ Weightings implemented here (``int f^2 = 1``, so the induced kernel has k(x, x) 
 The features are unbiased for the induced kernel: ``E[phi(x) . phi(y)] = k(x, y)``,
 and with ``n_components = O(s_lambda log n / eps^2)`` grids they give a spectral
 approximation ``(1 - eps)(K + lambda I) <= Z Z^T + lambda I <= (1 + eps)(K + lambda I)``
-(arXiv 2003.09756, Thm. 3) for kernel ridge regression.
+(the guarantee of arXiv 2003.09756) for kernel ridge regression.
+
+Variance grows with the dimension: one grid's estimate of ``k(x, x)`` is
+``prod_j f(t_j)^2`` with relative variance ``E[f^4]^d - 1`` (``E[f^4] = 1.81`` for the
+Gaussian weighting, 1 for the Laplace one), so beyond ~8 input dimensions the
+smooth weightings need many grids; the Laplace weighting has no such cost.
 
 Columns are the cells seen in ``fit``; a cell first seen in ``transform`` gets no
 column (its feature is dropped), which leaves inner products with training

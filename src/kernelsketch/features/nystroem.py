@@ -6,18 +6,19 @@ The ``lambda``-ridge leverage score of point ``i`` for the kernel matrix ``K`` i
 proportional to (over-estimates of) ``tau`` gives a Nyström approximation
 ``K~ = K_{:,L} K_{L,L}^+ K_{L,:}`` with
 
-    K~ <= K <= K~ + eps * lambda * I          (Musco & Musco 2017, Thm. 3)
+    K~ <= K <= K~ + eps * lambda * I          (Musco & Musco 2017, main theorem)
 
-Computing ``tau`` exactly costs ``O(n^3)``. RecursiveRLS-Nyström (their Alg. 2/3)
+Computing ``tau`` exactly costs ``O(n^3)``. RecursiveRLS-Nyström (their recursive algorithm)
 estimates it with ``O(n s)`` kernel evaluations: keep a uniform half of the
 points, recurse on it to get weighted landmarks ``S``, then estimate every
-point's score from ``S`` (their eq. 5):
+point's score from ``S`` (their ridge-leverage estimator):
 
     l_i = (k_ii - K_{iS} W (W K_SS W + lambda I)^{-1} W K_{Si}) / lambda,  W = diag(1/sqrt(p_S))
 
 and resample the current set with probabilities ``min(1, c s l_i / sum l)``.
 Each level chooses ``lambda`` so that about ``s`` points are sampled: the tail
-of the spectrum after the top ``s`` eigenvalues, divided by ``s`` (their Alg. 3).
+of the spectrum after the top ``s`` eigenvalues, divided by ``s`` (their
+fixed-sample-size variant); the constants here are ours.
 The final ``n_components`` landmarks are drawn without replacement in
 proportion to the top-level estimates.
 
@@ -42,7 +43,7 @@ __all__ = ["NystroemMap", "RLSNystroem", "pairwise_kernel", "recursive_rls_landm
 
 KERNELS = ("rbf", "laplacian", "polynomial", "linear", "cosine")
 
-# Oversampling factor of the intermediate levels (constant of Musco & Musco, Alg. 3).
+# Oversampling factor of the intermediate levels (a practical constant, not the paper's bound).
 _OVERSAMPLE = 2.0
 
 
@@ -104,7 +105,7 @@ def _kernel_diag(X: torch.Tensor, kernel, **params) -> torch.Tensor:
 def _ridge_scores(
     K_IS: torch.Tensor, K_SS: torch.Tensor, diag_I: torch.Tensor, w: torch.Tensor, lam: float
 ) -> torch.Tensor:
-    """Estimated ridge leverage scores from weighted landmarks (Musco & Musco, eq. 5)."""
+    """Estimated ridge leverage scores from weighted landmarks (Musco & Musco's estimator)."""
     A = w[:, None] * K_SS * w[None, :]
     A = A + lam * torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
     B = K_IS * w[None, :]
@@ -116,7 +117,7 @@ def _ridge_scores(
 
 def _auto_ridge(diag_child: torch.Tensor, K_SS: torch.Tensor, w: torch.Tensor, s: int,
                 scale: float) -> float:
-    """Ridge = spectral tail after the top ``s`` eigenvalues, over ``s`` (Musco & Musco, Alg. 3).
+    """Ridge = spectral tail after the top ``s`` eigenvalues, over ``s`` (Musco & Musco's fixed-size variant).
 
     ``W K_SS W`` approximates the kernel matrix of the set ``S`` was sampled from
     (whose diagonal is ``diag_child``); ``scale`` = |current set| / |that set|
@@ -147,7 +148,7 @@ def recursive_rls_landmarks(
     kernel, kernel_params : see :func:`pairwise_kernel`
     ridge : float, optional
         ``lambda`` of the final scores; default: chosen from the spectrum so the
-        effective dimension is about ``n_components`` (Alg. 3).
+        effective dimension is about ``n_components``.
     generator : torch.Generator, optional
 
     Returns
@@ -247,7 +248,7 @@ class RLSNystroem(RandomFeaturesTransformer):
     sampling misses, get landmarks. ``transform(X) @ transform(Y).T =
     K_XL K_LL^+ K_LY`` never exceeds ``K`` (in the PSD order) and
     ``K - K~ <= eps * lambda * I`` with ``n_components ~ d_lambda log d_lambda / eps``
-    (Musco & Musco 2017, Thm. 3). Costs ``O(n s)`` kernel evaluations and
+    (Musco & Musco 2017). Costs ``O(n s)`` kernel evaluations and
     ``O(n s^2)`` time.
 
     Parameters

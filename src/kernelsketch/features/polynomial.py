@@ -13,12 +13,12 @@ kernel is the plain tensor-power kernel ``<a(x), a(y)>^degree = <a(x)^{⊗q}, a(
   ``phi_c = a(X)[:, j_1] * ... * a(X)[:, j_q]`` is the column of the (implicit)
   ``n x d^q`` feature matrix. Sampling ``O(s_lambda log s_lambda / eps^2)`` columns
   (``s_lambda = tr K (K + lambda I)^{-1}``) this way, each rescaled by
-  ``1 / sqrt(m p_c)``, gives (Woodruff & Zandieh, ICML 2020, Thm. 1)
+  ``1 / sqrt(m p_c)``, gives (Woodruff & Zandieh, ICML 2020)
 
       (1 - eps)(K + lambda I) <= K~ + lambda I <= (1 + eps)(K + lambda I).
 
 How the sampler finds the scores without forming ``d^q`` columns (after
-Woodruff & Zandieh, Sec. 3-4: approximate leverage scores from sketches of
+Woodruff & Zandieh: approximate leverage scores from sketches of
 lower tensor powers, then sample the ``q`` indices one after the other):
 
 1. PolySketch gives ``Psi_r ~ a(X)^{⊗r}`` for ``r = 0..q`` in one tree
