@@ -273,6 +273,10 @@ class PolySketch(SketchModule):
     kind : {"srht", "gaussian", "countsketch", "tensorsketch"}, default "srht"
         Node sketch (:class:`Degree2Sketch` kind). Leaves use SRHT for
         ``"srht"``, Gaussian for ``"gaussian"`` and CountSketch otherwise.
+        ``"countsketch"`` nodes hash the explicit ``d_out**2`` outer product
+        (``O(d_out**2)`` time and buffer memory per node): a reference for
+        small ``d_out``; prefer ``"tensorsketch"`` for the same leaves at
+        scale.
     seed : int, optional
     generator : torch.Generator, optional
 
