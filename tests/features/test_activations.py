@@ -54,7 +54,10 @@ def test_closed_form_dual_matches_quadrature_kinked(name):
     X = torch.randn(5, 4, dtype=f64)
     exact = dual_activation(name, X)
     # Gauss-Hermite converges algebraically for kinks: the error must shrink with nodes.
-    errs = [(dual_activation(name, X, method="quadrature", n_nodes=n) - exact).abs().max() for n in (10, 100)]
+    errs = [
+        (dual_activation(name, X, method="quadrature", n_nodes=n) - exact).abs().max()
+        for n in (10, 100)
+    ]
     assert errs[1] < errs[0] / 5 and errs[1] < 5e-3 * exact.abs().max()
 
 
@@ -81,8 +84,16 @@ def test_relu_hermite_coefficients_match_closed_form():
 
 def test_relu_hermite_closed_form_first_terms():
     a = relu_hermite_coefficients(4)
-    want = torch.tensor([1 / math.sqrt(2 * math.pi), 0.5, 1 / (2 * math.sqrt(2 * math.pi)), 0.0,
-                         -1 / (24 * math.sqrt(2 * math.pi))], dtype=f64)
+    want = torch.tensor(
+        [
+            1 / math.sqrt(2 * math.pi),
+            0.5,
+            1 / (2 * math.sqrt(2 * math.pi)),
+            0.0,
+            -1 / (24 * math.sqrt(2 * math.pi)),
+        ],
+        dtype=f64,
+    )
     torch.testing.assert_close(a, want)
 
 
@@ -182,9 +193,9 @@ def test_dual_rejects_bad_depth():
 
 # ----------------------------------------------------------------------------- ActivationKernelSketch
 
-from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from kernelsketch.features.activations import ActivationKernelSketch, ActivationSketchMap  # noqa: E402
+from kernelsketch.features.activations import ActivationKernelSketch, ActivationSketchMap
 
 
 def _rel_fro(Z, K):
@@ -207,7 +218,12 @@ def test_sketch_error_falls_with_n_components_off_the_sphere(name):
     X = 0.6 * np.random.default_rng(0).standard_normal((40, 8))
     K = dual_activation(name, X)
     errs = [
-        _rel_fro(ActivationKernelSketch(activation=name, n_components=m, random_state=0).fit_transform(X), K)
+        _rel_fro(
+            ActivationKernelSketch(activation=name, n_components=m, random_state=0).fit_transform(
+                X
+            ),
+            K,
+        )
         for m in (64, 1024)
     ]
     assert errs[1] <= 0.2 and errs[1] < errs[0] / 2
@@ -217,7 +233,9 @@ def test_two_layer_sketch_error_falls():
     X = 0.6 * np.random.default_rng(1).standard_normal((32, 8))
     K = dual_activation("relu", X, depth=2)
     errs = [
-        _rel_fro(ActivationKernelSketch(depth=2, n_components=m, random_state=0).fit_transform(X), K)
+        _rel_fro(
+            ActivationKernelSketch(depth=2, n_components=m, random_state=0).fit_transform(X), K
+        )
         for m in (64, 1024)
     ]
     assert errs[1] <= 0.25 and errs[1] < errs[0] / 1.5
@@ -233,8 +251,15 @@ def test_sketch_is_unbiased_for_the_truncated_hermite_series():
     reps = 100
     acc, sq = torch.zeros(5, 5, dtype=f64), torch.zeros(5, 5, dtype=f64)
     for seed in range(reps):
-        mp = ActivationSketchMap(3, activation=ACTIVATIONS["gelu"], depth=1, degree=degree, n_components=16,
-                                 poly_dim=16, generator=torch.Generator().manual_seed(seed))
+        mp = ActivationSketchMap(
+            3,
+            activation=ACTIVATIONS["gelu"],
+            depth=1,
+            degree=degree,
+            n_components=16,
+            poly_dim=16,
+            generator=torch.Generator().manual_seed(seed),
+        )
         Z = mp(X)
         acc += Z @ Z.T / reps
         sq += (Z @ Z.T) ** 2 / reps
@@ -246,7 +271,12 @@ def test_callable_activation_sketch_approaches_its_quadrature_dual():
     X = 0.5 * np.random.default_rng(2).standard_normal((24, 6))
     K = dual_activation(torch.tanh, X)
     errs = [
-        _rel_fro(ActivationKernelSketch(activation=torch.tanh, n_components=m, random_state=0).fit_transform(X), K)
+        _rel_fro(
+            ActivationKernelSketch(
+                activation=torch.tanh, n_components=m, random_state=0
+            ).fit_transform(X),
+            K,
+        )
         for m in (128, 2048)
     ]
     # Odd activations have small off-diagonal kernels, so relative errors are larger.
@@ -256,12 +286,12 @@ def test_callable_activation_sketch_approaches_its_quadrature_dual():
 @pytest.mark.parametrize(
     "params, exc, msg",
     [
-        (dict(activation="swish"), ValueError, "activation must be one of"),
-        (dict(activation=1.0), TypeError, "activation must be one of .* or a callable"),
-        (dict(degree=0), ValueError, "degree must be >= 1, got 0"),
-        (dict(depth=0), ValueError, "depth must be >= 1, got 0"),
-        (dict(n_components=0), ValueError, "n_components must be >= 1, got 0"),
-        (dict(poly_dim=-1), ValueError, "poly_dim must be >= 1, got -1"),
+        ({"activation": "swish"}, ValueError, "activation must be one of"),
+        ({"activation": 1.0}, TypeError, "activation must be one of .* or a callable"),
+        ({"degree": 0}, ValueError, "degree must be >= 1, got 0"),
+        ({"depth": 0}, ValueError, "depth must be >= 1, got 0"),
+        ({"n_components": 0}, ValueError, "n_components must be >= 1, got 0"),
+        ({"poly_dim": -1}, ValueError, "poly_dim must be >= 1, got -1"),
     ],
 )
 def test_activation_sketch_bad_params(params, exc, msg):

@@ -20,14 +20,19 @@ f64 = torch.float64
 def test_one_pixel_cntk_is_the_fully_connected_ntk(depth):
     X = torch.randn(5, 4, dtype=f64)
     torch.testing.assert_close(
-        cntk_relu(X[:, :, None, None], depth=depth, filter_size=1), ntk_relu(X, depth=depth),
-        rtol=1e-7, atol=1e-7,
+        cntk_relu(X[:, :, None, None], depth=depth, filter_size=1),
+        ntk_relu(X, depth=depth),
+        rtol=1e-7,
+        atol=1e-7,
     )
 
 
 def test_pointwise_filters_give_pooled_fully_connected_ntk():
     X, Y = torch.randn(3, 2, 3, 3, dtype=f64), torch.randn(2, 2, 3, 3, dtype=f64)
-    px, py = X.flatten(2).transpose(1, 2).reshape(-1, 2), Y.flatten(2).transpose(1, 2).reshape(-1, 2)
+    px, py = (
+        X.flatten(2).transpose(1, 2).reshape(-1, 2),
+        Y.flatten(2).transpose(1, 2).reshape(-1, 2),
+    )
     want = ntk_relu(px, py, depth=2).reshape(3, 9, 2, 9).mean((1, 3))
     torch.testing.assert_close(cntk_relu(X, Y, depth=2, filter_size=1), want, rtol=1e-7, atol=1e-7)
 
@@ -97,9 +102,9 @@ def test_cntk_rejects_bad_depth():
 
 # ----------------------------------------------------------------------------- CNTKSketch
 
-from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from kernelsketch.features.cntk import CNTKSketch  # noqa: E402
+from kernelsketch.features.cntk import CNTKSketch
 
 
 def _rel_fro(Z, K):
@@ -124,7 +129,9 @@ def test_sketch_error_falls_with_budget(kernel):
     flat = X.reshape(24, -1).numpy()
     errs = [
         _rel_fro(
-            CNTKSketch(n_components=m, pixel_dim=p, kernel=kernel, image_shape=(2, 5, 5), random_state=0).fit_transform(flat),
+            CNTKSketch(
+                n_components=m, pixel_dim=p, kernel=kernel, image_shape=(2, 5, 5), random_state=0
+            ).fit_transform(flat),
             K,
         )
         for m, p in ((32, 8), (1024, 256))
@@ -135,34 +142,46 @@ def test_sketch_error_falls_with_budget(kernel):
 def test_two_layer_sketch_error_is_small():
     X = torch.randn(16, 1, 4, 4, dtype=f64)
     K = cntk_relu(X, depth=2)
-    Z = CNTKSketch(depth=2, n_components=1024, pixel_dim=256, random_state=0).fit_transform(X.reshape(16, -1).numpy())
+    Z = CNTKSketch(depth=2, n_components=1024, pixel_dim=256, random_state=0).fit_transform(
+        X.reshape(16, -1).numpy()
+    )
     assert _rel_fro(Z, K) <= 0.15
 
 
 def test_torch_map_takes_image_batches_and_is_homogeneous():
     X = torch.randn(6, 3, 4, 4)
-    est = CNTKSketch(n_components=16, image_shape=(3, 4, 4), random_state=0).fit(X.reshape(6, -1).numpy())
+    est = CNTKSketch(n_components=16, image_shape=(3, 4, 4), random_state=0).fit(
+        X.reshape(6, -1).numpy()
+    )
     Z = est.transform(X.reshape(6, -1).numpy())
     assert Z.dtype == np.float32 and Z.shape == (6, 16)
     torch.testing.assert_close(est.feature_map_(X), torch.from_numpy(Z))
-    torch.testing.assert_close(est.feature_map_(2.0 * X), 2.0 * torch.from_numpy(Z), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        est.feature_map_(2.0 * X), 2.0 * torch.from_numpy(Z), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_image_shape_is_inferred_for_square_inputs():
-    est = CNTKSketch(n_components=8, pixel_dim=4, random_state=0).fit(np.random.default_rng().random((3, 16)))
+    est = CNTKSketch(n_components=8, pixel_dim=4, random_state=0).fit(
+        np.random.default_rng().random((3, 16))
+    )
     assert est.image_shape_ == (1, 4, 4)
 
 
 @pytest.mark.parametrize(
     "params, exc, msg",
     [
-        (dict(image_shape=(1, 3, 3)), ValueError, r"image_shape \(1, 3, 3\) must have C\*H\*W = n_features = 16, got 9"),
-        (dict(image_shape=(4, 4)), ValueError, "image_shape must be \\(C, H, W\\) of positive ints"),
-        (dict(filter_size=4), ValueError, "filter_size must be odd"),
-        (dict(depth=0), ValueError, "depth must be >= 1, got 0"),
-        (dict(pixel_dim=0), ValueError, "pixel_dim must be >= 1, got 0"),
-        (dict(kernel="rbf"), ValueError, "kernel must be one of"),
-        (dict(degree=0), ValueError, "degree must be >= 1, got 0"),
+        (
+            {"image_shape": (1, 3, 3)},
+            ValueError,
+            r"image_shape \(1, 3, 3\) must have C\*H\*W = n_features = 16, got 9",
+        ),
+        ({"image_shape": (4, 4)}, ValueError, "image_shape must be \\(C, H, W\\) of positive ints"),
+        ({"filter_size": 4}, ValueError, "filter_size must be odd"),
+        ({"depth": 0}, ValueError, "depth must be >= 1, got 0"),
+        ({"pixel_dim": 0}, ValueError, "pixel_dim must be >= 1, got 0"),
+        ({"kernel": "rbf"}, ValueError, "kernel must be one of"),
+        ({"degree": 0}, ValueError, "degree must be >= 1, got 0"),
     ],
 )
 def test_cntk_sketch_bad_params(params, exc, msg):

@@ -26,9 +26,10 @@ def test_depth1_ntk_matches_arccos_formula():
     t = (X @ Y.T / (nx * ny)).clamp(-1, 1)
     theta = torch.arccos(t)
     # Theta^(1) = <x,y> (pi - theta)/pi + |x||y| (sin theta + (pi - theta) cos theta)/pi
-    want = X @ Y.T * (math.pi - theta) / math.pi + nx * ny * (
-        torch.sin(theta) + (math.pi - theta) * t
-    ) / math.pi
+    want = (
+        X @ Y.T * (math.pi - theta) / math.pi
+        + nx * ny * (torch.sin(theta) + (math.pi - theta) * t) / math.pi
+    )
     torch.testing.assert_close(ntk_relu(X, Y, depth=1), want, rtol=1e-10, atol=1e-10)
 
 
@@ -37,7 +38,9 @@ def test_nngp_recursion_is_twice_the_relu_dual_of_the_previous_layer():
     # Rows of a Cholesky factor of Sigma^(1) have Gram Sigma^(1); one more layer is 2 E[relu relu].
     sigma1 = nngp_relu(X, depth=1) + 1e-12 * torch.eye(6, dtype=f64)
     L = torch.linalg.cholesky(sigma1)
-    torch.testing.assert_close(nngp_relu(X, depth=2), 2 * dual_activation("relu", L), atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(
+        nngp_relu(X, depth=2), 2 * dual_activation("relu", L), atol=1e-9, rtol=1e-9
+    )
 
 
 def test_depth1_ntk_is_mean_gradient_inner_product_of_random_networks():
@@ -59,7 +62,10 @@ def test_deep_ntk_matches_empirical_ntk_of_a_wide_network():
     depth, width = 2, 2048
     X = _unit_rows(4, 5)
     dims = [5] + [width] * depth
-    Ws = [torch.randn(dims[i + 1], dims[i], generator=g, dtype=f64, requires_grad=True) for i in range(depth)]
+    Ws = [
+        torch.randn(dims[i + 1], dims[i], generator=g, dtype=f64, requires_grad=True)
+        for i in range(depth)
+    ]
     v = torch.randn(width, generator=g, dtype=f64, requires_grad=True)
     params = Ws + [v]
     grads = []
@@ -135,13 +141,13 @@ def test_oracle_rejects_integer_dtype():
 
 # ----------------------------------------------------------------------------- power-series sketch
 
-from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from kernelsketch.features._powerseries import (  # noqa: E402
+from kernelsketch.features._powerseries import (
     PowerSeriesSketch,
     fit_nonnegative_polynomial,
 )
-from kernelsketch.features.ntk import (  # noqa: E402
+from kernelsketch.features.ntk import (
     NTKRandomFeatureMap,
     NTKRandomFeatures,
     NTKSketch,
@@ -159,11 +165,11 @@ def test_exponential_kernel_degree16_via_polysketch():
     K = torch.exp(X @ X.T)
     w = torch.tensor([1 / math.sqrt(math.factorial(j)) for j in range(17)], dtype=f64)
     errs = {m: [] for m in (64, 1024)}
-    for m in errs:
+    for m, found in errs.items():
         for seed in range(3):
             g = torch.Generator().manual_seed(seed)
             ps = PowerSeriesSketch(8, 16, m, poly_dim=2 * m, generator=g)
-            errs[m].append(_rel_fro(ps(X, w), K))
+            found.append(_rel_fro(ps(X, w), K))
     # 1024 output features from per-power sketches of 2048 (single draws measured 0.08-0.11;
     # with poly_dim = 1024 they range 0.10-0.20).
     assert max(errs[1024]) <= 0.15
@@ -178,7 +184,9 @@ def test_power_series_sketch_is_unbiased():
     acc = torch.zeros(6, 6, dtype=f64)
     sq = torch.zeros(6, 6, dtype=f64)
     for seed in range(reps):
-        Z = PowerSeriesSketch(4, 3, 32, poly_dim=32, generator=torch.Generator().manual_seed(seed))(X, c.sqrt())
+        Z = PowerSeriesSketch(4, 3, 32, poly_dim=32, generator=torch.Generator().manual_seed(seed))(
+            X, c.sqrt()
+        )
         A = Z @ Z.T
         acc += A / reps
         sq += A * A / reps
@@ -217,7 +225,10 @@ def test_sklearn_conventions(estimator, check):
 def test_error_falls_with_n_components_and_is_small_at_1024(cls, kernel):
     X = _unit_rows(48, 8).numpy()
     K = (ntk_relu if kernel == "ntk" else nngp_relu)(X, depth=1)
-    errs = [_rel_fro(cls(n_components=m, kernel=kernel, random_state=0).fit_transform(X), K) for m in (64, 1024)]
+    errs = [
+        _rel_fro(cls(n_components=m, kernel=kernel, random_state=0).fit_transform(X), K)
+        for m in (64, 1024)
+    ]
     assert errs[1] <= 0.2
     assert errs[1] < errs[0] / 2
 
@@ -225,7 +236,10 @@ def test_error_falls_with_n_components_and_is_small_at_1024(cls, kernel):
 def test_deeper_ntk_random_features_error_falls():
     X = _unit_rows(32, 8).numpy()
     K = ntk_relu(X, depth=3)
-    errs = [_rel_fro(NTKRandomFeatures(depth=3, n_components=m, random_state=1).fit_transform(X), K) for m in (64, 1024)]
+    errs = [
+        _rel_fro(NTKRandomFeatures(depth=3, n_components=m, random_state=1).fit_transform(X), K)
+        for m in (64, 1024)
+    ]
     assert errs[1] < 0.3 and errs[1] < errs[0] / 2
 
 
@@ -249,7 +263,9 @@ def test_depth1_ntk_random_features_are_unbiased():
 def test_features_are_homogeneous_off_the_sphere(cls):
     X = np.random.default_rng().standard_normal((6, 5))
     est = cls(n_components=32, random_state=0).fit(X)
-    np.testing.assert_allclose(est.transform(3.0 * X), 3.0 * est.transform(X), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        est.transform(3.0 * X), 3.0 * est.transform(X), rtol=1e-10, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("cls", [NTKRandomFeatures, NTKSketch])
@@ -269,13 +285,17 @@ def test_float32_preserved_determinism_and_torch_map(cls):
 @pytest.mark.parametrize(
     "params, exc, msg",
     [
-        (dict(depth=0), ValueError, "depth must be >= 1, got 0"),
-        (dict(n_components=0), ValueError, "n_components must be >= 1, got 0"),
-        (dict(kernel="cntk"), ValueError, "kernel must be one of"),
-        (dict(tensor_sketch="gaussian"), ValueError, "tensor_sketch must be one of"),
-        (dict(n_arccos=0), ValueError, "n_arccos must be >= 1, got 0"),
-        (dict(n_arccos=8, kernel="nngp"), ValueError, "n_arccos must be None or n_components=256"),
-        (dict(depth="2"), TypeError, "depth must be an int"),
+        ({"depth": 0}, ValueError, "depth must be >= 1, got 0"),
+        ({"n_components": 0}, ValueError, "n_components must be >= 1, got 0"),
+        ({"kernel": "cntk"}, ValueError, "kernel must be one of"),
+        ({"tensor_sketch": "gaussian"}, ValueError, "tensor_sketch must be one of"),
+        ({"n_arccos": 0}, ValueError, "n_arccos must be >= 1, got 0"),
+        (
+            {"n_arccos": 8, "kernel": "nngp"},
+            ValueError,
+            "n_arccos must be None or n_components=256",
+        ),
+        ({"depth": "2"}, TypeError, "depth must be an int"),
     ],
 )
 def test_ntk_random_features_bad_params(params, exc, msg):
@@ -286,11 +306,11 @@ def test_ntk_random_features_bad_params(params, exc, msg):
 @pytest.mark.parametrize(
     "params, exc, msg",
     [
-        (dict(degree=0), ValueError, "degree must be >= 1, got 0"),
-        (dict(degree=100), ValueError, "degree must be <= 64, got 100"),
-        (dict(poly_dim=0), ValueError, "poly_dim must be >= 1, got 0"),
-        (dict(n_components=0), ValueError, "n_components must be >= 1, got 0"),
-        (dict(kernel="rbf"), ValueError, "kernel must be one of"),
+        ({"degree": 0}, ValueError, "degree must be >= 1, got 0"),
+        ({"degree": 100}, ValueError, "degree must be <= 64, got 100"),
+        ({"poly_dim": 0}, ValueError, "poly_dim must be >= 1, got 0"),
+        ({"n_components": 0}, ValueError, "n_components must be >= 1, got 0"),
+        ({"kernel": "rbf"}, ValueError, "kernel must be one of"),
     ],
 )
 def test_ntk_sketch_bad_params(params, exc, msg):
@@ -315,7 +335,9 @@ def test_leverage_sampled_first_layer_is_unbiased():
     acc, sq = torch.zeros(6, 6, dtype=f64), torch.zeros(6, 6, dtype=f64)
     for seed in range(reps):
         g = torch.Generator().manual_seed(seed)
-        mp = NTKRandomFeatureMap(4, depth=1, n_arccos=16, d_out=16, kernel="nngp", generator=g, leverage_data=X)
+        mp = NTKRandomFeatureMap(
+            4, depth=1, n_arccos=16, d_out=16, kernel="nngp", generator=g, leverage_data=X
+        )
         A = mp(X) @ mp(X).T
         acc += A / reps
         sq += A * A / reps
@@ -327,12 +349,25 @@ def test_leverage_sampling_transformer_error_falls_and_is_deterministic():
     X = _unit_rows(40, 6).numpy()
     K = ntk_relu(X, depth=1)
     errs = [
-        _rel_fro(NTKRandomFeatures(n_components=m, leverage_sampling=True, random_state=0).fit_transform(X), K)
+        _rel_fro(
+            NTKRandomFeatures(n_components=m, leverage_sampling=True, random_state=0).fit_transform(
+                X
+            ),
+            K,
+        )
         for m in (32, 512)
     ]
     assert errs[1] < errs[0] / 2
-    a = NTKRandomFeatures(n_components=16, leverage_sampling=True, random_state=3).fit(X).transform(X)
-    b = NTKRandomFeatures(n_components=16, leverage_sampling=True, random_state=3).fit(X).transform(X)
+    a = (
+        NTKRandomFeatures(n_components=16, leverage_sampling=True, random_state=3)
+        .fit(X)
+        .transform(X)
+    )
+    b = (
+        NTKRandomFeatures(n_components=16, leverage_sampling=True, random_state=3)
+        .fit(X)
+        .transform(X)
+    )
     np.testing.assert_array_equal(a, b)
 
 

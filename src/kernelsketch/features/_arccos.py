@@ -20,7 +20,7 @@ import torch
 
 from kernelsketch._checks import check_same, check_tensor
 
-__all__ = ["kappa0", "kappa1", "as_tensor_pair", "cosines", "return_like"]
+__all__ = ["as_tensor_pair", "cosines", "kappa0", "kappa1", "return_like"]
 
 
 def kappa0(t: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,9 @@ class PowerSeriesSketch(nn.Module):
         """Features of ``x`` [..., d_in] with power weights [degree + 1] or [..., degree + 1]."""
         return self.combine(self.poly.all_powers(x), weights)
 
-    def combine(self, powers: list[torch.Tensor], weights: torch.Tensor, compress=None) -> torch.Tensor:
+    def combine(
+        self, powers: list[torch.Tensor], weights: torch.Tensor, compress=None
+    ) -> torch.Tensor:
         """``compress(concat_j weights_j powers_j)``; several series can share one ``all_powers``.
 
         ``compress`` defaults to this module's SRHT; pass another SRHT of the

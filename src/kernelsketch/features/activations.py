@@ -20,7 +20,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-
 from torch import nn
 
 from kernelsketch._checks import check_choice, check_int, check_tensor
@@ -30,11 +29,11 @@ from kernelsketch.features._powerseries import PowerSeriesSketch, unit_rows
 
 __all__ = [
     "ACTIVATIONS",
+    "ActivationKernelSketch",
+    "ActivationSketchMap",
     "dual_activation",
     "hermite_coefficients",
     "relu_hermite_coefficients",
-    "ActivationSketchMap",
-    "ActivationKernelSketch",
 ]
 
 
@@ -69,7 +68,9 @@ def _dual_abs(a, b, c):
 
 def _dual_erf(a, b, c):
     # Williams (1997), "Computing with infinite networks".
-    return (2 / math.pi) * torch.arcsin((2 * c / torch.sqrt((1 + 2 * a) * (1 + 2 * b))).clamp(-1, 1))
+    return (2 / math.pi) * torch.arcsin(
+        (2 * c / torch.sqrt((1 + 2 * a) * (1 + 2 * b))).clamp(-1, 1)
+    )
 
 
 def _dual_sin(a, b, c):
@@ -147,7 +148,9 @@ def _split_normal_quadrature(n_nodes: int, cutoff: float) -> tuple[torch.Tensor,
     return torch.from_numpy(x), torch.from_numpy(w)
 
 
-def dual_activation(activation, X, Y=None, *, depth: int = 1, method: str = "auto", n_nodes: int = 64):
+def dual_activation(
+    activation, X, Y=None, *, depth: int = 1, method: str = "auto", n_nodes: int = 64
+):
     """Dual kernel ``E_w[sigma(<w,x>) sigma(<w,y>)]`` of an activation, w ~ N(0, I).
 
     With ``depth`` L > 1, the NNGP kernel of a fully-connected network with L
@@ -327,7 +330,18 @@ class ActivationSketchMap(nn.Module):
     generator : torch.Generator, optional
     """
 
-    def __init__(self, d_in, *, activation, depth, degree, n_components, poly_dim, n_nodes=100, generator=None):
+    def __init__(
+        self,
+        d_in,
+        *,
+        activation,
+        depth,
+        degree,
+        n_components,
+        poly_dim,
+        n_nodes=100,
+        generator=None,
+    ):
         super().__init__()
         self.activation = activation
         nodes, H = _hermite_quadrature(degree, n_nodes)
@@ -388,7 +402,16 @@ class ActivationKernelSketch(RandomFeaturesTransformer):
     General Activations", NeurIPS 2022 (arXiv 2209.04121).
     """
 
-    def __init__(self, *, activation="relu", depth=1, n_components=256, degree=8, poly_dim=None, random_state=None):
+    def __init__(
+        self,
+        *,
+        activation="relu",
+        depth=1,
+        n_components=256,
+        degree=8,
+        poly_dim=None,
+        random_state=None,
+    ):
         self.activation = activation
         self.depth = depth
         self.n_components = n_components

@@ -38,7 +38,7 @@ from kernelsketch.features._powerseries import (
 from kernelsketch.sketch.projections import SRHT
 from kernelsketch.sketch.tensor import Degree2Sketch
 
-__all__ = ["cntk_relu", "cnngp_relu", "pixel_variances", "CNTKSketchMap", "CNTKSketch"]
+__all__ = ["CNTKSketch", "CNTKSketchMap", "cnngp_relu", "cntk_relu", "pixel_variances"]
 
 
 def _check_filter_size(filter_size: int) -> int:
@@ -179,22 +179,42 @@ class CNTKSketchMap(nn.Module):
     generator : torch.Generator, optional
     """
 
-    def __init__(self, image_shape, *, depth, filter_size, n_components, pixel_dim, degree, kernel="ntk", generator=None):
+    def __init__(
+        self,
+        image_shape,
+        *,
+        depth,
+        filter_size,
+        n_components,
+        pixel_dim,
+        degree,
+        kernel="ntk",
+        generator=None,
+    ):
         super().__init__()
-        C, H, W = image_shape
-        self.image_shape, self.depth, self.q, self.kernel = tuple(image_shape), depth, filter_size, kernel
+        C, _H, _W = image_shape
+        self.image_shape, self.depth, self.q, self.kernel = (
+            tuple(image_shape),
+            depth,
+            filter_size,
+            kernel,
+        )
         m, q2 = pixel_dim, filter_size**2
         self.register_buffer("c1", fit_nonnegative_polynomial("kappa1", kappa1, degree).sqrt())
         self.register_buffer("c0", fit_nonnegative_polynomial("kappa0", kappa0, degree).sqrt())
         g = generator
-        self.conv_psi = nn.ModuleList(SRHT((C if h == 0 else m) * q2, m, generator=g) for h in range(depth))
+        self.conv_psi = nn.ModuleList(
+            SRHT((C if h == 0 else m) * q2, m, generator=g) for h in range(depth)
+        )
         self.relu = nn.ModuleList(
             PowerSeriesSketch(m, degree, m, poly_dim=m, generator=g) for _ in range(depth)
         )
         if kernel == "ntk":
             self.conv_phi = nn.ModuleList(SRHT(2 * m * q2, m, generator=g) for h in range(1, depth))
             self.step = nn.ModuleList(SRHT((degree + 1) * m, m, generator=g) for _ in range(depth))
-            self.product = nn.ModuleList(Degree2Sketch(m, m, kind="srht", generator=g) for _ in range(depth))
+            self.product = nn.ModuleList(
+                Degree2Sketch(m, m, kind="srht", generator=g) for _ in range(depth)
+            )
         self.pool = SRHT((2 if kernel == "ntk" else 1) * m, n_components, generator=g)
         self.d_out = n_components
 
@@ -212,10 +232,12 @@ class CNTKSketchMap(nn.Module):
         pixel_dim q^2)).
         """
         x = x.reshape(x.shape[0], *self.image_shape)
-        return torch.cat([self._features(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+        return torch.cat(
+            [self._features(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        )
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
+        x.shape[0]
         variances = pixel_variances(x, self.depth, self.q)
         psi = x.flatten(2).transpose(1, 2)  # [n, P, C]
         phi = None
@@ -224,8 +246,12 @@ class CNTKSketchMap(nn.Module):
             psi_f = self.conv_psi[h](nb_psi)
             if self.kernel == "ntk":
                 # Theta_f = conv(Theta_g) + Sigma_f; at h = 0, Theta_g = 0 so Theta_f = Sigma_f.
-                phi_f = psi_f if phi is None else self.conv_phi[h - 1](
-                    torch.cat([self._neighbourhoods(phi), nb_psi], dim=-1)
+                phi_f = (
+                    psi_f
+                    if phi is None
+                    else self.conv_phi[h - 1](
+                        torch.cat([self._neighbourhoods(phi), nb_psi], dim=-1)
+                    )
                 )
             u, _ = unit_rows(psi_f)
             std = variances[h + 1].flatten(1).sqrt()[..., None].to(x.dtype)  # [n, P, 1]
@@ -277,7 +303,18 @@ class CNTKSketch(RandomFeaturesTransformer):
     Sketching and Random Features", NeurIPS 2021 (arXiv 2106.07880).
     """
 
-    def __init__(self, *, depth=1, n_components=256, filter_size=3, image_shape=None, pixel_dim=None, degree=6, kernel="ntk", random_state=None):
+    def __init__(
+        self,
+        *,
+        depth=1,
+        n_components=256,
+        filter_size=3,
+        image_shape=None,
+        pixel_dim=None,
+        degree=6,
+        kernel="ntk",
+        random_state=None,
+    ):
         self.depth = depth
         self.n_components = n_components
         self.filter_size = filter_size
@@ -293,7 +330,9 @@ class CNTKSketch(RandomFeaturesTransformer):
             return (1, side, side) if side * side == n_features else (1, 1, n_features)
         shape = tuple(self.image_shape)
         if len(shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in shape):
-            raise ValueError(f"image_shape must be (C, H, W) of positive ints, got {self.image_shape!r}")
+            raise ValueError(
+                f"image_shape must be (C, H, W) of positive ints, got {self.image_shape!r}"
+            )
         if math.prod(shape) != n_features:
             raise ValueError(
                 f"image_shape {shape} must have C*H*W = n_features = {n_features}, got {math.prod(shape)}"

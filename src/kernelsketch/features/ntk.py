@@ -34,15 +34,15 @@ from kernelsketch.sketch.sampling import importance_sample
 from kernelsketch.sketch.tensor import Degree2Sketch
 
 __all__ = [
-    "ntk_relu",
-    "nngp_relu",
-    "relu_ntk_of_cosine",
-    "relu_nngp_of_cosine",
-    "leverage_sampled_directions",
     "NTKRandomFeatureMap",
     "NTKRandomFeatures",
-    "NTKSketchMap",
     "NTKSketch",
+    "NTKSketchMap",
+    "leverage_sampled_directions",
+    "nngp_relu",
+    "ntk_relu",
+    "relu_nngp_of_cosine",
+    "relu_ntk_of_cosine",
 ]
 
 KERNELS = ("ntk", "nngp")
@@ -194,7 +194,18 @@ class NTKRandomFeatureMap(nn.Module):
         scores on these rows (:func:`leverage_sampled_directions`).
     """
 
-    def __init__(self, d_in, *, depth, n_arccos, d_out, kernel, tensor_sketch="srht", generator=None, leverage_data=None):
+    def __init__(
+        self,
+        d_in,
+        *,
+        depth,
+        n_arccos,
+        d_out,
+        kernel,
+        tensor_sketch="srht",
+        generator=None,
+        leverage_data=None,
+    ):
         super().__init__()
         self.kernel = kernel
         dims = [d_in] + [n_arccos] * depth
@@ -204,7 +215,9 @@ class NTKRandomFeatureMap(nn.Module):
         # Per-feature scale of the step features of each layer: 1/sqrt(m) for Gaussian directions.
         step_scale = torch.full((depth, n_arccos), 1.0 / math.sqrt(n_arccos), dtype=torch.float64)
         if leverage_data is not None:
-            matrix, step_scale[0] = leverage_sampled_directions(leverage_data, n_arccos, generator=generator)
+            matrix, step_scale[0] = leverage_sampled_directions(
+                leverage_data, n_arccos, generator=generator
+            )
             self.arccos[0].matrix = matrix.to(self.arccos[0].matrix.dtype)
         self.register_buffer("step_scale", step_scale)
         self.tensor = nn.ModuleList()
@@ -348,12 +361,16 @@ class NTKSketchMap(nn.Module):
     Sketching and Random Features", NeurIPS 2021 (arXiv 2106.07880), Alg. 1.
     """
 
-    def __init__(self, d_in, *, depth, n_components, degree, kernel, poly_dim, kind="srht", generator=None):
+    def __init__(
+        self, d_in, *, depth, n_components, degree, kernel, poly_dim, kind="srht", generator=None
+    ):
         super().__init__()
         fn = relu_ntk_of_cosine if kernel == "ntk" else relu_nngp_of_cosine
         coef = fit_nonnegative_polynomial((kernel, depth), lambda t: fn(t, depth), degree)
         self.register_buffer("coef", coef)
-        self.series = PowerSeriesSketch(d_in, degree, n_components, poly_dim=poly_dim, kind=kind, generator=generator)
+        self.series = PowerSeriesSketch(
+            d_in, degree, n_components, poly_dim=poly_dim, kind=kind, generator=generator
+        )
         self.d_out = n_components
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -397,7 +414,9 @@ class NTKSketch(RandomFeaturesTransformer):
     Zandieh et al., arXiv 2106.07880.
     """
 
-    def __init__(self, *, depth=1, n_components=256, degree=8, kernel="ntk", poly_dim=None, random_state=None):
+    def __init__(
+        self, *, depth=1, n_components=256, degree=8, kernel="ntk", poly_dim=None, random_state=None
+    ):
         self.depth = depth
         self.n_components = n_components
         self.degree = degree
