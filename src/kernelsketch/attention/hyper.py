@@ -105,30 +105,30 @@ def _draw_samples(k, v, config, generator):
 
 
 def _use_fused(q, k, v, config) -> bool:
-    """The Triton kernel runs inference on CUDA half-precision inputs with one hash round."""
+    """The Triton kernels (forward and backward) run on CUDA half-precision inputs, one hash round."""
     from .triton import triton_available
 
     return (
         q.is_cuda
         and config.hash_rounds == 1
         and q.dtype in (torch.float16, torch.bfloat16)
-        and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
         and triton_available()
     )
 
 
 def hyper_noncausal_fused(q, k, v, scale, config, generator):
-    """The same function as :func:`hyper_noncausal` (one hash round) through one Triton launch.
+    """The same function as :func:`hyper_noncausal` (one hash round) through the Triton kernels.
 
     Draws the hash and the samples exactly as the torch path does, so both
-    give the same result for the same generator state.
+    give the same result for the same generator state. Differentiable w.r.t.
+    q, k and v through the Triton backward (out and lse); the sampling
+    weights are constants of the estimator. out is in v's dtype, lse float32.
     """
-    from .triton.hyper_fused import hyper_fused_forward
+    from .triton.hyper_autograd import hyper_fused_attention
 
     B, Hq, _, D = q.shape
-    Hkv, M, Dv = k.shape[1], k.shape[2], v.shape[-1]
+    Hkv, M = k.shape[1], k.shape[2]
     qf = fold_groups(q, Hkv)
-    rows = qf.shape[2]
     num_blocks = math.ceil(M / config.block_size)
     lsh = AngularLSH(D, config.lsh_bits, generator=generator).to(q.device)
     perm_q, _, q_len = sorted_blocks(lsh(qf), num_blocks)
@@ -139,19 +139,11 @@ def hyper_noncausal_fused(q, k, v, scale, config, generator):
         log_w = torch.zeros(B, Hkv, 0, device=q.device)
     else:
         idx, log_w = samples
-    out, lse = hyper_fused_forward(
-        gather_rows(qf, perm_q).reshape(B * Hkv, rows, D),
-        gather_rows(k, perm_k).reshape(B * Hkv, M, D),
-        gather_rows(v, perm_k).reshape(B * Hkv, M, Dv),
-        gather_rows(k, idx).reshape(B * Hkv, -1, D),
-        gather_rows(v, idx).reshape(B * Hkv, -1, Dv),
-        log_w.float().reshape(B * Hkv, -1).contiguous(),
-        torch.gather(blk_k, 2, idx).to(torch.int32).reshape(B * Hkv, -1).contiguous(),
-        perm_q.reshape(B * Hkv, rows).contiguous(),
+    out, lse = hyper_fused_attention(
+        qf, k, v, perm_q, perm_k, idx, log_w.detach(), torch.gather(blk_k, 2, idx),
         q_block=q_len, k_block=k_len, scale=scale,
     )
-    return (unfold_groups(out.reshape(B, Hkv, rows, Dv), Hq),
-            unfold_groups(lse.reshape(B, Hkv, rows), Hq))
+    return unfold_groups(out, Hq), unfold_groups(lse, Hq)
 
 
 def hyper_noncausal(

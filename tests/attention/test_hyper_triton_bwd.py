@@ -1,0 +1,115 @@
+"""Gradients of the fused HyperAttention Triton path against the torch path (TRITON_INTERPRET=1 on CPU).
+
+Both paths draw the same hash and samples from the same generator seed, so
+they compute the same function of (q, k, v); the loss (out·W).sum() +
+(lse·w).sum() with random W, w checks the gradients of out and of lse.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+pytest.importorskip("triton")
+
+import kernelsketch
+from kernelsketch.attention import hyper
+from kernelsketch.attention.hyper import HyperConfig, hyper_noncausal, hyper_noncausal_fused
+
+from .reference import naive_attention, random_qkv
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32] + ([torch.bfloat16, torch.float16] if DEVICE == "cuda" else [])
+
+
+def gen(seed):
+    return torch.Generator(device=DEVICE).manual_seed(seed)
+
+
+def tolerance(dtype):
+    """Relative Frobenius error allowed between the two paths' gradients."""
+    if DEVICE == "cpu":
+        return 1e-4  # interpreter: float32 products on both sides
+    return 1e-2 if dtype == torch.float32 else 3e-2  # TF32 forward / half-precision products
+
+
+def loss_weights(q, v):
+    B, Hq, N, Dv = *q.shape[:3], v.shape[-1]
+    return (torch.randn(B, Hq, N, Dv, device=q.device, dtype=torch.float64),
+            torch.randn(B, Hq, N, device=q.device, dtype=torch.float64))
+
+
+def grads(out, lse, weights, inputs):
+    W, w = weights
+    lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+    loss = (out.double() * W).sum() + (lse.double() * w).sum()
+    return torch.autograd.grad(loss, inputs)
+
+
+def assert_grads_close(got, ref, tol):
+    for name, g, r in zip("qkv", got, ref):
+        assert torch.isfinite(g).all(), f"d{name} has non-finite entries"
+        diff = g.double() - r.double()
+        err = torch.linalg.vector_norm(diff) / torch.linalg.vector_norm(r.double())
+        assert err < tol, f"d{name}: relative error {err:.2e} >= {tol:.0e}"
+
+
+def with_constant_weights(monkeypatch):
+    """Torch reference whose sampling weights are constants (no gradient through ‖v_j‖)."""
+    draw = hyper._draw_samples
+    monkeypatch.setattr(hyper, "_draw_samples",
+                        lambda k, v, config, generator: draw(k, v.detach(), config, generator))
+
+
+@pytest.mark.parametrize("shape,sampling", [
+    ((1, 2, 2, 70, 70, 16, 16), "uniform"),
+    ((2, 4, 2, 50, 90, 16, 32), "uniform"),
+    ((2, 4, 2, 50, 90, 16, 32), "value_norm"),
+    ((1, 3, 1, 33, 130, 32, 16), "value_norm"),
+])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_gradients_match_torch_path(shape, sampling, dtype, monkeypatch):
+    B, Hq, Hkv, N, M, D, Dv = shape
+    q, k, v = random_qkv(B, Hq, Hkv, N, M, D, Dv, dtype=dtype, device=DEVICE, requires_grad=True)
+    cfg = HyperConfig(block_size=16, sample_size=24, min_seq_len=0, lsh_bits=4, sampling=sampling)
+    weights = loss_weights(q, v)
+    got = grads(*hyper_noncausal_fused(q, k, v, D ** -0.5, cfg, gen(3)), weights, (q, k, v))
+    with_constant_weights(monkeypatch)
+    ref = grads(*hyper_noncausal(q, k, v, D ** -0.5, cfg, gen(3)), weights, (q, k, v))
+    assert_grads_close(got, ref, tolerance(dtype))
+
+
+def test_fused_gradients_are_exact_when_samples_cover_every_key():
+    # sample_size >= M: every key is a sample of weight 1, masked where the block covers it.
+    q, k, v = random_qkv(1, 4, 2, 40, 75, 16, dtype=torch.float32, device=DEVICE,
+                         requires_grad=True)
+    cfg = HyperConfig(block_size=16, sample_size=100, min_seq_len=0, lsh_bits=3)
+    weights = loss_weights(q, v)
+    got = grads(*hyper_noncausal_fused(q, k, v, 0.3, cfg, gen(1)), weights, (q, k, v))
+    ref = grads(*hyper_noncausal(q, k, v, 0.3, cfg, gen(1)), weights, (q, k, v))
+    assert_grads_close(got, ref, tolerance(torch.float32))
+    exact = grads(*naive_attention(q, k, v, scale=0.3, return_lse=True), weights, (q, k, v))
+    assert_grads_close(got, exact, max(tolerance(torch.float32), 1e-3))
+
+
+@pytest.mark.parametrize("N,M", [(128, 128), (100, 140)])
+def test_fused_gradients_through_causal_recursion(N, M, monkeypatch):
+    q, k, v = random_qkv(1, 2, 1, N, M, 16, dtype=torch.float32, device=DEVICE,
+                         requires_grad=True)
+    cfg = HyperConfig(block_size=16, sample_size=16, min_seq_len=32, lsh_bits=3)
+    weights = loss_weights(q, v)
+
+    def run():
+        return kernelsketch.attention(q, k, v, method="hyper", is_causal=True, config=cfg,
+                                      return_lse=True, generator=gen(5))
+
+    ref = grads(*run(), weights, (q, k, v))
+    calls = []
+    monkeypatch.setattr(hyper, "_use_fused", lambda *args: True)
+    monkeypatch.setattr(hyper, "hyper_noncausal_fused",
+                        lambda *args: calls.append(1) or hyper_noncausal_fused(*args))
+    got = grads(*run(), weights, (q, k, v))
+    assert calls, "the fused path was not taken"
+    assert_grads_close(got, ref, tolerance(torch.float32))
