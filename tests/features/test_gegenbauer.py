@@ -22,6 +22,9 @@ from kernelsketch.features.gegenbauer import (
 from kernelsketch.features.ntk import ntk_relu
 
 RNG = np.random.default_rng()
+# Most tests compare the features with the truncated series itself (gzk_kernel), where
+# the Taylor-truncation warning for large norms is irrelevant; it is tested on its own.
+pytestmark = pytest.mark.filterwarnings("ignore:GegenbauerFeatures.kernel='gaussian'")
 
 
 def _gaussian(X, Y, gamma):
@@ -242,6 +245,12 @@ def test_one_feature_input_and_zero_vector():
         degree=14, gamma=0.5, n_components=15 * 1000, random_state=0
     ).fit_transform(X)
     assert np.abs(Z @ Z.T - K).max() < 0.1
+
+
+def test_warns_when_gaussian_truncation_is_biased():
+    X = RNG.standard_normal((10, 8)) * 2.0
+    with pytest.warns(UserWarning, match=r"under-estimated by \d+% .* use degree >= \d+"):
+        GegenbauerFeatures(degree=4, gamma=1.0, random_state=0).fit(X)
 
 
 def test_n_components_rounds_down_to_whole_directions():

@@ -26,11 +26,13 @@ of ``k`` (cross-degree terms vanish in expectation).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from scipy.special import roots_jacobi
+from scipy.stats import poisson
 
 from kernelsketch._checks import check_choice, check_float, check_int, check_tensor
 from kernelsketch.features._base import RandomFeaturesTransformer
@@ -321,6 +323,24 @@ def gzk_kernel(
     return np.einsum("nj,mj,nml,jl->nm", radial_x, radial_y, P, A)
 
 
+def _warn_if_truncation_biased(gamma: float, degree: int, X: torch.Tensor) -> None:
+    """Warn when the degree-q Taylor truncation visibly biases the Gaussian kernel on X.
+
+    On the diagonal the truncated series is ``P(Poisson(2γ‖x‖²) ≤ q)`` instead of 1.
+    """
+    rate = 2.0 * gamma * float((X.double() ** 2).sum(dim=1).max())
+    missing = float(poisson.sf(degree, rate))
+    if missing > 1e-2:
+        needed = int(poisson.isf(1e-3, rate)) + 1
+        warnings.warn(
+            f"GegenbauerFeatures(kernel='gaussian', degree={degree}, gamma={gamma}) truncates "
+            f"the kernel's Taylor series: k(x, x) is under-estimated by {missing:.0%} at the "
+            f"largest training norm; use degree >= {needed}, a smaller gamma, or scaled data",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
 def gegenbauer_features(
     x: torch.Tensor,
     directions: torch.Tensor,
@@ -465,6 +485,8 @@ class GegenbauerFeatures(RandomFeaturesTransformer):
             check_int("depth", self.depth, min=1)
 
     def _make_feature_map(self, n_features, generator, X):
+        if self.kernel == "gaussian":
+            _warn_if_truncation_biased(float(self.gamma), self.degree, X)
         d = max(n_features, 2)
         A, powers, gamma_r = gzk_series(
             self.kernel,
