@@ -94,6 +94,21 @@ def test_fused_gradients_are_exact_when_samples_cover_every_key():
     assert_grads_close(got, exact, max(tolerance(torch.float32), 1e-3))
 
 
+@pytest.mark.parametrize("cfg", [HyperConfig(block_size=16, sample_size=0, min_seq_len=0, lsh_bits=3),
+                                 HyperConfig.full_budget(60)])
+def test_fused_gradients_without_samples(cfg):
+    # Blocks only (no sampled keys); with one block covering everything, exact attention.
+    q, k, v = random_qkv(2, 2, 2, 45, 60, 16, 24, dtype=torch.float32, device=DEVICE,
+                         requires_grad=True)
+    weights = loss_weights(q, v)
+    got = grads(*hyper_noncausal_fused(q, k, v, 0.25, cfg, gen(2)), weights, (q, k, v))
+    ref = grads(*hyper_noncausal(q, k, v, 0.25, cfg, gen(2)), weights, (q, k, v))
+    assert_grads_close(got, ref, tolerance(torch.float32))
+    if cfg.sample_size == 0 and cfg.block_size >= 60:
+        exact = grads(*naive_attention(q, k, v, scale=0.25, return_lse=True), weights, (q, k, v))
+        assert_grads_close(got, exact, max(tolerance(torch.float32), 1e-3))
+
+
 @pytest.mark.parametrize("N,M", [(128, 128), (100, 140)])
 def test_fused_gradients_through_causal_recursion(N, M, monkeypatch):
     q, k, v = random_qkv(1, 2, 1, N, M, 16, dtype=torch.float32, device=DEVICE,

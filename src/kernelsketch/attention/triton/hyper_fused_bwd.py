@@ -22,9 +22,11 @@ Kernels (fp32 accumulation; P is recomputed from L tile by tile):
   keys, looping over the query rows of the matching query block(s); dk/dv are
   stored at the key's original position (the un-permutation).
 * ``_bwd_dkdv_kernel`` (``SAMPLED=True``): one program per tile of sampled
-  keys, looping over all query rows with the pairs of the row's own block
-  masked; the per-sample gradients are then scatter-added into dk/dv at the
-  sampled indices (a key sampled several times accumulates every copy).
+  keys and chunk of query rows (every row sees every sample, so the rows are
+  split across programs for parallelism), with the pairs of the row's own
+  block masked; the chunks' partial gradients are summed and scatter-added
+  into dk/dv at the sampled indices (a key sampled several times accumulates
+  every copy).
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .polysketch import _dot_precision
+from .polysketch import _dot_precision, _warps
 
 LOG2E = 1.4426950408889634
+# Programs aimed at for the sampled-key gradients (a few per SM on current GPUs).
+SAMPLE_PROGRAMS = 512
 
 
 @triton.jit
@@ -107,14 +111,16 @@ def _bwd_dq_kernel(
 @triton.jit
 def _bwd_dkdv_kernel(
     Q, DO, LSE, DELTA, KX, VX, WX, BX, DST, DK, DVX,
-    R, NX, q_block, k_block, qk_scale, scale,
+    R, NX, q_block, k_block, rows_per_split, qk_scale, scale,
     D: tl.constexpr, DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, SAMPLED: tl.constexpr, DOT: tl.constexpr,
 ):
     # One tile of NX keys: the sorted keys (SAMPLED=False, their rows are the
-    # matching query blocks) or the sampled keys (SAMPLED=True, all rows).
+    # matching query blocks) or the sampled keys (SAMPLED=True, the rows of
+    # chunk program_id(2), whose partial sums go to DK[chunk], DVX[chunk]).
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
+    out_bh = tl.program_id(2).to(tl.int64) * tl.num_programs(1) + bh
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < NX
     d = tl.arange(0, BLOCK_D)
@@ -126,8 +132,8 @@ def _bwd_dkdv_kernel(
     if SAMPLED:
         bias = tl.load(WX + bh * NX + cols, mask=col_ok, other=0.0) * LOG2E
         col_blk = tl.load(BX + bh * NX + cols, mask=col_ok, other=-1)
-        r_lo = 0
-        r_hi = R
+        r_lo = tl.program_id(2) * rows_per_split
+        r_hi = tl.minimum(r_lo + rows_per_split, R)
     else:
         bias = tl.zeros([BLOCK_N], tl.float32)
         col_blk = cols // k_block
@@ -162,9 +168,9 @@ def _bwd_dkdv_kernel(
         dst_rows = cols
     else:
         dst_rows = tl.load(DST + bh * NX + cols, mask=col_ok, other=0)
-    tl.store(DK + bh * NX * D + dst_rows[:, None] * D + d[None, :], dk * scale,
+    tl.store(DK + out_bh * NX * D + dst_rows[:, None] * D + d[None, :], dk * scale,
              mask=col_ok[:, None] & (d[None, :] < D))
-    tl.store(DVX + bh * NX * DV + dst_rows[:, None] * DV + dv[None, :], dval,
+    tl.store(DVX + out_bh * NX * DV + dst_rows[:, None] * DV + dv[None, :], dval,
              mask=col_ok[:, None] & (dv[None, :] < DV))
 
 
@@ -230,7 +236,8 @@ def hyper_fused_backward(
     block_d = max(16, triton.next_power_of_2(D))
     block_dv = max(16, triton.next_power_of_2(Dv))
     consts = {"D": D, "DV": Dv, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d,
-              "BLOCK_DV": block_dv, "DOT": _dot_precision(q_sorted.dtype)}
+              "BLOCK_DV": block_dv, "DOT": _dot_precision(q_sorted.dtype),
+              "num_warps": _warps(D, Dv)}
     qk_scale = scale * LOG2E
 
     dq = torch.empty(BH, R, D, dtype=q_sorted.dtype, device=dev)
@@ -243,14 +250,18 @@ def hyper_fused_backward(
     dv = torch.empty(BH, M, Dv, dtype=torch.float32, device=dev)
     _bwd_dkdv_kernel[(triton.cdiv(M, block_n), BH)](
         q_sorted, do_s, lse_s, delta_s, k_sorted, v_sorted, log_weights, sample_blocks, perm_k,
-        dk, dv, R, M, q_block, k_block, qk_scale, scale, SAMPLED=False, **consts)
+        dk, dv, R, M, q_block, k_block, R, qk_scale, scale, SAMPLED=False, **consts)
     if S:
-        dk_s = torch.empty(BH, S, D, dtype=torch.float32, device=dev)
-        dv_s = torch.empty(BH, S, Dv, dtype=torch.float32, device=dev)
-        _bwd_dkdv_kernel[(triton.cdiv(S, block_n), BH)](
+        tiles = triton.cdiv(S, block_n)
+        splits = max(1, min(triton.cdiv(R, block_m), SAMPLE_PROGRAMS // (tiles * BH)))
+        rows_per_split = max(1, triton.cdiv(triton.cdiv(R, splits), block_m)) * block_m
+        splits = triton.cdiv(R, rows_per_split)
+        dk_s = torch.empty(splits, BH, S, D, dtype=torch.float32, device=dev)
+        dv_s = torch.empty(splits, BH, S, Dv, dtype=torch.float32, device=dev)
+        _bwd_dkdv_kernel[(tiles, BH, splits)](
             q_sorted, do_s, lse_s, delta_s, k_sampled, v_sampled, log_weights, sample_blocks,
-            sample_idx, dk_s, dv_s, R, S, q_block, k_block, qk_scale, scale, SAMPLED=True,
-            **consts)
-        dk.scatter_add_(1, sample_idx.unsqueeze(-1).expand(BH, S, D), dk_s)
-        dv.scatter_add_(1, sample_idx.unsqueeze(-1).expand(BH, S, Dv), dv_s)
+            sample_idx, dk_s, dv_s, R, S, q_block, k_block, rows_per_split, qk_scale, scale,
+            SAMPLED=True, **consts)
+        dk.scatter_add_(1, sample_idx.unsqueeze(-1).expand(BH, S, D), dk_s.sum(0))
+        dv.scatter_add_(1, sample_idx.unsqueeze(-1).expand(BH, S, Dv), dv_s.sum(0))
     return dq, dk.to(k_sorted.dtype), dv.to(v_sorted.dtype)
