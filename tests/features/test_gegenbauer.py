@@ -238,6 +238,19 @@ def test_torch_feature_map_on_batches_matches_transform():
     np.testing.assert_allclose(direct.numpy(), Z, atol=1e-12)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_feature_map_on_cuda_matches_cpu():
+    X = RNG.standard_normal((64, 6)) * 0.5
+    est = GegenbauerFeatures(n_components=90, gamma=0.5, random_state=0).fit(X)
+    Z = est.transform(X)
+    fm = est.feature_map_.to("cuda")
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+        out = fm(torch.from_numpy(X).to("cuda", dtype))
+        assert out.dtype == dtype and out.device.type == "cuda"
+        np.testing.assert_allclose(out.double().cpu().numpy(), Z, atol=tol)
+
+
 def test_one_feature_input_and_zero_vector():
     X = np.concatenate([RNG.standard_normal((6, 1)), np.zeros((1, 1))])
     K = _gaussian(X, X, 0.5)
