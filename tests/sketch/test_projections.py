@@ -39,6 +39,15 @@ def test_fwht_is_differentiable():
     assert torch.autograd.gradcheck(fwht, (x,))
 
 
+def test_fwht_differentiable_after_a_call_in_inference_mode():
+    with torch.inference_mode():
+        fwht(torch.randn(2, 32, dtype=torch.float64))
+    x = torch.randn(2, 32, dtype=torch.float64, requires_grad=True)
+    fwht(x).sum().backward()
+    hadamard = torch.from_numpy(scipy.linalg.hadamard(32).astype(np.float64))
+    torch.testing.assert_close(x.grad, hadamard.sum(1).expand(2, 32))
+
+
 def test_fwht_rejects_non_power_of_two():
     with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., d\] with d a power of two"):
         fwht(torch.randn(4, 12))

@@ -40,9 +40,11 @@ _MAX_FACTOR_BITS = 6
 @functools.lru_cache(maxsize=64)
 def _hadamard(size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Dense Sylvester–Hadamard matrix [size, size] (small sizes only)."""
-    h = torch.ones(1, 1, dtype=dtype, device=device)
-    while h.shape[0] < size:
-        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    # Cached across calls: never an inference tensor, which autograd could not save.
+    with torch.inference_mode(False):
+        h = torch.ones(1, 1, dtype=dtype, device=device)
+        while h.shape[0] < size:
+            h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
     return h
 
 
