@@ -78,11 +78,16 @@ def _conv_pairs(M: torch.Tensor, q: int) -> torch.Tensor:
 
 def _cntk_block(Xb, Yb, vx, vy, depth, q):
     """(CNNGP, CNTK) of image blocks Xb [a, C, H, W], Yb [b, C, H, W]."""
-    sigma = torch.einsum("achw,bcij->abhwij", Xb, Yb)
-    theta = torch.zeros_like(sigma)
+    H, W = Xb.shape[2:]
+    # Layer 1: conv of the pixel inner products = inner products of q x q patches / q^2.
+    px = F.unfold(Xb, q, padding=q // 2)  # [a, C q q, P]
+    py = F.unfold(Yb, q, padding=q // 2)
+    sigma_f = torch.einsum("akp,bkr->abpr", px, py).reshape(len(Xb), len(Yb), H, W, H, W) / q**2
+    theta_f = sigma_f
     for h in range(1, depth + 1):
-        sigma_f = _conv_pairs(sigma, q)
-        theta_f = sigma_f + _conv_pairs(theta, q)
+        if h > 1:
+            sigma_f = _conv_pairs(sigma, q)
+            theta_f = sigma_f + _conv_pairs(theta, q)
         nx = vx[h].sqrt()[:, None, :, :, None, None]
         ny = vy[h].sqrt()[None, :, None, None, :, :]
         scale = nx * ny
