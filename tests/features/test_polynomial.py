@@ -11,6 +11,7 @@ import torch
 from sklearn.kernel_approximation import PolynomialCountSketch
 from sklearn.metrics.pairwise import polynomial_kernel
 from sklearn.utils.estimator_checks import parametrize_with_checks
+from threadpoolctl import threadpool_limits
 
 from kernelsketch.features.polynomial import (
     PolynomialLeverageSampler,
@@ -32,6 +33,17 @@ def _all_columns(A, q):
     """Explicit A^{⊗q} (columns indexed by tuples), for small d only."""
     cols = list(itertools.product(range(A.shape[1]), repeat=q))
     return cols, np.stack([np.prod(A[:, c], axis=1) for c in cols], axis=1)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """One BLAS/OpenMP thread per xdist worker: with -n 2 on 2 cores, more threads
+    oversubscribe the CPU and small LAPACK calls stall for seconds."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(n)
 
 
 @parametrize_with_checks(
