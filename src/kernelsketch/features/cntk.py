@@ -83,11 +83,8 @@ def _cntk_block(Xb, Yb, vx, vy, depth, q):
     px = F.unfold(Xb, q, padding=q // 2)  # [a, C q q, P]
     py = F.unfold(Yb, q, padding=q // 2)
     sigma_f = torch.einsum("akp,bkr->abpr", px, py).reshape(len(Xb), len(Yb), H, W, H, W) / q**2
-    theta_f = sigma_f
+    theta_f = sigma_f  # Theta_g^(0) = 0
     for h in range(1, depth + 1):
-        if h > 1:
-            sigma_f = _conv_pairs(sigma, q)
-            theta_f = sigma_f + _conv_pairs(theta, q)
         nx = vx[h].sqrt()[:, None, :, :, None, None]
         ny = vy[h].sqrt()[None, :, None, None, :, :]
         scale = nx * ny
@@ -95,6 +92,9 @@ def _cntk_block(Xb, Yb, vx, vy, depth, q):
         c = torch.where(scale > 0, sigma_f / safe, torch.zeros_like(sigma_f))
         sigma = scale * kappa1(c)
         theta = theta_f * kappa0(c)
+        if h < depth:
+            sigma_f = _conv_pairs(sigma, q)
+            theta_f = sigma_f + _conv_pairs(theta, q)
     return sigma.mean((2, 3, 4, 5)), (sigma + theta).mean((2, 3, 4, 5))
 
 
