@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from scipy.integrate import quad
 
+from kernelsketch.recovery import fourier
 from kernelsketch.recovery.fourier import (
     Bandlimited,
     GaussianSpectrum,
@@ -90,6 +91,12 @@ def test_statistical_dimension_of_separated_sparse_spectrum_is_its_size():
     freqs = 3.0 * np.arange(k) - 3.0 * (k // 2)
     s = statistical_dimension(SparseFrequencies(freqs), 1.0, regularization=1e-8)
     assert abs(s - k) < 1e-3
+
+
+def test_statistical_dimension_warns_when_quadrature_is_capped(monkeypatch):
+    monkeypatch.setattr(fourier, "MAX_NODES", 300)  # the real cap (3000) is slow to reach
+    with pytest.warns(UserWarning, match="may be under-estimated"):
+        statistical_dimension(Bandlimited(1.0), 10.0)
 
 
 def test_default_sample_count_scales_like_s_log_s():

@@ -32,6 +32,7 @@ the guarantee is kept up to a factor 2 and the bulk of [0, T] is not under-sampl
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -226,6 +227,8 @@ class PowerSpectrum:
         return float(max(abs(self.support[0]), abs(self.support[1])))
 
 
+MAX_NODES = 3000  # quadrature cap of statistical_dimension (dense eigenvalues)
+
 SPECTRA = (
     Bandlimited,
     Multiband,
@@ -269,7 +272,8 @@ def statistical_dimension(
     T : float > 0
     regularization : float > 0
     n_nodes : int, optional
-        Quadrature nodes; default ``min(3000, 256 + 16 · T · frequency_scale)``.
+        Quadrature nodes; default ``256 + 16 · T · frequency_scale``, capped at 3000
+        with a warning (dense eigenvalues of an n_nodes × n_nodes matrix).
 
     Returns
     -------
@@ -279,7 +283,16 @@ def statistical_dimension(
     T = check_float("T", T, min=0.0, min_exclusive=True)
     regularization = check_float("regularization", regularization, min=0.0, min_exclusive=True)
     if n_nodes is None:
-        n_nodes = min(3000, 256 + int(16 * T * spectrum.frequency_scale()))
+        wanted = 256 + int(16 * T * spectrum.frequency_scale())
+        if wanted > MAX_NODES:
+            warnings.warn(
+                f"statistical_dimension: T * frequency scale = {T * spectrum.frequency_scale():.3g} "
+                f"needs ~{wanted} quadrature nodes, capped at {MAX_NODES}: s_λ (and the default "
+                "sample count) may be under-estimated; pass n_nodes or n_samples explicitly",
+                UserWarning,
+                stacklevel=2,
+            )
+        n_nodes = min(MAX_NODES, wanted)
     check_int("n_nodes", n_nodes, min=1)
     x, w = np.polynomial.legendre.leggauss(n_nodes)
     t, w = (x + 1) * T / 2, w / 2  # weights of the probability measure dt / T
