@@ -9,6 +9,7 @@ from sklearn.kernel_ridge import KernelRidge as ExactKernelRidge
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from threadpoolctl import threadpool_limits
 
+from kernelsketch.features.binning import WeightedRandomBinning
 from kernelsketch.features.krr import (
     KernelRidge,
     _as_torch_features,
@@ -16,6 +17,7 @@ from kernelsketch.features.krr import (
     ridge_solve,
 )
 from kernelsketch.features.nystroem import RLSNystroem
+from kernelsketch.features.polynomial import PolynomialLeverageSampler, PolynomialSketch
 
 
 @pytest.fixture(autouse=True)
@@ -172,3 +174,30 @@ def test_estimator_bad_alpha():
 def test_estimator_bad_features():
     with pytest.raises(TypeError, match="features must be a transformer with fit and transform"):
         KernelRidge(features="rbf").fit(np.ones((5, 2)), np.ones(5))
+
+
+@pytest.mark.parametrize(
+    "make_features, exact_kernel",
+    [
+        # Sparse CSR features: the CG path on torch sparse tensors.
+        (lambda m, s: WeightedRandomBinning(kernel="laplacian", length_scale=2.0,
+                                            n_components=m, random_state=s),
+         {"kernel": "laplacian", "gamma": 0.5}),
+        (lambda m, s: PolynomialSketch(n_components=m, degree=2, gamma=0.5, coef0=1.0,
+                                       random_state=s),
+         {"kernel": "poly", "degree": 2, "gamma": 0.5, "coef0": 1.0}),
+        (lambda m, s: PolynomialLeverageSampler(n_components=m, degree=2, gamma=0.5, coef0=1.0,
+                                                ridge=0.3, random_state=s),
+         {"kernel": "poly", "degree": 2, "gamma": 0.5, "coef0": 1.0}),
+    ],
+)
+def test_krr_converges_to_exact_with_feature_count(make_features, exact_kernel):
+    rng = np.random.default_rng(9)
+    X, Xt = rng.normal(size=(200, 3)), rng.normal(size=(60, 3))
+    y = np.cos(X[:, 0]) + X[:, 1] * X[:, 2] + 0.1 * rng.normal(size=200)
+    ref = ExactKernelRidge(alpha=0.3, **exact_kernel).fit(X, y - y.mean()).predict(Xt) + y.mean()
+    errs = []
+    for m in (20, 80, 320):
+        p = [KernelRidge(make_features(m, s), alpha=0.3).fit(X, y).predict(Xt) for s in range(2)]
+        errs.append(np.mean([np.sqrt(np.mean((q - ref) ** 2)) for q in p]))
+    assert errs[0] > 1.4 * errs[1] > 1.96 * errs[2]
