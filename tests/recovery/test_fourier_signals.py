@@ -185,6 +185,19 @@ def test_gp_kriging(spec, reg):
     assert _rel(rec, f) < 1e-2
 
 
+def test_uniform_sampling_is_gp_posterior_mean():
+    # With uniform samples the weights are 1/m, and the weighted ridge regression is the
+    # kriging / GP posterior mean k(t, S)(K + m λ k(0) I)^{-1} y.
+    spec, reg, m = GaussianSpectrum(0.1), 1e-4, 40
+    f = _translates(spec, RNG)
+    rec = reconstruct_signal(
+        f, 1.0, spec, m, regularization=reg, sampling="uniform", random_state=RNG
+    )
+    K = spec.kernel(rec.times[:, None] - rec.times[None, :])
+    alpha = np.linalg.solve(K + m * reg * np.eye(m), f(rec.times))
+    np.testing.assert_allclose(rec(GRID), spec.kernel(GRID[:, None] - rec.times) @ alpha, atol=1e-8)
+
+
 def test_power_spectrum_matches_closed_form_kernel():
     F = 2.0
     user = PowerSpectrum(lambda xi: np.ones_like(xi), (-F, F))
