@@ -201,3 +201,27 @@ def test_krr_converges_to_exact_with_feature_count(make_features, exact_kernel):
         p = [KernelRidge(make_features(m, s), alpha=0.3).fit(X, y).predict(Xt) for s in range(2)]
         errs.append(np.mean([np.sqrt(np.mean((q - ref) ** 2)) for q in p]))
     assert errs[0] > 1.4 * errs[1] > 1.96 * errs[2]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(
+    "features",
+    [
+        RLSNystroem(n_components=40, random_state=0),
+        WeightedRandomBinning(n_components=64, random_state=0),
+        PolynomialLeverageSampler(n_components=64, degree=3, coef0=1.0, random_state=0),
+    ],
+)
+def test_gpu_solve_and_feature_maps_match_cpu(features):
+    rng = np.random.default_rng()
+    X, y = rng.normal(size=(150, 4)), rng.normal(size=150)
+    cpu = KernelRidge(features, alpha=0.5).fit(X, y)
+    gpu = KernelRidge(features, alpha=0.5, device="cuda").fit(X, y)
+    np.testing.assert_allclose(gpu.predict(X), cpu.predict(X), rtol=1e-6, atol=1e-8)
+    fmap = cpu.features_.feature_map_
+    out_cpu = fmap(torch.from_numpy(X))
+    out_gpu = fmap.to("cuda")(torch.from_numpy(X).cuda())
+    for a, b in zip(out_cpu if isinstance(out_cpu, tuple) else (out_cpu,),
+                    out_gpu if isinstance(out_gpu, tuple) else (out_gpu,)):
+        np.testing.assert_allclose(b.cpu().numpy(), a.numpy(), rtol=1e-6, atol=1e-8)
