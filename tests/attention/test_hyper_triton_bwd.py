@@ -94,6 +94,17 @@ def test_fused_gradients_are_exact_when_samples_cover_every_key():
     assert_grads_close(got, exact, max(tolerance(torch.float32), 1e-3))
 
 
+def test_fused_gradients_accumulate_duplicate_samples():
+    # 19 draws with replacement from 20 keys: a key repeats with probability 1 - 20!/20^19 > 0.99999.
+    q, k, v = random_qkv(1, 2, 1, 30, 20, 16, dtype=torch.float32, device=DEVICE,
+                         requires_grad=True)
+    cfg = HyperConfig(block_size=8, sample_size=19, min_seq_len=0, lsh_bits=3)
+    weights = loss_weights(q, v)
+    got = grads(*hyper_noncausal_fused(q, k, v, 0.25, cfg, gen(4)), weights, (q, k, v))
+    ref = grads(*hyper_noncausal(q, k, v, 0.25, cfg, gen(4)), weights, (q, k, v))
+    assert_grads_close(got, ref, tolerance(torch.float32))
+
+
 @pytest.mark.parametrize("cfg", [HyperConfig(block_size=16, sample_size=0, min_seq_len=0, lsh_bits=3),
                                  HyperConfig.full_budget(60)])
 def test_fused_gradients_without_samples(cfg):

@@ -35,16 +35,16 @@ import torch
 import triton
 import triton.language as tl
 
+from .hyper_fused import LOG2E
 from .polysketch import _dot_precision, _warps
 
-LOG2E = 1.4426950408889634
 # Programs aimed at for the sampled-key gradients (a few per SM on current GPUs).
 SAMPLE_PROGRAMS = 512
 
 
 @triton.jit
 def _dq_step(dq, q, do, lse2, delta, k, v, bias, valid, qk_scale, DOT: tl.constexpr):
-    """dq += dS k for one tile of keys (scores in log2 units, P from the stored lse)."""
+    # dq += dS k for one tile of keys (scores in log2 units, P from the stored lse).
     s = tl.dot(q, tl.trans(k), input_precision=DOT) * qk_scale + bias[None, :]
     p = tl.where(valid, tl.exp2(s - lse2[:, None]), 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=DOT)
@@ -54,7 +54,7 @@ def _dq_step(dq, q, do, lse2, delta, k, v, bias, valid, qk_scale, DOT: tl.conste
 
 @triton.jit
 def _bwd_dq_kernel(
-    Q, K, V, KS, VS, WS, BS, DO, LSE, DELTA, PERM, DQ,
+    Q, K, V, KS, VS, WS2, BS, DO, LSE2, DELTA, PERM, DQ,
     R, M, S, q_block, k_block, qk_scale, scale,
     D: tl.constexpr, DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DOT: tl.constexpr,
@@ -69,7 +69,7 @@ def _bwd_dq_kernel(
                 mask=row_ok[:, None] & (d[None, :] < D), other=0.0)
     do = tl.load(DO + bh * R * DV + rows[:, None] * DV + dv[None, :],
                  mask=row_ok[:, None] & (dv[None, :] < DV), other=0.0)
-    lse2 = tl.load(LSE + bh * R + rows, mask=row_ok, other=0.0) * LOG2E
+    lse2 = tl.load(LSE2 + bh * R + rows, mask=row_ok, other=0.0)
     delta = tl.load(DELTA + bh * R + rows, mask=row_ok, other=0.0)
     row_blk = rows // q_block
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -98,7 +98,7 @@ def _bwd_dq_kernel(
                     mask=col_ok[:, None] & (d[None, :] < D), other=0.0)
         v = tl.load(VS + bh * S * DV + cols[:, None] * DV + dv[None, :],
                     mask=col_ok[:, None] & (dv[None, :] < DV), other=0.0)
-        bias = tl.load(WS + bh * S + cols, mask=col_ok, other=0.0) * LOG2E
+        bias = tl.load(WS2 + bh * S + cols, mask=col_ok, other=0.0)
         sb = tl.load(BS + bh * S + cols, mask=col_ok, other=-1)
         valid = (sb[None, :] != row_blk[:, None]) & col_ok[None, :] & row_ok[:, None]
         dq = _dq_step(dq, q, do, lse2, delta, k, v, bias, valid, qk_scale, DOT)
@@ -110,7 +110,7 @@ def _bwd_dq_kernel(
 
 @triton.jit
 def _bwd_dkdv_kernel(
-    Q, DO, LSE, DELTA, KX, VX, WX, BX, DST, DK, DVX,
+    Q, DO, LSE2, DELTA, KX, VX, WX2, BX, DST, DK, DVX,
     R, NX, q_block, k_block, rows_per_split, qk_scale, scale,
     D: tl.constexpr, DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, SAMPLED: tl.constexpr, DOT: tl.constexpr,
@@ -130,7 +130,7 @@ def _bwd_dkdv_kernel(
     v = tl.load(VX + bh * NX * DV + cols[:, None] * DV + dv[None, :],
                 mask=col_ok[:, None] & (dv[None, :] < DV), other=0.0)
     if SAMPLED:
-        bias = tl.load(WX + bh * NX + cols, mask=col_ok, other=0.0) * LOG2E
+        bias = tl.load(WX2 + bh * NX + cols, mask=col_ok, other=0.0)
         col_blk = tl.load(BX + bh * NX + cols, mask=col_ok, other=-1)
         r_lo = tl.program_id(2) * rows_per_split
         r_hi = tl.minimum(r_lo + rows_per_split, R)
@@ -150,7 +150,7 @@ def _bwd_dkdv_kernel(
                     mask=row_ok[:, None] & (d[None, :] < D), other=0.0)
         do = tl.load(DO + bh * R * DV + rows[:, None] * DV + dv[None, :],
                      mask=row_ok[:, None] & (dv[None, :] < DV), other=0.0)
-        lse2 = tl.load(LSE + bh * R + rows, mask=row_ok, other=0.0) * LOG2E
+        lse2 = tl.load(LSE2 + bh * R + rows, mask=row_ok, other=0.0)
         delta = tl.load(DELTA + bh * R + rows, mask=row_ok, other=0.0)
         same = col_blk[:, None] == (rows // q_block)[None, :]
         if SAMPLED:
@@ -230,7 +230,9 @@ def hyper_fused_backward(
     # Δ_r = dO_r·O_r − dL_r: the lse gradient enters every dS_rj as + P_rj dL_r.
     delta = (dout.float() * out.float()).sum(-1) - dlse.float()
     do_s = _sorted(dout.to(v_sorted.dtype), perm_q)
-    lse_s = _sorted(lse.float(), perm_q)
+    # The kernels work in log2 units (exp2): lse and log-weights are converted here.
+    lse2_s = _sorted(lse.float() * LOG2E, perm_q)
+    log2_weights = (log_weights * LOG2E).contiguous()
     delta_s = _sorted(delta, perm_q)
 
     block_d = max(16, triton.next_power_of_2(D))
@@ -242,14 +244,14 @@ def hyper_fused_backward(
 
     dq = torch.empty(BH, R, D, dtype=q_sorted.dtype, device=dev)
     _bwd_dq_kernel[(triton.cdiv(R, block_m), BH)](
-        q_sorted, k_sorted, v_sorted, k_sampled, v_sampled, log_weights, sample_blocks,
-        do_s, lse_s, delta_s, perm_q, dq, R, M, S, q_block, k_block, qk_scale, scale, **consts)
+        q_sorted, k_sorted, v_sorted, k_sampled, v_sampled, log2_weights, sample_blocks,
+        do_s, lse2_s, delta_s, perm_q, dq, R, M, S, q_block, k_block, qk_scale, scale, **consts)
 
     # perm_k is a permutation: every original key is written exactly once.
     dk = torch.empty(BH, M, D, dtype=torch.float32, device=dev)
     dv = torch.empty(BH, M, Dv, dtype=torch.float32, device=dev)
     _bwd_dkdv_kernel[(triton.cdiv(M, block_n), BH)](
-        q_sorted, do_s, lse_s, delta_s, k_sorted, v_sorted, log_weights, sample_blocks, perm_k,
+        q_sorted, do_s, lse2_s, delta_s, k_sorted, v_sorted, log2_weights, sample_blocks, perm_k,
         dk, dv, R, M, q_block, k_block, R, qk_scale, scale, SAMPLED=False, **consts)
     if S:
         tiles = triton.cdiv(S, block_n)
@@ -259,7 +261,7 @@ def hyper_fused_backward(
         dk_s = torch.empty(splits, BH, S, D, dtype=torch.float32, device=dev)
         dv_s = torch.empty(splits, BH, S, Dv, dtype=torch.float32, device=dev)
         _bwd_dkdv_kernel[(tiles, BH, splits)](
-            q_sorted, do_s, lse_s, delta_s, k_sampled, v_sampled, log_weights, sample_blocks,
+            q_sorted, do_s, lse2_s, delta_s, k_sampled, v_sampled, log2_weights, sample_blocks,
             sample_idx, dk_s, dv_s, R, S, q_block, k_block, rows_per_split, qk_scale, scale,
             SAMPLED=True, **consts)
         dk.scatter_add_(1, sample_idx.unsqueeze(-1).expand(BH, S, D), dk_s.sum(0))
