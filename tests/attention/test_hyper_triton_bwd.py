@@ -1,4 +1,4 @@
-"""Gradients of the fused HyperAttention Triton path against the torch path (TRITON_INTERPRET=1 on CPU).
+"""Gradients of the fused HyperAttention Triton path vs the torch path (TRITON_INTERPRET=1 on CPU).
 
 Both paths draw the same hash and samples from the same generator seed, so
 they compute the same function of (q, k, v); the loss (out·W).sum() +
@@ -95,7 +95,7 @@ def test_fused_gradients_are_exact_when_samples_cover_every_key():
 
 
 def test_fused_gradients_accumulate_duplicate_samples():
-    # 19 draws with replacement from 20 keys: a key repeats with probability 1 - 20!/20^19 > 0.99999.
+    # 19 draws with replacement from 20 keys: some key repeats (probability 1 - 20!/20^19).
     q, k, v = random_qkv(1, 2, 1, 30, 20, 16, dtype=torch.float32, device=DEVICE,
                          requires_grad=True)
     cfg = HyperConfig(block_size=8, sample_size=19, min_seq_len=0, lsh_bits=3)
@@ -105,8 +105,10 @@ def test_fused_gradients_accumulate_duplicate_samples():
     assert_grads_close(got, ref, tolerance(torch.float32))
 
 
-@pytest.mark.parametrize("cfg", [HyperConfig(block_size=16, sample_size=0, min_seq_len=0, lsh_bits=3),
-                                 HyperConfig.full_budget(60)])
+@pytest.mark.parametrize("cfg", [
+    HyperConfig(block_size=16, sample_size=0, min_seq_len=0, lsh_bits=3),
+    HyperConfig.full_budget(60),
+])
 def test_fused_gradients_without_samples(cfg):
     # Blocks only (no sampled keys); with one block covering everything, exact attention.
     q, k, v = random_qkv(2, 2, 2, 45, 60, 16, 24, dtype=torch.float32, device=DEVICE,
