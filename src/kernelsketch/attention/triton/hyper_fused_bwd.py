@@ -161,8 +161,8 @@ def _bwd_dkdv_kernel(
         pt = tl.where(valid, tl.exp2(st - lse2[None, :]), 0.0)
         dval += tl.dot(pt.to(do.dtype), do, input_precision=DOT)
         dpt = tl.dot(v, tl.trans(do), input_precision=DOT)
-        dst = pt * (dpt - delta[None, :])
-        dk += tl.dot(dst.to(q.dtype), q, input_precision=DOT)
+        ds_t = pt * (dpt - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT)
 
     if SAMPLED:
         dst_rows = cols
