@@ -7,7 +7,6 @@ import scipy.sparse as sp
 import torch
 from sklearn.kernel_ridge import KernelRidge as ExactKernelRidge
 from sklearn.utils.estimator_checks import parametrize_with_checks
-from threadpoolctl import threadpool_limits
 
 from kernelsketch.features.binning import WeightedRandomBinning
 from kernelsketch.features.krr import (
@@ -19,16 +18,6 @@ from kernelsketch.features.krr import (
 from kernelsketch.features.nystroem import RLSNystroem
 from kernelsketch.features.polynomial import PolynomialLeverageSampler, PolynomialSketch
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One BLAS/OpenMP thread per xdist worker: with -n 2 on 2 cores, more threads
-    oversubscribe the CPU and small LAPACK calls stall for seconds."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(n)
 
 
 def _reference(Z, y, alpha):

@@ -7,20 +7,9 @@ import torch
 from sklearn.kernel_approximation import Nystroem
 from sklearn.metrics.pairwise import laplacian_kernel, polynomial_kernel, rbf_kernel
 from sklearn.utils.estimator_checks import parametrize_with_checks
-from threadpoolctl import threadpool_limits
 
 from kernelsketch.features.nystroem import RLSNystroem, pairwise_kernel
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One BLAS/OpenMP thread per xdist worker: with -n 2 on 2 cores, more threads
-    oversubscribe the CPU and small LAPACK calls stall for seconds."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(n)
 
 
 def _gram(Z):

@@ -11,7 +11,6 @@ import torch
 from sklearn.kernel_approximation import PolynomialCountSketch
 from sklearn.metrics.pairwise import polynomial_kernel
 from sklearn.utils.estimator_checks import parametrize_with_checks
-from threadpoolctl import threadpool_limits
 
 from kernelsketch.features.polynomial import (
     PolynomialLeverageSampler,
@@ -34,16 +33,6 @@ def _all_columns(A, q):
     cols = list(itertools.product(range(A.shape[1]), repeat=q))
     return cols, np.stack([np.prod(A[:, c], axis=1) for c in cols], axis=1)
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One BLAS/OpenMP thread per xdist worker: with -n 2 on 2 cores, more threads
-    oversubscribe the CPU and small LAPACK calls stall for seconds."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(n)
 
 
 @parametrize_with_checks(
