@@ -98,7 +98,7 @@ def _draw_samples(k, v, config, generator):
         idx, w = uniform_sample(M, num_samples, batch_shape=(B, Hkv), device=k.device,
                                 generator=generator)
     else:
-        norms = torch.linalg.vector_norm(v.float(), dim=-1)
+        norms = torch.linalg.vector_norm(v.detach().float(), dim=-1)
         probs = 0.5 / M + 0.5 * norms / norms.sum(-1, keepdim=True).clamp_min(1e-30)
         idx, w = importance_sample(probs, num_samples, generator=generator)
     return idx, w.log()
