@@ -114,8 +114,7 @@ def _rel_fro(Z, K):
 
 @parametrize_with_checks(
     [
-        CNTKSketch(n_components=8, pixel_dim=4, degree=2),
-        CNTKSketch(n_components=8, pixel_dim=4, degree=2, depth=2, kernel="nngp"),
+        CNTKSketch(n_components=8, pixel_dim=4, degree=2, depth=2),
     ]
 )
 def test_sklearn_conventions(estimator, check):

@@ -210,9 +210,9 @@ def test_nonnegative_fit_is_close_and_cached():
 
 @parametrize_with_checks(
     [
-        NTKRandomFeatures(n_components=8),
-        NTKRandomFeatures(n_components=8, kernel="nngp", depth=2, tensor_sketch="countsketch"),
-        NTKRandomFeatures(n_components=8, leverage_sampling=True),
+        NTKRandomFeatures(
+            n_components=8, depth=2, tensor_sketch="countsketch", leverage_sampling=True
+        ),
         NTKSketch(n_components=8, degree=3),
     ]
 )
