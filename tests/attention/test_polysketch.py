@@ -207,6 +207,16 @@ def test_module_is_deterministic_and_state_dict_reproduces_it():
     torch.testing.assert_close(a(q, k, v), b(q, k, v), rtol=0, atol=0)
 
 
+def test_bfloat16_inputs_run_through_a_float32_layer():
+    layer = PolySketchAttention(16, PolySketchConfig(sketch_size=8, block_size=8), seed=0)
+    q, k, v = random_qkv(1, 4, 2, 30, 30, 16, dtype=torch.float32)
+    with torch.no_grad():
+        ref = layer(q, k, v)
+        out = layer(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert out.dtype == torch.bfloat16
+    assert relative_error(out, ref) < 3e-2
+
+
 @pytest.mark.parametrize("exact_local", [True, False])
 def test_decoding_equals_the_parallel_form(exact_local, path):
     cfg = PolySketchConfig(sketch_size=8, block_size=6, exact_local=exact_local)

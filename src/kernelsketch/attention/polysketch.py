@@ -411,7 +411,16 @@ class PolySketchAttention(nn.Module):
             self.q_norm = self.k_norm = nn.Identity()
 
     def _normalize(self, q, k):
-        return self.q_norm(q), self.k_norm(k)
+        """Layer norms in the accumulation dtype (float32 for half inputs, whatever the
+        parameters' dtype), so bfloat16 inputs work with a float32 layer."""
+        acc = accumulation_dtype(q.dtype)
+        return tuple(
+            x.to(acc) if isinstance(norm, nn.Identity) else F.layer_norm(
+                x.to(acc), norm.normalized_shape,
+                None if norm.weight is None else norm.weight.to(acc),
+                None if norm.bias is None else norm.bias.to(acc), norm.eps)
+            for norm, x in ((self.q_norm, q), (self.k_norm, k))
+        )
 
     def _check(self, q, k, v):
         dims = check_attention_inputs(q, k, v)
