@@ -22,7 +22,7 @@ def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
     check_tensor("exact", exact)
     if approx.shape != exact.shape:
         raise ValueError(f"approx must have shape {tuple(exact.shape)}, got {tuple(approx.shape)}")
-    a, e = approx.double(), exact.double().to(approx.device)
+    a, e = approx.detach().double(), exact.detach().double().to(approx.device)
     return float(torch.linalg.vector_norm(a - e) / torch.linalg.vector_norm(e).clamp_min(1e-300))
 
 

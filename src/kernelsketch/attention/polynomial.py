@@ -157,4 +157,5 @@ METHOD = MethodSpec(
     config_cls=PolynomialConfig,
     summary="exact degree-p polynomial attention (q, k layer-normalised), quadratic",
     paper="arXiv 2310.01655",
+    reference=None,
 )

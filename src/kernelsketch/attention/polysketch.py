@@ -511,4 +511,5 @@ METHOD = MethodSpec(
     config_cls=PolySketchConfig,
     summary="PolySketch: sketched degree-p polynomial attention, block causal, linear time",
     paper="arXiv 2310.01655",
+    reference="polynomial",
 )
