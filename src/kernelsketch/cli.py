@@ -14,6 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out-dir", default="results/demo")
     bench = sub.add_parser("bench", help="benchmarks: kernelsketch bench attention --help")
     bench.add_argument("family", choices=["attention"])
+    sub.add_parser("eval-lm", help="perplexity of SmolLM2 on real text with patched layers "
+                                   "(kernelsketch eval-lm --help)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
         if rest:
@@ -21,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import main as demo_main
 
         return demo_main(out_dir=args.out_dir)
+    if args.command == "eval-lm":
+        from .integrations.lm_eval import main as eval_main
+
+        return eval_main(rest)
     from .bench.attention import main as bench_main
 
     return bench_main(rest)
