@@ -242,7 +242,6 @@ class CNTKSketchMap(nn.Module):
         )
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        x.shape[0]
         variances = pixel_variances(x, self.depth, self.q)
         psi = x.flatten(2).transpose(1, 2)  # [n, P, C]
         phi = None
