@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .exact import exact_lse
+from .exact import ExactConfig, exact_forward, exact_lse
 from .merge import merge_partials
 
 # approximate(q, k, v, scale) -> (out, lse): non-causal partial attention of
@@ -124,3 +124,29 @@ def _noncausal(q, k, v, scale, approximate, min_seq_len):
     if k.shape[2] <= min_seq_len:
         return exact_lse(q, k, v, scale=scale)
     return approximate(q, k, v, scale)
+
+
+_EXACT = ExactConfig()
+
+
+def approximate_or_exact(q, k, v, *, is_causal, scale, min_seq_len, noncausal, need_lse):
+    """Dispatch shared by the LSH methods (HyperAttention, KDEformer).
+
+    Exact attention when the problem is at most ``min_seq_len`` long (keys for
+    non-causal; the whole sequence for causal); otherwise ``noncausal(q, k, v,
+    scale)`` directly, or inside the causal recursion where off-diagonal
+    blocks with at most ``min_seq_len`` keys are exact too.
+    """
+    N, M = q.shape[2], k.shape[2]
+    if (is_causal and max(N, M) <= min_seq_len) or (not is_causal and M <= min_seq_len):
+        return exact_forward(q, k, v, is_causal=is_causal, scale=scale, config=_EXACT,
+                             generator=None, need_lse=need_lse)
+    if not is_causal:
+        return noncausal(q, k, v, scale)
+
+    def approximate(qb, kb, vb, s):
+        if kb.shape[2] <= min_seq_len:
+            return exact_lse(qb, kb, vb, scale=s)
+        return noncausal(qb, kb, vb, s)
+
+    return causal_attention(q, k, v, scale=scale, approximate=approximate, min_seq_len=min_seq_len)

@@ -34,8 +34,8 @@ from .._checks import check_choice, check_float, check_int
 from ..sketch.lsh import AngularLSH
 from ..sketch.sampling import importance_sample, uniform_sample
 from .api import MethodConfig, MethodSpec
-from .causal import causal_attention
-from .exact import ExactConfig, exact_forward, exact_lse, partial_attention
+from .causal import approximate_or_exact
+from .exact import partial_attention
 from .gqa import fold_groups, unfold_groups
 from .merge import merge_many
 from .sortlsh import block_diagonal_attention, covered_by_blocks, gather_rows, sorted_blocks
@@ -186,25 +186,13 @@ def hyper_noncausal(
 
 def hyper_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
     """Registry entry of HyperAttention (see :class:`HyperConfig`)."""
-    N, M = q.shape[2], k.shape[2]
-    if (is_causal and max(N, M) <= config.min_seq_len) or (not is_causal and M <= config.min_seq_len):
-        return exact_forward(q, k, v, is_causal=is_causal, scale=scale, config=_EXACT,
-                             generator=None, need_lse=need_lse)
-
     noncausal = hyper_noncausal_fused if _use_fused(q, k, v, config) else hyper_noncausal
+    return approximate_or_exact(
+        q, k, v, is_causal=is_causal, scale=scale, min_seq_len=config.min_seq_len,
+        noncausal=lambda qb, kb, vb, s: noncausal(qb, kb, vb, s, config, generator),
+        need_lse=need_lse,
+    )
 
-    def approximate(qb, kb, vb, s):
-        if kb.shape[2] <= config.min_seq_len:
-            return exact_lse(qb, kb, vb, scale=s)
-        return noncausal(qb, kb, vb, s, config, generator)
-
-    if is_causal:
-        return causal_attention(q, k, v, scale=scale, approximate=approximate,
-                                min_seq_len=config.min_seq_len)
-    return noncausal(q, k, v, scale, config, generator)
-
-
-_EXACT = ExactConfig()
 
 METHOD = MethodSpec(
     name="hyper",
