@@ -419,6 +419,7 @@ def run(results_dir) -> dict:
     _print(approx, learn)
     out = {
         "device": f"CPU ({platform.processor() or platform.machine()}), 1 thread, float64",
+        "timing": "process CPU seconds (time.process_time), one thread",
         "torch": torch.__version__,
         "python": sys.version.split()[0],
         "ntk_depth": NTK_DEPTH,
