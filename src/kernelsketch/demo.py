@@ -84,7 +84,7 @@ def plot(results: list[dict], path: Path) -> bool:
     return True
 
 
-def main(out_dir: str = "results/demo", ns=(1024, 2048)) -> int:
+def main(out_dir: str = "results/demo", ns=(1024, 2048, 4096)) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     variants = demo_variants(min(ns))
     out = Path(out_dir)
