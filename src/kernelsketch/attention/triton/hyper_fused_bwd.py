@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from .hyper_fused import LOG2E
-from .polysketch import _dot_precision, _warps
+from . import dot_precision, num_warps
 
 # Programs aimed at for the sampled-key gradients (a few per SM on current GPUs).
 SAMPLE_PROGRAMS = 512
@@ -238,8 +238,8 @@ def hyper_fused_backward(
     block_d = max(16, triton.next_power_of_2(D))
     block_dv = max(16, triton.next_power_of_2(Dv))
     consts = {"D": D, "DV": Dv, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d,
-              "BLOCK_DV": block_dv, "DOT": _dot_precision(q_sorted.dtype),
-              "num_warps": _warps(D, Dv)}
+              "BLOCK_DV": block_dv, "DOT": dot_precision(q_sorted.dtype),
+              "num_warps": num_warps(D, Dv)}
     qk_scale = scale * LOG2E
 
     dq = torch.empty(BH, R, D, dtype=q_sorted.dtype, device=dev)

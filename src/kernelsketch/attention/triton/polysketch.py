@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import torch
 
+from . import dot_precision, num_warps
+
 try:
     import triton
     import triton.language as tl
@@ -246,16 +248,6 @@ if triton is not None:
         tl.store(DFK + (kvh * N + cols[:, None]) * R + rr[None, :], dfk, mask=cm[:, None])
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    # fp32 inputs: exact fp32 products (no TF32), so the kernels match the torch path.
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def _warps(d: int, dv: int) -> int:
-    # Wide heads keep [64, 128] fp32 accumulators per tile: spread them over more warps.
-    return 8 if max(d, dv) >= 128 else 4
-
-
 def _states(feat, x, y, *, heads_out, src_g, n, block_size, tile, reverse, precision):
     """Exclusive block prefix (suffix when ``reverse``) states H [.., NB, R, R, DV], z [.., NB, R, R]."""
     r, dv = feat.shape[-1], x.shape[-1]
@@ -273,7 +265,7 @@ class _PolySketchCausal(torch.autograd.Function):
     def forward(ctx, q, k, v, fq, fk, degree, block_size, tile):
         B, Hq, N, D = q.shape
         Hkv, Dv, R = k.shape[1], v.shape[-1], fq.shape[-1]
-        G, BM, prec = Hq // Hkv, tile, _dot_precision(v.dtype)
+        G, BM, prec = Hq // Hkv, tile, dot_precision(v.dtype)
         ctx.feature_dtypes = (fq.dtype, fk.dtype)
         q, k, v = (t.contiguous() for t in (q, k, v))
         fq, fk = fq.float().contiguous(), fk.float().contiguous()
@@ -284,7 +276,7 @@ class _PolySketchCausal(torch.autograd.Function):
         nb = h.shape[1]
         _fwd_kernel[(triton.cdiv(N, BM), B * Hq)](
             q, k, v, fq, h, z, out, den, N, G, nb, D=D, DV=Dv, R=R, P=degree, BLOCK=block_size,
-            BM=BM, DOT=prec, num_warps=_warps(D, Dv))
+            BM=BM, DOT=prec, num_warps=num_warps(D, Dv))
         ctx.save_for_backward(q, k, v, fq, fk, out, den, h, z)
         ctx.degree, ctx.block_size, ctx.tile = degree, block_size, tile
         return out, den
@@ -295,7 +287,7 @@ class _PolySketchCausal(torch.autograd.Function):
         B, Hq, N, D = q.shape
         Hkv, Dv, R = k.shape[1], v.shape[-1], fq.shape[-1]
         G, b = Hq // Hkv, ctx.block_size
-        BM, prec, nb = ctx.tile, _dot_precision(v.dtype), h.shape[1]
+        BM, prec, nb = ctx.tile, dot_precision(v.dtype), h.shape[1]
         g = 1.0 / (1.0 + den)
         ga = (dout.float() * g.unsqueeze(-1)).contiguous()
         gb = -(dout.float() * out).sum(-1) * g
@@ -308,13 +300,13 @@ class _PolySketchCausal(torch.autograd.Function):
         dfq = torch.empty(B, Hq, N, R, device=q.device, dtype=torch.float32)
         _bwd_q_kernel[(triton.cdiv(N, BM), B * Hq)](
             q, k, v, fq, ga, gb, h, z, dq, dfq, N, G, nb, D=D, DV=Dv, R=R, P=ctx.degree,
-            BLOCK=b, BM=BM, DOT=prec, num_warps=_warps(D, Dv))
+            BLOCK=b, BM=BM, DOT=prec, num_warps=num_warps(D, Dv))
         dk = torch.empty(B, Hkv, N, D, device=q.device, dtype=torch.float32)
         dv = torch.empty(B, Hkv, N, Dv, device=q.device, dtype=torch.float32)
         dfk = torch.empty(B, Hkv, N, R, device=q.device, dtype=torch.float32)
         _bwd_kv_kernel[(triton.cdiv(N, BM), B * Hkv)](
             q, k, v, fk, ga, gb, rs, rz, dk, dv, dfk, N, G, nb, D=D, DV=Dv, R=R, P=ctx.degree,
-            BLOCK=b, BM=BM, DOT=prec, num_warps=_warps(D, Dv))
+            BLOCK=b, BM=BM, DOT=prec, num_warps=num_warps(D, Dv))
         fq_dtype, fk_dtype = ctx.feature_dtypes
         return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dfq.to(fq_dtype),
                 dfk.to(fk_dtype), None, None, None)
