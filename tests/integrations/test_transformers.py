@@ -173,8 +173,10 @@ def test_exact_patch_honours_padding_masks():
     keep = mask.bool()
     torch.testing.assert_close(out[keep], ref[keep], rtol=1e-10, atol=1e-10)
     # The padded row, unpadded and alone, gives the same logits (the mask is honoured).
+    # Tolerance 1e-6: the rotary tables are computed in float32 even for a float64 model,
+    # so shifted positions round differently (differences up to ~1.5e-8 seen).
     alone = logits(model, ids[1:, 5:])
-    torch.testing.assert_close(out[1, 5:], alone[0], rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(out[1, 5:], alone[0], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", [m for m in available_methods() if m != "exact"])
