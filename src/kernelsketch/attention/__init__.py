@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import types
 
-from . import metrics
+from . import metrics  # noqa: F401  (ks.attention.metrics)
 from .api import (
     MethodConfig,
     MethodSpec,

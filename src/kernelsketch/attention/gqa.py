@@ -1,4 +1,4 @@
-"""Grouped-query attention layout helpers.
+"""Layout helpers: grouped-query attention folding and row gathers.
 
 Query head ``h`` uses key/value head ``h // G`` with ``G = Hq // Hkv`` (the
 convention of ``torch.repeat_interleave`` and SDPA's ``enable_gqa``). For any
@@ -32,3 +32,8 @@ def query_positions(num_queries: int, num_keys: int, groups: int, device) -> tor
     """
     pos = torch.arange(num_queries, device=device) + (num_keys - num_queries)
     return pos.repeat(groups)
+
+
+def gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows of x [B, H, R, D] at idx [B, H, S] -> [B, H, S, D] (differentiable in x)."""
+    return torch.gather(x, 2, idx.unsqueeze(-1).expand(*idx.shape, x.shape[-1]))

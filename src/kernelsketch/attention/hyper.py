@@ -36,9 +36,9 @@ from ..sketch.sampling import importance_sample, uniform_sample
 from .api import MethodConfig, MethodSpec
 from .causal import approximate_or_exact
 from .exact import partial_attention
-from .gqa import fold_groups, unfold_groups
+from .gqa import fold_groups, gather_rows, unfold_groups
 from .merge import merge_many
-from .sortlsh import block_diagonal_attention, covered_by_blocks, gather_rows, sorted_blocks
+from .sortlsh import block_diagonal_attention, covered_by_blocks, sorted_blocks
 
 
 @dataclass(frozen=True)

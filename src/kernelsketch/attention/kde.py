@@ -44,9 +44,9 @@ from ..sketch.sampling import importance_sample, uniform_sample
 from .api import MethodConfig, MethodSpec
 from .causal import approximate_or_exact
 from .exact import partial_attention
-from .gqa import fold_groups, unfold_groups
+from .gqa import fold_groups, gather_rows, unfold_groups
 from .merge import merge_partials
-from .sortlsh import block_diagonal_attention, covered_by_blocks, gather_rows
+from .sortlsh import block_diagonal_attention, covered_by_blocks
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ from ..sketch.leverage import leverage_scores_from_gram
 from ..sketch.tensor import PolySketch
 from .api import MethodConfig, MethodSpec
 from .exact import ExactConfig, exact_forward, partial_attention
-from .gqa import fold_groups, query_positions, unfold_groups
+from .gqa import fold_groups, gather_rows, query_positions, unfold_groups
 from .merge import accumulation_dtype, merge_partials
 
 __all__ = [
@@ -345,13 +345,8 @@ class LevSelector:
             top_pos = torch.where(valid.gather(-1, top), top_pos, top_pos + beyond)
             order = top.gather(-1, top_pos.argsort(dim=-1))
         self.positions = torch.where(keep.gather(-1, order), pos.gather(-1, order), -1)
-        self.keys = _gather_rows(k, order)
-        self.values = None if v is None else _gather_rows(v, order)
-
-
-def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x [B, H, M, D] at idx [B, H, S] -> [B, H, S, D] (differentiable in x)."""
-    return x.gather(2, idx.unsqueeze(-1).expand(*idx.shape, x.shape[-1]))
+        self.keys = gather_rows(k, order)
+        self.values = None if v is None else gather_rows(v, order)
 
 
 def universal_set(
@@ -476,7 +471,7 @@ def lev_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
         idx = torch.full((*idx.shape[:2], 1), -1, dtype=idx.dtype, device=idx.device)
     valid = idx >= 0
     gidx = idx.clamp(min=0)
-    k_sel, v_sel = _gather_rows(k, gidx), _gather_rows(v, gidx)
+    k_sel, v_sel = gather_rows(k, gidx), gather_rows(v, gidx)
     same_keys_for_all = not (is_causal or config.window or config.eps is not None)
     if same_keys_for_all and config.kind == "softmax" and not need_lse:
         # Every query sees the same S keys: one fused SDPA call (flash / cuDNN on GPU).

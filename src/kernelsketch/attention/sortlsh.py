@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .exact import partial_attention
+from .gqa import gather_rows
 
 
 def sorted_blocks(bucket: torch.Tensor, num_blocks: int):
@@ -26,11 +27,6 @@ def sorted_blocks(bucket: torch.Tensor, num_blocks: int):
     rank = torch.empty_like(perm)
     rank.scatter_(-1, perm, torch.arange(rows, device=perm.device).expand_as(perm))
     return perm, rank // block_len, block_len
-
-
-def gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x [B, H, R, D], idx [B, H, S] -> [B, H, S, D]."""
-    return torch.gather(x, 2, idx.unsqueeze(-1).expand(*idx.shape, x.shape[-1]))
 
 
 def _blocked(x: torch.Tensor, num_blocks: int, block_len: int, pad_value=0) -> torch.Tensor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..sortlsh import gather_rows
+from ..gqa import gather_rows
 from .hyper_fused import hyper_fused_forward
 from .hyper_fused_bwd import hyper_fused_backward
 

@@ -23,6 +23,22 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _online_softmax_step(s, v, m_i, l_i, acc):
+    """FlashAttention's online-softmax update with base-2 logits ``s`` (masked = -inf).
+
+    Rows whose running maximum is still -inf use 0 as shift, so they stay at
+    l = 0, acc = 0 without NaN.
+    """
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(s - m_use[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _hyper_fwd_kernel(
     Q, K, V, KS, VS, WS, BS, PERM, OUT, LSE,
     R, M, S, q_block, k_block, qk_scale,
@@ -55,15 +71,9 @@ def _hyper_fwd_kernel(
         s = tl.dot(q, tl.trans(k)) * qk_scale
         valid = ((cols // k_block)[None, :] == row_blk[:, None]) & col_ok[None, :]
         s = tl.where(valid, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_use)
-        p = tl.exp2(s - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(V + bh * M * DV + cols[:, None] * DV + dv[None, :],
                     mask=col_ok[:, None] & (dv[None, :] < DV), other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        m_i, l_i, acc = _online_softmax_step(s, v, m_i, l_i, acc)
 
     # Sampled part: weighted keys outside the row's own block.
     for start in range(0, S, BLOCK_N):
@@ -76,15 +86,9 @@ def _hyper_fwd_kernel(
         s = tl.dot(q, tl.trans(k)) * qk_scale + (w * 1.4426950408889634)[None, :]
         valid = (sb[None, :] != row_blk[:, None]) & col_ok[None, :]
         s = tl.where(valid, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_use)
-        p = tl.exp2(s - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(VS + bh * S * DV + cols[:, None] * DV + dv[None, :],
                     mask=col_ok[:, None] & (dv[None, :] < DV), other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        m_i, l_i, acc = _online_softmax_step(s, v, m_i, l_i, acc)
 
     nonzero = l_i > 0
     l_safe = tl.where(nonzero, l_i, 1.0)
