@@ -6,6 +6,7 @@ import torch
 
 import kernelsketch as ks
 from kernelsketch.attention.lev import (
+    EXACT_SIZE_LIMIT,
     LevConfig,
     LevSelector,
     power_partial_attention,
@@ -13,6 +14,7 @@ from kernelsketch.attention.lev import (
     universal_set,
 )
 from kernelsketch.attention.metrics import relative_error
+from kernelsketch.sketch.leverage import leverage_scores_from_kernel
 
 from .reference import naive_attention, random_qkv
 
@@ -126,6 +128,60 @@ def test_sketched_ridge_scores_improve_with_sketch_size():
     assert errs[0] > errs[1] > errs[2], errs
 
 
+@pytest.mark.parametrize("ridge", [0.0, 0.2])
+def test_leverage_scores_from_kernel_match_the_formula(ridge):
+    k = low_rank_keys(2, 3, 40, 6, 3)
+    kern = (k @ k.transpose(-1, -2)) ** 2
+    if ridge:
+        eye = torch.eye(40, dtype=k.dtype)
+        ref = (kern @ torch.linalg.inv(kern + ridge * eye)).diagonal(dim1=-2, dim2=-1)
+    else:
+        ref = kernel_leverage(k, 4)
+    torch.testing.assert_close(leverage_scores_from_kernel(kern, ridge=ridge), ref,
+                               rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("p,d", [(4, 8), (6, 6)])
+@pytest.mark.parametrize("ridge", [0.0, 0.2])
+@pytest.mark.parametrize("mode", [{"budget": 7}, {"eps": 0.3}])
+def test_kernel_route_equals_the_gram_route(p, d, ridge, mode):
+    # M = 30 keys below C(d + p/2 - 1, p/2) = 36 or 56 features: universal_set uses the M x M
+    # kernel (KKᵀ)^{∘p/2}; the streaming selector the F x F Gram of the exact features.
+    # rank-3 keys: rank(K^{⊗p/2}) = C(p/2 + 2, 2) = 6 or 10 < M, so the scores are not all 1
+    k = low_rank_keys(2, 2, 30, d, 3)
+    k[:, :, torch.randperm(30)[:2]] *= 3.0
+    one_shot = universal_set(k, p, ridge=ridge, **mode)
+    assert torch.equal(one_shot, LevSelector(p=p, ridge=ridge, **mode).update(k).select())
+    if "eps" in mode:
+        stream = LevSelector(p=p, ridge=ridge, **mode)
+        for kb, _ in _random_blocks(k):
+            stream.update(kb)
+        assert torch.equal(one_shot, stream.select())
+    assert ((one_shot >= 0).sum(-1) < 30).all()  # a real subset
+
+
+def test_large_head_dimension_p6_without_features():
+    # d = 64, p = 6: C(66, 3) = 45760 exact features (a 16 GB Gram); the 100 x 100 kernel suffices.
+    k = low_rank_keys(1, 2, 100, 64, 3)
+    k[:, :, torch.randperm(100)[:2]] *= 2.0
+    idx = universal_set(k, 6, eps=0.2)
+    ref = kernel_leverage(k, 6)
+    for h in range(2):
+        row = idx[0, h]
+        assert torch.equal(row[row >= 0], torch.nonzero(ref[0, h] >= 0.2).flatten())
+
+
+def test_exact_scores_beyond_the_size_limit_ask_for_a_sketch():
+    d = 100  # p = 4: C(101, 2) = 5050 > EXACT_SIZE_LIMIT features
+    assert math.comb(d + 1, 2) > EXACT_SIZE_LIMIT
+    with pytest.raises(ValueError, match="sketch_size must be given for p=4 with key dimension"):
+        LevSelector(p=4, budget=3).update(torch.randn(1, 1, 10, d))
+    with pytest.raises(ValueError, match="sketch_size must be given for p=4, d=100 and M=4500"):
+        universal_set(torch.randn(1, 1, 4500, d), 4, budget=3)
+    idx = universal_set(torch.randn(1, 1, 200, d), 4, budget=3, sketch_size=64)
+    assert idx.shape == (1, 1, 3)
+
+
 # ---------------------------------------------------------------- the universal-set guarantee
 
 
@@ -145,12 +201,60 @@ def _check_guarantee(k, q, p, eps):
     assert size.max() < M  # the set is a real subset on these inputs
 
 
-def _adversarial_queries(k, p):
-    """For p = 2, q = G⁺k_j attains A_j(q) = τ_j (the bound is tight); for p > 2 the keys themselves."""
+def _adversarial_queries(k, p, steps=30):
+    """One query per key j maximising its attention entry A_j(q).
+
+    For p = 2, q = G⁺k_j attains A_j(q) = τ_j (the bound is tight). For p > 2
+    the maximiser has no closed form: gradient ascent on log A_j(q_j) (scale
+    invariant, so from unit-norm starts) from q_j = G⁺k_j and from q_j = k_j,
+    keeping the best of the starts and the ascents for each key.
+    """
+    g = k.transpose(-1, -2) @ k
+    start = k @ torch.linalg.pinv(g, hermitian=True)
     if p == 2:
-        g = k.transpose(-1, -2) @ k
-        return k @ torch.linalg.pinv(g, hermitian=True)
-    return k
+        return start
+    candidates = []
+    for init in (start, k):
+        q = (init / init.norm(dim=-1, keepdim=True)).requires_grad_(True)
+        candidates.append(q.detach().clone())
+        opt = torch.optim.Adam([q], lr=0.05)
+        for _ in range(steps):
+            opt.zero_grad()
+            (-_own_entry(q, k, p).clamp_min(1e-300).log().sum()).backward()
+            opt.step()
+        candidates.append(q.detach())
+    qs = torch.stack(candidates)  # [4, B, H, M, D]
+    best = _own_entry(qs, k, p).argmax(0)  # [B, H, M]
+    return qs.gather(0, best[None, ..., None].expand(1, *qs.shape[1:]))[0]
+
+
+def _own_entry(q, k, p):
+    """A_j(q_j) [..., M]: the |x|^p attention of query j on key j."""
+    a = (q @ k.transpose(-1, -2)).abs() ** p
+    return a.diagonal(dim1=-2, dim2=-1) / a.sum(-1)
+
+
+@pytest.mark.parametrize("p", [2, 4])
+@pytest.mark.parametrize("keys", ["gaussian", "planted", "low_rank"])
+def test_no_attention_entry_exceeds_its_key_leverage_score(p, keys):
+    # The inequality behind the theorem: A_j(q) <= τ_j for every query q and key j.
+    B, H, M, D = 1, 2, 120, 4
+    if keys == "gaussian":
+        k = torch.randn(B, H, M, D, dtype=torch.float64)
+    elif keys == "planted":
+        k, _ = planted_keys(B, H, M, D, 3)
+    else:
+        k = low_rank_keys(B, H, M, D, 2)
+    adv = _adversarial_queries(k, p)
+    q = torch.cat((torch.randn(B, H, 100, D, dtype=torch.float64), k, adv), 2)
+    tau = kernel_leverage(k, p)
+    probs = power_probs(q, k, p)
+    assert (probs <= tau[:, :, None, :] * (1 + 1e-9) + 1e-12).all()
+    own = _own_entry(adv, k, p)
+    if p == 2:  # tight: the adversarial query of key j attains τ_j
+        torch.testing.assert_close(own, tau)
+    else:  # the ascent finds larger entries than the keys themselves as queries
+        assert (own / tau).mean() > (_own_entry(k, k, p) / tau).mean()
 
 
 @pytest.mark.parametrize("p", [2, 4])
@@ -251,6 +355,37 @@ def test_merged_shards_equal_one_pass(p):
     assert merged.num_seen == 300
 
 
+@pytest.mark.parametrize("mode", [{"eps": 0.05}, {"budget": 6}])
+def test_selector_memory_is_bounded_at_every_step_of_a_long_stream(mode):
+    k, _ = planted_keys(1, 2, 3000, 4, 5)
+    sel = LevSelector(p=2, **mode)
+    held = []
+    for start in range(0, 3000, 100):
+        sel.update(k[:, :, start:start + 100])
+        held.append(sel.keys.shape[2])
+        assert sel.gram.shape == (1, 2, 4, 4)
+    bound = mode.get("budget") or 4 / 0.05 * (1 + 1e-6)  # rank / eps
+    assert max(held) <= bound, held
+    assert torch.equal(sel.select(), universal_set(k, 2, **mode)) or "budget" in mode
+
+
+def test_streaming_budget_mode_keeps_nearly_the_one_pass_score_mass():
+    # A key dropped early can outrank a kept one at the end (module docstring); on these
+    # streams (fixed seed) a few percent of the keys differ and < 1% of the score mass is lost.
+    gen = torch.Generator().manual_seed(0)
+    k = torch.randn(1, 8, 1000, 16, generator=gen, dtype=torch.float64)
+    k = k * 3 * torch.rand(1, 8, 1000, 1, generator=gen, dtype=torch.float64)
+    one = LevSelector(p=2, budget=32).update(k)
+    stream = LevSelector(p=2, budget=32)
+    for kb in k.chunk(20, dim=2):
+        stream.update(kb)
+    score = one.scores(k)
+    mass_one = score.gather(-1, one.select()).sum(-1)
+    mass_stream = score.gather(-1, stream.select()).sum(-1)
+    assert (mass_stream <= mass_one * (1 + 1e-12)).all()
+    assert (mass_stream >= 0.95 * mass_one).all(), mass_stream / mass_one
+
+
 def test_streaming_budget_mode_accumulates_the_full_gram_and_keeps_planted_keys():
     k, pos = planted_keys(1, 2, 400, 6, 3)
     sel = LevSelector(p=2, budget=6)
@@ -290,6 +425,23 @@ def test_forward_matches_attention_restricted_to_the_set(shape, is_causal, windo
     out_only = ks.attention(q, k, v, method="lev", config=cfg, is_causal=is_causal)
     torch.testing.assert_close(out_only, ref, rtol=1e-9, atol=1e-10)
     assert torch.equal(torch.isinf(lse), ~mask.any(-1))
+
+
+@pytest.mark.parametrize("kind", ["softmax", "power"])
+@pytest.mark.parametrize("cfg", [{"budget": 10}, {"budget": 10, "window": 4}, {"eps": 0.05}])
+def test_causal_queries_never_see_future_keys(kind, cfg):
+    q, k, v = random_qkv(1, 4, 2, 48, 48, 8, requires_grad=True)
+    cut = torch.randint(8, 40, ()).item()
+    config = LevConfig(kind=kind, **cfg)
+    out = ks.attention(q, k, v, method="lev", config=config, is_causal=True)
+    gk, gv = torch.autograd.grad((out[:, :, :cut] * torch.randn_like(out[:, :, :cut])).sum(), (k, v))
+    assert (gk[:, :, cut:] == 0).all() and (gv[:, :, cut:] == 0).all()
+    assert gk[:, :, :cut].abs().sum() > 0 and gv[:, :, :cut].abs().sum() > 0
+    v2 = v.detach().clone()
+    v2[:, :, cut:] += 100.0 * torch.randn_like(v2[:, :, cut:])  # values do not move the set
+    out2 = ks.attention(q, k, v2, method="lev", config=config, is_causal=True)
+    torch.testing.assert_close(out2[:, :, :cut], out[:, :, :cut], rtol=0, atol=1e-12)
+    assert not torch.allclose(out2[:, :, cut:], out[:, :, cut:])
 
 
 def test_threshold_forward_matches_oracle_with_ragged_sets():
@@ -403,41 +555,71 @@ def test_config_rejects_bad_fields(field, value, exc):
         LevConfig(**{field: value})
 
 
-def test_universal_set_needs_exactly_one_of_eps_and_budget():
+@pytest.mark.parametrize("kwargs", [{}, {"eps": 0.1, "budget": 3}])
+def test_universal_set_needs_exactly_one_of_eps_and_budget(kwargs):
+    with pytest.raises(ValueError, match="give exactly one of eps and budget"):
+        universal_set(torch.randn(1, 1, 10, 4), **kwargs)
+
+
+def _nan_keys():
     k = torch.randn(1, 1, 10, 4)
-    with pytest.raises(ValueError, match="eps and budget"):
-        universal_set(k)
-    with pytest.raises(ValueError, match="eps and budget"):
-        universal_set(k, eps=0.1, budget=3)
+    k[0, 0, 2, 1] = float("nan")
+    return k
 
 
-def test_universal_set_rejects_bad_keys():
-    with pytest.raises(ValueError, match="k_block must have 4 dimensions"):
-        universal_set(torch.randn(10, 4), budget=3)
-    with pytest.raises(TypeError, match="k_block must have dtype"):
-        universal_set(torch.ones(1, 1, 10, 4, dtype=torch.int64), budget=3)
-    bad = torch.randn(1, 1, 10, 4)
-    bad[0, 0, 2, 1] = float("nan")
-    with pytest.raises(ValueError, match="k_block must be finite"):
-        universal_set(bad, budget=3)
+@pytest.mark.parametrize("k,exc,match", [
+    (torch.randn(10, 4), ValueError, "k must have 4 dimensions"),
+    (torch.ones(1, 1, 10, 4, dtype=torch.int64), TypeError, "k must have dtype"),
+    (_nan_keys(), ValueError, "k must be finite"),
+    ([[1.0]], TypeError, "k must be a torch.Tensor"),
+])
+def test_universal_set_rejects_bad_keys(k, exc, match):
+    with pytest.raises(exc, match=match):
+        universal_set(k, budget=3)
 
 
-def test_selector_rejects_mismatched_blocks_and_shards():
-    sel = LevSelector(budget=3).update(torch.randn(1, 2, 10, 4))
-    with pytest.raises(ValueError, match="k_block must have shape"):
-        sel.update(torch.randn(1, 3, 10, 4))
-    with pytest.raises(TypeError, match="k_block must have the same dtype"):
-        sel.update(torch.randn(1, 2, 10, 4, dtype=torch.float64))
-    with pytest.raises(ValueError, match="v_block must be given"):
-        sel.update(torch.randn(1, 2, 10, 4), torch.randn(1, 2, 10, 4))
+@pytest.mark.parametrize("kwargs,exc,match", [
+    ({"p": 5, "budget": 3}, ValueError, "p must be an even int"),
+    ({"budget": 0}, ValueError, "budget"), ({"eps": 1.5}, ValueError, "eps"),
+    ({"budget": 3, "ridge": -1.0}, ValueError, "ridge"),
+    ({"budget": 3, "sketch_size": 0}, ValueError, "sketch_size"),
+    ({"budget": 3, "seed": -1}, ValueError, "seed"),
+])
+def test_selector_rejects_bad_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        LevSelector(**kwargs)
+
+
+def _streamed():
+    return LevSelector(budget=3).update(torch.randn(1, 2, 10, 4))
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda s: s.update(torch.randn(1, 3, 10, 4)), ValueError, "k_block must have shape"),
+    (lambda s: s.update(torch.randn(1, 2, 10, 4, dtype=torch.float64)), TypeError,
+     "k_block must have the same dtype"),
+    (lambda s: s.update(torch.randn(1, 2, 10, 4), torch.randn(1, 2, 10, 4)), ValueError,
+     "v_block must be given"),
+    (lambda s: s.merge(LevSelector(budget=4)), ValueError, "other must have the same"),
+    (lambda s: s.merge("shard"), TypeError, "other must be a LevSelector"),
+    (lambda s: s.scores(torch.randn(1, 2, 5, 3)), ValueError, "k must have shape"),
+    (lambda s: s.scores(torch.randn(5, 4)), ValueError, "k must have 4 dimensions"),
+])
+def test_selector_rejects_mismatched_blocks_and_shards(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call(_streamed())
+
+
+def test_selector_rejects_values_of_other_length():
     with pytest.raises(ValueError, match="v_block must have shape"):
         LevSelector(budget=3).update(torch.randn(1, 2, 10, 4), torch.randn(1, 2, 9, 4))
-    with pytest.raises(ValueError, match="other must have the same"):
-        sel.merge(LevSelector(budget=4))
-    with pytest.raises(TypeError, match="other must be a LevSelector"):
-        sel.merge("shard")
-    with pytest.raises(ValueError, match="select\\(\\) needs"):
-        LevSelector(eps=0.1).select()
+
+
+@pytest.mark.parametrize("method", ["select", "scores"])
+def test_selector_needs_an_update_first(method):
+    args = () if method == "select" else (torch.randn(1, 1, 3, 4),)
+    with pytest.raises(ValueError, match=f"{method}\\(\\) needs at least one update"):
+        getattr(LevSelector(eps=0.1), method)(*args)
 
 
 def test_attention_rejects_wrong_config_type():

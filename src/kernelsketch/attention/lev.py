@@ -18,9 +18,13 @@ only even ``p`` is implemented here, where the leverage scores of ``K^{⊗t}``
 are the exact sensitivities.
 
 **Features.** ``φ`` is ``k`` itself for p = 2; for p >= 4 it is either the
-exact symmetric tensor power (``C(d + t - 1, t)`` coordinates, the Gram is
-that size squared) or, with ``sketch_size``, a PolySketch of ``k^{⊗t}``
-(sketch/tensor.py). With ``sketch_size >= rank(Φ)`` the sketch keeps the
+exact symmetric tensor power (``F = C(d + t - 1, t)`` coordinates, the Gram is
+F x F) or, with ``sketch_size``, a PolySketch of ``k^{⊗t}``
+(sketch/tensor.py). Without a sketch, :func:`universal_set` on M < F keys
+never forms the features: the leverage scores of Φ are those of its kernel
+matrix ``ΦΦᵀ = (KKᵀ)^{∘t}`` (M x M); exact scores of size above
+``EXACT_SIZE_LIMIT`` (min(M, F) for one shot, F for a stream) need
+``sketch_size``. With ``sketch_size >= rank(Φ)`` the sketch keeps the
 column space of Φ and the scores are exact; below that, use ``ridge > 0``:
 the sketch is then a spectral approximation of the kernel ``ΦΦᵀ + λI`` and
 the scores approximate ridge leverage scores (an approximation, not the
@@ -68,7 +72,7 @@ from .._checks import (
     check_same,
     check_tensor,
 )
-from ..sketch.leverage import leverage_scores_from_gram
+from ..sketch.leverage import leverage_scores_from_gram, leverage_scores_from_kernel
 from ..sketch.tensor import PolySketch
 from .api import MethodConfig, MethodSpec
 from .exact import ExactConfig, exact_forward, partial_attention
@@ -76,6 +80,7 @@ from .gqa import fold_groups, gather_rows, query_positions, unfold_groups
 from .merge import accumulation_dtype, merge_partials
 
 __all__ = [
+    "EXACT_SIZE_LIMIT",
     "LevConfig",
     "LevSelector",
     "power_partial_attention",
@@ -103,8 +108,10 @@ class LevConfig(MethodConfig):
     ridge : relative ridge ``λ = ridge · tr(G) / F`` added to the Gram
         (0: plain, rank-aware leverage scores).
     sketch_size : for p >= 4, PolySketch features of this size instead of the
-        exact symmetric tensor power (None: exact, ``C(d+p/2-1, p/2)``
-        features).
+        exact symmetric tensor power (None: exact scores, through the
+        ``C(d+p/2-1, p/2)`` features or the M x M kernel, whichever is
+        smaller; a ValueError asks for sketch_size when both exceed
+        ``EXACT_SIZE_LIMIT``).
     """
 
     p: int = 2
@@ -130,6 +137,11 @@ class LevConfig(MethodConfig):
     def full_budget(cls, seq_len: int) -> LevConfig:
         """A config that keeps every key at this length (equals exact softmax attention)."""
         return cls(budget=max(check_int("seq_len", seq_len, min=0), 1))
+
+
+# Largest exact eigendecomposition (F x F Gram or M x M kernel) computed without a sketch:
+# beyond it use sketch_size (one 4096 x 4096 eigh per head is already seconds on a CPU).
+EXACT_SIZE_LIMIT = 4096
 
 
 def _check_p(p) -> int:
@@ -174,11 +186,48 @@ class _PowerFeatures:
         self.sketch = None
         if t > 1 and sketch_size is not None:
             self.sketch = PolySketch(d, sketch_size, t, kind="gaussian", seed=seed).to(device)
+        elif _exact_size(d, t) > EXACT_SIZE_LIMIT:
+            raise ValueError(
+                f"sketch_size must be given for p={2 * t} with key dimension d={d}: exact streaming "
+                f"scores need a {_exact_size(d, t)} x {_exact_size(d, t)} Gram of K^(⊗{t}) "
+                f"(> EXACT_SIZE_LIMIT = {EXACT_SIZE_LIMIT}), got sketch_size=None"
+            )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.sketch is not None:
             return self.sketch(x)
         return symmetric_power_features(x, self.t)
+
+
+def _exact_size(d: int, t: int) -> int:
+    """Number of exact symmetric tensor-power features C(d + t - 1, t)."""
+    return math.comb(d + t - 1, t)
+
+
+def _choose(score, pos, *, eps, budget, beyond):
+    """Which candidates to keep, given their scores [..., m] and positions [..., m] (-1: padding).
+
+    Threshold mode keeps every score >= eps; budget mode the ``budget`` best.
+    Returns ``(order, kept)`` [..., S]: indices into the last axis in position
+    order, and whether each slot holds a key (False: padding). ``beyond``
+    exceeds every position (it shifts the dropped keys behind the kept ones).
+    """
+    valid = pos >= 0
+    if eps is not None:
+        # Scores are computed in floating point: keep a relative slack of sqrt(machine eps)
+        # so a key whose exact score is eps is never lost to rounding.
+        slack = math.sqrt(torch.finfo(score.dtype).eps)
+        keep = valid & (score >= eps * (1 - slack))
+        size = int(keep.sum(-1).max()) if keep.numel() else 0
+        order = torch.where(keep, pos, pos + beyond).topk(size, dim=-1, largest=False).indices
+    else:  # top-budget scores, then in position order: O(m + budget log budget)
+        keep = valid
+        ranked = torch.where(valid, score, torch.full_like(score, -1.0))
+        top = ranked.topk(min(budget, score.shape[-1]), dim=-1).indices
+        top_pos = pos.gather(-1, top)
+        top_pos = torch.where(valid.gather(-1, top), top_pos, top_pos + beyond)
+        order = top.gather(-1, top_pos.argsort(dim=-1))
+    return order, keep.gather(-1, order)
 
 
 class LevSelector:
@@ -290,6 +339,16 @@ class LevSelector:
         """Scores [B, H, m] of keys [B, H, m, D] w.r.t. the accumulated Gram (ridge included)."""
         if self.gram is None:
             raise ValueError("scores() needs at least one update(k_block) first, got none")
+        check_tensor("k", k, ndim=4)
+        if k.shape[:2] != self.keys.shape[:2] or k.shape[-1] != self.keys.shape[-1]:
+            raise ValueError(f"k must have shape [{self.keys.shape[0]}, {self.keys.shape[1]}, m, "
+                             f"{self.keys.shape[-1]}] like the streamed keys, got {list(k.shape)}")
+        check_same(("streamed keys", "k"), (self.keys, k))
+        return self._scores(k)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _scores(self, k: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             phi = self._features(k.detach().to(self.gram.dtype))
             gram = self.gram
@@ -299,8 +358,6 @@ class LevSelector:
                 lam = (self.ridge * trace / dim)[..., None, None]
                 gram = gram + lam * torch.eye(dim, dtype=gram.dtype, device=gram.device)
             return leverage_scores_from_gram(phi, gram)
-
-    # -- internals --------------------------------------------------------------------------
 
     def _check_block(self, k, v) -> None:
         check_tensor("k_block", k, ndim=4)
@@ -327,24 +384,9 @@ class LevSelector:
             pos = torch.cat((self.positions, pos), dim=2)
             if v is not None:
                 v = torch.cat((self.values, v), dim=2)
-        score = self.scores(k)
-        valid = pos >= 0
-        beyond = self.num_seen + 1  # shifts dropped keys behind every kept position
-        if self.eps is not None:
-            # Scores are computed in floating point: keep a relative slack of sqrt(machine eps)
-            # so a key whose exact score is eps is never lost to rounding.
-            slack = math.sqrt(torch.finfo(score.dtype).eps)
-            keep = valid & (score >= self.eps * (1 - slack))
-            size = int(keep.sum(-1).max()) if keep.numel() else 0
-            order = torch.where(keep, pos, pos + beyond).topk(size, dim=-1, largest=False).indices
-        else:  # top-budget scores, then in position order: O(m + budget log budget)
-            keep = valid
-            ranked = torch.where(valid, score, torch.full_like(score, -1.0))
-            top = ranked.topk(min(self.budget, k.shape[2]), dim=-1).indices
-            top_pos = pos.gather(-1, top)
-            top_pos = torch.where(valid.gather(-1, top), top_pos, top_pos + beyond)
-            order = top.gather(-1, top_pos.argsort(dim=-1))
-        self.positions = torch.where(keep.gather(-1, order), pos.gather(-1, order), -1)
+        order, kept = _choose(self._scores(k), pos, eps=self.eps, budget=self.budget,
+                              beyond=self.num_seen + 1)
+        self.positions = torch.where(kept, pos.gather(-1, order), -1)
         self.keys = gather_rows(k, order)
         self.values = None if v is None else gather_rows(v, order)
 
@@ -369,7 +411,10 @@ def universal_set(
         every query, every ``|x|^p`` attention entry >= eps has its key here,
         and the set has at most ``rank/eps <= d^{p/2}/eps`` keys.
     budget : instead of eps, keep the ``budget`` keys of largest score.
-    ridge, sketch_size, seed : see :class:`LevSelector`.
+    ridge, sketch_size, seed : see :class:`LevSelector`. Without sketch_size,
+        p >= 4 and M below the feature count ``F = C(d + p/2 - 1, p/2)``, the
+        scores come from the M x M kernel ``(KKᵀ)^{∘p/2}`` instead of the
+        F x F Gram (same scores, less work).
 
     Returns
     -------
@@ -383,7 +428,26 @@ def universal_set(
     """
     selector = LevSelector(p=p, eps=eps, budget=budget, ridge=ridge, sketch_size=sketch_size,
                            seed=seed)
-    return selector.update(k).select()
+    check_tensor("k", k, ndim=4)
+    t, (M, d) = p // 2, k.shape[-2:]
+    if t == 1 or sketch_size is not None or M >= _exact_size(d, t):
+        return selector.update(k).select()
+    if M > EXACT_SIZE_LIMIT:
+        raise ValueError(
+            f"sketch_size must be given for p={p}, d={d} and M={M} keys: exact scores need an "
+            f"eigendecomposition of size min(M, C(d+{t - 1}, {t})) = {min(M, _exact_size(d, t))} "
+            f"(> EXACT_SIZE_LIMIT = {EXACT_SIZE_LIMIT}), got sketch_size=None"
+        )
+    with torch.no_grad():
+        x = k.detach().to(accumulation_dtype(k.dtype))
+        kernel = (x @ x.transpose(-1, -2)) ** t  # ΦΦᵀ for Φ = K^{⊗t}
+        if ridge > 0:  # the Gram route's λ = ridge · tr(G) / F, as a rescaling of the kernel
+            trace = kernel.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(torch.finfo(x.dtype).tiny)
+            kernel = kernel * (_exact_size(d, t) / trace)[..., None, None]
+        score = leverage_scores_from_kernel(kernel, ridge=ridge)
+    pos = torch.arange(M, device=k.device).expand(*k.shape[:2], M)
+    order, kept = _choose(score, pos, eps=eps, budget=budget, beyond=M + 1)
+    return torch.where(kept, order, -1)
 
 
 def power_partial_attention(

@@ -30,6 +30,7 @@ from kernelsketch.sketch.sampling import resolve_generator
 __all__ = [
     "leverage_scores",
     "leverage_scores_from_gram",
+    "leverage_scores_from_kernel",
     "ridge_leverage_scores",
     "sketched_leverage_scores",
 ]
@@ -152,6 +153,48 @@ def leverage_scores_from_gram(
         inverse = torch.where(keep, 1.0 / torch.where(keep, evals, 1.0), 0.0)
     proj = a @ evecs
     return (proj.square() * inverse.unsqueeze(-2)).sum(-1).to(A.dtype)
+
+
+def leverage_scores_from_kernel(
+    kernel: torch.Tensor,
+    *,
+    ridge: float = 0.0,
+    rcond: float | None = None,
+) -> torch.Tensor:
+    """Leverage scores of the feature rows ``φ(x_i)`` given only their kernel matrix ``ΦΦᵀ``.
+
+    ``τ_i = [Kₙ (Kₙ + ridge I)^+]_ii`` for ``Kₙ = ΦΦᵀ`` [n, n]: the leverage
+    scores of ``Φ`` (``ridge = 0``, rank-aware) or its ridge leverage scores,
+    without forming the features — the cheaper route when ``n`` is below the
+    feature dimension (e.g. ``Φ = K^{⊗t}``, ``Kₙ = (KKᵀ)^{∘t}``). From the
+    eigendecomposition ``Kₙ = U Λ Uᵀ``, ``τ_i = sum_k U_ik² λ_k / (λ_k + ridge)``
+    over the eigenvalues kept (above ``rcond * λ_max`` when ``ridge = 0``).
+    Time ``O(n³)``, memory ``O(n²)``.
+
+    Parameters
+    ----------
+    kernel : Tensor [..., n, n], symmetric positive semi-definite, float
+    ridge : float >= 0, default 0
+    rcond : float in [0, 1], optional
+        Relative eigenvalue tolerance for ``ridge = 0``; default
+        ``10 * n * eps(dtype)``. Ignored when ``ridge > 0``.
+
+    Returns
+    -------
+    Tensor [..., n], dtype of ``kernel``; entries in [0, 1].
+    """
+    g = _check_matrix("kernel", kernel)
+    n = g.shape[-1]
+    if g.shape[-2] != n:
+        raise ValueError(f"kernel must have shape [..., n, n], got shape {_shape(kernel)}")
+    ridge = check_float("ridge", ridge, min=0.0)
+    evals, evecs = torch.linalg.eigh((g + g.transpose(-1, -2)) / 2)
+    evals = evals.clamp_min(0)
+    if ridge > 0:
+        weight = evals / (evals + ridge)
+    else:
+        weight = _keep(evals, rcond, 10 * n * torch.finfo(g.dtype).eps).to(g.dtype)
+    return (evecs.square() * weight.unsqueeze(-2)).sum(-1).to(kernel.dtype)
 
 
 def sketched_leverage_scores(
