@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -47,6 +49,34 @@ def test_threshold_cache_equals_window_plus_universal_set_of_evicted_tokens(bloc
         torch.testing.assert_close(out, oracle_step(q[:, :, t:t + 1], k[:, :, :t + 1],
                                                     v[:, :, :t + 1], kept), rtol=1e-9, atol=1e-10)
     assert cache.num_tokens == T and cache.size <= W + block + 4 / 0.05
+
+
+@pytest.mark.parametrize("p", [2, 4])
+def test_every_heavy_evicted_token_stays_in_the_cache(p):
+    # Threshold mode: an evicted token with |x|^p attention >= eps over ALL tokens so far, for
+    # any query, is kept. Queries: random, the keys, and (p = 2) the maximisers G⁺k_j.
+    B, Hkv, T, D, W, eps = 1, 2, 120, 4, 8, (0.05 if p == 2 else 0.1)
+    _, k, v, _ = structured_stream(B, Hkv, T, D, heavy=3)
+    cache = LevKVCache(eps=eps, window=W, p=p, evict_block=4)
+    heavy_evicted = 0
+    for t in range(0, T, 5):
+        cache.append(k[:, :, t:t + 5], v[:, :, t:t + 5])
+        n = cache.num_tokens
+        prefix = k[:, :, :n]
+        queries = [torch.randn(B, Hkv, 50, D, dtype=k.dtype), prefix]
+        if p == 2:
+            queries.append(prefix @ torch.linalg.pinv(prefix.transpose(-1, -2) @ prefix))
+        a = (torch.cat(queries, 2) @ prefix.transpose(-1, -2)).abs() ** p
+        heavy = (a / a.sum(-1, keepdim=True) >= eps).any(2)  # [B, Hkv, n]
+        pos = cache.positions()
+        cached = torch.zeros(B, Hkv, n + 1, dtype=torch.bool)
+        cached = cached.scatter(-1, torch.where(pos >= 0, pos, n), True)[..., :n]
+        assert not (heavy & ~cached).any()
+        evicted = cache.selector.num_seen
+        heavy_evicted += int(heavy[..., :evicted].sum())
+        kept_evicted = (cache.selector.positions >= 0).sum(-1) if evicted else torch.zeros(1)
+        assert (kept_evicted <= math.comb(D + p // 2 - 1, p // 2) / eps * (1 + 1e-6)).all()
+    assert heavy_evicted > 0  # the check covered evicted tokens, not only the window
 
 
 def test_large_cache_is_exact_attention_at_every_step():
@@ -106,40 +136,52 @@ def test_cache_preserves_dtype():
     assert cache.keys().dtype == torch.float32 and cache.positions().dtype == torch.int64
 
 
-def test_append_rejects_mismatched_tokens():
+def _nan_token():
+    t = torch.randn(1, 2, 1, 8)
+    t[..., 0] = float("nan")
+    return t
+
+
+@pytest.mark.parametrize("k,v,exc,match", [
+    (torch.randn(1, 3, 1, 8), torch.randn(1, 3, 1, 8), ValueError, "k, v must have shapes"),
+    (torch.randn(1, 2, 1, 8, dtype=torch.float64), torch.randn(1, 2, 1, 8), TypeError,
+     "k must have the same dtype"),
+    (torch.randn(1, 2, 2, 8), torch.randn(1, 2, 1, 8), ValueError, "v must have shape"),
+    (torch.randn(2, 8), torch.randn(2, 8), ValueError, "k must have 4 dimensions"),
+    (torch.randn(1, 2, 1, 8), _nan_token(), ValueError, "v must be finite"),
+    (torch.randn(1, 2, 1, 8), "v", TypeError, "v must be a torch.Tensor"),
+])
+def test_append_rejects_mismatched_tokens(k, v, exc, match):
     cache = LevKVCache(budget=4, window=4).append(torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8))
-    with pytest.raises(ValueError, match="k, v must have shapes"):
-        cache.append(torch.randn(1, 3, 1, 8), torch.randn(1, 3, 1, 8))
-    with pytest.raises(TypeError, match="k must have the same dtype"):
-        cache.append(torch.randn(1, 2, 1, 8, dtype=torch.float64), torch.randn(1, 2, 1, 8))
-    with pytest.raises(ValueError, match="v must have shape"):
-        cache.append(torch.randn(1, 2, 2, 8), torch.randn(1, 2, 1, 8))
-    with pytest.raises(ValueError, match="k must have 4 dimensions"):
-        cache.append(torch.randn(2, 8), torch.randn(2, 8))
-    nan = torch.randn(1, 2, 1, 8)
-    nan[..., 0] = float("nan")
-    with pytest.raises(ValueError, match="v must be finite"):
-        cache.append(torch.randn(1, 2, 1, 8), nan)
-    assert cache.num_tokens == 3  # rejected appends change nothing
+    with pytest.raises(exc, match=match):
+        cache.append(k, v)
+    assert cache.num_tokens == 3  # a rejected append changes nothing
 
 
-def test_attend_rejects_bad_queries():
-    cache = LevKVCache(budget=4, window=4)
+def test_attend_needs_an_append_first():
     with pytest.raises(ValueError, match="needs at least one append"):
-        cache.attend(torch.randn(1, 2, 1, 8))
-    cache.append(torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8))
-    with pytest.raises(ValueError, match="at most the 3 appended tokens"):
-        cache.attend(torch.randn(1, 2, 4, 8))
-    with pytest.raises(ValueError, match="multiple of k's head count"):
-        cache.attend(torch.randn(1, 3, 1, 8))
-    with pytest.raises(ValueError, match="scale must be > 0"):
-        cache.attend(torch.randn(1, 2, 1, 8), scale=0.0)
+        LevKVCache(budget=4, window=4).attend(torch.randn(1, 2, 1, 8))
+
+
+@pytest.mark.parametrize("q,kwargs,match", [
+    (torch.randn(1, 2, 4, 8), {}, "at most the 3 appended tokens"),
+    (torch.randn(1, 3, 1, 8), {}, "multiple of k's head count"),
+    (torch.randn(1, 2, 1, 8), {"scale": 0.0}, "scale must be > 0"),
+    (torch.randn(1, 2, 1, 6), {}, "q must have shape \\[1, Hq, N, 8\\]"),
+    (torch.randn(2, 2, 1, 8), {}, "q must have shape \\[1, Hq, N, 8\\]"),
+    (torch.randn(2, 8), {}, "q must have 4 dimensions"),
+])
+def test_attend_rejects_bad_queries(q, kwargs, match):
+    cache = LevKVCache(budget=4, window=4).append(torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8))
+    with pytest.raises(ValueError, match=match):
+        cache.attend(q, **kwargs)
 
 
 @pytest.mark.parametrize("kwargs,exc,name", [
     ({"window": -1}, ValueError, "window"), ({"budget": 0}, ValueError, "budget"),
     ({"budget": None}, ValueError, "eps and budget"), ({"eps": 2.0}, ValueError, "eps"),
     ({"p": 3}, ValueError, "p must be"), ({"evict_block": 0}, ValueError, "evict_block"),
+    ({"sketch_size": 0}, ValueError, "sketch_size"), ({"ridge": -1.0}, ValueError, "ridge"),
 ])
 def test_constructor_rejects_bad_arguments(kwargs, exc, name):
     with pytest.raises(exc, match=name):

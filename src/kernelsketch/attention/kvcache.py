@@ -55,6 +55,9 @@ class LevKVCache:
     evict_block : tokens leave the window in blocks of this many (the window
         then holds ``window`` to ``window + evict_block - 1`` recent tokens), so
         the selector rescores once per block instead of once per token.
+    sketch_size, seed : PolySketch features for p >= 4 (see
+        :class:`~kernelsketch.attention.lev.LevSelector`; needed when the
+        exact ``C(d + p/2 - 1, p/2)`` features exceed ``EXACT_SIZE_LIMIT``).
 
     Examples
     --------
@@ -72,12 +75,15 @@ class LevKVCache:
         p: int = 2,
         ridge: float = 0.0,
         evict_block: int = 16,
+        sketch_size: int | None = None,
+        seed: int = 0,
     ) -> None:
         if eps is not None:
             budget = None
         self.window = check_int("window", window, min=0)
         self.evict_block = check_int("evict_block", evict_block, min=1)
-        self.selector = LevSelector(p=p, eps=eps, budget=budget, ridge=ridge)
+        self.selector = LevSelector(p=p, eps=eps, budget=budget, ridge=ridge,
+                                    sketch_size=sketch_size, seed=seed)
         self.num_tokens = 0
         self._recent_k: torch.Tensor | None = None
         self._recent_v: torch.Tensor | None = None
@@ -140,6 +146,10 @@ class LevKVCache:
         [B, Hq, N, Dv] in q's dtype.
         """
         k, v, pos = self.keys(), self.values(), self.positions()
+        check_tensor("q", q, ndim=4)
+        if q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
+            raise ValueError(f"q must have shape [{k.shape[0]}, Hq, N, {k.shape[-1]}] (batch and "
+                             f"head dim of the cached keys), got {_shape(q)}")
         check_attention_inputs(q, k, v)
         N = q.shape[2]
         if N > self.num_tokens:
