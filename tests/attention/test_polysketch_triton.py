@@ -12,6 +12,7 @@ os.environ["TRITON_INTERPRET"] = "1"  # before the kernels module is (re)loaded 
 pytest.importorskip("triton")
 
 from kernelsketch.attention.polysketch import (
+    PolySketchAttention,
     PolySketchConfig,
     PolySketchFeatures,
     _causal_torch,
@@ -77,7 +78,53 @@ def test_triton_forward_and_gradients_match_torch_path(kernels, case):
 
 def test_supported_needs_cuda_and_kernel_friendly_shapes(kernels):
     q = torch.zeros(1, 1, 8, 16)
+    assert kernels.eligible(q, q, q, q, block_size=16, exact_local=True)
     assert not kernels.supported(q, q, q, q, block_size=16, exact_local=True)  # CPU tensors
+
+
+INELIGIBLE = {  # one broken condition each, from the eligible case (N = M = 8, D = Dv = r = 16)
+    "float64": dict(q=torch.zeros(1, 1, 8, 16, dtype=torch.float64)),
+    "sketched local blocks": dict(exact_local=False),
+    "N != M": dict(k=torch.zeros(1, 1, 9, 16)),
+    "D not a power of two": dict(q=torch.zeros(1, 1, 8, 24), k=torch.zeros(1, 1, 8, 24)),
+    "Dv above 256": dict(v=torch.zeros(1, 1, 8, 512)),
+    "r below 16": dict(fq=torch.zeros(1, 1, 8, 8)),
+    "block not a power of two": dict(block_size=24),
+}
+
+
+@pytest.mark.parametrize("case", list(INELIGIBLE))
+def test_inputs_the_kernels_do_not_handle_stay_on_the_torch_path(kernels, case):
+    x = torch.zeros(1, 1, 8, 16)
+    args = dict(q=x, k=x, v=x, fq=x, block_size=16, exact_local=True) | INELIGIBLE[case]
+    assert not kernels.eligible(**args)
+
+
+def test_layer_through_the_triton_dispatch_matches_the_torch_path(kernels, monkeypatch):
+    # PolySketchAttention's causal forward with the kernels forced on (CPU tensors under the
+    # interpreter) against the same layer on the PyTorch path in float64: output and the
+    # gradients of q, k, v and of the affine q/k layer norms.
+    layer = PolySketchAttention(16, PolySketchConfig(sketch_size=16, block_size=16), seed=3)
+    with torch.no_grad():
+        for norm in (layer.q_norm, layer.k_norm):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_(0, 0.1)
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, h, 24, 16, generator=gen, requires_grad=True) for h in (2, 1, 1))
+    params = [layer.q_norm.weight, layer.k_norm.bias]
+    w = torch.randn(1, 2, 24, 16, generator=gen)
+    calls = []
+    monkeypatch.setattr(kernels, "supported", lambda *a, **kw: calls.append(1) or True)
+    out = layer(q, k, v)
+    grads = torch.autograd.grad((out * w).sum(), (q, k, v, *params))
+    assert calls and out.dtype == torch.float32
+    monkeypatch.setattr(kernels, "supported", lambda *a, **kw: False)
+    layer.double()  # in place: `params` are the same Parameter objects, now float64
+    ref = layer(q.double(), k.double(), v.double())
+    ref_grads = torch.autograd.grad((ref * w.double()).sum(), (q, k, v, *params))
+    assert rel(out, ref) < 1e-5
+    for name, g, gr in zip(("q", "k", "v", "q_norm.weight", "k_norm.bias"), grads, ref_grads):
+        assert rel(g, gr) < 1e-4, name
 
 
 def test_tile_that_does_not_divide_the_block_is_rejected(kernels):

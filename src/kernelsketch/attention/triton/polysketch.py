@@ -47,17 +47,23 @@ def tile_rows(block_size: int) -> int:
     return min(64, block_size)
 
 
-def supported(q, k, v, fq, *, block_size, exact_local) -> bool:
-    """Whether the kernels run these inputs: CUDA, Triton, N == M, exact local blocks,
-    power-of-two D, Dv, r in [16, 256] and a power-of-two block size >= 16."""
+def eligible(q, k, v, fq, *, block_size, exact_local) -> bool:
+    """Whether the kernels handle these inputs, whatever the device: float32 q (the
+    scaled, normalised queries; float64 stays on the PyTorch path), N == M, exact
+    local blocks, power-of-two D, Dv, r in [16, 256] and a power-of-two block size >= 16."""
     return (
-        triton is not None
-        and q.is_cuda
+        q.dtype == torch.float32
         and exact_local
         and q.shape[2] == k.shape[2]
         and all(_pow2(n) and n <= 256 for n in (q.shape[-1], v.shape[-1], fq.shape[-1]))
         and _pow2(block_size)
     )
+
+
+def supported(q, k, v, fq, *, block_size, exact_local) -> bool:
+    """Whether the kernels run these inputs: CUDA tensors, Triton imports, and :func:`eligible`."""
+    return triton is not None and q.is_cuda and eligible(
+        q, k, v, fq, block_size=block_size, exact_local=exact_local)
 
 
 if triton is not None:
