@@ -186,13 +186,13 @@ def test_float32_and_bfloat16_inputs_follow_the_float64_result():
 # ---- module: deterministic sketch, layer norms, decoding -------------------------------------
 
 
-@pytest.mark.parametrize("exact_local", [True, False])
-def test_module_equals_functional_with_its_features_and_norms(exact_local, path):
+@pytest.mark.parametrize("is_causal,exact_local", [(True, True), (True, False), (False, True)])
+def test_module_equals_functional_with_its_features_and_norms(is_causal, exact_local, path):
     cfg = PolySketchConfig(sketch_size=8, block_size=8, exact_local=exact_local)
-    layer = PolySketchAttention(16, cfg, seed=5, norm_affine=False).double()
+    layer = PolySketchAttention(16, cfg, seed=5, norm_affine=False, is_causal=is_causal).double()
     q, k, v = random_qkv(2, 4, 2, 30, 30, 16)
     ref = naive_sketched(q, k, v, layer.features, degree=4, block_size=8,
-                         exact_local=exact_local, is_causal=True)
+                         exact_local=exact_local, is_causal=is_causal)
     torch.testing.assert_close(layer(q, k, v), ref, rtol=1e-10, atol=1e-12)
 
 
@@ -292,11 +292,44 @@ def test_step_rejects_more_than_one_token():
         layer.step(q, k, v, layer.init_state(1, 2, dtype=torch.float64))
 
 
-def test_step_rejects_mismatched_state():
+@pytest.mark.parametrize("state_args", [(3, 2), (1, 1), (1, 2, 5)],
+                         ids=["batch", "kv heads", "value dim"])
+def test_step_rejects_mismatched_state(state_args):
     layer = PolySketchAttention(4).double()
     q, k, v = random_qkv(1, 2, 2, 1, 1, 4)
-    with pytest.raises(ValueError, match="state must match batch 1, kv heads 2"):
-        layer.step(q, k, v, layer.init_state(3, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="state must match batch 1, kv heads 2 and value dim 4"):
+        layer.step(q, k, v, layer.init_state(*state_args, dtype=torch.float64))
+
+
+def test_step_rejects_a_state_of_the_wrong_type():
+    layer = PolySketchAttention(4).double()
+    q, k, v = random_qkv(1, 2, 2, 1, 1, 4)
+    with pytest.raises(TypeError, match="state must be a PolySketchState, got dict"):
+        layer.step(q, k, v, {})
+
+
+BAD_MODULE_ARGS = [
+    ({"head_dim": 0}, ValueError, "head_dim must be >= 1, got 0"),
+    ({"head_dim": 8.0}, TypeError, "head_dim must be an int"),
+    ({"scale": 0.0}, ValueError, "scale must be > 0.0, got 0.0"),
+    ({"scale": float("nan")}, ValueError, "scale must be finite, got nan"),
+    ({"seed": -1}, ValueError, "seed must be >= 0, got -1"),
+]
+
+
+@pytest.mark.parametrize("kwargs,err,text", BAD_MODULE_ARGS, ids=[str(b[0]) for b in BAD_MODULE_ARGS])
+def test_module_rejects_bad_arguments(kwargs, err, text):
+    with pytest.raises(err, match=text):
+        PolySketchAttention(**({"head_dim": 8} | kwargs))
+
+
+@pytest.mark.parametrize("args,text", [((0, 2), "batch_size must be >= 1, got 0"),
+                                       ((1, 0), "kv_heads must be >= 1, got 0"),
+                                       ((1, 2, 0), "value_dim must be >= 1, got 0")],
+                         ids=["batch_size", "kv_heads", "value_dim"])
+def test_init_state_rejects_bad_sizes(args, text):
+    with pytest.raises(ValueError, match=text):
+        PolySketchAttention(8).init_state(*args)
 
 
 def test_step_rejects_non_causal_layer():

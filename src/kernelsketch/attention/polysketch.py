@@ -47,7 +47,35 @@ value; rows that see no key give out = 0, lse = 0).
 
 On CUDA with Triton the causal path runs the fused kernels of
 :mod:`kernelsketch.attention.triton.polysketch` (forward and backward, fp32
-state); everywhere else, the PyTorch implementation below (autograd).
+state) for float32/bfloat16/float16 inputs; everywhere else (and for float64),
+the PyTorch implementation below (autograd).
+
+Differences from the paper's public (JAX) code
+----------------------------------------------
+The same method, with these deliberate differences:
+
+* **Score scale.** The default ``scale`` is 1/sqrt(D) (SDPA's convention); the
+  paper raises the unscaled q·k of the layer-normalised vectors. Scaling
+  multiplies every weight by scale^p, which only changes the weight of the
+  ``1`` (sink) in the denominator relative to the keys; ``scale=1.0`` gives
+  the paper's convention.
+* **Layer norms.** :class:`PolySketchAttention` has separate q and k layer
+  norms (affine by default); the paper's code applies one affine layer norm to
+  both. The functional form normalises without affine parameters.
+* **Sketch scaling.** φ is unbiased, ``E[φ(x)·φ(y)] = (x·y)²``, so the sketched
+  weights between blocks and the exact weights inside a block estimate the
+  same (q'·k')^p. The paper's code divides each of S1, S2 by sqrt(r), i.e. uses
+  φ/sqrt(r), so its sketched weights are 1/r² of ours relative to the local
+  ones and to the sink.
+* **Hadamard sketch.** ``"hadamard"`` is the TensorSRHT of
+  :mod:`kernelsketch.sketch.tensor` (rows without replacement, any D by
+  zero-padding); the paper samples r columns of the ±1 Hadamard matrix with
+  replacement and needs a power-of-two D. Same unbiased convention.
+* **Learned sketch.** See :class:`LearnedDegree2Sketch`: one residual level
+  per branch started at the Gaussian sketch, instead of the paper's two-level
+  MLP branches with a tanh bound.
+* **Lengths.** Any N and M (bottom-right causal alignment); the paper's code
+  needs N = M, a multiple of the block size.
 
 References
 ----------
@@ -121,6 +149,14 @@ class LearnedDegree2Sketch(nn.Module):
     and U [D, r] = 0 at initialisation, so training starts exactly from the
     Gaussian sketch (unbiased for (x·y)²) and learns a correction. Scores are
     self-tensored, hence non-negative, whatever the parameters.
+
+    This differs from the paper's public code, whose branches are two stacked
+    levels of ``LayerNorm -> Linear(·, 8r) -> GELU -> Linear(8r, r)`` (no
+    biases, no linear skip, random initialisation), combined as
+    ``sqrt(r) tanh(f1(x) ⊙ f2(x) / sqrt(r))`` and applied to q and k in place
+    of their layer norm. Here the input is the layer-normalised, scaled q' or
+    k' of :class:`PolySketchAttention`, the hidden width is D, and the output
+    is not bounded by a tanh.
 
     Parameters
     ----------
