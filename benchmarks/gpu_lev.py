@@ -120,7 +120,7 @@ def fwd_bwd(fn, q, k, v):
     return run
 
 
-def time_size(n, causal, cfg, sel_ms=None):
+def time_size(n, causal, cfg):
     """One row of the timing table: n keys, fp16, B = 1, H = 8, D = 64."""
     reps = 10 if n <= 32768 else 5
     q, k, v = (torch.randn(1, 8, n, 64, device="cuda", dtype=torch.float16) for _ in range(3))
@@ -146,9 +146,14 @@ def time_size(n, causal, cfg, sel_ms=None):
             row[f"{name}_error"] = str(exc).splitlines()[0][:200]
     qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
     row["lev_fwd_bwd_ms"] = cuda_time(fwd_bwd(lev, qg, kg, vg), reps)
-    row["flash_fwd_bwd_ms"] = cuda_time(fwd_bwd(flash, qg, kg, vg), reps)
-    row["speedup_fwd_vs_flash"] = row["flash_fwd_ms"] / row["lev_fwd_ms"]
-    row["speedup_fwd_bwd_vs_flash"] = row["flash_fwd_bwd_ms"] / row["lev_fwd_bwd_ms"]
+    try:
+        row["flash_fwd_bwd_ms"] = cuda_time(fwd_bwd(flash, qg, kg, vg), reps)
+    except RuntimeError as exc:
+        row["flash_fwd_bwd_ms"] = None
+        row["flash_bwd_error"] = str(exc).splitlines()[0][:200]
+    for mode in ("fwd", "fwd_bwd"):
+        flash_ms = row[f"flash_{mode}_ms"]
+        row[f"speedup_{mode}_vs_flash"] = None if flash_ms is None else flash_ms / row[f"lev_{mode}_ms"]
     return row
 
 
@@ -162,13 +167,13 @@ def time_all():
             row = time_size(n, causal, cfg)
             rows.append(row)
 
-            def fmt(x):
-                return f"{x:8.3f}" if x is not None else f"{'n/a':>8}"
+            def fmt(x, width=8, digits=3):
+                return f"{x:{width}.{digits}f}" if x is not None else f"{'n/a':>{width}}"
 
             print(f"{n:7d} {causal!s:>6} | {fmt(row['select_ms'])} {fmt(row['lev_fwd_ms'])} "
                   f"{fmt(row['flash_fwd_ms'])} {fmt(row['cudnn_fwd_ms'])} "
-                  f"{row['speedup_fwd_vs_flash']:7.1f} | {fmt(row['lev_fwd_bwd_ms'])} "
-                  f"{row['flash_fwd_bwd_ms']:9.3f} {row['speedup_fwd_bwd_vs_flash']:6.1f}",
+                  f"{fmt(row['speedup_fwd_vs_flash'], 7, 1)} | {fmt(row['lev_fwd_bwd_ms'])} "
+                  f"{fmt(row['flash_fwd_bwd_ms'], 9)} {fmt(row['speedup_fwd_bwd_vs_flash'], 6, 1)}",
                   flush=True)
             torch.cuda.empty_cache()
     return rows
