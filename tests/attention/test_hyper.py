@@ -48,6 +48,29 @@ def test_sample_covering_all_keys_equals_exact_no_pair_counted_twice(rounds, sam
     torch.testing.assert_close(lse, ref_lse)
 
 
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_cross_attention_gqa_and_scale_with_full_sample_equal_exact(is_causal):
+    # N != M, neither a multiple of the block size, 2 query heads per key head, custom scale.
+    q, k, v = random_qkv(1, 4, 2, 70, 101, 8, 12)
+    cfg = HyperConfig(block_size=8, sample_size=200, min_seq_len=10, lsh_bits=3, hash_rounds=2,
+                      sampling="value_norm")
+    out, lse = hyper(q, k, v, cfg, seed=0, is_causal=is_causal, scale=0.3, return_lse=True)
+    ref, ref_lse = naive_attention(q, k, v, scale=0.3, is_causal=is_causal, return_lse=True)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(lse, ref_lse)
+
+
+def test_samples_per_key_sets_the_sample_the_estimator_uses():
+    q, k, v = random_qkv(1, 2, 2, 64, 96, 8)
+    # sample_size 0 + one sample per key = every key with weight 1: exact attention.
+    cfg = HyperConfig(block_size=8, sample_size=0, samples_per_key=1.0, min_seq_len=0, lsh_bits=3)
+    torch.testing.assert_close(hyper(q, k, v, cfg, seed=0), naive_attention(q, k, v))
+    # Growing the fraction grows the sample: the error falls like 1/sqrt(s) (s = 16, 64).
+    e = [mean_error(HyperConfig(block_size=64, sample_size=0, samples_per_key=f, min_seq_len=0))
+         for f in (1 / 32, 1 / 8)]
+    assert e[1] < 0.75 * e[0], e
+
+
 def test_short_sequences_fall_back_to_exact():
     q, k, v = random_qkv(1, 2, 2, 50, 50, 8)
     out = hyper(q, k, v, HyperConfig(block_size=4, sample_size=4, min_seq_len=64))
@@ -168,6 +191,17 @@ def test_dtypes(dtype, tol):
     assert out.dtype == dtype and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("dtype,big", [(torch.float32, 1e20), (torch.bfloat16, 1e20),
+                                       (torch.float16, 3e4), (torch.float64, 1e200)])
+def test_huge_values_do_not_break_value_norm_sampling(dtype, big):
+    # ‖v_j‖² of such values overflows; the sampling distribution must not.
+    q, k, v = random_qkv(1, 2, 2, 128, 128, 8)
+    v = (v / v.abs().max() * big).to(dtype)
+    cfg = HyperConfig(block_size=16, sample_size=16, min_seq_len=0, sampling="value_norm")
+    out = hyper(q.to(dtype), k.to(dtype), v, cfg, seed=0)
+    assert torch.isfinite(out).all()
+
+
 def test_extreme_logits_stay_finite():
     q, k, v = random_qkv(1, 2, 2, 128, 128, 8, scale=100.0)  # logits ~ 1e4
     out, lse = hyper(q, k, v, HyperConfig(block_size=16, sample_size=16, min_seq_len=0),
@@ -179,11 +213,19 @@ def test_extreme_logits_stay_finite():
     ("lsh_bits", 0, ValueError), ("lsh_bits", 31, ValueError), ("block_size", 0, ValueError),
     ("sample_size", -1, ValueError), ("min_seq_len", -1, ValueError), ("hash_rounds", 0, ValueError),
     ("sampling", "importance", ValueError), ("samples_per_key", 2.0, ValueError),
-    ("block_size", 1.5, TypeError),
+    ("samples_per_key", -0.1, ValueError), ("hash_rounds", 17, ValueError),
+    ("block_size", 1.5, TypeError), ("lsh_bits", 7.0, TypeError), ("min_seq_len", None, TypeError),
+    ("samples_per_key", "0.1", TypeError),
 ])
 def test_bad_configs_are_rejected(field, value, err):
     with pytest.raises(err, match=field):
         HyperConfig(**{field: value})
+
+
+def test_config_of_another_method_is_rejected():
+    q, k, v = random_qkv(1, 2, 2, 16, 16, 8)
+    with pytest.raises(TypeError, match="config for method 'hyper' must be a HyperConfig"):
+        ks.attention(q, k, v, method="hyper", config=ks.KDEConfig())
 
 
 def test_sample_size_scales_with_keys():

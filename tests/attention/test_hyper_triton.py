@@ -1,4 +1,8 @@
-"""The fused HyperAttention Triton kernel against its torch twin (TRITON_INTERPRET=1 on CPU)."""
+"""The fused HyperAttention Triton kernel against its torch twins (TRITON_INTERPRET=1 on CPU).
+
+KDEformer runs through the same kernel (its AMM samples in place of the
+uniform ones), so its fused path is checked here too.
+"""
 
 import os
 
@@ -10,6 +14,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from kernelsketch.attention.hyper import HyperConfig, hyper_noncausal, hyper_noncausal_fused
+from kernelsketch.attention.kde import KDEConfig, kde_noncausal, kde_noncausal_fused
 
 from .reference import naive_attention, random_qkv
 
@@ -45,3 +50,15 @@ def test_fused_kernel_is_exact_when_blocks_or_samples_cover_everything():
         out, lse = hyper_noncausal_fused(q, k, v, 0.25, cfg, gen(0))
         torch.testing.assert_close(out.double(), ref.to(out.device), atol=2e-3, rtol=2e-3)
         torch.testing.assert_close(lse.double(), ref_lse.to(lse.device), atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("cfg", [
+    KDEConfig(block_size=16, sample_size=24, kde_samples=16, min_seq_len=0, lsh_bits=4),
+    KDEConfig(block_size=16, sample_size=0, min_seq_len=0, lsh_bits=4),
+])
+def test_kde_fused_path_matches_torch_path(cfg):
+    q, k, v = random_qkv(2, 4, 2, 50, 90, 16, 24, dtype=torch.float32, device=DEVICE)
+    out, lse = kde_noncausal_fused(q, k, v, 0.25, cfg, gen(3))
+    ref_out, ref_lse = kde_noncausal(q, k, v, 0.25, cfg, gen(3))
+    torch.testing.assert_close(out, ref_out, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(lse, ref_lse, atol=2e-3, rtol=2e-3)

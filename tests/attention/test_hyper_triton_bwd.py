@@ -15,8 +15,9 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 import kernelsketch
-from kernelsketch.attention import hyper
+from kernelsketch.attention import hyper, kde
 from kernelsketch.attention.hyper import HyperConfig, hyper_noncausal, hyper_noncausal_fused
+from kernelsketch.attention.kde import KDEConfig, kde_noncausal, kde_noncausal_fused
 
 from .reference import naive_attention, random_qkv
 
@@ -138,6 +139,37 @@ def test_fused_gradients_through_causal_recursion(N, M, monkeypatch):
     monkeypatch.setattr(hyper, "_use_fused", lambda *args: True)
     monkeypatch.setattr(hyper, "hyper_noncausal_fused",
                         lambda *args: calls.append(1) or hyper_noncausal_fused(*args))
+    got = grads(*run(), weights, (q, k, v))
+    assert calls, "the fused path was not taken"
+    assert_grads_close(got, ref, tolerance(torch.float32))
+
+
+def test_kde_fused_gradients_match_torch_path():
+    # KDEformer's AMM samples through the same kernels (its distribution carries no gradient).
+    q, k, v = random_qkv(2, 4, 2, 50, 90, 16, 24, dtype=torch.float32, device=DEVICE,
+                         requires_grad=True)
+    cfg = KDEConfig(block_size=16, sample_size=24, kde_samples=16, min_seq_len=0, lsh_bits=4)
+    weights = loss_weights(q, v)
+    got = grads(*kde_noncausal_fused(q, k, v, 0.25, cfg, gen(3)), weights, (q, k, v))
+    ref = grads(*kde_noncausal(q, k, v, 0.25, cfg, gen(3)), weights, (q, k, v))
+    assert_grads_close(got, ref, tolerance(torch.float32))
+
+
+def test_kde_dispatches_to_the_fused_path_inside_the_causal_recursion(monkeypatch):
+    q, k, v = random_qkv(1, 2, 1, 100, 100, 16, dtype=torch.float32, device=DEVICE,
+                         requires_grad=True)
+    cfg = KDEConfig(block_size=16, sample_size=16, kde_samples=16, min_seq_len=32, lsh_bits=3)
+    weights = loss_weights(q, v)
+
+    def run():
+        return kernelsketch.attention(q, k, v, method="kde", is_causal=True, config=cfg,
+                                      return_lse=True, generator=gen(5))
+
+    ref = grads(*run(), weights, (q, k, v))
+    calls = []
+    monkeypatch.setattr(kde, "fused_kernels_apply", lambda q: True)
+    monkeypatch.setattr(kde, "kde_noncausal_fused",
+                        lambda *args: calls.append(1) or kde_noncausal_fused(*args))
     got = grads(*run(), weights, (q, k, v))
     assert calls, "the fused path was not taken"
     assert_grads_close(got, ref, tolerance(torch.float32))

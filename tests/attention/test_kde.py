@@ -4,8 +4,11 @@ import pytest
 import torch
 
 import kernelsketch as ks
-from kernelsketch.attention.kde import KDEConfig, kde_noncausal
+from kernelsketch.attention import kde as kde_module
+from kernelsketch.attention.kde import KDEConfig, amm_probabilities, kde_noncausal
 from kernelsketch.attention.metrics import relative_error, spectral_error
+from kernelsketch.attention.sortlsh import block_diagonal_attention
+from kernelsketch.sketch.lsh import AngularLSH
 
 from .reference import naive_attention, random_qkv
 from .test_hyper import planted
@@ -29,6 +32,31 @@ def test_exact_when_blocks_or_samples_cover_everything(shape, is_causal):
         out, lse = kde(q, k, v, cfg, is_causal=is_causal, return_lse=True)
         torch.testing.assert_close(out, ref)
         torch.testing.assert_close(lse[fin], ref_lse[fin])
+    out = kde(q, k, v, KDEConfig(block_size=8, sample_size=10_000, min_seq_len=10, lsh_bits=3),
+              is_causal=is_causal, scale=0.3)
+    torch.testing.assert_close(out, naive_attention(q, k, v, scale=0.3, is_causal=is_causal))
+
+
+def test_amm_distribution_is_the_papers_with_exact_density_estimates(monkeypatch):
+    # With every key and row "sampled" once with weight 1 the two KDEs are exact, and the
+    # distribution must be ½‖(D⁻¹A)_{:,j}‖²/‖D⁻¹A‖_F² + ½‖[v_j, 1]‖²/‖[V, 1]‖_F², the
+    # column norms taken over the pairs outside the LSH blocks.
+    def everything(n, m, *, batch_shape, device, generator):
+        return torch.arange(n).expand(*batch_shape, n), torch.ones(*batch_shape, n)
+
+    monkeypatch.setattr(kde_module, "uniform_sample", everything)
+    q, k, v = random_qkv(2, 1, 1, 48, 80, 8, scale=1.5)
+    scale = 8 ** -0.5
+    lsh = AngularLSH(8, 3, generator=torch.Generator().manual_seed(0))
+    _, lse, blk_q, blk_k = block_diagonal_attention(q, k, v, lsh, 4, scale=scale)
+    cfg = KDEConfig(block_size=20, sample_size=16, min_seq_len=0)
+    got = amm_probabilities(q, k, v, lse, [(blk_q, blk_k)], scale, cfg, None)
+    p = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)
+    outside = blk_q.unsqueeze(-1) != blk_k.unsqueeze(-2)
+    col = ((p * outside) ** 2).sum(-2)
+    vrow = (v ** 2).sum(-1) + 1
+    want = 0.5 * col / col.sum(-1, keepdim=True) + 0.5 * vrow / vrow.sum(-1, keepdim=True)
+    torch.testing.assert_close(got, want)
 
 
 def test_spectral_error_falls_like_inverse_sqrt_of_sample_size():
@@ -100,6 +128,26 @@ def test_extreme_logits_never_overflow(dtype, sign):
     assert out.dtype == dtype and torch.isfinite(out).all() and torch.isfinite(lse).all()
 
 
+@pytest.mark.parametrize("dtype,big", [(torch.float32, 1e20), (torch.bfloat16, 1e20),
+                                       (torch.float16, 3e4), (torch.float64, 1e200)])
+def test_huge_values_do_not_break_the_sampling_distribution(dtype, big):
+    # ‖v_j‖² of such values overflows; the AMM distribution must not.
+    q, k, v = random_qkv(1, 2, 2, 128, 128, 8)
+    v = (v / v.abs().max() * big).to(dtype)
+    cfg = KDEConfig(block_size=16, sample_size=16, kde_samples=16, min_seq_len=0)
+    assert torch.isfinite(kde(q.to(dtype), k.to(dtype), v, cfg)).all()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2),
+                                       (torch.float16, 5e-3)])
+def test_dtypes_at_full_budget(dtype, tol):
+    q, k, v = random_qkv(1, 4, 2, 100, 100, 16, dtype=dtype)
+    for causal in (False, True):
+        out = kde(q, k, v, KDEConfig.full_budget(100), is_causal=causal)
+        assert out.dtype == dtype
+        assert relative_error(out, naive_attention(q, k, v, is_causal=causal)) < tol
+
+
 def test_gradients_flow_and_match_exact_at_full_sample():
     q, k, v = random_qkv(1, 2, 1, 96, 96, 8, requires_grad=True)
     w = torch.randn(1, 2, 96, 8, dtype=torch.float64)
@@ -117,7 +165,14 @@ def test_gradients_flow_and_match_exact_at_full_sample():
 @pytest.mark.parametrize("field,value,err", [
     ("lsh_bits", 0, ValueError), ("block_size", 0, ValueError), ("sample_size", -1, ValueError),
     ("kde_samples", 0, ValueError), ("min_seq_len", -5, ValueError), ("block_size", "8", TypeError),
+    ("lsh_bits", 31, ValueError), ("sample_size", 2.0, TypeError), ("kde_samples", None, TypeError),
 ])
 def test_bad_configs_are_rejected(field, value, err):
     with pytest.raises(err, match=field):
         KDEConfig(**{field: value})
+
+
+def test_config_of_another_method_is_rejected():
+    q, k, v = random_qkv(1, 2, 2, 16, 16, 8)
+    with pytest.raises(TypeError, match="config for method 'kde' must be a KDEConfig"):
+        ks.attention(q, k, v, method="kde", config=ks.HyperConfig())

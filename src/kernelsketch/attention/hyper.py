@@ -37,8 +37,8 @@ from .api import MethodConfig, MethodSpec
 from .causal import approximate_or_exact
 from .exact import partial_attention
 from .gqa import fold_groups, gather_rows, unfold_groups
-from .merge import merge_many
-from .sortlsh import block_diagonal_attention, covered_by_blocks, sorted_blocks
+from .merge import accumulation_dtype, merge_many
+from .sortlsh import block_diagonal_attention, covered_by_blocks, fused_sorted_attention
 
 
 @dataclass(frozen=True)
@@ -98,22 +98,25 @@ def _draw_samples(k, v, config, generator):
         idx, w = uniform_sample(M, num_samples, batch_shape=(B, Hkv), device=k.device,
                                 generator=generator)
     else:
-        norms = torch.linalg.vector_norm(v.detach().float(), dim=-1)
+        vf = v.detach().to(accumulation_dtype(v.dtype))
+        # p_j depends on the norms' ratios only: divide by max|v| so ‖v_j‖ never overflows.
+        vf = vf / vf.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
+        norms = torch.linalg.vector_norm(vf, dim=-1)
         probs = 0.5 / M + 0.5 * norms / norms.sum(-1, keepdim=True).clamp_min(1e-30)
         idx, w = importance_sample(probs, num_samples, generator=generator)
     return idx, w.log()
 
 
-def _use_fused(q, k, v, config) -> bool:
-    """The Triton kernels (forward and backward) run on CUDA half-precision inputs, one hash round."""
+def fused_kernels_apply(q: torch.Tensor) -> bool:
+    """True when the Triton kernels (forward and backward) run: CUDA half-precision inputs."""
     from .triton import triton_available
 
-    return (
-        q.is_cuda
-        and config.hash_rounds == 1
-        and q.dtype in (torch.float16, torch.bfloat16)
-        and triton_available()
-    )
+    return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and triton_available()
+
+
+def _use_fused(q, k, v, config) -> bool:
+    """The fused kernels cover one hash round."""
+    return config.hash_rounds == 1 and fused_kernels_apply(q)
 
 
 def hyper_noncausal_fused(q, k, v, scale, config, generator):
@@ -124,25 +127,16 @@ def hyper_noncausal_fused(q, k, v, scale, config, generator):
     q, k and v through the Triton backward (out and lse); the sampling
     weights are constants of the estimator. out is in v's dtype, lse float32.
     """
-    from .triton.hyper_autograd import hyper_fused_attention
-
-    B, Hq, _, D = q.shape
+    Hq, D = q.shape[1], q.shape[3]
     Hkv, M = k.shape[1], k.shape[2]
-    qf = fold_groups(q, Hkv)
     num_blocks = math.ceil(M / config.block_size)
     lsh = AngularLSH(D, config.lsh_bits, generator=generator).to(q.device)
-    perm_q, _, q_len = sorted_blocks(lsh(qf), num_blocks)
-    perm_k, blk_k, k_len = sorted_blocks(lsh(k), num_blocks)
-    samples = _draw_samples(k, v, config, generator) if num_blocks > 1 else None
-    if samples is None:
-        idx = torch.zeros(B, Hkv, 0, dtype=torch.long, device=q.device)
-        log_w = torch.zeros(B, Hkv, 0, device=q.device)
-    else:
-        idx, log_w = samples
-    out, lse = hyper_fused_attention(
-        qf, k, v, perm_q, perm_k, idx, log_w.detach(), torch.gather(blk_k, 2, idx),
-        q_block=q_len, k_block=k_len, scale=scale,
-    )
+
+    def draw_samples(covered, block_lse):
+        return _draw_samples(k, v, config, generator) if num_blocks > 1 else None
+
+    out, lse = fused_sorted_attention(fold_groups(q, Hkv), k, v, lsh, num_blocks, scale=scale,
+                                      draw_samples=draw_samples)
     return unfold_groups(out, Hq), unfold_groups(lse, Hq)
 
 
@@ -161,7 +155,7 @@ def hyper_noncausal(
     keys (GQA without copying keys). The returned lse estimates
     log Σ_j exp(q_i·k_j·scale) (unbiased in exp).
     """
-    B, Hq, _, D = q.shape
+    Hq, D = q.shape[1], q.shape[3]
     Hkv, M = k.shape[1], k.shape[2]
     qf = fold_groups(q, Hkv)
     num_blocks = math.ceil(M / config.block_size)

@@ -28,7 +28,9 @@ This implementation follows the paper's practical algorithm (§4):
    bf16/fp16).
 
 Causal attention uses the shared recursion (attention/causal.py); exact
-attention below ``min_seq_len``.
+attention below ``min_seq_len``. On CUDA half-precision inputs the blocks and
+the sampled keys run through HyperAttention's fused Triton kernels (forward
+and backward, attention/triton/hyper_*.py); elsewhere through torch autograd.
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ from .api import MethodConfig, MethodSpec
 from .causal import approximate_or_exact
 from .exact import partial_attention
 from .gqa import fold_groups, gather_rows, unfold_groups
+from .hyper import fused_kernels_apply
 from .merge import merge_partials
-from .sortlsh import block_diagonal_attention, covered_by_blocks
+from .sortlsh import block_diagonal_attention, covered_by_blocks, fused_sorted_attention
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ def amm_probabilities(qf, k, v, lse_blocks, covered, scale, config, generator):
     lse_rest = _masked_lse(qa, gather_rows(ka, idx), scale, keep, w.log().to(acc))
     log_d = torch.logaddexp(lse_blocks, lse_rest)
     # Column KDE with kernel exp(2 s) and weights 1/D̂²: uniformly sampled query rows.
-    rows, w_rows = uniform_sample(R, min(config.kde_samples, R), batch_shape=(B, H),
+    rows, _ = uniform_sample(R, min(config.kde_samples, R), batch_shape=(B, H),
                                   device=k.device, generator=generator)
     q_rows = gather_rows(qa, rows)
     s = 2 * torch.matmul(q_rows, ka.transpose(-1, -2)) * scale  # [B, H, S_q, M]
@@ -119,8 +122,31 @@ def amm_probabilities(qf, k, v, lse_blocks, covered, scale, config, generator):
     same_block = torch.gather(blk_q, 2, rows).unsqueeze(-1) == blk_k.unsqueeze(-2)
     log_c = torch.logsumexp(s.masked_fill(same_block, float("-inf")), dim=-2)
     col = torch.nan_to_num(torch.softmax(log_c, dim=-1), nan=0.0)
-    vnorm = torch.linalg.vector_norm(v.to(acc), dim=-1) ** 2 + 1.0  # ones column appended
+    # Row norms of [V, 1] (the ones column), all divided by c = max(1, max|v|)
+    # so that squaring never overflows: (‖v_j‖² + 1)/c² = ‖v_j/c‖² + 1/c².
+    va = v.to(acc)
+    c = va.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1.0)
+    vnorm = torch.linalg.vector_norm(va / c, dim=-1) ** 2 + c.squeeze(-1) ** -2
     return 0.5 * col + 0.5 * vnorm / vnorm.sum(-1, keepdim=True)
+
+
+def _draw_samples(qf, k, v, num_blocks, covered, block_lse, scale, config, generator):
+    """Sampled keys [B, H, s] and their log-weights (AMM distribution), or None.
+
+    None with a single block (it covers every pair) or ``sample_size=0``; every
+    key with weight 1 once ``sample_size`` reaches the key count. ``block_lse()``
+    gives the blocks' lse, needed only by the distribution.
+    """
+    B, H, M = k.shape[:3]
+    s = config.sample_size
+    if num_blocks == 1 or s == 0:
+        return None
+    if s >= M:
+        return (torch.arange(M, device=k.device).expand(B, H, M),
+                torch.zeros(B, H, M, device=k.device))
+    probs = amm_probabilities(qf, k, v, block_lse(), covered, scale, config, generator)
+    idx, w = importance_sample(probs, s, generator=generator)
+    return idx, w.log()
 
 
 def kde_noncausal(q, k, v, scale, config, generator):
@@ -129,33 +155,50 @@ def kde_noncausal(q, k, v, scale, config, generator):
     q [B, Hq, N, D], k [B, Hkv, M, D], v [B, Hkv, M, Dv] (GQA groups folded into
     query rows). exp(lse) is an unbiased estimate of D_i = Σ_j exp(q_i·k_j·scale).
     """
-    B, Hq, _, D = q.shape
+    Hq, D = q.shape[1], q.shape[3]
     Hkv, M = k.shape[1], k.shape[2]
     qf = fold_groups(q, Hkv)
     num_blocks = math.ceil(M / config.block_size)
     lsh = AngularLSH(D, config.lsh_bits, generator=generator).to(q.device)
     out, lse, blk_q, blk_k = block_diagonal_attention(qf, k, v, lsh, num_blocks, scale=scale)
     covered = [(blk_q, blk_k)]
-    s = config.sample_size
-    if num_blocks > 1 and s > 0:
-        if s >= M:
-            idx = torch.arange(M, device=q.device).expand(B, Hkv, M)
-            log_w = torch.zeros(B, Hkv, M, device=q.device)
-        else:
-            probs = amm_probabilities(qf, k, v, lse, covered, scale, config, generator)
-            idx, w = importance_sample(probs, s, generator=generator)
-            log_w = w.log()
+    samples = _draw_samples(qf, k, v, num_blocks, covered, lambda: lse, scale, config, generator)
+    if samples is not None:
+        idx, log_w = samples
         part = partial_attention(qf, gather_rows(k, idx), gather_rows(v, idx), scale=scale,
                                  mask=~covered_by_blocks(covered, idx), key_log_weights=log_w)
         out, lse = merge_partials(out, lse, *part)
     return unfold_groups(out, Hq), unfold_groups(lse, Hq)
 
 
+def kde_noncausal_fused(q, k, v, scale, config, generator):
+    """The same function as :func:`kde_noncausal` through HyperAttention's Triton kernels.
+
+    Draws the hash and the samples as the torch path does (the blocks' lse
+    that the AMM distribution needs comes from one extra block-only launch),
+    so both agree for the same generator state. Differentiable w.r.t. q, k
+    and v through the Triton backward; out in v's dtype, lse float32.
+    """
+    Hq, D = q.shape[1], q.shape[3]
+    Hkv, M = k.shape[1], k.shape[2]
+    qf = fold_groups(q, Hkv)
+    num_blocks = math.ceil(M / config.block_size)
+    lsh = AngularLSH(D, config.lsh_bits, generator=generator).to(q.device)
+
+    def draw_samples(covered, block_lse):
+        return _draw_samples(qf, k, v, num_blocks, covered, block_lse, scale, config, generator)
+
+    out, lse = fused_sorted_attention(qf, k, v, lsh, num_blocks, scale=scale,
+                                      draw_samples=draw_samples)
+    return unfold_groups(out, Hq), unfold_groups(lse, Hq)
+
+
 def kde_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
     """Registry entry of KDEformer (see :class:`KDEConfig`)."""
+    noncausal = kde_noncausal_fused if fused_kernels_apply(q) else kde_noncausal
     return approximate_or_exact(
         q, k, v, is_causal=is_causal, scale=scale, min_seq_len=config.min_seq_len,
-        noncausal=lambda qb, kb, vb, s: kde_noncausal(qb, kb, vb, s, config, generator),
+        noncausal=lambda qb, kb, vb, s: noncausal(qb, kb, vb, s, config, generator),
         need_lse=need_lse,
     )
 

@@ -5,7 +5,9 @@ sketch/lsh.py) and sorted by bucket; both sorted orders are cut into the same
 number of blocks and query block i attends exactly to key block i
 (HyperAttention Alg. 1, KDEformer §4 "A_spar"). Results are returned in the
 original row order, with every row's block id so that callers can mask the
-covered pairs out of their sampled estimates.
+covered pairs out of their sampled estimates. :func:`fused_sorted_attention`
+computes the blocks and a masked weighted key sample together through the
+Triton kernels of attention/triton/hyper_*.py (CUDA).
 """
 
 from __future__ import annotations
@@ -80,3 +82,38 @@ def covered_by_blocks(covered, key_idx):
         hit = blk_q.unsqueeze(-1) == torch.gather(blk_k, 2, key_idx).unsqueeze(-2)
         seen = hit if seen is None else seen | hit
     return seen
+
+
+def fused_sorted_attention(qf, k, v, lsh, num_blocks, *, scale, draw_samples):
+    """Sorted block-diagonal attention plus masked, weighted key samples in one Triton kernel.
+
+    qf [B, H, R, D] (GQA groups folded into rows), k [B, H, M, D], v [B, H, M, Dv]
+    on CUDA (or under ``TRITON_INTERPRET=1``). After hashing, calls
+    ``draw_samples(covered, block_lse)`` with ``covered = [(blk_q, blk_k)]``
+    (as in :func:`block_diagonal_attention`) and ``block_lse()``, which returns
+    the blocks' lse [B, H, R] on demand (one extra kernel launch, no
+    gradient); it returns ``(idx [B, H, S], log_w [B, H, S])`` or None. The
+    result is :func:`block_diagonal_attention` merged with the sampled keys'
+    partial attention, samples in a row's own block masked: out [B, H, R, Dv]
+    in v's dtype, lse [B, H, R] float32, differentiable w.r.t. qf, k and v
+    (the log-weights are constants).
+    """
+    from .triton.hyper_autograd import hyper_fused_attention
+
+    B, H = k.shape[:2]
+    perm_q, blk_q, q_len = sorted_blocks(lsh(qf), num_blocks)
+    perm_k, blk_k, k_len = sorted_blocks(lsh(k), num_blocks)
+    no_samples = (torch.zeros(B, H, 0, dtype=torch.long, device=k.device),
+                  torch.zeros(B, H, 0, device=k.device))
+
+    def fused(idx, log_w):
+        return hyper_fused_attention(qf, k, v, perm_q, perm_k, idx, log_w.detach(),
+                                     torch.gather(blk_k, 2, idx), q_block=q_len, k_block=k_len,
+                                     scale=scale)
+
+    @torch.no_grad()
+    def block_lse():
+        return fused(*no_samples)[1]
+
+    samples = draw_samples([(blk_q, blk_k)], block_lse)
+    return fused(*(no_samples if samples is None else samples))

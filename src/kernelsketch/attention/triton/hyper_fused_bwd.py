@@ -35,8 +35,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .hyper_fused import LOG2E
 from . import dot_precision, num_warps
+from .hyper_fused import LOG2E
 
 # Programs aimed at for the sampled-key gradients (a few per SM on current GPUs).
 SAMPLE_PROGRAMS = 512
