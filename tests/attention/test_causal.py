@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from kernelsketch.attention.causal import causal_attention, causal_levels
+from kernelsketch.attention.causal import (
+    approximate_or_exact,
+    causal_attention,
+    causal_levels,
+    recursion_is_exact,
+)
 from kernelsketch.attention.exact import exact_partial
 
 from .reference import naive_attention, random_qkv
@@ -62,3 +67,38 @@ def test_gradients_flow_through_recursion():
     g_ref = torch.autograd.grad(ref.sum() + ref_lse.sum(), (q, k, v))
     for a, b in zip(g, g_ref):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("N,M", [(64, 64), (65, 65), (40, 64), (64, 40), (80, 64)])
+@pytest.mark.parametrize("min_seq_len", [16, 32, 40])
+def test_recursion_is_exact_matches_what_the_recursion_does(N, M, min_seq_len):
+    """The shortcut predicate agrees with whether the recursion ever calls the approximator."""
+    calls = []
+
+    def recording(q, k, v, scale):
+        calls.append(k.shape[2])
+        return exact_partial(q, k, v, scale=scale)
+
+    def only_when_long(q, k, v, scale):
+        if k.shape[2] <= min_seq_len:
+            return exact_partial(q, k, v, scale=scale)
+        return recording(q, k, v, scale)
+
+    q, k, v = random_qkv(1, 1, 1, N, M, 8)
+    causal_attention(q, k, v, scale=0.3, approximate=only_when_long, min_seq_len=min_seq_len)
+    assert recursion_is_exact(N, M, min_seq_len) == (not calls)
+
+
+def test_dispatch_takes_the_exact_path_when_every_block_is_exact():
+    def never(q, k, v, scale):
+        raise AssertionError("the approximator must not run")
+
+    q, k, v = random_qkv(1, 2, 2, 64, 64, 8)
+    out, lse = approximate_or_exact(q, k, v, is_causal=True, scale=0.3, min_seq_len=32,
+                                    noncausal=never, need_lse=True)
+    ref, ref_lse = naive_attention(q, k, v, scale=0.3, is_causal=True, return_lse=True)
+    torch.testing.assert_close(out.to(ref.dtype), ref)
+    torch.testing.assert_close(lse.to(ref_lse.dtype), ref_lse)
+    with pytest.raises(AssertionError, match="must not run"):
+        approximate_or_exact(q, k, v, is_causal=True, scale=0.3, min_seq_len=31,
+                             noncausal=never, need_lse=True)

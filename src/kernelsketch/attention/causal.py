@@ -126,6 +126,17 @@ def _noncausal(q, k, v, scale, approximate, min_seq_len):
     return approximate(q, k, v, scale)
 
 
+def recursion_is_exact(N: int, M: int, min_seq_len: int) -> bool:
+    """Whether the causal recursion on N queries and M keys computes only exact blocks.
+
+    True when the non-causal key prefix (M - N keys, if any) and the first
+    level's off-diagonal block (ceil(min(N, M) / 2) keys) have at most
+    ``min_seq_len`` keys: then every block is exact and one exact causal call
+    gives the same result faster.
+    """
+    return max(M - N, 0) <= min_seq_len and math.ceil(min(N, M) / 2) <= min_seq_len
+
+
 _EXACT = ExactConfig()
 
 
@@ -133,12 +144,15 @@ def approximate_or_exact(q, k, v, *, is_causal, scale, min_seq_len, noncausal, n
     """Dispatch shared by the LSH methods (HyperAttention, KDEformer).
 
     Exact attention when the problem is at most ``min_seq_len`` long (keys for
-    non-causal; the whole sequence for causal); otherwise ``noncausal(q, k, v,
+    non-causal; for causal, whenever the recursion would only compute exact
+    blocks, see :func:`recursion_is_exact`); otherwise ``noncausal(q, k, v,
     scale)`` directly, or inside the causal recursion where off-diagonal
     blocks with at most ``min_seq_len`` keys are exact too.
     """
     N, M = q.shape[2], k.shape[2]
-    if (is_causal and max(N, M) <= min_seq_len) or (not is_causal and M <= min_seq_len):
+    if (is_causal and recursion_is_exact(N, M, min_seq_len)) or (
+        not is_causal and M <= min_seq_len
+    ):
         return exact_forward(q, k, v, is_causal=is_causal, scale=scale, config=_EXACT,
                              generator=None, need_lse=need_lse)
     if not is_causal:
