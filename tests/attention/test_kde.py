@@ -11,7 +11,7 @@ from kernelsketch.attention.sortlsh import block_diagonal_attention
 from kernelsketch.sketch.lsh import AngularLSH
 
 from .reference import naive_attention, random_qkv
-from .test_hyper import planted
+from .test_hyper import gradient_errors, planted
 
 
 def kde(q, k, v, cfg, seed=0, **kw):
@@ -160,6 +160,13 @@ def test_gradients_flow_and_match_exact_at_full_sample():
     small = KDEConfig(block_size=8, sample_size=8, kde_samples=8, min_seq_len=16)
     g = torch.autograd.grad((kde(q, k, v, small, is_causal=True) * w).sum(), (q, k, v))
     assert all(torch.isfinite(a).all() for a in g)
+
+
+def test_gradient_error_falls_as_the_budget_grows():
+    e = gradient_errors("kde", [KDEConfig(block_size=b, sample_size=s, min_seq_len=0)
+                                for b, s in ((16, 16), (64, 64), (64, 192))])
+    # Measured over fresh inputs: about 3.1, 1.5, 0.86.
+    assert e[1] < 0.75 * e[0] and e[2] < 0.75 * e[1], e
 
 
 @pytest.mark.parametrize("field,value,err", [
