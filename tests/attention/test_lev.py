@@ -10,6 +10,7 @@ from kernelsketch.attention.lev import (
     LevConfig,
     LevSelector,
     power_partial_attention,
+    score_dtype,
     symmetric_power_features,
     universal_set,
 )
@@ -171,6 +172,30 @@ def test_large_head_dimension_p6_without_features():
         assert torch.equal(row[row >= 0], torch.nonzero(ref[0, h] >= 0.2).flatten())
 
 
+@pytest.mark.parametrize("scale", [1e-60, 1e60])
+def test_kernel_route_is_scale_invariant(scale):
+    # <k, k'>^3 of keys of norm 1e60 (1e-60) overflows (underflows) float64; the scores do not
+    # depend on the scale of K.
+    k = low_rank_keys(1, 2, 40, 8, 2)
+    k[:, :, :3] *= 4.0
+    ref = kernel_leverage(k, 6).topk(5, dim=-1).indices.sort(-1).values
+    assert torch.equal(universal_set(k * scale, 6, budget=5), ref)
+
+
+@pytest.mark.parametrize("M", [100, 300])  # kernel route, Gram route
+def test_float32_keys_get_accurate_p4_scores(M):
+    # The Gram of K^{⊗2} squares the features' condition number: computed in float32 these
+    # scores were off by up to 0.95; they are computed in float64 (score_dtype).
+    k = torch.randn(1, 2, M, 16)
+    k[:, :, :3] *= 4.0
+    tau = kernel_leverage(k, 4)
+    assert score_dtype(k.dtype, 4) == torch.float64 and score_dtype(k.dtype, 2) == torch.float32
+    torch.testing.assert_close(LevSelector(p=4, budget=1).update(k).scores(k), tau,
+                               rtol=1e-6, atol=1e-6)
+    eps = min(float(tau.median()), 0.99)
+    assert torch.equal(universal_set(k, 4, eps=eps), universal_set(k.double(), 4, eps=eps))
+
+
 def test_exact_scores_beyond_the_size_limit_ask_for_a_sketch():
     d = 100  # p = 4: C(101, 2) = 5050 > EXACT_SIZE_LIMIT features
     assert math.comb(d + 1, 2) > EXACT_SIZE_LIMIT
@@ -288,13 +313,15 @@ def test_planted_heavy_keys_are_selected_in_budget_mode():
         assert (idx == j).any(-1).all()
 
 
-def test_budget_mode_takes_the_top_scores():
-    k = torch.randn(2, 2, 100, 6, dtype=torch.float64)
-    idx = universal_set(k, 2, budget=10)
-    scores = kernel_leverage(k, 2)
-    ref = scores.topk(10, dim=-1).indices.sort(-1).values
+@pytest.mark.parametrize("p,M", [(2, 100), (4, 15), (4, 100)])
+def test_budget_mode_takes_the_top_scores(p, M):
+    # p = 4, d = 6: 21 features; M = 15 takes the kernel route (rank-3 keys, so that
+    # rank(K^{⊗2}) = 6 < M and the scores are not all 1), M = 100 the Gram route.
+    k = torch.randn(2, 2, M, 6, dtype=torch.float64) if M > 21 else low_rank_keys(2, 2, M, 6, 3)
+    idx = universal_set(k, p, budget=5)
+    ref = kernel_leverage(k, p).topk(5, dim=-1).indices.sort(-1).values
     assert torch.equal(idx, ref)
-    assert idx.shape == (2, 2, 10)
+    assert idx.shape == (2, 2, 5)
 
 
 def test_threshold_set_padding_and_order():
@@ -442,6 +469,20 @@ def test_causal_queries_never_see_future_keys(kind, cfg):
     out2 = ks.attention(q, k, v2, method="lev", config=config, is_causal=True)
     torch.testing.assert_close(out2[:, :, :cut], out[:, :, :cut], rtol=0, atol=1e-12)
     assert not torch.allclose(out2[:, :, cut:], out[:, :, cut:])
+
+
+@pytest.mark.parametrize("M", [15, 60])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_p4_power_forward_matches_attention_restricted_to_the_set(M, is_causal):
+    q, k, v = random_qkv(1, 4, 2, M, M, 6)
+    if M < 21:  # kernel route: rank-3 keys so the p = 4 scores are informative
+        k = low_rank_keys(1, 2, M, 6, 3)
+    cfg = LevConfig(p=4, budget=5, window=2, kind="power")
+    out = ks.attention(q, k, v, method="lev", config=cfg, is_causal=is_causal)
+    idx = kernel_leverage(k, 4).topk(5, dim=-1).indices
+    mask = set_mask(idx, M, M, 4, is_causal=is_causal, window=2)
+    torch.testing.assert_close(out, masked_oracle(q, k, v, mask, kind="power", p=4),
+                               rtol=1e-9, atol=1e-10)
 
 
 def test_threshold_forward_matches_oracle_with_ragged_sets():

@@ -86,6 +86,7 @@ __all__ = [
     "LevConfig",
     "LevSelector",
     "power_partial_attention",
+    "score_dtype",
     "symmetric_power_features",
     "universal_set",
 ]
@@ -201,6 +202,16 @@ class _PowerFeatures:
         return symmetric_power_features(x, self.t)
 
 
+def score_dtype(dtype: torch.dtype, p: int) -> torch.dtype:
+    """Dtype of the selection scores: float32 (float64 for float64 keys) for p = 2, float64 for p >= 4.
+
+    The Gram of ``K^{⊗t}`` squares the condition number of the tensor-power
+    features, whose smallest singular values fall far below float32 rounding
+    for t >= 2 (the scores of a float32 computation can be off by O(1)).
+    """
+    return accumulation_dtype(dtype) if p == 2 else torch.float64
+
+
 def _exact_size(d: int, t: int) -> int:
     """Number of exact symmetric tensor-power features C(d + t - 1, t)."""
     return math.comb(d + t - 1, t)
@@ -254,7 +265,7 @@ class LevSelector:
 
     Attributes
     ----------
-    gram : [B, H, F, F] accumulated Gram (float32, float64 for float64 keys).
+    gram : [B, H, F, F] accumulated Gram (see :func:`score_dtype`).
     num_seen : keys seen so far (positions 0 .. num_seen - 1).
     keys, values, positions : the current candidates, [B, H, S, D],
         [B, H, S, Dv] (when values were given) and [B, H, S] int64 with -1 in
@@ -294,7 +305,7 @@ class LevSelector:
         """Add a block of keys [B, H, m, D] (and optionally their values [B, H, m, Dv])."""
         self._check_block(k_block, v_block)
         with torch.no_grad():
-            acc = accumulation_dtype(k_block.dtype)
+            acc = score_dtype(k_block.dtype, self.p)
             if self._features is None:
                 self._features = _PowerFeatures(k_block.shape[-1], self.p // 2, self.sketch_size,
                                                 self.seed, k_block.device)
@@ -407,7 +418,7 @@ def universal_set(
 
     Parameters
     ----------
-    k : [B, H, M, D] keys (any float dtype; scores in float32, float64 for float64).
+    k : [B, H, M, D] keys (any float dtype; scores in :func:`score_dtype`).
     p : even int >= 2, the exponent of ``|x|^p`` attention.
     eps : keep every key whose leverage score (of ``K^{⊗p/2}``) is >= eps; for
         every query, every ``|x|^p`` attention entry >= eps has its key here,
@@ -441,7 +452,9 @@ def universal_set(
             f"(> EXACT_SIZE_LIMIT = {EXACT_SIZE_LIMIT}), got sketch_size=None"
         )
     with torch.no_grad():
-        x = k.detach().to(accumulation_dtype(k.dtype))
+        x = k.detach().to(score_dtype(k.dtype, p))
+        # Leverage scores are scale invariant: unit largest key norm keeps <k, k'>^t finite.
+        x = x / x.norm(dim=-1).amax(-1).clamp_min(torch.finfo(x.dtype).tiny)[..., None, None]
         kernel = (x @ x.transpose(-1, -2)) ** t  # ΦΦᵀ for Φ = K^{⊗t}
         if ridge > 0:  # the Gram route's λ = ridge · tr(G) / F, as a rescaling of the kernel
             trace = kernel.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(torch.finfo(x.dtype).tiny)
