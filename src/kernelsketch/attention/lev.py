@@ -304,20 +304,7 @@ class LevSelector:
     def update(self, k_block: torch.Tensor, v_block: torch.Tensor | None = None) -> LevSelector:
         """Add a block of keys [B, H, m, D] (and optionally their values [B, H, m, Dv])."""
         self._check_block(k_block, v_block)
-        with torch.no_grad():
-            acc = score_dtype(k_block.dtype, self.p)
-            if self._features is None:
-                self._features = _PowerFeatures(k_block.shape[-1], self.p // 2, self.sketch_size,
-                                                self.seed, k_block.device)
-            phi = self._features(k_block.detach().to(acc))
-            block_gram = phi.transpose(-1, -2) @ phi
-            self.gram = block_gram if self.gram is None else self.gram + block_gram
-        m = k_block.shape[2]
-        pos = torch.arange(self.num_seen, self.num_seen + m, device=k_block.device)
-        pos = pos.expand(*k_block.shape[:2], m)
-        self.num_seen += m
-        self._absorb(k_block.detach(), None if v_block is None else v_block.detach(), pos)
-        return self
+        return self._update(k_block, v_block)
 
     def merge(self, other: LevSelector) -> LevSelector:
         """Fold another shard's selector into this one (its stream follows this one's)."""
@@ -360,6 +347,22 @@ class LevSelector:
         return self._scores(k)
 
     # -- internals --------------------------------------------------------------------------
+
+    def _update(self, k_block: torch.Tensor, v_block: torch.Tensor | None) -> LevSelector:
+        with torch.no_grad():
+            acc = score_dtype(k_block.dtype, self.p)
+            if self._features is None:
+                self._features = _PowerFeatures(k_block.shape[-1], self.p // 2, self.sketch_size,
+                                                self.seed, k_block.device)
+            phi = self._features(k_block.detach().to(acc))
+            block_gram = phi.transpose(-1, -2) @ phi
+            self.gram = block_gram if self.gram is None else self.gram + block_gram
+        m = k_block.shape[2]
+        pos = torch.arange(self.num_seen, self.num_seen + m, device=k_block.device)
+        pos = pos.expand(*k_block.shape[:2], m)
+        self.num_seen += m
+        self._absorb(k_block.detach(), None if v_block is None else v_block.detach(), pos)
+        return self
 
     def _scores(self, k: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -444,7 +447,7 @@ def universal_set(
     check_tensor("k", k, ndim=4)
     t, (M, d) = p // 2, k.shape[-2:]
     if t == 1 or sketch_size is not None or M >= _exact_size(d, t):
-        return selector.update(k).select()
+        return selector._update(k, None).select()  # k checked above
     if M > EXACT_SIZE_LIMIT:
         raise ValueError(
             f"sketch_size must be given for p={p}, d={d} and M={M} keys: exact scores need an "
