@@ -7,7 +7,8 @@ holds the Gram of all evicted keys (``d x d``) and only the evicted tokens of
 the universal set: the ``budget`` keys of largest leverage score, or (with
 ``eps``) every key of score >= eps. Memory per head is therefore
 ``window + evict_block + budget`` tokens (``rank/eps`` instead of ``budget``
-with eps) plus a ``d x d`` matrix, whatever the sequence length.
+with eps) plus a ``d x d`` matrix (``F x F`` for p >= 4, F the feature count
+of ``K^{⊗p/2}``), whatever the sequence length.
 
 Guarantee (threshold mode, ``f(x) = |x|^p``): for every later query, an
 evicted key whose attention over ALL the tokens so far is >= eps has leverage
