@@ -76,6 +76,22 @@ def test_polysketch_error_falls_with_dimension():
     assert errs[0] > 1.4 * errs[1] > 1.96 * errs[2]
 
 
+def test_polysketch_spectral_approximation_error_falls():
+    # (1-eps)(K+lam I) <= Z Z^T + lam I <= (1+eps)(K+lam I), eps ~ 1/sqrt(n_components).
+    rng = np.random.default_rng(10)
+    X = rng.normal(size=(30, 5))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    K = polynomial_kernel(X, degree=3, gamma=1.0, coef0=1.0)
+    lam = 0.1
+    eps = []
+    for D in (128, 512, 2048):
+        Z = [PolynomialSketch(n_components=D, degree=3, coef0=1.0, random_state=s).fit_transform(X)
+             for s in range(2)]
+        eps.append(np.mean([_spectral_eps(K, z @ z.T, lam) for z in Z]))
+    assert eps[0] > 1.5 * eps[1] > 2.25 * eps[2]
+    assert eps[2] < 0.4
+
+
 def test_polysketch_beats_tensorsketch_at_high_degree():
     # Degree-2 tree: variance polynomial in the degree; TensorSketch: exponential.
     rng = np.random.default_rng(1)
@@ -221,6 +237,27 @@ def test_sparse_fit_spectral_error_falls():
             e.append(_spectral_eps(K, (Z @ Z.T).toarray(), lam))
         eps.append(np.mean(e))
     assert eps[0] > 1.4 * eps[1] > 1.96 * eps[2]
+
+
+def test_sparse_fit_in_input_sparsity_space():
+    # 10^9 columns (8 GB per dense row): fit and transform may only touch the non-zeros.
+    # The sampled coordinates must be columns that hold data (or the sqrt(coef0) one),
+    # and the features a spectral approximation of K computed from X X^T.
+    rng = np.random.default_rng(12)
+    n, d, nnz_row = 30, 10**9, 3
+    pool = np.unique(rng.integers(0, d, size=12))
+    vals, rows = rng.standard_normal(n * nnz_row), np.repeat(np.arange(n), nnz_row)
+    slot = rng.integers(0, pool.size, n * nnz_row)
+    X = sp.csr_matrix((vals, (rows, pool[slot])), shape=(n, d))
+    X_pool = sp.csr_matrix((vals, (rows, slot)), shape=(n, pool.size)).toarray()  # same data
+    K = (X_pool @ X_pool.T * 0.5 + 1.0) ** 2
+    lam, m = 0.5, 2000
+    est = PolynomialLeverageSampler(n_components=m, degree=2, gamma=0.5, coef0=1.0, ridge=lam,
+                                    random_state=0).fit(X)
+    assert np.isin(est.indices_, np.append(np.unique(X.indices), d)).all()
+    Z = est.transform(X)
+    assert Z.shape == (n, m)
+    assert _spectral_eps(K, (Z @ Z.T).toarray(), lam) < 0.3
 
 
 X_BAD = np.random.default_rng(0).normal(size=(10, 3))

@@ -86,13 +86,28 @@ def _lift(x: torch.Tensor, gamma: float, coef0: float) -> torch.Tensor:
     return torch.cat([x, const], dim=-1)
 
 
-def _lift_sparse(X, gamma: float, coef0: float) -> sp.csc_matrix:
-    """Sparse version of :func:`_lift` (CSC, float64)."""
-    A = sp.csc_matrix(X, dtype=np.float64) * math.sqrt(gamma)
+def _lift_sparse(X, gamma: float, coef0: float) -> sp.csr_matrix:
+    """Sparse version of :func:`_lift` (CSR, float64)."""
+    A = sp.csr_matrix(X, dtype=np.float64) * math.sqrt(gamma)
     if coef0 == 0.0:
         return A
-    const = sp.csc_matrix(np.full((X.shape[0], 1), math.sqrt(coef0)))
-    return sp.hstack([A, const], format="csc")
+    const = sp.csr_matrix(np.full((X.shape[0], 1), math.sqrt(coef0)))
+    return sp.hstack([A, const], format="csr")
+
+
+def _select_columns(X, cols: np.ndarray) -> sp.csr_matrix:
+    """``X[:, cols]`` for CSR ``X`` and sorted distinct ``cols``, in ``O(nnz(X) log |cols|)``.
+
+    Never allocates anything of size ``n_features`` (scipy's column indexing
+    and CSC conversion do), so ``X`` may have billions of columns.
+    """
+    X = sp.csr_matrix(X)
+    pos = np.searchsorted(cols, X.indices).clip(max=max(cols.size - 1, 0))
+    keep = cols[pos] == X.indices if cols.size else np.zeros(X.indices.size, bool)
+    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+    return sp.csr_matrix(
+        (X.data[keep].astype(np.float64), (rows[keep], pos[keep])), shape=(X.shape[0], cols.size)
+    )
 
 
 def _check_poly_params(est) -> None:
@@ -212,6 +227,7 @@ def _tmatmul(A, M: torch.Tensor) -> torch.Tensor:
 
 
 def _column(A, j: int) -> torch.Tensor:
+    """Column ``j`` of a dense tensor or a scipy CSC matrix, as a dense [n] tensor."""
     if sp.issparse(A):
         return torch.from_numpy(A[:, [j]].toarray().ravel())
     return A[:, j]
@@ -238,14 +254,14 @@ def _completion_scores(A, B: torch.Tensor, psi: torch.Tensor | None, v: torch.Te
     """``sum_l ||psi^T (B_l * v * A[:, j])||^2`` for every column ``j`` -> [d].
 
     ``psi=None`` stands for the exact constant feature (last index: no completion).
-    ``A`` is a dense tensor or a scipy CSC matrix.
+    ``A`` is a dense tensor or a scipy sparse matrix.
     """
     T = B * v  # [k, n]
     if psi is None:
         return (_tmatmul(A, T.mT) ** 2).sum(1)
     k, n = T.shape
     out = torch.zeros(A.shape[1], dtype=T.dtype)
-    step = max(1, 2**22 // (n * psi.shape[1]))  # bound the [n, rows * D] temporary
+    step = max(1, 2**22 // max(1, n * psi.shape[1]))  # bound the [n, rows * D] temporary
     for lo in range(0, k, step):
         M = (T[lo:lo + step, :, None] * psi[None]).permute(1, 0, 2).reshape(n, -1)
         out += (_tmatmul(A, M) ** 2).sum(1)
@@ -268,7 +284,6 @@ def sample_tensor_coordinates(
     ----------
     A : Tensor [n, d] float64, or scipy.sparse matrix [n, d]
         Rows are the (lifted) data points; the kernel is ``K = (A A^T)^{∘degree}``.
-        Sparse input is handled in ``O(nnz(A))`` per pass (CSC columns).
     degree : int >= 1
     num_samples : int
         Number ``m`` of coordinates drawn (with replacement).
@@ -283,13 +298,31 @@ def sample_tensor_coordinates(
     Returns
     -------
     indices : int64 Tensor [m, degree]
+        Column indices of ``A`` (in its own numbering, also for sparse ``A``).
     probs : Tensor [m], float64
         Exact probability with which each tuple was drawn (so weights
         ``1 / (m probs)`` make ``K~`` unbiased).
+
+    Notes
+    -----
+    Cost for sparse ``A`` (input-sparsity time: nothing of size ``d`` or ``d^q``
+    is formed). Empty columns, which no sample can hit, are dropped first, so
+    ``d`` below is at most ``nnz(A)``. The first index costs one pass
+    ``O(nnz(A) k D)``; each later index costs ``O(nnz(A_R) k D + n k + d)`` per
+    distinct drawn prefix, where ``A_R`` are the rows on which the prefix
+    product ``a_{j_1} * ... * a_{j_{t-1}}`` is non-zero (only those rows, and
+    the columns they touch, can contribute to a completion). Plus the ``O(nnz(A))`` CountSketch, the PolySketch
+    of ``[n, 2D]`` rows and an ``O(n D^2)`` SVD, independent of ``d``. Dense ``A``
+    is the case ``nnz = n d``.
     """
     sparse = sp.issparse(A)
     if sparse:
-        A = sp.csc_matrix(A, dtype=np.float64)
+        A = sp.csr_matrix(A, dtype=np.float64)
+        cols = np.unique(A.indices)
+        if cols.size == 0:  # K = 0: any coordinate (all have weight 0)
+            cols = np.zeros(1, dtype=A.indices.dtype)
+        A = _select_columns(A, cols)
+        A_csc = A.tocsc()  # column access for the prefix products
     n = A.shape[0]
     dense_rows = _sketch_input(A, sketch_size, generator)
     tree = PolySketch(dense_rows.shape[1], sketch_size, degree, kind="gaussian",
@@ -301,7 +334,7 @@ def sample_tensor_coordinates(
     G = torch.randn(jl_size, n, generator=generator, dtype=torch.float64) / math.sqrt(jl_size)
     B = (G - ((G @ U) * shrink) @ U.mT) / math.sqrt(ridge)  # [k, n], B^T B ~ (K + lam I)^{-1}
 
-    A_sq = A.multiply(A).tocsc() if sparse else A * A
+    A_sq = A.multiply(A).tocsr() if sparse else A * A
     row_sq = torch.as_tensor(np.asarray(A_sq.sum(1)).ravel()) if sparse else A_sq.sum(-1)
     indices = torch.zeros(num_samples, degree, dtype=torch.int64)
     probs = torch.ones(num_samples, dtype=torch.float64)
@@ -312,19 +345,37 @@ def sample_tensor_coordinates(
         new_groups, new_vec = {}, {}
         for prefix, members in groups.items():
             v = prefix_vec[prefix]
-            lev = _completion_scores(A, B, psi[remaining] if remaining else None, v)
-            norm = _tmatmul(A_sq, (v * v * row_sq**remaining)[:, None])[:, 0]
+            A_r, A_sq_r, B_r, v_r, sq_r = A, A_sq, B, v, row_sq
+            psi_r = psi[remaining] if remaining else None
+            support = None
+            if sparse and t > 0:
+                # Only the rows where the prefix product is non-zero, and the columns
+                # those rows touch, can carry a completion's mass.
+                rows = torch.nonzero(v).ravel()
+                A_r = A[rows.numpy()]
+                support = np.unique(A_r.indices)
+                A_r, A_sq_r = _select_columns(A_r, support), _select_columns(A_sq[rows.numpy()], support)
+                B_r, v_r, sq_r = B[:, rows], v[rows], row_sq[rows]
+                psi_r = psi_r[rows] if remaining else None
+            lev = _completion_scores(A_r, B_r, psi_r, v_r)
+            norm = _tmatmul(A_sq_r, (v_r * v_r * sq_r**remaining)[:, None])[:, 0]
+            if support is not None:
+                lev, norm = (torch.zeros(A.shape[1], dtype=torch.float64).index_copy(
+                    0, torch.from_numpy(support.astype(np.int64)), x) for x in (lev, norm))
             if float(norm.sum()) <= 0.0:  # every completion is zero: any draw has weight 0
                 norm = torch.ones_like(norm)
             dist = (1 - _NORM_MIX) * lev / lev.sum().clamp_min(1e-300) + _NORM_MIX * norm / norm.sum()
+            dist = dist / dist.sum()  # exactly normalised, also when every lev estimate is 0
             draws = torch.multinomial(dist, members.numel(), replacement=True, generator=generator)
             indices[members, t] = draws
             probs[members] *= dist[draws]
             for j in draws.unique().tolist():
                 key = prefix + (j,)
                 new_groups[key] = members[draws == j]
-                new_vec[key] = v * _column(A, j)
+                new_vec[key] = v * _column(A_csc if sparse else A, j)
         groups, prefix_vec = new_groups, new_vec
+    if sparse:
+        indices = torch.from_numpy(cols.astype(np.int64))[indices]
     return indices, probs
 
 
@@ -433,10 +484,15 @@ class PolynomialLeverageSampler(RandomFeaturesTransformer):
         if not sp.issparse(X):
             return super().transform(X)
         X = self._validate_X(X, reset=False)
-        A = _lift_sparse(X, float(self.gamma), float(self.coef0))
-        Z = A[:, self.indices_[:, 0]]
-        for t in range(1, self.indices_.shape[1]):
-            Z = Z.multiply(A[:, self.indices_[:, t]])
+        # Only the sampled input columns are read (O(nnz(X)), nothing of size n_features);
+        # index n_features_in_ (the sqrt(coef0) coordinate) maps to the lifted last column.
+        used = np.unique(self.indices_)
+        used = used[used < self.n_features_in_]
+        A = _lift_sparse(_select_columns(X, used), float(self.gamma), float(self.coef0))
+        local = np.searchsorted(used, self.indices_)
+        Z = A[:, local[:, 0]]
+        for t in range(1, local.shape[1]):
+            Z = Z.multiply(A[:, local[:, t]])
         scale = self.feature_map_.scale.numpy()
         return sp.csr_matrix(sp.csr_matrix(Z).multiply(scale[None, :]), dtype=X.dtype)
 
