@@ -6,6 +6,7 @@ import torch
 from kernelsketch.sketch.leverage import (
     leverage_scores,
     leverage_scores_from_gram,
+    leverage_scores_from_kernel,
     ridge_leverage_scores,
     sketched_leverage_scores,
 )
@@ -110,6 +111,25 @@ def test_from_gram_broadcasts_one_gram_over_a_batch():
     gram = gram.T @ gram
     out = leverage_scores_from_gram(a, gram)
     torch.testing.assert_close(out[2], leverage_scores_from_gram(a[2], gram))
+
+
+@pytest.mark.parametrize("rank", [3, 8])
+def test_from_kernel_equals_exact_for_wide_low_rank_features(rank):
+    """n < feature dimension: the n x n kernel route gives the features' scores."""
+    a = _low_rank(2, 12, 40, rank)
+    torch.testing.assert_close(leverage_scores_from_kernel(a @ a.mT), leverage_scores(a),
+                               rtol=1e-7, atol=1e-9)
+
+
+def test_from_kernel_with_ridge_equals_ridge_scores():
+    a = torch.randn(3, 15, 60, dtype=torch.float64)
+    torch.testing.assert_close(leverage_scores_from_kernel(a @ a.mT, ridge=0.5),
+                               ridge_leverage_scores(a, 0.5), rtol=1e-9, atol=1e-12)
+
+
+def test_from_kernel_rejects_non_square_kernel():
+    with pytest.raises(ValueError, match="kernel"):
+        leverage_scores_from_kernel(torch.randn(4, 5, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("sketch", ["srht", "countsketch"])

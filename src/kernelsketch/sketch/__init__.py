@@ -11,6 +11,7 @@ degree ``q`` have ``E[<S(x), S(y)>] = <x, y>**q``.
 from kernelsketch.sketch.leverage import (
     leverage_scores,
     leverage_scores_from_gram,
+    leverage_scores_from_kernel,
     ridge_leverage_scores,
     sketched_leverage_scores,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "inverse_gray_code",
     "leverage_scores",
     "leverage_scores_from_gram",
+    "leverage_scores_from_kernel",
     "resolve_generator",
     "ridge_leverage_scores",
     "sketched_leverage_scores",
