@@ -217,9 +217,10 @@ def test_bfloat16_inputs_run_through_a_float32_layer():
     assert relative_error(out, ref) < 3e-2
 
 
-@pytest.mark.parametrize("exact_local", [True, False])
-def test_decoding_equals_the_parallel_form(exact_local, path):
-    cfg = PolySketchConfig(sketch_size=8, block_size=6, exact_local=exact_local)
+@pytest.mark.parametrize("exact_local,sketch", [(True, "gaussian"), (False, "gaussian"),
+                                                (False, "learned-mlp")])
+def test_decoding_equals_the_parallel_form(exact_local, sketch, path):
+    cfg = PolySketchConfig(sketch_size=8, block_size=6, exact_local=exact_local, sketch=sketch)
     layer = PolySketchAttention(8, cfg, seed=0).double()
     with torch.no_grad():  # affine layer norms with non-trivial parameters
         for norm in (layer.q_norm, layer.k_norm):
@@ -248,6 +249,44 @@ def test_learned_sketch_starts_at_the_gaussian_sketch_and_trains():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (sk.proj, sk.out))
 
 
+def mlp_layer(**kwargs):
+    cfg = PolySketchConfig(sketch="learned-mlp", sketch_size=8, block_size=4, **kwargs)
+    return PolySketchAttention(8, cfg, seed=0).double()
+
+
+def test_learned_mlp_sketch_has_the_papers_architecture():
+    # Two levels per branch, Linear(·, 8r) -> GELU -> Linear(8r, r) after a layer norm.
+    sk = mlp_layer().features.sketch
+    assert [tuple(w.shape) for w in sk.w_in] == [(2, 8, 64), (2, 8, 64)]
+    assert [tuple(w.shape) for w in sk.w_out] == [(2, 64, 8), (2, 64, 8)]
+    assert [tuple(w.shape) for w in sk.norm_weight] == [(2, 8), (2, 8)]
+
+
+def test_learned_mlp_features_are_bounded_and_scale_invariant():
+    # sqrt(r) tanh(·) bounds every feature by sqrt(r) = 2.83 whatever the input, and the
+    # leading layer norm makes φ(c x) = φ(x) for c > 0.
+    feats = mlp_layer().features
+    x = torch.randn(50, 8, dtype=torch.float64)
+    big = feats(1e4 * x)
+    assert big.abs().max() < math.sqrt(8)
+    assert big.abs().max() > 0.1 * math.sqrt(8)
+    torch.testing.assert_close(feats(3.0 * x), feats(x), rtol=1e-3, atol=1e-4)  # LayerNorm eps
+
+
+def test_learned_mlp_causal_blocks_equal_naive_evaluation_and_train():
+    layer = mlp_layer(exact_local=False)
+    q, k, v = random_qkv(1, 4, 2, 21, 21, 8, requires_grad=True)
+    out = layer(q, k, v)
+    qn, kn = layer._normalize(q, k)  # the module's own (affine) q/k layer norms
+    ref = naive_sketched(qn, kn, v, layer.features, degree=4, block_size=4, exact_local=False,
+                         is_causal=True, normalize=False)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    out.square().sum().backward()
+    params = list(layer.features.parameters())
+    assert len(params) == 8 and all(p.grad is not None and p.grad.abs().sum() > 0
+                                    for p in params)
+
+
 # ---- errors ----------------------------------------------------------------------------------
 
 BAD_CONFIGS = [
@@ -259,6 +298,7 @@ BAD_CONFIGS = [
     ({"exact_local": "yes"}, TypeError, "exact_local must be a bool"),
     ({"normalize": None}, TypeError, "normalize must be a bool"),
     ({"sketch": "learned", "degree": 6}, ValueError, "sketch='learned' needs degree=4"),
+    ({"sketch": "learned-mlp", "degree": 2}, ValueError, "sketch='learned-mlp' needs degree=4"),
 ]
 
 
@@ -268,10 +308,12 @@ def test_bad_config_is_rejected(kwargs, err, text):
         PolySketchConfig(**kwargs)
 
 
-def test_learned_sketch_in_functional_form_is_rejected():
+@pytest.mark.parametrize("sketch", ["learned", "learned-mlp"])
+def test_learned_sketch_in_functional_form_is_rejected(sketch):
     q, k, v = random_qkv(1, 2, 2, 8, 8, 4)
-    with pytest.raises(ValueError, match="PolySketchAttention"):
-        ks.attention(q, k, v, method="polysketch", config=PolySketchConfig(sketch="learned"))
+    with pytest.raises(ValueError, match=f"sketch='{sketch}' has trainable parameters: use "
+                                         "kernelsketch.attention.polysketch.PolySketchAttention"):
+        ks.attention(q, k, v, method="polysketch", config=PolySketchConfig(sketch=sketch))
 
 
 def test_module_rejects_wrong_head_dim():

@@ -13,8 +13,9 @@ q' = sqrt(scale)·q and k' = sqrt(scale)·k (so that q'·k' = scale·q·k):
   ``φ(x) = (x S1) ⊙ (x S2) / sqrt(r)`` with S1, S2 i.i.d. N(0, 1) entries
   (``sketch="gaussian"``) or a TensorSRHT (``"hadamard"``); for p/2 > 2 the
   PolySketch degree-2 tree of :class:`kernelsketch.sketch.tensor.PolySketch`;
-  for p = 2 the identity (exact). ``sketch="learned"`` (p = 4 only) uses the
-  paper's learned branches, see :class:`LearnedDegree2Sketch`.
+  for p = 2 the identity (exact). ``sketch="learned"`` (p = 4 only) is a
+  trainable sketch started at the Gaussian one (:class:`LearnedDegree2Sketch`);
+  ``"learned-mlp"`` the paper's learned MLP branches (:class:`MLPDegree2Sketch`).
 * **Self-tensoring** (§3.2): the score is ``(φ(q')·φ(k'))^2 = Φ(q')·Φ(k')`` with
   ``Φ(x) = φ(x) ⊗ φ(x)`` (r² features). It is non-negative by construction,
   so denominators stay >= 1. It is NOT an unbiased estimate of (q'·k')^p
@@ -38,7 +39,7 @@ q' = sqrt(scale)·q and k' = sqrt(scale)·k (so that q'·k' = scale·q·k):
 
 Random sketches are drawn from ``generator`` on every functional call; the
 :class:`PolySketchAttention` module draws them once (buffers, or parameters
-for ``"learned"``), owns the q/k layer norms, and decodes token by token with
+for the learned sketches), owns the q/k layer norms, and decodes token by token with
 a recurrent state (:meth:`PolySketchAttention.step`).
 
 ``lse`` is ``log(1 + Σ_j w̃_ij)`` with the sketched weights, as for
@@ -60,8 +61,10 @@ The same method, with these deliberate differences:
   ``1`` (sink) in the denominator relative to the keys; ``scale=1.0`` gives
   the paper's convention.
 * **Layer norms.** :class:`PolySketchAttention` has separate q and k layer
-  norms (affine by default); the paper's code applies one affine layer norm to
-  both. The functional form normalises without affine parameters.
+  norms (affine by default), used by both the local and the sketched weights;
+  the paper's code applies one affine layer norm to both q and k (and, with
+  exact local blocks, a second one for the local weights). The functional
+  form normalises without affine parameters.
 * **Sketch scaling.** φ is unbiased, ``E[φ(x)·φ(y)] = (x·y)²``, so the sketched
   weights between blocks and the exact weights inside a block estimate the
   same (q'·k')^p. The paper's code divides each of S1, S2 by sqrt(r), i.e. uses
@@ -71,9 +74,11 @@ The same method, with these deliberate differences:
   :mod:`kernelsketch.sketch.tensor` (rows without replacement, any D by
   zero-padding); the paper samples r columns of the ±1 Hadamard matrix with
   replacement and needs a power-of-two D. Same unbiased convention.
-* **Learned sketch.** See :class:`LearnedDegree2Sketch`: one residual level
-  per branch started at the Gaussian sketch, instead of the paper's two-level
-  MLP branches with a tanh bound.
+* **Learned sketch.** ``"learned"`` (:class:`LearnedDegree2Sketch`) is one
+  residual level per branch started at the Gaussian sketch, not the paper's
+  architecture; ``"learned-mlp"`` (:class:`MLPDegree2Sketch`) is the paper's
+  two-level MLP branches with a tanh bound, applied here after the module's
+  q/k layer norms (the paper applies them to q, k in place of a layer norm).
 * **Lengths.** Any N and M (bottom-right causal alignment); the paper's code
   needs N = M, a multiple of the block size.
 
@@ -99,7 +104,8 @@ from .api import MethodConfig, MethodSpec
 from .merge import accumulation_dtype
 from .polynomial import check_degree, layer_norm_qk, normalize_output, polynomial_weights
 
-SKETCHES = ("gaussian", "hadamard", "learned")
+SKETCHES = ("gaussian", "hadamard", "learned", "learned-mlp")
+LEARNED = ("learned", "learned-mlp")
 _SKETCH_KIND = {"gaussian": "gaussian", "hadamard": "srht"}
 
 
@@ -111,9 +117,10 @@ class PolySketchConfig(MethodConfig):
     sketch_size : r, the sketch dimension of the degree-p/2 feature map; the
         state has r² features. Default 32 (the paper uses 32 or 64).
     block_size : b, tokens per block of the causal algorithm. Default 256.
-    sketch : "gaussian" (default), "hadamard" (TensorSRHT) or "learned"
-        (degree 4 only; needs :class:`PolySketchAttention`, whose parameters
-        are trained).
+    sketch : "gaussian" (default), "hadamard" (TensorSRHT), "learned"
+        (:class:`LearnedDegree2Sketch`) or "learned-mlp" (the paper's MLP
+        branches, :class:`MLPDegree2Sketch`). The learned sketches need
+        degree 4 and :class:`PolySketchAttention`, whose parameters are trained.
     exact_local : causal only: exact polynomial weights inside each block
         (default True, the paper's choice); False sketches them too.
     normalize : layer-normalise q and k (no affine) in the functional form,
@@ -136,8 +143,8 @@ class PolySketchConfig(MethodConfig):
         for name in ("exact_local", "normalize"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
-        if self.sketch == "learned" and self.degree != 4:
-            raise ValueError(f"sketch='learned' needs degree=4, got degree={self.degree}")
+        if self.sketch in LEARNED and self.degree != 4:
+            raise ValueError(f"sketch={self.sketch!r} needs degree=4, got degree={self.degree}")
 
 
 class LearnedDegree2Sketch(nn.Module):
@@ -156,7 +163,8 @@ class LearnedDegree2Sketch(nn.Module):
     ``sqrt(r) tanh(f1(x) ⊙ f2(x) / sqrt(r))`` and applied to q and k in place
     of their layer norm. Here the input is the layer-normalised, scaled q' or
     k' of :class:`PolySketchAttention`, the hidden width is D, and the output
-    is not bounded by a tanh.
+    is not bounded by a tanh. :class:`MLPDegree2Sketch` (``"learned-mlp"``)
+    follows the paper's architecture.
 
     Parameters
     ----------
@@ -182,11 +190,65 @@ class LearnedDegree2Sketch(nn.Module):
         return branches[0] * branches[1] / math.sqrt(self.d_out)
 
 
+class MLPDegree2Sketch(nn.Module):
+    """The paper's learned sketch: ``φ(x) = sqrt(r) tanh(f1(x) ⊙ f2(x) / sqrt(r))`` (p = 4).
+
+    Each branch f1, f2 stacks ``levels`` blocks
+    ``h -> gelu(LayerNorm(h) W1) W2`` with W1 [·, expansion·r], W2 [expansion·r, r]
+    (no biases; affine layer norms), the architecture of the PolySketchFormer
+    code (two levels, expansion 8). The tanh bounds every feature by sqrt(r),
+    so scores ``(φ(q)·φ(k))²`` are non-negative and at most r⁴. Unlike
+    :class:`LearnedDegree2Sketch` it does not start as a sketch of (x·y)²: it
+    is a learned non-negative kernel. Weights are drawn from ``generator``
+    (LeCun normal, std 1/sqrt(fan-in)) as plain parameters, so a host model's
+    ``nn.Linear`` initialisation loop does not touch them.
+
+    Parameters
+    ----------
+    d_in : head dimension D; d_out : r; levels : blocks per branch (default 2);
+    expansion : hidden width / r (default 8); generator : source of the draws.
+    """
+
+    def __init__(self, d_in: int, d_out: int, *, levels: int = 2, expansion: int = 8,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.d_in, self.d_out = d_in, d_out
+        dev = generator.device if generator is not None else None
+        hidden = expansion * d_out
+
+        def lecun(fan_in, fan_out):
+            w = torch.randn(2, fan_in, fan_out, generator=generator, device=dev)
+            return nn.Parameter(w / math.sqrt(fan_in))
+
+        widths = [d_in] + [d_out] * (levels - 1)
+        self.w_in = nn.ParameterList(lecun(w, hidden) for w in widths)
+        self.w_out = nn.ParameterList(lecun(hidden, d_out) for _ in widths)
+        self.norm_weight = nn.ParameterList(
+            nn.Parameter(torch.ones(2, w, device=dev)) for w in widths)
+        self.norm_bias = nn.ParameterList(
+            nn.Parameter(torch.zeros(2, w, device=dev)) for w in widths)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., D] -> [..., r] (dtype of x), every entry in (-sqrt(r), sqrt(r))."""
+        dt = x.dtype
+        branches = []
+        for i in range(2):
+            h = x
+            for w_in, w_out, nw, nb in zip(self.w_in, self.w_out, self.norm_weight,
+                                           self.norm_bias):
+                h = F.layer_norm(h, h.shape[-1:], nw[i].to(dt), nb[i].to(dt))
+                h = F.gelu(h @ w_in[i].to(dt)) @ w_out[i].to(dt)
+            branches.append(h)
+        root = math.sqrt(self.d_out)
+        return torch.tanh(branches[0] * branches[1] / root) * root
+
+
 class PolySketchFeatures(nn.Module):
     """Feature map φ: [..., D] -> [..., r] with ``E[φ(x)·φ(y)] = (x·y)^{degree/2}``.
 
     degree 2: identity (r = D, exact); degree 4: :class:`Degree2Sketch`
-    (Gaussian or TensorSRHT) or :class:`LearnedDegree2Sketch`; degree >= 6:
+    (Gaussian or TensorSRHT), :class:`LearnedDegree2Sketch` or
+    :class:`MLPDegree2Sketch` (learned, not unbiased); degree >= 6:
     :class:`PolySketch` tree of degree/2. Randomness is drawn once, here.
 
     Parameters
@@ -208,8 +270,9 @@ class PolySketchFeatures(nn.Module):
         if half == 1:
             self.sketch = None
             self.dim = head_dim
-        elif config.sketch == "learned":
-            self.sketch = LearnedDegree2Sketch(head_dim, config.sketch_size, generator=g)
+        elif config.sketch in LEARNED:
+            cls = LearnedDegree2Sketch if config.sketch == "learned" else MLPDegree2Sketch
+            self.sketch = cls(head_dim, config.sketch_size, generator=g)
             self.dim = config.sketch_size
         elif half == 2:
             kind = _SKETCH_KIND[config.sketch]
@@ -224,7 +287,7 @@ class PolySketchFeatures(nn.Module):
         """x [..., D] float32/float64 -> φ(x) [..., r], same dtype (not re-validated)."""
         if self.sketch is None:
             return x
-        if isinstance(self.sketch, LearnedDegree2Sketch):
+        if isinstance(self.sketch, (LearnedDegree2Sketch, MLPDegree2Sketch)):
             return self.sketch(x)
         # Inputs were validated at the attention entry point: skip the sketch's
         # own shape/finiteness pass (one reduction per call) on this hot path.
@@ -368,9 +431,9 @@ def sketched_polynomial_attention(
 
 def polysketch_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
     """Registry entry of ``method="polysketch"`` (see :class:`PolySketchConfig`)."""
-    if config.sketch == "learned":
+    if config.sketch in LEARNED:
         raise ValueError(
-            "sketch='learned' has trainable parameters: use "
+            f"sketch={config.sketch!r} has trainable parameters: use "
             "kernelsketch.attention.polysketch.PolySketchAttention, not the functional form"
         )
     features = PolySketchFeatures(q.shape[-1], config, generator=generator).to(q.device)
