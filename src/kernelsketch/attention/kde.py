@@ -114,7 +114,7 @@ def amm_probabilities(qf, k, v, lse_blocks, covered, scale, config, generator):
     log_d = torch.logaddexp(lse_blocks, lse_rest)
     # Column KDE with kernel exp(2 s) and weights 1/D̂²: uniformly sampled query rows.
     rows, _ = uniform_sample(R, min(config.kde_samples, R), batch_shape=(B, H),
-                                  device=k.device, generator=generator)
+                             device=k.device, generator=generator)
     q_rows = gather_rows(qa, rows)
     s = 2 * torch.matmul(q_rows, ka.transpose(-1, -2)) * scale  # [B, H, S_q, M]
     s = s - 2 * torch.gather(log_d, 2, rows).unsqueeze(-1)
