@@ -122,7 +122,7 @@ def test_causal_output_never_sees_the_future():
 def test_exact_at_or_below_min_seq_len_and_approximate_with_zero():
     q, k, v = random_qkv(1, 2, 2, 50, 50, 8)
     ref = naive_attention(q, k, v)
-    small = dict(block_size=4, sample_size=4, kde_samples=4)
+    small = {"block_size": 4, "sample_size": 4, "kde_samples": 4}
     torch.testing.assert_close(kde(q, k, v, KDEConfig(**small, min_seq_len=50)), ref)
     assert relative_error(kde(q, k, v, KDEConfig(**small, min_seq_len=0)), ref) > 1e-3
 
