@@ -4,6 +4,7 @@ unbiasedness of the sparse features, spectral approximation, error falling with 
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from scipy.special import gamma as gamma_fn
 import torch
 from sklearn.gaussian_process.kernels import Matern
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -41,6 +42,17 @@ def test_gaussian_oracle_close_to_gaussian_kernel():
     ref = np.exp(-((X[:, None] - Y[None]) ** 2).sum(-1) / (2 * 1.3**2))
     assert np.abs(K - ref).max() <= 0.0015 * d
     np.testing.assert_allclose(np.diag(weighted_binning_kernel(X, kernel="gaussian")), 1.0)
+
+
+def test_gaussian_oracle_small_distance_expansion():
+    # E_w[A(d / w)] = 1 - 6 E[w^-2] d^2 + 21 E[w^-4] d^4 - 21 E[w^-5] d^5 + O(d^7) near 0,
+    # w = 3.577 g, g ~ Gamma(35, 1/35): C^4, not C^5 (the documented smoothness limit).
+    d = np.array([0.1, 0.05, 0.025])
+    # E[g^-k] = 35^k Gamma(35 - k) / Gamma(35) for g ~ Gamma(35, scale 1/35).
+    m2, m4, m5 = (35.0**k * gamma_fn(35.0 - k) / gamma_fn(35.0) / 3.577**k for k in (2, 4, 5))
+    k1 = weighted_binning_kernel(d[:, None], np.zeros((1, 1)), kernel="gaussian")[:, 0]
+    resid = (k1 - (1 - 6 * m2 * d**2 + 21 * m4 * d**4)) / d**5
+    np.testing.assert_allclose(resid, -21 * m5, rtol=0.02)
 
 
 @pytest.mark.parametrize("nu", [0.5, 1.5, 2.5])
