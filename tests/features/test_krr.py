@@ -9,6 +9,7 @@ from sklearn.kernel_ridge import KernelRidge as ExactKernelRidge
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from kernelsketch.features.binning import WeightedRandomBinning
+from kernelsketch.features.gegenbauer import GegenbauerFeatures
 from kernelsketch.features.krr import (
     KernelRidge,
     _as_torch_features,
@@ -148,6 +149,43 @@ def test_ridge_solve_wrong_rank():
         ridge_solve(Z_OK[0], Y_OK, 1.0)
 
 
+def test_ridge_solve_nan_target():
+    y = Y_OK.clone()
+    y[3] = float("nan")
+    with pytest.raises(ValueError, match="y must be finite"):
+        ridge_solve(Z_OK, y, 1.0)
+
+
+def test_ridge_solve_bad_tol_with_cholesky():
+    with pytest.raises(ValueError, match="tol must be > 0.0, got 0.0"):
+        ridge_solve(Z_OK, Y_OK, 1.0, solver="cholesky", tol=0.0)
+
+
+def test_ridge_solve_bad_max_iter():
+    with pytest.raises(ValueError, match="max_iter must be >= 1, got 0"):
+        ridge_solve(Z_OK, Y_OK, 1.0, solver="cg", max_iter=0)
+
+
+def test_estimator_bad_tol():
+    with pytest.raises(ValueError, match="tol must be > 0.0, got -1.0"):
+        KernelRidge(tol=-1.0).fit(np.ones((5, 2)), np.ones(5))
+
+
+def test_estimator_bad_max_iter_type():
+    with pytest.raises(TypeError, match="max_iter must be an int"):
+        KernelRidge(max_iter=2.5).fit(np.ones((5, 2)), np.ones(5))
+
+
+def test_estimator_bad_device():
+    with pytest.raises(ValueError, match="device must be None, a device string"):
+        KernelRidge(device="quantum").fit(np.ones((5, 2)), np.ones(5))
+
+
+def test_estimator_bad_solver():
+    with pytest.raises(ValueError, match="solver must be one of"):
+        KernelRidge(solver="lsqr").fit(np.ones((5, 2)), np.ones(5))
+
+
 def test_cg_bad_preconditioner():
     A = torch.eye(3, dtype=torch.float64)
     with pytest.raises(ValueError, match="preconditioner must be a positive vector of length 3"):
@@ -192,6 +230,23 @@ def test_krr_converges_to_exact_with_feature_count(make_features, exact_kernel):
     assert errs[0] > 1.4 * errs[1] > 1.96 * errs[2]
 
 
+def test_krr_with_gegenbauer_features_converges_to_exact_gaussian_krr():
+    # Inputs scaled so the degree-12 Taylor truncation of the Gaussian is negligible;
+    # 13 features per direction (one per radial term).
+    rng = np.random.default_rng(9)
+    X, Xt = 0.5 * rng.normal(size=(200, 3)), 0.5 * rng.normal(size=(60, 3))
+    y = np.cos(2 * X[:, 0]) + 4 * X[:, 1] * X[:, 2] + 0.1 * rng.normal(size=200)
+    ref = ExactKernelRidge(alpha=0.1, kernel="rbf", gamma=0.5).fit(X, y - y.mean()).predict(Xt)
+    ref += y.mean()
+    errs = []
+    for m in (8, 32, 128):
+        p = [KernelRidge(GegenbauerFeatures(degree=12, gamma=0.5, n_components=13 * m,
+                                            random_state=s), alpha=0.1).fit(X, y).predict(Xt)
+             for s in range(2)]
+        errs.append(np.mean([np.sqrt(np.mean((q - ref) ** 2)) for q in p]))
+    assert errs[0] > 1.4 * errs[1] > 1.96 * errs[2]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize(
@@ -200,6 +255,8 @@ def test_krr_converges_to_exact_with_feature_count(make_features, exact_kernel):
         RLSNystroem(n_components=40, random_state=0),
         WeightedRandomBinning(n_components=64, random_state=0),
         PolynomialLeverageSampler(n_components=64, degree=3, coef0=1.0, random_state=0),
+        PolynomialSketch(n_components=64, degree=3, coef0=1.0, random_state=0),
+        GegenbauerFeatures(degree=6, gamma=0.2, n_components=70, random_state=0),
     ],
 )
 def test_gpu_solve_and_feature_maps_match_cpu(features):

@@ -112,6 +112,22 @@ def conjugate_gradient(
     return (x[:, 0] if vector else x), n_iter
 
 
+def _check_cg_params(tol, max_iter) -> None:
+    check_float("tol", tol, min=0.0, min_exclusive=True)
+    if max_iter is not None:
+        check_int("max_iter", max_iter, min=1)
+
+
+def _check_device(device) -> torch.device:
+    try:
+        return torch.device("cpu" if device is None else device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"device must be None, a device string such as 'cpu' or 'cuda:0', or a "
+            f"torch.device, got {device!r}"
+        ) from err
+
+
 def _as_torch_features(Z, device, dtype) -> torch.Tensor:
     """Features as a torch tensor (sparse CSR for scipy sparse input) on ``device``."""
     if sp.issparse(Z):
@@ -184,6 +200,7 @@ def ridge_solve(
         )
     alpha = check_float("alpha", alpha, min=0.0, min_exclusive=True)
     check_choice("solver", solver, ("auto", "cholesky", "cg"))
+    _check_cg_params(tol, max_iter)
     D = features.shape[1]
     if solver == "auto":
         solver = "cholesky" if (not sparse and D <= _CHOLESKY_MAX_FEATURES) else "cg"
@@ -302,11 +319,12 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         )
         alpha = check_float("alpha", self.alpha, min=0.0, min_exclusive=True)
         check_choice("solver", self.solver, ("auto", "cholesky", "cg"))
+        _check_cg_params(self.tol, self.max_iter)
+        device = _check_device(self.device)
         self.features_ = self._features()
         Z = self.features_.fit_transform(X)
         y = np.asarray(y, dtype=np.float64)
         self.intercept_ = y.mean(axis=0) if self.fit_intercept else np.zeros(y.shape[1:])
-        device = torch.device("cpu" if self.device is None else self.device)
         Zt = _as_torch_features(Z, device, torch.float64)
         yt = torch.as_tensor(y - self.intercept_, dtype=torch.float64, device=device)
         w, self.n_iter_ = ridge_solve(
