@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from kernelsketch.attention.hyper import HyperConfig
+from kernelsketch.attention.kde import KDEConfig
 from kernelsketch.bench.attention import Variant, format_table, run
 
 
@@ -43,6 +44,8 @@ def main():
         Variant("hyper-vnorm", "hyper", HyperConfig(sampling="value_norm")),
         Variant("hyper-s512", "hyper", HyperConfig(sample_size=512)),
         Variant("hyper-b128-s512", "hyper", HyperConfig(block_size=128, sample_size=512)),
+        Variant("hyper-grow", "hyper", HyperConfig(sample_size=128, samples_per_key=1 / 512)),
+        Variant("kde", "kde", KDEConfig()),
     ]
     out_dir = Path(os.environ.get("OUT", "benchmarks/results"))
     res = run(device=device, ns=[int(x) for x in a.n.split(",")], causal=a.causal,

@@ -17,9 +17,7 @@ normalised spectral error, in benchmarks/results/hyper_quality_growth.json.
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -46,21 +44,6 @@ GROWTH = {
 GROWTH_NS = (2048, 4096, 8192)
 
 
-def cpu_time_ms(fn, reps=3):
-    """Median process CPU time of ``fn`` in ms after one warm-up call (CPU tensors only).
-
-    On a shared CPU, wall time mostly measures the other jobs; the CPU time
-    this process spends (with ``--threads 1``: the work itself) does not.
-    """
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.process_time()
-        fn()
-        times.append((time.process_time() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def growth(a, dev, dtype):
     """Fixed sample size vs a sample size growing with n (``samples_per_key``)."""
     rows = []
@@ -69,13 +52,13 @@ def growth(a, dev, dtype):
             q, k, v = make_inputs(kind, 1, a.heads, n, a.head_dim, dtype, dev, seed=n)
             sub = torch.arange(0, n, max(1, n // 256), device=dev)
             ref = exact_rows(q, k, v, sub, scale=a.head_dim ** -0.5, is_causal=False)
-            timer = cpu_time_ms if dev.type == "cpu" else lambda fn: time_ms(fn, dev, reps=3)
-            t_exact = timer(lambda q=q, k=k, v=v: ks.attention(q, k, v))
+            clock = "process" if dev.type == "cpu" else "wall"
+            t_exact = time_ms(lambda q=q, k=k, v=v: ks.attention(q, k, v), dev, reps=3, clock=clock)
             for name, cfg in GROWTH.items():
                 def call(cfg=cfg, seed=0, q=q, k=k, v=v):
                     return ks.attention(q, k, v, method="hyper", config=cfg,
                                         generator=torch.Generator(device=dev).manual_seed(seed))
-                t = timer(call)
+                t = time_ms(call, dev, reps=3, clock=clock)
                 rel, spec = [], []
                 for seed in range(3):
                     out = call(seed=seed)

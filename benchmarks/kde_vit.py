@@ -21,10 +21,16 @@ import sys
 from pathlib import Path
 
 import torch
-from hyper_quality import cpu_time_ms
 
 import kernelsketch as ks
-from kernelsketch.bench.attention import Variant, baselines, format_table, make_inputs, run
+from kernelsketch.bench.attention import (
+    Variant,
+    baselines,
+    format_table,
+    make_inputs,
+    run,
+    time_ms,
+)
 
 
 def main():
@@ -58,12 +64,13 @@ def main():
                                   seed=r["n"])
             if r["label"] in exact:
                 fn = exact[r["label"]]
-                r["cpu_ms"] = cpu_time_ms(lambda fn=fn, q=q, k=k, v=v: fn(q, k, v, False))
+                r["cpu_ms"] = time_ms(lambda fn=fn, q=q, k=k, v=v: fn(q, k, v, False), dev,
+                                      reps=3, clock="process")
             else:
                 var = configs[r["label"]]
-                r["cpu_ms"] = cpu_time_ms(lambda var=var, q=q, k=k, v=v: ks.attention(
+                r["cpu_ms"] = time_ms(lambda var=var, q=q, k=k, v=v: ks.attention(
                     q, k, v, method=var.method, config=var.config,
-                    generator=torch.Generator().manual_seed(1)))
+                    generator=torch.Generator().manual_seed(1)), dev, reps=3, clock="process")
             print(f"{r['label']:6s} {r['inputs']:8s} n={r['n']:6d} cpu {r['cpu_ms']:9.1f} ms",
                   file=sys.stderr, flush=True)
         for r in res["rows"]:

@@ -1,9 +1,10 @@
 import json
 
 import pytest
+import torch
 
 from kernelsketch.attention.hyper import HyperConfig
-from kernelsketch.bench.attention import Variant, format_table, run
+from kernelsketch.bench.attention import Variant, format_table, run, time_ms
 from kernelsketch.cli import main
 
 
@@ -38,3 +39,25 @@ def test_demo_writes_table_and_plot(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "results folder" in out and "hyper" in out
     assert (tmp_path / "demo_error_vs_speedup.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("clock", ["wall", "process"])
+def test_time_ms_counts_the_work_on_either_clock(clock):
+    def busy():
+        total = 0
+        for i in range(200_000):
+            total += i
+        return total
+
+    assert time_ms(busy, torch.device("cpu"), reps=2, clock=clock) > 0.1
+    assert time_ms(lambda: None, torch.device("cpu"), reps=2, clock=clock) < 1.0
+
+
+def test_time_ms_rejects_unknown_clock():
+    with pytest.raises(ValueError, match="clock"):
+        time_ms(lambda: None, torch.device("cpu"), clock="gpu")
+
+
+def test_time_ms_rejects_process_clock_off_cpu():
+    with pytest.raises(ValueError, match="process"):
+        time_ms(lambda: None, torch.device("meta"), clock="process")
