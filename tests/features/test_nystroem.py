@@ -49,15 +49,36 @@ def test_nystroem_never_exceeds_kernel():
     assert np.linalg.eigvalsh(K - _gram(Z)).min() >= -1e-8 * np.linalg.norm(K, 2)
 
 
+def _spectral_eps(K, Kt, lam):
+    """Smallest eps with (1-eps)(K+lam I) <= Kt+lam I <= (1+eps)(K+lam I)."""
+    w, V = np.linalg.eigh(K + lam * np.eye(len(K)))
+    inv_sqrt = (V / np.sqrt(w)) @ V.T
+    ev = np.linalg.eigvalsh(inv_sqrt @ (Kt + lam * np.eye(len(K))) @ inv_sqrt)
+    return max(ev.max() - 1.0, 1.0 - ev.min())
+
+
 def test_spectral_error_below_ridge():
-    # K - K~ <= eps * lambda * I (Musco & Musco Thm. 3); d_lambda ~ 20 here, s = 80.
+    # K - K~ <= eps * lambda * I (Musco & Musco Thm. 3), hence the regularised form
+    # (1 - eps)(K + lam I) <= K~ + lam I <= (1 + eps)(K + lam I); d_lambda ~ 22, s = 80.
     rng = np.random.default_rng(1)
     for seed in range(4):
         X = rng.normal(size=(300, 2))
         K = rbf_kernel(X, gamma=0.5)
         lam = 0.5
         Z = RLSNystroem(n_components=80, gamma=0.5, ridge=lam, random_state=seed).fit_transform(X)
-        assert np.linalg.norm(K - _gram(Z), 2) <= lam
+        assert np.linalg.norm(K - _gram(Z), 2) <= 0.3 * lam
+        assert _spectral_eps(K, _gram(Z), lam) < 0.15
+
+
+def test_regularised_spectral_error_falls_with_landmarks():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(300, 2))
+    K, lam = rbf_kernel(X, gamma=0.5), 0.5
+    eps = [np.mean([_spectral_eps(K, _gram(RLSNystroem(n_components=s, gamma=0.5, ridge=lam,
+                                                       random_state=t).fit_transform(X)), lam)
+                    for t in range(3)])
+           for s in (20, 40, 80)]
+    assert eps[0] > 1.4 * eps[1] > 1.96 * eps[2]
 
 
 def test_error_falls_with_landmarks():
