@@ -36,8 +36,12 @@ lower tensor powers, then sample the ``q`` indices one after the other):
 The sampling probability ``p_c`` of each drawn tuple is the exact product of
 the conditionals used, so ``K~ = sum_s phi_{c_s} phi_{c_s}^T / (m p_{c_s})`` is an
 unbiased estimator of ``K`` whatever the sketch errors; they only affect the
-variance. Cost: one PolySketch pass, an ``O(n D^2)`` SVD and ``O(k n D d)`` per
-distinct index prefix; transform is ``O(n m q)``.
+variance. Cost: one PolySketch pass, an ``O(n D^2)`` SVD and ``O(k D nnz)`` per
+distinct index prefix, where for scipy sparse input ``nnz`` counts only the rows
+on which the prefix product is non-zero (input-sparsity time, see
+:func:`sample_tensor_coordinates`; nothing of size ``d`` or ``d^q`` is formed, so
+``X`` may have billions of columns); transform is ``O(n m q)``, or
+``O(nnz(X) + nnz(Z))`` for sparse input.
 
 References
 ----------
