@@ -45,7 +45,8 @@ def test_sklearn_compatible(estimator, check):
     check(estimator)
 
 
-def test_polysketch_unbiased():
+@pytest.mark.parametrize("kind", ["srht", "gaussian", "tensorsketch"])
+def test_polysketch_unbiased(kind):
     # Average of independent sketches -> K, within 5 standard errors per entry
     # (the fitted torch map, rebuilt from 150 seeds without the sklearn shell).
     rng = np.random.default_rng(0)
@@ -54,7 +55,7 @@ def test_polysketch_unbiased():
     x = torch.from_numpy(X)
     est = []
     for s in range(150):
-        fmap = PolynomialSketch(n_components=8, degree=3, coef0=0.5)._make_feature_map(
+        fmap = PolynomialSketch(n_components=8, degree=3, coef0=0.5, kind=kind)._make_feature_map(
             3, torch.Generator().manual_seed(s), x)
         Z = fmap(x).numpy()
         est.append(Z @ Z.T)
