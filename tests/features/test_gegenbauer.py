@@ -350,3 +350,13 @@ def test_error_feature_map_wrong_width():
 def test_error_gegenbauer_dimension_too_small():
     with pytest.raises(ValueError, match="d must be >= 2, got 1"):
         gegenbauer(np.zeros(3), 2, 1)
+
+
+def test_error_bad_depth():
+    with pytest.raises(ValueError, match="depth must be >= 1, got 0"):
+        _fit(kernel="ntk", depth=0)
+
+
+def test_error_coefficients_not_1d():
+    with pytest.raises(ValueError, match=r"coefficients must be a non-empty 1-D sequence, got shape \(2, 2\)"):
+        _fit(kernel="dot_product", coefficients=[[1.0, 0.5], [0.2, 0.1]])

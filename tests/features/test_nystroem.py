@@ -193,3 +193,8 @@ def test_wrong_feature_count_at_transform():
     est = RLSNystroem(n_components=5).fit(X_BAD)
     with pytest.raises(ValueError, match="features"):
         est.transform(X_BAD[:, :2])
+
+
+def test_bad_coef0():
+    with pytest.raises(ValueError, match="coef0 must be finite, got inf"):
+        RLSNystroem(kernel="polynomial", coef0=float("inf")).fit(X_BAD)
