@@ -7,11 +7,19 @@ model (same initialisation, data order, optimiser and number of steps); only
 the attention function differs:
 
 * ``softmax``      : exact softmax attention (PyTorch SDPA), causal;
-* ``polynomial``   : exact degree-4 polynomial attention, q/k layer-normalised;
+* ``softmax-qkln`` : the same over layer-normalised q, k (no affine), a control
+  for the q/k normalisation that polynomial attention needs;
+* ``polynomial``   : exact degree-4 polynomial attention, q/k layer-normalised
+  (no affine parameters), scores scaled by 1/sqrt(head dim) (the library default);
+* ``polynomial-pP``: the same with degree P (e.g. ``polynomial-p8``);
+* ``polynomial-paperln``: degree 4 with the q/k normalisation of the paper's
+  public code: one learnable (affine) layer norm shared by q and k, and
+  unscaled scores q·k (so the ``1`` of the denominator is negligible);
 * ``polysketch-rR``: PolySketch degree 4, Gaussian sketch of size R, exact
   polynomial weights inside blocks of ``--block-size`` tokens (so the sketch is
   used for every pair more than one block apart);
-* ``polysketch-learned-rR`` (``--learned``): the learned sketch.
+* ``polysketch-learned-rR`` (``--learned``): the learned sketch started at the
+  Gaussian one; ``polysketch-learned-mlp-rR``: the paper's learned MLP branches.
 
 Prints a table and writes ``benchmarks/results/<name>.json`` and ``<name>.png``
 (validation loss curves; ``--name`` defaults to ``train_lm``), and one
@@ -37,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernelsketch as ks
+from kernelsketch.attention.polynomial import PolynomialConfig
 from kernelsketch.attention.polysketch import PolySketchAttention, PolySketchConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -60,9 +69,12 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim, bias=False)
         head_dim = dim // heads
+        if kind == "polynomial-paperln":
+            self.qk_norm = nn.LayerNorm(head_dim)  # one affine layer norm for q and k
         if kind.startswith("polysketch"):
-            cfg = PolySketchConfig(sketch_size=sketch_size, block_size=block_size,
-                                   sketch="learned" if "learned" in kind else "gaussian")
+            sketch = ("learned-mlp" if "learned-mlp" in kind
+                      else "learned" if "learned" in kind else "gaussian")
+            cfg = PolySketchConfig(sketch_size=sketch_size, block_size=block_size, sketch=sketch)
             # Same q/k normalisation (no affine) as the functional polynomial method.
             self.poly = PolySketchAttention(head_dim, cfg, seed=seed, norm_affine=False)
 
@@ -71,8 +83,16 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
         if self.kind == "softmax":
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif self.kind == "polynomial":
-            y = ks.attention(q, k, v, method="polynomial", is_causal=True)
+        elif self.kind == "softmax-qkln":
+            q, k = F.layer_norm(q, q.shape[-1:]), F.layer_norm(k, k.shape[-1:])
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif self.kind == "polynomial-paperln":
+            y = ks.attention(self.qk_norm(q), self.qk_norm(k), v, method="polynomial",
+                             is_causal=True, scale=1.0, config=PolynomialConfig(normalize=False))
+        elif self.kind.startswith("polynomial"):
+            degree = int(self.kind.split("-p")[1]) if "-p" in self.kind else 4
+            y = ks.attention(q, k, v, method="polynomial", is_causal=True,
+                             config=PolynomialConfig(degree=degree))
         else:
             y = self.poly(q, k, v)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
@@ -142,7 +162,7 @@ def save_run(run, meta):
 
 
 def train(kind, args, train_data, val_data, meta):
-    torch.manual_seed(0)  # identical initialisation of the shared weights
+    torch.manual_seed(args.seed)  # identical initialisation of the shared weights
     model = GPT(dim=args.dim, layers=args.layers, heads=args.heads, context=args.context,
                 kind=kind, sketch_size=args.sketch_size.get(kind, 32),
                 block_size=args.block_size).to(args.device)
@@ -150,7 +170,8 @@ def train(kind, args, train_data, val_data, meta):
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 30) * 0.5 * (1 + math.cos(math.pi * s / args.steps)))
     curve, t0 = [], time.time()
-    for step, xy in enumerate(batches(train_data, args.batch, args.context, args.steps, seed=1)):
+    for step, xy in enumerate(batches(train_data, args.batch, args.context, args.steps,
+                                         seed=args.seed + 1)):
         xy = xy.to(args.device)
         logits = model(xy[:, :-1])
         loss = F.cross_entropy(logits.flatten(0, 1), xy[:, 1:].flatten())
@@ -189,6 +210,8 @@ def main():
                     help="comma-separated variants to train (one process may train a subset; "
                          "each writes train_lm_<kind>.json)")
     ap.add_argument("--name", default="train_lm", help="prefix of the result files")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="initialisation seed (the data order uses seed + 1)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--report", action="store_true",
                     help="train nothing: merge the train_lm_<kind>.json files of --kinds")
@@ -201,7 +224,7 @@ def main():
     split = int(0.9 * len(data))
     train_data, val_data = data[:split], data[split:]
     meta = {k: getattr(args, k) for k in ("steps", "batch", "context", "block_size", "dim",
-                                          "layers", "heads", "lr", "device", "name")}
+                                          "layers", "heads", "lr", "device", "name", "seed")}
     meta.update(torch=torch.__version__, data="pydoc_data.topics (UTF-8 bytes)",
                 data_bytes=len(data))
     if args.report:
