@@ -16,12 +16,18 @@ training split (never the test split). Reported: test RMSE (in units of the
 standard deviation of y), its ratio to exact KRR's, fit and predict wall time
 (CPU), mean over ``SEEDS`` feature draws.
 
-Run alone with ``python benchmarks/kernels_regression.py``; the dispatcher
-``benchmarks/kernels.py`` calls :func:`run`.
+A second, small part (:func:`run_input_sparsity`) times
+``PolynomialLeverageSampler`` on scipy sparse inputs: fit and transform time as the
+number of columns grows (same data, columns relabelled) and as nnz grows, to check
+the input-sparsity-time claim (time follows nnz, not n_features).
+
+Run alone with ``python benchmarks/kernels_regression.py [--part regression|sparsity|all]``;
+the dispatcher ``benchmarks/kernels.py`` calls :func:`run` (both parts).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import sys
@@ -29,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from sklearn.datasets import load_diabetes, make_friedman1
 from sklearn.kernel_approximation import Nystroem, PolynomialCountSketch, RBFSampler
@@ -133,7 +140,102 @@ def _methods(d: int, alpha: dict):
 
 
 def run(results_dir) -> dict:
-    """Run the benchmark, print the table, write JSON and PNG under ``results_dir``.
+    """Both parts: :func:`run_regression` and :func:`run_input_sparsity`."""
+    result = run_regression(results_dir)
+    result["input_sparsity"] = run_input_sparsity(results_dir)
+    return result
+
+
+# Input-sparsity part: n rows, each with NNZ_ROW non-zeros drawn from a vocabulary of
+# VOCAB active columns (Zipf-like frequencies) placed at random among n_features.
+SPARSE_N = 2000
+SPARSE_VOCAB = 1000
+SPARSE_DEGREE = 3
+SPARSE_COMPONENTS = 256
+# Rows on which Z Z^T is compared with the exact kernel, in the regularised spectral
+# form at the sampler's ridge (a principal sub-block inherits the full guarantee).
+SPARSE_CHECK_ROWS = 300
+
+
+def _sparse_data(n_features: int, nnz_row: int, seed: int = 0):
+    """CSR [SPARSE_N, n_features] and the same data on its vocabulary columns only."""
+    rng = np.random.default_rng(seed)
+    freq = 1.0 / (np.arange(SPARSE_VOCAB) + 10.0)
+    slots = rng.choice(SPARSE_VOCAB, size=(SPARSE_N, nnz_row), p=freq / freq.sum())
+    vals = rng.standard_normal(slots.shape) / np.sqrt(nnz_row)
+    rows = np.repeat(np.arange(SPARSE_N), nnz_row)
+    compact = sp.csr_matrix((vals.ravel(), (rows, slots.ravel())), shape=(SPARSE_N, SPARSE_VOCAB))
+    # Vocabulary positions among n_features >= 10 * VOCAB (distinct, independent of the data).
+    pos = np.unique(np.random.default_rng(seed + 1).integers(0, n_features, 2 * SPARSE_VOCAB))
+    pos = np.random.default_rng(seed + 2).permutation(pos)[:SPARSE_VOCAB]
+    X = sp.csr_matrix((vals.ravel(), (rows, pos[slots.ravel()])), shape=(SPARSE_N, n_features))
+    return X, compact
+
+
+def _spectral_eps(K, Kt, lam) -> float:
+    """Smallest eps with (1 - eps)(K + lam I) <= Kt + lam I <= (1 + eps)(K + lam I)."""
+    w, V = np.linalg.eigh(K + lam * np.eye(len(K)))
+    inv_sqrt = (V / np.sqrt(w)) @ V.T
+    ev = np.linalg.eigvalsh(inv_sqrt @ (Kt + lam * np.eye(len(K))) @ inv_sqrt)
+    return float(max(ev.max() - 1.0, 1.0 - ev.min()))
+
+
+def run_input_sparsity(results_dir) -> list[dict]:
+    """Time PolynomialLeverageSampler on sparse X; write ``kernels_regression_sparsity.json``.
+
+    Rows: growing n_features at fixed data (columns relabelled), growing nnz, and
+    a larger ``n_components``; ``spectral_eps`` at the ridge ``trace(K) / 256`` on
+    the first rows, next to the oblivious PolynomialSketch (TensorSketch nodes,
+    fed the same data densified on its vocabulary columns) of equal size.
+    """
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    configs = [(d, 8, SPARSE_COMPONENTS) for d in (10**4, 10**6, 10**8, 10**9)]
+    configs += [(10**6, k, SPARSE_COMPONENTS) for k in (4, 16, 32)]
+    configs += [(10**6, 8, 4 * SPARSE_COMPONENTS)]
+    rows = []
+    print(f"\nPolynomialLeverageSampler on sparse X: n={SPARSE_N}, degree={SPARSE_DEGREE}, "
+          f"coef0=1, ridge=trace(K)/{SPARSE_COMPONENTS}")
+    print(f"{'n_features':>10s} {'nnz/row':>7s} {'nnz':>6s} {'m':>5s} {'fit s':>6s} "
+          f"{'transform s':>11s} {'spectral eps':>12s} {'PolySketch eps':>14s}")
+    for n_features, nnz_row, m in configs:
+        X, compact = _sparse_data(n_features, nnz_row)
+        dense = compact.toarray()
+        trace = float((((dense * dense).sum(1) + 1.0) ** SPARSE_DEGREE).sum())
+        ridge = trace / SPARSE_COMPONENTS
+        est = PolynomialLeverageSampler(n_components=m, degree=SPARSE_DEGREE, coef0=1.0,
+                                        ridge=ridge, random_state=0)
+        t0 = time.perf_counter()
+        est.fit(X)
+        t1 = time.perf_counter()
+        Z = est.transform(X)
+        t2 = time.perf_counter()
+        sub = dense[:SPARSE_CHECK_ROWS]
+        K = (sub @ sub.T + 1.0) ** SPARSE_DEGREE
+        Zs = Z[:SPARSE_CHECK_ROWS].toarray()
+        eps = _spectral_eps(K, Zs @ Zs.T, ridge)
+        Zp = PolynomialSketch(n_components=m, degree=SPARSE_DEGREE, coef0=1.0, kind="tensorsketch",
+                              random_state=0).fit(dense).transform(sub)
+        eps_poly = _spectral_eps(K, Zp @ Zp.T, ridge)
+        row = {"n_features": n_features, "nnz_per_row": nnz_row, "nnz": int(X.nnz),
+               "n_components": m, "fit_s": t1 - t0, "transform_s": t2 - t1, "ridge": ridge,
+               "spectral_eps": eps, "polysketch_spectral_eps": eps_poly}
+        rows.append(row)
+        print(f"{n_features:10.0e} {nnz_row:7d} {X.nnz:6d} {m:5d} {row['fit_s']:6.2f} "
+              f"{row['transform_s']:11.3f} {eps:12.3f} {eps_poly:14.3f}")
+    out = {
+        "config": {"n": SPARSE_N, "vocabulary": SPARSE_VOCAB, "degree": SPARSE_DEGREE,
+                   "gamma": 1.0, "coef0": 1.0, "ridge": f"trace(K)/{SPARSE_COMPONENTS}",
+                   "error_rows": SPARSE_CHECK_ROWS,
+                   "device": f"CPU, torch threads={torch.get_num_threads()}"},
+        "rows": rows,
+    }
+    (results_dir / "kernels_regression_sparsity.json").write_text(json.dumps(out, indent=2))
+    return rows
+
+
+def run_regression(results_dir) -> dict:
+    """Run the regression benchmark, print the table, write JSON and PNG under ``results_dir``.
 
     Returns
     -------
@@ -230,4 +332,8 @@ def _plot(rows, path):
 
 
 if __name__ == "__main__":
-    run(Path(__file__).resolve().parent / "results")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("regression", "sparsity", "all"), default="all")
+    args = parser.parse_args()
+    out_dir = Path(__file__).resolve().parent / "results"
+    {"regression": run_regression, "sparsity": run_input_sparsity, "all": run}[args.part](out_dir)

@@ -4,13 +4,12 @@ unbiasedness of the sparse features, spectral approximation, error falling with 
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from scipy.special import gamma as gamma_fn
 import torch
+from scipy.special import gamma as gamma_fn
 from sklearn.gaussian_process.kernels import Matern
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from kernelsketch.features.binning import WeightedRandomBinning, weighted_binning_kernel
-
 
 
 def _spectral_eps(K, Kt, lam):

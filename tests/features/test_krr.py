@@ -20,7 +20,6 @@ from kernelsketch.features.nystroem import RLSNystroem
 from kernelsketch.features.polynomial import PolynomialLeverageSampler, PolynomialSketch
 
 
-
 def _reference(Z, y, alpha):
     return np.linalg.solve(Z.T @ Z + alpha * np.eye(Z.shape[1]), Z.T @ y)
 

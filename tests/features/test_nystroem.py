@@ -11,7 +11,6 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from kernelsketch.features.nystroem import RLSNystroem, pairwise_kernel
 
 
-
 def _gram(Z):
     return Z @ Z.T
 
