@@ -83,20 +83,20 @@ def test_supported_needs_cuda_and_kernel_friendly_shapes(kernels):
 
 
 INELIGIBLE = {  # one broken condition each, from the eligible case (N = M = 8, D = Dv = r = 16)
-    "float64": dict(q=torch.zeros(1, 1, 8, 16, dtype=torch.float64)),
-    "sketched local blocks": dict(exact_local=False),
-    "N != M": dict(k=torch.zeros(1, 1, 9, 16)),
-    "D not a power of two": dict(q=torch.zeros(1, 1, 8, 24), k=torch.zeros(1, 1, 8, 24)),
-    "Dv above 256": dict(v=torch.zeros(1, 1, 8, 512)),
-    "r below 16": dict(fq=torch.zeros(1, 1, 8, 8)),
-    "block not a power of two": dict(block_size=24),
+    "float64": {"q": torch.zeros(1, 1, 8, 16, dtype=torch.float64)},
+    "sketched local blocks": {"exact_local": False},
+    "N != M": {"k": torch.zeros(1, 1, 9, 16)},
+    "D not a power of two": {"q": torch.zeros(1, 1, 8, 24), "k": torch.zeros(1, 1, 8, 24)},
+    "Dv above 256": {"v": torch.zeros(1, 1, 8, 512)},
+    "r below 16": {"fq": torch.zeros(1, 1, 8, 8)},
+    "block not a power of two": {"block_size": 24},
 }
 
 
 @pytest.mark.parametrize("case", list(INELIGIBLE))
 def test_inputs_the_kernels_do_not_handle_stay_on_the_torch_path(kernels, case):
     x = torch.zeros(1, 1, 8, 16)
-    args = dict(q=x, k=x, v=x, fq=x, block_size=16, exact_local=True) | INELIGIBLE[case]
+    args = {"q": x, "k": x, "v": x, "fq": x, "block_size": 16, "exact_local": True} | INELIGIBLE[case]
     assert not kernels.eligible(**args)
 
 
