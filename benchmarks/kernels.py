@@ -3,7 +3,8 @@
 - ``neural``: neural-kernel feature maps (NTK, CNTK, dual activations) vs exact
   kernels and scikit-learn baselines (:mod:`kernels_neural`).
 - ``regression``: polynomial / zonal / Gaussian features in kernel ridge
-  regression (:mod:`kernels_regression`, when present).
+  regression, and the input-sparsity timing of ``PolynomialLeverageSampler``
+  (:mod:`kernels_regression`, when present).
 
 Each section prints its tables and writes JSON / PNG under ``--results-dir``
 (default ``benchmarks/results``).

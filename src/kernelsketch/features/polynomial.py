@@ -407,6 +407,14 @@ class PolynomialLeverageSampler(RandomFeaturesTransformer):
         PolySketch dimension for the score estimates.
     random_state : int, RandomState or None
 
+    Notes
+    -----
+    Sparse input (scipy CSR/CSC) is fitted and transformed in input-sparsity time:
+    nothing of size ``n_features`` is allocated (see :func:`sample_tensor_coordinates`).
+    Dense input costs ``O(n d k D)`` per distinct sampled index prefix (up to
+    ``min(n_components, (d + 1)^t)`` prefixes at step ``t``), which is fast for
+    ``d`` up to a few tens; pass wide data that has many zeros as a sparse matrix.
+
     Attributes
     ----------
     feature_map_ : CoordinateSampleMap
