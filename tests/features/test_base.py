@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
@@ -66,3 +67,24 @@ def test_generator_from_random_state_is_reproducible():
 def test_bad_param_is_reported_at_fit():
     with pytest.raises(ValueError, match="n_components must be >= 1, got 0"):
         _RandomProjection(n_components=0).fit(np.ones((3, 2)))
+
+
+class _SparseProjection(_RandomProjection):
+    _accept_sparse = True
+
+    def _transform_sparse(self, X):
+        return np.asarray(X @ self.feature_map_.w.numpy())
+
+
+def test_sparse_input_rejected_by_default():
+    X = sp.random(6, 4, density=0.5, format="csr", random_state=0)
+    with pytest.raises(TypeError, match="[Ss]parse data was passed"):
+        _RandomProjection().fit(X)
+
+
+def test_sparse_input_routed_to_transform_sparse():
+    X = sp.random(6, 4, density=0.5, format="csr", random_state=0)
+    est = _SparseProjection(random_state=0).fit(X)
+    np.testing.assert_allclose(est.transform(X), est.transform(X.toarray()), atol=1e-12)
+    assert est.__sklearn_tags__().input_tags.sparse
+    assert not _RandomProjection().__sklearn_tags__().input_tags.sparse

@@ -111,6 +111,18 @@ def test_polysketch_beats_tensorsketch_at_high_degree():
     assert ours < 0.85 * sk
 
 
+@pytest.mark.parametrize("kind", ["srht", "gaussian", "countsketch", "tensorsketch"])
+def test_polysketch_sparse_input_matches_dense(kind):
+    # Sparse X goes leaf by leaf through scipy (never densified): same features as dense X.
+    X = _sparse_data(13, n=25, d=60, density=0.08)
+    est = PolynomialSketch(n_components=32, degree=3, coef0=1.0, kind=kind, random_state=0).fit(X)
+    Zs = est.transform(X)
+    assert isinstance(Zs, np.ndarray) and Zs.shape == (25, 32)
+    np.testing.assert_allclose(Zs, est.transform(X.toarray()), rtol=1e-10, atol=1e-12)
+    Z32 = est.transform(X.astype(np.float32))
+    assert Z32.dtype == np.float32
+
+
 def test_polysketch_torch_map_batched_float32():
     X = np.random.default_rng().normal(size=(6, 3))
     est = PolynomialSketch(n_components=16, degree=3, coef0=1.0, random_state=0).fit(X)

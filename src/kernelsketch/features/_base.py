@@ -11,16 +11,21 @@ from ``random_state``. Subclasses implement two hooks:
   seeded ``generator``; ``X`` is the training data as a tensor, used only by
   data-dependent maps (leverage-score sampling).
 
-The base class does the rest: input validation (2-D, finite, float32/float64,
-no sparse input), the seeded ``torch.Generator``, float32 preservation,
-``n_features_in_``, ``get_feature_names_out`` and the scikit-learn tags. The
-fitted map is kept in ``feature_map_``; move it to a GPU and call it on torch
-batches directly (``est.feature_map_.to("cuda")(X_cuda)``).
+The base class does the rest: input validation (2-D, finite, float32/float64),
+the seeded ``torch.Generator``, float32 preservation, ``n_features_in_``,
+``get_feature_names_out`` and the scikit-learn tags. The fitted map is kept in
+``feature_map_``; move it to a GPU and call it on torch batches directly
+(``est.feature_map_.to("cuda")(X_cuda)``).
+
+Sparse input is rejected unless a subclass sets ``_accept_sparse = True``; it
+then receives scipy CSR matrices as ``X`` in ``_make_feature_map`` and must
+implement ``_transform_sparse(X_csr) -> array or sparse matrix``.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_random_state
@@ -59,6 +64,8 @@ class RandomFeaturesTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixi
 
     # Subclasses may allow images given as [n, C, H, W] arrays (flattened internally).
     _allow_nd = False
+    # Subclasses that handle scipy sparse input (CSR) set this and implement _transform_sparse.
+    _accept_sparse = False
 
     def _check_params(self, n_features: int) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -68,7 +75,13 @@ class RandomFeaturesTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixi
     ) -> torch.nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _validate_X(self, X, *, reset: bool) -> np.ndarray:
+    def _transform_sparse(self, X: sp.csr_matrix):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _validate_X(self, X, *, reset: bool):
+        if self._accept_sparse and sp.issparse(X):
+            return validate_data(self, X, reset=reset, accept_sparse="csr",
+                                 dtype=[np.float64, np.float32], ensure_all_finite=True)
         X = validate_data(
             self,
             X,
@@ -90,7 +103,8 @@ class RandomFeaturesTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixi
         ----------
         X : array-like of shape (n_samples, n_features)
             Training data; only its number of features is used (and its values
-            by data-dependent variants such as leverage-score sampling).
+            by data-dependent variants such as leverage-score sampling). Scipy
+            sparse where the subclass accepts it.
         y : ignored
 
         Returns
@@ -100,7 +114,8 @@ class RandomFeaturesTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixi
         X = self._validate_X(X, reset=True)
         self._check_params(X.shape[1])
         generator = torch_generator_from_random_state(self.random_state)
-        self.feature_map_ = self._make_feature_map(X.shape[1], generator, torch.from_numpy(X))
+        data = X if sp.issparse(X) else torch.from_numpy(X)
+        self.feature_map_ = self._make_feature_map(X.shape[1], generator, data)
         self._n_features_out = int(self.feature_map_.d_out)
         return self
 
@@ -114,10 +129,13 @@ class RandomFeaturesTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixi
         Returns
         -------
         Z : ndarray of shape (n_samples, n_features_out), float32 for float32 input, else float64
-            ``Z @ Z.T`` approximates the kernel matrix of ``X``.
+            ``Z @ Z.T`` approximates the kernel matrix of ``X``. Sparse input (where
+            accepted) gives what ``_transform_sparse`` returns.
         """
         check_is_fitted(self, "feature_map_")
         X = self._validate_X(X, reset=False)
+        if sp.issparse(X):
+            return self._transform_sparse(X)
         with torch.no_grad():
             Z = self.feature_map_(torch.from_numpy(X))
         return Z.numpy()
@@ -125,5 +143,6 @@ class RandomFeaturesTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixi
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        tags.input_tags.sparse = self._accept_sparse
         tags.non_deterministic = False
         return tags

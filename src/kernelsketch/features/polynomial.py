@@ -58,13 +58,11 @@ import math
 import numpy as np
 import scipy.sparse as sp
 import torch
-from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
 from kernelsketch._checks import check_choice, check_float, check_int, check_tensor
 from kernelsketch.features._base import (
     RandomFeaturesTransformer,
-    torch_generator_from_random_state,
 )
 from kernelsketch.sketch.projections import CountSketch
 from kernelsketch.sketch.tensor import KINDS, PolySketch
@@ -155,6 +153,12 @@ class PolynomialSketch(RandomFeaturesTransformer):
         Node sketch of the tree (see :class:`kernelsketch.sketch.tensor.PolySketch`).
     random_state : int, RandomState or None
 
+    Scipy sparse input is accepted and never densified: with ``kind="tensorsketch"``
+    or ``"countsketch"`` (CountSketch leaves) ``transform`` costs
+    ``O(degree nnz(X))`` plus the node sketches, input-sparsity time as in Ahle et
+    al.; the ``"srht"`` / ``"gaussian"`` leaves are dense ``[n_features, n_components]``
+    matrices (``O(nnz(X) n_components)``).
+
     Attributes
     ----------
     feature_map_ : PolynomialSketchMap
@@ -164,6 +168,8 @@ class PolynomialSketch(RandomFeaturesTransformer):
     ----------
     Ahle et al., "Oblivious Sketching of High-Degree Polynomial Kernels", SODA 2020.
     """
+
+    _accept_sparse = True
 
     def __init__(
         self,
@@ -190,6 +196,11 @@ class PolynomialSketch(RandomFeaturesTransformer):
         d = n_features + (self.coef0 != 0.0)
         sketch = PolySketch(d, self.n_components, self.degree, kind=self.kind, generator=generator)
         return PolynomialSketchMap(sketch.double(), float(self.gamma), float(self.coef0))
+
+    def _transform_sparse(self, X) -> np.ndarray:
+        """Features of scipy sparse ``X`` (dense ndarray in the dtype of ``X``), without densifying it."""
+        A = _lift_sparse(X, float(self.gamma), float(self.coef0))
+        return _polysketch_sparse(self.feature_map_.sketch, A).numpy().astype(X.dtype)
 
 
 class CoordinateSampleMap(nn.Module):
@@ -246,12 +257,41 @@ def _sketch_input(A, sketch_size: int, generator) -> torch.Tensor:
     if not sp.issparse(A):
         return A
     d = A.shape[1]
-    d_c = min(d, 2 * sketch_size)
-    cs = CountSketch(d, d_c, generator=generator)
-    C = sp.csr_matrix(
-        (cs.signs.numpy().astype(np.float64), (np.arange(d), cs.buckets.numpy())), shape=(d, d_c)
-    )
-    return torch.from_numpy(np.asarray((A @ C).todense()))
+    cs = CountSketch(d, min(d, 2 * sketch_size), generator=generator)
+    return torch.from_numpy(np.asarray((A @ _countsketch_matrix(cs)).todense()))
+
+
+def _countsketch_matrix(cs: CountSketch) -> sp.csr_matrix:
+    """The CountSketch as a scipy sparse [d_in, d_out] matrix (one ±1 per row), float64."""
+    signs = cs.signs.detach().cpu().numpy().astype(np.float64)
+    rows = np.arange(cs.d_in)
+    return sp.csr_matrix((signs, (rows, cs.buckets.cpu().numpy())), shape=(cs.d_in, cs.d_out))
+
+
+def _polysketch_sparse(tree: PolySketch, A) -> torch.Tensor:
+    """``tree(A)`` for scipy sparse ``A`` [n, d_in] without densifying ``A``, float64 [n, d_out].
+
+    Leaves are linear, so leaf(A) = ``A @ leaf.matrix``: ``O(nnz(A))`` for CountSketch
+    leaves (kinds "countsketch", "tensorsketch"), ``O(nnz(A) d_out)`` for the dense
+    Gaussian / SRHT leaf matrices. The nodes then combine as in
+    :class:`~kernelsketch.sketch.tensor.PolySketch`: ``A`` on the first ``degree``
+    leaves, ``e1`` (row 0 of the leaf matrix) on the others (the tests check that
+    this equals ``tree(A.toarray())``).
+    """
+    level = []
+    for i, leaf in enumerate(tree.leaves):
+        M = _countsketch_matrix(leaf) if isinstance(leaf, CountSketch) else leaf.matrix.numpy()
+        if i < tree.degree:
+            out = A @ M
+            out = torch.from_numpy(out.toarray() if sp.issparse(out) else np.asarray(out))
+        else:
+            e1 = M[0].toarray().ravel() if sp.issparse(M) else M[0]
+            out = torch.from_numpy(np.asarray(e1, dtype=np.float64)).expand(A.shape[0], -1)
+        level.append(out)
+    with torch.no_grad():
+        for nodes in tree.levels:
+            level = [node(level[2 * i], level[2 * i + 1]) for i, node in enumerate(nodes)]
+    return level[0]
 
 
 def _completion_scores(A, B: torch.Tensor, psi: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:
@@ -386,6 +426,10 @@ def sample_tensor_coordinates(
 class PolynomialLeverageSampler(RandomFeaturesTransformer):
     """Sampled coordinates of ``a(x)^{⊗degree}`` by approximate ridge leverage scores.
 
+    ``fit`` and ``transform`` take dense arrays or scipy sparse matrices;
+    ``transform`` returns an ndarray for dense input and a CSR matrix for sparse
+    input, float32 for float32 input.
+
     Data-dependent features for ``(gamma <x, y> + coef0)^degree``: ``fit`` samples
     ``n_components`` coordinates of the tensor power of the training data with
     probabilities close to their ridge leverage scores (Woodruff & Zandieh, ICML
@@ -429,6 +473,8 @@ class PolynomialLeverageSampler(RandomFeaturesTransformer):
     Adaptive Sampling", ICML 2020.
     """
 
+    _accept_sparse = True
+
     def __init__(
         self,
         *,
@@ -454,50 +500,13 @@ class PolynomialLeverageSampler(RandomFeaturesTransformer):
             check_float("ridge", self.ridge, min=0.0, min_exclusive=True)
         check_int("sketch_size", self.sketch_size, min=1)
 
-    def _validate_X(self, X, *, reset: bool):
-        if sp.issparse(X):
-            return validate_data(self, X, reset=reset, accept_sparse="csr",
-                                 dtype=[np.float64, np.float32], ensure_all_finite=True)
-        return super()._validate_X(X, reset=reset)
+    def _transform_sparse(self, X) -> sp.csr_matrix:
+        """Sampled coordinates of scipy sparse ``X``, as CSR in the dtype of ``X``.
 
-    def fit(self, X, y=None):
-        """Sample the tensor-power coordinates from ``X`` (dense or scipy sparse).
-
-        Parameters
-        ----------
-        X : array-like or sparse matrix of shape (n_samples, n_features)
-        y : ignored
-
-        Returns
-        -------
-        self
+        Only the sampled input columns are read (``O(nnz(X))``, nothing of size
+        ``n_features``); index ``n_features_in_`` (the ``sqrt(coef0)`` coordinate)
+        maps to the lifted last column.
         """
-        X = self._validate_X(X, reset=True)
-        self._check_params(X.shape[1])
-        generator = torch_generator_from_random_state(self.random_state)
-        data = X if sp.issparse(X) else torch.from_numpy(X)
-        self.feature_map_ = self._make_feature_map(X.shape[1], generator, data)
-        self._n_features_out = int(self.feature_map_.d_out)
-        return self
-
-    def transform(self, X):
-        """Sampled coordinates of ``a(X)^{⊗degree}``.
-
-        Parameters
-        ----------
-        X : array-like or sparse matrix of shape (n_samples, n_features_in_)
-
-        Returns
-        -------
-        Z : ndarray (dense input) or scipy.sparse.csr_matrix (sparse input) of shape
-            (n_samples, n_components); float32 for float32 input.
-        """
-        check_is_fitted(self, "feature_map_")
-        if not sp.issparse(X):
-            return super().transform(X)
-        X = self._validate_X(X, reset=False)
-        # Only the sampled input columns are read (O(nnz(X)), nothing of size n_features);
-        # index n_features_in_ (the sqrt(coef0) coordinate) maps to the lifted last column.
         used = np.unique(self.indices_)
         used = used[used < self.n_features_in_]
         A = _lift_sparse(_select_columns(X, used), float(self.gamma), float(self.coef0))
@@ -507,11 +516,6 @@ class PolynomialLeverageSampler(RandomFeaturesTransformer):
             Z = Z.multiply(A[:, local[:, t]])
         scale = self.feature_map_.scale.numpy()
         return sp.csr_matrix(sp.csr_matrix(Z).multiply(scale[None, :]), dtype=X.dtype)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = True
-        return tags
 
     def _make_feature_map(self, n_features, generator, X):
         gamma, coef0 = float(self.gamma), float(self.coef0)
