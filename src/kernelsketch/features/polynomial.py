@@ -155,8 +155,8 @@ class PolynomialSketch(RandomFeaturesTransformer):
 
     Scipy sparse input is accepted and never densified: with ``kind="tensorsketch"``
     or ``"countsketch"`` (CountSketch leaves) ``transform`` costs
-    ``O(degree nnz(X))`` plus the node sketches, input-sparsity time as in Ahle et
-    al.; the ``"srht"`` / ``"gaussian"`` leaves are dense ``[n_features, n_components]``
+    ``O(degree (nnz(X) + n_features))`` (reading each leaf's hash once) plus the
+    node sketches, input-sparsity time as in Ahle et al.; the ``"srht"`` / ``"gaussian"`` leaves are dense ``[n_features, n_components]``
     matrices (``O(nnz(X) n_components)``).
 
     Attributes
