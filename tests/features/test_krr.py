@@ -102,6 +102,22 @@ def test_cg_and_cholesky_predictions_agree():
     np.testing.assert_allclose(p1, p2, atol=1e-6)
 
 
+def test_sparse_input_through_kernel_ridge():
+    # Scipy sparse X flows through fit/predict (PolynomialSketch never densifies it) and
+    # gives the dense-input model; PolynomialLeverageSampler returns sparse features (CG).
+    rng = np.random.default_rng()
+    X = sp.random(120, 40, density=0.1, random_state=int(rng.integers(1 << 31)), format="csr")
+    y = rng.normal(size=120)
+    feats = PolynomialSketch(n_components=64, degree=2, coef0=1.0, kind="tensorsketch",
+                             random_state=3)
+    p_sparse = KernelRidge(feats, alpha=0.1).fit(X, y).predict(X)
+    p_dense = KernelRidge(feats, alpha=0.1).fit(X.toarray(), y).predict(X.toarray())
+    np.testing.assert_allclose(p_sparse, p_dense, rtol=1e-8, atol=1e-10)
+    model = KernelRidge(PolynomialLeverageSampler(n_components=64, degree=2, random_state=0),
+                        alpha=0.1).fit(X, y)
+    assert model.n_iter_ > 1 and model.predict(X).shape == (120,)
+
+
 def test_multi_target():
     rng = np.random.default_rng()
     X, Y = rng.normal(size=(60, 3)), rng.normal(size=(60, 2))
