@@ -16,8 +16,10 @@ from kernelsketch.features.polynomial import (
     PolynomialLeverageSampler,
     PolynomialSketch,
     _lift,
+    _polysketch_sparse,
     sample_tensor_coordinates,
 )
+from kernelsketch.sketch.tensor import PolySketch
 
 
 def _spectral_eps(K, Kt, lam):
@@ -123,6 +125,15 @@ def test_polysketch_sparse_input_matches_dense(kind):
     assert Z32.dtype == np.float32
 
 
+def test_sparse_tree_powers_match_dense_tree():
+    X = _sparse_data(14, n=10, d=30, density=0.1)
+    tree = PolySketch(30, 16, 3, kind="tensorsketch", seed=0).double()
+    dense = tree.all_powers(torch.from_numpy(X.toarray()))
+    for r in (1, 2, 3):
+        np.testing.assert_allclose(_polysketch_sparse(tree, X, r).numpy(), dense[r].numpy(),
+                                   rtol=1e-10, atol=1e-12)
+
+
 def test_polysketch_torch_map_batched_float32():
     X = np.random.default_rng().normal(size=(6, 3))
     est = PolynomialSketch(n_components=16, degree=3, coef0=1.0, random_state=0).fit(X)
@@ -225,7 +236,7 @@ def test_sparse_transform_matches_dense():
 
 
 def test_sparse_fit_unbiased():
-    # Fitted on a CSR matrix (CountSketch-compressed scores, O(nnz) passes): still unbiased.
+    # Fitted on a CSR matrix (scores from a TensorSketch tree, O(nnz) passes): still unbiased.
     X = _sparse_data(7, n=6, d=200, density=0.05)
     m = 20000
     est = PolynomialLeverageSampler(n_components=m, degree=2, coef0=1.0, ridge=0.1,

@@ -22,7 +22,9 @@ Woodruff & Zandieh: approximate leverage scores from sketches of
 lower tensor powers, then sample the ``q`` indices one after the other):
 
 1. PolySketch gives ``Psi_r ~ a(X)^{⊗r}`` for ``r = 0..q`` in one tree
-   (``Psi_r Psi_r^T ~ K_r = (a(X) a(X)^T)^{∘r}``; ``Psi_0`` is exactly the constant 1).
+   (``Psi_r Psi_r^T ~ K_r = (a(X) a(X)^T)^{∘r}``; ``Psi_0`` is exactly the constant 1);
+   Gaussian nodes for dense X, TensorSketch nodes on CountSketch leaves applied
+   to the scipy sparse rows for sparse X.
 2. With the thin SVD ``Psi_q = U S V^T``, ``M = lambda^{-1/2} (I - U diag(1 -
    sqrt(lambda / (S^2 + lambda))) U^T)`` satisfies ``M^T M = (Psi_q Psi_q^T + lambda I)^{-1}``;
    a ``k``-row Gaussian JL ``G`` gives ``B = G M`` and ``tau_c ~ ||B phi_c||^2``.
@@ -248,19 +250,6 @@ def _column(A, j: int) -> torch.Tensor:
     return A[:, j]
 
 
-def _sketch_input(A, sketch_size: int, generator) -> torch.Tensor:
-    """Dense rows for the PolySketch tree; sparse ``A`` is first CountSketched (``O(nnz)``).
-
-    The CountSketch preserves inner products in expectation, so the tree still
-    sketches ``K_r`` (with more variance); it only shapes the sampling probabilities.
-    """
-    if not sp.issparse(A):
-        return A
-    d = A.shape[1]
-    cs = CountSketch(d, min(d, 2 * sketch_size), generator=generator)
-    return torch.from_numpy(np.asarray((A @ _countsketch_matrix(cs)).todense()))
-
-
 def _countsketch_matrix(cs: CountSketch) -> sp.csr_matrix:
     """The CountSketch as a scipy sparse [d_in, d_out] matrix (one ±1 per row), float64."""
     signs = cs.signs.detach().cpu().numpy().astype(np.float64)
@@ -268,20 +257,23 @@ def _countsketch_matrix(cs: CountSketch) -> sp.csr_matrix:
     return sp.csr_matrix((signs, (rows, cs.buckets.cpu().numpy())), shape=(cs.d_in, cs.d_out))
 
 
-def _polysketch_sparse(tree: PolySketch, A) -> torch.Tensor:
-    """``tree(A)`` for scipy sparse ``A`` [n, d_in] without densifying ``A``, float64 [n, d_out].
+def _polysketch_sparse(tree: PolySketch, A, power: int | None = None) -> torch.Tensor:
+    """Sketch of ``A^{⊗power}`` by ``tree`` for scipy sparse ``A`` [n, d_in], float64 [n, d_out].
 
-    Leaves are linear, so leaf(A) = ``A @ leaf.matrix``: ``O(nnz(A))`` for CountSketch
-    leaves (kinds "countsketch", "tensorsketch"), ``O(nnz(A) d_out)`` for the dense
-    Gaussian / SRHT leaf matrices. The nodes then combine as in
-    :class:`~kernelsketch.sketch.tensor.PolySketch`: ``A`` on the first ``degree``
-    leaves, ``e1`` (row 0 of the leaf matrix) on the others (the tests check that
-    this equals ``tree(A.toarray())``).
+    Equals ``tree.all_powers(A.toarray())[power]`` (``tree(A.toarray())`` for the
+    default ``power = tree.degree``) without densifying ``A``. Leaves are linear,
+    so leaf(A) = ``A @ leaf.matrix``: ``O(nnz(A))`` for CountSketch leaves (kinds
+    "countsketch", "tensorsketch"), ``O(nnz(A) d_out)`` for the dense Gaussian /
+    SRHT leaf matrices. The nodes then combine as in
+    :class:`~kernelsketch.sketch.tensor.PolySketch`: ``A`` on the first ``power``
+    leaves, ``e1`` (row 0 of the leaf matrix) on the others (tested against the
+    dense tree).
     """
+    power = tree.degree if power is None else power
     level = []
     for i, leaf in enumerate(tree.leaves):
         M = _countsketch_matrix(leaf) if isinstance(leaf, CountSketch) else leaf.matrix.numpy()
-        if i < tree.degree:
+        if i < power:
             out = A @ M
             out = torch.from_numpy(out.toarray() if sp.issparse(out) else np.asarray(out))
         else:
@@ -355,9 +347,10 @@ def sample_tensor_coordinates(
     ``O(nnz(A) k D)``; each later index costs ``O(nnz(A_R) k D + n k + d)`` per
     distinct drawn prefix, where ``A_R`` are the rows on which the prefix
     product ``a_{j_1} * ... * a_{j_{t-1}}`` is non-zero (only those rows, and
-    the columns they touch, can contribute to a completion). Plus the ``O(nnz(A))`` CountSketch, the PolySketch
-    of ``[n, 2D]`` rows and an ``O(n D^2)`` SVD, independent of ``d``. Dense ``A``
-    is the case ``nnz = n d``.
+    the columns they touch, can contribute to a completion). Plus the
+    ``O(degree^2 nnz(A))`` PolySketch pass (TensorSketch tree with CountSketch
+    leaves applied to the sparse rows) and an ``O(n D^2)`` SVD. Dense ``A`` is the
+    case ``nnz = n d`` (Gaussian tree).
     """
     sparse = sp.issparse(A)
     if sparse:
@@ -368,11 +361,17 @@ def sample_tensor_coordinates(
         A = _select_columns(A, cols)
         A_csc = A.tocsc()  # column access for the prefix products
     n = A.shape[0]
-    dense_rows = _sketch_input(A, sketch_size, generator)
-    tree = PolySketch(dense_rows.shape[1], sketch_size, degree, kind="gaussian",
-                      generator=generator).double()
-    with torch.no_grad():
-        psi = tree.all_powers(dense_rows)  # psi[r] ~ A^{⊗r}, [n, D]
+    if sparse:
+        tree = PolySketch(A.shape[1], sketch_size, degree, kind="tensorsketch",
+                          generator=generator).double()
+        const = torch.zeros(n, sketch_size, dtype=torch.float64)
+        const[:, 0] = 1.0
+        psi = [const] + [_polysketch_sparse(tree, A, r) for r in range(1, degree + 1)]
+    else:
+        tree = PolySketch(A.shape[1], sketch_size, degree, kind="gaussian",
+                          generator=generator).double()
+        with torch.no_grad():
+            psi = tree.all_powers(A)  # psi[r] ~ A^{⊗r}, [n, D]
     U, S, _ = torch.linalg.svd(psi[degree], full_matrices=False)
     shrink = 1.0 - torch.sqrt(ridge / (S * S + ridge))
     G = torch.randn(jl_size, n, generator=generator, dtype=torch.float64) / math.sqrt(jl_size)
