@@ -69,7 +69,7 @@ def test_registry_lists_exact_first_and_module_is_callable():
     assert get_method("exact").config_cls is ks.ExactConfig
     q, k, v = good()
     torch.testing.assert_close(ks.attention(q, k, v), naive_attention(q, k, v))
-    import kernelsketch.attention.metrics as metrics
+    from kernelsketch.attention import metrics
 
     assert callable(ks.attention) and ks.attention.metrics is metrics
 

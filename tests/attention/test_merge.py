@@ -1,3 +1,5 @@
+import itertools
+
 import torch
 
 from kernelsketch.attention.exact import partial_attention
@@ -10,7 +12,7 @@ def test_merge_of_disjoint_key_sets_equals_full_attention():
     q, k, v = random_qkv(2, 3, 3, 20, 50, 8)
     cuts = [0, 7, 31, 50]
     parts = [partial_attention(q, k[:, :, a:b], v[:, :, a:b], scale=0.4)
-             for a, b in zip(cuts, cuts[1:])]
+             for a, b in itertools.pairwise(cuts)]
     out, lse = merge_many(parts)
     ref, ref_lse = naive_attention(q, k, v, scale=0.4, return_lse=True)
     torch.testing.assert_close(out, ref)

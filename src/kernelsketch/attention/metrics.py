@@ -35,7 +35,7 @@ def attention_probs(
     q [B, Hq, N, D], k [B, Hkv, M, D] -> [B, Hq, R, M] for the query ``rows``
     (all N rows by default); causal aligned bottom-right.
     """
-    B, Hq, N, _ = q.shape
+    _, Hq, N, _ = q.shape
     Hkv, M = k.shape[1], k.shape[2]
     if rows is not None:
         q = q[:, :, rows]
@@ -91,7 +91,7 @@ def spectral_error(
     [B, Hq] float64 tensor of per-head errors (KDEformer's Theorem bound is
     on this quantity: ε after enough samples).
     """
-    B, Hq, Hkv, N, M = check_attention_inputs(q, k, v)
+    B, Hq, Hkv, N, _ = check_attention_inputs(q, k, v)
     check_tensor("approx_out", approx_out, ndim=4, finite=False)
     if approx_out.shape[:3] != q.shape[:3]:
         raise ValueError(f"approx_out must have shape [B, Hq, N, Dv] = {tuple(q.shape[:3])} + [Dv], "

@@ -1,5 +1,17 @@
 """Kernel feature maps as scikit-learn transformers, with torch functions and exact oracles."""
-from kernelsketch.features.gegenbauer import (  # noqa: E402,F401
+from kernelsketch.features.activations import (  # noqa: F401
+    ACTIVATIONS,
+    ActivationKernelSketch,
+    dual_activation,
+    hermite_coefficients,
+    relu_hermite_coefficients,
+)
+from kernelsketch.features.binning import (  # noqa: F401
+    WeightedRandomBinning,
+    weighted_binning_kernel,
+)
+from kernelsketch.features.cntk import CNTKSketch, cnngp_relu, cntk_relu  # noqa: F401
+from kernelsketch.features.gegenbauer import (  # noqa: F401
     GegenbauerFeatures,
     gegenbauer,
     gegenbauer_coefficients,
@@ -9,27 +21,15 @@ from kernelsketch.features.gegenbauer import (  # noqa: E402,F401
     harmonic_space_dimension,
     zonal_kernel,
 )
-from kernelsketch.features.binning import (  # noqa: E402,F401
-    WeightedRandomBinning,
-    weighted_binning_kernel,
-)
-from kernelsketch.features.krr import KernelRidge, conjugate_gradient, ridge_solve  # noqa: E402,F401
-from kernelsketch.features.nystroem import RLSNystroem, pairwise_kernel  # noqa: E402,F401
-from kernelsketch.features.polynomial import (  # noqa: E402,F401
-    PolynomialLeverageSampler,
-    PolynomialSketch,
-)
-from kernelsketch.features.activations import (  # noqa: E402,F401
-    ACTIVATIONS,
-    ActivationKernelSketch,
-    dual_activation,
-    hermite_coefficients,
-    relu_hermite_coefficients,
-)
-from kernelsketch.features.cntk import CNTKSketch, cnngp_relu, cntk_relu  # noqa: E402,F401
-from kernelsketch.features.ntk import (  # noqa: E402,F401
+from kernelsketch.features.krr import KernelRidge, conjugate_gradient, ridge_solve  # noqa: F401
+from kernelsketch.features.ntk import (  # noqa: F401
     NTKRandomFeatures,
     NTKSketch,
     nngp_relu,
     ntk_relu,
+)
+from kernelsketch.features.nystroem import RLSNystroem, pairwise_kernel  # noqa: F401
+from kernelsketch.features.polynomial import (  # noqa: F401
+    PolynomialLeverageSampler,
+    PolynomialSketch,
 )
