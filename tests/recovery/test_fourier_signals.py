@@ -82,7 +82,9 @@ def test_statistical_dimension_of_bandlimited_is_time_bandwidth_product():
     s1 = statistical_dimension(Bandlimited(F), 1.0, regularization=1e-6)
     s2 = statistical_dimension(Bandlimited(2 * F), 1.0, regularization=1e-6)
     assert 2 * F < s1 < 2 * F + 12
-    assert 1.6 < s2 / s1 < 2.2
+    # Doubling the band adds the time-bandwidth product 2FT (plus the slowly growing log term);
+    # the ratio s2 / s1 is not a fixed number for small F (measured 1.59 at F = 3).
+    assert 1.0 < (s2 - s1) / (2 * F) < 1.15
     assert statistical_dimension(Bandlimited(F), 1.0, regularization=1e-10) > s1
 
 
