@@ -123,22 +123,31 @@ def test_fused_gradients_without_samples(cfg):
         assert_grads_close(got, exact, max(tolerance(torch.float32), 1e-3))
 
 
-@pytest.mark.parametrize("N,M", [(128, 128), (100, 140)])
-def test_fused_gradients_through_causal_recursion(N, M, monkeypatch):
+# (method, config, module, predicate patched to force the fused path, fused entry point)
+FUSED_DISPATCH = {
+    "hyper": (HyperConfig(block_size=16, sample_size=16, min_seq_len=32, lsh_bits=3),
+              hyper, "_use_fused", "hyper_noncausal_fused", hyper_noncausal_fused),
+    "kde": (KDEConfig(block_size=16, sample_size=16, kde_samples=16, min_seq_len=32, lsh_bits=3),
+            kde, "fused_kernels_apply", "kde_noncausal_fused", kde_noncausal_fused),
+}
+
+
+@pytest.mark.parametrize("method,N,M", [("hyper", 128, 128), ("hyper", 100, 140),
+                                        ("kde", 100, 100)])
+def test_fused_gradients_through_causal_recursion(method, N, M, monkeypatch):
+    cfg, module, predicate, name, fused = FUSED_DISPATCH[method]
     q, k, v = random_qkv(1, 2, 1, N, M, 16, dtype=torch.float32, device=DEVICE,
                          requires_grad=True)
-    cfg = HyperConfig(block_size=16, sample_size=16, min_seq_len=32, lsh_bits=3)
     weights = loss_weights(q, v)
 
     def run():
-        return kernelsketch.attention(q, k, v, method="hyper", is_causal=True, config=cfg,
+        return kernelsketch.attention(q, k, v, method=method, is_causal=True, config=cfg,
                                       return_lse=True, generator=gen(5))
 
     ref = grads(*run(), weights, (q, k, v))
     calls = []
-    monkeypatch.setattr(hyper, "_use_fused", lambda *args: True)
-    monkeypatch.setattr(hyper, "hyper_noncausal_fused",
-                        lambda *args: calls.append(1) or hyper_noncausal_fused(*args))
+    monkeypatch.setattr(module, predicate, lambda *args: True)
+    monkeypatch.setattr(module, name, lambda *args: calls.append(1) or fused(*args))
     got = grads(*run(), weights, (q, k, v))
     assert calls, "the fused path was not taken"
     assert_grads_close(got, ref, tolerance(torch.float32))
@@ -152,24 +161,4 @@ def test_kde_fused_gradients_match_torch_path():
     weights = loss_weights(q, v)
     got = grads(*kde_noncausal_fused(q, k, v, 0.25, cfg, gen(3)), weights, (q, k, v))
     ref = grads(*kde_noncausal(q, k, v, 0.25, cfg, gen(3)), weights, (q, k, v))
-    assert_grads_close(got, ref, tolerance(torch.float32))
-
-
-def test_kde_dispatches_to_the_fused_path_inside_the_causal_recursion(monkeypatch):
-    q, k, v = random_qkv(1, 2, 1, 100, 100, 16, dtype=torch.float32, device=DEVICE,
-                         requires_grad=True)
-    cfg = KDEConfig(block_size=16, sample_size=16, kde_samples=16, min_seq_len=32, lsh_bits=3)
-    weights = loss_weights(q, v)
-
-    def run():
-        return kernelsketch.attention(q, k, v, method="kde", is_causal=True, config=cfg,
-                                      return_lse=True, generator=gen(5))
-
-    ref = grads(*run(), weights, (q, k, v))
-    calls = []
-    monkeypatch.setattr(kde, "fused_kernels_apply", lambda q: True)
-    monkeypatch.setattr(kde, "kde_noncausal_fused",
-                        lambda *args: calls.append(1) or kde_noncausal_fused(*args))
-    got = grads(*run(), weights, (q, k, v))
-    assert calls, "the fused path was not taken"
     assert_grads_close(got, ref, tolerance(torch.float32))

@@ -253,6 +253,15 @@ def _adversarial_queries(k, p, steps=30):
     return qs.gather(0, best[None, ..., None].expand(1, *qs.shape[1:]))[0]
 
 
+def _guarantee_keys(kind, B, H, M, D):
+    """Keys [B, H, M, D] float64: "gaussian", "planted" (3 large-norm keys) or "low_rank" (rank 2)."""
+    if kind == "gaussian":
+        return torch.randn(B, H, M, D, dtype=torch.float64)
+    if kind == "planted":
+        return planted_keys(B, H, M, D, 3)[0]
+    return low_rank_keys(B, H, M, D, 2)
+
+
 def _own_entry(q, k, p):
     """A_j(q_j) [..., M]: the |x|^p attention of query j on key j."""
     a = (q @ k.transpose(-1, -2)).abs() ** p
@@ -263,13 +272,8 @@ def _own_entry(q, k, p):
 @pytest.mark.parametrize("keys", ["gaussian", "planted", "low_rank"])
 def test_no_attention_entry_exceeds_its_key_leverage_score(p, keys):
     # The inequality behind the theorem: A_j(q) <= τ_j for every query q and key j.
-    B, H, M, D = 1, 2, 120, 4
-    if keys == "gaussian":
-        k = torch.randn(B, H, M, D, dtype=torch.float64)
-    elif keys == "planted":
-        k, _ = planted_keys(B, H, M, D, 3)
-    else:
-        k = low_rank_keys(B, H, M, D, 2)
+    k = _guarantee_keys(keys, 1, 2, 120, 4)
+    B, H, _, D = k.shape
     adv = _adversarial_queries(k, p)
     q = torch.cat((torch.randn(B, H, 100, D, dtype=torch.float64), k, adv), 2)
     tau = kernel_leverage(k, p)
@@ -285,14 +289,10 @@ def test_no_attention_entry_exceeds_its_key_leverage_score(p, keys):
 @pytest.mark.parametrize("p", [2, 4])
 @pytest.mark.parametrize("keys", ["gaussian", "planted", "low_rank"])
 def test_every_heavy_entry_has_its_key_in_the_universal_set(p, keys):
-    B, H, M, D = 2, 2, 300, 4
-    if keys == "gaussian":
-        k = torch.randn(B, H, M, D, dtype=torch.float64)
-    elif keys == "planted":
-        k, _ = planted_keys(B, H, M, D, 3)
-    else:  # rank 2, with a few keys of larger norm (scaling rows keeps the rank)
-        k = low_rank_keys(B, H, M, D, 2)
-        k[:, :, torch.randperm(M)[:3]] *= 10.0
+    k = _guarantee_keys(keys, 2, 2, 300, 4)
+    if keys == "low_rank":  # a few keys of larger norm (scaling rows keeps the rank)
+        k[:, :, torch.randperm(k.shape[2])[:3]] *= 10.0
+    B, H, _, D = k.shape
     q = torch.cat((torch.randn(B, H, 200, D, dtype=torch.float64), _adversarial_queries(k, p)), 2)
     eps = 0.05 if p == 2 else 0.1
     _check_guarantee(k, q, p, eps)
