@@ -1,15 +1,52 @@
-"""WeightedRandomBinning: the exact induced kernel (oracle) vs its targets, Monte Carlo
+"""WeightedRandomBinning: the exact induced kernel (oracle) vs its targets, the exact
+autocorrelation polynomials of the weightings and the smoothness they give, Monte Carlo
 unbiasedness of the sparse features, spectral approximation, error falling with grids."""
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from scipy.special import gamma as gamma_fn
+from scipy.integrate import quad
+from scipy.special import beta as beta_fn
+from scipy.special import gammaln
 from sklearn.gaussian_process.kernels import Matern
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from kernelsketch.features.binning import WeightedRandomBinning, weighted_binning_kernel
+from kernelsketch.features.binning import (
+    _WIDTH_TABLE,
+    MAX_WEIGHT_ORDER,
+    WeightedRandomBinning,
+    _autocorr,
+    _autocorr_exact,
+    weight_fourth_moment,
+    weighted_binning_kernel,
+)
+
+# Documented sup-norm distance of the 1-D induced kernel to exp(-t^2/2), per weight order.
+SUP_TO_GAUSSIAN = {1: 0.0068, 2: 0.00151, 3: 0.00052, 4: 0.00023, 5: 0.000083, 6: 0.000057}
+
+
+def _width_moment(k, j):
+    """E[w^-j] for the width w = W_k g, g ~ Gamma(a_k, scale 1/a_k)."""
+    W, a = _WIDTH_TABLE[k]
+    return np.exp(gammaln(a - j) - gammaln(a)) * (a / W) ** j
+
+
+def _spectral_density(k, omega):
+    """Spectral density of the 1-D induced kernel, S(omega) = E_w[w hat_A(w omega)], with
+    hat_A(v) = 2 Re int_0^1 A_k(d) e^{ivd} dd in closed form by repeated integration by parts
+    (A_k is a polynomial on [0, 1]); the mean over w by the trapezoid rule on a fine grid."""
+    W, a = _WIDTH_TABLE[k]
+    poly = np.polynomial.Polynomial(_autocorr(k))
+    g = np.linspace(0.05, 4.0, 40001)
+    dens = np.exp((a - 1) * np.log(g) - a * g + a * np.log(a) - gammaln(a))
+    v = W * g[None, :] * np.asarray(omega, dtype=float)[:, None]
+    integral = np.zeros_like(v, dtype=complex)
+    deriv = poly
+    for m in range(poly.degree() + 1):
+        integral += (-1) ** m * (deriv(1.0) * np.exp(1j * v) - deriv(0.0)) / (1j * v) ** (m + 1)
+        deriv = deriv.deriv()
+    return np.trapezoid(W * g * 2 * integral.real * dens, g, axis=-1)
 
 
 def _spectral_eps(K, Kt, lam):
@@ -33,25 +70,84 @@ def test_laplacian_oracle_is_exact_laplace_kernel():
     np.testing.assert_allclose(K, ref, rtol=1e-12)
 
 
-def test_gaussian_oracle_close_to_gaussian_kernel():
+def test_autocorrelation_order_2_is_the_original_table():
+    # The table this module shipped with for sqrt(630) t^2 (1-t)^2 (default behaviour).
+    assert _autocorr(2) == (1.0, 0.0, -6.0, 0.0, 21.0, -21.0, 0.0, 6.0, 0.0, -1.0)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_autocorrelation_polynomial_matches_quadrature(k):
+    # A_k(d) = int_0^{1-d} f_k(t) f_k(t + d) dt, f_k = (t(1-t))^k / sqrt(Beta(2k+1, 2k+1)).
+    def f(t):
+        return (t * (1 - t)) ** k / np.sqrt(beta_fn(2 * k + 1, 2 * k + 1))
+
+    poly = np.polynomial.Polynomial(_autocorr(k))
+    for d in np.random.default_rng().uniform(0, 1, size=6):
+        ref = quad(lambda t, d: f(t) * f(t + d), 0.0, 1.0 - d, args=(d,), epsabs=1e-14)[0]
+        assert abs(poly(d) - ref) <= 1e-11
+    assert poly(0.0) == 1.0 and abs(poly(1.0)) <= 1e-12
+    assert len(_autocorr(k)) == 4 * k + 2
+
+
+@pytest.mark.parametrize("k", range(1, MAX_WEIGHT_ORDER + 1))
+def test_autocorrelation_odd_part_starts_at_order_2k_plus_1(k):
+    # f_k vanishes to order k at both cell ends: A_k is C^{2k} at 0 and its first odd
+    # (non-smooth, |d|^{2k+1}) term is d^{2k+1}; that term sets the spectral tail.
+    coef = _autocorr_exact(k)
+    assert all(coef[j] == 0 for j in range(1, 2 * k + 1, 2))
+    assert coef[2 * k + 1] != 0
+
+
+def test_weight_fourth_moment_matches_quadrature():
+    for k in range(MAX_WEIGHT_ORDER + 1):
+        ref = quad(lambda t, k: (t * (1 - t)) ** (4 * k), 0, 1, args=(k,), epsrel=1e-13)[0]
+        ref /= beta_fn(2 * k + 1, 2 * k + 1) ** 2
+        assert weight_fourth_moment(k) == pytest.approx(ref, rel=1e-10)
+    assert weight_fourth_moment(2) == pytest.approx(1.814, abs=1e-3)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_gaussian_oracle_within_documented_distance_of_gaussian(k):
     rng = np.random.default_rng()
+    u = rng.uniform(0.0, 6.0, size=4000)
+    k1 = weighted_binning_kernel(u[:, None], np.zeros((1, 1)), weight_order=k)[:, 0]
+    assert np.abs(k1 - np.exp(-(u**2) / 2)).max() <= SUP_TO_GAUSSIAN[k]
+    # Products of [0, 1]-valued factors: the d-dim error is at most d times the 1-D one.
     d = 3
     X, Y = rng.normal(size=(30, d)), rng.normal(size=(30, d))
-    K = weighted_binning_kernel(X, Y, kernel="gaussian", length_scale=1.3)
+    K = weighted_binning_kernel(X, Y, kernel="gaussian", length_scale=1.3, weight_order=k)
     ref = np.exp(-((X[:, None] - Y[None]) ** 2).sum(-1) / (2 * 1.3**2))
-    assert np.abs(K - ref).max() <= 0.0015 * d
-    np.testing.assert_allclose(np.diag(weighted_binning_kernel(X, kernel="gaussian")), 1.0)
+    assert np.abs(K - ref).max() <= SUP_TO_GAUSSIAN[k] * d
+    np.testing.assert_allclose(np.diag(weighted_binning_kernel(X, weight_order=k)), 1.0)
 
 
-def test_gaussian_oracle_small_distance_expansion():
-    # E_w[A(d / w)] = 1 - 6 E[w^-2] d^2 + 21 E[w^-4] d^4 - 21 E[w^-5] d^5 + O(d^7) near 0,
-    # w = 3.577 g, g ~ Gamma(35, 1/35): C^4, not C^5 (the documented smoothness limit).
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_gaussian_oracle_small_distance_expansion(k):
+    # E_w[A_k(d / w)] = sum_j c_j E[w^-j] d^j up to exponentially small terms (w > d almost
+    # surely for small d): even powers up to d^{2k}, then the first odd term d^{2k+1}, so
+    # the induced kernel is C^{2k}, not C^{2k+1}, at 0 (Matérn-(k+1/2)-like smoothness).
+    c = _autocorr(k)
     d = np.array([0.1, 0.05, 0.025])
-    # E[g^-k] = 35^k Gamma(35 - k) / Gamma(35) for g ~ Gamma(35, scale 1/35).
-    m2, m4, m5 = (35.0**k * gamma_fn(35.0 - k) / gamma_fn(35.0) / 3.577**k for k in (2, 4, 5))
-    k1 = weighted_binning_kernel(d[:, None], np.zeros((1, 1)), kernel="gaussian")[:, 0]
-    resid = (k1 - (1 - 6 * m2 * d**2 + 21 * m4 * d**4)) / d**5
-    np.testing.assert_allclose(resid, -21 * m5, rtol=0.02)
+    k1 = weighted_binning_kernel(d[:, None], np.zeros((1, 1)), weight_order=k)[:, 0]
+    even = sum(c[j] * _width_moment(k, j) * d**j for j in range(0, 2 * k + 1, 2))
+    resid = (k1 - even) / d ** (2 * k + 1)
+    np.testing.assert_allclose(resid, c[2 * k + 1] * _width_moment(k, 2 * k + 1), rtol=0.02)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_spectral_tail_decays_like_matern_k_plus_half(k):
+    # Spectral density ~ omega^-(2k+2) (a Matérn-(k+1/2) kernel's tail): log-log slope
+    # between omega = 40 and 80, and each higher order is smaller there by a wide margin.
+    omega = np.array([40.0, 80.0])
+    S = _spectral_density(k, omega)
+    assert np.all(S > 0)
+    slope = np.log(S[1] / S[0]) / np.log(2.0)
+    assert abs(slope + (2 * k + 2)) <= 0.2
+    assert np.all(_spectral_density(k + 1, omega) < 0.05 * S)
+    # At low frequency the density is the Gaussian's sqrt(2 pi) exp(-omega^2 / 2).
+    low = np.array([0.5, 1.0, 2.0])
+    ref = np.sqrt(2 * np.pi) * np.exp(-(low**2) / 2)
+    np.testing.assert_allclose(_spectral_density(k, low), ref, atol=0.03)
 
 
 @pytest.mark.parametrize("nu", [0.5, 1.5, 2.5])
@@ -63,22 +159,60 @@ def test_matern_oracle_close_to_matern_kernel(nu):
     assert np.abs(K - ref).max() <= 0.006
 
 
-@pytest.mark.parametrize("kernel", ["laplacian", "gaussian", "matern"])
-def test_features_unbiased_for_induced_kernel(kernel):
+@pytest.mark.parametrize("nu", [3.5, 4.5])
+def test_matern_oracle_smoother_orders_with_matching_weight_order(nu):
+    # weight_order = nu - 1/2 gives the Matérn kernel's own smoothness; close in value too.
+    rng = np.random.default_rng()
+    X, Y = rng.normal(size=(15, 2)), rng.normal(size=(15, 2))
+    k = int(nu - 0.5)
+    K = weighted_binning_kernel(X, Y, kernel="matern", nu=nu, length_scale=0.8, weight_order=k)
+    ref = Matern(length_scale=0.8, nu=nu)(X, Y)
+    assert np.abs(K - ref).max() <= 0.003
+
+
+@pytest.mark.parametrize(
+    "kernel, k", [("laplacian", 2), ("gaussian", 2), ("matern", 2), ("gaussian", 3), ("matern", 3)]
+)
+def test_features_unbiased_for_induced_kernel(kernel, k):
     # Per-grid estimates R * w_i w_j [same cell] are i.i.d. with mean k(x_i, x_j):
     # their average must lie within 5 standard errors (deterministic seed).
     rng = np.random.default_rng(7)
     X = rng.normal(size=(5, 2)) * 0.8
     R = 20000
-    est = WeightedRandomBinning(n_components=R, kernel=kernel, nu=1.5, random_state=3).fit(X)
+    est = WeightedRandomBinning(
+        n_components=R, kernel=kernel, nu=1.5, weight_order=k, random_state=3
+    ).fit(X)
     cells, w = est.feature_map_(torch.from_numpy(X))
     same = (cells[:, None] == cells[None, :]).all(-1).numpy()  # [n, n, R]
     per_grid = R * w.numpy()[:, None, :] * w.numpy()[None, :, :] * same
     mean, se = per_grid.mean(-1), per_grid.std(-1) / np.sqrt(R)
-    K = weighted_binning_kernel(X, kernel=kernel, nu=1.5)
+    K = weighted_binning_kernel(X, kernel=kernel, nu=1.5, weight_order=k)
     assert np.all(np.abs(mean - K) <= 5 * se + 1e-12)
     Z = est.transform(X)
     np.testing.assert_allclose((Z @ Z.T).toarray(), mean, atol=1e-10)
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_feature_map_uses_weight_order(k):
+    # The k = 1..6 kernels are all within 0.007 of each other, too close for the Monte
+    # Carlo test to tell apart: check the map's weights and widths against f_k and the
+    # width law W_k * length_scale * Gamma(a_k, 1/a_k) directly.
+    rng = np.random.default_rng()
+    X = rng.normal(size=(4, 3))
+    R, ell = 4000, 0.7
+    est = WeightedRandomBinning(
+        n_components=R, weight_order=k, length_scale=ell, random_state=int(rng.integers(1000))
+    ).fit(X)
+    fmap = est.feature_map_
+    cells, w = fmap(torch.from_numpy(X))
+    t = (X[:, None, :] - fmap.shifts.numpy()) / fmap.widths.numpy() - cells.numpy()
+    f = (t * (1 - t)) ** k / np.sqrt(beta_fn(2 * k + 1, 2 * k + 1))
+    np.testing.assert_allclose(w.numpy(), f.prod(-1) / np.sqrt(R), rtol=1e-12)
+    W, a = _WIDTH_TABLE[k]
+    g = fmap.widths.numpy().ravel() / (W * ell)
+    # mean 1 and variance 1/a_k, within 6 standard errors (kurtosis of Gamma(a) ~ 3).
+    assert abs(g.mean() - 1.0) <= 6 * np.sqrt(1 / a / g.size)
+    assert abs(g.var() - 1 / a) <= 6 * np.sqrt(2 / g.size) / a
 
 
 def test_spectral_approximation_and_error_falls_with_grids():
@@ -143,6 +277,22 @@ def test_bad_length_scale():
 def test_bad_nu():
     with pytest.raises(ValueError, match="nu must be > 0.0, got 0.0"):
         WeightedRandomBinning(kernel="matern", nu=0.0).fit(X_BAD)
+
+
+@pytest.mark.parametrize("k", [0, -1, MAX_WEIGHT_ORDER + 1])
+def test_bad_weight_order(k):
+    with pytest.raises(ValueError, match=rf"weight_order must be [<>]= \d+, got {k}"):
+        WeightedRandomBinning(weight_order=k).fit(X_BAD)
+
+
+def test_non_integer_weight_order():
+    with pytest.raises(TypeError, match="weight_order must be an int, got float 2.5"):
+        WeightedRandomBinning(weight_order=2.5).fit(X_BAD)
+
+
+def test_oracle_bad_weight_order():
+    with pytest.raises(ValueError, match="weight_order must be <= 6, got 7"):
+        weighted_binning_kernel(X_BAD, weight_order=7)
 
 
 def test_nan_input():
