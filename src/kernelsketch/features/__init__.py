@@ -7,7 +7,9 @@ from kernelsketch.features.activations import (  # noqa: F401
     relu_hermite_coefficients,
 )
 from kernelsketch.features.binning import (  # noqa: F401
+    MAX_WEIGHT_ORDER,
     WeightedRandomBinning,
+    weight_fourth_moment,
     weighted_binning_kernel,
 )
 from kernelsketch.features.cntk import CNTKSketch, cnngp_relu, cntk_relu  # noqa: F401
