@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import statistics
 
 os.environ.setdefault("KERNELSKETCH_CHECK_FINITE", "0")  # no host sync per call in timings
 
@@ -33,6 +32,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import kernelsketch as ks
 from kernelsketch.attention.lev import LevConfig, universal_set
+from kernelsketch.bench.attention import time_ms
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 SIZES = [4096, 8192, 16384, 32768, 65536, 131072]
@@ -95,17 +95,8 @@ def check_correctness():
 
 
 def cuda_time(fn, reps):
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    """Median CUDA milliseconds of fn() over reps runs after two warm-up runs."""
+    return time_ms(fn, torch.device("cuda"), warmup=2, reps=reps)
 
 
 def sdpa(backend, q, k, v, causal):

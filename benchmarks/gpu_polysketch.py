@@ -32,6 +32,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from kernelsketch.attention import polysketch as ps
 from kernelsketch.attention.triton import polysketch as kernels
+from kernelsketch.bench.attention import time_ms
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -75,18 +76,8 @@ def check(dtype, B, Hq, Hkv, N, D, r, b, tol):
 
 
 def timed(fn, reps):
-    """Median milliseconds of fn() over reps runs after two warm-up runs."""
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+    """Median CUDA milliseconds of fn() over reps runs after two warm-up runs."""
+    return time_ms(fn, torch.device("cuda"), warmup=2, reps=reps)
 
 
 def bench(n, d, r, reps):

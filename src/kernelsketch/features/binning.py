@@ -197,9 +197,9 @@ class WeightedBinningMap(nn.Module):
 
 
 @functools.cache
-def _weight_norm_sq(k: int) -> float:
+def _weight_norm_sq(k: int) -> int:
     """``c_k^2 = 1 / Beta(2k + 1, 2k + 1) = (4k + 1)! / (2k)!^2`` (an integer)."""
-    return float(math.factorial(4 * k + 1) // math.factorial(2 * k) ** 2)
+    return math.factorial(4 * k + 1) // math.factorial(2 * k) ** 2
 
 
 def weight_fourth_moment(weight_order: int) -> float:
@@ -210,8 +210,8 @@ def weight_fourth_moment(weight_order: int) -> float:
     1.81, 2.13, 2.41, 2.66, 2.89 (k = 1 .. 6).
     """
     k = check_int("weight_order", weight_order, min=0)
-    c2 = Fraction(math.factorial(4 * k + 1), math.factorial(2 * k) ** 2)
-    return float(c2**2 * Fraction(math.factorial(4 * k) ** 2, math.factorial(8 * k + 1)))
+    return float(_weight_norm_sq(k) ** 2 * Fraction(math.factorial(4 * k) ** 2,
+                                                  math.factorial(8 * k + 1)))
 
 
 @functools.cache

@@ -257,33 +257,29 @@ def _countsketch_matrix(cs: CountSketch) -> sp.csr_matrix:
     return sp.csr_matrix((signs, (rows, cs.buckets.cpu().numpy())), shape=(cs.d_in, cs.d_out))
 
 
-def _polysketch_sparse(tree: PolySketch, A, power: int | None = None) -> torch.Tensor:
+def _polysketch_sparse(tree: PolySketch, A, power: int | None = None,
+                       cache: dict | None = None) -> torch.Tensor:
     """Sketch of ``A^{⊗power}`` by ``tree`` for scipy sparse ``A`` [n, d_in], float64 [n, d_out].
 
     Equals ``tree.all_powers(A.toarray())[power]`` (``tree(A.toarray())`` for the
     default ``power = tree.degree``) without densifying ``A``. Leaves are linear,
-    so leaf(A) = ``A @ leaf.matrix``: ``O(nnz(A))`` for CountSketch leaves (kinds
+    so leaf(A) = ``A @ leaf matrix``: ``O(nnz(A))`` for CountSketch leaves (kinds
     "countsketch", "tensorsketch"), ``O(nnz(A) d_out)`` for the dense Gaussian /
-    SRHT leaf matrices. The nodes then combine as in
-    :class:`~kernelsketch.sketch.tensor.PolySketch`: ``A`` on the first ``power``
-    leaves, ``e1`` (row 0 of the leaf matrix) on the others (tested against the
-    dense tree).
+    SRHT leaf matrices; the tree combines them
+    (:meth:`~kernelsketch.sketch.tensor.PolySketch.power_from_leaves`). One
+    ``cache`` dict shared over several powers computes each leaf product once.
     """
     power = tree.degree if power is None else power
-    level = []
-    for i, leaf in enumerate(tree.leaves):
+
+    def leaf_of_a(i: int) -> torch.Tensor:
+        leaf = tree.leaves[i]
         M = _countsketch_matrix(leaf) if isinstance(leaf, CountSketch) else leaf.matrix.numpy()
-        if i < power:
-            out = A @ M
-            out = torch.from_numpy(out.toarray() if sp.issparse(out) else np.asarray(out))
-        else:
-            e1 = M[0].toarray().ravel() if sp.issparse(M) else M[0]
-            out = torch.from_numpy(np.asarray(e1, dtype=np.float64)).expand(A.shape[0], -1)
-        level.append(out)
+        out = A @ M
+        return torch.from_numpy(out.toarray() if sp.issparse(out) else np.asarray(out))
+
     with torch.no_grad():
-        for nodes in tree.levels:
-            level = [node(level[2 * i], level[2 * i + 1]) for i, node in enumerate(nodes)]
-    return level[0]
+        return tree.power_from_leaves(leaf_of_a, power, cache,
+                                      like=torch.zeros(0, dtype=torch.float64))
 
 
 def _completion_scores(A, B: torch.Tensor, psi: torch.Tensor | None, v: torch.Tensor) -> torch.Tensor:
@@ -366,7 +362,8 @@ def sample_tensor_coordinates(
                           generator=generator).double()
         const = torch.zeros(n, sketch_size, dtype=torch.float64)
         const[:, 0] = 1.0
-        psi = [const] + [_polysketch_sparse(tree, A, r) for r in range(1, degree + 1)]
+        cache: dict = {}
+        psi = [const] + [_polysketch_sparse(tree, A, r, cache) for r in range(1, degree + 1)]
     else:
         tree = PolySketch(A.shape[1], sketch_size, degree, kind="gaussian",
                           generator=generator).double()

@@ -322,19 +322,36 @@ class PolySketch(SketchModule):
         )
 
     def _power(self, x: torch.Tensor, j: int, cache: dict) -> torch.Tensor:
-        """Root sketch of ``x^{⊗j} ⊗ e1^{⊗(2**L - j)}`` (x on the first j leaves).
+        """Root sketch of ``x^{⊗j} ⊗ e1^{⊗(2**L - j)}`` (x on the first j leaves)."""
+        return self.power_from_leaves(lambda i: self.leaves[i]._sketch(x), j, cache, like=x)
 
-        Sub-trees with the same leaf assignment are shared through ``cache``
-        across calls; all-``e1`` sub-trees are computed unbatched ([d_out]).
+    def power_from_leaves(
+        self,
+        leaf_of_x,
+        j: int,
+        cache: dict | None = None,
+        *,
+        like: torch.Tensor,
+    ) -> torch.Tensor:
+        """Root sketch of ``x^{⊗j} ⊗ e1^{⊗(2**L - j)}`` from the leaves' outputs on ``x``.
+
+        For inputs the leaves cannot take directly (e.g. scipy sparse rows: each
+        leaf is linear, so its output is ``x @ leaf matrix``). ``leaf_of_x(i)``
+        returns leaf ``i`` applied to ``x``, [..., d_out]; it is called for the
+        first ``j`` leaves only. Sub-trees with the same leaf assignment are
+        shared through ``cache`` across calls (pass one dict for several ``j``);
+        all-``e1`` sub-trees are computed unbatched ([d_out]) in the dtype and
+        device of ``like``.
         """
-        e1 = x.new_zeros(self.d_in)
+        cache = {} if cache is None else cache
+        e1 = like.new_zeros(self.d_in)
         e1[0] = 1
 
         def node(height: int, index: int, k: int) -> torch.Tensor:
             key = (height, index, k)
             if key not in cache:
                 if height == 0:
-                    cache[key] = self.leaves[index]._sketch(x if k else e1)
+                    cache[key] = leaf_of_x(index) if k else self.leaves[index]._sketch(e1)
                 else:
                     half = 1 << (height - 1)
                     left = node(height - 1, 2 * index, min(k, half))
