@@ -139,9 +139,27 @@ def random_signs(
 
 
 class _DenseSketch(SketchModule):
-    """``S(x) = x @ matrix`` with a buffer ``matrix`` [d_in, d_out]."""
+    """``S(x) = x @ matrix`` with a buffer ``matrix = draw(d_in, d_out) / sqrt(d_out)``.
+
+    Subclasses define ``_draw(d_in, d_out, g)``: i.i.d. zero-mean, unit-variance
+    entries [d_in, d_out] from the generator ``g``.
+    """
 
     matrix: torch.Tensor
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        _check_dims(d_in, d_out)
+        g = resolve_generator(seed, generator)
+        self.d_in, self.d_out = d_in, d_out
+        self.register_buffer("matrix", self._draw(d_in, d_out, g) / math.sqrt(d_out))
 
     def _sketch(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.matrix.to(x.dtype)
@@ -176,20 +194,9 @@ class GaussianSketch(_DenseSketch):
     and Lindenstrauss, 2003.
     """
 
-    def __init__(
-        self,
-        d_in: int,
-        d_out: int,
-        *,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__()
-        _check_dims(d_in, d_out)
-        g = resolve_generator(seed, generator)
-        self.d_in, self.d_out = d_in, d_out
-        gauss = torch.randn(d_in, d_out, generator=g, device=generator_device(g))
-        self.register_buffer("matrix", gauss / math.sqrt(d_out))
+    @staticmethod
+    def _draw(d_in: int, d_out: int, g: torch.Generator) -> torch.Tensor:
+        return torch.randn(d_in, d_out, generator=g, device=generator_device(g))
 
 
 class RademacherSketch(_DenseSketch):
@@ -200,19 +207,9 @@ class RademacherSketch(_DenseSketch):
     JCSS 2003).
     """
 
-    def __init__(
-        self,
-        d_in: int,
-        d_out: int,
-        *,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__()
-        _check_dims(d_in, d_out)
-        g = resolve_generator(seed, generator)
-        self.d_in, self.d_out = d_in, d_out
-        self.register_buffer("matrix", random_signs((d_in, d_out), g) / math.sqrt(d_out))
+    @staticmethod
+    def _draw(d_in: int, d_out: int, g: torch.Generator) -> torch.Tensor:
+        return random_signs((d_in, d_out), g)
 
 
 class SRHT(SketchModule):
