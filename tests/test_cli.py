@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from kernelsketch.attention.hyper import HyperConfig
-from kernelsketch.bench.attention import Variant, format_table, run, time_ms
+from kernelsketch.bench.attention import Variant, format_table, run
+from kernelsketch.bench.timing import Stopwatch, time_ms
 from kernelsketch.cli import main
 
 
@@ -61,3 +62,23 @@ def test_time_ms_rejects_unknown_clock():
 def test_time_ms_rejects_process_clock_off_cpu():
     with pytest.raises(ValueError, match="process"):
         time_ms(lambda: None, torch.device("meta"), clock="process")
+
+
+@pytest.mark.parametrize("clock", ["wall", "process"])
+def test_stopwatch_times_one_block_on_either_clock(clock):
+    with Stopwatch(clock) as sw:
+        total = 0
+        for i in range(200_000):
+            total += i
+    assert sw.seconds > 1e-4 and sw.ms == pytest.approx(sw.seconds * 1e3)
+    running = Stopwatch(clock).start()
+    assert 0 <= running.elapsed() < 1.0
+
+
+def test_stopwatch_checks_its_clock_like_time_ms():
+    with pytest.raises(ValueError, match="clock"):
+        Stopwatch("gpu")
+    with pytest.raises(ValueError, match="process"):
+        Stopwatch("process", device="meta")
+    with pytest.raises(RuntimeError, match="start"):
+        Stopwatch().elapsed()

@@ -6,7 +6,8 @@ with the cuDNN, flash and memory-efficient backends), reports time ratios
 against the fastest exact baseline measured in the same run, and the output
 error against exact attention: relative Frobenius error and the normalised
 spectral error ‖Õ − D⁻¹AV‖₂/(‖D⁻¹A‖₂‖V‖₂), both on a random subset of query
-rows for long sequences.
+rows for long sequences. Times are medians of :func:`kernelsketch.bench.timing.time_ms`
+(wall clock, device-synchronised, one warm-up call).
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ from __future__ import annotations
 import json
 import math
 import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from ..attention.api import MethodConfig, attention, available_methods, get_method
 from ..attention.gqa import query_positions
 from ..attention.metrics import spectral_error
+from .timing import time_ms
 
 
 @dataclass
@@ -58,42 +58,6 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
-
-
-def time_ms(fn: Callable[[], object], device: torch.device, *, warmup: int = 1, reps: int = 5,
-            budget_s: float = 20.0, clock: str = "wall") -> float:
-    """Median time of ``fn`` in milliseconds (device-synchronised) after ``warmup`` calls.
-
-    ``clock="wall"`` measures elapsed time; ``clock="process"`` measures the
-    CPU time of this process (CPU tensors only), which on a shared machine
-    counts the work itself rather than the other jobs (use one torch thread).
-    """
-    if clock not in CLOCKS:
-        raise ValueError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
-    if clock == "process" and device.type != "cpu":
-        raise ValueError(f"clock='process' times CPU work only, got device {device}")
-    now = CLOCKS[clock]
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    start = time.perf_counter()
-    for _ in range(reps):
-        t0 = now()
-        fn()
-        _sync(device)
-        times.append((now() - t0) * 1e3)
-        if time.perf_counter() - start > budget_s:
-            break
-    return statistics.median(times)
 
 
 def exact_rows(q, k, v, rows, *, scale, is_causal):
