@@ -1,6 +1,6 @@
 """Perplexity of SmolLM2-135M on CPython's pydoc text with the last L attention layers patched.
 
-Thin wrapper of :func:`kernelsketch.integrations.lm_eval.run_lm_eval` (also
+Thin wrapper of :func:`kernelsketch.eval.lm.run_lm_eval` (also
 ``kernelsketch eval-lm``). Prints a table; writes benchmarks/results/lm_eval<tag>.json
 and .png. Examples::
 
@@ -12,7 +12,7 @@ and .png. Examples::
 
 import sys
 
-from kernelsketch.integrations.lm_eval import main
+from kernelsketch.eval.lm import main
 
 if __name__ == "__main__":
     sys.exit(main())

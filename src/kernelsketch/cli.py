@@ -1,4 +1,4 @@
-"""Command line: ``kernelsketch demo`` and ``kernelsketch bench attention ...``."""
+"""Command line: ``kernelsketch demo``, ``kernelsketch bench attention ...``, ``kernelsketch eval-lm ...``."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return demo_main(out_dir=args.out_dir)
     if args.command == "eval-lm":
-        from .integrations.lm_eval import main as eval_main
+        from .eval.lm import main as eval_main
 
         return eval_main(rest)
     from .bench.attention import main as bench_main

