@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from kernelsketch.attention.hyper import HyperConfig
+from kernelsketch.attn.hyper import HyperConfig
 from kernelsketch.bench.attention import Variant, format_table, run
 from kernelsketch.bench.timing import Stopwatch, time_ms
 from kernelsketch.cli import main

@@ -4,13 +4,18 @@
 (SDPA layout); the method configs are exported here too.
 """
 
-from . import attention
-from .attention import ExactConfig, SketchedAttention, available_methods
-from .attention.hyper import HyperConfig
-from .attention.kde import KDEConfig
-from .attention.lev import LevConfig
-from .attention.polynomial import PolynomialConfig
-from .attention.polysketch import PolySketchAttention, PolySketchConfig
+from .attn import (
+    ExactConfig,
+    HyperConfig,
+    KDEConfig,
+    LevConfig,
+    PolynomialConfig,
+    PolySketchAttention,
+    PolySketchConfig,
+    SketchedAttention,
+    attention,
+    available_methods,
+)
 
 __version__ = "0.1.0"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .attention.api import available_methods, get_method
+from .attn import available_methods, get_method
 from .bench.attention import Variant, format_table, run
 
 

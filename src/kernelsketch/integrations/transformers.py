@@ -39,8 +39,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .._checks import check_choice, check_int
-from ..attention import MethodConfig, attention, available_methods, get_method
-from ..attention.api import resolve_config
+from ..attn import MethodConfig, attention, available_methods, get_method, resolve_config
 
 __all__ = [
     "PREFIX",
@@ -67,7 +66,7 @@ class LayerPatch:
 
     Parameters
     ----------
-    method : a name from :func:`kernelsketch.attention.available_methods`.
+    method : a name from :func:`kernelsketch.attn.available_methods`.
     config : the method's config dataclass (its default when None).
     seed : layer ``l`` draws its sketches from a generator seeded with
         ``seed + l`` at every forward, so the model is deterministic.

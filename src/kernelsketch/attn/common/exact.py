@@ -1,0 +1,182 @@
+"""Exact softmax attention: the reference every approximation is tested against.
+
+Two building blocks used by every method:
+
+* :func:`partial_attention` — attention of queries over an explicit key set
+  (any leading batch dims), with optional boolean mask and per-key
+  log-weights, returning ``(out, lse)`` in the accumulation dtype. Sketched
+  methods call it on sorted blocks and on sampled keys.
+* :func:`exact_partial` — chunked exact attention in SDPA layout with GQA and
+  a bottom-right causal mask; memory O(N x chunk) per head, never N x M.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..._checks import check_int
+from .gqa import fold_groups, query_positions, unfold_groups
+from .merge import accumulation_dtype, merge_partials
+from .spec import MethodConfig, MethodSpec
+
+
+@dataclass(frozen=True)
+class ExactConfig(MethodConfig):
+    """Exact attention.
+
+    chunk_size : queries and keys are processed in chunks of this many rows
+        when the log-sum-exp is needed (memory O(chunk_size²) per head);
+        without it, PyTorch SDPA computes the output.
+    """
+
+    chunk_size: int = 1024
+
+    def __post_init__(self) -> None:
+        check_int("chunk_size", self.chunk_size, min=1)
+
+
+def partial_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    mask: torch.Tensor | None = None,
+    key_log_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of ``q`` over the keys ``k`` with optional mask and importance weights.
+
+    Parameters
+    ----------
+    q : [..., n, D]; k : [..., m, D]; v : [..., m, Dv] (leading dims broadcast).
+    mask : bool, broadcastable to [..., n, m]; True keeps a pair.
+    key_log_weights : broadcastable to [..., m]; adds
+        ``log w_j`` to the logits, so the result estimates Σ_j w_j e^{s_ij}(·).
+
+    Returns
+    -------
+    out : [..., n, Dv] and lse : [..., n] in float32 (float64 for float64 q);
+    rows with no kept key get out = 0, lse = -inf.
+    """
+    acc = accumulation_dtype(q.dtype)
+    s = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
+    if key_log_weights is not None:
+        s = s + key_log_weights.to(acc).unsqueeze(-2)
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    # The row maximum is a constant shift: the result does not depend on it,
+    # so it is detached (this is not the log-sum-exp, which stays differentiable).
+    m = s.amax(dim=-1).detach()
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    p = torch.exp(s - m.unsqueeze(-1))
+    denom = p.sum(dim=-1)
+    nonzero = denom > 0
+    denom_safe = torch.where(nonzero, denom, torch.ones_like(denom))
+    out = torch.matmul(p, v.to(acc)) / denom_safe.unsqueeze(-1)
+    lse = torch.where(nonzero, m + torch.log(denom_safe), torch.full_like(m, float("-inf")))
+    return out, lse
+
+
+def exact_partial(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    is_causal: bool = False,
+    chunk_size: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked exact attention in SDPA layout, returning ``(out, lse)``.
+
+    q [B, Hq, N, D], k [B, Hkv, M, D], v [B, Hkv, M, Dv]; causal aligned
+    bottom-right. ``out`` [B, Hq, N, Dv] and ``lse`` [B, Hq, N] are float32
+    (float64 for float64 inputs). Differentiable; memory per head is
+    O(chunk_size²) for the logits plus O(N·Dv) for the result.
+    """
+    B, Hq, N, _ = q.shape
+    Hkv, M = k.shape[1], k.shape[2]
+    groups = Hq // Hkv
+    qf = fold_groups(q, Hkv)
+    rows = qf.shape[2]
+    pos = query_positions(N, M, groups, q.device)
+    outs, lses = [], []
+    for r0 in range(0, rows, chunk_size):
+        r1 = min(rows, r0 + chunk_size)
+        qc = qf[:, :, r0:r1]
+        pos_c = pos[r0:r1]
+        last_key = int(pos_c.max()) if is_causal else M - 1
+        out = lse = None
+        for c0 in range(0, min(M, last_key + 1), chunk_size):
+            c1 = min(M, c0 + chunk_size)
+            mask = None
+            if is_causal and int(pos_c.min()) < c1 - 1:
+                key_pos = torch.arange(c0, c1, device=q.device)
+                mask = key_pos.unsqueeze(0) <= pos_c.unsqueeze(1)
+            part = partial_attention(qc, k[:, :, c0:c1], v[:, :, c0:c1], scale=scale, mask=mask)
+            out, lse = part if out is None else merge_partials(out, lse, *part)
+        if out is None:  # rows that see no key (causal with M < N)
+            acc = accumulation_dtype(q.dtype)
+            out = torch.zeros(B, Hkv, r1 - r0, v.shape[-1], dtype=acc, device=q.device)
+            lse = torch.full((B, Hkv, r1 - r0), float("-inf"), dtype=acc, device=q.device)
+        outs.append(out)
+        lses.append(lse)
+    out = torch.cat(outs, dim=2)
+    lse = torch.cat(lses, dim=2)
+    return unfold_groups(out, Hq), unfold_groups(lse, Hq)
+
+
+def _flash_with_lse(q, k, v, *, scale, is_causal):
+    """CUDA fp16/bf16 fast path through the flash kernel that returns the LSE (no autograd of lse)."""
+    Hq, Hkv = q.shape[1], k.shape[1]
+    if Hq != Hkv:
+        k = k.repeat_interleave(Hq // Hkv, dim=1)
+        v = v.repeat_interleave(Hq // Hkv, dim=1)
+    res = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, is_causal, False, scale=scale)
+    return res[0], res[1]
+
+
+def _use_flash(q, k, v, is_causal) -> bool:
+    return (
+        q.is_cuda
+        and q.dtype in (torch.float16, torch.bfloat16)
+        and q.shape[-1] == v.shape[-1]
+        and q.shape[-1] <= 256
+        and q.shape[-1] % 8 == 0
+        and (not is_causal or q.shape[2] == k.shape[2])
+        and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
+    )
+
+
+def exact_lse(q, k, v, *, scale, is_causal=False, chunk_size=1024):
+    """Exact ``(out, lse)``: the flash kernel for CUDA half-precision inference, else chunked torch.
+
+    Same contract as :func:`exact_partial`; used wherever a method needs an
+    exact part with its log-sum-exp (causal leaves, short blocks).
+    """
+    if _use_flash(q, k, v, is_causal):
+        return _flash_with_lse(q, k, v, scale=scale, is_causal=is_causal)
+    return exact_partial(q, k, v, scale=scale, is_causal=is_causal, chunk_size=chunk_size)
+
+
+def exact_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
+    """Registry entry of the exact method (see :class:`ExactConfig`)."""
+    del generator
+    if not need_lse and (not is_causal or q.shape[2] == k.shape[2]):
+        out = F.scaled_dot_product_attention(
+            q, k, v, is_causal=is_causal, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+        )
+        return out, None
+    return exact_lse(q, k, v, scale=scale, is_causal=is_causal, chunk_size=config.chunk_size)
+
+
+METHOD = MethodSpec(
+    name="exact",
+    forward=exact_forward,
+    config_cls=ExactConfig,
+    summary="exact softmax attention (SDPA; chunked with log-sum-exp)",
+    paper="reference",
+    reference=None,
+)

@@ -1,0 +1,82 @@
+"""sortLSH blocks, torch path: exact attention on the block diagonal of the LSH-sorted order.
+
+Queries and keys are hashed with the same angular LSH (Gray-code bucket ids,
+sketch/lsh.py) and sorted by bucket; both sorted orders are cut into the same
+number of blocks and query block i attends exactly to key block i
+(HyperAttention Alg. 1, KDEformer §4 "A_spar"). Results are returned in the
+original row order, with every row's block id so that callers can mask the
+covered pairs out of their sampled estimates.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..exact import partial_attention
+from ..gqa import gather_rows
+
+
+def sorted_blocks(bucket: torch.Tensor, num_blocks: int):
+    """Sort rows by bucket; return (perm [.., R], block id of each original row [.., R], block len)."""
+    rows = bucket.shape[-1]
+    perm = torch.argsort(bucket, dim=-1, stable=True)
+    block_len = math.ceil(rows / num_blocks)
+    rank = torch.empty_like(perm)
+    rank.scatter_(-1, perm, torch.arange(rows, device=perm.device).expand_as(perm))
+    return perm, rank // block_len, block_len
+
+
+def _blocked(x: torch.Tensor, num_blocks: int, block_len: int, pad_value=0) -> torch.Tensor:
+    """[B, H, R, ...] -> [B, H, num_blocks, block_len, ...] padding R at the end."""
+    pad_rows = num_blocks * block_len - x.shape[2]
+    if pad_rows:
+        pad = [0, 0] * (x.dim() - 3) + [0, pad_rows]
+        x = F.pad(x, pad, value=pad_value)
+    return x.reshape(*x.shape[:2], num_blocks, block_len, *x.shape[3:])
+
+
+def _unsort(x_sorted: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """Inverse of gathering rows by ``perm`` (x_sorted [B, H, R, ...])."""
+    idx = perm.reshape(*perm.shape, *([1] * (x_sorted.dim() - 3))).expand_as(x_sorted)
+    return torch.empty_like(x_sorted).scatter(2, idx, x_sorted)
+
+
+def block_diagonal_attention(qf, k, v, lsh, num_blocks, *, scale, covered=()):
+    """Exact attention of each query over the keys of its sorted block.
+
+    qf [B, H, R, D] (GQA groups folded into rows), k [B, H, M, D], v [B, H, M, Dv];
+    ``lsh`` maps [..., D] to bucket ids; ``covered`` lists (blk_q, blk_k) of
+    earlier rounds whose pairs are masked here so no pair is counted twice.
+    Returns out [B, H, R, Dv], lse [B, H, R] (accumulation dtype, original row
+    order) and the block id of every query row and key, [B, H, R] and [B, H, M].
+    """
+    B, H, R = qf.shape[:3]
+    perm_q, blk_q, q_len = sorted_blocks(lsh(qf), num_blocks)
+    perm_k, blk_k, k_len = sorted_blocks(lsh(k), num_blocks)
+    qs = _blocked(gather_rows(qf, perm_q), num_blocks, q_len)
+    ks = _blocked(gather_rows(k, perm_k), num_blocks, k_len)
+    vs = _blocked(gather_rows(v, perm_k), num_blocks, k_len)
+    mask = _blocked(torch.ones_like(perm_k, dtype=torch.bool), num_blocks, k_len, False)
+    mask = mask.unsqueeze(-2)  # [B, H, nb, 1, k_len]: padded keys never count
+    if covered:
+        bq = torch.stack([torch.gather(c, 2, perm_q) for c, _ in covered], -1)
+        bk = torch.stack([torch.gather(c, 2, perm_k) for _, c in covered], -1)
+        bq = _blocked(bq, num_blocks, q_len, -1)
+        bk = _blocked(bk, num_blocks, k_len, -2)
+        mask = mask & ~(bq.unsqueeze(-2) == bk.unsqueeze(-3)).any(-1)
+    out, lse = partial_attention(qs, ks, vs, scale=scale, mask=mask)
+    out = out.reshape(B, H, -1, out.shape[-1])[:, :, :R]
+    lse = lse.reshape(B, H, -1)[:, :, :R]
+    return _unsort(out, perm_q), _unsort(lse, perm_q), blk_q, blk_k
+
+
+def covered_by_blocks(covered, key_idx):
+    """bool [B, H, R, S]: sampled key ``key_idx`` [B, H, S] shares a block with row r in a round."""
+    seen = None
+    for blk_q, blk_k in covered:
+        hit = blk_q.unsqueeze(-1) == torch.gather(blk_k, 2, key_idx).unsqueeze(-2)
+        seen = hit if seen is None else seen | hit
+    return seen

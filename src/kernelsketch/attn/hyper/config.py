@@ -1,0 +1,53 @@
+"""Configuration of HyperAttention (``method="hyper"``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..._checks import check_choice, check_float, check_int
+from ..common.spec import MethodConfig
+
+
+@dataclass(frozen=True)
+class HyperConfig(MethodConfig):
+    """Configuration of HyperAttention (defaults: the paper's).
+
+    lsh_bits : bits of the angular LSH (2**lsh_bits buckets), 1..30.
+    block_size : keys per block of the sorted block-diagonal part.
+    sample_size : keys sampled for the residual (all keys, weight 1, once
+        ``sample_size`` reaches the key count; 0 disables sampling).
+    min_seq_len : exact attention at or below this length (keys for
+        non-causal; the recursion's leaf size for causal).
+    hash_rounds : independent LSH rounds whose blocks are united.
+    sampling : "uniform" (the paper) or "value_norm" (p_j ∝ ‖v_j‖, mixed
+        half-and-half with uniform so every key keeps probability ≥ 1/(2m)).
+    samples_per_key : extra samples proportional to the key count: the sample
+        size is ``sample_size + ceil(samples_per_key * m)``.
+    """
+
+    lsh_bits: int = 7
+    block_size: int = 256
+    sample_size: int = 256
+    min_seq_len: int = 4096
+    hash_rounds: int = 1
+    sampling: str = "uniform"
+    samples_per_key: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_int("lsh_bits", self.lsh_bits, min=1, max=30)
+        check_int("block_size", self.block_size, min=1)
+        check_int("sample_size", self.sample_size, min=0)
+        check_int("min_seq_len", self.min_seq_len, min=0)
+        check_int("hash_rounds", self.hash_rounds, min=1, max=16)
+        check_choice("sampling", self.sampling, ("uniform", "value_norm"))
+        check_float("samples_per_key", self.samples_per_key, min=0.0, max=1.0)
+
+    def num_samples(self, num_keys: int) -> int:
+        """Sample size used for ``num_keys`` keys."""
+        return self.sample_size + math.ceil(self.samples_per_key * num_keys)
+
+    @classmethod
+    def full_budget(cls, seq_len: int) -> HyperConfig:
+        """A config whose blocks cover every pair at this length (equals exact attention)."""
+        return cls(block_size=max(seq_len, 1), sample_size=0, min_seq_len=0)

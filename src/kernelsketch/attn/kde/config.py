@@ -1,0 +1,41 @@
+"""Configuration of KDEformer (``method="kde"``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..._checks import check_int
+from ..common.spec import MethodConfig
+
+
+@dataclass(frozen=True)
+class KDEConfig(MethodConfig):
+    """Configuration of KDEformer.
+
+    lsh_bits : bits of the angular LSH, 1..30.
+    block_size : keys per sorted block (the exact, LSH-colliding part).
+    sample_size : keys sampled with the AMM distribution (all keys, weight 1,
+        once it reaches the key count; 0 keeps only the blocks).
+    kde_samples : uniform samples used by the two density estimates (keys for
+        D̂, query rows for the column norms).
+    min_seq_len : exact attention at or below this length; 0 forces the
+        approximation at any length.
+    """
+
+    lsh_bits: int = 7
+    block_size: int = 256
+    sample_size: int = 256
+    kde_samples: int = 256
+    min_seq_len: int = 4096
+
+    def __post_init__(self) -> None:
+        check_int("lsh_bits", self.lsh_bits, min=1, max=30)
+        check_int("block_size", self.block_size, min=1)
+        check_int("sample_size", self.sample_size, min=0)
+        check_int("kde_samples", self.kde_samples, min=1)
+        check_int("min_seq_len", self.min_seq_len, min=0)
+
+    @classmethod
+    def full_budget(cls, seq_len: int) -> KDEConfig:
+        """A config whose blocks cover every pair at this length (equals exact attention)."""
+        return cls(block_size=max(seq_len, 1), sample_size=0, min_seq_len=0)

@@ -1,0 +1,130 @@
+"""``method="polysketch"``: sketched polynomial attention (PolySketchFormer, arXiv 2310.01655).
+
+    out_i = Σ_j w̃_ij v_j / (1 + Σ_j w̃_ij),   w̃_ij = (φ(q'_i)·φ(k'_j))²  ≈ (q'_i·k'_j)^p,
+
+with q' = sqrt(scale)·q, k' = sqrt(scale)·k; causal through the block
+algorithm (§4) with exact local blocks, O(N (b D + r² Dv)). The fused Triton
+kernels (:mod:`.fused`) run causal CUDA inputs; the torch path
+(:mod:`.naive`) everything else. Theory: docs/polysketch.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..common.merge import accumulation_dtype
+from ..common.spec import MethodSpec
+from ..common.triton_utils import triton_available
+from .config import LEARNED, PolySketchConfig
+from .features import PolySketchFeatures
+from .naive import _causal_torch, _noncausal_torch, _quadratic_torch, use_quadratic
+from .polynomial import layer_norm_qk, normalize_output
+
+
+def _pow2(n: int) -> bool:
+    return n >= 16 and n & (n - 1) == 0
+
+
+def fused_eligible(q, k, v, fq, *, block_size, exact_local) -> bool:
+    """Whether the fused kernels handle these inputs, whatever the device: float32 q (the
+    scaled, normalised queries; float64 stays on the torch path), N == M, exact
+    local blocks, power-of-two D, Dv, r in [16, 256] and a power-of-two block size >= 16."""
+    return (
+        q.dtype == torch.float32
+        and exact_local
+        and q.shape[2] == k.shape[2]
+        and all(_pow2(n) and n <= 256 for n in (q.shape[-1], v.shape[-1], fq.shape[-1]))
+        and _pow2(block_size)
+    )
+
+
+def fused_supported(q, k, v, fq, *, block_size, exact_local) -> bool:
+    """Whether the fused kernels run these inputs: CUDA tensors, Triton imports, and
+    :func:`fused_eligible`."""
+    return triton_available() and q.is_cuda and fused_eligible(
+        q, k, v, fq, block_size=block_size, exact_local=exact_local)
+
+
+def sketched_polynomial_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    features: PolySketchFeatures,
+    *,
+    degree: int,
+    block_size: int,
+    exact_local: bool,
+    scale: float,
+    is_causal: bool,
+    need_lse: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """PolySketch attention of already-normalised q, k (see docs/polysketch.md).
+
+    Parameters
+    ----------
+    q : [B, Hq, N, D]; k : [B, Hkv, M, D]; v : [B, Hkv, M, Dv] (GQA; causal
+        aligned bottom-right).
+    features : the degree-p/2 feature map φ (on q's device).
+
+    Returns
+    -------
+    out [B, Hq, N, Dv] and lse [B, Hq, N] (or None) in float32 (float64 for
+    float64 inputs); differentiable (Triton custom backward on CUDA).
+    """
+    acc = accumulation_dtype(q.dtype)
+    B, Hq, N, D = q.shape
+    Hkv = k.shape[1]
+    root = math.sqrt(scale)
+    qs, ks = q.to(acc) * root, k.to(acc) * root
+    fq, fk = features(qs), features(ks)
+    if is_causal and fused_supported(qs, ks, v, fq, block_size=block_size,
+                                     exact_local=exact_local):
+        from .fused import polysketch_causal
+
+        # Half-precision inputs: tensor-core products for the local scores (fp32 state).
+        low = v.dtype if v.dtype in (torch.float16, torch.bfloat16) else acc
+        out, den = polysketch_causal(qs.to(low), ks.to(low), v.to(low), fq, fk, degree=degree,
+                                     block_size=block_size)
+        return out, (torch.log(1.0 + den) if need_lse else None)
+    G = Hq // Hkv
+    qg, fqg = qs.reshape(B, Hkv, G, N, D), fq.reshape(B, Hkv, G, N, -1)
+    v = v.to(acc)
+    M, r = k.shape[2], fq.shape[-1]
+    if use_quadratic(N, M, r, D, v.shape[-1]):
+        num, den = _quadratic_torch(qg, ks, v, fqg, fk, degree=degree, block_size=block_size,
+                                    exact_local=exact_local, is_causal=is_causal)
+    elif is_causal:
+        num, den = _causal_torch(qg, ks, v, fqg, fk, degree=degree, block_size=block_size,
+                                 exact_local=exact_local)
+    else:
+        num, den = _noncausal_torch(fqg, fk, v)
+    num, den = num.reshape(B, Hq, N, -1), den.reshape(B, Hq, N)
+    return normalize_output(num, den, need_lse)
+
+
+def polysketch_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
+    """Registry entry of ``method="polysketch"`` (see :class:`PolySketchConfig`)."""
+    if config.sketch in LEARNED:
+        raise ValueError(
+            f"sketch={config.sketch!r} has trainable parameters: use "
+            "kernelsketch.attn.polysketch.PolySketchAttention, not the functional form"
+        )
+    features = PolySketchFeatures(q.shape[-1], config, generator=generator).to(q.device)
+    if config.normalize:
+        q, k = layer_norm_qk(q, k)
+    return sketched_polynomial_attention(
+        q, k, v, features, degree=config.degree, block_size=config.block_size,
+        exact_local=config.exact_local, scale=scale, is_causal=is_causal, need_lse=need_lse,
+    )
+
+
+METHOD = MethodSpec(
+    name="polysketch",
+    forward=polysketch_forward,
+    config_cls=PolySketchConfig,
+    summary="PolySketch: sketched degree-p polynomial attention, block causal, linear time",
+    paper="arXiv 2310.01655",
+    reference="polynomial",
+)

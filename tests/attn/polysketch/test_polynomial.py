@@ -1,0 +1,133 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernelsketch as ks
+from kernelsketch.attn.common.merge import merge_partials
+from kernelsketch.attn.polysketch import PolynomialConfig
+
+from ..reference import random_qkv
+
+
+def naive_polynomial(q, k, v, *, degree=4, scale=None, is_causal=False, normalize=True,
+                     return_lse=False):
+    """(scale q·k)^p / (1 + Σ_j (scale q·k_j)^p) v in float64, materialised, GQA by repetition."""
+    q, k, v = q.double(), k.double(), v.double()
+    if normalize:
+        q, k = F.layer_norm(q, q.shape[-1:]), F.layer_norm(k, k.shape[-1:])
+    Hq, Hkv = q.shape[1], k.shape[1]
+    k, v = k.repeat_interleave(Hq // Hkv, 1), v.repeat_interleave(Hq // Hkv, 1)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    w = (q @ k.transpose(-1, -2) * scale) ** degree
+    N, M = w.shape[-2:]
+    if is_causal:
+        w = w * torch.ones(N, M, dtype=torch.bool).tril(M - N)
+    den = 1 + w.sum(-1)
+    out = (w @ v) / den.unsqueeze(-1)
+    return (out, torch.log(den)) if return_lse else out
+
+
+SHAPES = [  # (B, Hq, Hkv, N, M, D, Dv)
+    (1, 1, 1, 1, 1, 8, 8),
+    (2, 4, 2, 37, 37, 16, 16),
+    (2, 4, 1, 33, 70, 16, 8),   # more keys than queries, MQA
+    (1, 6, 3, 70, 33, 8, 12),   # more queries than keys
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("chunk", [16, 1024])
+def test_polynomial_matches_naive_with_lse(shape, is_causal, chunk):
+    B, Hq, Hkv, N, M, D, Dv = shape
+    q, k, v = random_qkv(B, Hq, Hkv, N, M, D, Dv)
+    cfg = PolynomialConfig(chunk_size=chunk)
+    out, lse = ks.attention(q, k, v, method="polynomial", is_causal=is_causal, config=cfg,
+                            return_lse=True)
+    ref, ref_lse = naive_polynomial(q, k, v, is_causal=is_causal, return_lse=True)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-10, atol=1e-12)
+    assert out.dtype == q.dtype and lse.dtype == torch.float64
+
+
+@pytest.mark.parametrize("degree", [2, 6, 8])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_other_degrees_and_unnormalised(degree, normalize):
+    q, k, v = random_qkv(1, 2, 2, 20, 25, 8)
+    cfg = PolynomialConfig(degree=degree, normalize=normalize)
+    out = ks.attention(q, k, v, method="polynomial", is_causal=True, config=cfg, scale=0.3)
+    ref = naive_polynomial(q, k, v, degree=degree, normalize=normalize, is_causal=True, scale=0.3)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_lse_is_a_partial_over_keys_and_sink_that_merges_exactly():
+    # (out, lse) over keys A ∪ {sink} merged with a sink-free partial over keys B
+    # equals polynomial attention over A ∪ B.
+    q, k, v = random_qkv(1, 2, 2, 15, 40, 8)
+    out_a, lse_a = ks.attention(q, k[:, :, :25], v[:, :, :25], method="polynomial",
+                                return_lse=True)
+    qn, kn = F.layer_norm(q, (8,)), F.layer_norm(k[:, :, 25:], (8,))
+    w = (qn @ kn.transpose(-1, -2) / math.sqrt(8)) ** 4
+    out_b, lse_b = (w @ v[:, :, 25:]) / w.sum(-1, keepdim=True), torch.log(w.sum(-1))
+    out, lse = merge_partials(out_a, lse_a, out_b, lse_b)
+    ref, ref_lse = naive_polynomial(q, k, v, return_lse=True)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-10, atol=1e-12)
+
+
+def test_rows_without_keys_give_zero_output_and_zero_lse():
+    q, k, v = random_qkv(1, 2, 2, 10, 4, 8)
+    out, lse = ks.attention(q, k, v, method="polynomial", is_causal=True, return_lse=True)
+    assert torch.all(out[:, :, :6] == 0) and torch.all(lse[:, :, :6] == 0)
+    assert torch.all(lse[:, :, 6:] > 0)
+
+
+def test_weights_are_non_negative_so_output_is_a_sub_convex_combination():
+    # out_i = Σ_j a_ij v_j with a_ij >= 0 and Σ_j a_ij < 1: with v = 1, 0 < out < 1.
+    q, k, _ = random_qkv(2, 4, 2, 30, 30, 16)
+    out = ks.attention(q, k, torch.ones_like(k), method="polynomial", is_causal=True)
+    assert torch.all(out > 0) and torch.all(out < 1)
+
+
+def test_gradients_match_naive():
+    q, k, v = random_qkv(1, 4, 2, 19, 23, 8, requires_grad=True)
+    out, lse = ks.attention(q, k, v, method="polynomial", is_causal=True, return_lse=True,
+                            config=PolynomialConfig(chunk_size=6))
+    w1, w2 = torch.randn_like(out), torch.randn_like(lse)
+    g = torch.autograd.grad((out * w1).sum() + (lse * w2).sum(), (q, k, v))
+    ref, ref_lse = naive_polynomial(q, k, v, is_causal=True, return_lse=True)
+    g_ref = torch.autograd.grad((ref * w1).sum() + (ref_lse * w2).sum(), (q, k, v))
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_low_precision_dtypes(dtype, tol):
+    q, k, v = random_qkv(2, 4, 2, 50, 50, 16, dtype=dtype)
+    out = ks.attention(q, k, v, method="polynomial", is_causal=True)
+    ref = naive_polynomial(q, k, v, is_causal=True)
+    assert out.dtype == dtype
+    assert (out.double() - ref).norm() / ref.norm() < tol
+
+
+BAD_CONFIGS = [
+    ({"degree": 3}, ValueError, "degree must be even"),
+    ({"degree": 0}, ValueError, "degree must be >= 2"),
+    ({"degree": 4.0}, TypeError, "degree must be an int"),
+    ({"normalize": 1}, TypeError, "normalize must be a bool"),
+    ({"chunk_size": 0}, ValueError, "chunk_size must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("kwargs,err,text", BAD_CONFIGS, ids=[str(b[0]) for b in BAD_CONFIGS])
+def test_bad_config_is_rejected(kwargs, err, text):
+    with pytest.raises(err, match=text):
+        PolynomialConfig(**kwargs)
+
+
+def test_wrong_config_class_is_rejected():
+    q, k, v = random_qkv(1, 2, 2, 8, 8, 4)
+    with pytest.raises(TypeError, match="must be a PolynomialConfig"):
+        ks.attention(q, k, v, method="polynomial", config=ks.ExactConfig())
