@@ -1,25 +1,13 @@
 """KV-cache compression for decoding with LevAttention's universal set.
 
-A decoder appends one key/value per step (or a prompt at once). The cache
-keeps the last ``window`` tokens exactly; every token that leaves the window
-is streamed into a :class:`~kernelsketch.attn.lev.selection.LevSelector`, which
-holds the Gram of all evicted keys (``d x d``) and only the evicted tokens of
-the universal set: the ``budget`` keys of largest leverage score, or (with
-``eps``) every key of score >= eps. Memory per head is therefore
-``window + evict_block + budget`` tokens (``rank/eps`` instead of ``budget``
-with eps) plus a ``d x d`` matrix (``F x F`` for p >= 4, F the feature count
-of ``K^{⊗p/2}``), whatever the sequence length.
-
-Guarantee (threshold mode, ``f(x) = |x|^p``): for every later query, an
-evicted key whose attention over ALL the tokens so far is >= eps has leverage
-score >= eps w.r.t. the evicted keys (dropping keys from the normaliser only
-raises an entry), so it is in the cache. The selection is strictly causal.
-Attention over the cache is exact softmax (or anything computed from
-:meth:`LevKVCache.keys` / :meth:`LevKVCache.values`).
-
-References
-----------
-Kannan, Bhattacharyya, Kacham, Woodruff. LevAttention, arXiv 2410.05462 (§ streaming).
+The cache keeps the last ``window`` tokens exactly and streams every token
+that leaves the window into a :class:`~.selection.LevSelector`, which keeps the
+evicted tokens of the universal set (``budget`` largest leverage scores, or
+every score >= ``eps``) and the d x d Gram. Memory per head: ``window +
+evict_block + budget`` tokens plus the Gram, whatever the sequence length.
+Guarantee (threshold mode, ``|x|^p``): an evicted key whose attention over all
+tokens so far is >= eps stays in the cache; the selection is strictly causal.
+Theory: docs/lev.md (Kannan et al., arXiv 2410.05462, streaming).
 """
 
 from __future__ import annotations

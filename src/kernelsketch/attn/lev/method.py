@@ -95,13 +95,9 @@ def lev_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
     if config.eps is None and config.budget >= M and config.kind == "softmax":
         return exact_forward(q, k, v, is_causal=is_causal, scale=scale,
                              config=_EXACT_CONFIG, generator=None, need_lse=need_lse)
-    seed = 0
-    if config.sketch_size is not None and config.p > 2:
-        seed = int(torch.randint(2**62, (), generator=generator,
-                                 device=generator.device if generator is not None else "cpu"))
     budget = None if config.eps is not None else min(config.budget, M)
     idx = universal_set(k, config.p, config.eps, budget, ridge=config.ridge,
-                        sketch_size=config.sketch_size, seed=seed)  # [B, Hkv, S]
+                        sketch_size=config.sketch_size, generator=generator)  # [B, Hkv, S]
     if idx.shape[-1] == 0:  # no key reaches eps: one padded slot keeps the shapes non-empty
         idx = torch.full((*idx.shape[:2], 1), -1, dtype=idx.dtype, device=idx.device)
     valid = idx >= 0

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from ..._checks import check_float, check_int, check_same, check_tensor
+from ..._checks import check_float, check_generator, check_int, check_same, check_tensor
 from ...sketch.leverage import leverage_scores_from_gram, leverage_scores_from_kernel
 from ...sketch.tensor import PolySketch
 from ..common.gqa import gather_rows
@@ -286,7 +286,7 @@ def universal_set(
     *,
     ridge: float = 0.0,
     sketch_size: int | None = None,
-    seed: int = 0,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """LevAttention's universal key set of each head.
 
@@ -298,10 +298,12 @@ def universal_set(
         every query, every ``|x|^p`` attention entry >= eps has its key here,
         and the set has at most ``rank/eps <= d^{p/2}/eps`` keys.
     budget : instead of eps, keep the ``budget`` keys of largest score.
-    ridge, sketch_size, seed : see :class:`LevSelector`. Without sketch_size,
+    ridge, sketch_size : see :class:`LevSelector`. Without sketch_size,
         p >= 4 and M below the feature count ``F = C(d + p/2 - 1, p/2)``, the
         scores come from the M x M kernel ``(KKᵀ)^{∘p/2}`` instead of the
         F x F Gram (same scores, less work).
+    generator : source of the PolySketch when ``sketch_size`` is used with
+        p >= 4 (torch's global generator when None); not used otherwise.
 
     Returns
     -------
@@ -313,6 +315,11 @@ def universal_set(
     Kannan, Bhattacharyya, Kacham, Woodruff. LevAttention: Time, Space, and
     Streaming Efficient Algorithm for Heavy Attentions, arXiv 2410.05462.
     """
+    check_generator(generator)
+    seed = 0
+    if sketch_size is not None and p > 2:
+        seed = int(torch.randint(2**62, (), generator=generator,
+                                 device=generator.device if generator is not None else "cpu"))
     selector = LevSelector(p=p, eps=eps, budget=budget, ridge=ridge, sketch_size=sketch_size,
                            seed=seed)
     check_tensor("k", k, ndim=4)
