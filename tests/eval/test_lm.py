@@ -5,7 +5,7 @@ import torch
 
 transformers = pytest.importorskip("transformers", reason="needs the 'hf' extra (transformers)")
 
-from kernelsketch.attention import ExactConfig, get_method
+from kernelsketch.attn import ExactConfig, get_method
 from kernelsketch.eval import lm
 
 
@@ -35,7 +35,7 @@ def test_parse_method_spec_builds_the_config():
 
 
 def test_parse_method_spec_casts_to_the_field_types():
-    hyper = pytest.importorskip("kernelsketch.attention.hyper", reason="HyperAttention not merged")
+    hyper = pytest.importorskip("kernelsketch.attn.hyper", reason="HyperAttention not merged")
     name, config = lm.parse_method_spec("hyper:min_seq_len=256,samples_per_key=0.5")
     assert name == "hyper"
     assert config == hyper.HyperConfig(min_seq_len=256, samples_per_key=0.5)

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..attention.api import MethodConfig, attention, available_methods, get_method
-from ..attention.gqa import query_positions
-from ..attention.metrics import spectral_error
+from ..attn import MethodConfig, attention, available_methods, get_method
+from ..attn.common.gqa import query_positions
+from ..attn.common.metrics import spectral_error
 from .timing import time_ms
 
 
@@ -129,7 +129,7 @@ def run(
     backward: bool = True,
     error_rows: int = 256,
     reps: int = 5,
-    out_dir: str | Path | None = "benchmarks/results",
+    out_dir: str | Path | None = "benchmarks/results/attention",
     tag: str = "attention",
     progress: Callable[[str], None] | None = None,
 ) -> dict:
@@ -261,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--inputs", default="random", help="random,planted")
     p.add_argument("--no-backward", action="store_true")
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--out-dir", default="benchmarks/results")
+    p.add_argument("--out-dir", default="benchmarks/results/attention")
     a = p.parse_args(argv)
     variants = None
     if a.methods:

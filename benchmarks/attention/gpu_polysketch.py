@@ -10,8 +10,8 @@
    n = 4k ... 64k, all in the same run; the crossover length is the shortest
    measured n at which PolySketch is faster.
 
-Prints tables and writes ``benchmarks/results/polysketch_gpu.json``.
-Usage: ``python benchmarks/gpu_polysketch.py [--max-n 65536] [--reps 5]``.
+Prints tables and writes ``benchmarks/results/attention/polysketch_gpu.json``.
+Usage: ``python benchmarks/attention/gpu_polysketch.py [--max-n 65536] [--reps 5]``.
 """
 
 from __future__ import annotations
@@ -23,18 +23,19 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("KERNELSKETCH_CHECK_FINITE", "0")  # no NaN scan inside the timed region
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from kernelsketch.attention import polysketch as ps
-from kernelsketch.attention.triton import polysketch as kernels
-from kernelsketch.bench.attention import time_ms
+from kernelsketch import PolySketchAttention, PolySketchConfig
+from kernelsketch.attn.common.triton_utils import triton_available
+from kernelsketch.attn.polysketch import method as dispatch
+from kernelsketch.bench.timing import time_ms
 
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = ROOT / "benchmarks" / "results" / "attention"
 
 
 def rel(a, b):
@@ -44,24 +45,24 @@ def rel(a, b):
 
 def torch_path(layer, q, k, v):
     """The same layer with the Triton dispatch switched off (PyTorch block algorithm)."""
-    saved = kernels.supported
-    kernels.supported = lambda *a, **kw: False
+    saved = dispatch.fused_supported
+    dispatch.fused_supported = lambda *a, **kw: False
     try:
         return layer(q, k, v)
     finally:
-        kernels.supported = saved
+        dispatch.fused_supported = saved
 
 
 def check(dtype, B, Hq, Hkv, N, D, r, b, tol):
     gen = torch.Generator(device="cuda").manual_seed(N)
-    layer = ps.PolySketchAttention(D, ps.PolySketchConfig(sketch_size=r, block_size=b),
-                                   seed=1, norm_affine=False).cuda()
+    layer = PolySketchAttention(D, PolySketchConfig(sketch_size=r, block_size=b),
+                                seed=1, norm_affine=False).cuda()
     q = torch.randn(B, Hq, N, D, device="cuda", generator=gen).to(dtype).requires_grad_()
     k = torch.randn(B, Hkv, N, D, device="cuda", generator=gen).to(dtype).requires_grad_()
     v = torch.randn(B, Hkv, N, D, device="cuda", generator=gen).to(dtype).requires_grad_()
     # The layer hands the kernels float32 scaled, normalised q, k (half inputs too).
-    assert kernels.supported(q.float(), k, v, torch.empty(1, r, device="cuda"), block_size=b,
-                             exact_local=True)
+    assert dispatch.fused_supported(q.float(), k, v, torch.empty(1, r, device="cuda"),
+                                    block_size=b, exact_local=True)
     out = layer(q, k, v)
     w = torch.randn_like(out)
     g = torch.autograd.grad((out * w).sum(), (q, k, v))
@@ -76,7 +77,7 @@ def check(dtype, B, Hq, Hkv, N, D, r, b, tol):
 
 
 def timed(fn, reps):
-    """Median CUDA milliseconds of fn() over reps runs after two warm-up runs."""
+    """Median milliseconds of fn() (CUDA-synchronised) over reps runs after two warm-up runs."""
     return time_ms(fn, torch.device("cuda"), warmup=2, reps=reps)
 
 
@@ -85,7 +86,7 @@ def bench(n, d, r, reps):
     q, k, v = (torch.randn(1, H, n, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                for _ in range(3))
     do = torch.randn_like(q)
-    layer = ps.PolySketchAttention(d, ps.PolySketchConfig(sketch_size=r), norm_affine=False).cuda()
+    layer = PolySketchAttention(d, PolySketchConfig(sketch_size=r), norm_affine=False).cuda()
 
     def sdpa(backend):
         def run():
@@ -118,7 +119,7 @@ def main():
     ap.add_argument("--max-n", type=int, default=65536)
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
-    if not torch.cuda.is_available() or kernels.triton is None:
+    if not torch.cuda.is_available() or not triton_available():
         sys.exit("gpu_polysketch.py needs a CUDA device and triton")
     dev = torch.cuda.get_device_name()
     print(f"device: {dev}, torch {torch.__version__}")

@@ -10,11 +10,12 @@ beats full attention, and from which n.
    CUDA output and gradients vs a float64 CPU oracle of softmax attention
    restricted to the same selected keys; the CUDA set vs the CPU set.
 2. Timing (fp16, B = 1, Hq = Hkv = 8, D = 64, budget 32), n = 4k ... 131k,
-   median of CUDA-event timings: selection alone, LevAttention forward
+   median device-synchronised wall time (bench.timing.time_ms) after two
+   warm-up calls: selection alone, LevAttention forward
    (non-causal, causal) and forward+backward, against SDPA with the flash and
    cuDNN backends (torch.nn.attention.sdpa_kernel) on the same inputs.
 
-Prints tables and writes benchmarks/results/lev_gpu.json. Needs only torch
+Prints tables and writes benchmarks/results/attention/lev_gpu.json. Needs only torch
 (+ kernelsketch); < 3 minutes on an H100.
 """
 
@@ -31,10 +32,11 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import kernelsketch as ks
-from kernelsketch.attention.lev import LevConfig, universal_set
-from kernelsketch.bench.attention import time_ms
+from kernelsketch import LevConfig
+from kernelsketch.attn.lev import universal_set
+from kernelsketch.bench.timing import time_ms
 
-RESULTS = pathlib.Path(__file__).parent / "results"
+RESULTS = pathlib.Path(__file__).resolve().parents[1] / "results" / "attention"
 SIZES = [4096, 8192, 16384, 32768, 65536, 131072]
 
 
@@ -95,7 +97,7 @@ def check_correctness():
 
 
 def cuda_time(fn, reps):
-    """Median CUDA milliseconds of fn() over reps runs after two warm-up runs."""
+    """Median milliseconds of fn() (CUDA-synchronised) over reps runs after two warm-up runs."""
     return time_ms(fn, torch.device("cuda"), warmup=2, reps=reps)
 
 
@@ -172,10 +174,10 @@ def time_all():
 
 def main():
     if not torch.cuda.is_available():
-        raise SystemExit("benchmarks/gpu_lev.py needs a CUDA device")
+        raise SystemExit("benchmarks/attention/gpu_lev.py needs a CUDA device")
     checks = check_correctness()
     timings = time_all()
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
            "checks": checks, "timings": timings}
     (RESULTS / "lev_gpu.json").write_text(json.dumps(out, indent=1))

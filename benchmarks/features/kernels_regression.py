@@ -14,15 +14,18 @@ ridge regression (scikit-learn ``KernelRidge``) and primal ridge regression on
 ``alpha`` is chosen per data set and kernel by exact KRR on a hold-out part of the
 training split (never the test split). Reported: test RMSE (in units of the
 standard deviation of y), its ratio to exact KRR's, fit and predict wall time
-(CPU), mean over ``SEEDS`` feature draws.
+(CPU, ``Stopwatch`` of :mod:`kernelsketch.bench.timing`), mean over ``SEEDS``
+feature draws.
 
 A second, small part (:func:`run_input_sparsity`) times
 ``PolynomialLeverageSampler`` on scipy sparse inputs: fit and transform time as the
 number of columns grows (same data, columns relabelled) and as nnz grows, to check
 the input-sparsity-time claim (time follows nnz, not n_features).
 
-Run alone with ``python benchmarks/kernels_regression.py [--part regression|sparsity|all]``;
-the dispatcher ``benchmarks/kernels.py`` calls :func:`run` (both parts).
+Run alone with
+``python benchmarks/features/kernels_regression.py [--part regression|sparsity|all]``;
+the dispatcher ``benchmarks/features/kernels.py`` calls :func:`run` (both parts). Writes
+``benchmarks/results/features/kernels_regression{.json,.png,_sparsity.json}``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,7 @@ from sklearn.kernel_approximation import Nystroem, PolynomialCountSketch, RBFSam
 from sklearn.kernel_ridge import KernelRidge as ExactKernelRidge
 from sklearn.model_selection import train_test_split
 
+from kernelsketch.bench.timing import Stopwatch
 from kernelsketch.features import (
     GegenbauerFeatures,
     KernelRidge,
@@ -93,11 +96,11 @@ def _rmse(pred, y):
 
 
 def _exact(kernel_kw, alpha, Xtr, ytr, Xte):
-    t0 = time.perf_counter()
-    model = ExactKernelRidge(alpha=alpha, **kernel_kw).fit(Xtr, ytr - ytr.mean())
-    t1 = time.perf_counter()
-    pred = model.predict(Xte) + ytr.mean()
-    return pred, t1 - t0, time.perf_counter() - t1
+    with Stopwatch() as fit:
+        model = ExactKernelRidge(alpha=alpha, **kernel_kw).fit(Xtr, ytr - ytr.mean())
+    with Stopwatch() as predict:
+        pred = model.predict(Xte) + ytr.mean()
+    return pred, fit.seconds, predict.seconds
 
 
 def _choose_alpha(kernel_kw, Xtr, ytr):
@@ -216,13 +219,12 @@ def run_input_sparsity(results_dir) -> list[dict]:
         for seed in SPARSE_SEEDS:
             est = PolynomialLeverageSampler(n_components=m, degree=SPARSE_DEGREE, coef0=1.0,
                                             ridge=ridge, random_state=seed)
-            t0 = time.perf_counter()
-            est.fit(X)
-            t1 = time.perf_counter()
-            Z = est.transform(X)
-            t2 = time.perf_counter()
-            fits.append(t1 - t0)
-            transforms.append(t2 - t1)
+            with Stopwatch() as fit:
+                est.fit(X)
+            with Stopwatch() as transform:
+                Z = est.transform(X)
+            fits.append(fit.seconds)
+            transforms.append(transform.seconds)
             Zs = Z[:SPARSE_CHECK_ROWS].toarray()
             eps.append(_spectral_eps(K, Zs @ Zs.T, ridge))
             # On the vocabulary columns: PolynomialSketch keeps O(n_features) hash buffers
@@ -277,12 +279,12 @@ def run_regression(results_dir) -> dict:
             for method, make in methods.items():
                 rmse, fits, preds = [], [], []
                 for seed in SEEDS:
-                    t0 = time.perf_counter()
-                    model = KernelRidge(make(seed), alpha=alpha).fit(Xtr, ytr)
-                    t1 = time.perf_counter()
-                    p = model.predict(Xte)
-                    preds.append(time.perf_counter() - t1)
-                    fits.append(t1 - t0)
+                    with Stopwatch() as fit:
+                        model = KernelRidge(make(seed), alpha=alpha).fit(Xtr, ytr)
+                    with Stopwatch() as predict:
+                        p = model.predict(Xte)
+                    preds.append(predict.seconds)
+                    fits.append(fit.seconds)
                     rmse.append(_rmse(p, yte))
                 rows.append(dict(base, method=method, test_rmse=float(np.mean(rmse)),
                                  rmse_ratio_vs_exact=float(np.mean(rmse)) / exact_rmse,
@@ -354,5 +356,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("regression", "sparsity", "all"), default="all")
     args = parser.parse_args()
-    out_dir = Path(__file__).resolve().parent / "results"
+    out_dir = Path(__file__).resolve().parents[1] / "results" / "features"
     {"regression": run_regression, "sparsity": run_input_sparsity, "all": run}[args.part](out_dir)

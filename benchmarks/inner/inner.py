@@ -15,8 +15,9 @@ Daliri et al. (VLDB 2024, Figs. 3 and 8):
    sketch per column; mean |r_est - r| vs storage per column;
 3. sketching throughput (vectors/s and nonzeros/s).
 
-Usage: python benchmarks/inner.py [--quick]
-Writes benchmarks/results/inner.json and benchmarks/results/inner.png.
+Usage: python benchmarks/inner/inner.py [--quick]
+Writes benchmarks/results/inner/inner.json and inner.png (``--quick``: inner_quick.*).
+Times: wall clock, ``Stopwatch`` of :mod:`kernelsketch.bench.timing`.
 """
 
 from __future__ import annotations
@@ -27,15 +28,15 @@ import json
 import math
 import os
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
 
+from kernelsketch.bench.timing import Stopwatch
 from kernelsketch.inner import METHODS, Sketcher, exact_join_statistics, join_statistics
 from kernelsketch.inner.join import sketch_column
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "inner"
 LABELS = {
     "wmh": "WMH",
     "jl": "JL",
@@ -193,10 +194,10 @@ def run_throughput(size=1000, n=100_000, nnz=1_000, reps=20):
     for m in METHODS:
         sk = Sketcher(m, size, 1)
         sk.sketch(vectors[0])
-        t0 = time.perf_counter()
-        for v in vectors:
-            sk.sketch(v)
-        dt = time.perf_counter() - t0
+        with Stopwatch() as watch:
+            for v in vectors:
+                sk.sketch(v)
+        dt = watch.seconds
         out[m] = {"vectors_per_s": reps / dt, "nnz_per_s": reps * nnz / dt}
         print(f"  {LABELS[m]:<11}{reps / dt:9.1f}{reps * nnz / dt:11.3g}")
     return out
@@ -251,7 +252,7 @@ def main():
     else:
         overlaps, sizes, trials = [0.01, 0.1, 0.5, 1.0], list(range(200, 2001, 200)), 5
         join_sizes, seeds, reps = [150, 300, 600, 1200, 2400], [0, 1, 2], 20
-    t0 = time.time()
+    watch = Stopwatch().start()
     result = {
         "config": {
             "overlaps": overlaps,
@@ -269,7 +270,7 @@ def main():
         "join": run_join(join_sizes, seeds),
         "throughput": run_throughput(reps=reps),
     }
-    result["wall_s"] = time.time() - t0
+    result["wall_s"] = watch.stop()
     result["load_average_at_end"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if args.quick else ""

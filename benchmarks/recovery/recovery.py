@@ -15,8 +15,10 @@
    - a multiband class (±[11, 14], λ=1e-10), random sums of cosines.
 Median and 90th percentile over trials.
 
-Usage: python benchmarks/recovery.py [--quick]
-Writes benchmarks/results/recovery.json and benchmarks/results/recovery.png.
+Usage: python benchmarks/recovery/recovery.py [--quick]
+Writes benchmarks/results/recovery/recovery.json and recovery.png
+(``--quick``: recovery_quick.json and .png).
+Times (``seconds_median``): wall clock, ``Stopwatch`` of :mod:`kernelsketch.bench.timing`.
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ import argparse
 import json
 import math
 import platform
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from kernelsketch.bench.timing import Stopwatch
 from kernelsketch.features.gegenbauer import (
     gegenbauer,
     gegenbauer_coefficients,
@@ -47,7 +49,7 @@ from kernelsketch.recovery import (
     statistical_dimension,
 )
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "recovery"
 SAMPLINGS = ("universal", "uniform", "mixture")
 
 
@@ -72,11 +74,10 @@ def spherical(rng, d, q, trials):
             f = random_expansion(d, q, rng)
             scale = np.sqrt(np.mean(f(X) ** 2))
             noisy = lambda W, f=f, scale=scale: f(W) + 0.01 * scale * rng.standard_normal(len(W))
-            t0 = time.perf_counter()
-            with warnings.catch_warnings():  # s < dim H<=q is part of the sweep
+            with Stopwatch() as watch, warnings.catch_warnings():  # s < dim H<=q: in the sweep
                 warnings.simplefilter("ignore", UserWarning)
                 g = recover_spherical(noisy, d, q, s, random_state=rng)
-            secs.append(time.perf_counter() - t0)
+            secs.append(watch.seconds)
             poly_err.append(np.linalg.norm(g(X) - f(X)) / np.linalg.norm(f(X)))
             v = uniform_sphere(1, d, rng)[0]
             h = lambda W, v=v: np.exp(2 * W @ v)
@@ -272,9 +273,10 @@ def main():
         "fourier": fou,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "recovery.json").write_text(json.dumps(result, indent=1))
-    plot(result, RESULTS / "recovery.png")
-    print(f"wrote {RESULTS / 'recovery.json'} and {RESULTS / 'recovery.png'}")
+    name = "recovery_quick" if args.quick else "recovery"
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
+    plot(result, RESULTS / f"{name}.png")
+    print(f"wrote {RESULTS / name}.json and {name}.png")
 
 
 if __name__ == "__main__":

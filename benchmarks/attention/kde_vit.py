@@ -1,8 +1,8 @@
 """KDEformer on a ViT-style non-causal case, next to HyperAttention and exact SDPA (issue 4 item 5).
 
 Image transformers attend non-causally over 1k-16k patch tokens with small
-heads (d = 64). This runs benchmarks/attention.py's runner (same inputs, timing
-and error code) forward-only with B=1, H=4, d=64, KDEformer and HyperAttention
+heads (d = 64). This runs the runner of ``kernelsketch bench attention`` (same inputs,
+timing and error code) forward-only with B=1, H=4, d=64, KDEformer and HyperAttention
 at their default budgets with ``min_seq_len=0`` (the approximation at every
 length), on random Gaussian inputs and on planted ones (each query close to
 one key: a peaked attention map, as between matching image patches). Errors
@@ -12,7 +12,9 @@ On CPU every call is also timed by process CPU time (``cpu_ms``, median of 3
 after a warm-up, ``--threads 1`` by default), which other jobs on a shared
 machine do not inflate; ``fwd_ms`` is the runner's wall time.
 
-    python benchmarks/kde_vit.py [--n 1024,2048,4096,8192,16384] [--device cpu]
+    python benchmarks/attention/kde_vit.py [--n 1024,2048,4096,8192,16384] [--device cpu]
+
+Writes benchmarks/results/attention/kde_vit_<device>.json.
 """
 
 import argparse
@@ -23,14 +25,10 @@ from pathlib import Path
 import torch
 
 import kernelsketch as ks
-from kernelsketch.bench.attention import (
-    Variant,
-    baselines,
-    format_table,
-    make_inputs,
-    run,
-    time_ms,
-)
+from kernelsketch.bench.attention import Variant, baselines, format_table, make_inputs, run
+from kernelsketch.bench.timing import time_ms
+
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "attention"
 
 
 def main():
@@ -41,7 +39,8 @@ def main():
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--out", default=None, help="default: benchmarks/results/kde_vit_<device>.json")
+    p.add_argument("--out", default=None,
+                   help="default: benchmarks/results/attention/kde_vit_<device>.json")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -80,7 +79,7 @@ def main():
         res["cpu_time"] = "process CPU time, median of 3 after a warm-up"
     res["threads"] = torch.get_num_threads()
     res["configs"] = {v.label: repr(v.config) for v in variants}
-    out = Path(a.out or f"benchmarks/results/kde_vit_{dev.type}.json")
+    out = Path(a.out or RESULTS / f"kde_vit_{dev.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     print(format_table(res))

@@ -20,8 +20,8 @@ they are all close to 1 and carry little information, while at n/d ~ 4 (the
 paper's S/16: 197 keys, head dim 64) they can separate keys.
 
 Prints a table (test accuracy, mean ± std over seeds, and its ratio to
-softmax) and writes benchmarks/results/train_vit[_16px].json and .png.
-Run: ``python benchmarks/train_vit.py [--epochs 30 --seeds 2]`` (CPU, minutes).
+softmax) and writes benchmarks/results/attention/train_vit[_16px].json and .png.
+Run: ``python benchmarks/attention/train_vit.py [--epochs 30 --seeds 2]`` (CPU, minutes).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import json
 import math
 import pathlib
 import platform
-import time
 
 import numpy as np
 import torch
@@ -41,9 +40,10 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 import kernelsketch as ks
-from kernelsketch.attention.lev import LevConfig
+from kernelsketch import LevConfig
+from kernelsketch.bench.timing import Stopwatch
 
-RESULTS = pathlib.Path(__file__).parent / "results"
+RESULTS = pathlib.Path(__file__).resolve().parents[1] / "results" / "attention"
 
 
 def load_data(image_size: int = 8, seed: int = 0):
@@ -136,7 +136,7 @@ def train(name, data, seed, epochs, model_args, batch=128, lr=3e-3):
     steps = epochs * math.ceil(len(xtr) / batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     losses = []
-    t0 = time.perf_counter()
+    watch = Stopwatch().start()  # wall time of the training loop
     for _ in range(epochs):
         model.train()
         perm = torch.randperm(len(xtr), generator=gen)
@@ -150,7 +150,7 @@ def train(name, data, seed, epochs, model_args, batch=128, lr=3e-3):
             sched.step()
             total += loss.item() * len(b)
         losses.append(total / len(xtr))
-    seconds = time.perf_counter() - t0
+    seconds = watch.stop()
     eval_attend = make_attend(name, torch.Generator().manual_seed(10_000 + seed))
     return model, {"test_acc": accuracy(model, xte, yte, eval_attend), "train_loss": losses,
                    "seconds": seconds}
@@ -197,7 +197,7 @@ def main():
                          "train_seconds": float(secs)}
         print(f"{name:>16} | {accs.mean():.4f} ± {accs.std():.4f} | {accs.mean() / base:9.3f} | "
               f"{secs:7.1f}")
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     out = {
         "setup": {"dataset": "sklearn digits 8x8 (1347 train / 450 test)",
                   "image_size": args.image_size, "patch": 2, "keys_per_head": tokens,

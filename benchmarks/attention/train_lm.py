@@ -21,15 +21,15 @@ the attention function differs:
 * ``polysketch-learned-rR`` (``--learned``): the learned sketch started at the
   Gaussian one; ``polysketch-learned-mlp-rR``: the paper's learned MLP branches.
 
-Prints a table and writes ``benchmarks/results/<name>.json`` and ``<name>.png``
+Prints a table and writes ``benchmarks/results/attention/<name>.json`` and ``<name>.png``
 (validation loss curves; ``--name`` defaults to ``train_lm``), and one
 ``<name>_<kind>.json`` per variant, rewritten after every evaluation (so
 variants can train in parallel processes with ``--kinds``, and ``--report``
 merges them).
 
-Usage: ``python benchmarks/train_lm.py [--steps 150] [--device cpu|cuda]``. The defaults
-are a CPU run of a few minutes per variant (a 0.6M-parameter model); pass larger
-``--dim/--layers/--context/--steps`` on a GPU.
+Usage: ``python benchmarks/attention/train_lm.py [--steps 150] [--device cpu|cuda]``.
+The defaults are a CPU run of a few minutes per variant (a 0.6M-parameter model);
+pass larger ``--dim/--layers/--context/--steps`` on a GPU.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -45,10 +44,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernelsketch as ks
-from kernelsketch.attention.polynomial import PolynomialConfig
-from kernelsketch.attention.polysketch import PolySketchAttention, PolySketchConfig
+from kernelsketch import PolynomialConfig, PolySketchAttention, PolySketchConfig
+from kernelsketch.bench.timing import Stopwatch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "attention"
 
 
 def load_bytes() -> torch.Tensor:
@@ -155,7 +154,7 @@ def evaluate(model, val, context, device, n_batches=4, batch=16):
 
 
 def save_run(run, meta):
-    """benchmarks/results/<name>_<kind>.json, rewritten after every evaluation."""
+    """benchmarks/results/attention/<name>_<kind>.json, rewritten after every evaluation."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{meta['name']}_{run['kind']}.json").write_text(
         json.dumps({"config": meta, "run": run}, indent=1))
@@ -169,7 +168,7 @@ def train(kind, args, train_data, val_data, meta):
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 30) * 0.5 * (1 + math.cos(math.pi * s / args.steps)))
-    curve, t0 = [], time.time()
+    curve, watch = [], Stopwatch().start()  # wall time of the whole training run
     for step, xy in enumerate(batches(train_data, args.batch, args.context, args.steps,
                                          seed=args.seed + 1)):
         xy = xy.to(args.device)
@@ -186,7 +185,7 @@ def train(kind, args, train_data, val_data, meta):
             print(f"  {kind:24s} step {step + 1:4d} train {loss.item():.3f} "
                   f"val {curve[-1][1]:.3f}", flush=True)
             run = {"kind": kind, "params": sum(p.numel() for p in model.parameters()),
-                       "seconds": time.time() - t0, "steps_done": step + 1,
+                       "seconds": watch.elapsed(), "steps_done": step + 1,
                        "steps": [c[0] for c in curve], "val_loss": [c[1] for c in curve],
                        "train_loss": [c[2] for c in curve]}
             save_run(run, meta)

@@ -7,7 +7,7 @@ is compared with exact causal attention over ALL tokens so far (relative
 Frobenius error over the decoded steps). Every policy keeps the same number
 of tokens per head, C = window + kept evicted tokens:
 
-* ``lev`` — :class:`kernelsketch.attention.kvcache.LevKVCache`: a recent
+* ``lev`` — :class:`kernelsketch.attn.lev.LevKVCache`: a recent
   window of 32 plus the C - 32 evicted tokens of largest leverage score
   (streaming, d x d Gram, evicting in blocks of 16); ``lev_r0.1`` and
   ``lev_r1`` use relative ridge 0.1 and 1 (ridge scores interpolate between
@@ -22,20 +22,21 @@ case for any eviction) and ``structured`` (keys from a rank-8 latent space
 plus noise, 2% of tokens with a 4x larger latent component, queries from the
 same latent space; attention concentrates on a few directions).
 
-Prints a table, writes benchmarks/results/lev_kvcache.json. CPU, < 1 minute.
+Prints a table, writes benchmarks/results/attention/lev_kvcache.json. CPU, < 1 minute:
+``python benchmarks/attention/lev_kvcache.py``.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-import time
 
 import torch
 
-from kernelsketch.attention.kvcache import LevKVCache
+from kernelsketch.attn.lev import LevKVCache
+from kernelsketch.bench.timing import Stopwatch
 
-RESULTS = pathlib.Path(__file__).parent / "results"
+RESULTS = pathlib.Path(__file__).resolve().parents[1] / "results" / "attention"
 WINDOW = 32
 LEV_VARIANTS = (("lev", 0.0), ("lev_r0.1", 0.1), ("lev_r1", 1.0))
 COLUMNS = [name for name, _ in LEV_VARIANTS] + ["window", "random", "key_norm"]
@@ -99,12 +100,12 @@ def run(kind: str, T: int, capacities, seed: int = 0):
     for cap in capacities:
         row = {"stream": kind, "T": T, "capacity": cap}
         for name, ridge in LEV_VARIANTS:
-            t0 = time.perf_counter()
-            cache = LevKVCache(budget=cap - WINDOW, window=WINDOW, ridge=ridge)
-            cache.append(k[:, :, :start], v[:, :, :start])
-            outs = [cache.append(k[:, :, t:t + 1], v[:, :, t:t + 1]).attend(q[:, :, t:t + 1])
-                    for t in range(start, T)]
-            row[f"{name}_seconds"] = time.perf_counter() - t0
+            with Stopwatch() as watch:
+                cache = LevKVCache(budget=cap - WINDOW, window=WINDOW, ridge=ridge)
+                cache.append(k[:, :, :start], v[:, :, :start])
+                outs = [cache.append(k[:, :, t:t + 1], v[:, :, t:t + 1]).attend(q[:, :, t:t + 1])
+                        for t in range(start, T)]
+            row[f"{name}_seconds"] = watch.seconds
             row[name] = _rel(torch.cat(outs, 2), ref)
         for policy in ("window", "random", "key_norm"):
             state, pgen = {}, torch.Generator().manual_seed(seed + 1)
@@ -128,7 +129,7 @@ def main():
     rows = []
     for kind in ("structured", "gaussian"):
         rows += run(kind, 1024, (64, 128, 256))
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"setup": {"Hkv": 4, "Hq": 8, "D": 64, "dtype": "float32", "window": WINDOW,
                      "evict_block": 16,
                      "prefill": "T/2", "device": "cpu", "torch": torch.__version__},

@@ -1,7 +1,8 @@
 """Neural-kernel feature maps on real offline data: sketched features vs exact kernels.
 
 Two parts, all on CPU, single-threaded (torch and BLAS limited to one thread),
-float64. Times are process CPU seconds (``time.process_time``), which on one
+float64. Times are process CPU seconds (``Stopwatch("process")`` of
+:mod:`kernelsketch.bench.timing`), which on one
 thread measure the work done and stay comparable on a shared, loaded machine
 where wall-clock times are not:
 
@@ -23,16 +24,17 @@ where wall-clock times are not:
    time (features + ridge solve + predict) and the speed-up of that total
    over the exact kernel's (kernel matrices + solve + predict).
 
-Run alone with ``python benchmarks/kernels_neural.py``; the dispatcher
-``benchmarks/kernels.py --section neural`` calls :func:`run`.
+Run alone with ``python benchmarks/features/kernels_neural.py``; the dispatcher
+``benchmarks/features/kernels.py --section neural`` calls :func:`run`. Writes
+``benchmarks/results/features/kernels_neural.{json,png}``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from kernelsketch.bench.timing import Stopwatch
 from kernelsketch.features import (
     ActivationKernelSketch,
     CNTKSketch,
@@ -124,28 +127,26 @@ def _loo_alpha(K, T):
 
 def _exact_krr(kernel, Xtr, Ttr, Xte):
     """Exact kernel ridge: returns (pred, seconds, alpha); alpha selection (LOO) is not timed."""
-    t0 = time.process_time()
-    Ktr = kernel(Xtr, Xtr)
-    t_kernel = time.process_time() - t0
+    with Stopwatch("process") as t_kernel:
+        Ktr = kernel(Xtr, Xtr)
     alpha = _loo_alpha(Ktr, Ttr)
-    t1 = time.process_time()
-    coef = np.linalg.solve(Ktr + alpha * np.eye(len(Ktr)), Ttr)
-    pred = kernel(Xte, Xtr) @ coef
-    return pred, t_kernel + time.process_time() - t1, alpha
+    with Stopwatch("process") as t_solve:
+        coef = np.linalg.solve(Ktr + alpha * np.eye(len(Ktr)), Ttr)
+        pred = kernel(Xte, Xtr) @ coef
+    return pred, t_kernel.seconds + t_solve.seconds, alpha
 
 
 def _feature_ridge(estimator, Xtr, Ttr, Xte):
     """Primal ridge on features: returns (pred, feature seconds, total seconds)."""
-    t0 = time.process_time()
-    est = estimator.fit(Xtr)
-    Ztr, Zte = est.transform(Xtr), est.transform(Xte)
-    t_feat = time.process_time() - t0
+    with Stopwatch("process") as t_feat:
+        est = estimator.fit(Xtr)
+        Ztr, Zte = est.transform(Xtr), est.transform(Xte)
     alpha = _loo_alpha(Ztr @ Ztr.T, Ttr)  # selection on the training split, not timed
-    t1 = time.process_time()
-    p = Ztr.shape[1]
-    w = np.linalg.solve(Ztr.T @ Ztr + alpha * np.eye(p), Ztr.T @ Ttr)
-    pred = Zte @ w
-    return pred, t_feat, t_feat + time.process_time() - t1
+    with Stopwatch("process") as t_solve:
+        p = Ztr.shape[1]
+        w = np.linalg.solve(Ztr.T @ Ztr + alpha * np.eye(p), Ztr.T @ Ttr)
+        pred = Zte @ w
+    return pred, t_feat.seconds, t_feat.seconds + t_solve.seconds
 
 
 # ----------------------------------------------------------------------------- part 1
@@ -194,15 +195,15 @@ def approximation(data) -> list[dict]:
             }
             for name, (est, Xin, K) in cases.items():
                 print(f"  approximation: {name}, m={m}, seed={seed}", flush=True)
-                t0 = time.process_time()
-                Z = est.fit_transform(Xin)
+                with Stopwatch("process") as watch:
+                    Z = est.fit_transform(Xin)
                 rows.append(
                     {
                         "method": name,
                         "n_components": m,
                         "seed": seed,
                         "rel_fro_error": _rel_fro(Z, K),
-                        "seconds": time.process_time() - t0,
+                        "seconds": watch.seconds,
                         "n": len(Xin),
                     }
                 )
@@ -419,7 +420,7 @@ def run(results_dir) -> dict:
     _print(approx, learn)
     out = {
         "device": f"CPU ({platform.processor() or platform.machine()}), 1 thread, float64",
-        "timing": "process CPU seconds (time.process_time), one thread",
+        "timing": "process CPU seconds (bench.timing.Stopwatch('process')), one thread",
         "torch": torch.__version__,
         "python": sys.version.split()[0],
         "ntk_depth": NTK_DEPTH,
@@ -433,4 +434,7 @@ def run(results_dir) -> dict:
 
 
 if __name__ == "__main__":
-    run(Path(__file__).parent / "results")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results-dir", type=Path,
+                        default=Path(__file__).resolve().parents[1] / "results" / "features")
+    run(parser.parse_args().results_dir)

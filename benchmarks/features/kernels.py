@@ -1,4 +1,6 @@
-"""Kernel feature-map benchmarks: ``python benchmarks/kernels.py --section neural|regression|all``.
+"""Kernel feature-map benchmarks (dispatcher).
+
+``python benchmarks/features/kernels.py --section neural|regression|all``:
 
 - ``neural``: neural-kernel feature maps (NTK, CNTK, dual activations) vs exact
   kernels and scikit-learn baselines (:mod:`kernels_neural`).
@@ -7,7 +9,7 @@
   (:mod:`kernels_regression`, when present).
 
 Each section prints its tables and writes JSON / PNG under ``--results-dir``
-(default ``benchmarks/results``).
+(default ``benchmarks/results/features``).
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+RESULTS = HERE.parent / "results" / "features"
 
 
 def _load(name: str):
-    """Import benchmarks/<name>.py as a module, or None if the file does not exist."""
+    """Import benchmarks/features/<name>.py as a module, or None if the file does not exist."""
     path = HERE / f"{name}.py"
     if not path.exists():
         return None
@@ -36,14 +39,15 @@ def main(argv=None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--section", choices=("neural", "regression", "all"), default="all")
-    parser.add_argument("--results-dir", type=Path, default=HERE / "results")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     sections = ("neural", "regression") if args.section == "all" else (args.section,)
     for section in sections:
         module = _load(f"kernels_{section}")
         if module is None:
             print(
-                f"[{section}] benchmarks/kernels_{section}.py not found: skipped", file=sys.stderr
+                f"[{section}] benchmarks/features/kernels_{section}.py not found: skipped",
+                file=sys.stderr,
             )
             if args.section != "all":
                 return 1

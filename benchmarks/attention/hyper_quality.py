@@ -10,9 +10,10 @@ random Gaussian and planted heavy entries.
 The "growth" section compares a fixed sample size (s = 256) with one that
 grows with the key count (``samples_per_key``: s = n/16, which equals 256 at
 n = 4096) at n = 2k, 4k, 8k: forward time, relative output error and
-normalised spectral error, in benchmarks/results/hyper_quality_growth.json.
+normalised spectral error, in benchmarks/results/attention/hyper_quality_growth.json
+(the options section writes hyper_quality.json beside it).
 
-    python benchmarks/hyper_quality.py [--section options|growth|all] [--n 4096] [--device cpu]
+    python benchmarks/attention/hyper_quality.py [--section options|growth|all] [--n 4096]
 """
 
 import argparse
@@ -24,8 +25,9 @@ import numpy as np
 import torch
 
 import kernelsketch as ks
-from kernelsketch.attention.metrics import spectral_error
-from kernelsketch.bench.attention import device_name, exact_rows, make_inputs, time_ms
+from kernelsketch.attn.common.metrics import spectral_error
+from kernelsketch.bench.attention import device_name, exact_rows, make_inputs
+from kernelsketch.bench.timing import time_ms
 
 OPTIONS = {
     "paper (uniform)": lambda s: ("hyper", ks.HyperConfig(sample_size=s, min_seq_len=0)),
@@ -42,6 +44,7 @@ GROWTH = {
                                                  min_seq_len=0),
 }
 GROWTH_NS = (2048, 4096, 8192)
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "attention"
 
 
 def growth(a, dev, dtype):
@@ -96,7 +99,7 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--out", default="benchmarks/results/hyper_quality.json")
+    p.add_argument("--out", default=str(RESULTS / "hyper_quality.json"))
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 gives steadier timings on a shared machine)")
     a = p.parse_args()
