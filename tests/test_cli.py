@@ -30,6 +30,19 @@ def test_bench_runs_methods_against_exact_baseline_and_writes_json(tmp_path):
 def test_cli_rejects_unknown_command():
     with pytest.raises(SystemExit):
         main(["nope"])
+    with pytest.raises(SystemExit):
+        main(["bench", "nope"])
+
+
+@pytest.mark.parametrize("argv, prog", [
+    (["bench", "attention", "--help"], "kernelsketch bench attention"),
+    (["eval-lm", "--help"], "kernelsketch eval-lm"),
+])
+def test_cli_help_of_a_subcommand_is_its_own(argv, prog, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: {prog}")
 
 
 def test_demo_writes_table_and_plot(tmp_path, capsys):

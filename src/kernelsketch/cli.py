@@ -13,7 +13,10 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="every registered attention method on a built-in default (CPU)")
     demo.add_argument("--out-dir", default="results/demo")
     bench = sub.add_parser("bench", help="benchmarks: kernelsketch bench attention --help")
-    bench.add_argument("family", choices=["attention"])
+    families = bench.add_subparsers(dest="family", required=True)
+    # The family's own parser reads the remaining arguments (and its --help).
+    families.add_parser("attention", add_help=False,
+                        help="every attention method against exact SDPA in the same run")
     sub.add_parser("eval-lm", help="perplexity of SmolLM2 on real text with patched layers "
                                    "(kernelsketch eval-lm --help)", add_help=False)
     args, rest = parser.parse_known_args(argv)
