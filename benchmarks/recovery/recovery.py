@@ -252,7 +252,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer trials and sizes")
     args = parser.parse_args()
-    rng = np.random.default_rng(0)
+    rng = np.random.RandomState(0)  # also passed as random_state (scikit-learn meaning)
     trials = 3 if args.quick else 6
     print("spherical harmonics (uniform = leverage sampling)")
     sph = [

@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -152,3 +153,34 @@ def check_generator(generator: Any, device: torch.device | None = None) -> None:
             f"generator must be on the inputs' device type {torch.device(device).type}, "
             f"got {generator.device}"
         )
+
+
+def check_random_state(random_state: Any, name: str = "random_state") -> np.random.RandomState:
+    """Turn a scikit-learn-style ``random_state`` into a ``numpy.random.RandomState``.
+
+    scikit-learn's meaning (``sklearn.utils.check_random_state``), without
+    importing scikit-learn: ``None`` gives numpy's global RandomState singleton
+    (seeded by ``np.random.seed``), an int in ``[0, 2**32)`` a new
+    ``RandomState(int)``, and a ``RandomState`` is returned as is (its state
+    advances as it is used). Anything else, ``numpy.random.Generator``
+    included, raises ``TypeError`` naming the argument.
+    """
+    if random_state is None:
+        return np.random.mtrand._rand
+    if isinstance(random_state, np.random.RandomState):
+        return random_state
+    if isinstance(random_state, (int, np.integer)) and not isinstance(
+        random_state, (bool, np.bool_)
+    ):
+        if not 0 <= int(random_state) < 2**32:
+            raise ValueError(f"{name} must be in [0, 2**32 - 1] as an int, got {random_state}")
+        return np.random.RandomState(int(random_state))
+    hint = (
+        "; pass an int seed or np.random.RandomState(seed) instead"
+        if isinstance(random_state, np.random.Generator)
+        else ""
+    )
+    raise TypeError(
+        f"{name} must be None, an int or a numpy.random.RandomState (scikit-learn's "
+        f"meaning), got {type(random_state).__name__}{hint}"
+    )

@@ -88,3 +88,68 @@ def test_sparse_input_routed_to_transform_sparse():
     np.testing.assert_allclose(est.transform(X), est.transform(X.toarray()), atol=1e-12)
     assert est.__sklearn_tags__().input_tags.sparse
     assert not _RandomProjection().__sklearn_tags__().input_tags.sparse
+
+
+def test_bad_random_state_is_reported_at_fit_by_name():
+    X = np.ones((3, 2))
+    with pytest.raises(TypeError, match="random_state must be None, an int or a numpy.random"):
+        _RandomProjection(random_state=np.random.default_rng(0)).fit(X)
+    with pytest.raises(TypeError, match="random_state must be None, an int or a numpy.random"):
+        _RandomProjection(random_state="0").fit(X)
+    with pytest.raises(ValueError, match=r"random_state must be in \[0, 2\*\*32 - 1\]"):
+        _RandomProjection(random_state=-1).fit(X)
+
+
+def test_none_random_state_uses_numpy_global_state():
+    # scikit-learn's meaning: None draws from numpy's global RandomState.
+    X = np.random.RandomState(0).standard_normal((4, 3))
+    np.random.seed(11)
+    a = _RandomProjection(random_state=None).fit_transform(X)
+    np.random.seed(11)
+    np.testing.assert_array_equal(a, _RandomProjection(random_state=None).fit_transform(X))
+
+
+def _feature_maps():
+    from kernelsketch.features._powerseries import PowerSeriesSketch
+    from kernelsketch.features.activations import ACTIVATIONS, ActivationSketchMap
+    from kernelsketch.features.cntk import CNTKSketchMap
+    from kernelsketch.features.ntk import NTKRandomFeatureMap, NTKSketchMap
+
+    return {
+        "NTKRandomFeatureMap": (lambda **r: NTKRandomFeatureMap(
+            4, depth=1, n_arccos=8, d_out=8, kernel="ntk", **r), (3, 4)),
+        "NTKSketchMap": (lambda **r: NTKSketchMap(
+            4, depth=1, n_components=8, degree=3, kernel="ntk", poly_dim=8, **r), (3, 4)),
+        "CNTKSketchMap": (lambda **r: CNTKSketchMap(
+            (1, 3, 3), depth=1, filter_size=3, n_components=8, pixel_dim=4, degree=2, **r),
+            (3, 1, 3, 3)),
+        "ActivationSketchMap": (lambda **r: ActivationSketchMap(
+            4, activation=ACTIVATIONS["relu"], depth=1, degree=3, n_components=8, poly_dim=8,
+            **r), (3, 4)),
+        "PowerSeriesSketch": (lambda **r: _PowerSeries(PowerSeriesSketch(4, 2, 8, poly_dim=8, **r)),
+                              (3, 4)),
+    }
+
+
+class _PowerSeries(torch.nn.Module):
+    def __init__(self, series):
+        super().__init__()
+        self.series = series
+
+    def forward(self, x):
+        return self.series(x, torch.ones(3, dtype=x.dtype))
+
+
+@pytest.mark.parametrize("name", sorted(_feature_maps()))
+def test_feature_maps_own_fixed_randomness_from_seed(name):
+    # Torch feature maps draw their sketches once, from seed= or generator= (one of the two).
+    build, shape = _feature_maps()[name]
+    x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a = build(seed=5).double()(x)
+        b = build(generator=torch.Generator().manual_seed(5)).double()(x)
+        c = build(seed=6).double()(x)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(a, c)
+    with pytest.raises(ValueError, match="give either seed or generator, not both"):
+        build(seed=5, generator=torch.Generator())

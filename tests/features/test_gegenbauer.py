@@ -71,7 +71,7 @@ def test_zonal_kernel_has_rank_dim_of_harmonics(d, q):
     # The Gram matrix of the degree-<=q reproducing kernel at generic points has rank
     # dim H_{<=q}, and its diagonal is that dimension.
     dim = harmonic_space_dimension(q, d)
-    X = uniform_sphere(dim + 15, d, RNG)
+    X = uniform_sphere(dim + 15, d, random_state=10 * d + q)
     K = zonal_kernel(X, X, q)
     np.testing.assert_allclose(np.diag(K), dim, rtol=1e-12)
     eig = np.linalg.eigvalsh(K)
@@ -82,9 +82,8 @@ def test_zonal_kernel_reproduces_harmonics():
     # E_w[K(x, w) f(w)] = f(x) for f in H_{<=q}: check with an exact quadrature-free
     # identity, K * K = K in L2(sigma), by Monte Carlo with a bound.
     d, q, n = 3, 2, 40000
-    rng = np.random.default_rng(3)
-    W = uniform_sphere(n, d, rng)
-    X = uniform_sphere(4, d, RNG)
+    W = uniform_sphere(n, d, random_state=3)
+    X = uniform_sphere(4, d, random_state=4)
     KxW = zonal_kernel(X, W, q)
     est = KxW @ KxW.T / n
     se = np.sqrt(np.var(KxW[:, None, :] * KxW[None, :, :], axis=-1) / n)

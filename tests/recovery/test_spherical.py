@@ -9,8 +9,6 @@ from kernelsketch.features.gegenbauer import (
 )
 from kernelsketch.recovery import SphericalExpansion, default_spherical_samples, recover_spherical
 
-RNG = np.random.default_rng()
-
 
 def _random_expansion(d, q, rng, terms=3):
     """A random element of H_{<=q}: per degree ℓ, a sum of zonal harmonics P_ℓ(<x, z>)."""
@@ -31,11 +29,11 @@ def _rel(a, b):
 
 
 @pytest.mark.parametrize("d,q", [(2, 7), (3, 5), (5, 3)])
-def test_exact_recovery_with_default_samples(d, q):
-    parts, f = _random_expansion(d, q, RNG)
-    g = recover_spherical(f, d, q, random_state=RNG)
+def test_exact_recovery_with_default_samples(d, q, rng):
+    parts, f = _random_expansion(d, q, rng)
+    g = recover_spherical(f, d, q, random_state=rng)
     assert len(g.nodes) == default_spherical_samples(d, q)
-    X = uniform_sphere(300, d, RNG)
+    X = uniform_sphere(300, d, rng)
     assert _rel(g(X), f(X)) < 1e-9
     np.testing.assert_allclose(g.components(X), parts(X), atol=1e-8 * np.abs(parts(X)).max())
 
@@ -47,13 +45,13 @@ def test_default_sample_count_is_dimension_times_log():
         assert beta * np.log(beta) <= s <= beta * np.log(beta) + 2 * beta
 
 
-def test_far_fewer_samples_fail():
+def test_far_fewer_samples_fail(rng):
     d, q = 3, 6
-    _, f = _random_expansion(d, q, RNG)
+    _, f = _random_expansion(d, q, rng)
     beta = harmonic_space_dimension(q, d)
     with pytest.warns(UserWarning, match="underdetermined"):
-        g = recover_spherical(f, d, q, n_samples=beta // 3, random_state=RNG)
-    X = uniform_sphere(300, d, RNG)
+        g = recover_spherical(f, d, q, n_samples=beta // 3, random_state=rng)
+    X = uniform_sphere(300, d, rng)
     assert _rel(g(X), f(X)) > 0.3
 
 
@@ -63,7 +61,7 @@ def test_near_best_approximation_of_smooth_function():
     # factor of that best error, and the error falls as q grows. The ratio is random
     # (heavier-tailed for tiny β), so the seed is fixed to make the test deterministic.
     d, kappa = 3, 2.0
-    rng = np.random.default_rng(2024)
+    rng = np.random.RandomState(2024)
     v = uniform_sphere(1, d, rng)[0]
 
     def f(X):
@@ -86,7 +84,7 @@ def test_noise_robustness_improves_with_samples():
     # s = β samples (no oversampling) the system is ill-conditioned. Seed fixed:
     # the comparison is statistical.
     d, q, sigma = 3, 5, 0.05
-    rng = np.random.default_rng(7)
+    rng = np.random.RandomState(7)
     _, f = _random_expansion(d, q, rng)
     beta = harmonic_space_dimension(q, d)
     X = uniform_sphere(1000, d, rng)
@@ -106,14 +104,32 @@ def test_noise_robustness_improves_with_samples():
     assert err_4x < err_default < err_min
 
 
-def test_regularization_shrinks_towards_zero():
+def test_regularization_shrinks_towards_zero(rng):
     d, q = 3, 3
-    _, f = _random_expansion(d, q, RNG)
-    X = uniform_sphere(200, d, RNG)
+    _, f = _random_expansion(d, q, rng)
+    X = uniform_sphere(200, d, rng)
     exact = recover_spherical(f, d, q, random_state=0)
     ridge = recover_spherical(f, d, q, regularization=10.0, random_state=0)
     assert _rel(exact(X), f(X)) < 1e-9
     assert np.linalg.norm(ridge(X)) < np.linalg.norm(exact(X))
+
+
+def test_random_state_has_scikit_learn_meaning():
+    # int: a fresh RandomState(int); RandomState: used as is (advances); None: numpy's
+    # global RandomState (np.random.seed makes it reproducible).
+    def nodes(random_state):
+        return recover_spherical(lambda X: X[:, 0], 3, 1, n_samples=8,
+                                 random_state=random_state).nodes
+
+    np.testing.assert_array_equal(nodes(5), nodes(5))
+    np.testing.assert_array_equal(nodes(5), nodes(np.random.RandomState(5)))
+    shared = np.random.RandomState(5)
+    assert not np.array_equal(nodes(shared), nodes(shared))
+    np.random.seed(5)
+    first = nodes(None)
+    np.random.seed(5)
+    np.testing.assert_array_equal(first, nodes(None))
+    np.testing.assert_array_equal(first, nodes(5))
 
 
 def test_result_type_and_attributes():
@@ -162,13 +178,24 @@ def test_error_f_returns_nan():
         recover_spherical(lambda X: np.full(len(X), np.nan), 3, 2)
 
 
-def test_error_evaluate_off_sphere():
+def test_error_evaluate_off_sphere(rng):
     g = recover_spherical(lambda X: X[:, 0], 3, 1, random_state=0)
     with pytest.raises(ValueError, match="X must have unit-norm rows"):
-        g(2 * uniform_sphere(4, 3, RNG))
+        g(2 * uniform_sphere(4, 3, rng))
 
 
-def test_error_evaluate_wrong_dimension():
+def test_error_evaluate_wrong_dimension(rng):
     g = recover_spherical(lambda X: X[:, 0], 3, 1, random_state=0)
     with pytest.raises(ValueError, match=r"X must have shape \(n, 3\), got shape \(4, 2\)"):
-        g(uniform_sphere(4, 2, RNG))
+        g(uniform_sphere(4, 2, rng))
+
+
+def test_error_random_state_generator():
+    with pytest.raises(TypeError, match="random_state must be None, an int or a numpy.random"
+                                        ".RandomState .*got Generator"):
+        recover_spherical(lambda X: X[:, 0], 3, 1, random_state=np.random.default_rng(0))
+
+
+def test_error_random_state_negative():
+    with pytest.raises(ValueError, match=r"random_state must be in \[0, 2\*\*32 - 1\]"):
+        recover_spherical(lambda X: X[:, 0], 3, 1, random_state=-1)

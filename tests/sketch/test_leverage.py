@@ -12,6 +12,10 @@ from kernelsketch.sketch.leverage import (
 )
 
 
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
 def _low_rank(batch, n, d, rank, dtype=torch.float64, generator=None):
     a = torch.randn(batch, n, rank, dtype=dtype, generator=generator)
     b = torch.randn(batch, rank, d, dtype=dtype, generator=generator)
@@ -140,7 +144,7 @@ def test_sketched_error_falls_with_sketch_size(sketch):
     exact = leverage_scores(a)
 
     def error(size):
-        errs = [((sketched_leverage_scores(a, sketch_size=size, sketch=sketch, seed=s) - exact)
+        errs = [((sketched_leverage_scores(a, sketch_size=size, sketch=sketch, generator=_gen(s)) - exact)
                  .abs() / exact).max() for s in range(4)]
         return torch.stack(errs).mean().item()
 
@@ -160,7 +164,7 @@ def test_sketched_is_exact_with_the_full_hadamard():
 
 def test_sketched_is_rank_aware():
     a = _low_rank(2, 256, 10, 3, generator=torch.Generator().manual_seed(3))
-    approx = sketched_leverage_scores(a, sketch_size=128, seed=0)
+    approx = sketched_leverage_scores(a, sketch_size=128, generator=_gen(0))
     torch.testing.assert_close(approx.sum(-1), torch.full((2,), 3.0, dtype=torch.float64),
                                rtol=0.2, atol=0)
 
@@ -171,26 +175,37 @@ def test_sketched_jl_error_falls_with_jl_size():
     exact = leverage_scores(a)
 
     def error(jl):
-        errs = [((sketched_leverage_scores(a, sketch_size=512, jl_size=jl, seed=s) - exact)
+        errs = [((sketched_leverage_scores(a, sketch_size=512, jl_size=jl, generator=_gen(s)) - exact)
                  .abs() / exact).mean() for s in range(4)]
         return torch.stack(errs).mean().item()
 
     assert error(256) < error(16) / 2.5
 
 
-def test_sketched_seed_determinism():
+def test_sketched_generator_determinism():
     a = torch.randn(100, 4)
-    x = sketched_leverage_scores(a, sketch_size=20, seed=3)
-    y = sketched_leverage_scores(a, sketch_size=20, generator=torch.Generator().manual_seed(3))
+    x = sketched_leverage_scores(a, sketch_size=20, generator=_gen(3))
+    y = sketched_leverage_scores(a, sketch_size=20, generator=_gen(3))
     assert torch.equal(x, y)
-    assert not torch.equal(x, sketched_leverage_scores(a, sketch_size=20, seed=4))
+    assert not torch.equal(x, sketched_leverage_scores(a, sketch_size=20, generator=_gen(4)))
+    torch.manual_seed(3)
+    z = sketched_leverage_scores(a, sketch_size=20)
+    torch.manual_seed(3)
+    assert torch.equal(z, sketched_leverage_scores(a, sketch_size=20))  # global generator
+
+
+def test_sketched_rejects_bad_generator():
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
+        sketched_leverage_scores(torch.randn(50, 4), sketch_size=8, generator=3)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'seed'"):
+        sketched_leverage_scores(torch.randn(50, 4), sketch_size=8, seed=3)
 
 
 @pytest.mark.parametrize("fn", [
     leverage_scores,
     lambda a: ridge_leverage_scores(a, 0.1),
     lambda a: leverage_scores_from_gram(a, a.mT @ a),
-    lambda a: sketched_leverage_scores(a, sketch_size=16, seed=0),
+    lambda a: sketched_leverage_scores(a, sketch_size=16, generator=_gen(0)),
 ])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_dtype_preserved(fn, dtype):
@@ -206,8 +221,8 @@ def test_cuda_matches_cpu():
     a = torch.randn(2, 64, 6, dtype=torch.float64)
     torch.testing.assert_close(leverage_scores(a.cuda()).cpu(), leverage_scores(a))
     torch.testing.assert_close(
-        sketched_leverage_scores(a.cuda(), sketch_size=32, seed=0).cpu(),
-        sketched_leverage_scores(a, sketch_size=32, seed=0),
+        sketched_leverage_scores(a.cuda(), sketch_size=32, generator=_gen(0)).cpu(),
+        sketched_leverage_scores(a, sketch_size=32, generator=_gen(0)),
     )
 
 

@@ -28,8 +28,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
-from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
+
+from kernelsketch._checks import check_random_state
 
 __all__ = ["RandomFeaturesTransformer", "torch_generator_from_random_state"]
 
@@ -40,12 +41,19 @@ def torch_generator_from_random_state(random_state) -> torch.Generator:
     Parameters
     ----------
     random_state : int, numpy.random.RandomState or None
-        ``None`` draws a fresh seed; an int or RandomState gives reproducible draws.
+        scikit-learn's meaning: ``None`` draws the seed from numpy's global
+        RandomState, an int or a RandomState gives reproducible draws.
 
     Returns
     -------
     torch.Generator
         Seeded with an int drawn from ``check_random_state(random_state)``.
+
+    Raises
+    ------
+    TypeError
+        If ``random_state`` is not None, an int or a RandomState (the message
+        names ``random_state``).
     """
     seed = int(check_random_state(random_state).randint(0, 2**31 - 1))
     return torch.Generator().manual_seed(seed)

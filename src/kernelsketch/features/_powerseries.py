@@ -21,6 +21,7 @@ from scipy.optimize import nnls
 from torch import nn
 
 from kernelsketch.sketch.projections import SRHT
+from kernelsketch.sketch.sampling import resolve_generator
 from kernelsketch.sketch.tensor import PolySketch
 
 __all__ = ["PowerSeriesSketch", "fit_nonnegative_polynomial", "unit_rows"]
@@ -39,7 +40,10 @@ class PowerSeriesSketch(nn.Module):
     poly_dim : int
         Dimension of each power's PolySketch.
     kind : PolySketch node kind ("srht", "gaussian", "countsketch", "tensorsketch")
-    generator : torch.Generator
+    seed : int, optional
+    generator : torch.Generator, optional
+        Source of the random sketches (one of the two; neither: torch's global
+        generator), as for :mod:`kernelsketch.sketch` modules.
 
     Notes
     -----
@@ -47,8 +51,9 @@ class PowerSeriesSketch(nn.Module):
     are unbiased and independent). The j = 0 power is exact (a constant).
     """
 
-    def __init__(self, d_in, degree, d_out, *, poly_dim, kind="srht", generator=None):
+    def __init__(self, d_in, degree, d_out, *, poly_dim, kind="srht", seed=None, generator=None):
         super().__init__()
+        generator = resolve_generator(seed, generator)
         self.degree, self.d_out = degree, d_out
         self.poly = PolySketch(d_in, poly_dim, degree, kind=kind, generator=generator)
         self.compress = SRHT((degree + 1) * poly_dim, d_out, generator=generator)

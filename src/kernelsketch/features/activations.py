@@ -26,6 +26,7 @@ from kernelsketch._checks import check_choice, check_int, check_tensor
 from kernelsketch.features._arccos import as_tensor_pair, return_like
 from kernelsketch.features._base import RandomFeaturesTransformer
 from kernelsketch.features._powerseries import PowerSeriesSketch, unit_rows
+from kernelsketch.sketch.sampling import resolve_generator
 
 __all__ = [
     "ACTIVATIONS",
@@ -327,7 +328,9 @@ class ActivationSketchMap(nn.Module):
     depth, degree, n_components, poly_dim : int
     n_nodes : int
         Quadrature nodes per half-line for the radial factors.
+    seed : int, optional
     generator : torch.Generator, optional
+        Source of the sketches (one of the two; neither: torch's global generator).
     """
 
     def __init__(
@@ -340,9 +343,11 @@ class ActivationSketchMap(nn.Module):
         n_components,
         poly_dim,
         n_nodes=100,
+        seed=None,
         generator=None,
     ):
         super().__init__()
+        generator = resolve_generator(seed, generator)
         self.activation = activation
         nodes, H = _hermite_quadrature(degree, n_nodes)
         self.register_buffer("nodes", nodes)

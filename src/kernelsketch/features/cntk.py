@@ -36,6 +36,7 @@ from kernelsketch.features._powerseries import (
     unit_rows,
 )
 from kernelsketch.sketch.projections import SRHT
+from kernelsketch.sketch.sampling import resolve_generator
 from kernelsketch.sketch.tensor import Degree2Sketch
 
 __all__ = ["CNTKSketch", "CNTKSketchMap", "cnngp_relu", "cntk_relu", "pixel_variances"]
@@ -181,7 +182,9 @@ class CNTKSketchMap(nn.Module):
     degree : int
         Degree of the kappa fits.
     kernel : {"ntk", "nngp"}
+    seed : int, optional
     generator : torch.Generator, optional
+        Source of the sketches (one of the two; neither: torch's global generator).
     """
 
     def __init__(
@@ -194,6 +197,7 @@ class CNTKSketchMap(nn.Module):
         pixel_dim,
         degree,
         kernel="ntk",
+        seed=None,
         generator=None,
     ):
         super().__init__()
@@ -207,7 +211,7 @@ class CNTKSketchMap(nn.Module):
         m, q2 = pixel_dim, filter_size**2
         self.register_buffer("c1", fit_nonnegative_polynomial("kappa1", kappa1, degree).sqrt())
         self.register_buffer("c0", fit_nonnegative_polynomial("kappa0", kappa0, degree).sqrt())
-        g = generator
+        g = resolve_generator(seed, generator)
         self.conv_psi = nn.ModuleList(
             SRHT((C if h == 0 else m) * q2, m, generator=g) for h in range(depth)
         )

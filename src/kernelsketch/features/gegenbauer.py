@@ -34,7 +34,13 @@ import torch
 from scipy.special import roots_jacobi
 from scipy.stats import poisson
 
-from kernelsketch._checks import check_choice, check_float, check_int, check_tensor
+from kernelsketch._checks import (
+    check_choice,
+    check_float,
+    check_int,
+    check_random_state,
+    check_tensor,
+)
 from kernelsketch.features._base import RandomFeaturesTransformer
 from kernelsketch.features.ntk import ntk_relu
 
@@ -124,12 +130,15 @@ def _harmonic_dimensions(degree: int, d: int) -> np.ndarray:
     return np.array([harmonic_dimension(ell, d) for ell in range(degree + 1)], dtype=np.float64)
 
 
-def uniform_sphere(n: int, d: int, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Draw ``n`` points uniformly on ``S^{d-1}`` (normalised Gaussians), float64 [n, d]."""
+def uniform_sphere(n: int, d: int, random_state=None) -> np.ndarray:
+    """Draw ``n`` points uniformly on ``S^{d-1}`` (normalised Gaussians), float64 [n, d].
+
+    ``random_state``: None, an int or a ``numpy.random.RandomState``
+    (scikit-learn's meaning; see docs/conventions.md).
+    """
     check_int("n", n, min=1)
     check_int("d", d, min=1)
-    rng = np.random.default_rng(rng)
-    g = rng.standard_normal((n, d))
+    g = check_random_state(random_state).standard_normal((n, d))
     return g / np.linalg.norm(g, axis=1, keepdims=True)
 
 

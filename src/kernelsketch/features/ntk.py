@@ -30,7 +30,7 @@ from kernelsketch.features._powerseries import (
 )
 from kernelsketch.sketch.leverage import ridge_leverage_scores
 from kernelsketch.sketch.projections import SRHT, GaussianSketch
-from kernelsketch.sketch.sampling import importance_sample
+from kernelsketch.sketch.sampling import importance_sample, resolve_generator
 from kernelsketch.sketch.tensor import Degree2Sketch
 
 __all__ = [
@@ -188,7 +188,10 @@ class NTKRandomFeatureMap(nn.Module):
         NTK output dimension (ignored for NNGP).
     kernel : {"ntk", "nngp"}
     tensor_sketch : {"srht", "countsketch"}
+    seed : int, optional
     generator : torch.Generator, optional
+        Source of the random directions and sketches (one of the two; neither:
+        torch's global generator).
     leverage_data : Tensor [n, d_in], optional
         If given, the first layer's directions are sampled by ridge leverage
         scores on these rows (:func:`leverage_sampled_directions`).
@@ -203,10 +206,12 @@ class NTKRandomFeatureMap(nn.Module):
         d_out,
         kernel,
         tensor_sketch="srht",
+        seed=None,
         generator=None,
         leverage_data=None,
     ):
         super().__init__()
+        generator = resolve_generator(seed, generator)
         self.kernel = kernel
         dims = [d_in] + [n_arccos] * depth
         self.arccos = nn.ModuleList(
@@ -353,7 +358,9 @@ class NTKSketchMap(nn.Module):
     poly_dim : int
         Dimension of each power's PolySketch before the final SRHT.
     kind : PolySketch node kind
+    seed : int, optional
     generator : torch.Generator, optional
+        Source of the sketches (one of the two; neither: torch's global generator).
 
     References
     ----------
@@ -362,9 +369,20 @@ class NTKSketchMap(nn.Module):
     """
 
     def __init__(
-        self, d_in, *, depth, n_components, degree, kernel, poly_dim, kind="srht", generator=None
+        self,
+        d_in,
+        *,
+        depth,
+        n_components,
+        degree,
+        kernel,
+        poly_dim,
+        kind="srht",
+        seed=None,
+        generator=None,
     ):
         super().__init__()
+        generator = resolve_generator(seed, generator)
         fn = relu_ntk_of_cosine if kernel == "ntk" else relu_nngp_of_cosine
         coef = fit_nonnegative_polynomial((kernel, depth), lambda t: fn(t, depth), degree)
         self.register_buffer("coef", coef)

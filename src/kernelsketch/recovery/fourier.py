@@ -41,7 +41,7 @@ import scipy.linalg
 from scipy.special import gamma as gamma_fn
 from scipy.special import kv
 
-from kernelsketch._checks import check_choice, check_float, check_int
+from kernelsketch._checks import check_choice, check_float, check_int, check_random_state
 
 __all__ = [
     "Bandlimited",
@@ -327,15 +327,18 @@ def universal_density(t, T: float, s: float) -> np.ndarray:
     return np.where((t >= 0) & (t <= T), p, 0.0)
 
 
-def sample_universal(n: int, T: float, s: float, rng=None) -> np.ndarray:
+def sample_universal(n: int, T: float, s: float, random_state=None) -> np.ndarray:
     """Draw n points from :func:`universal_density` by inverting its CDF.
 
     Each half of [0, T] has mass 1/2; within ``[0, T/2]`` the point is uniform on
     ``[0, δT]`` with probability ``1/(1+L)`` and log-uniform on ``[δT, T/2]``
     otherwise, ``L = ln(1/(2δ))``; the right half is the mirror image.
+
+    ``random_state``: None, an int or a ``numpy.random.RandomState``
+    (scikit-learn's meaning). Returns float64 [n] in [0, T].
     """
     check_int("n", n, min=1)
-    rng = np.random.default_rng(rng)
+    rng = check_random_state(random_state)
     delta = _edge_cutoff(s)
     L = math.log(1.0 / (2.0 * delta))
     u = rng.uniform(size=n)
@@ -431,7 +434,9 @@ def reconstruct_signal(
         samples of uniform sampling in the bulk of [0, T], where the pure universal
         density spends a log factor fewer samples (wide bands at moderate λ; see
         BENCHMARKS.md). "uniform" is the baseline.
-    random_state : int, numpy.random.Generator or None
+    random_state : int, numpy.random.RandomState or None
+        Source of the sample times, scikit-learn's meaning (None: numpy's global
+        RandomState; an int: a new ``RandomState(int)``; a RandomState: used as is).
 
     Returns
     -------
@@ -452,11 +457,11 @@ def reconstruct_signal(
     _check_spectrum(spectrum)
     regularization = check_float("regularization", regularization, min=0.0, min_exclusive=True)
     check_choice("sampling", sampling, ("universal", "uniform", "mixture"))
+    rng = check_random_state(random_state)
     s = statistical_dimension(spectrum, T, regularization=regularization)
     if n_samples is None:
         n_samples = default_signal_samples(s)
     check_int("n_samples", n_samples, min=1)
-    rng = np.random.default_rng(random_state)
     if sampling == "uniform":
         times = rng.uniform(0.0, T, size=n_samples)
     else:

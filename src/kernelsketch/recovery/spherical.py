@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 import scipy.linalg
 
-from kernelsketch._checks import check_float, check_int
+from kernelsketch._checks import check_float, check_int, check_random_state
 from kernelsketch.features.gegenbauer import (
     gegenbauer,
     harmonic_dimension,
@@ -137,7 +137,9 @@ def recover_spherical(
         0 gives the least-squares fit (pseudo-inverse), exact for f ∈ ``H_{≤q}``.
     rcond : float in (0, 1), default=1e-10
         Relative eigenvalue cut-off of the pseudo-inverse when ``regularization=0``.
-    random_state : int, numpy.random.Generator or None
+    random_state : int, numpy.random.RandomState or None
+        Source of the sample points, scikit-learn's meaning (None: numpy's global
+        RandomState; an int: a new ``RandomState(int)``; a RandomState: used as is).
 
     Returns
     -------
@@ -159,6 +161,7 @@ def recover_spherical(
     check_int("n_samples", n_samples, min=1)
     check_float("regularization", regularization, min=0.0)
     check_float("rcond", rcond, min=0.0, max=1.0, min_exclusive=True)
+    rng = check_random_state(random_state)
     if n_samples < beta:
         warnings.warn(
             f"n_samples={n_samples} is below dim H_<=q = {beta} (d={d}, degree={degree}): "
@@ -166,7 +169,7 @@ def recover_spherical(
             UserWarning,
             stacklevel=2,
         )
-    nodes = uniform_sphere(n_samples, d, np.random.default_rng(random_state))
+    nodes = uniform_sphere(n_samples, d, rng)
     values = _evaluate(f, nodes)
     alpha = np.array([harmonic_dimension(ell, d) for ell in range(degree + 1)], float)
     K = gegenbauer(np.clip(nodes @ nodes.T, -1.0, 1.0), degree, d) @ alpha

@@ -20,12 +20,12 @@ from kernelsketch._checks import (
     _shape,
     check_choice,
     check_float,
+    check_generator,
     check_int,
     check_same,
     check_tensor,
 )
 from kernelsketch.sketch.projections import SRHT, CountSketch, GaussianSketch, compute_dtype
-from kernelsketch.sketch.sampling import resolve_generator
 
 __all__ = [
     "leverage_scores",
@@ -204,7 +204,6 @@ def sketched_leverage_scores(
     jl_size: int | None = None,
     sketch: str = "srht",
     rcond: float | None = None,
-    seed: int | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Fast approximate leverage scores (Drineas, Magdon-Ismail, Mahoney, Woodruff).
@@ -236,8 +235,10 @@ def sketched_leverage_scores(
     rcond : float in [0, 1], optional
         Relative rank tolerance on ``ΠA``'s singular values; default
         ``max(sketch_size, d) * eps``.
-    seed : int, optional
     generator : torch.Generator, optional
+        Source of the row sketch and the JL map (one draw shared by all batch
+        entries, made on the generator's device and moved to ``A``'s);
+        ``None`` uses torch's global generator.
 
     Returns
     -------
@@ -259,7 +260,8 @@ def sketched_leverage_scores(
     if jl_size is not None:
         check_int("jl_size", jl_size, min=1)
     check_choice("sketch", sketch, ("srht", "countsketch"))
-    g = resolve_generator(seed, generator)
+    check_generator(generator)
+    g = generator
     row_sketch = (SRHT if sketch == "srht" else CountSketch)(n, sketch_size, generator=g)
     sa = row_sketch.to(a.device)._sketch(a.transpose(-1, -2)).transpose(-1, -2)
     _, s, vh = torch.linalg.svd(sa, full_matrices=False)
