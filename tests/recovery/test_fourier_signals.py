@@ -226,7 +226,7 @@ def test_universal_needs_fewer_samples_than_uniform():
     # the ends, where uniform sampling under-samples. Importance sampling from a density p
     # needs a number of samples proportional to sup_t τ(t) / (T p(t)) (the paper's Thm. 1
     # argument); for the universal density it is 3x smaller than for uniform sampling
-    # (measured 44 against 133; the budget 2 s ln s gives only a ~1.4x lower median error
+    # (measured 44 against 133; the budget 2 s ln s gives only a ~1.3x lower median error
     # over many draws, too small to test on a few). Deterministic.
     spec, reg, T = Bandlimited(2.0), 1e-12, 1.0
     s = statistical_dimension(spec, T, regularization=reg)

@@ -1,4 +1,11 @@
-"""Kernel feature maps as scikit-learn transformers, with torch functions and exact oracles."""
+"""Kernel feature maps as scikit-learn transformers, with torch functions and exact oracles.
+
+Transformers take ``random_state`` (scikit-learn's meaning) and draw their
+feature map once, in ``fit`` (docs/conventions.md). Theory, one page per family:
+docs/neural_kernels.md (NTK, CNTK, dual activations), docs/polynomial_features.md,
+docs/gegenbauer.md, docs/weighted_random_binning.md, docs/rls_nystroem.md,
+docs/kernel_ridge.md.
+"""
 from kernelsketch.features.activations import (  # noqa: F401
     ACTIVATIONS,
     ActivationKernelSketch,

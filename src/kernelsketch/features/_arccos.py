@@ -1,14 +1,9 @@
 """Arc-cosine functions and shared input handling of the exact neural-kernel oracles.
 
-The normalised arc-cosine functions of orders 0 and 1 (Cho & Saul, 2009),
-scaled so that kappa(1) = 1, are the dual activations of sqrt(2)*step and
-sqrt(2)*ReLU on unit-variance Gaussian pairs with correlation t:
-
-    kappa0(t) = 1 - arccos(t) / pi
-    kappa1(t) = (sqrt(1 - t^2) + (pi - arccos(t)) * t) / pi
-
-Both have non-negative Taylor coefficients on [-1, 1], which is what lets
-NTK Sketch fit them with non-negative polynomials (arXiv 2106.07880, Sec. 3).
+``kappa0(t) = 1 - arccos(t) / pi`` and ``kappa1(t) = (sqrt(1 - t^2) + (pi - arccos(t)) t) / pi``
+(Cho & Saul 2009, scaled so that ``kappa(1) = 1``): the dual activations of
+``sqrt(2) * step`` and ``sqrt(2) * ReLU`` on unit-variance Gaussian pairs with
+correlation ``t``. Theory: docs/neural_kernels.md.
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
 """Sketch of a dot-product power series ``k(x, y) = sum_j w_j(x) w_j(y) <x, y>^j``.
 
-One :class:`~kernelsketch.sketch.tensor.PolySketch` tree gives sketches of
-``x^{⊗j}`` for every ``j = 0..degree`` (``all_powers``); weighting power ``j``
-by a per-sample factor ``w_j(x)`` and concatenating gives features whose inner
-products are unbiased for the series; a final SRHT compresses the
-``(degree + 1) * poly_dim`` coordinates to ``d_out`` (Zandieh et al.,
-arXiv 2106.07880, Alg. 1). With ``w_j = sqrt(c_j)`` for non-negative
-coefficients ``c_j`` this sketches the zonal kernel ``sum_j c_j t^j``; with
-Hermite radial factors ``w_j = b_j(|x|)`` it sketches a dual activation off
-the sphere (arXiv 2209.04121).
+One :class:`~kernelsketch.sketch.tensor.PolySketch` tree sketches every power
+``x^{⊗j}``, ``j = 0..degree``; power ``j`` is weighted by ``w_j(x)`` and a final
+SRHT compresses the concatenation to ``d_out`` (arXiv 2106.07880, Alg. 1).
+``[..., d_in] -> [..., d_out]``; unbiased for the series. Theory:
+docs/neural_kernels.md.
 """
 
 from __future__ import annotations

@@ -1,16 +1,15 @@
-"""Dual activations (exact and Gauss-Hermite) and Hermite coefficients of activations.
+"""Dual activations (exact and by quadrature), Hermite coefficients, and their sketch.
 
-The dual kernel of an activation sigma on inputs x, y in R^d is
+The dual kernel of an activation sigma is
+``k_sigma(x, y) = E_{w ~ N(0, I_d)}[sigma(<w, x>) sigma(<w, y>)]`` (Daniely,
+Frostig, Singer 2016); with the Hermite coefficients
+``a_i(r) = E[sigma(r g) He_i(g)] / i!`` it expands as
+``sum_i i! a_i(|x|) a_i(|y|) cos(x, y)^i`` (arXiv 2209.04121, Sec. 3, Eq. (4)).
+:func:`dual_activation` evaluates it (closed forms for the names in
+:data:`ACTIVATIONS`, quadrature for any callable) for X [n, d], Y [m, d];
+:class:`ActivationKernelSketch` sketches the truncated expansion, off the sphere.
 
-    k_sigma(x, y) = E_{w ~ N(0, I_d)} [ sigma(<w, x>) sigma(<w, y>) ]
-                  = E[ sigma(u) sigma(v) ],  (u, v) ~ N(0, [[a, c], [c, b]]),
-
-with a = |x|^2, b = |y|^2, c = <x, y> (Daniely, Frostig, Singer 2016).
-Writing sigma(r g) = sum_i a_i(r) He_i(g) with probabilists' Hermite
-polynomials He_i and a_i(r) = E[sigma(r g) He_i(g)] / i! gives the expansion
-used by the sketches (Han et al., arXiv 2209.04121, Sec. 3):
-
-    k_sigma(x, y) = sum_i i! a_i(|x|) a_i(|y|) cos(x, y)^i.
+Theory (closed forms, quadrature rules, the sketch): docs/neural_kernels.md.
 """
 
 from __future__ import annotations
@@ -318,7 +317,7 @@ class ActivationSketchMap(nn.Module):
     the dual kernel truncated at ``degree`` (arXiv 2209.04121, Sec. 3-4).
     ``depth`` layers compose the map (the norms of the previous layer's
     features estimate its diagonal), sketching the NNGP kernel of a
-    ``depth``-hidden-layer sigma-network.
+    ``depth``-hidden-layer sigma-network. Theory: docs/neural_kernels.md.
 
     Parameters
     ----------

@@ -1,108 +1,29 @@
-"""Weighted random binning features: sparse features for Gaussian, Matérn and Laplace kernels.
+"""Weighted random binning: sparse features for the Gaussian, Matérn and Laplace kernels.
 
-Random binning (Rahimi & Recht 2007) lays a randomly shifted grid of random
-width ``w_j`` on each coordinate; two points share a feature iff they fall in
-the same cell, which happens with probability ``prod_j max(0, 1 - |x_j - y_j| / w_j)``.
-Mixing widths gives exactly the kernels that are mixtures of "tents", such as
-the Laplace kernel, but never a smooth (differentiable) kernel: every tent has
-a kink at 0. Kapralov et al. (arXiv 2003.09756) weight the binning features so
-that the induced kernel generates Gaussian processes of any desired smoothness
-(Gaussian, Matérn) and prove a spectral approximation for kernel ridge regression.
+Each of ``n_components`` randomly shifted grids of random cell widths gives a
+point ``x`` [d] one non-zero feature, at its cell, of value
+``prod_j f_k(t_j) / sqrt(n_components)`` (``t_j in [0, 1)`` the relative position
+in the cell along coordinate ``j``; ``f_k(t) = c_k (t (1 - t))^k``, ``f = 1`` for
+``"laplacian"``). ``transform`` returns CSR ``(n_samples, n_features_out_)``,
+float32 for float32 input, with ``Z @ Z.T`` unbiased for the induced kernel
+:func:`weighted_binning_kernel`:
 
-**Provenance.** Only that paper's abstract could be consulted when this module
-was written; its weight function and width distribution are not reproduced
-here. The weighting below is this module's own construction, derived from
-first principles: each point gets a weight ``prod_j f(t_j)`` depending on where
-it sits inside its cell (``t_j in [0, 1)`` its relative position), so the
-induced 1-D kernel is the autocorrelation of the weight function,
+- ``"laplacian"``: exactly ``exp(-||x - y||_1 / length_scale)``;
+- ``"gaussian"``: within 0.0068 (k = 1) to 0.000057 (k = 6) per coordinate of
+  ``exp(-||x - y||^2 / (2 length_scale^2))`` (0.00151 at the default k = 2);
+  C^{2k} at 0, Matérn-(k + 1/2) smoothness;
+- ``"matern"``: a Gaussian scale mixture close to the Matérn(nu) kernel, of
+  smoothness ``min(nu, k + 1/2)``.
 
-    A(delta) = int_0^{1-delta} f(t) f(t + delta) dt,   delta = |x_j - y_j| / w_j,
+Guarantee: with enough grids, ``(1 - eps)(K + lambda I) <= Z Z^T + lambda I <=
+(1 + eps)(K + lambda I)`` (the form of arXiv 2003.09756's theorem; here by
+matrix Bernstein, constants not worked out). One grid's estimate of ``k(x, x)``
+has relative variance ``E[f_k^4]^d - 1``: the smooth weightings need many grids
+beyond ~8 input dimensions. The weighting is this library's own construction,
+not the paper's (only its abstract was consulted).
 
-which is as smooth as ``f`` allows, while each point still has exactly one
-non-zero feature per grid (``n_components`` non-zeros per row, CSR output).
-
-Weightings implemented here (``int f^2 = 1``, so the induced kernel has k(x, x) = 1):
-
-- ``"laplacian"``: ``f = 1`` (plain random binning), widths ``w ~ Gamma(2, scale=length_scale)``
-  per coordinate: the induced kernel is exactly ``exp(-||x - y||_1 / length_scale)``.
-- ``"gaussian"``: ``f_k(t) = c_k (t (1 - t))^k`` with ``k = weight_order`` (1 to 6,
-  default 2) and ``c_k^2 = 1 / Beta(2k + 1, 2k + 1)`` (``f_2 = sqrt(630) t^2 (1 - t)^2``).
-  Its autocorrelation ``A_k`` is a polynomial of degree ``4k + 1`` on [0, 1], computed
-  exactly in rational arithmetic (``A_2(d) = 1 - 6 d^2 + 21 d^4 - 21 d^5 + 6 d^7 - d^9``).
-  Widths ``w = W_k * length_scale * g``, ``g ~ Gamma(a_k, scale=1/a_k)`` per coordinate.
-  The induced kernel is the product over coordinates of ``E_g[A_k(|x_j - y_j| / w)]``
-  (closed form with incomplete gamma functions, :func:`weighted_binning_kernel`; it
-  needs ``a_k > 4k + 1``). ``(W_k, a_k)`` were fitted once, offline, to minimise the
-  sup-norm distance to ``exp(-t^2 / 2)`` (3-decimal ``W_k``, integer ``a_k``; ``k = 2``
-  keeps the shipped (3.577, 35), which is that fit's optimum). Measured sup distance per
-  coordinate to ``exp(-||x - y||^2 / (2 length_scale^2))``:
-
-  ====  =======  =====  ============  =========
-  k     W_k      a_k    sup distance  E[f_k^4]
-  ====  =======  =====  ============  =========
-  1     2.993    37     0.0068        1.43
-  2     3.577    35     0.00151       1.81
-  3     4.089    41     0.00052       2.13
-  4     4.547    48     0.00023       2.41
-  5     4.964    55     0.000083      2.66
-  6     5.350    63     0.000057      2.89
-  ====  =======  =====  ============  =========
-
-- ``"matern"``: a Matérn kernel of order ``nu`` is a Gaussian scale mixture,
-  ``k_nu(r) = E_tau[exp(-r^2 / (2 s^2))]`` with ``s^2 = length_scale^2 tau / nu`` and
-  ``tau ~ Gamma(nu, 1)`` (from ``K_nu``'s integral representation); each grid draws one
-  ``tau`` shared by all coordinates and uses the weighting ``f_k`` at scale ``s``.
-
-What is verified (``tests/features/test_binning.py``): ``A_k`` against numerical
-quadrature of the autocorrelation (k = 1..5), ``A_2`` equal to the original table; the
-features are unbiased for the induced kernel (Monte Carlo: the three weightings at
-k = 2, Gaussian and Matérn at k = 3); the induced kernel equals the Laplace kernel to
-1e-12, is within the sup distance above of the Gaussian (k = 1..4), within 0.006 of
-scikit-learn's Matérn for ``nu`` in {0.5, 1.5, 2.5} (k = 2) and within 0.003 for
-``nu`` = 3.5, 4.5 with ``k = nu - 1/2``; the smoothness below (odd coefficients of
-``A_k``, small-distance expansion of the oracle, spectral tail slope); the spectral
-error ``eps`` below falls with the number of grids.
-
-Smoothness, and how far it goes: ``f_k`` vanishes to order ``k`` at both cell ends, so
-``A_k`` has only even powers up to ``d^{2k}`` and its first odd term is ``d^{2k+1}``,
-which survives the width mixture (``E[w^-(2k+1)]`` is finite). The ``"gaussian"``
-kernel is therefore C^{2k} but not C^{2k+1} at 0: its spectral density decays like
-``|omega|^-(2k+2)`` per coordinate, as a Matérn-(k + 1/2) kernel's (``|f_k^|^2`` decays
-so), and its Gaussian-process paths are mean-square ``k`` times differentiable. Any
-finite smoothness is reached by choosing ``k``; infinite smoothness (the true Gaussian)
-is not: close in value, Matérn-(k + 1/2) in smoothness. The ``"matern"`` mixture has a
-singular term of Matérn's own order ``r^{2 nu}`` at 0 (it comes from the small scales
-``s``; ``E[s^-(2k+1)]`` is infinite when ``nu < k + 1/2``), so its smoothness is
-``min(nu, k + 1/2)``: ``weight_order >= nu - 1/2`` gives the target's smoothness.
-
-The features are unbiased for the induced kernel: ``E[phi(x) . phi(y)] = k(x, y)``,
-and with enough grids they give a spectral approximation
-``(1 - eps)(K + lambda I) <= Z Z^T + lambda I <= (1 + eps)(K + lambda I)``, the
-form arXiv 2003.09756 proves for its weighting. For this weighting it follows
-from matrix Bernstein for i.i.d. unbiased rank-one terms whose weights are
-bounded (``f_k <= c_k / 4^k``, 1.37 to 2.01 for k = 1..6, per coordinate), with
-``O(n_lambda log n / eps^2)`` grids where
-``n_lambda = max_grid ||(K + lambda I)^{-1/2} z_grid||^2`` (the argument
-Avron et al., ICML 2017, make for random Fourier features); the constants are
-not worked out here, the behaviour is tested.
-
-Variance grows with the dimension and with ``k``: one grid's estimate of ``k(x, x)`` is
-``prod_j f_k(t_j)^2`` with relative variance ``E[f_k^4]^d - 1`` (table above, exact:
-:func:`weight_fourth_moment`; 1 for the Laplace weighting), e.g. at d = 10 a factor
-35 (k = 1), 386 (k = 2), 1962 (k = 3), 40973 (k = 6). Smoothness is paid in grids:
-beyond ~8 input dimensions the smooth weightings need many grids, the more so the
-larger ``k``; the Laplace weighting has no such cost.
-
-Columns are the cells seen in ``fit``; a cell first seen in ``transform`` gets no
-column (its feature is dropped), which leaves inner products with training
-points exact and only lowers ``k(x, x')`` between two new points that share a
-cell no training point occupies.
-
-References
-----------
-M. Kapralov, N. Nouri, I. Razenshteyn, A. Velingker, A. Zandieh. "Scaling up
-Kernel Ridge Regression via Locality Sensitive Hashing", AISTATS 2020 (arXiv 2003.09756).
-A. Rahimi, B. Recht. "Random Features for Large-Scale Kernel Machines", NeurIPS 2007.
+Theory, provenance, the fitted width table, smoothness and what is verified:
+docs/weighted_random_binning.md.
 """
 
 from __future__ import annotations
@@ -139,7 +60,7 @@ KERNELS = ("gaussian", "matern", "laplacian")
 # and the integer a_k > 4k + 1 minimise sup_u |E_g[A_k(u / (W_k g))] - exp(-u^2 / 2)| on a
 # 16001-point grid of u in [0, 8] (scipy's bounded scalar search in W for each integer a,
 # run once offline); k = 2 keeps the constants this module shipped with (3.577, 35),
-# which are that fit's optimum. Sup distances are listed in the module docstring.
+# which are that fit's optimum. Sup distances: docs/weighted_random_binning.md.
 _WIDTH_TABLE = {
     1: (2.993, 37.0),
     2: (3.577, 35.0),
@@ -289,8 +210,8 @@ def weighted_binning_kernel(
     K : ndarray [n, m], float64
         ``laplacian``: ``exp(-||x - y||_1 / length_scale)``; ``gaussian``:
         ``prod_j k1((x_j - y_j) / length_scale)`` with ``k1 = E_g[A_k(|t| / (W_k g))]``
-        within the module docstring's sup distance of ``exp(-t^2/2)`` (0.00151 for
-        ``k = 2``); ``matern``: ``E_tau[prod_j k1((x_j - y_j) / s)]`` with
+        within a sup distance of ``exp(-t^2/2)`` from 0.0068 (``k = 1``) to 0.000057
+        (``k = 6``), 0.00151 for ``k = 2`` (docs/weighted_random_binning.md); ``matern``: ``E_tau[prod_j k1((x_j - y_j) / s)]`` with
         ``s^2 = length_scale^2 tau / nu``, ``tau ~ Gamma(nu, 1)`` (trapezoid rule in
         ``log tau``, 256 nodes), close to the Matérn kernel of order ``nu``.
     """
@@ -346,12 +267,11 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
     :class:`kernelsketch.features.KernelRidge` (CG on the sparse features) for
     kernel ridge regression in ``O(n_components * n)`` memory.
 
-    The weight function is this module's own construction (the idea of weighting
-    is arXiv 2003.09756's; its exact weighting could not be consulted): see the
-    module docstring for what is verified. With ``weight_order = k`` the ``"gaussian"``
-    kernel is C^{2k} at 0 (spectral density ``~ |omega|^-(2k+2)``, Matérn-(k + 1/2)-like
-    smoothness): any finite smoothness, close to the Gaussian in value, never infinitely
-    smooth.
+    With ``weight_order = k`` the ``"gaussian"`` kernel is C^{2k} at 0 (spectral
+    density ``~ |omega|^-(2k+2)``, Matérn-(k + 1/2)-like smoothness): any finite
+    smoothness, close to the Gaussian in value, never infinitely smooth. The weight
+    function is this library's own (the idea of weighting is arXiv 2003.09756's):
+    docs/weighted_random_binning.md.
 
     Parameters
     ----------

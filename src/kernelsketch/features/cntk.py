@@ -1,22 +1,14 @@
 """Convolutional NTK (CNTK) of a ReLU conv net with global average pooling.
 
-Network convention (no biases, NTK parameterisation, ReLU scaled by sqrt(2)):
-``depth`` = L layers of (q x q convolution, stride 1, zero "same" padding,
-ReLU), then global average pooling (GAP) and a linear output. For images x, y
-with P = H W pixels, covariances are P x P matrices indexed by pixel pairs
-(p, p'). Writing conv(M)_{p,p'} = q^-2 sum_{delta in q x q window} M_{p+delta, p'+delta}
-(zero outside the image), the recursion (Arora et al. 2019, Sec. 4 and
-App. E) is
+``depth`` = L layers of (q x q convolution, stride 1, zero "same" padding, ReLU),
+then global average pooling and a linear output; no biases, NTK
+parameterisation, ReLU scaled by sqrt(2). :func:`cntk_relu` and
+:func:`cnngp_relu` evaluate the pixel-pair recursion of Arora et al. 2019 (Sec. 4
+and App. E) exactly for images [n, C, H, W] (``O(n m (H W)^2 q^2 depth)``);
+:class:`CNTKSketch` sketches it per pixel in time linear in the number of pixels
+(arXiv 2106.07880, Sec. 5).
 
-    Sigma_g^(0) = <x_{:,p}, y_{:,p'}> (channel inner products),  Theta_g^(0) = 0,
-    Sigma_f^(h) = conv(Sigma_g^(h-1)),   Theta_f^(h) = Sigma_f^(h) + conv(Theta_g^(h-1)),
-    Sigma_g^(h) = n_p n'_p' kappa1(c),   Theta_g^(h) = Theta_f^(h) kappa0(c),
-
-with c = Sigma_f^(h)_{p,p'} / (n_p n'_p'), n_p^2 = Sigma_f^(h)(x, x)_{p,p} the
-pre-activation variance at pixel p (computable per image: the diagonal
-obeys n^(h) = conv(n^(h-1)) since kappa1(1) = 1). Finally
-
-    CNNGP(x, y) = mean_{p,p'} Sigma_g^(L),   CNTK(x, y) = mean_{p,p'} (Sigma_g^(L) + Theta_g^(L)).
+Theory (the recursion, the per-pixel sketch): docs/neural_kernels.md.
 """
 
 from __future__ import annotations
@@ -135,8 +127,8 @@ def cntk_relu(X, Y=None, *, depth: int = 1, filter_size: int = 3):
     Returns
     -------
     K : same type as X, shape (n, m)
-        CNTK(x_i, y_j) as defined in the module docstring; homogeneous of
-        degree 2 in the pixel values (K(s x, s x) = s^2 K(x, x)).
+        CNTK(x_i, y_j) (the recursion of docs/neural_kernels.md); homogeneous
+        of degree 2 in the pixel values (K(s x, s x) = s^2 K(x, x)).
 
     References
     ----------
@@ -157,20 +149,13 @@ def cnngp_relu(X, Y=None, *, depth: int = 1, filter_size: int = 3):
 class CNTKSketchMap(nn.Module):
     """Torch feature map of CNTK Sketch for images [n, C, H, W] (time linear in pixels).
 
-    Per pixel p, features psi_p (NNGP, <psi_p(x), psi_p'(y)> ~ Sigma_g) and
-    phi_p (NTK part, ~ Theta_g) of dimension ``pixel_dim`` follow the
-    recursion of :func:`cntk_relu` (arXiv 2106.07880, Sec. 5):
-
-    - convolution: the q x q neighbourhood of features, scaled by 1/q, is
-      concatenated (exact for conv(.)) and compressed by an SRHT:
-      psi_f = R(nbhd(psi_g)/q), phi_f = R'([nbhd(phi_g)/q, nbhd(psi_g)/q]);
-    - ReLU: with the exact pre-activation std sqrt(n_p) (:func:`pixel_variances`)
-      and u = psi_f / |psi_f|, psi_g = sqrt(n_p) K1(u) and
-      phi_g = T(phi_f ⊗ K0(u)), where K1, K0 are power-series sketches of
-      non-negative polynomial fits of kappa1, kappa0 sharing one PolySketch,
-      and T a degree-2 TensorSRHT;
-    - global average pooling: means over pixels, then an SRHT of
-      [psi, phi] (NTK) or of psi (NNGP) to ``n_components``.
+    Per-pixel features of dimension ``pixel_dim`` follow the recursion of
+    :func:`cntk_relu` (arXiv 2106.07880, Sec. 5): convolution = concatenated q x q
+    neighbourhoods compressed by an SRHT; ReLU = power-series sketches of
+    non-negative polynomial fits of kappa1 / kappa0 with the exact pre-activation
+    std (:func:`pixel_variances`) and a degree-2 TensorSRHT for the NTK product;
+    global average pooling, then an SRHT to ``n_components``. Output
+    [n, n_components] in the input dtype. Theory: docs/neural_kernels.md.
 
     Parameters
     ----------

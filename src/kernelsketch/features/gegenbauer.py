@@ -1,26 +1,17 @@
 """Gegenbauer (zonal) harmonics on the sphere and random Gegenbauer features.
 
-Notation (arXiv 2202.03474 §2; arXiv 2202.12995 §2). ``P_ℓ`` is the degree-ℓ
-Gegenbauer polynomial for the sphere ``S^{d-1}``, normalised so that
-``P_ℓ(1) = 1`` (Chebyshev polynomials for d = 2, Legendre for d = 3), and
-``α_ℓ = dim H_ℓ`` is the dimension of the degree-ℓ spherical harmonics. With
-``σ`` the uniform probability measure on ``S^{d-1}`` they satisfy the
-reproducing property
+``P_ℓ`` is the degree-ℓ Gegenbauer polynomial for ``S^{d-1}`` normalised to
+``P_ℓ(1) = 1`` and ``α_ℓ = dim H_ℓ`` (arXiv 2202.03474 §2); they reproduce
+``E_{w~σ}[P_ℓ(<x, w>) P_ℓ'(<y, w>)] = δ_{ℓℓ'} P_ℓ(<x, y>) / α_ℓ``. A generalized
+zonal kernel (GZK) is ``k(x, y) = Σ_j ρ_j(‖x‖) ρ_j(‖y‖) Σ_ℓ a_{jℓ} P_ℓ(<x̂, ŷ>)``,
+``a_{jℓ} ≥ 0`` (Gaussian, dot-product and ReLU-NTK kernels, truncated at
+``degree``). :class:`GegenbauerFeatures` maps X (n, d) to features whose inner
+products are unbiased for the truncated GZK (:func:`gzk_kernel`, float64), a
+subspace embedding of ``K + λI`` once the number of directions is of the order of
+the statistical dimension (the paper's guarantee).
 
-    E_{w~σ}[ P_ℓ(<x, w>) P_ℓ'(<y, w>) ] = δ_{ℓℓ'} P_ℓ(<x, y>) / α_ℓ,
-
-so ``α_ℓ P_ℓ(<x, y>)`` is the reproducing kernel of ``H_ℓ`` in ``L²(σ)`` and
-``Σ_{ℓ≤q} α_ℓ P_ℓ(<x, y>)`` the one of the harmonics of degree ≤ q.
-
-A generalized zonal kernel (GZK) has the form
-
-    k(x, y) = Σ_j ρ_j(‖x‖) ρ_j(‖y‖) Σ_ℓ a_{jℓ} P_ℓ(<x̂, ŷ>),   a_{jℓ} ≥ 0,
-
-with radial factors ``ρ_j`` (the paper's ``h``). The Gegenbauer feature of a
-direction ``w ~ σ`` and radial index j is
-``ρ_j(‖x‖) Σ_ℓ sqrt(α_ℓ a_{jℓ}) P_ℓ(<x̂, w>)``; by the reproducing property the
-inner product of m such features (scaled by 1/sqrt(m)) is an unbiased estimate
-of ``k`` (cross-degree terms vanish in expectation).
+Theory (notation, recurrences, the three kernel families, truncation):
+docs/gegenbauer.md.
 """
 
 from __future__ import annotations
@@ -360,8 +351,9 @@ def gegenbauer_features(
     """Random Gegenbauer features (torch; any device, any float dtype, batched).
 
     ``φ(x)[i, j] = ρ_j(‖x‖) Σ_ℓ S[j, ℓ] P_ℓ(<x̂, w_i>) / sqrt(m)`` with
-    ``ρ_j(r) = r^{p_j} e^{-γ r²}`` and ``S[j, ℓ] = sqrt(α_ℓ A[j, ℓ])`` (see the module
-    docstring); ``E[<φ(x), φ(y)>]`` is the GZK ``k(x, y)`` for directions ``w_i ~ σ``.
+    ``ρ_j(r) = r^{p_j} e^{-γ r²}`` and ``S[j, ℓ] = sqrt(α_ℓ A[j, ℓ])``
+    (docs/gegenbauer.md); ``E[<φ(x), φ(y)>]`` is the GZK ``k(x, y)`` for directions
+    ``w_i ~ σ``.
 
     Parameters
     ----------

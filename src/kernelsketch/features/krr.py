@@ -1,25 +1,13 @@
 """Kernel ridge regression in the primal, on any feature map of :mod:`kernelsketch.features`.
 
-With features ``Z = phi(X)`` of shape ``[n, D]`` and ``Z Z^T ~ K``, kernel ridge
-regression ``f = K (K + alpha I)^{-1} y`` becomes the primal ridge problem
+With features ``Z = phi(X)`` [n, D], ``Z Z^T ~ K``, kernel ridge regression becomes
+``w = (Z^T Z + alpha I)^{-1} Z^T y``, ``f(x) = phi(x) . w``: ``O(n D^2)`` by Cholesky
+or ``O(nnz(Z))`` per conjugate-gradient step, in torch on the features' device
+(scipy sparse features as torch sparse CSR). When ``(1 - eps)(K + alpha I) <=
+Z Z^T + alpha I <= (1 + eps)(K + alpha I)``, the in-sample predictions are within
+a ``O(eps)`` factor of exact KRR's risk (Avron et al., ICML 2017).
 
-    w = (Z^T Z + alpha I)^{-1} Z^T y,        f(x) = phi(x) . w
-
-which costs ``O(n D^2)`` by Cholesky or ``O(nnz(Z))`` per conjugate-gradient
-iteration, instead of ``O(n^3)``. When ``(1 - eps)(K + alpha I) <= Z Z^T + alpha I
-<= (1 + eps)(K + alpha I)`` (the spectral guarantee of RLSNystroem,
-WeightedRandomBinning, PolynomialLeverageSampler), the in-sample predictions
-are within a ``O(eps)`` factor of exact KRR's risk (Avron et al., ICML 2017).
-
-Everything runs in torch, on the device of the features (GPU when given CUDA
-tensors); scipy sparse features (WeightedRandomBinning) become torch sparse
-CSR tensors, so each CG step costs ``O(nnz)``.
-
-References
-----------
-Avron, Kapralov, Musco, Musco, Velingker, Zandieh. "Random Fourier features for
-kernel ridge regression: approximation bounds and statistical guarantees", ICML 2017.
-Hestenes & Stiefel (1952), conjugate gradients; Jacobi (diagonal) preconditioning.
+Theory and solvers: docs/kernel_ridge.md.
 """
 
 from __future__ import annotations

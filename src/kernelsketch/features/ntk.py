@@ -1,16 +1,23 @@
 """Fully-connected ReLU NTK / NNGP: exact kernels and randomized feature maps.
 
-Network convention (no biases, NTK parameterisation, ReLU scaled by sqrt(2)
-so that a layer preserves the diagonal): ``depth`` = L hidden ReLU layers
-followed by a linear output. With Sigma^(0) = <x, y> and cosines
-c^(h) = Sigma^(h) / (|x| |y|), the recursion (Jacot et al. 2018; Arora et al.
-2019, Eq. (3)-(5)) is
+Bias-free ReLU network (NTK parameterisation, ReLU scaled by sqrt(2)) with
+``depth`` = L hidden layers: with ``Sigma^(0) = <x, y>`` and cosines
+``c^(h) = Sigma^(h) / (|x| |y|)``,
+``Sigma^(h) = |x| |y| kappa1(c^(h-1))`` and
+``Theta^(h) = Theta^(h-1) kappa0(c^(h-1)) + Sigma^(h)`` (Arora et al. 2019,
+Eq. (3)-(5)); the NTK / NNGP are ``Theta^(L)`` / ``Sigma^(L)``, homogeneous, with
+``Theta^(L)(x, x) = (L+1)|x|^2``.
 
-    Sigma^(h) = |x| |y| kappa1(c^(h-1)),      (NNGP of layer h)
-    Theta^(h) = Theta^(h-1) kappa0(c^(h-1)) + Sigma^(h),   Theta^(0) = Sigma^(0),
+- :func:`ntk_relu`, :func:`nngp_relu`: exact kernels [n, m] of X [n, d], Y [m, d]
+  (torch or numpy; the oracles of the sketches).
+- :class:`NTKRandomFeatures`: arc-cosine random features with sketched tensor
+  products (arXiv 2104.01351, Alg. 1), relative error ``O(depth / sqrt(n_components))``.
+- :class:`NTKSketch`: non-negative polynomial fit + PolySketch of all powers +
+  SRHT (arXiv 2106.07880, Alg. 1), error ``O(1/sqrt(n_components))`` plus the fit
+  error.
 
-and the NTK / NNGP of the network are Theta^(L) / Sigma^(L). Both are
-homogeneous: K(x, y) = |x| |y| K(x/|x|, y/|y|), and Theta^(L)(x, x) = (L+1)|x|^2.
+Theory (the recursions, the layer-by-layer features, leverage-sampled directions):
+docs/neural_kernels.md.
 """
 
 from __future__ import annotations
@@ -130,15 +137,12 @@ def _pad_to(x: torch.Tensor, d: int) -> torch.Tensor:
 def leverage_sampled_directions(X, m, *, pool_factor=4, ridge=1e-3, generator=None, max_rows=1000):
     """First-layer directions sampled by ridge leverage scores of order-1 arc-cosine features.
 
-    Draws a pool of M = pool_factor * m directions w ~ N(0, I), forms the
-    features f_w = sqrt(2) relu(X w) on (up to ``max_rows`` of) the training
-    rows, and samples m directions with probability p_w proportional to the
-    ridge leverage score of f_w in the pool's Gram K = (1/M) sum_w f_w f_w^T
-    (ridge ``ridge * trace(K)``), with importance weights 1/(m p_w). This is
-    the empirical version of leverage-score sampling of random features
-    (Bach 2017; Avron et al. 2017), as proposed for arc-cosine features in
-    arXiv 2104.01351, Sec. 4: the weighted features are unbiased for the pool
-    average, itself unbiased for the exact arc-cosine kernel.
+    From a pool of ``pool_factor * m`` Gaussian directions, ``m`` are drawn with
+    probability proportional to the ridge leverage scores of their features
+    ``sqrt(2) relu(X w)`` on (up to ``max_rows`` of) the rows of ``X`` [n, d] (ridge
+    ``ridge * trace(K)``), with importance weights (arXiv 2104.01351, Sec. 4): the
+    weighted features are unbiased for the exact arc-cosine kernel. All draws come
+    from ``generator``. Theory: docs/neural_kernels.md.
 
     Returns
     -------
@@ -161,22 +165,13 @@ def leverage_sampled_directions(X, m, *, pool_factor=4, ridge=1e-3, generator=No
 class NTKRandomFeatureMap(nn.Module):
     """Torch feature map of NTK random features (arc-cosine features + sketched tensor products).
 
-    Layer by layer (after Han, Avron, Shoham, Kim, Shin, arXiv 2104.01351,
-    Alg. 1), with Phi^(0) = Psi^(0) = x and i.i.d. N(0, I) directions W_h:
-
-        Phi^(h)  = sqrt(2 / m) relu(Phi^(h-1) W_h)        (order-1 arc-cosine: E <.,.> = Sigma^(h))
-        dPhi^(h) = sqrt(2 / m) step(Phi^(h-1) W_h)        (order-0 arc-cosine: E <.,.> = kappa0)
-        Psi^(h)  = T_h(Psi^(h-1) ⊗ dPhi^(h)) + R_h(Phi^(h))  (E <.,.> = Theta^(h-1) kappa0 + Sigma^(h))
-
-    T_h is a :class:`~kernelsketch.sketch.tensor.Degree2Sketch` of the pair
-    (TensorSRHT for ``tensor_sketch="srht"``, TensorSketch — FFT of
-    CountSketches — for ``"countsketch"``; the shorter factor is zero-padded,
-    which leaves inner products unchanged) and R_h an independent SRHT, both
-    into ``d_out`` dimensions. The paper concatenates the two parts; summing
-    two independent unbiased sketches is also unbiased for the sum of the
-    two kernels (cross terms have mean zero) and lets the output have any
-    dimension. Both arc-cosine orders use the same directions (each is
-    unbiased on its own). The output is Psi^(L) (NTK) or Phi^(L) (NNGP).
+    Layer ``h`` maps ``(Phi, Psi)`` to ``Phi' = sqrt(2/m) relu(Phi W_h)`` (order-1
+    arc-cosine, ``E <Phi', Phi'> = Sigma^(h)``) and
+    ``Psi' = T_h(Psi ⊗ sqrt(2/m) step(Phi W_h)) + R_h(Phi')`` (``E <Psi', Psi'> =
+    Theta^(h)``), ``T_h`` a :class:`~kernelsketch.sketch.tensor.Degree2Sketch` and
+    ``R_h`` an SRHT (after arXiv 2104.01351, Alg. 1; the paper concatenates the two
+    parts, here they are summed). ``[..., d_in] -> [..., d_out]`` (``n_arccos`` for
+    the NNGP), dtype of the input. Theory: docs/neural_kernels.md.
 
     Parameters
     ----------

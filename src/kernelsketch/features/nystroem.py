@@ -1,32 +1,14 @@
 """Nyström features with landmarks sampled by recursive ridge leverage scores (any kernel).
 
-The ``lambda``-ridge leverage score of point ``i`` for the kernel matrix ``K`` is
-``tau_i = (K (K + lambda I)^{-1})_{ii}``; their sum is the effective dimension
-``d_lambda``. Sampling ``O(d_lambda log d_lambda)`` landmarks with probabilities
-proportional to (over-estimates of) ``tau`` gives a Nyström approximation
-``K~ = K_{:,L} K_{L,L}^+ K_{L,:}`` with
+:class:`RLSNystroem` maps X (n, d) to ``phi(x) = k(x, L) K_LL^{-1/2}`` [n_components]
+for landmarks ``L`` sampled in proportion to estimated ``lambda``-ridge leverage
+scores by RecursiveRLS-Nyström (Musco & Musco, NeurIPS 2017), with ``O(n s)``
+kernel evaluations and ``O(n s^2)`` time. Guarantee (their main theorem): with
+``O(d_lambda log d_lambda)`` landmarks, ``K~ <= K <= K~ + eps lambda I`` for
+``K~ = phi(X) phi(X)^T``.
 
-    K~ <= K <= K~ + eps * lambda * I          (Musco & Musco 2017, main theorem)
-
-Computing ``tau`` exactly costs ``O(n^3)``. RecursiveRLS-Nyström (their recursive algorithm)
-estimates it with ``O(n s)`` kernel evaluations: keep a uniform half of the
-points, recurse on it to get weighted landmarks ``S``, then estimate every
-point's score from ``S`` (their ridge-leverage estimator):
-
-    l_i = (k_ii - K_{iS} W (W K_SS W + lambda I)^{-1} W K_{Si}) / lambda,  W = diag(1/sqrt(p_S))
-
-and resample the current set with probabilities ``min(1, c s l_i / sum l)``.
-Each level chooses ``lambda`` so that about ``s`` points are sampled: the tail
-of the spectrum after the top ``s`` eigenvalues, divided by ``s`` (their
-fixed-sample-size variant); the constants here are ours.
-The final ``n_components`` landmarks are drawn without replacement in
-proportion to the top-level estimates.
-
-References
-----------
-C. Musco, C. Musco. "Recursive Sampling for the Nyström Method", NeurIPS 2017.
-A. Alaoui, M. Mahoney. "Fast randomized kernel ridge regression with
-statistical guarantees", NeurIPS 2015 (ridge leverage scores).
+Theory (the recursive estimator, the choice of ``lambda``, constants):
+docs/rls_nystroem.md.
 """
 
 from __future__ import annotations

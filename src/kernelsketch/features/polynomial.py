@@ -1,56 +1,23 @@
 """Features for the polynomial kernel ``(gamma <x, y> + coef0)^degree``.
 
-Both transformers first lift ``x -> a(x) = [sqrt(gamma) x, sqrt(coef0)]`` so the
-kernel is the plain tensor-power kernel ``<a(x), a(y)>^degree = <a(x)^{⊗q}, a(y)^{⊗q}>``.
+Both transformers lift ``x -> a(x) = [sqrt(gamma) x, sqrt(coef0)]``, so the kernel
+is ``<a(x), a(y)>^degree``; both take dense arrays or scipy sparse matrices
+``(n_samples, n_features)`` and return float32 for float32 input.
 
-- :class:`PolynomialSketch` (oblivious): the PolySketch degree-2 tree of Ahle et
-  al. (SODA 2020) from :mod:`kernelsketch.sketch.tensor`; ``E[<S(x), S(y)>] = k(x, y)``,
-  subspace embedding with ``n_components`` polynomial in ``degree`` (not exponential).
-  Compare with ``sklearn.kernel_approximation.PolynomialCountSketch`` (TensorSketch).
-- :class:`PolynomialLeverageSampler` (data-dependent): samples ``n_components``
-  coordinates ``c = (j_1, ..., j_q)`` of ``a(X)^{⊗q}`` with probability close to
-  their ridge leverage scores ``tau_c = phi_c^T (K + lambda I)^{-1} phi_c``, where
-  ``phi_c = a(X)[:, j_1] * ... * a(X)[:, j_q]`` is the column of the (implicit)
-  ``n x d^q`` feature matrix. Sampling ``O(s_lambda log s_lambda / eps^2)`` columns
-  (``s_lambda = tr K (K + lambda I)^{-1}``) this way, each rescaled by
-  ``1 / sqrt(m p_c)``, gives (Woodruff & Zandieh, ICML 2020)
+- :class:`PolynomialSketch` (oblivious): the PolySketch degree-2 tree of
+  :mod:`kernelsketch.sketch.tensor` on ``a(x)``; ``E[<S(x), S(y)>] = k(x, y)``, a
+  subspace embedding with ``n_components`` polynomial in ``degree`` (Ahle et al.,
+  SODA 2020, Theorem 1.2), where scikit-learn's ``PolynomialCountSketch``
+  (TensorSketch) degrades exponentially.
+- :class:`PolynomialLeverageSampler` (data-dependent): ``n_components``
+  coordinates of ``a(X)^{⊗degree}`` sampled by approximate ridge leverage
+  scores, rescaled so that ``E[Z Z^T] = K`` exactly; with
+  ``O(s_lambda log s_lambda / eps^2)`` samples,
+  ``(1 - eps)(K + lambda I) <= Z Z^T + lambda I <= (1 + eps)(K + lambda I)``
+  (Woodruff & Zandieh, ICML 2020), in input-sparsity time for sparse ``X``.
 
-      (1 - eps)(K + lambda I) <= K~ + lambda I <= (1 + eps)(K + lambda I).
-
-How the sampler finds the scores without forming ``d^q`` columns (after
-Woodruff & Zandieh: approximate leverage scores from sketches of
-lower tensor powers, then sample the ``q`` indices one after the other):
-
-1. PolySketch gives ``Psi_r ~ a(X)^{⊗r}`` for ``r = 0..q`` in one tree
-   (``Psi_r Psi_r^T ~ K_r = (a(X) a(X)^T)^{∘r}``; ``Psi_0`` is exactly the constant 1);
-   Gaussian nodes for dense X, TensorSketch nodes on CountSketch leaves applied
-   to the scipy sparse rows for sparse X.
-2. With the thin SVD ``Psi_q = U S V^T``, ``M = lambda^{-1/2} (I - U diag(1 -
-   sqrt(lambda / (S^2 + lambda))) U^T)`` satisfies ``M^T M = (Psi_q Psi_q^T + lambda I)^{-1}``;
-   a ``k``-row Gaussian JL ``G`` gives ``B = G M`` and ``tau_c ~ ||B phi_c||^2``.
-3. The index ``j_t`` is drawn given the prefix ``v = a_{j_1} * ... * a_{j_{t-1}}``
-   with probability proportional to the mass of all completions,
-   ``sum_rows ||Psi_{q-t}^T (b_row * v * a_{:, j})||^2`` (exact at ``t = q``),
-   mixed with 10% of the exact squared-norm distribution
-   ``sum_i (v_i a_ij)^2 ||a_i||^{2(q-t)}``, which covers every column with
-   ``phi_c != 0``.
-
-The sampling probability ``p_c`` of each drawn tuple is the exact product of
-the conditionals used, so ``K~ = sum_s phi_{c_s} phi_{c_s}^T / (m p_{c_s})`` is an
-unbiased estimator of ``K`` whatever the sketch errors; they only affect the
-variance. Cost: one PolySketch pass, an ``O(n D^2)`` SVD and ``O(k D nnz)`` per
-distinct index prefix, where for scipy sparse input ``nnz`` counts only the rows
-on which the prefix product is non-zero (input-sparsity time, see
-:func:`sample_tensor_coordinates`; nothing of size ``d`` or ``d^q`` is formed, so
-``X`` may have billions of columns); transform is ``O(n m q)``, or
-``O(nnz(X) + nnz(Z))`` for sparse input.
-
-References
-----------
-D. Woodruff, A. Zandieh. "Near Input Sparsity Time Kernel Embeddings via
-Adaptive Sampling", ICML 2020.
-T. Ahle, M. Kapralov, J. Knudsen, R. Pagh, A. Velingker, D. Woodruff, A. Zandieh.
-"Oblivious Sketching of High-Degree Polynomial Kernels", SODA 2020.
+Theory (the sampler's three steps, unbiasedness, cost, measured limits):
+docs/polynomial_features.md.
 """
 
 from __future__ import annotations
@@ -447,17 +414,15 @@ class PolynomialLeverageSampler(RandomFeaturesTransformer):
         PolySketch dimension for the score estimates. The estimated kernel has rank
         at most ``sketch_size``; when the statistical dimension at ``ridge`` is larger,
         the scores drift toward squared-norm sampling. Raising it improves them at
-        a cost linear in it (on the input-sparsity benchmark, m = 256: mean spectral
-        eps 1.64 at 64, 1.18 at 512, over 3 seeds).
+        a cost linear in it (measured: docs/polynomial_features.md).
     random_state : int, RandomState or None
 
     Notes
     -----
     Sparse input (scipy CSR/CSC) is fitted and transformed in input-sparsity time:
     nothing of size ``n_features`` is allocated (see :func:`sample_tensor_coordinates`).
-    Dense input costs ``O(n d k D)`` per distinct sampled index prefix (up to
-    ``min(n_components, (d + 1)^t)`` prefixes at step ``t``), which is fast for
-    ``d`` up to a few tens; pass wide data that has many zeros as a sparse matrix.
+    Dense input costs ``O(n d k D)`` per distinct sampled index prefix; pass wide
+    data that has many zeros as a sparse matrix (docs/polynomial_features.md).
 
     Attributes
     ----------

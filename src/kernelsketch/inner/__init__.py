@@ -3,7 +3,9 @@
 ``Sketcher(method, size, seed).sketch(vector or (indices, values))`` returns a
 :class:`Sketch`; ``sketch_a.inner_product(sketch_b)`` estimates ``<a, b>``.
 :mod:`kernelsketch.inner.join` estimates join size, sums and post-join
-correlation of two keyed columns from one sketch per column.
+correlation of two keyed columns from one sketch per column. ``seed`` is the
+hashing seed shared by coordinated sketches (docs/conventions.md). Theory:
+docs/inner_products.md.
 """
 
 from kernelsketch.inner.base import Sketch

@@ -1,15 +1,11 @@
 """The :class:`Sketch` base class: compatibility checks, equality, serialization.
 
-A sketch holds a few named numpy arrays and scalars plus the parameters of the
-:class:`~kernelsketch.inner.Sketcher` that built it (method, size, seed and
-method options). Two sketches can be compared or merged only when all of
-those agree: otherwise their hashing is not coordinated and any estimate
-would be meaningless, so a clear ``ValueError`` is raised instead.
-
-Wire format (``to_bytes``): the 4-byte magic ``b"KSIP"``, a little-endian
-uint16 format version, a uint32 header length, a UTF-8 JSON header (method,
-parameters, scalars, and the dtype and length of each array), then the raw
-little-endian array bytes in header order.
+A sketch holds a few named numpy arrays (float64 or uint64) and scalars plus the
+parameters of the :class:`~kernelsketch.inner.Sketcher` that built it (method,
+size, seed and method options). Two sketches are compared or merged only when all
+of those agree (coordinated hashing); otherwise a ``ValueError`` is raised.
+``to_bytes`` / ``from_bytes``: a versioned binary format (magic ``b"KSIP"``,
+version 1), specified in docs/inner_products.md.
 """
 
 from __future__ import annotations

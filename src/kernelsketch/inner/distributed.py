@@ -1,23 +1,12 @@
 """Sketch many keyed columns of a partitioned (Dask) table in parallel, then merge.
 
 Requires the optional ``dask`` extra (``pip install "kernelsketch[dask]"``).
-
-Plan (all steps run on the Dask scheduler in use, e.g. a
-``distributed.LocalCluster`` or a remote cluster):
-
-1. shuffle the rows on the key, so each key lives in one partition and the
-   per-key vectors (count, sum, sum of squares; see :mod:`.join`) of
-   different partitions have disjoint supports;
-2. reduce each partition to its per-key vectors and add up their squared
-   norms: the norms of the whole columns (needed by ``"wmh"`` and ``"ts"``,
-   whose sampling is normalised);
-3. sketch each partition's vectors with those global norms;
-4. merge the partial sketches pairwise in a tree (:meth:`Sketch.merge`).
-
-The result equals (``"mh"``; up to float rounding for ``"ps"``, ``"jl"``,
-``"cs"`` and ``"wmh"``) the sketch a single machine would build from the
-whole column. Threshold sampling uses the non-adaptive scale ``m / 3`` here
-(see :mod:`.joint`), since the adaptive one needs every weight at once.
+Rows are shuffled on the key (partitions then have disjoint key supports), the
+columns' global norms are summed over partitions, each partition is sketched
+with them and the partial sketches are merged in a tree. The result equals the
+single-machine sketch (exactly for ``"mh"``, up to float rounding otherwise);
+threshold sampling uses its non-adaptive scale here. Theory:
+docs/inner_products.md.
 """
 
 from __future__ import annotations

@@ -1,32 +1,18 @@
 """Join size, sums and post-join correlation of two keyed columns, from sketches.
 
-Reduction to inner products (Daliri et al. 2024, §5; Santos et al. 2021):
-for a keyed numeric column ``(keys, x)`` define three vectors over the key
-universe, per key ``k``: the row count ``c(k)``, the sum ``s(k) = sum x`` and
-the sum of squares ``q(k) = sum x^2`` of the rows with that key. The SQL
-inner join of columns A and B on the key pairs every A-row with every B-row
-of the same key, so over the joined rows
+For a keyed column, per key: the row count ``c``, sum ``s`` and sum of squares
+``q``; the statistics of the inner join of columns A and B are inner products,
+``n = <c_A, c_B>``, ``sum x = <s_A, c_B>``, ``sum y = <c_A, s_B>``,
+``sum xy = <s_A, s_B>``, ``sum x^2 = <q_A, c_B>``, ``sum y^2 = <c_A, q_B>``
+(Daliri et al. 2024, §5; Santos et al. 2021), estimated from one
+:class:`ColumnSketch` per column without joining.
 
-    n      = <c_A, c_B>        sum x  = <s_A, c_B>     sum y  = <c_A, s_B>
-    sum xy = <s_A, s_B>        sum x^2 = <q_A, c_B>    sum y^2 = <c_A, q_B>
+Duplicate keys (``duplicates=``): ``"mean"`` (default, one row per key, its
+mean), ``"join"`` (SQL inner-join semantics, many-to-many), ``"sum"`` (one row per
+key, its sum). NaN values (``nan=``): ``"raise"`` (default) or ``"drop"``; infinite
+values always raise.
 
-and the Pearson correlation is
-``(n sum xy - sum x sum y) / sqrt((n sum x^2 - (sum x)^2)(n sum y^2 - (sum y)^2))``.
-One :class:`ColumnSketch` per column holds coordinated sketches of
-``(c, s, q)``, so the six inner products are estimated from a sketch of each
-side, without joining: three inner-product sketches for the linear and
-MinHash methods (the black-box reduction), one joint sample of the keys for
-threshold and priority sampling (:mod:`.joint`). With unique keys ``c`` is the key indicator, ``s = x``
-and ``q = x^2``, the paper's reduction exactly.
-
-Duplicate keys (``duplicates=``):
-- ``"mean"`` (default): each side is first reduced to one row per key, its
-  mean (as in correlation sketches, Santos et al. 2021);
-- ``"join"``: SQL inner-join semantics as above (many-to-many);
-- ``"sum"``: each side is first reduced to one row per key, its sum.
-
-NaN values (``nan=``): ``"raise"`` (default) raises ``ValueError``;
-``"drop"`` drops those rows. Infinite values always raise.
+Theory: docs/inner_products.md.
 """
 
 from __future__ import annotations
@@ -311,7 +297,7 @@ def sketch_keyed_vectors(
 
 
 def join_statistics(a: ColumnSketch, b: ColumnSketch) -> JoinStatistics:
-    """Estimate the statistics of the join of two sketched columns (see the module docstring)."""
+    """Estimate the statistics of the join of two sketched columns (docs/inner_products.md)."""
     _check_pair(a, b)
     if len(a.sketches) == 1:
         return JoinStatistics(*a.sketches[0].join_sums(b.sketches[0]))

@@ -1,32 +1,14 @@
 """One coordinated sample of a keyed column for join statistics (threshold / priority).
 
-The black-box reduction (:mod:`.join`) sketches a column's count, sum and
-square vectors separately, so the six inner products behind a correlation
-carry independent errors, and the correlation formula subtracts nearly equal
-large terms whenever the values have a large mean. Daliri et al. (VLDB 2024,
-§5) instead sample *one* set of keys per column, with probability driven by
-the largest of the three vectors' normalised ℓ2 weights,
+Instead of three independent sketches of a column's count, sum and square
+vectors, one set of keys is sampled with the weight
+``w_i = max(c_i^2 / ||c||^2, s_i^2 / ||s||^2, q_i^2 / ||q||^2)`` and (key, c, s, q)
+kept per sampled key (Daliri et al., VLDB 2024, §5); every inner product of the
+join is estimated unbiasedly from the same joined sample, so the errors of a
+correlation cancel instead of compounding. Storage: 4 words per key with
+``duplicates="join"``, 2 otherwise, plus 4 scalars.
 
-    w_i = max(c_i^2 / ||c||^2, s_i^2 / ||s||^2, q_i^2 / ||q||^2),
-
-and keep (key, c_i, s_i, q_i) for every sampled key. Each inner product
-``<f_A, g_B>`` is then estimated unbiasedly from the same joined sample,
-
-    sum_{i in S_A ∩ S_B} f_A(i) g_B(i) / min(p^A_i, p^B_i),
-
-so the estimated correlation is the correlation of a weighted sample of the
-joined rows: its errors cancel instead of compounding. Since ``w_i`` bounds
-each vector's own weight, each inner product keeps the guarantee of a
-dedicated sketch of a third of the size.
-
-Threshold: ``p_i = min(1, scale * w_i)``, ``scale`` adaptive (expected size m)
-or ``m / 3`` when the column is sketched in key-disjoint parts with known
-norms (``sum_i w_i <= 3``). Priority: the m smallest ranks ``u_i / w_i``,
-``p_i = min(1, tau w_i)``.
-
-Storage: 4 words per sampled key (key, c, s, q) with ``duplicates="join"``;
-2 words (key, value) otherwise, since then ``c = 1`` and ``q = s^2``; plus 4
-scalars (scale, three norms).
+Theory: docs/inner_products.md.
 """
 
 from __future__ import annotations
@@ -128,7 +110,7 @@ class JointSampleSketch(Sketch):
 
 
 class JointThresholdSketch(JointSampleSketch):
-    """Joint threshold sample of a column (see the module docstring)."""
+    """Joint threshold sample of a column (docs/inner_products.md)."""
 
     method = "ts-column"
 
@@ -144,7 +126,7 @@ class JointThresholdSketch(JointSampleSketch):
 
 
 class JointPrioritySketch(JointSampleSketch):
-    """Joint priority sample of a column (see the module docstring)."""
+    """Joint priority sample of a column (docs/inner_products.md)."""
 
     method = "ps-column"
 

@@ -1,14 +1,10 @@
 """Linear inner-product sketches: hashed Johnson-Lindenstrauss and CountSketch.
 
-Both are ``S a`` for a random matrix ``S`` whose entries are hashes of
-(seed, key, row), so sketches of different vectors built independently share
-the same ``S`` and ``<S a, S b>`` estimates ``<a, b>``. Being linear, they
-merge by addition (``S a + S b = S (a + b)``): streaming updates and
-partitioned data need nothing else.
-
-Error (both, one row): unbiased with variance at most ``2 ||a||^2 ||b||^2 / m``
-(Achlioptas 2003; Charikar, Chen & Farach-Colton 2002), so
-``|est - <a,b>| = O(||a|| ||b|| / sqrt(m))`` whatever the sparsity.
+Both are ``S a`` for a random matrix ``S`` hashed from (seed, key, row), so
+sketches built independently share ``S``, ``<S a, S b>`` estimates ``<a, b>`` and
+sketches merge by addition (streaming updates). Error (one row): unbiased with
+variance at most ``2 ||a||^2 ||b||^2 / m`` (Achlioptas 2003; Charikar, Chen &
+Farach-Colton 2002). Theory: docs/inner_products.md.
 """
 
 from __future__ import annotations

@@ -1,42 +1,15 @@
 """MinHash and Weighted MinHash inner-product sketches (Bessa et al., PODS 2023).
 
-Both keep, for each of ``m`` hash functions, the minimum hash value over the
-vector's support and the vector's value at the minimising key. Two sketches
-*match* at hash ``j`` when their minimising samples coincide, which happens
-iff the minimum over the union of supports falls in the intersection; the
-minimum hash values themselves estimate the size of that union.
+Per hash function, the minimum hash over the support and the value at the
+minimising key; matches between two sketches sample the intersection of
+supports, and the minima estimate the size of the union (MinHash, §3) or the
+mass ``M = sum_i max(w^a_i, w^b_i)`` of the weights ``w_i = a_i^2 / ||a||^2``
+(Weighted MinHash, §4, Algorithms 3-4). Weighted MinHash error:
+``O(max(||a_I|| ||b||, ||a|| ||b_I||) / sqrt(m))``, ``I`` the intersection of
+supports (Theorem 2). The weighted sample is exact (Ioffe's ICWS, ICDM 2010)
+instead of the paper's discretisation.
 
-**MinHash** (unweighted, Bessa et al. §3): the hash of key ``i`` under
-function ``j`` is ``E_j(i) ~ Exp(1)``. A match is a uniform sample of the
-intersection out of the union ``U``, so
-``<a, b> = |U| E[1(match) a_i b_i]``; ``min(H_a[j], H_b[j]) ~ Exp(|U|)`` gives
-``|U|^ = (m - 1) / sum_j min(H_a[j], H_b[j])``.
-
-**Weighted MinHash** (Bessa et al. §4, Algorithms 3-4): sample key ``i`` with
-probability proportional to ``w_i = a_i^2 / ||a||^2`` through consistent
-weighted sampling, so that a match at ``i`` has probability
-``min(w^a_i, w^b_i) / M`` with ``M = sum_i max(w^a_i, w^b_i)``. Hence
-``<a, b> = M E[1(match at i) a_i b_i / min(w^a_i, w^b_i)]`` and
-
-    est = (M^ / m) sum_{j matched} a_i b_i / min(w^a_i, w^b_i).
-
-Error ``O(max(||a_I|| ||b||, ||a|| ||b_I||) / sqrt(m))`` where ``I`` is the
-intersection of supports (Bessa et al. Theorem 2): the linear-sketch bound
-``||a|| ||b|| / sqrt(m)`` on dense vectors, much smaller when overlap is small.
-
-Instead of the paper's discretisation (copying each entry ~1e7 w_i times),
-the weighted sample is exact: Improved Consistent Weighted Sampling (ICWS,
-Ioffe, ICDM 2010). For key ``i`` and function ``j`` with
-``r, c ~ Gamma(2, 1)`` and ``beta ~ U(0, 1)`` hashed from (seed, i, j):
-
-    t = floor(ln w_i / r + beta),  a_ij = c / exp(r (t - beta + 1)),
-
-and the sample is ``argmin_i a_ij``. Each ``a_ij ~ Exp(w_i)`` and is
-non-increasing in ``w_i`` (``t`` only grows with ``w``), so
-``min(H_a[j], H_b[j]) = min_i a_ij(max(w^a_i, w^b_i)) ~ Exp(M)`` and
-``M^ = (m - 1) / sum_j min(H_a[j], H_b[j])`` exactly as in the unweighted case.
-Equal samples give bit-identical hash values (they depend on ``w`` only
-through ``t``), so matching compares the stored hash values.
+Theory (estimators, ICWS): docs/inner_products.md.
 """
 
 from __future__ import annotations

@@ -1,26 +1,14 @@
 """Coordinated ℓ2 threshold and priority sampling sketches (Daliri et al., VLDB 2024).
 
-Every key ``i`` gets one shared uniform ``u_i`` hashed from (seed, key), so two
-vectors sketched independently keep a key together exactly when ``u_i`` is
-below both of their inclusion probabilities. The sketch stores the sampled
-keys (their 64-bit hashes), values and one scalar, and
+Each key gets a shared uniform hashed from (seed, key); a key is kept with
+probability ``p_i = min(1, c a_i^2)`` (threshold, Algorithm 1: ``c`` adaptive so
+the expected size is ``m``, or ``m / norm^2`` for parts) or by the ``m`` smallest
+ranks ``u_i / a_i^2`` (priority, Algorithm 2). The estimate
+``sum_{i in S_a ∩ S_b} a_i b_i / min(p^a_i, p^b_i)`` is unbiased, with error
+``O(max(||a_I|| ||b||, ||a|| ||b_I||) / sqrt(m))`` (Theorems 3 and 5), in
+``O(nnz)`` time.
 
-    est = sum_{i in S_a ∩ S_b} a_i b_i / min(p^a_i, p^b_i)
-
-is unbiased, because ``i`` is in both samples with probability exactly
-``min(p^a_i, p^b_i)``. Error ``O(max(||a_I|| ||b||, ||a|| ||b_I||) / sqrt(m))`` with ``I``
-the intersection of supports (Daliri et al. Theorems 3 and 5), like Weighted
-MinHash, in ``O(nnz)`` time.
-
-**Threshold sampling** (Algorithm 1): ``p_i = min(1, c a_i^2)``. The scale
-``c`` is adaptive: it solves ``sum_i min(1, c a_i^2) = m`` so the *expected*
-sample size is exactly ``m`` (``c = m / ||a||^2`` would give less once some
-probabilities clip at 1). With ``norm=`` given (sketching one part of a
-vector) the non-adaptive ``c = m / norm^2`` is used so that parts merge.
-
-**Priority sampling** (Algorithm 2): rank ``R_i = u_i / a_i^2``; keep the
-``m`` smallest ranks and ``tau`` = the ``(m+1)``-th smallest; then
-``p_i = min(1, a_i^2 tau)``. The size is exactly ``min(m, nnz)``.
+Theory: docs/inner_products.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Function recovery by leverage-score sampling."""
+"""Function recovery by leverage-score sampling.
+
+Spherical-harmonic expansions (:func:`recover_spherical`) and signals with a
+known power spectrum (:func:`reconstruct_signal`); ``random_state`` has
+scikit-learn's meaning (docs/conventions.md). Theory: docs/recovery.md.
+"""
 
 from kernelsketch.recovery.fourier import (
     Bandlimited,

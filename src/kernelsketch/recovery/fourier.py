@@ -1,32 +1,19 @@
 """Reconstruction of signals with constrained Fourier structure on [0, T] by universal
 sampling (Avron, Kapralov, Musco, Musco, Velingker, Zandieh, STOC 2019, arXiv 1812.08723).
 
-Model. A signal is ``x(t) = ∫ g(ξ) e^{2πiξt} dμ(ξ)`` with μ a power spectrum (the
-prior / constraint on its frequencies). The signal class is the RKHS of the
-stationary kernel ``k(τ) = ∫ e^{2πiξτ} dμ(ξ)``; recovering x from samples is kernel
-ridge regression with k, and the number of samples needed is governed by the
-statistical dimension
+A signal class is the RKHS of a stationary kernel ``k(τ) = ∫ e^{2πiξτ} dμ(ξ)``
+given by its power spectrum μ (bandlimited, multiband, sparse frequencies,
+Gaussian / Matérn / user spectra). :func:`reconstruct_signal` samples times from
+the universal density ``p(t) ∝ 1 / max(min(t, T - t), δT)``, ``δ = min(1/4, 1/s_λ²)``,
+which depends on μ only through the statistical dimension
+``s_λ = tr(𝒦(𝒦 + λI)^{-1})`` (:func:`statistical_dimension`) and dominates every
+class's ridge leverage function up to a log factor, and solves the weighted kernel
+ridge regression of Alg. 1. Guarantee (Thm. 1): ``O(s_λ log² s_λ)`` samples give
+``‖x̃ - x‖_T² ≤ C (‖noise‖_T² + λ ‖x‖_μ²)`` with high probability. Times and
+values are float64 (complex128 for complex samples).
 
-    s_λ = tr(𝒦 (𝒦 + λ I)^{-1}),   (𝒦f)(t) = (1/T) ∫_0^T k(t - u) f(u) du,
-
-with ``λ = regularization · k(0)`` (the accuracy / noise level relative to the
-signal power). ``𝒦``'s ridge leverage function τ(t) integrates to s_λ, and the
-paper shows that, for *every* μ, ``τ(t) ≲ s_λ log(s_λ) / min(t, T - t)`` away from
-the ends. Hence one universal density, depending on μ only through s_λ,
-
-    p(t) = 1 / (2 (1 + ln(1/(2δ))) · max(min(t, T - t), δ T)),   δ = 1 / s_λ²,
-
-dominates every leverage function up to a log factor, and ``O(s_λ log² s_λ)``
-samples from it suffice (Thm. 1 of the paper, up to constants). The cut-off δ
-covers edge leverage up to O(s_λ²)/T (polynomial-like classes, e.g. narrow bands).
-Given samples ``t_j ~ p`` with weights ``v_j = 1 / (m T p(t_j))`` the estimate is the
-weighted kernel ridge regression
-
-    x̃(t) = Σ_j a_j k(t - t_j),  a = V^{1/2} (V^{1/2} K V^{1/2} + λ I)^{-1} V^{1/2} y,
-
-``K = [k(t_i - t_j)]``, ``V = diag(v)`` (Alg. 1 of the paper, written in kernel form).
-By default half of the samples are drawn uniformly instead (``sampling="mixture"``):
-the guarantee is kept up to a factor 2 and the bulk of [0, T] is not under-sampled.
+Theory (the model, the density, the estimator, the mixture default, measured
+constants): docs/recovery.md.
 """
 
 from __future__ import annotations
@@ -263,7 +250,7 @@ def statistical_dimension(
 ) -> float:
     """Statistical dimension ``s_λ = tr(𝒦(𝒦 + λI)^{-1})`` of a spectrum on [0, T].
 
-    ``𝒦`` (module docstring) is discretized by Gauss–Legendre quadrature (Nyström
+    ``𝒦`` (docs/recovery.md) is discretized by Gauss–Legendre quadrature (Nyström
     method) and ``λ = regularization · k(0)``.
 
     Parameters
@@ -312,7 +299,7 @@ def universal_density(t, T: float, s: float) -> np.ndarray:
 
     ``p(t) = 1 / (2 (1 + ln(1/(2δ))) max(min(t, T-t), δT))`` with ``δ = min(1/4, 1/s²)``;
     it integrates to 1 on [0, T] and is the same for every spectrum of statistical
-    dimension s (module docstring).
+    dimension s (docs/recovery.md).
 
     Returns
     -------
@@ -404,8 +391,8 @@ def reconstruct_signal(
     """Reconstruct a signal on [0, T] with a known power spectrum from few samples.
 
     Samples t_j from the universal density (mixed half/half with uniform by default),
-    reads the signal there once, and solves the weighted kernel ridge regression of the
-    module docstring. Covers bandlimited (:class:`Bandlimited`), multiband
+    reads the signal there once, and solves the weighted kernel ridge regression of
+    docs/recovery.md. Covers bandlimited (:class:`Bandlimited`), multiband
     (:class:`Multiband`), Fourier-sparse with known frequencies
     (:class:`SparseFrequencies`), and 1-D Gaussian-process kriging
     (:class:`GaussianSpectrum`, :class:`MaternSpectrum`, :class:`PowerSpectrum`).

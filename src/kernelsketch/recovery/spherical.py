@@ -1,18 +1,14 @@
 """Recovery of spherical-harmonic expansions from random samples (arXiv 2202.12995).
 
-Let ``H_{≤q}`` be the spherical harmonics of degree ≤ q on ``S^{d-1}``, of dimension
-``β = dim H_{≤q}``, with reproducing kernel ``K_q(x, y) = Σ_{ℓ≤q} α_ℓ P_ℓ(<x, y>)``
-in ``L²(σ)`` (σ the uniform probability measure). Since ``K_q(x, x) = β`` for every
-x, the leverage function of ``H_{≤q}`` is constant: uniform sampling *is*
-leverage-score sampling, and ``s = O(β log β)`` uniform samples make the sampled
-least-squares problem a subspace embedding of ``H_{≤q}`` (matrix Chernoff). The
-recovered expansion is the kernel regression
+On ``S^{d-1}`` the harmonics of degree ≤ q, ``H_{≤q}`` of dimension ``β``, have a
+constant leverage function (``K_q(x, x) = β``), so uniform samples are
+leverage-score samples. :func:`recover_spherical` draws ``s`` uniform points
+(float64 (s, d)) and fits ``g = Σ_i c_i K_q(·, w_i)`` by kernel (ridge)
+regression with the Gegenbauer reproducing kernel ``K_q``: exact for f ∈ ``H_{≤q}``
+once s ≥ β, within a constant factor of the best degree-q approximation of any f
+once s ≳ β log β (the paper's near-optimality).
 
-    g = Σ_i c_i K_q(·, w_i),   c = (K + s λ I)^+ y,   K = [K_q(w_i, w_j)]_{ij},
-
-which for λ = 0 is the least-squares fit in ``H_{≤q}`` to the samples: exact when
-f ∈ ``H_{≤q}`` and s ≥ β (generic samples), and within a constant factor of the best
-degree-q approximation of any f when s ≳ β log β (the paper's near-optimality).
+Theory: docs/recovery.md.
 """
 
 from __future__ import annotations
@@ -117,7 +113,7 @@ def recover_spherical(
     """Recover the degree-≤q spherical-harmonic expansion of ``f`` from random samples.
 
     Draws ``n_samples`` points uniformly on ``S^{d-1}`` (= leverage-score sampling
-    for ``H_{≤q}``, see the module docstring), evaluates f there once, and solves
+    for ``H_{≤q}``, see docs/recovery.md), evaluates f there once, and solves
     the kernel regression with the degree-≤q Gegenbauer reproducing kernel.
 
     Parameters

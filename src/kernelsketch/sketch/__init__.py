@@ -5,7 +5,8 @@ Every sketch is a ``torch.nn.Module`` whose randomness is drawn once in
 and stored in buffers, maps ``[..., d_in] -> [..., d_out]`` for any float
 dtype on any device, and is differentiable in its input. Linear sketches have
 unbiased inner products ``E[<S(x), S(y)>] = <x, y>``; tensor sketches of
-degree ``q`` have ``E[<S(x), S(y)>] = <x, y>**q``.
+degree ``q`` have ``E[<S(x), S(y)>] = <x, y>**q``. Randomness follows
+docs/conventions.md; theory and references: docs/sketches.md.
 """
 
 from kernelsketch.sketch.leverage import (

@@ -1,26 +1,11 @@
 """Seeded, vectorised 64-bit hashing of integer and string keys (numpy).
 
-Coordinated sketches (MinHash, threshold and priority sampling, hashed
-projections) need the *same* pseudo-random numbers for the same key in two
-independently built sketches. Drawing them from a generator cannot do that;
-hashing the key with a shared seed can. Everything here is a pure function
-of (seed, key, stream), vectorised over numpy arrays.
-
-The mixer is the SplitMix64 finalizer (Steele, Lea & Flood, "Fast splittable
-pseudorandom number generators", OOPSLA 2014): a bijection on 64-bit words
-with full avalanche, so distinct inputs never collide before reduction.
-
-Key kinds
----------
-- integers (any numpy integer dtype, Python ints up to 64 bits, uint64 keys
-  above 2**63 included): hashed from their two's-complement 64-bit pattern;
-- strings (``str`` arrays, lists of ``str``): hashed from their code points
-  and length, independently of the array's fixed width;
-- ``datetime64`` / ``timedelta64``: hashed as their int64 tick count;
-- other objects (object arrays): hashed by ``str(key)``.
-
-Floating-point keys are rejected: equal-looking floats are rarely equal bit
-patterns, so joining on them is almost always a mistake.
+Coordinated sketches need the same pseudo-random numbers for the same key in
+independently built sketches: every function here is a pure function of
+(seed, key, stream), vectorised over numpy arrays, built on the SplitMix64
+finalizer (a bijection on 64-bit words with full avalanche). ``seed`` names the
+hash function (an int in ``[0, 2**64)``), not a random stream. Theory and key
+kinds: docs/sketches.md.
 """
 
 from __future__ import annotations
@@ -118,8 +103,12 @@ def hash_keys(keys: Any, seed: Any = 0) -> np.ndarray:
     Parameters
     ----------
     keys : array_like, shape [n]
-        Integers, strings, datetimes, or objects (hashed by ``str``); see the
-        module docstring. A pandas Series/Index works (its values are used).
+        Integers (any numpy integer dtype, Python ints up to 64 bits; hashed from
+        their two's-complement 64-bit pattern), strings (from their code points and
+        length, independently of the array's width), ``datetime64`` /
+        ``timedelta64`` (their int64 ticks), or objects (hashed by ``str``). A
+        pandas Series/Index works (its values are used). Floating-point keys are
+        rejected (equal-looking floats are rarely equal bit patterns).
     seed : int in [0, 2**64)
         Equal (seed, key) pairs give equal hashes in any array, any process.
 

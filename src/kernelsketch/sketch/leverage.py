@@ -8,7 +8,7 @@ LevAttention (arXiv 2410.05462) keeps the keys of large leverage.
 
 Every function is batched over the leading dimensions of ``A`` [..., n, d],
 computes in float32 for half dtypes (the input dtype otherwise) and returns
-scores [..., n] in the dtype of ``A``.
+scores [..., n] in the dtype of ``A``. Theory: docs/sketches.md.
 """
 
 from __future__ import annotations

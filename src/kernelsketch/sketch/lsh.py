@@ -5,7 +5,7 @@ patterns together, and consecutive bucket ids ``r`` and ``r + 1`` have sign
 patterns that differ in exactly one hyperplane (binary-reflected Gray code),
 so nearby buckets in the sorted order hold nearby directions. This is the
 sortLSH step of HyperAttention (arXiv 2310.05869) and the bucketing of
-KDEformer (arXiv 2302.02451).
+KDEformer (arXiv 2302.02451). Theory: docs/sketches.md.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ drawn once at construction and kept as buffers, with unbiased inner products
 ``E[<S(x), S(y)>] = <x, y>`` and distortion ``|‖Sx‖² − ‖x‖²| / ‖x‖² =
 O(1/sqrt(d_out))`` (Gaussian, Rademacher, SRHT; CountSketch has the same rate
 in expectation, with heavier tails on dense inputs but time ``O(nnz(x))``).
+Theory: docs/sketches.md.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """Random generators and index sampling with unbiased re-weighting.
 
-Every random draw in kernelsketch comes from an explicit ``torch.Generator`` or
-an integer seed; :func:`resolve_generator` turns the ``seed=`` / ``generator=``
-keyword pair accepted by every public entry point into one generator.
+Torch functions draw from ``generator=``; modules that own fixed randomness take
+``seed=`` or ``generator=``, which :func:`resolve_generator` turns into one
+generator (docs/conventions.md).
 
 The samplers return ``(indices, weights)`` such that, for any function ``f``
 on ``{0, ..., n-1}``, ``sum_j weights[j] * f(indices[j])`` is an unbiased
 estimate of ``sum_i f(i)``. This is the estimator used for sampled keys in
 attention (HyperAttention's uniform keys, KDEformer's importance-sampled
-values) and for leverage-score sampling of features.
+values) and for leverage-score sampling of features. Theory: docs/sketches.md.
 """
 
 from __future__ import annotations

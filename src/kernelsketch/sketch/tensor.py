@@ -4,6 +4,7 @@ Each sketch ``S`` maps ``[..., d_in] -> [..., d_out]`` without forming the
 ``d_in**q`` tensor, with ``E[<S(x), S(y)>] = <x, y>**q`` for the
 :class:`TensorSketch`, :class:`TensorSRHT` and :class:`PolySketch` (degree q)
 and ``E[<S(x, y), S(x', y')>] = <x, x'> <y, y'>`` for :class:`Degree2Sketch`.
+Theory: docs/sketches.md.
 """
 
 from __future__ import annotations
