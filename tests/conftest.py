@@ -1,17 +1,102 @@
-"""Suite-wide settings.
+"""Suite-wide settings: one thread per test, per-test seeds, the hypothesis profile.
 
-Under pytest-xdist (one worker per core) intra-op and BLAS threads only
+Threads. Under pytest-xdist (one worker per core) intra-op and BLAS threads only
 oversubscribe the cores: small FFTs, matmuls and LAPACK calls then stall for
 seconds. Every test runs with one torch thread and one BLAS/OpenMP thread.
+
+Seeds. Every random input of a test comes from a generator seeded by the
+``seed`` fixture: an int in ``[0, 2**32)`` derived from the test's node id
+(a stable hash, so it is the same under xdist, in any order, in any process).
+The environment variable ``KS_TEST_SEED_OFFSET`` (an int, default 0) shifts
+every derived seed; ``tools/stat_runs.py`` reruns the tests marked
+``statistical`` under many offsets and counts each test's failures. The seed of
+a failing test is printed in its report ("seed: ..."), so
+``KS_TEST_SEED_OFFSET=<offset> pytest <node id>`` reproduces it.
+
+Fixtures built on ``seed`` (use the one the code under test takes,
+docs/conventions.md):
+
+- ``torch_generator``: a CPU ``torch.Generator`` seeded with ``seed``;
+- ``random_state``: a ``numpy.random.RandomState(seed)`` (scikit-learn's
+  ``random_state``);
+- ``np_rng``: a ``numpy.random.Generator`` (``np.random.default_rng(seed)``) for
+  the test's own data.
+
+A test needing several independent streams derives them from ``seed``, e.g.
+``np.random.default_rng([seed, i])`` or ``torch.Generator().manual_seed(seed + i)``;
+``tests.seeding.derive_seed(seed, *keys)`` gives a further int seed.
+
+Hypothesis (tests/fuzz/). The profile ``kernelsketch`` is loaded for the whole
+suite: derandomized (the examples are a function of the test alone), no
+deadline (the machine is shared; timings are not a contract), a fixed budget
+per test set in each fuzz file with ``@settings(max_examples=...)``.
 """
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+from tests.seeding import SEED_OFFSET_ENV, derive_seed, seed_offset
 
 try:
     from threadpoolctl import threadpool_limits
 except ImportError:  # scikit-learn (which brings threadpoolctl) is an optional extra
     threadpool_limits = None
+
+settings.register_profile(
+    "kernelsketch",
+    derandomize=True,
+    deadline=None,
+    max_examples=50,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.load_profile("kernelsketch")
+
+
+@pytest.fixture
+def seed(request) -> int:
+    """The test's seed: ``derive_seed(node id)``, shifted by ``KS_TEST_SEED_OFFSET`` when set."""
+    offset = seed_offset()
+    keys = (request.node.nodeid,) if offset == 0 else (request.node.nodeid, offset)
+    value = derive_seed(*keys)
+    request.node.user_properties.append(("seed", value))
+    return value
+
+
+@pytest.fixture
+def torch_generator(seed) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded with the test's ``seed``."""
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def random_state(seed) -> np.random.RandomState:
+    """``numpy.random.RandomState(seed)``: a ``random_state`` in scikit-learn's meaning."""
+    return np.random.RandomState(seed)
+
+
+@pytest.fixture
+def np_rng(seed) -> np.random.Generator:
+    """``numpy.random.default_rng(seed)`` for the test's own data."""
+    return np.random.default_rng(seed)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        seeds = [v for k, v in item.user_properties if k == "seed"]
+        if seeds:
+            report.sections.append(
+                ("seed", f"seed: {seeds[0]} ({SEED_OFFSET_ENV}={seed_offset()})"))
+
+
+def pytest_report_header(config):
+    offset = seed_offset()
+    return None if offset == 0 else f"{SEED_OFFSET_ENV}={offset}"
 
 
 @pytest.fixture(autouse=True)
