@@ -1,0 +1,97 @@
+"""context_parallel_attention on 2 and 4 gloo processes equals ks.attention on the whole
+sequence, and sends the bytes its design says.
+
+One spawn per world size runs every case (process start-up dominates the cost); the
+tests below read its results.
+"""
+
+import pytest
+
+from .launch import run_ranks
+from .workers import attention_job, equality_cases
+
+CASES = equality_cases()
+F64 = 8  # bytes per element
+
+
+@pytest.fixture(scope="module", params=[2, 4], ids=lambda p: f"P{p}")
+def runs(request):
+    return request.param, run_ranks(attention_job, request.param)
+
+
+@pytest.mark.parametrize("case", [c[0] for c in CASES])
+def test_equals_single_process(runs, case):
+    # float64: every rank's rows of the output, the LSE and the gradients of q, k, v
+    # equal the single-process call up to rounding (measured <= 4e-15).
+    world, results = runs
+    for rank, res in enumerate(results):
+        r = res["equality"][case]
+        assert r["lse_inf_match"], (world, rank)
+        for key in ("out", "lse", "dq", "dk", "dv"):
+            assert r[key] <= 1e-10, (world, rank, key, r[key])
+
+
+def _sent(by_op, *ops):
+    return sum(by_op.get(op, 0) for op in ops)
+
+
+def test_exact_bytes_are_the_ring(runs):
+    # Ring attention: P - 1 shifts of the key/value shard, O(N/P d) each; the causal
+    # zig-zag deal adds at most one shard of q, k, v out and of (out, lse) back.
+    world, results = runs
+    for res in results:
+        for (method, causal, N, D), by_op in res["scaling"].items():
+            if method != "exact":
+                continue
+            n = N // world
+            shard = 2 * n * D * F64  # one head-shard of k or of q, H = 2
+            assert by_op["ring_shift"] == (world - 1) * 2 * shard
+            if causal:
+                assert 0 < by_op["all_to_all"] <= 3 * shard + 2 * n * (D + 1) * F64
+            assert set(by_op) <= {"validate", "ring_shift", "all_to_all"}
+        for causal in (False, True):
+            for D in (8, 16):
+                small, large = (res["scaling"]["exact", causal, N, D] for N in (64, 128))
+                assert _sent(large, "ring_shift") == 2 * _sent(small, "ring_shift")
+
+
+def test_lev_bytes_independent_of_length(runs):
+    # LevAttention: the d x d Gram (all-reduce), the candidates (all-gather of P x budget
+    # (score, position) pairs) and the budget selected keys/values (all-reduce): O(d²),
+    # nothing that grows with N.
+    world, results = runs
+    budget, heads = 8, 2
+    ring = 2 * (world - 1) / world
+    for res in results:
+        for causal in (False, True):
+            for D in (8, 16):
+                small, large = (res["scaling"]["lev", causal, N, D] for N in (64, 128))
+                assert small == large
+                gram = heads * D * D * F64
+                selected = heads * budget * 2 * D * F64
+                assert small["all_reduce"] == round(ring * gram) + round(ring * F64) + \
+                    round(ring * selected)
+                assert small["all_gather"] == (world - 1) * 2 * heads * budget * F64
+            grow = (res["scaling"]["lev", causal, 64, 16]["all_reduce"]
+                    - res["scaling"]["lev", causal, 64, 8]["all_reduce"])
+            assert grow == pytest.approx(ring * heads * F64 * (16**2 - 8**2 + budget * 2 * 8),
+                                         abs=3)
+
+
+def test_polysketch_bytes_are_the_states(runs):
+    # PolySketch: one state [r², Dv + 1] per head (all-reduce) non-causal; causal, two
+    # states per rank all-gathered (the exclusive scan, O(P r² Dv)) and, when the shard
+    # is not a multiple of the block, the < block_size keys of the straddling block.
+    world, results = runs
+    r2, heads, block = 16, 2, 8
+    for res in results:
+        for D in (8, 16):
+            state = heads * r2 * (D + 1) * F64
+            small, large = (res["scaling"]["polysketch", False, N, D] for N in (64, 128))
+            assert small == large
+            assert small["all_reduce"] == round(2 * (world - 1) / world * state)
+            for N in (64, 128):
+                causal = res["scaling"]["polysketch", True, N, D]
+                assert causal["all_gather"] == (world - 1) * 2 * state
+                halo = max(r * (N // world) % block for r in range(world))
+                assert causal.get("ring_shift", 0) == heads * halo * 2 * D * F64

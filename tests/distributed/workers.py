@@ -1,0 +1,130 @@
+"""Jobs run on every rank of a gloo group by the distributed tests (see launch.py)."""
+
+import torch
+
+import kernelsketch as ks
+from kernelsketch.attn.lev import LevConfig
+from kernelsketch.attn.polysketch.config import PolySketchConfig
+from kernelsketch.distributed import context_parallel_attention, count_bytes
+
+# (B, Hq, Hkv, N, M, D, Dv): the whole sequence; every rank holds N/P queries and M/P keys.
+MHA = (1, 2, 2, 48, 48, 8, 8)
+GQA = (2, 4, 2, 48, 48, 8, 6)  # GQA with Dv != D
+CROSS = (1, 2, 1, 24, 56, 8, 8)  # cross-attention, more keys than queries
+CROSS_FEW = (1, 2, 1, 56, 24, 8, 8)  # fewer keys than queries (causal: early rows see none)
+ODD = (1, 2, 2, 60, 60, 8, 8)  # odd shard length at P = 4 (no zig-zag)
+SMALL_D = (1, 2, 2, 48, 48, 4, 4)  # p = 4: 10 symmetric features, fewer than the keys
+
+# (name, method, config, shapes that apply)
+EQUALITY = [
+    ("exact", "exact", None, (MHA, GQA, CROSS, CROSS_FEW, ODD)),
+    ("poly-halo", "polysketch", PolySketchConfig(block_size=5, sketch_size=4), (MHA, GQA, CROSS)),
+    ("poly-aligned", "polysketch", PolySketchConfig(block_size=6, sketch_size=8), (MHA, GQA)),
+    ("poly-long-block", "polysketch", PolySketchConfig(block_size=16, sketch_size=2), (MHA, ODD)),
+    ("poly-sketched-local", "polysketch",
+     PolySketchConfig(block_size=7, sketch_size=4, exact_local=False), (MHA,)),
+    ("poly-degree2", "polysketch", PolySketchConfig(degree=2, block_size=8), (GQA, CROSS)),
+    ("lev-budget", "lev", LevConfig(budget=6), (MHA, GQA, CROSS, CROSS_FEW)),
+    ("lev-window", "lev", LevConfig(budget=5, window=7), (MHA, GQA)),
+    ("lev-long-window", "lev", LevConfig(budget=4, ridge=0.1, window=20), (MHA, ODD)),
+    ("lev-eps", "lev", LevConfig(eps=0.15), (MHA, GQA, CROSS)),
+    ("lev-power", "lev", LevConfig(budget=6, kind="power"), (GQA,)),
+    ("lev-full-budget", "lev", LevConfig(budget=48), (MHA,)),
+    ("lev-p4", "lev", LevConfig(p=4, budget=6), (SMALL_D,)),
+    ("lev-p4-sketch", "lev", LevConfig(p=4, budget=6, sketch_size=8, ridge=0.01), (MHA,)),
+]
+
+# Forward bytes at two lengths and two head dims (B = 1, H = 2, P | N).
+SCALING = [
+    ("exact", None),
+    ("lev", LevConfig(budget=8)),
+    ("polysketch", PolySketchConfig(block_size=8, sketch_size=4)),
+]
+
+
+def equality_cases():
+    """Every (case id, method, config, causal, shape) of the equality test."""
+    cases = []
+    for name, method, config, shapes in EQUALITY:
+        for shape in shapes:
+            for causal in (False, True):
+                if causal and shape[3] != shape[4] and method != "exact":
+                    continue
+                cases.append((f"{name}-{'x'.join(map(str, shape))}-{'causal' if causal else 'full'}",
+                              method, config, causal, shape))
+    return cases
+
+
+def _inputs(shape, seed):
+    B, Hq, Hkv, N, M, D, Dv = shape
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, Hq, N, D, generator=g, dtype=torch.float64)
+    k = torch.randn(B, Hkv, M, D, generator=g, dtype=torch.float64)
+    v = torch.randn(B, Hkv, M, Dv, generator=g, dtype=torch.float64)
+    d_out = torch.randn(B, Hq, N, Dv, generator=g, dtype=torch.float64)
+    d_lse = torch.randn(B, Hq, N, generator=g, dtype=torch.float64)
+    return q, k, v, d_out, d_lse
+
+
+def _max_abs(x):
+    return x.abs().max().item() if x.numel() else 0.0
+
+
+def _loss(out, lse, d_out, d_lse):
+    return (out * d_out).sum() + (torch.where(torch.isfinite(lse), lse, 0.0) * d_lse).sum()
+
+
+def scaling_job(rank, world):
+    """Forward bytes by collective for SCALING x causal x N in (64, 128) x D in (8, 16)."""
+    results = {}
+    for i, (method, config) in enumerate(SCALING):
+        for causal in (False, True):
+            for N in (64, 128):
+                for D in (8, 16):
+                    q, k, v, _, _ = _inputs((1, 2, 2, N, N, D, D), seed=2000 + i)
+                    n = N // world
+                    mine = [t[:, :, rank * n:(rank + 1) * n] for t in (q, k, v)]
+                    with count_bytes() as fwd:
+                        context_parallel_attention(*mine, method=method, is_causal=causal,
+                                                   config=config,
+                                                   generator=torch.Generator().manual_seed(i))
+                    results[method, causal, N, D] = dict(fwd.by_op)
+    return results
+
+
+def attention_job(rank, world):
+    """Both jobs in one spawn."""
+    return {"equality": equality_job(rank, world), "scaling": scaling_job(rank, world)}
+
+
+def equality_job(rank, world):
+    """Per case: max |distributed - ks.attention| of out, lse and the three gradients on this
+    rank's rows, and the bytes this rank sent forward and backward."""
+    results = {}
+    for i, (case, method, config, causal, shape) in enumerate(equality_cases()):
+        q, k, v, d_out, d_lse = _inputs(shape, seed=1000 + i)
+        whole = [t.clone().requires_grad_() for t in (q, k, v)]
+        ref, ref_lse = ks.attention(*whole, method=method, is_causal=causal, config=config,
+                                    return_lse=True, generator=torch.Generator().manual_seed(i))
+        _loss(ref, ref_lse, d_out, d_lse).backward()
+        n, m = shape[3] // world, shape[4] // world
+        rows, keys = slice(rank * n, (rank + 1) * n), slice(rank * m, (rank + 1) * m)
+        mine = [t[:, :, s].clone().requires_grad_() for t, s in ((q, rows), (k, keys), (v, keys))]
+        with count_bytes() as fwd:
+            out, lse = context_parallel_attention(
+                *mine, method=method, is_causal=causal, config=config, return_lse=True,
+                generator=torch.Generator().manual_seed(i))
+        with count_bytes() as bwd:
+            _loss(out, lse, d_out[:, :, rows], d_lse[:, :, rows]).backward()
+        finite = torch.isfinite(ref_lse[:, :, rows])
+        results[case] = {
+            "out": (out - ref[:, :, rows]).abs().max().item(),
+            "lse": _max_abs((lse - ref_lse[:, :, rows])[finite]),
+            "lse_inf_match": bool((torch.isfinite(lse) == finite).all()),
+            "dq": (mine[0].grad - whole[0].grad[:, :, rows]).abs().max().item(),
+            "dk": (mine[1].grad - whole[1].grad[:, :, keys]).abs().max().item(),
+            "dv": (mine[2].grad - whole[2].grad[:, :, keys]).abs().max().item(),
+            "bytes_fwd": dict(fwd.by_op),
+            "bytes_bwd": dict(bwd.by_op),
+        }
+    return results
