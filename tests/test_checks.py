@@ -67,3 +67,14 @@ def test_check_tensor_and_same():
 def test_check_attention_inputs_returns_sizes():
     q, k, v = torch.randn(2, 6, 5, 4), torch.randn(2, 3, 7, 4), torch.randn(2, 3, 7, 9)
     assert check_attention_inputs(q, k, v) == (2, 6, 3, 5, 7)
+
+
+def test_meta_tensors_are_refused_naming_the_argument():
+    import kernelsketch as ks
+
+    q = torch.empty(1, 2, 8, 4, device="meta")
+    with pytest.raises(ValueError, match="x must hold data .* meta device"):
+        check_tensor("x", q)
+    for method in ks.available_methods():
+        with pytest.raises(ValueError, match="q must hold data"):
+            ks.attention(q, q, q, method=method, is_causal=True)

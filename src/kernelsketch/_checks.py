@@ -55,6 +55,11 @@ def check_tensor(
         if x.dtype not in dtypes:
             names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
             raise TypeError(f"{name} must have dtype in ({names}), got {x.dtype}")
+    if x.is_meta:
+        raise ValueError(
+            f"{name} must hold data (a cpu or cuda tensor), got a tensor on the meta device: "
+            "kernelsketch's methods choose keys and samples from the values"
+        )
     if nonempty and x.numel() == 0:
         raise ValueError(f"{name} must be non-empty, got shape {_shape(x)}")
     if finite and CHECK_FINITE and x.is_floating_point() and x.numel() and not _all_finite(x):
