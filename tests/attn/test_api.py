@@ -86,3 +86,21 @@ def test_module_wrapper_is_deterministic_and_keeps_seed_in_state_dict():
     other = SketchedAttention("exact", seed=0, is_causal=True)
     other.load_state_dict(layer.state_dict())
     assert int(other.seed) == 3
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"seed": 2**64}, ValueError, r"seed must be <= 9223372036854775807, got 18446744073709551616"),
+    ({"seed": -1}, ValueError, "seed must be >= 0"),
+    ({"seed": 1.5}, TypeError, "seed must be an int"),
+    ({"scale": 0.0}, ValueError, "scale must be > 0"),
+    ({"scale": float("inf")}, ValueError, "scale must be finite"),
+    ({"is_causal": 1}, TypeError, "is_causal must be a bool"),
+])
+def test_module_wrapper_checks_its_arguments_at_construction(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        SketchedAttention("hyper", **kwargs)
+
+
+def test_module_wrapper_takes_the_largest_int64_seed():
+    layer = SketchedAttention("exact", seed=2**63 - 1)
+    assert int(layer.seed) == 2**63 - 1

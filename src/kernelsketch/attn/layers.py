@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._checks import check_int
+from .._checks import check_float, check_int
 from .api import attention, get_method, resolve_config
 from .common.spec import MethodConfig
 
@@ -24,7 +24,7 @@ class SketchedAttention(nn.Module):
     Parameters
     ----------
     method : registered method name; config : its config (default when None);
-    seed : int seed of the method's randomness; is_causal, scale : as in
+    seed : int in [0, 2**63) seeding the method's randomness; is_causal, scale : as in
     :func:`kernelsketch.attention`.
     """
 
@@ -40,9 +40,14 @@ class SketchedAttention(nn.Module):
         super().__init__()
         self.method = method
         self.config = resolve_config(get_method(method), config)
+        if not isinstance(is_causal, bool):
+            raise TypeError(f"is_causal must be a bool, got {type(is_causal).__name__}")
         self.is_causal = is_causal
-        self.scale = scale
-        self.register_buffer("seed", torch.tensor(check_int("seed", seed, min=0), dtype=torch.int64))
+        self.scale = None if scale is None else check_float("scale", scale, min=0.0,
+                                                            min_exclusive=True)
+        # The seed is an int64 buffer (it travels in the state_dict).
+        seed = check_int("seed", seed, min=0, max=2**63 - 1)
+        self.register_buffer("seed", torch.tensor(seed, dtype=torch.int64))
 
     def forward(self, q, k, v, *, return_lse: bool = False):
         gen = torch.Generator(device=q.device)
