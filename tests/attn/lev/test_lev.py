@@ -455,6 +455,20 @@ def test_forward_matches_attention_restricted_to_the_set(shape, is_causal, windo
 
 
 @pytest.mark.parametrize("kind", ["softmax", "power"])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_a_window_longer_than_the_keys_is_clamped_to_them(kind, is_causal):
+    # window=10**12 allocated [N/c, c + window] key blocks (64 TB on 32 tokens); it equals window=M.
+    q, k, v = random_qkv(1, 2, 1, 32, 32, 8)
+    out = ks.attention(q, k, v, method="lev", config=LevConfig(budget=4, window=10**12, kind=kind),
+                       is_causal=is_causal)
+    same = ks.attention(q, k, v, method="lev", config=LevConfig(budget=4, window=32, kind=kind),
+                        is_causal=is_causal)
+    torch.testing.assert_close(out, same, rtol=0, atol=0)
+    mask = set_mask(universal_set(k, 2, budget=4), 32, 32, 2, is_causal=is_causal, window=32)
+    torch.testing.assert_close(out, masked_oracle(q, k, v, mask, kind=kind), rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "power"])
 @pytest.mark.parametrize("cfg", [{"budget": 10}, {"budget": 10, "window": 4}, {"eps": 0.05}])
 def test_causal_queries_never_see_future_keys(kind, cfg):
     q, k, v = random_qkv(1, 4, 2, 48, 48, 8, requires_grad=True)

@@ -68,7 +68,9 @@ def _window_partial(q, k, v, *, scale, config):
     position, so memory is O(N (c + window) D) instead of O(N M).
     """
     B, Hkv, G, N, D = q.shape
-    M, w = k.shape[2], config.window
+    # A window of M or more keys holds every key up to the query: clamp it to the sequence.
+    M = k.shape[2]
+    w = min(config.window, M)
     c = max(16, w)
     nb = math.ceil(N / c)
     q = torch.nn.functional.pad(q, (0, 0, 0, nb * c - N))
