@@ -8,10 +8,16 @@ Seeds. Every random input of a test comes from a generator seeded by the
 ``seed`` fixture: an int in ``[0, 2**32)`` derived from the test's node id
 (a stable hash, so it is the same under xdist, in any order, in any process).
 The environment variable ``KS_TEST_SEED_OFFSET`` (an int, default 0) shifts
-every derived seed; ``tools/stat_runs.py`` reruns the tests marked
-``statistical`` under many offsets and counts each test's failures. The seed of
-a failing test is printed in its report ("seed: ..."), so
-``KS_TEST_SEED_OFFSET=<offset> pytest <node id>`` reproduces it.
+every derived seed. The seed of a failing test is printed in its report
+("seed: ..."), and ``KS_TEST_SEED_OFFSET=<offset> pytest <node id>`` reproduces it.
+
+Statistical tests (marked ``statistical``: pass or fail with the draws) are
+rerun under many offsets by ``--seed-repeats N [--seed-first K]``: each such
+test runs once per offset ``K .. K+N-1`` (the node id gains ``seedrepK``; its
+seed is the one ``KS_TEST_SEED_OFFSET=K`` gives). ``tools/stat_runs.py`` drives
+this and reports, per test, its failures and the distribution of what it
+recorded with the ``measure`` fixture (``measure("ratio", value)``: the
+statistic the threshold bounds), from which thresholds are set.
 
 Fixtures built on ``seed`` (use the one the code under test takes,
 docs/conventions.md):
@@ -31,6 +37,8 @@ suite: derandomized (the examples are a function of the test alone), no
 deadline (the machine is shared; timings are not a contract), a fixed budget
 per test set in each fuzz file with ``@settings(max_examples=...)``.
 """
+
+import re
 
 import numpy as np
 import pytest
@@ -55,14 +63,57 @@ settings.register_profile(
 settings.load_profile("kernelsketch")
 
 
+_REPEAT_ID = re.compile(r"seedrep(\d+)")
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("kernelsketch seeds")
+    group.addoption("--seed-repeats", type=int, default=0, metavar="N",
+                    help="run each test marked 'statistical' under N seed offsets")
+    group.addoption("--seed-first", type=int, default=1, metavar="K",
+                    help="first seed offset of --seed-repeats (default 1; 0 is the suite's own)")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_generate_tests(metafunc):
+    repeats = metafunc.config.getoption("seed_repeats")
+    if repeats and metafunc.definition.get_closest_marker("statistical"):
+        first = metafunc.config.getoption("seed_first")
+        offsets = range(first, first + repeats)
+        metafunc.fixturenames.append("_seed_repeat")
+        metafunc.parametrize("_seed_repeat", offsets, ids=[f"seedrep{o}" for o in offsets])
+
+
+def _base_nodeid(nodeid: str) -> tuple[str, int | None]:
+    """The node id without its ``seedrepK`` parameter, and K (None when absent)."""
+    match = _REPEAT_ID.search(nodeid)
+    if match is None:
+        return nodeid, None
+    base = nodeid.replace(f"-{match.group(0)}", "").replace(f"{match.group(0)}-", "")
+    return base.replace(f"[{match.group(0)}]", ""), int(match.group(1))
+
+
 @pytest.fixture
 def seed(request) -> int:
-    """The test's seed: ``derive_seed(node id)``, shifted by ``KS_TEST_SEED_OFFSET`` when set."""
-    offset = seed_offset()
-    keys = (request.node.nodeid,) if offset == 0 else (request.node.nodeid, offset)
-    value = derive_seed(*keys)
+    """The test's seed: ``derive_seed(node id)``, or ``derive_seed(node id, offset)`` when
+    ``KS_TEST_SEED_OFFSET`` or ``--seed-repeats`` gives a nonzero offset."""
+    nodeid, repeat = _base_nodeid(request.node.nodeid)
+    offset = seed_offset() if repeat is None else repeat
+    value = derive_seed(nodeid) if offset == 0 else derive_seed(nodeid, offset)
     request.node.user_properties.append(("seed", value))
     return value
+
+
+@pytest.fixture
+def measure(record_property):
+    """``measure(name, value)`` records a test statistic (returned unchanged) for
+    tools/stat_runs.py, which reports its distribution over seed offsets."""
+
+    def record(name: str, value):
+        record_property(f"measure:{name}", repr(float(value)))
+        return value
+
+    return record
 
 
 @pytest.fixture
@@ -90,8 +141,9 @@ def pytest_runtest_makereport(item, call):
     if report.failed:
         seeds = [v for k, v in item.user_properties if k == "seed"]
         if seeds:
-            report.sections.append(
-                ("seed", f"seed: {seeds[0]} ({SEED_OFFSET_ENV}={seed_offset()})"))
+            _, repeat = _base_nodeid(item.nodeid)
+            offset = seed_offset() if repeat is None else repeat
+            report.sections.append(("seed", f"seed: {seeds[0]} ({SEED_OFFSET_ENV}={offset})"))
 
 
 def pytest_report_header(config):
