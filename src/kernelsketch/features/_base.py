@@ -20,6 +20,11 @@ the seeded ``torch.Generator``, float32 preservation, ``n_features_in_``,
 Sparse input is rejected unless a subclass sets ``_accept_sparse = True``; it
 then receives scipy CSR matrices as ``X`` in ``_make_feature_map`` and must
 implement ``_transform_sparse(X_csr) -> array or sparse matrix``.
+
+Dask arrays: ``transform`` maps them lazily, chunk by chunk; ``fit`` takes them
+when the subclass sets ``_fit_reads_data = False`` (the map depends on the
+number of features only) and raises ``TypeError`` otherwise
+(:mod:`kernelsketch.distributed.dask`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from kernelsketch._checks import check_random_state
+from kernelsketch.distributed.dask import fit_transformer, is_dask_array
+from kernelsketch.distributed.dask import transform as dask_transform
 
 __all__ = ["RandomFeaturesTransformer", "torch_generator_from_random_state"]
 
@@ -74,6 +81,9 @@ class RandomFeaturesTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixi
     _allow_nd = False
     # Subclasses that handle scipy sparse input (CSR) set this and implement _transform_sparse.
     _accept_sparse = False
+    # Subclasses whose map depends on n_features and random_state only (not on the rows)
+    # set this to False: fit then takes Dask arrays without computing them.
+    _fit_reads_data = True
 
     def _check_params(self, n_features: int) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -87,6 +97,11 @@ class RandomFeaturesTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixi
         raise NotImplementedError
 
     def _validate_X(self, X, *, reset: bool):
+        if is_dask_array(X):
+            raise TypeError(
+                f"X must be an in-memory array for {type(self).__name__}.fit, which reads the "
+                "data: fit it on an in-memory array (transform takes Dask arrays), got a Dask array"
+            )
         if self._accept_sparse and sp.issparse(X):
             return validate_data(self, X, reset=reset, accept_sparse="csr",
                                  dtype=[np.float64, np.float32], ensure_all_finite=True)
@@ -119,6 +134,8 @@ class RandomFeaturesTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixi
         -------
         self
         """
+        if is_dask_array(X):
+            return fit_transformer(self, X)
         X = self._validate_X(X, reset=True)
         self._check_params(X.shape[1])
         generator = torch_generator_from_random_state(self.random_state)
@@ -138,9 +155,12 @@ class RandomFeaturesTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixi
         -------
         Z : ndarray of shape (n_samples, n_features_out), float32 for float32 input, else float64
             ``Z @ Z.T`` approximates the kernel matrix of ``X``. Sparse input (where
-            accepted) gives what ``_transform_sparse`` returns.
+            accepted) gives what ``_transform_sparse`` returns; a Dask array, a lazy
+            Dask array computed chunk by chunk.
         """
         check_is_fitted(self, "feature_map_")
+        if is_dask_array(X):
+            return dask_transform(self, X)
         X = self._validate_X(X, reset=False)
         if sp.issparse(X):
             return self._transform_sparse(X)

@@ -406,6 +406,8 @@ class ActivationKernelSketch(RandomFeaturesTransformer):
     General Activations", NeurIPS 2022 (arXiv 2209.04121).
     """
 
+    _fit_reads_data = False  # the map depends on n_features only: fit takes Dask arrays
+
     def __init__(
         self,
         *,

@@ -40,6 +40,8 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from kernelsketch._checks import check_choice, check_float, check_int, check_tensor
+from kernelsketch.distributed.dask import is_dask_array
+from kernelsketch.distributed.dask import transform as dask_transform
 from kernelsketch.features._base import (
     RandomFeaturesTransformer,
     torch_generator_from_random_state,
@@ -424,6 +426,8 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
             At most ``n_components`` non-zeros per row; float32 for float32 input.
         """
         check_is_fitted(self, "cell_keys_")
+        if is_dask_array(X):  # lazy, chunk by chunk (Dask array of CSR chunks)
+            return dask_transform(self, X)
         X = self._validate_X(X, reset=False)
         keys, weights = self._cells_and_weights(X)
         return self._csr(keys, weights, X.dtype)

@@ -296,6 +296,8 @@ class CNTKSketch(RandomFeaturesTransformer):
     Sketching and Random Features", NeurIPS 2021 (arXiv 2106.07880).
     """
 
+    _fit_reads_data = False  # the map depends on n_features only: fit takes Dask arrays
+
     def __init__(
         self,
         *,

@@ -455,6 +455,8 @@ class GegenbauerFeatures(RandomFeaturesTransformer):
     Methods. ICML 2022, arXiv 2202.03474.
     """
 
+    _fit_reads_data = False  # the map depends on n_features only: fit takes Dask arrays
+
     def __init__(
         self,
         *,

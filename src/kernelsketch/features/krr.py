@@ -22,6 +22,7 @@ from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from kernelsketch._checks import check_choice, check_float, check_int, check_same, check_tensor
+from kernelsketch.distributed.dask import fit_kernel_ridge, is_dask_array, predict_kernel_ridge
 
 __all__ = ["KernelRidge", "conjugate_gradient", "ridge_solve"]
 
@@ -300,7 +301,14 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         Returns
         -------
         self
+
+        Dask arrays (``X`` and/or ``y``): the features are computed chunk by chunk on the
+        Dask scheduler in use and only ``ZᵀZ``, ``Zᵀy`` are reduced (memory: a few chunks
+        plus D²), for feature maps whose fit does not read the data
+        (:mod:`kernelsketch.distributed.dask`); the others raise ``TypeError``.
         """
+        if is_dask_array(X) or is_dask_array(y):
+            return fit_kernel_ridge(self, X, y)
         X, y = validate_data(
             self, X, y, accept_sparse="csr", multi_output=True, y_numeric=True,
             dtype=[np.float64, np.float32],
@@ -341,6 +349,8 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         ndarray of shape (n_samples,) or (n_samples, n_targets), float64
         """
         check_is_fitted(self, "coef_")
+        if is_dask_array(X):  # a lazy Dask array, one task per row chunk
+            return predict_kernel_ridge(self, X)
         X = validate_data(
             self, X, reset=False, accept_sparse="csr", dtype=[np.float64, np.float32]
         )

@@ -284,6 +284,10 @@ class NTKRandomFeatures(RandomFeaturesTransformer):
     Kernel", arXiv 2104.01351.
     """
 
+    @property
+    def _fit_reads_data(self) -> bool:  # leverage sampling reads the rows (Dask fit refused)
+        return bool(self.leverage_sampling)
+
     def __init__(
         self,
         *,
@@ -426,6 +430,8 @@ class NTKSketch(RandomFeaturesTransformer):
     ----------
     Zandieh et al., arXiv 2106.07880.
     """
+
+    _fit_reads_data = False  # the map depends on n_features only: fit takes Dask arrays
 
     def __init__(
         self, *, depth=1, n_components=256, degree=8, kernel="ntk", poly_dim=None, random_state=None
