@@ -360,7 +360,12 @@ class PolySketch(SketchModule):
                     cache[key] = self.levels[height - 1][index]._pair(left, right)
             return cache[key]
 
-        return node(self.depth, 0, j)
+        try:
+            return node(self.depth, 0, j)
+        finally:
+            # node refers to itself through its closure: break the cycle, or the cache's
+            # tensors live until the cyclic garbage collector runs (memory grows per call).
+            del node
 
     def _sketch(self, x: torch.Tensor) -> torch.Tensor:
         return self._power(x, self.degree, {})
