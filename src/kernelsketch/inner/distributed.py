@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from kernelsketch._checks import check_choice, check_int
+from kernelsketch.distributed.dask import tree_reduce
 from kernelsketch.inner.join import ColumnSketch, keyed_vectors, sketch_keyed_vectors
 from kernelsketch.inner.sketcher import METHODS
 
@@ -121,10 +122,5 @@ def sketch_table(
     ]
     norms = np.sqrt(np.sum(dask.compute(*partial_norms), axis=0))  # [columns, 3]
     level = [dask.delayed(_partial_sketches)(p, key, columns, options, nan, norms) for p in parts]
-    while len(level) > 1:  # pairwise tree merge
-        level = [
-            dask.delayed(_merge_lists)(level[i], level[i + 1]) if i + 1 < len(level) else level[i]
-            for i in range(0, len(level), 2)
-        ]
-    (merged,) = dask.compute(level[0])
+    (merged,) = dask.compute(tree_reduce(level, _merge_lists))  # pairwise tree merge
     return dict(zip(columns, merged))
