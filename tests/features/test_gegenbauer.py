@@ -21,7 +21,6 @@ from kernelsketch.features.gegenbauer import (
 )
 from kernelsketch.features.ntk import ntk_relu
 
-RNG = np.random.default_rng()
 # Most tests compare the features with the truncated series itself (gzk_kernel), where
 # the Taylor-truncation warning for large norms is irrelevant; it is tested on its own.
 pytestmark = pytest.mark.filterwarnings("ignore:GegenbauerFeatures.kernel='gaussian'")
@@ -35,8 +34,8 @@ def _gaussian(X, Y, gamma):
 
 
 @pytest.mark.parametrize("d", [2, 3, 4, 7, 20])
-def test_gegenbauer_matches_scipy_normalised(d):
-    t = RNG.uniform(-1, 1, size=50)
+def test_gegenbauer_matches_scipy_normalised(d, np_rng):
+    t = np_rng.uniform(-1, 1, size=50)
     P = gegenbauer(t, 9, d)
     for ell in range(10):
         if d == 2:
@@ -48,8 +47,8 @@ def test_gegenbauer_matches_scipy_normalised(d):
     np.testing.assert_allclose(gegenbauer(np.ones(1), 9, d), 1.0, atol=1e-12)
 
 
-def test_gegenbauer_torch_matches_numpy_and_keeps_shape():
-    t = RNG.uniform(-1, 1, size=(3, 4))
+def test_gegenbauer_torch_matches_numpy_and_keeps_shape(np_rng):
+    t = np_rng.uniform(-1, 1, size=(3, 4))
     Pt = gegenbauer(torch.from_numpy(t), 6, 5)
     assert Pt.shape == (3, 4, 7) and Pt.dtype == torch.float64
     np.testing.assert_allclose(Pt.numpy(), gegenbauer(t, 6, 5), atol=1e-14)
@@ -90,18 +89,18 @@ def test_zonal_kernel_reproduces_harmonics():
     assert np.all(np.abs(est - zonal_kernel(X, X, q)) < 6 * se + 1e-9)
 
 
-def test_monomials_in_gegenbauer_basis():
-    d = int(RNG.integers(2, 12))
+def test_monomials_in_gegenbauer_basis(np_rng):
+    d = int(np_rng.integers(2, 12))
     B = monomial_to_gegenbauer(9, d)
-    t = RNG.uniform(-1, 1, size=30)
+    t = np_rng.uniform(-1, 1, size=30)
     np.testing.assert_allclose(gegenbauer(t, 9, d) @ B.T, t[:, None] ** np.arange(10), atol=1e-12)
     assert np.all(B >= 0)
     np.testing.assert_allclose(B.sum(1), 1.0)
 
 
-def test_gegenbauer_coefficients_exact_for_polynomials_and_nonnegative_for_exp():
-    d = int(RNG.integers(2, 10))
-    c = RNG.standard_normal(6)
+def test_gegenbauer_coefficients_exact_for_polynomials_and_nonnegative_for_exp(np_rng):
+    d = int(np_rng.integers(2, 10))
+    c = np_rng.standard_normal(6)
     poly = np.polynomial.Polynomial(c)
     coef = gegenbauer_coefficients(poly, 5, d)
     np.testing.assert_allclose(coef, c @ monomial_to_gegenbauer(5, d), atol=1e-10)
@@ -111,10 +110,10 @@ def test_gegenbauer_coefficients_exact_for_polynomials_and_nonnegative_for_exp()
 # --- exact GZK series --------------------------------------------------------------------
 
 
-def test_gaussian_series_converges_to_gaussian_kernel():
+def test_gaussian_series_converges_to_gaussian_kernel(np_rng):
     # Truncating the Taylor series of exp(2γ<x,y>) at degree q leaves at most
     # e^{-γ(|x|²+|y|²)} Σ_{j>q} (2γ|x||y|)^j / j! (entrywise).
-    X = RNG.standard_normal((20, 4)) * 0.5
+    X = np_rng.standard_normal((20, 4)) * 0.5
     gamma = 0.7
     K = _gaussian(X, X, gamma)
     r = np.linalg.norm(X, axis=1)
@@ -129,17 +128,17 @@ def test_gaussian_series_converges_to_gaussian_kernel():
     assert all(b < a for a, b in itertools.pairwise(errs))
 
 
-def test_dot_product_series_is_exact_at_full_degree():
-    X, Y = RNG.standard_normal((10, 6)), RNG.standard_normal((7, 6))
-    c = RNG.uniform(0, 1, size=5)
+def test_dot_product_series_is_exact_at_full_degree(np_rng):
+    X, Y = np_rng.standard_normal((10, 6)), np_rng.standard_normal((7, 6))
+    c = np_rng.uniform(0, 1, size=5)
     G = X @ Y.T
     K = sum(cj * G**j for j, cj in enumerate(c))
     got = gzk_kernel(X, Y, kernel="dot_product", degree=4, coefficients=c)
     np.testing.assert_allclose(got, K, rtol=1e-10, atol=1e-10)
 
 
-def test_ntk_series_converges_to_ntk_oracle():
-    X = RNG.standard_normal((15, 5))
+def test_ntk_series_converges_to_ntk_oracle(np_rng):
+    X = np_rng.standard_normal((15, 5))
     K = np.asarray(ntk_relu(torch.from_numpy(X), torch.from_numpy(X), depth=2))
     errs = [
         np.linalg.norm(gzk_kernel(X, kernel="ntk", degree=q, depth=2) - K) / np.linalg.norm(K)
@@ -151,10 +150,24 @@ def test_ntk_series_converges_to_ntk_oracle():
 # --- random Gegenbauer features ---------------------------------------------------------
 
 
+def test_gaussian_features_unbiased_for_the_gaussian_kernel():
+    # Each frequency's pair gives cos(w_i . (x - y)), marginally unbiased for exp(-g|x-y|^2)
+    # (orthogonal blocks and stratified radii correlate the frequencies negatively, which
+    # only shrinks the spread of the mean: the i.i.d. 6-sigma bound is conservative).
+    X = np.random.default_rng(11).standard_normal((8, 5)) * 0.6
+    K = _gaussian(X, X, 0.5)
+    p = 4000
+    Z = GegenbauerFeatures(n_components=2 * p, gamma=0.5, random_state=0).fit_transform(X)
+    C, S = Z[:, :p] * math.sqrt(p), Z[:, p:] * math.sqrt(p)
+    grams = np.einsum("im,km->mik", C, C) + np.einsum("im,km->mik", S, S)
+    mean, se = grams.mean(0), grams.std(0) / math.sqrt(p)
+    assert np.all(np.abs(mean - K) <= 6 * se + 1e-12)
+    np.testing.assert_allclose(np.diag(Z @ Z.T), 1.0, rtol=1e-12)  # cos^2 + sin^2
+
+
 @pytest.mark.parametrize(
     "params",
     [
-        {"kernel": "gaussian", "degree": 6, "gamma": 0.5},
         {"kernel": "dot_product", "degree": 3, "coefficients": [0.5, 1.0, 0.5, 0.2]},
     ],
 )
@@ -172,8 +185,8 @@ def test_features_are_unbiased(params):
     assert np.abs(mean - K).max() < 0.1 * np.abs(K).max()
 
 
-def test_feature_error_falls_with_n_components():
-    X = RNG.standard_normal((40, 6)) * 0.5
+def test_feature_error_falls_with_n_components(np_rng):
+    X = np_rng.standard_normal((40, 6)) * 0.5
     K = gzk_kernel(X, kernel="gaussian", degree=8, gamma=0.5)
 
     def err(n):
@@ -189,9 +202,9 @@ def test_feature_error_falls_with_n_components():
     assert e_large < e_small / 3
 
 
-def test_spectral_approximation_with_enough_features():
+def test_spectral_approximation_with_enough_features(np_rng):
     n, lam = 30, 1e-2
-    X = RNG.standard_normal((n, 4)) * 0.5
+    X = np_rng.standard_normal((n, 4)) * 0.5
     K = gzk_kernel(X, kernel="gaussian", degree=10, gamma=0.5)
     Z = GegenbauerFeatures(
         degree=10, gamma=0.5, n_components=11 * 4000, random_state=0
@@ -214,8 +227,8 @@ def test_ntk_features_unbiased_for_truncated_series():
     assert np.all(np.abs(grams.mean(0) - K) <= 6 * se + 1e-12)
 
 
-def test_float32_preserved_and_close_to_float64():
-    X = RNG.standard_normal((10, 3))
+def test_float32_preserved_and_close_to_float64(np_rng):
+    X = np_rng.standard_normal((10, 3))
     est = GegenbauerFeatures(n_components=90, gamma=0.3, random_state=0)
     Z64 = est.fit_transform(X)
     Z32 = est.transform(X.astype(np.float32))
@@ -224,9 +237,13 @@ def test_float32_preserved_and_close_to_float64():
     np.testing.assert_allclose(Z32, Z64, atol=1e-4)
 
 
-def test_torch_feature_map_on_batches_matches_transform():
-    X = RNG.standard_normal((12, 5))
-    est = GegenbauerFeatures(n_components=45, random_state=1).fit(X)
+def test_torch_feature_map_on_batches_matches_transform(np_rng):
+    X = np_rng.standard_normal((12, 5))
+    gauss = GegenbauerFeatures(n_components=45, random_state=1).fit(X)
+    batched = gauss.feature_map_(torch.from_numpy(X).reshape(3, 4, 5))
+    np.testing.assert_allclose(batched.reshape(12, -1).numpy(), gauss.transform(X), atol=1e-12)
+    est = GegenbauerFeatures(kernel="dot_product", coefficients=[1.0, 0.5, 0.25], degree=2,
+                             n_components=45, random_state=1).fit(X)
     Z = est.transform(X)
     batched = est.feature_map_(torch.from_numpy(X).reshape(3, 4, 5))
     np.testing.assert_allclose(batched.reshape(12, -1).numpy(), Z, atol=1e-12)
@@ -239,8 +256,8 @@ def test_torch_feature_map_on_batches_matches_transform():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_feature_map_on_cuda_matches_cpu():
-    X = RNG.standard_normal((64, 6)) * 0.5
+def test_feature_map_on_cuda_matches_cpu(np_rng):
+    X = np_rng.standard_normal((64, 6)) * 0.5
     est = GegenbauerFeatures(n_components=90, gamma=0.5, random_state=0).fit(X)
     Z = est.transform(X)
     fm = est.feature_map_.to("cuda")
@@ -250,8 +267,8 @@ def test_feature_map_on_cuda_matches_cpu():
         np.testing.assert_allclose(out.double().cpu().numpy(), Z, atol=tol)
 
 
-def test_one_feature_input_and_zero_vector():
-    X = np.concatenate([RNG.standard_normal((6, 1)), np.zeros((1, 1))])
+def test_one_feature_input_and_zero_vector(np_rng):
+    X = np.concatenate([np_rng.standard_normal((6, 1)), np.zeros((1, 1))])
     K = _gaussian(X, X, 0.5)
     Z = GegenbauerFeatures(
         degree=14, gamma=0.5, n_components=15 * 1000, random_state=0
@@ -259,18 +276,28 @@ def test_one_feature_input_and_zero_vector():
     assert np.abs(Z @ Z.T - K).max() < 0.1
 
 
-def test_warns_when_gaussian_truncation_is_biased():
-    X = RNG.standard_normal((10, 8)) * 2.0
-    with pytest.warns(UserWarning, match=r"under-estimated by \d+% .* use degree >= \d+"):
-        GegenbauerFeatures(degree=4, gamma=1.0, random_state=0).fit(X)
+def test_warns_when_one_direction_is_too_noisy(np_rng):
+    # Degree-8 dot-product series in d=64: a direction's estimate of k(x, x) has a huge
+    # relative variance (high-degree Gegenbauer terms), so 10 directions approximate nothing.
+    X = np_rng.standard_normal((20, 64)) / 4
+    with pytest.warns(UserWarning, match=r"relative variance .* use more n_components"):
+        GegenbauerFeatures(kernel="dot_product", coefficients=[1.0] * 9, degree=8,
+                           n_components=90, random_state=0).fit(X)
 
 
-def test_n_components_rounds_down_to_whole_directions():
-    est = GegenbauerFeatures(degree=4, n_components=23, random_state=0).fit(
-        RNG.standard_normal((5, 3))
+def test_n_components_rounds_down_to_whole_directions(np_rng):
+    est = GegenbauerFeatures(kernel="dot_product", coefficients=[1.0, 1.0, 1.0, 1.0, 1.0],
+                             degree=4, n_components=23, random_state=0).fit(
+        np_rng.standard_normal((5, 3))
     )
     assert est.n_components_ == 20
     assert est.get_feature_names_out().shape == (20,)
+
+
+@pytest.mark.parametrize("m", [1, 6, 7])
+def test_gaussian_output_width_is_n_components(m, np_rng):
+    est = GegenbauerFeatures(n_components=m, random_state=0).fit(np_rng.standard_normal((5, 3)))
+    assert est.n_components_ == m and est.transform(np.zeros((2, 3))).shape == (2, m)
 
 
 @parametrize_with_checks(
@@ -289,7 +316,7 @@ def test_sklearn_compatible(estimator, check):
 
 
 def _fit(**kw):
-    return GegenbauerFeatures(**kw).fit(RNG.standard_normal((5, 3)))
+    return GegenbauerFeatures(**kw).fit(np.random.default_rng(0).standard_normal((5, 3)))
 
 
 def test_error_unknown_kernel():
@@ -327,17 +354,17 @@ def test_error_negative_coefficients():
         _fit(kernel="dot_product", coefficients=[1.0, -0.5])
 
 
-def test_error_nan_input():
-    X = RNG.standard_normal((5, 3))
+def test_error_nan_input(np_rng):
+    X = np_rng.standard_normal((5, 3))
     X[1, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         GegenbauerFeatures().fit(X)
 
 
-def test_error_transform_wrong_width():
+def test_error_transform_wrong_width(np_rng):
     est = _fit()
     with pytest.raises(ValueError, match="3 features"):
-        est.transform(RNG.standard_normal((4, 2)))
+        est.transform(np_rng.standard_normal((4, 2)))
 
 
 def test_error_feature_map_wrong_width():

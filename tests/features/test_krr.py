@@ -30,8 +30,8 @@ def test_sklearn_compatible(estimator, check):
 
 
 @pytest.mark.parametrize("solver", ["cholesky", "cg"])
-def test_ridge_solve_matches_dense_solve(solver):
-    rng = np.random.default_rng()
+def test_ridge_solve_matches_dense_solve(solver, np_rng):
+    rng = np_rng
     Z = rng.normal(size=(200, 30)) * np.logspace(0, -2, 30)
     y = rng.normal(size=(200, 2))
     w = ridge_solve(torch.from_numpy(Z), torch.from_numpy(y), 1e-2, solver=solver)
@@ -39,8 +39,8 @@ def test_ridge_solve_matches_dense_solve(solver):
     assert np.linalg.norm(w.numpy() - ref) <= 1e-6 * np.linalg.norm(ref)
 
 
-def test_ridge_solve_vector_target_shape():
-    rng = np.random.default_rng()
+def test_ridge_solve_vector_target_shape(np_rng):
+    rng = np_rng
     Z, y = torch.from_numpy(rng.normal(size=(50, 8))), torch.from_numpy(rng.normal(size=50))
     for solver in ("cholesky", "cg"):
         w = ridge_solve(Z, y, 0.5, solver=solver)
@@ -48,8 +48,8 @@ def test_ridge_solve_vector_target_shape():
         np.testing.assert_allclose(w.numpy(), _reference(Z.numpy(), y.numpy(), 0.5), rtol=1e-6)
 
 
-def test_sparse_features_match_dense():
-    rng = np.random.default_rng()
+def test_sparse_features_match_dense(np_rng):
+    rng = np_rng
     Zs = sp.random(300, 60, density=0.05, random_state=int(rng.integers(1 << 31)), format="csr")
     y = rng.normal(size=300)
     Zt = _as_torch_features(Zs, "cpu", torch.float64)
@@ -58,8 +58,8 @@ def test_sparse_features_match_dense():
     assert np.linalg.norm(w.numpy() - ref) <= 1e-6 * np.linalg.norm(ref)
 
 
-def test_conjugate_gradient_spd_system_with_preconditioner():
-    rng = np.random.default_rng()
+def test_conjugate_gradient_spd_system_with_preconditioner(np_rng):
+    rng = np_rng
     M = rng.normal(size=(40, 40))
     A = torch.from_numpy(M @ M.T + np.diag(np.logspace(0, 3, 40)))
     b = torch.from_numpy(rng.normal(size=40))
@@ -69,9 +69,9 @@ def test_conjugate_gradient_spd_system_with_preconditioner():
     assert 1 <= n_iter <= 400
 
 
-def test_exact_features_reproduce_exact_krr():
+def test_exact_features_reproduce_exact_krr(np_rng):
     # All points as Nystroem landmarks: Z Z^T = K, so primal ridge = exact KRR.
-    rng = np.random.default_rng()
+    rng = np_rng
     X, Xt = rng.normal(size=(80, 3)), rng.normal(size=(20, 3))
     y = np.sin(X[:, 0]) + 0.1 * rng.normal(size=80)
     model = KernelRidge(RLSNystroem(n_components=80, gamma=0.5), alpha=0.1).fit(X, y)
@@ -93,8 +93,8 @@ def test_prediction_error_falls_with_features():
     assert errs[0] > 4 * errs[1] > 16 * errs[2]
 
 
-def test_cg_and_cholesky_predictions_agree():
-    rng = np.random.default_rng()
+def test_cg_and_cholesky_predictions_agree(np_rng):
+    rng = np_rng
     X, y = rng.normal(size=(100, 3)), rng.normal(size=100)
     feats = RLSNystroem(n_components=30, random_state=1)
     p1 = KernelRidge(feats, alpha=0.1, solver="cholesky").fit(X, y).predict(X)
@@ -102,10 +102,10 @@ def test_cg_and_cholesky_predictions_agree():
     np.testing.assert_allclose(p1, p2, atol=1e-6)
 
 
-def test_sparse_input_through_kernel_ridge():
+def test_sparse_input_through_kernel_ridge(np_rng):
     # Scipy sparse X flows through fit/predict (PolynomialSketch never densifies it) and
     # gives the dense-input model; PolynomialLeverageSampler returns sparse features (CG).
-    rng = np.random.default_rng()
+    rng = np_rng
     X = sp.random(120, 40, density=0.1, random_state=int(rng.integers(1 << 31)), format="csr")
     y = rng.normal(size=120)
     feats = PolynomialSketch(n_components=64, degree=2, coef0=1.0, kind="tensorsketch",
@@ -118,8 +118,8 @@ def test_sparse_input_through_kernel_ridge():
     assert model.n_iter_ > 1 and model.predict(X).shape == (120,)
 
 
-def test_multi_target():
-    rng = np.random.default_rng()
+def test_multi_target(np_rng):
+    rng = np_rng
     X, Y = rng.normal(size=(60, 3)), rng.normal(size=(60, 2))
     feats = RLSNystroem(n_components=20, random_state=2)
     both = KernelRidge(feats, alpha=0.3).fit(X, Y).predict(X)
@@ -128,8 +128,9 @@ def test_multi_target():
     np.testing.assert_allclose(both[:, 0], first, atol=1e-8)
 
 
-Z_OK = torch.randn(10, 3, dtype=torch.float64)
-Y_OK = torch.randn(10, dtype=torch.float64)
+_OK = torch.Generator().manual_seed(0)
+Z_OK = torch.randn(10, 3, dtype=torch.float64, generator=_OK)
+Y_OK = torch.randn(10, dtype=torch.float64, generator=_OK)
 
 
 def test_ridge_solve_bad_alpha():
@@ -225,8 +226,9 @@ def test_estimator_bad_features():
         (lambda m, s: WeightedRandomBinning(kernel="laplacian", length_scale=2.0,
                                             n_components=m, random_state=s),
          {"kernel": "laplacian", "gamma": 0.5}),
+        # The tree kind: the default's exact head would already be exact at m = 20 here.
         (lambda m, s: PolynomialSketch(n_components=m, degree=2, gamma=0.5, coef0=1.0,
-                                       random_state=s),
+                                       kind="srht", random_state=s),
          {"kernel": "poly", "degree": 2, "gamma": 0.5, "coef0": 1.0}),
         (lambda m, s: PolynomialLeverageSampler(n_components=m, degree=2, gamma=0.5, coef0=1.0,
                                                 ridge=0.3, random_state=s),
@@ -274,8 +276,8 @@ def test_krr_with_gegenbauer_features_converges_to_exact_gaussian_krr():
         GegenbauerFeatures(degree=6, gamma=0.2, n_components=70, random_state=0),
     ],
 )
-def test_gpu_solve_and_feature_maps_match_cpu(features):
-    rng = np.random.default_rng()
+def test_gpu_solve_and_feature_maps_match_cpu(features, np_rng):
+    rng = np_rng
     X, y = rng.normal(size=(150, 4)), rng.normal(size=150)
     cpu = KernelRidge(features, alpha=0.5).fit(X, y)
     gpu = KernelRidge(features, alpha=0.5, device="cuda").fit(X, y)

@@ -66,8 +66,8 @@ def test_polysketch_unbiased(kind):
     assert np.all(np.abs(est.mean(0) - K) <= 5 * se + 1e-12)
 
 
-def test_polysketch_error_falls_with_dimension():
-    rng = np.random.default_rng()
+def test_polysketch_error_falls_with_dimension(np_rng):
+    rng = np_rng
     X = rng.normal(size=(50, 8))
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     K = polynomial_kernel(X, degree=4, gamma=1.0, coef0=1.0)
@@ -90,8 +90,8 @@ def test_polysketch_spectral_approximation_error_falls():
     lam = 0.1
     eps = []
     for D in (128, 512, 2048):
-        Z = [PolynomialSketch(n_components=D, degree=3, coef0=1.0, random_state=s).fit_transform(X)
-             for s in range(2)]
+        Z = [PolynomialSketch(n_components=D, degree=3, coef0=1.0, kind="srht",
+                              random_state=s).fit_transform(X) for s in range(2)]
         eps.append(np.mean([_spectral_eps(K, z @ z.T, lam) for z in Z]))
     assert eps[0] > 1.5 * eps[1] > 2.25 * eps[2]
     assert eps[2] < 0.4
@@ -108,8 +108,8 @@ def test_polysketch_beats_tensorsketch_at_high_degree():
         Z = est.fit_transform(X)
         return np.linalg.norm(Z @ Z.T - K) / np.linalg.norm(K)
 
-    ours = np.mean([err(PolynomialSketch(n_components=256, degree=8, coef0=1.0, random_state=s))
-                    for s in range(4)])
+    ours = np.mean([err(PolynomialSketch(n_components=256, degree=8, coef0=1.0, kind="srht",
+                                         random_state=s)) for s in range(4)])
     sk = np.mean([err(PolynomialCountSketch(n_components=256, degree=8, coef0=1.0,
                                             random_state=s)) for s in range(4)])
     assert ours < 0.85 * sk
@@ -136,8 +136,8 @@ def test_sparse_tree_powers_match_dense_tree():
                                    rtol=1e-10, atol=1e-12)
 
 
-def test_polysketch_torch_map_batched_float32():
-    X = np.random.default_rng().normal(size=(6, 3))
+def test_polysketch_torch_map_batched_float32(np_rng):
+    X = np_rng.normal(size=(6, 3))
     est = PolynomialSketch(n_components=16, degree=3, coef0=1.0, random_state=0).fit(X)
     out = est.feature_map_(torch.from_numpy(X).float().reshape(2, 3, 3))
     assert out.shape == (2, 3, 16) and out.dtype == torch.float32
@@ -212,8 +212,8 @@ def test_leverage_beats_norm_sampling_on_heavy_coordinate():
     assert max(lev) < 0.8 and min(nrm) > 0.95
 
 
-def test_leverage_sampler_torch_map():
-    X = np.random.default_rng().normal(size=(10, 3))
+def test_leverage_sampler_torch_map(np_rng):
+    X = np_rng.normal(size=(10, 3))
     est = PolynomialLeverageSampler(n_components=12, degree=3, coef0=1.0, random_state=0).fit(X)
     out = est.feature_map_(torch.from_numpy(X).reshape(2, 5, 3))
     assert out.shape == (2, 5, 12)

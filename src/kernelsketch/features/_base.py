@@ -29,6 +29,8 @@ number of features only) and raises ``TypeError`` otherwise
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -39,7 +41,36 @@ from kernelsketch._checks import check_random_state
 from kernelsketch.distributed.dask import fit_transformer, is_dask_array
 from kernelsketch.distributed.dask import transform as dask_transform
 
-__all__ = ["RandomFeaturesTransformer", "torch_generator_from_random_state"]
+__all__ = ["RandomFeaturesTransformer", "check_allocation", "torch_generator_from_random_state"]
+
+
+def _available_bytes() -> int:
+    """Physical memory that may still be allocated (MemAvailable, else total RAM)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def check_allocation(nbytes: float, what: str, hint: str = "") -> None:
+    """Raise ``ValueError`` before allocating ``nbytes`` that the machine cannot hold.
+
+    ``what`` names the array and the arguments that size it, e.g.
+    ``"the (n_samples, n_components) = (10, 10**9) output"``.
+    """
+    available = _available_bytes()
+    if nbytes > available:
+        raise ValueError(
+            f"{what} needs {nbytes / 2**30:.3g} GiB, more than the {available / 2**30:.3g} GiB of "
+            f"memory available{'; ' + hint if hint else ''}"
+        )
 
 
 def torch_generator_from_random_state(random_state) -> torch.Generator:
@@ -64,6 +95,19 @@ def torch_generator_from_random_state(random_state) -> torch.Generator:
     """
     seed = int(check_random_state(random_state).randint(0, 2**31 - 1))
     return torch.Generator().manual_seed(seed)
+
+
+def _check_finite_output(Z, X):
+    """``Z``, or ``ValueError`` when finite ``X`` gave non-finite features (overflow)."""
+    data = Z.data if sp.issparse(Z) else Z
+    if not np.isfinite(data).all():
+        big = float(abs(X).max())
+        raise ValueError(
+            f"X's scale overflows the features in {np.dtype(Z.dtype).name} (largest |X| = "
+            f"{big:.3g}): the kernel values are not representable; rescale X (and gamma / "
+            "length_scale with it) or pass float64"
+        )
+    return Z
 
 
 class RandomFeaturesTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -162,11 +206,15 @@ class RandomFeaturesTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixi
         if is_dask_array(X):
             return dask_transform(self, X)
         X = self._validate_X(X, reset=False)
+        check_allocation(X.shape[0] * self._n_features_out * X.dtype.itemsize,
+                         f"the (n_samples, n_features_out) = ({X.shape[0]}, "
+                         f"{self._n_features_out}) output of {type(self).__name__}.transform",
+                         "transform X in blocks of rows or use fewer n_components")
         if sp.issparse(X):
-            return self._transform_sparse(X)
+            return _check_finite_output(self._transform_sparse(X), X)
         with torch.no_grad():
             Z = self.feature_map_(torch.from_numpy(X))
-        return Z.numpy()
+        return _check_finite_output(Z.numpy(), X)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from scipy.special import roots_jacobi
-from scipy.stats import poisson
+from scipy.stats import chi
 
 from kernelsketch._checks import (
     check_choice,
@@ -51,6 +51,9 @@ __all__ = [
 ]
 
 KERNELS = ("gaussian", "dot_product", "ntk")
+# Largest n_components / degree accepted (sizes above cannot be allocated or evaluated).
+_MAX_COMPONENTS = 1 << 26
+_MAX_DEGREE = 1000
 
 
 def gegenbauer(t, degree: int, d: int):
@@ -323,24 +326,6 @@ def gzk_kernel(
     return np.einsum("nj,mj,nml,jl->nm", radial_x, radial_y, P, A)
 
 
-def _warn_if_truncation_biased(gamma: float, degree: int, X: torch.Tensor) -> None:
-    """Warn when the degree-q Taylor truncation visibly biases the Gaussian kernel on X.
-
-    On the diagonal the truncated series is ``P(Poisson(2γ‖x‖²) ≤ q)`` instead of 1.
-    """
-    rate = 2.0 * gamma * float((X.double() ** 2).sum(dim=1).max())
-    missing = float(poisson.sf(degree, rate))
-    if missing > 1e-2:
-        needed = int(poisson.isf(1e-3, rate)) + 1
-        warnings.warn(
-            f"GegenbauerFeatures(kernel='gaussian', degree={degree}, gamma={gamma}) truncates "
-            f"the kernel's Taylor series: k(x, x) is under-estimated by {missing:.0%} at the "
-            f"largest training norm; use degree >= {needed}, a smaller gamma, or scaled data",
-            UserWarning,
-            stacklevel=4,
-        )
-
-
 def gegenbauer_features(
     x: torch.Tensor,
     directions: torch.Tensor,
@@ -411,6 +396,79 @@ class GegenbauerFeatureMap(torch.nn.Module):
         return z.to(x.dtype)
 
 
+class PlaneWaveMap(torch.nn.Module):
+    """Gegenbauer features of the Gaussian kernel, summed in closed form: ``[..., d] -> [..., m]``.
+
+    For ``p = m // 2`` frequencies (rows of ``frequencies`` [p + m % 2, d]):
+    ``phi(x) = [cos(x Ω^T), sin(x Ω^T)] / sqrt(p + h / 2)`` and, for odd ``m`` (``h = 1``),
+    one more feature ``cos(ω_0 · x + phase) / sqrt(p + 1/2)``; so ``<phi(x), phi(y)>`` is a
+    weighted mean of ``cos(ω_i · (x - y))`` (and of ``2 cos(ω_0 x + b) cos(ω_0 y + b)``),
+    unbiased for the Gaussian (docs/gegenbauer.md, "Gaussian kernel").
+    """
+
+    def __init__(self, frequencies: torch.Tensor, n_components: int, phase: float = 0.0):
+        super().__init__()
+        self.register_buffer("frequencies", frequencies)
+        self.d_in = int(frequencies.shape[1])
+        self.pairs, self.odd = n_components // 2, n_components % 2
+        self.phase = float(phase)
+        self.d_out = int(n_components)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor("x", x)
+        if x.shape[-1] != self.d_in:
+            raise ValueError(
+                f"x must have {self.d_in} features in its last dimension, got shape {list(x.shape)}"
+            )
+        work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        u = x.to(work) @ self.frequencies.to(work).T
+        scale = 1.0 / math.sqrt(self.pairs + self.odd / 2)
+        pairs = u[..., : self.pairs]
+        parts = [torch.cos(pairs) * scale, torch.sin(pairs) * scale]
+        if self.odd:
+            parts.append(torch.cos(u[..., self.pairs:] + self.phase) * scale)
+        return torch.cat(parts, dim=-1).to(x.dtype)
+
+
+def gaussian_frequencies(p: int, d: int, gamma: float, generator: torch.Generator) -> torch.Tensor:
+    """``p`` frequencies ``ω_i = sqrt(2 gamma) R_i w_i``, each ``~ N(0, 2 gamma I_d)``, float64 [p, d].
+
+    Directions ``w_i``: rows of independent uniformly random orthogonal ``d x d`` matrices
+    (orthogonal within each block of ``d``); radii ``R_i ~ chi_d`` stratified: the quantile
+    ``(π_i + U_i) / p`` of ``chi_d`` for a random permutation ``π`` and uniform ``U``. Every
+    ``ω_i`` has the Gaussian's spectral law, so ``E[cos(ω_i · δ)] = exp(-gamma |δ|^2)``.
+    """
+    blocks = []
+    for _ in range(-(-p // d)):
+        g = torch.randn(d, d, generator=generator, dtype=torch.float64)
+        q, r = torch.linalg.qr(g)
+        blocks.append(q * torch.sign(torch.diagonal(r)))  # Haar: fix the QR sign convention
+    directions = torch.cat(blocks)[:p] if d > 1 else torch.sign(
+        torch.randn(p, 1, generator=generator, dtype=torch.float64))
+    strata = torch.randperm(p, generator=generator).double()
+    u = (strata + torch.rand(p, generator=generator, dtype=torch.float64)) / p
+    radii = torch.from_numpy(chi.ppf(u.numpy(), d))
+    return math.sqrt(2.0 * gamma) * radii[:, None] * directions
+
+
+def _feature_kurtosis(A: np.ndarray, powers: np.ndarray, gamma_r: float, d: int,
+                      radius: float) -> float:
+    """``E_w[|phi_w(x)|^4] / E_w[|phi_w(x)|^2]^2`` of one direction's features at norm ``radius``.
+
+    By Gauss–Jacobi quadrature over ``u = <x̂, w> ~ μ_d``; the relative variance of one
+    direction's estimate of ``k(x, x)`` is this minus 1.
+    """
+    nodes, weights = roots_jacobi(200, (d - 3) / 2, (d - 3) / 2)
+    weights = weights / weights.sum()
+    S = np.sqrt(_harmonic_dimensions(A.shape[1] - 1, d) * A)  # [J, L]
+    g = gegenbauer(nodes, A.shape[1] - 1, d) @ S.T  # [nodes, J]
+    rho = radius ** powers.astype(np.float64) * math.exp(-gamma_r * radius**2)
+    F = (g * rho) ** 2  # per-feature squares
+    F = F.sum(1)
+    m2 = float(weights @ F)
+    return float(weights @ F**2) / m2**2 if m2 > 0 else 1.0
+
+
 class GegenbauerFeatures(RandomFeaturesTransformer):
     """Random Gegenbauer features for generalized zonal kernels (GZK).
 
@@ -478,18 +536,30 @@ class GegenbauerFeatures(RandomFeaturesTransformer):
 
     def _check_params(self, n_features: int) -> None:
         check_choice("kernel", self.kernel, KERNELS)
-        check_int("degree", self.degree, min=0)
-        check_int("n_components", self.n_components, min=1)
+        check_int("degree", self.degree, min=0, max=_MAX_DEGREE)
+        check_int("n_components", self.n_components, min=1, max=_MAX_COMPONENTS)
         if self.kernel == "gaussian":
             check_float("gamma", self.gamma, min=0.0, min_exclusive=True)
-        if self.kernel == "dot_product":
+        if self.kernel == "dot_product" or self.coefficients is not None:
             _check_coefficients(self.coefficients, self.degree)
         if self.kernel == "ntk":
             check_int("depth", self.depth, min=1)
+        if self.kernel != "gaussian":
+            alpha = harmonic_dimension(self.degree, max(n_features, 2))
+            if alpha > 1e150:
+                raise ValueError(
+                    f"degree must keep the harmonic dimension finite in float64 for "
+                    f"{n_features} features (dim H_degree = {float(alpha):.3g} at degree="
+                    f"{self.degree}); use a smaller degree"
+                )
 
     def _make_feature_map(self, n_features, generator, X):
         if self.kernel == "gaussian":
-            _warn_if_truncation_biased(float(self.gamma), self.degree, X)
+            m = self.n_components
+            freq = gaussian_frequencies(m // 2 + m % 2, n_features, float(self.gamma), generator)
+            phase = float(2 * math.pi * torch.rand(1, generator=generator, dtype=torch.float64))
+            self.n_components_ = m
+            return PlaneWaveMap(freq, m, phase)
         d = max(n_features, 2)
         A, powers, gamma_r = gzk_series(
             self.kernel,
@@ -504,6 +574,7 @@ class GegenbauerFeatures(RandomFeaturesTransformer):
         g = torch.randn(m, d, generator=generator, dtype=torch.float64)
         directions = g / torch.linalg.vector_norm(g, dim=1, keepdim=True)
         self.n_components_ = m * A.shape[0]
+        self._warn_if_high_variance(A, powers, gamma_r, d, m, X)
         return GegenbauerFeatureMap(
             directions,
             torch.from_numpy(sqrt_weights),
@@ -511,3 +582,17 @@ class GegenbauerFeatures(RandomFeaturesTransformer):
             gamma_r,
             n_features,
         )
+
+    def _warn_if_high_variance(self, A, powers, gamma_r, d, m, X) -> None:
+        """Warn when one direction's estimate of ``k(x, x)`` is so noisy that ``m``
+        directions leave a relative error above 0.5 at the median training norm."""
+        radius = float(torch.linalg.vector_norm(X.double(), dim=1).median()) if len(X) else 1.0
+        kurt = _feature_kurtosis(A, powers, gamma_r, d, radius) if radius > 0 else 1.0
+        self.expected_diagonal_error_ = math.sqrt(max(kurt - 1.0, 0.0) / m)
+        if self.expected_diagonal_error_ > 0.5:
+            warnings.warn(
+                f"GegenbauerFeatures(kernel={self.kernel!r}, degree={self.degree}): one "
+                f"direction's estimate of k(x, x) has relative variance {kurt - 1:.3g} in "
+                f"d={d} at the median norm {radius:.3g}, so {m} directions leave a relative "
+                f"error of about {self.expected_diagonal_error_:.2f}; use more n_components, a "
+                "lower degree, or Nystroem features for this kernel", UserWarning, stacklevel=4)

@@ -22,7 +22,9 @@ docs/polynomial_features.md.
 
 from __future__ import annotations
 
+import itertools
 import math
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -34,7 +36,7 @@ from kernelsketch.features._base import (
     RandomFeaturesTransformer,
 )
 from kernelsketch.sketch.projections import CountSketch
-from kernelsketch.sketch.tensor import KINDS, PolySketch
+from kernelsketch.sketch.tensor import PolySketch, TensorSketch
 
 __all__ = [
     "CoordinateSampleMap",
@@ -82,33 +84,258 @@ def _select_columns(X, cols: np.ndarray) -> sp.csr_matrix:
 
 
 def _check_poly_params(est) -> None:
-    check_int("n_components", est.n_components, min=1)
-    check_int("degree", est.degree, min=1)
+    check_int("n_components", est.n_components, min=1, max=_MAX_COMPONENTS)
+    check_int("degree", est.degree, min=1, max=_MAX_DEGREE)
     check_float("gamma", est.gamma, min=0.0, min_exclusive=True)
     check_float("coef0", est.coef0, min=0.0)
 
 
-class PolynomialSketchMap(nn.Module):
-    """Torch map ``x -> PolySketch([sqrt(gamma) x, sqrt(coef0)])``, ``[..., d] -> [..., d_out]``."""
+# Lifted dimension up to which PolynomialSketch takes its exact head in the principal axes
+# of the training data (one [D, D] rotation per row); above it, in the input coordinates.
+_ROTATE_MAX_DIM = 256
+# Training rows (evenly spaced) on which the rotation and the head monomials are estimated.
+_ROTATION_ROWS = 4096
+_SCORE_ROWS = 512
+# Candidate head monomials scored per output feature.
+_CANDIDATES_PER_FEATURE = 2
+# TensorSketch corrections (distinct orderings of head monomials) allowed per output feature.
+_ORDERINGS_PER_FEATURE = 24
+# Largest [D, m] CountSketch kept as a dense matrix (one matmul instead of a scatter).
+_DENSE_COUNTSKETCH = 1 << 20
+# Bytes of temporaries per block of rows in the torch maps' forward.
+_BLOCK_BYTES = 1 << 26
+# Largest n_components / degree accepted (sizes above cannot be allocated or evaluated).
+_MAX_COMPONENTS = 1 << 26
+_MAX_DEGREE = 64
 
-    def __init__(self, sketch: PolySketch, gamma: float, coef0: float):
+
+def _multisets(r: int, q: int) -> np.ndarray:
+    """All multisets of size ``q`` from ``range(r)``, as sorted rows: int64 [C(r+q-1, q), q]."""
+    cur = np.arange(r, dtype=np.int64)[:, None]
+    for _ in range(q - 1):
+        last = cur[:, -1]
+        reps = r - last
+        rows = np.repeat(np.arange(len(cur)), reps)
+        offs = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
+        cur = np.concatenate([cur[rows], (last[rows] + offs)[:, None]], axis=1)
+    return cur
+
+
+def _multiplicity(c: np.ndarray) -> np.ndarray:
+    """Number of distinct orderings ``q! / prod(run lengths!)`` of each sorted row of ``c``."""
+    denom = np.ones(len(c), dtype=np.float64)
+    run = np.ones(len(c), dtype=np.float64)
+    for t in range(1, c.shape[1]):
+        run = np.where(c[:, t] == c[:, t - 1], run + 1.0, 1.0)
+        denom *= run
+    return math.factorial(c.shape[1]) / denom
+
+
+def _orderings(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct orderings of each sorted row of ``c`` [k, q]: (owner row [N], tuples [N, q])."""
+    q = c.shape[1]
+    pattern = c[:, 1:] == c[:, :-1]  # rows with one equality pattern share their orderings
+    keys, inverse = np.unique(pattern, axis=0, return_inverse=True)
+    owners, tuples = [], []
+    for key_id, key in enumerate(keys):
+        rows = np.nonzero(inverse.ravel() == key_id)[0]
+        labels = np.concatenate([[0], np.cumsum(~key)])  # run label of each position
+        first = np.searchsorted(labels, np.arange(labels[-1] + 1))  # first position of a run
+        perms = np.array(sorted(set(itertools.permutations(labels.tolist()))), dtype=np.int64)
+        pos = first[perms]  # [P, q] positions into the sorted row
+        owners.append(np.repeat(rows, len(pos)))
+        tuples.append(c[rows][:, pos].reshape(-1, q))
+    return np.concatenate(owners), np.concatenate(tuples)
+
+
+def _evenly_spaced(n: int, size: int) -> np.ndarray:
+    return np.unique(np.linspace(0, n - 1, min(n, size)).round().astype(np.int64))
+
+
+def _choose_head(A: np.ndarray, q: int, m: int, n_exact, rotate: bool, row_sq=None):
+    """The exact head of :class:`PolynomialSketch` from lifted rows ``A`` [s, D] (float64).
+
+    Returns ``(rotation [D, D] or None, head [k, q] int64, residual)``: the head monomials
+    (indices into the rotated coordinates ``b = A @ rotation``, or into ``A``) and the
+    share of ``mean ||a||^{2q}`` they leave to the sketch (docs/polynomial_features.md).
+    ``row_sq``: the rows' squared norms when ``A`` holds only some of their columns.
+    """
+    D = A.shape[1]
+    if rotate:
+        V = np.linalg.eigh(A.T @ A / len(A))[1]
+        V = V[:, ::-1].copy()
+        order = np.arange(D)
+        B = A[_evenly_spaced(len(A), _SCORE_ROWS)] @ V
+    else:
+        V, order = None, np.argsort(-(A * A).mean(0), kind="stable")
+        B = A[_evenly_spaced(len(A), _SCORE_ROWS)][:, order]
+    score = _evenly_spaced(len(A), _SCORE_ROWS)
+    sq = np.einsum("ij,ij->i", B, B) if row_sq is None else row_sq[score]
+    total = float(np.mean(sq**q))
+    if n_exact == "auto" and row_sq is None and math.comb(D + q - 1, q) <= m:
+        head = _multisets(D, q)
+        return V, order[head], 0.0
+    budget = m if n_exact == "auto" else min(int(n_exact), m)
+    if budget == 0 or total <= 0.0:
+        return V, np.zeros((0, q), dtype=np.int64), 1.0 if total > 0 else 0.0
+    r = 1
+    while r < D and math.comb(r + q, q) <= _CANDIDATES_PER_FEATURE * budget:
+        r += 1
+    cand = _multisets(r, q)
+    mult = _multiplicity(cand)
+    B2 = B * B
+    prod = B2[:, cand[:, 0]]
+    for t in range(1, q):
+        prod *= B2[:, cand[:, t]]
+    energy = mult * prod.mean(0)
+    keep = np.argsort(-energy, kind="stable")
+    cand, mult, energy = cand[keep], mult[keep], energy[keep]
+    # At most budget head monomials, and a bounded number of TensorSketch corrections.
+    k_max = min(budget, len(cand),
+                int(np.searchsorted(np.cumsum(mult), _ORDERINGS_PER_FEATURE * m, side="right")))
+    resid = np.maximum(total - np.concatenate([[0.0], np.cumsum(energy[:k_max])]), 0.0)
+    if n_exact == "auto":
+        k = np.arange(k_max + 1)
+        # Sketch variance ~ residual^2 / (sketch size); keep >= 1 sketched feature.
+        objective = np.where(k < m, resid**2 / np.maximum(m - k, 1), np.inf)
+        k_best = int(np.argmin(objective))
+    else:
+        k_best = k_max
+    return V, order[cand[:k_best]], float(resid[k_best] / total)
+
+
+def _expected_error(A: np.ndarray, fmap) -> float:
+    """Predicted relative Gram error of ``fmap`` on lifted rows ``A`` (a subsample).
+
+    The sketched part's variance is about ``(r_x r_y + <res_x, res_y>^2) / m`` for residual
+    squared norms ``r`` (TensorSketch and PolySketch alike, up to degree-dependent
+    constants); the head part is exact.
+    """
+    if fmap.sketch is None or not len(A):
+        return 0.0
+    with torch.no_grad():
+        a = torch.from_numpy(A)
+        b = a @ fmap.rotation if fmap.rotation.numel() else a
+        full = (b * b).sum(1) ** fmap.degree
+        head = fmap.from_lifted(a)[:, : fmap.head.shape[0]] if fmap.head.numel() else None
+        r = (full - (head * head).sum(1)).clamp_min(0.0) if head is not None else full
+        K = (a @ a.T) ** fmap.degree
+    return float(math.sqrt(2.0 / fmap.sketch.d_out) * r.sum() / K.norm().clamp_min(1e-300))
+
+
+class PolynomialSketchMap(nn.Module):
+    """Torch map of :class:`PolynomialSketch`: ``[..., d] -> [..., d_out]``.
+
+    ``b = [sqrt(gamma) x, sqrt(coef0)] @ rotation``; features: the ``k`` exact head
+    monomials ``sqrt(mult_c) prod_t b[c_t]`` (``head`` [k, q]), then a sketch of the rest of
+    ``b^{⊗q}``: a degree-q :class:`~kernelsketch.sketch.tensor.TensorSketch` of ``b`` minus the
+    head's own terms (``correction``), or a PolySketch tree (``sketch``, no head), then
+    ``pad`` zero columns. ``<phi(x), phi(y)>`` is unbiased for ``<a(x), a(y)>^q``; the head
+    part is exact.
+    """
+
+    def __init__(self, gamma: float, coef0: float, degree: int, *, rotation, head, sketch,
+                 pad: int = 0):
         super().__init__()
-        self.sketch, self.gamma, self.coef0 = sketch, gamma, coef0
-        self.d_out = sketch.d_out
+        self.gamma, self.coef0, self.degree = gamma, coef0, degree
+        self.register_buffer("rotation", rotation)
+        self.register_buffer("head", head)
+        self.register_buffer("head_scale", torch.from_numpy(
+            np.sqrt(_multiplicity(head.numpy())) if len(head) else np.zeros(0)))
+        self.sketch = sketch
+        self.tensorsketch = isinstance(sketch, TensorSketch)
+        # CountSketches of the TensorSketch as dense [D, m] matrices when small (one matmul).
+        dense = self.tensorsketch and sketch.d_in * sketch.d_out <= _DENSE_COUNTSKETCH
+        self.register_buffer("ts_matrices", torch.stack(
+            [f.matrix.double() for f in sketch.factors]) if dense else torch.zeros(0))
+        if self.tensorsketch and len(head):
+            owner, tuples = _orderings(head.numpy())
+            buckets = torch.stack([f.buckets[torch.from_numpy(tuples[:, t])]
+                                   for t, f in enumerate(sketch.factors)]).sum(0) % sketch.d_out
+            signs = torch.stack([f.signs.double()[torch.from_numpy(tuples[:, t])]
+                                 for t, f in enumerate(sketch.factors)]).prod(0)
+            self.register_buffer("corr_owner", torch.from_numpy(owner))
+            self.register_buffer("corr_bucket", buckets)
+            self.register_buffer("corr_coef", signs / self.head_scale[owner])
+        else:
+            for name in ("corr_owner", "corr_bucket"):
+                self.register_buffer(name, torch.zeros(0, dtype=torch.int64))
+            self.register_buffer("corr_coef", torch.zeros(0, dtype=torch.float64))
+        self.pad = int(pad)
+        self.d_out = len(head) + (sketch.d_out if sketch is not None else 0) + self.pad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor("x", x)
-        return self.sketch(_lift(x, self.gamma, self.coef0))
+        if x.shape[-1] + (self.coef0 != 0.0) != self._d_lift():
+            raise ValueError(f"x must have {self._d_lift() - (self.coef0 != 0.0)} features in its "
+                             f"last dimension, got shape {list(x.shape)}")
+        dtype = x.dtype
+        work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        rows = x.reshape(-1, x.shape[-1]).to(work)
+        per_row = 8 * (self.head.numel() + 4 * self.d_out + self._d_lift())
+        if getattr(self.sketch, "kind", None) == "countsketch":  # explicit outer products
+            per_row += 16 * self.sketch.d_out**2
+        step = max(1, _BLOCK_BYTES // per_row)
+        out = [self.from_lifted(_lift(rows[i:i + step], self.gamma, self.coef0))
+               for i in range(0, max(len(rows), 1), step)]
+        return torch.cat(out).reshape(*x.shape[:-1], self.d_out).to(dtype)
+
+    def _d_lift(self) -> int:
+        if self.rotation.numel():
+            return self.rotation.shape[0]
+        if self.sketch is not None:
+            return self.sketch.d_in
+        return int(self.head.max()) + 1 if self.head.numel() else 0
+
+    def _correction(self, head: torch.Tensor) -> torch.Tensor:
+        """The head's own terms in the TensorSketch, ``head @ C`` for sparse C [k, m]."""
+        C = torch.sparse_coo_tensor(torch.stack([self.corr_bucket, self.corr_owner]),
+                                    self.corr_coef.to(head.dtype),
+                                    (self.sketch.d_out, head.shape[1]), check_invariants=False)
+        return torch.sparse.mm(C, head.mT).mT
+
+    def from_lifted(self, a: torch.Tensor, *, rotated: bool = False) -> torch.Tensor:
+        """Features of lifted rows ``a`` [n, D] (compute dtype; already rotated if ``rotated``)."""
+        b = a @ self.rotation.to(a.dtype) if self.rotation.numel() and not rotated else a
+        parts = []
+        head = None
+        if self.head.numel():
+            head = self.head_scale.to(b.dtype) * b.index_select(1, self.head[:, 0])
+            for t in range(1, self.head.shape[1]):
+                head = head * b.index_select(1, self.head[:, t])
+            parts.append(head)
+        if self.sketch is not None:
+            if self.ts_matrices.numel():
+                spectrum = None
+                for M in self.ts_matrices.to(b.dtype):
+                    f = torch.fft.rfft(b @ M, n=self.sketch.d_out)
+                    spectrum = f if spectrum is None else spectrum * f
+                s = torch.fft.irfft(spectrum, n=self.sketch.d_out)
+            else:
+                s = self.sketch._sketch(b)
+            if self.corr_owner.numel():
+                s = s - self._correction(head)
+            parts.append(s)
+        if self.pad:
+            parts.append(b.new_zeros(len(b), self.pad))
+        return torch.cat(parts, dim=-1)
 
 
 class PolynomialSketch(RandomFeaturesTransformer):
-    """Oblivious PolySketch features for the kernel ``(gamma <x, y> + coef0)^degree``.
+    """Features for the kernel ``(gamma <x, y> + coef0)^degree``: exact head + TensorSketch.
 
-    ``transform(X) @ transform(Y).T`` is an unbiased estimate of the polynomial
-    kernel matrix. The degree-2 tree (Ahle et al., SODA 2020) keeps the variance
-    polynomial in ``degree``, where TensorSketch (scikit-learn's
-    ``PolynomialCountSketch``) degrades exponentially; SRHT nodes also give
-    lower variance than CountSketch at equal ``n_components``.
+    With ``a(x) = [sqrt(gamma) x, sqrt(coef0)]`` the kernel is ``<a(x)^{⊗q}, a(y)^{⊗q}>``,
+    and it is unchanged by any rotation of ``a``. ``fit`` rotates ``a`` to the principal
+    axes of the training data and keeps, as exact features, the ``k`` monomials
+    ``sqrt(mult) prod_t b_{c_t}`` of the rotated ``b`` that carry the most of
+    ``mean ||a||^{2q}``; the rest of the tensor power (every other monomial) is sketched by
+    a degree-``q`` TensorSketch (the construction of scikit-learn's
+    ``PolynomialCountSketch``) from which the head's own terms are subtracted. ``k``
+    minimises ``residual^2 / (n_components - k)``, the sketch's variance; when all
+    ``C(D + q - 1, q)`` monomials fit in ``n_components`` the features are exact (zero
+    columns pad the output). ``transform(X) @ transform(Y).T`` is an unbiased estimate of
+    the kernel matrix for any X, Y; its variance is that of a TensorSketch of the residual,
+    which on real data is a few percent of the whole (docs/polynomial_features.md).
 
     Parameters
     ----------
@@ -118,24 +345,40 @@ class PolynomialSketch(RandomFeaturesTransformer):
     gamma : float, default 1.0
     coef0 : float, default 0.0
         Must be >= 0 (the kernel is then positive definite).
-    kind : {"srht", "gaussian", "countsketch", "tensorsketch"}, default "srht"
-        Node sketch of the tree (see :class:`kernelsketch.sketch.tensor.PolySketch`).
+    kind : {"tensorsketch", "srht", "gaussian", "countsketch"}, default "tensorsketch"
+        Sketch of the residual. ``"tensorsketch"``: the head and a TensorSketch (above).
+        The others: no head, the PolySketch degree-2 tree of Ahle et al. (SODA 2020) with
+        these node sketches on ``a(x)``, an oblivious sketch whose variance is polynomial
+        in ``degree`` (TensorSketch's grows like ``3^degree``): for ``degree >= 5``.
+        ``"countsketch"`` nodes hash the explicit ``n_components^2`` outer product
+        (``12 n_components^2`` bytes per node), so it takes ``n_components <= 2048``.
+    n_exact : int or "auto", default "auto"
+        Number of exact head features (``kind="tensorsketch"`` only). ``0`` gives the
+        oblivious TensorSketch, equal in distribution to ``PolynomialCountSketch``.
     random_state : int, RandomState or None
 
-    Scipy sparse input is accepted and never densified: with ``kind="tensorsketch"``
-    or ``"countsketch"`` (CountSketch leaves) ``transform`` costs
-    ``O(degree (nnz(X) + n_features))`` (reading each leaf's hash once) plus the
-    node sketches, input-sparsity time as in Ahle et al.; the ``"srht"`` / ``"gaussian"`` leaves are dense ``[n_features, n_components]``
-    matrices (``O(nnz(X) n_components)``).
+    Scipy sparse input is accepted and never densified when the lifted dimension exceeds
+    256 (head in the input coordinates, TensorSketch by sparse products, ``O(nnz(X))``);
+    the tree kinds take it leaf by leaf (``"srht"`` / ``"gaussian"`` leaves are dense
+    ``[n_features, n_components]`` matrices).
+
+    Memory: buffers ``O(D^2 + q (D + k q!) + n_components)`` for ``D = n_features + 1``
+    (``"tensorsketch"``); ``transform`` works on blocks of rows with at most 64 MB of
+    temporaries, plus its ``(n, n_components)`` output.
 
     Attributes
     ----------
     feature_map_ : PolynomialSketchMap
         Torch map, usable on GPU after ``.to("cuda")``.
+    n_exact_ : int
+        Exact head features used.
+    residual_ : float
+        Share of ``mean ||a(x)||^{2 degree}`` (training data) left to the sketch.
 
     References
     ----------
-    Ahle et al., "Oblivious Sketching of High-Degree Polynomial Kernels", SODA 2020.
+    Pham, Pagh, KDD 2013 (TensorSketch); Ahle et al., "Oblivious Sketching of High-Degree
+    Polynomial Kernels", SODA 2020 (the tree kinds).
     """
 
     _accept_sparse = True
@@ -147,7 +390,8 @@ class PolynomialSketch(RandomFeaturesTransformer):
         degree: int = 2,
         gamma: float = 1.0,
         coef0: float = 0.0,
-        kind: str = "srht",
+        kind: str = "tensorsketch",
+        n_exact="auto",
         random_state=None,
     ):
         self.n_components = n_components
@@ -155,21 +399,115 @@ class PolynomialSketch(RandomFeaturesTransformer):
         self.gamma = gamma
         self.coef0 = coef0
         self.kind = kind
+        self.n_exact = n_exact
         self.random_state = random_state
+
+    @property
+    def _fit_reads_data(self) -> bool:  # the exact head is fitted on the rows (no Dask fit)
+        return self.kind == "tensorsketch" and self.n_exact != 0
 
     def _check_params(self, n_features: int) -> None:
         _check_poly_params(self)
-        check_choice("kind", self.kind, KINDS)
+        check_choice("kind", self.kind, ("tensorsketch", "srht", "gaussian", "countsketch"))
+        if self.n_exact != "auto":
+            check_int("n_exact", self.n_exact, min=0)
+        if self.kind == "countsketch" and self.n_components > 2048:
+            raise ValueError(
+                "n_components must be <= 2048 for kind='countsketch' (each tree node hashes the "
+                f"explicit n_components^2 outer product: {12 * self.n_components**2 / 1e9:.1f} "
+                f"GB per node), got {self.n_components}; use kind='tensorsketch'"
+            )
 
     def _make_feature_map(self, n_features, generator, X):
-        d = n_features + (self.coef0 != 0.0)
-        sketch = PolySketch(d, self.n_components, self.degree, kind=self.kind, generator=generator)
-        return PolynomialSketchMap(sketch.double(), float(self.gamma), float(self.coef0))
+        gamma, coef0, q, m = float(self.gamma), float(self.coef0), self.degree, self.n_components
+        D = n_features + (coef0 != 0.0)
+        if self.kind != "tensorsketch":
+            sketch = PolySketch(D, m, q, kind=self.kind, generator=generator).double()
+        # On a subsample, divided by its largest entry (the head is scale-free: no overflow).
+        rows = _evenly_spaced(X.shape[0], _ROTATION_ROWS)
+        cols = row_sq = None
+        if sp.issparse(X):
+            A = _lift_sparse(X[rows], gamma, coef0)
+            scale = max(float(np.abs(A.data).max()) if A.nnz else 0.0, 1e-300)
+            if D > _ROTATE_MAX_DIM:  # wide sparse data: only the heaviest columns densified
+                energy = np.asarray(A.multiply(A).sum(0)).ravel()
+                cols = np.sort(np.argsort(-energy, kind="stable")[: 2 * m + 1])
+                row_sq = np.asarray(A.multiply(A).sum(1)).ravel() / scale**2
+                A = A[:, cols]
+            A = A.toarray() / scale
+        else:
+            A = _lift(X[torch.from_numpy(rows)].to(torch.float64), gamma, coef0).numpy()
+            A = A / max(float(np.abs(A).max()), 1e-300)
+        if self.kind != "tensorsketch":
+            self.n_exact_, self.residual_ = 0, 1.0
+            fmap = PolynomialSketchMap(gamma, coef0, q, rotation=torch.zeros(0, 0),
+                                       head=torch.zeros(0, q, dtype=torch.int64), sketch=sketch)
+            if cols is None:
+                self._warn_if_inaccurate(fmap, A)
+            return fmap
+        rotate = D <= _ROTATE_MAX_DIM
+        if self.n_exact == 0:
+            V, head, resid = None, np.zeros((0, q), dtype=np.int64), 1.0
+        else:
+            V, head, resid = _choose_head(A, q, m, self.n_exact, rotate, row_sq)
+            head = head if cols is None else cols[head]
+        m_sketch = m - len(head) if resid > 0.0 else 0
+        sketch = TensorSketch(D, m_sketch, q, generator=generator).double() if m_sketch else None
+        self.n_exact_, self.residual_ = len(head), resid
+        rotation = torch.zeros(0, 0) if V is None else torch.from_numpy(V)
+        fmap = PolynomialSketchMap(gamma, coef0, q, rotation=rotation.double(),
+                                   head=torch.from_numpy(head), sketch=sketch,
+                                   pad=m - len(head) - m_sketch)
+        if cols is None:
+            self._warn_if_inaccurate(fmap, A)
+        return fmap
+
+    def _warn_if_inaccurate(self, fmap, A) -> None:
+        """Warn when the predicted relative Gram error on the training rows exceeds 0.5."""
+        rows = max(2, min(256, (1 << 22) // self.n_components))  # bounded temporaries
+        err = _expected_error(A[_evenly_spaced(len(A), rows)], fmap)
+        self.expected_error_ = err
+        if err > 0.5:
+            warnings.warn(
+                f"PolynomialSketch(n_components={self.n_components}, degree={self.degree}): "
+                f"expected relative Gram error {err:.2f} on the training data (the degree-"
+                f"{self.degree} tensor power of X has no dominant low-dimensional part); use "
+                "more n_components, kind='srht' for degree >= 5, or data-dependent features "
+                "(PolynomialLeverageSampler, Nystroem)", UserWarning, stacklevel=4)
 
     def _transform_sparse(self, X) -> np.ndarray:
-        """Features of scipy sparse ``X`` (dense ndarray in the dtype of ``X``), without densifying it."""
+        """Features of scipy sparse ``X`` (dense ndarray in the dtype of ``X``)."""
+        fmap = self.feature_map_
         A = _lift_sparse(X, float(self.gamma), float(self.coef0))
-        return _polysketch_sparse(self.feature_map_.sketch, A).numpy().astype(X.dtype)
+        if not fmap.tensorsketch and fmap.sketch is not None:
+            return _polysketch_sparse(fmap.sketch, A).numpy().astype(X.dtype)
+        if fmap.rotation.numel():  # dense rotated rows (lifted dimension <= 256)
+            with torch.no_grad():
+                B = torch.from_numpy(np.asarray(A @ fmap.rotation.numpy()))
+                Z = fmap.from_lifted(B, rotated=True)
+            return Z.numpy().astype(X.dtype)
+        used = np.unique(fmap.head.numpy())
+        cols = torch.from_numpy(np.asarray(A[:, used].toarray()))
+        parts = []
+        head = None
+        if len(used):
+            local = torch.from_numpy(np.searchsorted(used, fmap.head.numpy()))
+            head = cols[:, local].prod(-1) * fmap.head_scale
+            parts.append(head)
+        if fmap.sketch is not None:
+            ts = fmap.sketch
+            spectrum = None
+            for factor in ts.factors:
+                f = torch.from_numpy(np.asarray(A @ _countsketch_matrix(factor)))
+                f = torch.fft.rfft(f, n=ts.d_out)
+                spectrum = f if spectrum is None else spectrum * f
+            s = torch.fft.irfft(spectrum, n=ts.d_out)
+            if fmap.corr_owner.numel():
+                s = s - fmap._correction(head)
+            parts.append(s)
+        if fmap.pad:
+            parts.append(torch.zeros(X.shape[0], fmap.pad, dtype=torch.float64))
+        return torch.cat(parts, dim=-1).numpy().astype(X.dtype)
 
 
 class CoordinateSampleMap(nn.Module):
