@@ -116,6 +116,7 @@ BAD_CONFIGS = [
     ({"degree": 3}, ValueError, "degree must be even"),
     ({"degree": 0}, ValueError, "degree must be >= 2"),
     ({"degree": 4.0}, TypeError, "degree must be an int"),
+    ({"degree": 10**12}, ValueError, "degree must be <= 64, got 1000000000000"),
     ({"normalize": 1}, TypeError, "normalize must be a bool"),
     ({"chunk_size": 0}, ValueError, "chunk_size must be >= 1"),
 ]
@@ -131,3 +132,56 @@ def test_wrong_config_class_is_rejected():
     q, k, v = random_qkv(1, 2, 2, 8, 8, 4)
     with pytest.raises(TypeError, match="must be a PolynomialConfig"):
         ks.attention(q, k, v, method="polynomial", config=ks.ExactConfig())
+
+
+def stable_polynomial(q, k, v, *, degree, scale, is_causal=False):
+    """float64 polynomial attention from log-weights (no overflow at any scale): (out, lse)."""
+    q, k, v = q.double(), k.double(), v.double()
+    q, k = F.layer_norm(q, q.shape[-1:]), F.layer_norm(k, k.shape[-1:])
+    G = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(G, 1), v.repeat_interleave(G, 1)
+    logw = degree * torch.log((q @ k.transpose(-1, -2)).abs() * scale)
+    if is_causal:
+        N, M = logw.shape[-2:]
+        logw = logw.masked_fill(~torch.ones(N, M, dtype=torch.bool).tril(M - N), float("-inf"))
+    sink = torch.zeros_like(logw[..., :1])  # the 1 of the denominator, value 0
+    lse = torch.logsumexp(torch.cat((sink, logw), -1), -1)
+    return torch.exp(logw - lse.unsqueeze(-1)) @ v, lse
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-3, 1e3, 1e10, 1e30])
+@pytest.mark.parametrize("degree", [4, 16, 64])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_any_scale_and_degree_give_the_finite_exact_result(scale, degree, is_causal):
+    # (scale q·k)^p overflowed float32 (NaN at scale=1e10, p=4): the weights are homogeneous,
+    # so the inputs are shrunk into range and e^shrink restored analytically.
+    q, k, v = random_qkv(1, 4, 2, 24, 24, 8, dtype=torch.float32)
+    cfg = PolynomialConfig(degree=degree, chunk_size=16)
+    out, lse = ks.attention(q, k, v, method="polynomial", is_causal=is_causal, scale=scale,
+                            config=cfg, return_lse=True)
+    ref, ref_lse = stable_polynomial(q, k, v, degree=degree, scale=scale, is_causal=is_causal)
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+    # float32 rounding of the scores, raised to the power p
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=2e-6 * degree)
+    torch.testing.assert_close(lse.double(), ref_lse, rtol=1e-6 * degree, atol=1e-6)
+
+
+def test_huge_scale_gradients_are_finite_and_match_float64():
+    q, k, v = random_qkv(1, 2, 1, 16, 16, 8, dtype=torch.float64, requires_grad=True)
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    w = torch.linspace(-1, 1, 16 * 8, dtype=torch.float64).reshape(16, 8)
+    for inputs, dtype in (((q, k, v), torch.float64), ((q32, k32, v32), torch.float32)):
+        out = ks.attention(*inputs, method="polynomial", scale=1e10, is_causal=True)
+        (out * w.to(dtype)).sum().backward()
+    for a, b in ((q, q32), (k, k32), (v, v32)):
+        assert torch.isfinite(b.grad).all()
+        torch.testing.assert_close(b.grad.double(), a.grad, rtol=1e-3, atol=1e-4)
+
+
+def test_ordinary_inputs_are_not_rescaled():
+    from kernelsketch.attn.polysketch.polynomial import bounded_inputs
+
+    q, k, v = random_qkv(2, 4, 2, 30, 30, 16, dtype=torch.float32, scale=3.0)
+    qs, ks_, shrink = bounded_inputs(q, k, v, scale=0.25, degree=4)
+    assert torch.equal(qs, q * 0.5) and torch.equal(ks_, k * 0.5)
+    assert torch.equal(shrink, torch.zeros_like(shrink))

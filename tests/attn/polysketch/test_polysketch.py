@@ -293,6 +293,8 @@ BAD_CONFIGS = [
     ({"degree": 5}, ValueError, "degree must be even"),
     ({"sketch_size": 0}, ValueError, "sketch_size must be >= 1"),
     ({"sketch_size": 3.0}, TypeError, "sketch_size must be an int"),
+    ({"sketch_size": 10**9}, ValueError, "sketch_size must be <= 4096, got 1000000000"),
+    ({"degree": 10**12}, ValueError, "degree must be <= 64"),
     ({"block_size": 0}, ValueError, "block_size must be >= 1"),
     ({"sketch": "fourier"}, ValueError, "sketch must be one of"),
     ({"exact_local": "yes"}, TypeError, "exact_local must be a bool"),
@@ -394,3 +396,21 @@ def test_sketched_attention_function_checks_nothing_twice_but_runs_on_any_featur
 def test_quadratic_form_is_chosen_only_when_it_costs_fewer_flops():
     assert ps.use_quadratic(128, 128, 32, 32, 32)      # short context: [N, M] scores
     assert not ps.use_quadratic(8192, 8192, 32, 64, 64)  # long context: r² features
+
+
+@pytest.mark.parametrize("scale", [1e-20, 1e10, 1e25])
+@pytest.mark.parametrize("degree", [4, 8])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_any_scale_gives_the_float64_result_in_float32(scale, degree, is_causal, path):
+    # NaN at scale=1e10 before: the sketched weights (φ(q)·φ(k))² are homogeneous of degree p,
+    # so float32 inputs are shrunk into range; float64 computes the same sketch unshrunk.
+    q, k, v = random_qkv(1, 4, 2, 40, 40, 8, dtype=torch.float64)
+    cfg = PolySketchConfig(degree=degree, sketch_size=16, block_size=8)
+    outs = [ks.attention(q.to(dt), k.to(dt), v.to(dt), method="polysketch", config=cfg,
+                         scale=scale, is_causal=is_causal, return_lse=True,
+                         generator=torch.Generator().manual_seed(5))
+            for dt in (torch.float64, torch.float32)]
+    (ref, ref_lse), (out, lse) = outs
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-4)
+    torch.testing.assert_close(lse.double(), ref_lse, rtol=1e-5, atol=1e-5)

@@ -10,15 +10,18 @@ from .polynomial import check_degree
 
 SKETCHES = ("gaussian", "hadamard", "learned", "learned-mlp")
 LEARNED = ("learned", "learned-mlp")
+# Largest sketch size r: the state holds r² features per key/value head and value column
+# (r = 4096: 2^24 of them, 64 MiB each in float32; the paper uses r = 32 or 64).
+MAX_SKETCH_SIZE = 4096
 
 
 @dataclass(frozen=True)
 class PolySketchConfig(MethodConfig):
     """PolySketch attention.
 
-    degree : even int >= 2, default 4 (the polynomial degree p).
-    sketch_size : r, the sketch dimension of the degree-p/2 feature map; the
-        state has r² features. Default 32 (the paper uses 32 or 64).
+    degree : even int in [2, 64], default 4 (the polynomial degree p).
+    sketch_size : r in [1, 4096], the sketch dimension of the degree-p/2 feature
+        map; the state has r² features. Default 32 (the paper uses 32 or 64).
     block_size : b, tokens per block of the causal algorithm. Default 256.
     sketch : "gaussian" (default), "hadamard" (TensorSRHT), "learned"
         (:class:`LearnedDegree2Sketch`) or "learned-mlp" (the paper's MLP
@@ -40,7 +43,7 @@ class PolySketchConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         check_degree(self.degree)
-        check_int("sketch_size", self.sketch_size, min=1)
+        check_int("sketch_size", self.sketch_size, min=1, max=MAX_SKETCH_SIZE)
         check_int("block_size", self.block_size, min=1)
         check_choice("sketch", self.sketch, SKETCHES)
         for name in ("exact_local", "normalize"):

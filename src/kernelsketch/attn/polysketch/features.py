@@ -157,6 +157,11 @@ class PolySketchFeatures(nn.Module):
             self.sketch = PolySketch(head_dim, config.sketch_size, half, kind=kind, generator=g)
             self.dim = config.sketch_size
 
+    @property
+    def homogeneous(self) -> bool:
+        """Whether ``φ(c x) = c^{degree/2} φ(x)`` (identity and random sketches; not learned)."""
+        return not isinstance(self.sketch, (LearnedDegree2Sketch, MLPDegree2Sketch))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., D] float32/float64 -> φ(x) [..., r], same dtype (not re-validated)."""
         if self.sketch is None:

@@ -20,7 +20,7 @@ from ..common.triton_utils import triton_available
 from .config import LEARNED, PolySketchConfig
 from .features import PolySketchFeatures
 from .naive import _causal_torch, _noncausal_torch, _quadratic_torch, use_quadratic
-from .polynomial import layer_norm_qk, normalize_output
+from .polynomial import bounded_inputs, layer_norm_qk, normalize_output
 
 
 def _pow2(n: int) -> bool:
@@ -76,8 +76,11 @@ def sketched_polynomial_attention(
     acc = accumulation_dtype(q.dtype)
     B, Hq, N, D = q.shape
     Hkv = k.shape[1]
-    root = math.sqrt(scale)
-    qs, ks = q.to(acc) * root, k.to(acc) * root
+    if features.homogeneous:  # rescaled into range, exactly (scale=1e10 gave NaN)
+        qs, ks, shrink = bounded_inputs(q.to(acc), k.to(acc), v, scale=scale, degree=degree)
+    else:  # learned sketches are not homogeneous: q' = sqrt(scale) q as they were trained
+        root = math.sqrt(scale)
+        qs, ks, shrink = q.to(acc) * root, k.to(acc) * root, None
     fq, fk = features(qs), features(ks)
     if is_causal and fused_supported(qs, ks, v, fq, block_size=block_size,
                                      exact_local=exact_local):
@@ -87,7 +90,10 @@ def sketched_polynomial_attention(
         low = v.dtype if v.dtype in (torch.float16, torch.bfloat16) else acc
         out, den = polysketch_causal(qs.to(low), ks.to(low), v.to(low), fq, fk, degree=degree,
                                      block_size=block_size)
-        return out, (torch.log(1.0 + den) if need_lse else None)
+        if shrink is None:
+            return out, (torch.log(1.0 + den) if need_lse else None)
+        # The kernels return num / (1 + den): restore num, then normalise with the shrink.
+        return normalize_output(out * (1.0 + den).unsqueeze(-1), den, need_lse, shrink)
     G = Hq // Hkv
     qg, fqg = qs.reshape(B, Hkv, G, N, D), fq.reshape(B, Hkv, G, N, -1)
     v = v.to(acc)
@@ -101,7 +107,7 @@ def sketched_polynomial_attention(
     else:
         num, den = _noncausal_torch(fqg, fk, v)
     num, den = num.reshape(B, Hq, N, -1), den.reshape(B, Hq, N)
-    return normalize_output(num, den, need_lse)
+    return normalize_output(num, den, need_lse, shrink)
 
 
 def polysketch_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
