@@ -598,6 +598,45 @@ def test_module_wrapper_runs_lev():
                                                             config=LevConfig(budget=6)))
 
 
+# ---------------------------------------------------------------- scale of the keys
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("p,mode", [(2, {"budget": 6}), (2, {"eps": 0.2}), (4, {"budget": 6}),
+                                    (4, {"budget": 6, "sketch_size": 32})])
+@pytest.mark.parametrize("factor", [1e-30, 1e20])
+def test_universal_set_does_not_depend_on_the_scale_of_the_keys(dtype, p, mode, factor):
+    # Leverage scores are scale invariant; k * 1e20 overflowed the float32 Gram (ValueError)
+    # and k * 1e-30 underflowed it (another set).
+    k, _ = planted_keys(1, 2, 40, 4, 3)
+    k = k.to(dtype)
+    want = universal_set(k, p, **mode, generator=torch.Generator().manual_seed(1))
+    got = universal_set(k * factor, p, **mode, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(got, want)
+
+
+def test_streaming_selector_rescales_its_gram_when_larger_keys_arrive():
+    # float32 blocks 1e-20 / 1 / 1e20 apart: the Gram is kept for k / (largest |entry|), so the
+    # stream, a merge of shards and float64 all give the same scores and set.
+    k, _ = planted_keys(1, 2, 90, 4, 3)
+    k = k * torch.tensor([1e-20] * 30 + [1.0] * 30 + [1e20] * 30, dtype=k.dtype)[:, None]
+    blocks = k.float().split(30, dim=2)
+    stream = LevSelector(budget=5)
+    for kb in blocks:
+        stream.update(kb)
+    left, right = LevSelector(budget=5).update(blocks[2]), LevSelector(budget=5)
+    for kb in blocks[:2]:
+        right.update(kb)
+    merged = right.merge(left)  # shards in stream order: positions 0..59 then 60..89
+    exact = LevSelector(budget=5).update(k)
+    assert torch.equal(stream.select(), exact.select()) and torch.equal(merged.select(),
+                                                                        exact.select())
+    for sel in (stream, merged):
+        torch.testing.assert_close(sel.scores(k.float()).double(), exact.scores(k),
+                                   rtol=1e-4, atol=1e-6)
+    assert torch.isfinite(stream._gram).all()
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -606,6 +645,7 @@ def test_module_wrapper_runs_lev():
     ("eps", 0.0, ValueError), ("eps", 1.5, ValueError), ("eps", "a", TypeError),
     ("budget", 0, ValueError), ("budget", 1.5, TypeError), ("window", -1, ValueError),
     ("kind", "relu", ValueError), ("ridge", -0.1, ValueError), ("sketch_size", 0, ValueError),
+    ("p", 10**12, ValueError), ("sketch_size", 10**9, ValueError),
 ])
 def test_config_rejects_bad_fields(field, value, exc):
     with pytest.raises(exc, match=field):

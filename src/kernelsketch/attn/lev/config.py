@@ -8,9 +8,18 @@ from ..._checks import check_choice, check_float, check_int
 from ..common.spec import MethodConfig
 
 
+# Largest exponent: the symmetric tensor power K^(⊗p/2) (or its PolySketch tree) grows with p,
+# and |x|^p attention at p = 64 already is a hard maximum (as polysketch's MAX_DEGREE).
+MAX_P = 64
+# Largest exact eigendecomposition (F x F Gram or M x M kernel) computed without a sketch,
+# and the largest sketch size (its Gram is sketch_size x sketch_size): one 4096 x 4096 eigh
+# per head is already seconds on a CPU.
+EXACT_SIZE_LIMIT = 4096
+
+
 def check_p(p) -> int:
-    """``p`` checked to be an even int >= 2."""
-    check_int("p", p, min=2)
+    """``p`` checked to be an even int in [2, MAX_P]."""
+    check_int("p", p, min=2, max=MAX_P)
     if p % 2:
         raise ValueError(f"p must be an even int >= 2 (leverage scores of K^(⊗p/2)), got {p}")
     return p
@@ -20,8 +29,8 @@ def check_p(p) -> int:
 class LevConfig(MethodConfig):
     """Configuration of LevAttention.
 
-    p : even int >= 2; the scores are leverage scores of ``K^{⊗p/2}`` (the
-        universal set of ``|x|^p`` attention).
+    p : even int in [2, 64]; the scores are leverage scores of ``K^{⊗p/2}``
+        (the universal set of ``|x|^p`` attention).
     eps : threshold in (0, 1]; when given, every key with score >= eps is
         kept (set size <= rank/eps <= d^{p/2}/eps per head) and ``budget`` is
         ignored.
@@ -34,7 +43,7 @@ class LevConfig(MethodConfig):
         LevAttention) or "power" (``|q·k|^p`` normalised over the set).
     ridge : relative ridge ``λ = ridge · tr(G) / F`` added to the Gram
         (0: plain, rank-aware leverage scores).
-    sketch_size : for p >= 4, PolySketch features of this size instead of the
+    sketch_size : int in [1, 4096]; for p >= 4, PolySketch features of this size instead of the
         exact symmetric tensor power (None: exact scores, through the
         ``C(d+p/2-1, p/2)`` features or the M x M kernel, whichever is
         smaller; a ValueError asks for sketch_size when both exceed
@@ -58,7 +67,7 @@ class LevConfig(MethodConfig):
         check_choice("kind", self.kind, ("softmax", "power"))
         check_float("ridge", self.ridge, min=0.0)
         if self.sketch_size is not None:
-            check_int("sketch_size", self.sketch_size, min=1)
+            check_int("sketch_size", self.sketch_size, min=1, max=EXACT_SIZE_LIMIT)
 
     @classmethod
     def full_budget(cls, seq_len: int) -> LevConfig:

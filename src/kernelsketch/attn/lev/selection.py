@@ -18,11 +18,7 @@ from ...sketch.leverage import leverage_scores_from_gram, leverage_scores_from_k
 from ...sketch.tensor import PolySketch
 from ..common.gqa import gather_rows
 from ..common.merge import accumulation_dtype
-from .config import check_p
-
-# Largest exact eigendecomposition (F x F Gram or M x M kernel) computed without a sketch:
-# beyond it use sketch_size (one 4096 x 4096 eigh per head is already seconds on a CPU).
-EXACT_SIZE_LIMIT = 4096
+from .config import EXACT_SIZE_LIMIT, check_p
 
 
 def symmetric_power_features(x: torch.Tensor, t: int) -> torch.Tensor:
@@ -127,16 +123,22 @@ class LevSelector:
 
     Parameters
     ----------
-    p : even int >= 2.
+    p : even int in [2, 64].
     eps : threshold in (0, 1]; give exactly one of ``eps`` and ``budget``.
     budget : int >= 1, keys kept per head.
     ridge : relative ridge (see :class:`LevConfig`).
-    sketch_size : PolySketch feature size for p >= 4 (None: exact features).
+    sketch_size : PolySketch feature size for p >= 4, at most EXACT_SIZE_LIMIT
+        (None: exact features).
     seed : seed of the PolySketch; shards to be merged must share it.
 
     Attributes
     ----------
-    gram : [B, H, F, F] accumulated Gram (see :func:`score_dtype`).
+    gram : [B, H, F, F] accumulated Gram (see :func:`score_dtype`). It is kept
+        as the Gram of the features of ``k / key_scale``, ``key_scale`` [B, H]
+        the largest |entry| of the keys seen per head: leverage scores do not
+        change when the keys are scaled, and keys of any finite magnitude then
+        neither overflow nor underflow it (keys times 1e20 overflowed, times
+        1e-30 underflowed).
     num_seen : keys seen so far (positions 0 .. num_seen - 1).
     keys, values, positions : the current candidates, [B, H, S, D],
         [B, H, S, Dv] (when values were given) and [B, H, S] int64 with -1 in
@@ -160,10 +162,11 @@ class LevSelector:
                                                         min_exclusive=True)
         self.budget = None if budget is None else check_int("budget", budget, min=1)
         self.ridge = check_float("ridge", ridge, min=0.0)
-        self.sketch_size = None if sketch_size is None else check_int("sketch_size", sketch_size,
-                                                                      min=1)
-        self.seed = check_int("seed", seed, min=0)
-        self.gram: torch.Tensor | None = None
+        self.sketch_size = None if sketch_size is None else check_int(
+            "sketch_size", sketch_size, min=1, max=EXACT_SIZE_LIMIT)
+        self.seed = check_int("seed", seed, min=0, max=2**64 - 1)
+        self.key_scale: torch.Tensor | None = None
+        self._gram: torch.Tensor | None = None  # Gram of the features of k / key_scale
         self.num_seen = 0
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
@@ -188,13 +191,15 @@ class LevSelector:
                 "other must have the same (p, eps, budget, ridge, sketch_size, seed) as this "
                 f"selector {mine}, got {theirs}"
             )
-        if other.gram is None:
+        if other._gram is None:
             return self
-        if self.gram is None:
+        if self._gram is None:
             self.__dict__.update({k: v for k, v in other.__dict__.items()})
             return self
         self._check_block(other.keys, other.values)
-        self.gram = self.gram + other.gram
+        self._raise_scale(other.key_scale)
+        ratio = other.key_scale / self._safe_scale()
+        self._gram = self._gram + other._gram * (ratio ** self.p)[..., None, None]
         pos = torch.where(other.positions >= 0, other.positions + self.num_seen, other.positions)
         self.num_seen += other.num_seen
         self._absorb(other.keys, other.values, pos)
@@ -208,7 +213,7 @@ class LevSelector:
 
     def scores(self, k: torch.Tensor) -> torch.Tensor:
         """Scores [B, H, m] of keys [B, H, m, D] w.r.t. the accumulated Gram (ridge included)."""
-        if self.gram is None:
+        if self._gram is None:
             raise ValueError("scores() needs at least one update(k_block) first, got none")
         check_tensor("k", k, ndim=4)
         if k.shape[:2] != self.keys.shape[:2] or k.shape[-1] != self.keys.shape[-1]:
@@ -216,6 +221,13 @@ class LevSelector:
                              f"{self.keys.shape[-1]}] like the streamed keys, got {list(k.shape)}")
         check_same(("streamed keys", "k"), (self.keys, k))
         return self._scores(k)
+
+    @property
+    def gram(self) -> torch.Tensor | None:
+        """[B, H, F, F] the accumulated Gram of the keys' features (None before any update)."""
+        if self._gram is None:
+            return None
+        return self._gram * (self.key_scale ** self.p)[..., None, None]
 
     # -- internals --------------------------------------------------------------------------
 
@@ -225,9 +237,11 @@ class LevSelector:
             if self._features is None:
                 self._features = _PowerFeatures(k_block.shape[-1], self.p // 2, self.sketch_size,
                                                 self.seed, k_block.device)
-            phi = self._features(k_block.detach().to(acc))
+            x = k_block.detach().to(acc)
+            self._raise_scale(x.abs().amax(dim=(-2, -1)))
+            phi = self._features(x / self._safe_scale()[..., None, None])
             block_gram = phi.transpose(-1, -2) @ phi
-            self.gram = block_gram if self.gram is None else self.gram + block_gram
+            self._gram = block_gram if self._gram is None else self._gram + block_gram
         m = k_block.shape[2]
         pos = torch.arange(self.num_seen, self.num_seen + m, device=k_block.device)
         pos = pos.expand(*k_block.shape[:2], m)
@@ -235,10 +249,26 @@ class LevSelector:
         self._absorb(k_block.detach(), None if v_block is None else v_block.detach(), pos)
         return self
 
+    def _safe_scale(self) -> torch.Tensor:
+        """key_scale with 1 for heads whose keys were all 0."""
+        return torch.where(self.key_scale > 0, self.key_scale, torch.ones_like(self.key_scale))
+
+    def _raise_scale(self, peak: torch.Tensor) -> None:
+        """key_scale := max(key_scale, peak) per head, the Gram rescaled to match (degree p)."""
+        if self.key_scale is None:
+            self.key_scale = peak
+            return
+        new = torch.maximum(self.key_scale, peak)
+        if self._gram is not None:
+            ratio = self.key_scale / torch.where(new > 0, new, torch.ones_like(new))
+            self._gram = self._gram * (ratio ** self.p)[..., None, None]
+        self.key_scale = new
+
     def _scores(self, k: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            phi = self._features(k.detach().to(self.gram.dtype))
-            gram = self.gram
+            x = k.detach().to(self._gram.dtype)
+            phi = self._features(x / self._safe_scale().to(x.dtype)[..., None, None])
+            gram = self._gram
             if self.ridge > 0:
                 dim = gram.shape[-1]
                 trace = gram.diagonal(dim1=-2, dim2=-1).sum(-1)
@@ -334,8 +364,8 @@ def universal_set(
         )
     with torch.no_grad():
         x = k.detach().to(score_dtype(k.dtype, p))
-        # Leverage scores are scale invariant: unit largest key norm keeps <k, k'>^t finite.
-        x = x / x.norm(dim=-1).amax(-1).clamp_min(torch.finfo(x.dtype).tiny)[..., None, None]
+        # Leverage scores are scale invariant: unit largest |entry| keeps <k, k'>^t in range.
+        x = x / x.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
         kernel = (x @ x.transpose(-1, -2)) ** t  # ΦΦᵀ for Φ = K^{⊗t}
         if ridge > 0:  # the Gram route's λ = ridge · tr(G) / F, as a rescaling of the kernel
             trace = kernel.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(torch.finfo(x.dtype).tiny)
