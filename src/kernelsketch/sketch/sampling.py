@@ -48,7 +48,7 @@ def resolve_generator(
     check_generator(generator)
     if seed is None:
         return generator
-    check_int("seed", seed, min=0)
+    check_int("seed", seed, min=0, max=2**64 - 1)  # torch.Generator.manual_seed's range
     if generator is not None:
         raise ValueError("give either seed or generator, not both; got seed="
                          f"{seed} and a torch.Generator")

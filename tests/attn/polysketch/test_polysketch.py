@@ -358,6 +358,7 @@ BAD_MODULE_ARGS = [
     ({"scale": 0.0}, ValueError, "scale must be > 0.0, got 0.0"),
     ({"scale": float("nan")}, ValueError, "scale must be finite, got nan"),
     ({"seed": -1}, ValueError, "seed must be >= 0, got -1"),
+    ({"seed": 2**64}, ValueError, "seed must be <= 18446744073709551615, got 18446744073709551616"),
 ]
 
 

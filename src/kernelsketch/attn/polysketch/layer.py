@@ -70,7 +70,7 @@ class PolySketchAttention(nn.Module):
         if not isinstance(config, PolySketchConfig):
             raise TypeError(f"config must be a PolySketchConfig, got {type(config).__name__}")
         check_int("head_dim", head_dim, min=1)
-        check_int("seed", seed, min=0)
+        check_int("seed", seed, min=0, max=2**64 - 1)
         self.config, self.is_causal, self.head_dim = config, bool(is_causal), head_dim
         self.scale = 1.0 / math.sqrt(head_dim) if scale is None else check_float(
             "scale", scale, min=0.0, min_exclusive=True)
