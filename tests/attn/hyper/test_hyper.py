@@ -167,15 +167,16 @@ def test_gradients_close_to_exact_for_large_budget_and_finite_for_small():
     w = torch.randn(1, 2, 120, 8, dtype=torch.float64)
     ref = naive_attention(q, k, v, is_causal=True)
     g_ref = torch.autograd.grad((ref * w).sum(), (q, k, v))
-    big = HyperConfig(block_size=64, sample_size=500, min_seq_len=16)
+    # Blocks of 16 and every key sampled once with weight 1: exact, and the gradient of
+    # every pair outside the blocks flows through the sampled keys and values.
+    big = HyperConfig(block_size=16, sample_size=500, min_seq_len=16)
     g = torch.autograd.grad((hyper(q, k, v, big, seed=0, is_causal=True) * w).sum(), (q, k, v))
     for a, b in zip(g, g_ref):
         torch.testing.assert_close(a, b)
     small = HyperConfig(block_size=8, sample_size=8, min_seq_len=16)
     g = torch.autograd.grad((hyper(q, k, v, small, seed=0, is_causal=True) * w).sum(), (q, k, v))
-    for a, b in zip(g, g_ref):
-        assert torch.isfinite(a).all()
-        assert relative_error(a, b) < 1.5
+    # Their accuracy at a small budget: tests/attn/test_sampled_gradients.py.
+    assert all(torch.isfinite(a).all() for a in g)
 
 
 def gradient_errors(method, configs, n=256):
