@@ -34,15 +34,109 @@ def test_cli_rejects_unknown_command():
         main(["bench", "nope"])
 
 
-@pytest.mark.parametrize("argv, prog", [
-    (["bench", "attention", "--help"], "kernelsketch bench attention"),
-    (["eval-lm", "--help"], "kernelsketch eval-lm"),
+@pytest.mark.parametrize("argv, prog, options", [
+    (["bench", "attention", "--help"], "kernelsketch bench attention",
+     ["--device", "--n", "--causal", "--dtype", "--batch", "--heads", "--head-dim", "--methods",
+      "--inputs", "--no-backward", "--reps", "--out-dir"]),
+    (["eval-lm", "--help"], "kernelsketch eval-lm",
+     ["--methods", "--contexts", "--layers", "--windows", "--device", "--dtype", "--seed",
+      "--out-dir", "--tag", "--no-plot"]),
+    (["demo", "--help"], "kernelsketch demo", ["--out-dir"]),
+    (["bench", "--help"], "kernelsketch bench", ["attention"]),
+    (["--help"], "kernelsketch", ["--version", "demo", "bench", "eval-lm"]),
 ])
-def test_cli_help_of_a_subcommand_is_its_own(argv, prog, capsys):
+def test_cli_help_of_a_subcommand_is_its_own_and_lists_its_options(argv, prog, options, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 0
-    assert capsys.readouterr().out.startswith(f"usage: {prog}")
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: {prog} ")
+    assert all(option in out for option in options), out
+
+
+def test_cli_version_is_the_package_version(capsys):
+    import importlib.metadata
+
+    import kernelsketch
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"kernelsketch {kernelsketch.__version__}\n"
+    assert importlib.metadata.version("kernelsketch") == kernelsketch.__version__
+
+
+BAD_ARGV = [  # (argv, the option the message must name, text of the message)
+    (["bench", "attention", "--n", "abc"], "--n", "expected an int, got 'abc'"),
+    (["bench", "attention", "--n", "-5"], "--n", "expected an int >= 1, got -5"),
+    (["bench", "attention", "--n", "0"], "--n", ">= 1, got 0"),
+    (["bench", "attention", "--n", "64,"], "--n", "comma-separated ints"),
+    (["bench", "attention", "--n", str(10**12)], "--n", "more than the"),
+    (["bench", "attention", "--batch", "0"], "--batch", ">= 1, got 0"),
+    (["bench", "attention", "--heads", "-1"], "--heads", ">= 1, got -1"),
+    (["bench", "attention", "--head-dim", "0"], "--head-dim", ">= 1, got 0"),
+    (["bench", "attention", "--reps", "0"], "--reps", ">= 1, got 0"),
+    (["bench", "attention", "--reps", "1.5"], "--reps", "expected an int"),
+    (["bench", "attention", "--device", "nope"], "--device", "expected a torch device"),
+    (["bench", "attention", "--device", "cuda:99"], "--device", "not available"),
+    (["bench", "attention", "--inputs", "nope"], "--inputs", "random, planted"),
+    (["bench", "attention", "--methods", "hyper,nope"], "--methods", "exact, polynomial"),
+    (["bench", "attention", "--dtype", "int8"], "--dtype", "invalid choice"),
+    (["bench", "attention", "--bogus"], "", "unrecognized arguments: --bogus"),
+    (["eval-lm", "--contexts", "abc"], "--contexts", "expected an int, got 'abc'"),
+    (["eval-lm", "--contexts", "9000"], "--contexts", "in [2, 8192], got 9000"),
+    (["eval-lm", "--layers", "31"], "--layers", "in [0, 30], got 31"),
+    (["eval-lm", "--windows", "0"], "--windows", ">= 1, got 0"),
+    (["eval-lm", "--seed", "-1"], "--seed", "got -1"),
+    (["eval-lm", "--device", "nope"], "--device", "expected a torch device"),
+    (["eval-lm", "--tag", "../x"], "--tag", "expected letters"),
+    (["eval-lm", "--methods", "hyper:block_size=abc"], "--methods",
+     "field block_size must be an int, got 'abc'"),
+    (["eval-lm", "--methods", "hyper:block_size=0"], "--methods", "block_size must be >= 1"),
+    (["eval-lm", "--methods", "nope"], "--methods", "method must be one of"),
+    (["demo", "--bogus"], "", "unrecognized arguments: --bogus"),
+    ([], "", "the following arguments are required"),
+]
+
+
+@pytest.mark.parametrize("argv, option, text", BAD_ARGV, ids=[" ".join(a[0]) for a in BAD_ARGV])
+def test_bad_cli_values_are_argparse_errors(argv, option, text, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}" in err if option else "error:" in err
+    assert text in err, err
+
+
+@pytest.mark.parametrize("command", [["bench", "attention"], ["eval-lm"], ["demo"]])
+@pytest.mark.parametrize("where", ["under_a_file", "read_only"])
+def test_unwritable_out_dir_is_an_argparse_error(command, where, tmp_path, capsys):
+    import os
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    if where == "under_a_file":
+        out = blocker / "results"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes to read-only directories")
+        (tmp_path / "ro").mkdir(mode=0o500)
+        out = tmp_path / "ro" / "results"
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--out-dir", str(out), *(["--n", "8"] if command[0] == "bench" else [])])
+    assert exit_info.value.code == 2
+    assert "argument --out-dir: cannot write to" in capsys.readouterr().err
+
+
+def test_bench_command_line_runs_and_writes_json(tmp_path, capsys):
+    code = main(["bench", "attention", "--device", "cpu", "--n", "32", "--heads", "1",
+                 "--head-dim", "8", "--reps", "1", "--methods", "exact,lev", "--inputs",
+                 "random,planted", "--no-backward", "--out-dir", str(tmp_path)])
+    assert code == 0
+    data = json.loads((tmp_path / "attention_cpu_noncausal.json").read_text())
+    assert {(r["label"], r["inputs"]) for r in data["rows"]} == {
+        (label, kind) for label in ("sdpa", "exact", "lev") for kind in ("random", "planted")}
 
 
 def test_demo_writes_table_and_plot(tmp_path, capsys):

@@ -71,3 +71,26 @@ def test_context_beyond_the_model_is_an_error():
 def test_unknown_dtype_is_an_error():
     with pytest.raises(ValueError, match=r"dtype must be one of \('float32', 'bfloat16', 'float16'\)"):
         lm.run_lm_eval(methods=["exact"], dtype="float64", out_dir=None)
+
+
+def test_parse_method_spec_fields_whose_default_is_none():
+    from kernelsketch.attn.lev import LevConfig
+
+    assert lm.parse_method_spec("lev:eps=0.1,sketch_size=64") == (
+        "lev", LevConfig(eps=0.1, sketch_size=64))
+    assert lm.parse_method_spec("lev:eps=none")[1] == LevConfig(eps=None)
+
+
+@pytest.mark.parametrize("spec, text", [
+    ("exact:chunk_size=abc", "field chunk_size must be an int, got 'abc'"),
+    ("polysketch:exact_local=maybe", "field exact_local must be true or false, got 'maybe'"),
+    ("lev:eps=abc", "eps must be a real number"),
+])
+def test_parse_method_spec_values_of_the_wrong_type_name_the_field(spec, text):
+    with pytest.raises((TypeError, ValueError), match=text):
+        lm.parse_method_spec(spec)
+
+
+def test_parse_method_spec_booleans():
+    assert lm.parse_method_spec("polysketch:exact_local=no")[1].exact_local is False
+    assert lm.parse_method_spec("polysketch:exact_local=True")[1].exact_local is True

