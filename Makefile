@@ -4,9 +4,9 @@
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-EXTRAS := dev,sklearn,plot,triton,dask,hf,bench
+EXTRAS := dev,plot,triton,dask,hf,bench
 
-.PHONY: demo test install bench-attention lint
+.PHONY: demo test test-sklearn-oldest install bench-attention lint
 
 $(VPY):
 	$(PY) -m venv --system-site-packages $(VENV)
@@ -26,6 +26,15 @@ demo: install
 
 test: install
 	$(VPY) -m pytest -q -n 2 --timeout=600 tests
+
+# The oldest scikit-learn that pyproject.toml allows, installed into a throwaway folder
+# in front of the venv's packages, under the tests of its users (kernelsketch.features).
+test-sklearn-oldest: install
+	@set -e; dir=$$(mktemp -d); trap 'rm -rf "$$dir"' EXIT; \
+	version=$$($(VPY) -c 'import re; print(re.search(r"\"scikit-learn>=([0-9.]+)\"", open("pyproject.toml").read())[1])'); \
+	$(VPY) -m pip install -q --no-deps --target "$$dir" "scikit-learn==$$version"; \
+	PYTHONPATH="$$dir" $(VPY) -c "import sklearn, sys; from packaging.version import Version as V; print('scikit-learn', sklearn.__version__); sys.exit(V(sklearn.__version__) != V('$$version'))"; \
+	PYTHONPATH="$$dir" $(VPY) -m pytest -q -n 2 --timeout=600 -p no:cacheprovider tests/features
 
 bench-attention: install
 	$(VENV)/bin/kernelsketch bench attention --device cpu --n 1024,4096
