@@ -62,8 +62,8 @@ def test_sklearn_compatible(estimator, check):
     check(estimator)
 
 
-def test_laplacian_oracle_is_exact_laplace_kernel():
-    rng = np.random.default_rng()
+def test_laplacian_oracle_is_exact_laplace_kernel(np_rng):
+    rng = np_rng
     X, Y = rng.normal(size=(7, 3)), rng.normal(size=(5, 3))
     K = weighted_binning_kernel(X, Y, kernel="laplacian", length_scale=0.7)
     ref = np.exp(-np.abs(X[:, None] - Y[None]).sum(-1) / 0.7)
@@ -76,13 +76,13 @@ def test_autocorrelation_order_2_is_the_original_table():
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
-def test_autocorrelation_polynomial_matches_quadrature(k):
+def test_autocorrelation_polynomial_matches_quadrature(k, np_rng):
     # A_k(d) = int_0^{1-d} f_k(t) f_k(t + d) dt, f_k = (t(1-t))^k / sqrt(Beta(2k+1, 2k+1)).
     def f(t):
         return (t * (1 - t)) ** k / np.sqrt(beta_fn(2 * k + 1, 2 * k + 1))
 
     poly = np.polynomial.Polynomial(_autocorr(k))
-    for d in np.random.default_rng().uniform(0, 1, size=6):
+    for d in np_rng.uniform(0, 1, size=6):
         ref = quad(lambda t, d: f(t) * f(t + d), 0.0, 1.0 - d, args=(d,), epsabs=1e-14)[0]
         assert abs(poly(d) - ref) <= 1e-11
     assert poly(0.0) == 1.0 and abs(poly(1.0)) <= 1e-12
@@ -99,16 +99,19 @@ def test_autocorrelation_odd_part_starts_at_order_2k_plus_1(k):
 
 
 def test_weight_fourth_moment_matches_quadrature():
-    for k in range(MAX_WEIGHT_ORDER + 1):
+    for k in range(1, MAX_WEIGHT_ORDER + 1):
         ref = quad(lambda t, k: (t * (1 - t)) ** (4 * k), 0, 1, args=(k,), epsrel=1e-13)[0]
         ref /= beta_fn(2 * k + 1, 2 * k + 1) ** 2
         assert weight_fourth_moment(k) == pytest.approx(ref, rel=1e-10)
     assert weight_fourth_moment(2) == pytest.approx(1.814, abs=1e-3)
+    for bad in (0, MAX_WEIGHT_ORDER + 1):
+        with pytest.raises(ValueError, match="weight_order must be"):
+            weight_fourth_moment(bad)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
-def test_gaussian_oracle_within_documented_distance_of_gaussian(k):
-    rng = np.random.default_rng()
+def test_gaussian_oracle_within_documented_distance_of_gaussian(k, np_rng):
+    rng = np_rng
     u = rng.uniform(0.0, 6.0, size=4000)
     k1 = weighted_binning_kernel(u[:, None], np.zeros((1, 1)), weight_order=k)[:, 0]
     assert np.abs(k1 - np.exp(-(u**2) / 2)).max() <= SUP_TO_GAUSSIAN[k]
@@ -151,8 +154,8 @@ def test_spectral_tail_decays_like_matern_k_plus_half(k):
 
 
 @pytest.mark.parametrize("nu", [0.5, 1.5, 2.5])
-def test_matern_oracle_close_to_matern_kernel(nu):
-    rng = np.random.default_rng()
+def test_matern_oracle_close_to_matern_kernel(nu, np_rng):
+    rng = np_rng
     X, Y = rng.normal(size=(15, 2)), rng.normal(size=(15, 2))
     K = weighted_binning_kernel(X, Y, kernel="matern", nu=nu, length_scale=0.8)
     ref = Matern(length_scale=0.8, nu=nu)(X, Y)
@@ -160,9 +163,9 @@ def test_matern_oracle_close_to_matern_kernel(nu):
 
 
 @pytest.mark.parametrize("nu", [3.5, 4.5])
-def test_matern_oracle_smoother_orders_with_matching_weight_order(nu):
+def test_matern_oracle_smoother_orders_with_matching_weight_order(nu, np_rng):
     # weight_order = nu - 1/2 gives the Matérn kernel's own smoothness; close in value too.
-    rng = np.random.default_rng()
+    rng = np_rng
     X, Y = rng.normal(size=(15, 2)), rng.normal(size=(15, 2))
     k = int(nu - 0.5)
     K = weighted_binning_kernel(X, Y, kernel="matern", nu=nu, length_scale=0.8, weight_order=k)
@@ -193,11 +196,11 @@ def test_features_unbiased_for_induced_kernel(kernel, k):
 
 
 @pytest.mark.parametrize("k", [1, 3, 6])
-def test_feature_map_uses_weight_order(k):
+def test_feature_map_uses_weight_order(k, np_rng):
     # The k = 1..6 kernels are all within 0.007 of each other, too close for the Monte
     # Carlo test to tell apart: check the map's weights and widths against f_k and the
     # width law W_k * length_scale * Gamma(a_k, 1/a_k) directly.
-    rng = np.random.default_rng()
+    rng = np_rng
     X = rng.normal(size=(4, 3))
     R, ell = 4000, 0.7
     est = WeightedRandomBinning(
@@ -231,8 +234,8 @@ def test_spectral_approximation_and_error_falls_with_grids():
     assert eps[2] < 0.5
 
 
-def test_sparse_output_one_nonzero_per_grid_and_dtype():
-    rng = np.random.default_rng()
+def test_sparse_output_one_nonzero_per_grid_and_dtype(np_rng):
+    rng = np_rng
     X = rng.normal(size=(50, 3)).astype(np.float32)
     est = WeightedRandomBinning(n_components=30, kernel="laplacian", random_state=0).fit(X)
     Z = est.transform(X)
@@ -241,15 +244,15 @@ def test_sparse_output_one_nonzero_per_grid_and_dtype():
     assert Z.shape[1] == est.n_features_out_ == len(est.get_feature_names_out())
 
 
-def test_unseen_cells_are_dropped():
-    X = np.random.default_rng().normal(size=(20, 2))
+def test_unseen_cells_are_dropped(np_rng):
+    X = np_rng.normal(size=(20, 2))
     est = WeightedRandomBinning(n_components=10, random_state=0).fit(X)
     far = est.transform(X[:3] + 1e6)
     assert far.nnz == 0
 
 
-def test_torch_map_batched():
-    X = np.random.default_rng().normal(size=(6, 2))
+def test_torch_map_batched(np_rng):
+    X = np_rng.normal(size=(6, 2))
     est = WeightedRandomBinning(n_components=8, random_state=0).fit(X)
     cells, w = est.feature_map_(torch.from_numpy(X).reshape(2, 3, 2).float())
     assert cells.shape == (2, 3, 8, 2) and cells.dtype == torch.int64

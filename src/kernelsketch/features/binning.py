@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from fractions import Fraction
 
 import numpy as np
@@ -44,6 +45,7 @@ from kernelsketch.distributed.dask import is_dask_array
 from kernelsketch.distributed.dask import transform as dask_transform
 from kernelsketch.features._base import (
     RandomFeaturesTransformer,
+    check_allocation,
     torch_generator_from_random_state,
 )
 
@@ -107,6 +109,9 @@ class WeightedBinningMap(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_tensor("x", x)
+        if x.dim() == 0 or x.shape[-1] != self.widths.shape[1]:
+            raise ValueError(f"x must have {self.widths.shape[1]} features in its last "
+                             f"dimension, got shape {list(x.shape)}")
         dtype = x.dtype
         work = torch.float64 if dtype == torch.float64 else torch.float32
         pos = (x.to(work)[..., None, :] - self.shifts.to(work)) / self.widths.to(work)
@@ -129,10 +134,11 @@ def weight_fourth_moment(weight_order: int) -> float:
     """``E[f_k(t)^4]`` for ``t ~ U(0, 1)``, exact: ``c_k^4 Beta(4k + 1, 4k + 1)``.
 
     One grid's estimate of ``k(x, x)`` is ``prod_j f_k(t_j)^2`` with relative variance
-    ``E[f_k^4]^d - 1`` on ``d`` coordinates. Values: 1 (k = 0, plain binning), 1.43,
-    1.81, 2.13, 2.41, 2.66, 2.89 (k = 1 .. 6).
+    ``E[f_k^4]^d - 1`` on ``d`` coordinates. Values: 1.43, 1.81, 2.13, 2.41, 2.66, 2.89
+    (k = 1 .. 6, the orders :class:`WeightedRandomBinning` takes; the Laplace weighting,
+    ``f = 1``, has 1).
     """
-    k = check_int("weight_order", weight_order, min=0)
+    k = check_int("weight_order", weight_order, min=1, max=MAX_WEIGHT_ORDER)
     return float(_weight_norm_sq(k) ** 2 * Fraction(math.factorial(4 * k) ** 2,
                                                   math.factorial(8 * k + 1)))
 
@@ -253,8 +259,11 @@ def _hash_cells(cells: np.ndarray, multipliers: np.ndarray) -> np.ndarray:
     return keys.view(np.int64)
 
 
-# Rows per chunk when binning (bounds the [rows, n_grids, d] temporaries).
-_CHUNK = 2048
+# Bytes of temporaries per chunk of rows when binning ([rows, n_grids, d] positions, cells
+# and keys: about 40 bytes per entry).
+_CHUNK_BYTES = 1 << 26
+# Largest n_components accepted (grids above cannot be stored or evaluated).
+_MAX_COMPONENTS = 1 << 24
 
 
 class WeightedRandomBinning(RandomFeaturesTransformer):
@@ -327,11 +336,36 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
         self.random_state = random_state
 
     def _check_params(self, n_features: int) -> None:
-        check_int("n_components", self.n_components, min=1)
+        check_int("n_components", self.n_components, min=1, max=_MAX_COMPONENTS)
         check_choice("kernel", self.kernel, KERNELS)
         check_float("length_scale", self.length_scale, min=0.0, min_exclusive=True)
         check_float("nu", self.nu, min=0.0, min_exclusive=True)
         check_int("weight_order", self.weight_order, min=1, max=MAX_WEIGHT_ORDER)
+        check_allocation(16.0 * self.n_components * n_features,
+                         f"the (n_components, n_features) = ({self.n_components}, {n_features}) "
+                         "grid widths and shifts", "use fewer n_components")
+        self._warn_if_high_variance(n_features)
+
+    def _warn_if_high_variance(self, d: int) -> None:
+        """Warn when one grid's estimate of ``k(x, x)`` (relative variance ``E[f_k^4]^d - 1``)
+        leaves a relative error above 0.5 with ``n_components`` grids."""
+        if self.kernel == "laplacian":
+            self.expected_diagonal_error_ = 0.0
+            return
+        log_var = d * math.log(weight_fourth_moment(self.weight_order))
+        rel = math.exp(0.5 * (min(log_var, 700.0) - math.log(self.n_components)))
+        self.expected_diagonal_error_ = rel
+        if rel > 0.5:
+            needed = math.exp(log_var) / 0.25 if log_var < 700 else math.inf
+            warnings.warn(
+                f"WeightedRandomBinning(kernel={self.kernel!r}, weight_order="
+                f"{self.weight_order}) in d={d}: one grid's estimate of k(x, x) has relative "
+                f"variance E[f^4]^d - 1 = {math.expm1(min(log_var, 700.0)):.3g}, so "
+                f"{self.n_components} grids leave a relative error of about {rel:.3g} (most "
+                f"rows get near-zero features; {needed:.3g} grids would give 0.5); use "
+                "kernel='laplacian' (bounded variance in any d), weight_order=1, or "
+                "GegenbauerFeatures / RBFSampler for a Gaussian kernel in this dimension",
+                UserWarning, stacklevel=4)
 
     def _make_feature_map(self, n_features, generator, X):
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
@@ -356,8 +390,9 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
     def _cells_and_weights(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         keys, weights = [], []
         with torch.no_grad(), np.errstate(over="ignore"):
-            for start in range(0, X.shape[0], _CHUNK):
-                cells, w = self.feature_map_(torch.from_numpy(X[start:start + _CHUNK]))
+            step = max(1, _CHUNK_BYTES // (40 * self.n_components * max(X.shape[1], 1)))
+            for start in range(0, X.shape[0], step):
+                cells, w = self.feature_map_(torch.from_numpy(X[start:start + step]))
                 keys.append(_hash_cells(cells.numpy(), self._multipliers))
                 weights.append(w.numpy())
         return np.concatenate(keys), np.concatenate(weights)

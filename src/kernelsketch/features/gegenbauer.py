@@ -462,7 +462,8 @@ def _feature_kurtosis(A: np.ndarray, powers: np.ndarray, gamma_r: float, d: int,
     weights = weights / weights.sum()
     S = np.sqrt(_harmonic_dimensions(A.shape[1] - 1, d) * A)  # [J, L]
     g = gegenbauer(nodes, A.shape[1] - 1, d) @ S.T  # [nodes, J]
-    rho = radius ** powers.astype(np.float64) * math.exp(-gamma_r * radius**2)
+    log_rho = powers.astype(np.float64) * math.log(radius) - gamma_r * radius**2
+    rho = np.exp(log_rho - log_rho.max())  # the ratio is scale-free: no overflow
     F = (g * rho) ** 2  # per-feature squares
     F = F.sum(1)
     m2 = float(weights @ F)

@@ -12,6 +12,7 @@ Theory and solvers: docs/kernel_ridge.md.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable
 
@@ -109,12 +110,63 @@ def _check_cg_params(tol, max_iter) -> None:
 
 def _check_device(device) -> torch.device:
     try:
-        return torch.device("cpu" if device is None else device)
+        dev = torch.device("cpu" if device is None else device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(
             f"device must be None, a device string such as 'cpu' or 'cuda:0', or a "
             f"torch.device, got {device!r}"
         ) from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device must be available: got {device!r}, but this torch build "
+                         f"({torch.__version__}) has no usable CUDA device; use device='cpu'")
+    return dev
+
+
+def _check_sample_weight(sample_weight, n: int) -> np.ndarray | None:
+    """Non-negative finite weights [n], not all zero (None passes through)."""
+    if sample_weight is None:
+        return None
+    w = np.asarray(sample_weight, dtype=np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"sample_weight must have shape ({n},) like X's rows, got {w.shape}")
+    if not np.isfinite(w).all() or (w < 0).any() or not (w > 0).any():
+        raise ValueError("sample_weight must be finite and >= 0 and not all zero, got "
+                         f"min {w.min():.3g}, max {w.max():.3g}")
+    return w
+
+
+class _Progress:
+    """Stages of a long fit (and CG iterations) on a tqdm bar, or lines on stderr."""
+
+    def __init__(self, verbose: int, name: str):
+        self.verbose, self.name, self.bar = verbose, name, None
+        if verbose:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=2, desc=name, leave=verbose > 1)
+            except ImportError:
+                self.bar = None
+
+    def stage(self, what: str) -> None:
+        if not self.verbose:
+            return
+        if self.bar is not None:
+            if what != "features":
+                self.bar.update(1)
+            self.bar.set_postfix_str(what)
+        else:
+            print(f"[{self.name}] {what}", file=sys.stderr)
+
+    def close(self, summary: str) -> None:
+        if not self.verbose:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(summary)
+            self.bar.close()
+        else:
+            print(f"[{self.name}] done: {summary}", file=sys.stderr)
 
 
 def _as_torch_features(Z, device, dtype) -> torch.Tensor:
@@ -248,6 +300,19 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         CG iteration cap.
     device : str or torch.device, optional
         Where to solve (e.g. ``"cuda"``); default CPU.
+    random_state : int, RandomState or None
+        Seeds the default features (``features=None``): ``RLSNystroem(random_state=...)``,
+        so the estimator is deterministic whenever it is an int (scikit-learn's meaning:
+        ``None`` draws from numpy's global RandomState). Given ``features`` keep their own.
+    verbose : int, default 0
+        ``>= 1``: progress of the fit (features, solve; CG iterations) on a tqdm bar when
+        tqdm is installed, else one line per stage on stderr.
+
+    Sparse ``X`` (scipy CSR) is accepted when ``features`` accepts it (e.g.
+    ``WeightedRandomBinning``, ``PolynomialSketch``); the default features do not.
+    ``fit(X, y, sample_weight)`` solves the weighted problem
+    ``min_w sum_i s_i (z_i . w + b - y_i)^2 + alpha ||w||^2`` (``b``: the weighted mean of
+    ``y``); the feature map is fitted unweighted.
 
     Attributes
     ----------
@@ -269,6 +334,8 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         tol: float = 1e-8,
         max_iter: int | None = None,
         device=None,
+        random_state=None,
+        verbose: int = 0,
     ):
         self.features = features
         self.alpha = alpha
@@ -277,12 +344,14 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         self.tol = tol
         self.max_iter = max_iter
         self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
 
     def _features(self):
         if self.features is None:
             from kernelsketch.features.nystroem import RLSNystroem
 
-            return RLSNystroem()
+            return RLSNystroem(random_state=self.random_state)
         if not (hasattr(self.features, "fit") and hasattr(self.features, "transform")):
             raise TypeError(
                 "features must be a transformer with fit and transform, "
@@ -290,13 +359,15 @@ class KernelRidge(RegressorMixin, BaseEstimator):
             )
         return clone(self.features)
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Fit the feature map on ``X`` and solve the primal ridge problem.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative weights of the squared errors (not all zero).
 
         Returns
         -------
@@ -308,7 +379,13 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         (:mod:`kernelsketch.distributed.dask`); the others raise ``TypeError``.
         """
         if is_dask_array(X) or is_dask_array(y):
+            if sample_weight is not None:
+                raise TypeError("sample_weight must be None for Dask X or y, got weights")
             return fit_kernel_ridge(self, X, y)
+        if not isinstance(self.fit_intercept, (bool, np.bool_)):
+            raise TypeError(f"fit_intercept must be a bool, got {type(self.fit_intercept).__name__}"
+                            f" {self.fit_intercept!r}")
+        check_int("verbose", self.verbose, min=0)
         X, y = validate_data(
             self, X, y, accept_sparse="csr", multi_output=True, y_numeric=True,
             dtype=[np.float64, np.float32],
@@ -317,16 +394,31 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         check_choice("solver", self.solver, ("auto", "cholesky", "cg"))
         _check_cg_params(self.tol, self.max_iter)
         device = _check_device(self.device)
+        weight = _check_sample_weight(sample_weight, X.shape[0])
+        progress = _Progress(self.verbose, "KernelRidge.fit")
         self.features_ = self._features()
+        progress.stage("features")
         Z = self.features_.fit_transform(X)
         y = np.asarray(y, dtype=np.float64)
-        self.intercept_ = y.mean(axis=0) if self.fit_intercept else np.zeros(y.shape[1:])
+        if not self.fit_intercept:
+            self.intercept_ = np.zeros(y.shape[1:])
+        elif weight is None:
+            self.intercept_ = y.mean(axis=0)
+        else:
+            self.intercept_ = np.average(y, axis=0, weights=weight)
+        r = y - self.intercept_
+        if weight is not None:  # rows scaled by sqrt(s): the weighted least squares
+            root = np.sqrt(weight)
+            Z = sp.diags(root) @ Z if sp.issparse(Z) else np.asarray(Z) * root[:, None]
+            r = r * (root if r.ndim == 1 else root[:, None])
         Zt = _as_torch_features(Z, device, torch.float64)
-        yt = torch.as_tensor(y - self.intercept_, dtype=torch.float64, device=device)
+        yt = torch.as_tensor(r, dtype=torch.float64, device=device)
+        progress.stage("solve")
         w, self.n_iter_ = ridge_solve(
             Zt, yt, alpha, solver=self.solver, tol=self.tol, max_iter=self.max_iter,
             return_n_iter=True,
         )
+        progress.close(f"{self.n_iter_} iterations")
         self.coef_ = w.cpu().numpy()
         if y.ndim == 1:
             self.intercept_ = float(self.intercept_)
@@ -335,6 +427,10 @@ class KernelRidge(RegressorMixin, BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
+        features = self.features
+        tags.input_tags.sparse = bool(
+            features is not None and hasattr(features, "__sklearn_tags__")
+            and features.__sklearn_tags__().input_tags.sparse)
         return tags
 
     def predict(self, X):

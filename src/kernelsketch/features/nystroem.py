@@ -213,8 +213,14 @@ class NystroemMap(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor("x", x)
+        if x.dim() == 0 or x.shape[-1] != self.landmarks.shape[1]:
+            raise ValueError(f"x must have {self.landmarks.shape[1]} features in its last "
+                             f"dimension, got shape {list(x.shape)}")
         dtype = x.dtype
-        work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        # float64 inside for low-precision inputs: squared distances of finite float32 inputs
+        # (|x| ~ 1e20) overflow float32, while the kernel values are finite.
+        work = torch.float64 if dtype != torch.float64 and not x.is_cuda else dtype
+        work = torch.float32 if x.is_cuda and dtype in (torch.float16, torch.bfloat16) else work
         lead = x.shape[:-1]
         L = self.landmarks.to(work)
         z = self._k(x.reshape(-1, x.shape[-1]).to(work), L) @ self.normalization.to(work)

@@ -34,6 +34,7 @@ from torch import nn
 from kernelsketch._checks import check_choice, check_float, check_int, check_tensor
 from kernelsketch.features._base import (
     RandomFeaturesTransformer,
+    check_allocation,
 )
 from kernelsketch.sketch.projections import CountSketch
 from kernelsketch.sketch.tensor import PolySketch, TensorSketch
@@ -217,7 +218,7 @@ def _expected_error(A: np.ndarray, fmap) -> float:
         a = torch.from_numpy(A)
         b = a @ fmap.rotation if fmap.rotation.numel() else a
         full = (b * b).sum(1) ** fmap.degree
-        head = fmap.from_lifted(a)[:, : fmap.head.shape[0]] if fmap.head.numel() else None
+        head = fmap.from_lifted_blocks(a)[:, : fmap.head.shape[0]] if fmap.head.numel() else None
         r = (full - (head * head).sum(1)).clamp_min(0.0) if head is not None else full
         K = (a @ a.T) ** fmap.degree
     return float(math.sqrt(2.0 / fmap.sketch.d_out) * r.sum() / K.norm().clamp_min(1e-300))
@@ -271,14 +272,17 @@ class PolynomialSketchMap(nn.Module):
                              f"last dimension, got shape {list(x.shape)}")
         dtype = x.dtype
         work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-        rows = x.reshape(-1, x.shape[-1]).to(work)
+        rows = _lift(x.reshape(-1, x.shape[-1]).to(work), self.gamma, self.coef0)
+        return self.from_lifted_blocks(rows).reshape(*x.shape[:-1], self.d_out).to(dtype)
+
+    def from_lifted_blocks(self, a: torch.Tensor) -> torch.Tensor:
+        """:meth:`from_lifted` on blocks of rows with at most 64 MB of temporaries each."""
         per_row = 8 * (self.head.numel() + 4 * self.d_out + self._d_lift())
         if getattr(self.sketch, "kind", None) == "countsketch":  # explicit outer products
             per_row += 16 * self.sketch.d_out**2
         step = max(1, _BLOCK_BYTES // per_row)
-        out = [self.from_lifted(_lift(rows[i:i + step], self.gamma, self.coef0))
-               for i in range(0, max(len(rows), 1), step)]
-        return torch.cat(out).reshape(*x.shape[:-1], self.d_out).to(dtype)
+        return torch.cat([self.from_lifted(a[i:i + step])
+                          for i in range(0, max(len(a), 1), step)])
 
     def _d_lift(self) -> int:
         if self.rotation.numel():
@@ -498,7 +502,7 @@ class PolynomialSketch(RandomFeaturesTransformer):
             ts = fmap.sketch
             spectrum = None
             for factor in ts.factors:
-                f = torch.from_numpy(np.asarray(A @ _countsketch_matrix(factor)))
+                f = torch.from_numpy((A @ _countsketch_matrix(factor)).toarray())
                 f = torch.fft.rfft(f, n=ts.d_out)
                 spectrum = f if spectrum is None else spectrum * f
             s = torch.fft.irfft(spectrum, n=ts.d_out)
@@ -525,15 +529,21 @@ class CoordinateSampleMap(nn.Module):
     ``forward(x [..., d]) -> [..., m]`` in the input dtype, any device after ``.to``.
     """
 
-    def __init__(self, indices: torch.Tensor, scale: torch.Tensor, gamma: float, coef0: float):
+    def __init__(self, indices: torch.Tensor, scale: torch.Tensor, gamma: float, coef0: float,
+                 d_in: int | None = None):
         super().__init__()
         self.register_buffer("indices", indices)
         self.register_buffer("scale", scale)
         self.gamma, self.coef0 = gamma, coef0
+        self.d_in = d_in
         self.d_out = indices.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor("x", x)
+        d = int(self.indices.max()) + 1 - (self.coef0 != 0.0) if self.indices.numel() else 0
+        if x.dim() == 0 or x.shape[-1] < d or (self.d_in is not None and x.shape[-1] != self.d_in):
+            raise ValueError(f"x must have {self.d_in if self.d_in is not None else d} features in "
+                             f"its last dimension, got shape {list(x.shape)}")
         dtype = x.dtype
         work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
         a = _lift(x.to(work), self.gamma, self.coef0)
@@ -821,21 +831,37 @@ class PolynomialLeverageSampler(RandomFeaturesTransformer):
         return sp.csr_matrix(sp.csr_matrix(Z).multiply(scale[None, :]), dtype=X.dtype)
 
     def _make_feature_map(self, n_features, generator, X):
-        gamma, coef0 = float(self.gamma), float(self.coef0)
+        gamma, coef0, q = float(self.gamma), float(self.coef0), self.degree
+        check_allocation(8.0 * self.n_components * (2 * q + 4),
+                         f"the n_components={self.n_components} sampled coordinates",
+                         "use fewer n_components")
+        # The sampling law is scale-free: sample on A / s with the ridge / s^(2q) (no overflow
+        # for |X| ~ 1e100); the features keep the original scale.
         if sp.issparse(X):
             A = _lift_sparse(X, gamma, coef0)
-            trace = float((np.asarray(A.multiply(A).sum(1)).ravel() ** self.degree).sum())
+            s = float(np.abs(A.data).max()) if A.nnz else 0.0
+            A = A / (s or 1.0)
+            trace = float((np.asarray(A.multiply(A).sum(1)).ravel() ** q).sum())
         else:
             A = _lift(X.to(torch.float64), gamma, coef0)
-            trace = float(((A * A).sum(-1) ** self.degree).sum())
-        ridge = trace / self.n_components if self.ridge is None else float(self.ridge)
-        ridge = max(ridge, 1e-12 * max(trace, 1e-300))
-        idx, probs = sample_tensor_coordinates(
-            A, self.degree, self.n_components, ridge=ridge,
-            sketch_size=self.sketch_size, generator=generator,
-        )
+            s = float(A.abs().max()) if A.numel() else 0.0
+            A = A / (s or 1.0)
+            trace = float(((A * A).sum(-1) ** q).sum())
+        log_s2q = 2 * q * math.log(s) if s > 0 else 0.0
+        if self.ridge is None:
+            ridge_s = trace / self.n_components
+        else:
+            ridge_s = math.exp(math.log(float(self.ridge)) - log_s2q)
+        self.ridge_ = ridge_s * math.exp(min(log_s2q, 700.0))
+        if trace == 0.0:  # K = 0 (all-zero X with coef0 = 0): any coordinate, weight 0
+            idx = torch.randint(A.shape[1], (self.n_components, q), generator=generator)
+            probs = torch.full((self.n_components,), float(A.shape[1]) ** -q, dtype=torch.float64)
+        else:
+            idx, probs = sample_tensor_coordinates(
+                A, q, self.n_components, ridge=max(ridge_s, 1e-12 * trace),
+                sketch_size=self.sketch_size, generator=generator,
+            )
         self.indices_ = idx.numpy()
         self.probabilities_ = probs.numpy()
-        self.ridge_ = ridge
         scale = 1.0 / torch.sqrt(self.n_components * probs)
-        return CoordinateSampleMap(idx, scale, gamma, coef0)
+        return CoordinateSampleMap(idx, scale, gamma, coef0, n_features)
