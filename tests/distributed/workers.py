@@ -3,6 +3,7 @@
 import torch
 
 import kernelsketch as ks
+from kernelsketch import HyperConfig, KDEConfig
 from kernelsketch.attn.lev import LevConfig
 from kernelsketch.attn.polysketch.config import PolySketchConfig
 from kernelsketch.distributed import context_parallel_attention, count_bytes
@@ -32,6 +33,18 @@ EQUALITY = [
     ("lev-full-budget", "lev", LevConfig(budget=48), (MHA,)),
     ("lev-p4", "lev", LevConfig(p=4, budget=6), (SMALL_D,)),
     ("lev-p4-sketch", "lev", LevConfig(p=4, budget=6, sketch_size=8, ridge=0.01), (MHA,)),
+    # blocks covering every pair: the sortLSH routing reduces to exact attention
+    ("hyper-full", "hyper", HyperConfig.full_budget(56), (MHA, GQA, CROSS)),
+    ("kde-full", "kde", KDEConfig.full_budget(56), (MHA, CROSS_FEW)),
+]
+
+# Non-causal HyperAttention with the generator the distributed call derives: the same
+# hash, blocks and samples as the single-process torch path (attn/hyper/naive.py).
+SAME_DRAWS = [
+    ("blocks-only", HyperConfig(block_size=8, sample_size=0, lsh_bits=3, min_seq_len=0)),
+    ("blocks-samples", HyperConfig(block_size=12, sample_size=10, lsh_bits=5, min_seq_len=0)),
+    ("two-rounds", HyperConfig(block_size=8, sample_size=6, lsh_bits=4, min_seq_len=0,
+                               hash_rounds=2)),
 ]
 
 # Forward bytes at two lengths and two head dims (B = 1, H = 2, P | N).
@@ -92,9 +105,42 @@ def scaling_job(rank, world):
     return results
 
 
+def same_draws_job(rank, world):
+    """Per SAME_DRAWS case and shape: max |distributed - hyper_noncausal(derived generator)|
+    of out, lse and the gradients on this rank's rows."""
+    from kernelsketch.attn.hyper.naive import hyper_noncausal
+    from kernelsketch.distributed.sortlsh import _derived
+
+    results = {}
+    for i, (name, config) in enumerate(SAME_DRAWS):
+        for shape in (MHA, GQA, CROSS):
+            q, k, v, d_out, d_lse = _inputs(shape, seed=3000 + i)
+            seed = int(torch.randint(2**62, (), generator=torch.Generator().manual_seed(i)))
+            whole = [t.clone().requires_grad_() for t in (q, k, v)]
+            ref, ref_lse = hyper_noncausal(*whole, shape[5] ** -0.5, config,
+                                           _derived(seed, 1, device="cpu"))
+            _loss(ref, ref_lse, d_out, d_lse).backward()
+            n, m = shape[3] // world, shape[4] // world
+            rows, keys = slice(rank * n, (rank + 1) * n), slice(rank * m, (rank + 1) * m)
+            mine = [t[:, :, s].clone().requires_grad_() for t, s in
+                    ((q, rows), (k, keys), (v, keys))]
+            out, lse = context_parallel_attention(
+                *mine, method="hyper", config=config, return_lse=True,
+                generator=torch.Generator().manual_seed(i))
+            _loss(out, lse, d_out[:, :, rows], d_lse[:, :, rows]).backward()
+            results[f"{name}-{'x'.join(map(str, shape))}"] = {
+                "out": _max_abs(out - ref[:, :, rows]), "lse": _max_abs(lse - ref_lse[:, :, rows]),
+                "dq": _max_abs(mine[0].grad - whole[0].grad[:, :, rows]),
+                "dk": _max_abs(mine[1].grad - whole[1].grad[:, :, keys]),
+                "dv": _max_abs(mine[2].grad - whole[2].grad[:, :, keys]),
+            }
+    return results
+
+
 def attention_job(rank, world):
-    """Both jobs in one spawn."""
-    return {"equality": equality_job(rank, world), "scaling": scaling_job(rank, world)}
+    """The deterministic jobs in one spawn."""
+    return {"equality": equality_job(rank, world), "scaling": scaling_job(rank, world),
+            "same_draws": same_draws_job(rank, world)}
 
 
 def equality_job(rank, world):
@@ -127,4 +173,65 @@ def equality_job(rank, world):
             "bytes_fwd": dict(fwd.by_op),
             "bytes_bwd": dict(bwd.by_op),
         }
+    return results
+
+
+# Sketched estimators whose draws differ from the single-process call: compared by the
+# distribution of their spectral error over seeds (fixed inputs). Non-causal uniform
+# HyperAttention is not here: it has the single-process draws (SAME_DRAWS).
+STATISTICAL = [
+    ("hyper", "hyper", HyperConfig(block_size=16, sample_size=16, lsh_bits=4, min_seq_len=0),
+     (True,)),
+    ("hyper-value-norm-2rounds", "hyper",
+     HyperConfig(block_size=16, sample_size=16, lsh_bits=4, min_seq_len=0, hash_rounds=2,
+                 sampling="value_norm"), (False, True)),
+    ("kde", "kde", KDEConfig(block_size=16, sample_size=16, kde_samples=16, lsh_bits=4,
+                             min_seq_len=0), (False, True)),
+]
+STAT_SHAPE = (2, 4, 2, 128, 128, 16, 16)
+
+
+def clustered_inputs(shape, seed, clusters=8, spread=0.3, strength=2.0):
+    """Queries and keys near a few shared directions (peaked attention, what sortLSH exploits)."""
+    B, Hq, Hkv, N, M, D, Dv = shape
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(clusters, D, generator=g, dtype=torch.float64)
+    centers = strength * D**0.25 * centers / centers.norm(dim=-1, keepdim=True)
+
+    def points(H, L):
+        pick = torch.randint(clusters, (B, H, L), generator=g)
+        return centers[pick] + spread * torch.randn(B, H, L, D, generator=g, dtype=torch.float64)
+
+    return points(Hq, N), points(Hkv, M), torch.randn(B, Hkv, M, Dv, generator=g,
+                                                      dtype=torch.float64)
+
+
+def statistical_job(rank, world, base, seeds):
+    """Spectral error (mean over heads) of the distributed and of the single-process estimator,
+    per case, causal flag and seed; computed on rank 0 from the gathered output."""
+    import torch.distributed as dist
+
+    from kernelsketch.attn.common.metrics import spectral_error
+
+    q, k, v = clustered_inputs(STAT_SHAPE, seed=base)
+    n = q.shape[2] // world
+    results = {}
+    for name, method, config, causal_flags in STATISTICAL:
+        for causal in causal_flags:
+            errs = {"distributed": [], "single": []}
+            for s in range(seeds):
+                out = context_parallel_attention(
+                    *(t[:, :, rank * n:(rank + 1) * n] for t in (q, k, v)), method=method,
+                    is_causal=causal, config=config,
+                    generator=torch.Generator().manual_seed(base + 1 + s))
+                parts = [torch.empty_like(out) for _ in range(world)]
+                dist.all_gather(parts, out.contiguous())
+                if rank == 0:
+                    full = torch.cat(parts, dim=2)
+                    single = ks.attention(q, k, v, method=method, is_causal=causal, config=config,
+                                          generator=torch.Generator().manual_seed(base - 1 - s))
+                    for key, o in (("distributed", full), ("single", single)):
+                        errs[key].append(spectral_error(o, q, k, v, is_causal=causal).mean()
+                                         .item())
+            results[f"{name}-{'causal' if causal else 'full'}"] = errs
     return results

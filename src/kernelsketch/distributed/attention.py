@@ -31,7 +31,7 @@ from .._checks import FLOAT_DTYPES, check_attention_inputs, check_float, check_g
 from ..attn.api import get_method, resolve_config
 from ..attn.common.merge import accumulation_dtype
 from ..attn.common.spec import MethodConfig
-from .collectives import gather_ints
+from .collectives import backward_in_order, gather_ints, tie
 
 __all__ = ["CONTEXT_PARALLEL_METHODS", "context_parallel_attention"]
 
@@ -157,6 +157,16 @@ def context_parallel_attention(
             f"(self-attention), got N/P={q.shape[2]} and M/P={k.shape[2]}"
         )
     kwargs = {"is_causal": is_causal, "scale": scale, "group": group}
+    grad = any(t.requires_grad for t in (q, k, v))
+    with backward_in_order(q.device, enabled=grad) as chain:
+        out, lse = _dispatch(q, k, v, method, cfg, generator, kwargs)
+    out = tie(out, chain).to(q.dtype)
+    if return_lse:
+        return out, tie(lse, chain).to(accumulation_dtype(q.dtype))
+    return out
+
+
+def _dispatch(q, k, v, method, cfg, generator, kwargs):
     if method == "exact":
         from .exact import ring_attention
 
@@ -174,7 +184,4 @@ def context_parallel_attention(
 
         out, lse = sortlsh_context_parallel(q, k, v, method=method, config=cfg,
                                             generator=generator, **kwargs)
-    out = out.to(q.dtype)
-    if return_lse:
-        return out, lse.to(accumulation_dtype(q.dtype))
-    return out
+    return out, lse

@@ -187,57 +187,104 @@ def start_shift(x: torch.Tensor, group=None, offset: int = 1) -> ShiftHandle:
 
 
 # -- differentiable collectives -------------------------------------------------------------
+#
+# Every rank must run the backward of every collective, in the same order: autograd orders
+# ready nodes by creation, but which nodes are ready differs between ranks whose graphs
+# differ (a rank holding only keys of a block, another only its queries), and two ranks
+# waiting in different collectives deadlock. Inside ``backward_in_order`` every differentiable
+# collective takes and returns a scalar token, so the tokens chain them: the backward of a
+# collective waits for the token gradient of the next one, and runs in the reverse order of
+# the forward on every rank.
+
+_CHAINS: list[list[torch.Tensor]] = []
+
+
+@contextlib.contextmanager
+def backward_in_order(device, enabled: bool = True) -> Iterator[list[torch.Tensor]]:
+    """Chain the differentiable collectives of the block (see above).
+
+    Yields a one-element list holding the current token; pass the results through
+    :func:`tie` with it so that their gradient reaches the last collective.
+    Disabled (no chain) when ``enabled`` is False or gradients are off.
+    """
+    if not (enabled and torch.is_grad_enabled()):
+        yield []
+        return
+    holder = [torch.zeros((), device=device, requires_grad=True)]
+    _CHAINS.append(holder)
+    try:
+        yield holder
+    finally:
+        _CHAINS.remove(holder)
+
+
+def tie(x: torch.Tensor, chain: list[torch.Tensor]) -> torch.Tensor:
+    """``x`` plus an exact 0 that depends on the chain's last token (``x`` when no chain)."""
+    return x + chain[0].to(x.dtype) * 0 if chain else x
+
+
+def _chained(fn, *args):
+    """Apply an autograd Function ``fn(token, *args) -> (*outputs, token)`` inside the chain."""
+    if _CHAINS and torch.is_grad_enabled():
+        holder = _CHAINS[-1]
+        *outs, holder[0] = fn.apply(holder[0], *args)
+        return outs
+    return list(fn.apply(torch.zeros(()), *args)[:-1])
 
 
 class _AllReduceSum(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, group):
+    def forward(ctx, token, group, x):
         ctx.group = group
-        return _all_reduce(x, group)
+        return _all_reduce(x, group), token.clone()
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad, token_grad):
         # out_r = Σ_r' x_r' on every rank r, so dL/dx_r' = Σ_r dL/dout_r.
-        return _all_reduce(grad, ctx.group), None
+        return token_grad, None, _all_reduce(grad, ctx.group)
 
 
 class _AllGather(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, group):
+    def forward(ctx, token, group, x):
         ctx.group = group
-        return _all_gather(x, group)
+        return _all_gather(x, group), token.clone()
 
     @staticmethod
-    def backward(ctx, grad):
-        return _reduce_scatter(grad.contiguous(), ctx.group), None
+    def backward(ctx, grad, token_grad):
+        return token_grad, None, _reduce_scatter(grad.contiguous(), ctx.group)
 
 
 class _AllToAll(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, group, sizes, *pieces):
+    def forward(ctx, token, group, sizes, *pieces):
         ctx.group = group
         ctx.in_sizes = [p.numel() for p in pieces]
-        return tuple(_all_to_all(pieces, sizes, group))
+        ctx.differentiable = pieces[0].is_floating_point()
+        return (*_all_to_all(pieces, sizes, group), token.clone())
 
     @staticmethod
     def backward(ctx, *grads):
-        return (None, None, *_all_to_all(grads, ctx.in_sizes, ctx.group))
+        *grads, token_grad = grads
+        if not ctx.differentiable:  # integer pieces (the same dtype on every rank)
+            return (token_grad, None, None, *[None] * len(grads))
+        return (token_grad, None, None, *_all_to_all(grads, ctx.in_sizes, ctx.group))
 
 
 class _Shift(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, offset, group):
+    def forward(ctx, token, offset, group, x):
         ctx.offset, ctx.group = offset, group
-        return _shift(x, offset, group)
+        return _shift(x, offset, group), token.clone()
 
     @staticmethod
-    def backward(ctx, grad):
-        return _shift(grad, -ctx.offset, ctx.group), None, None
+    def backward(ctx, grad, token_grad):
+        return token_grad, None, None, _shift(grad, -ctx.offset, ctx.group)
 
 
 def all_reduce_sum(x: torch.Tensor, group=None) -> torch.Tensor:
     """Σ over the ranks of ``x`` (same shape on every rank); differentiable."""
-    return _AllReduceSum.apply(x, group)
+    return _chained(_AllReduceSum, group, x)[0]
 
 
 def all_reduce_max(x: torch.Tensor, group=None) -> torch.Tensor:
@@ -253,7 +300,7 @@ def gather_ints(values: Sequence[int], group=None, device=None) -> list[list[int
 
 def all_gather(x: torch.Tensor, group=None) -> torch.Tensor:
     """``[P, *x.shape]``: every rank's ``x`` (same shape on every rank) in rank order; differentiable."""
-    return _AllGather.apply(x, group)
+    return _chained(_AllGather, group, x)[0]
 
 
 def all_to_all(pieces: Sequence[torch.Tensor], sizes: Sequence[int],
@@ -264,14 +311,12 @@ def all_to_all(pieces: Sequence[torch.Tensor], sizes: Sequence[int],
     All pieces share one dtype (pack several tensors with :func:`pack`);
     differentiable (the backward sends the gradients back the same way).
     """
-    if torch.is_grad_enabled() and any(p.requires_grad for p in pieces):
-        return list(_AllToAll.apply(group, list(sizes), *pieces))
-    return _all_to_all(pieces, sizes, group)
+    return _chained(_AllToAll, group, list(sizes), *pieces)
 
 
 def ring_shift(x: torch.Tensor, group=None, offset: int = 1) -> torch.Tensor:
     """Send ``x`` to rank ``me + offset`` and return the one from ``me - offset`` (mod P); differentiable."""
-    return _Shift.apply(x, offset, group)
+    return _chained(_Shift, offset, group, x)[0]
 
 
 def pack(tensors: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:

@@ -32,7 +32,16 @@ import torch
 from ..attn.common.exact import exact_lse, partial_attention
 from ..attn.common.gqa import fold_groups, unfold_groups
 from ..attn.common.merge import accumulation_dtype, merge_partials
-from .collectives import _shift, all_to_all, group_rank, group_size, pack, start_shift, unpack
+from .collectives import (
+    _chained,
+    _shift,
+    all_to_all,
+    group_rank,
+    group_size,
+    pack,
+    start_shift,
+    unpack,
+)
 
 __all__ = ["ring_attention"]
 
@@ -210,7 +219,7 @@ def _rows(seg: Segment) -> tuple[slice, slice, slice]:
 
 class _Ring(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, layout, shift, causal, scale, group):
+    def forward(ctx, token, q, k, v, layout, shift, causal, scale, group):
         P, me = group_size(group), group_rank(group)
         acc = accumulation_dtype(q.dtype)
         out = q.new_zeros(*q.shape[:3], v.shape[-1], dtype=acc)
@@ -230,10 +239,10 @@ class _Ring(torch.autograd.Function):
                 kv = handle.wait()
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.args = (layout, shift, causal, scale, group)
-        return out, lse
+        return out, lse, token.clone()
 
     @staticmethod
-    def backward(ctx, dout, dlse):
+    def backward(ctx, dout, dlse, dtoken):
         q, k, v, out, lse = ctx.saved_tensors
         layout, shift, causal, scale, group = ctx.args
         P, me = group_size(group), group_rank(group)
@@ -259,7 +268,8 @@ class _Ring(torch.autograd.Function):
             dk, dv = unpack(_shift(pack([dk, dv], acc), 1, group), shapes)
             if handle is not None:
                 kv = handle.wait()
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None
+        return (dtoken, dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None,
+                None)
 
 
 def ring_attention(q, k, v, *, is_causal: bool, scale: float, group=None):
@@ -283,7 +293,8 @@ def ring_attention(q, k, v, *, is_causal: bool, scale: float, group=None):
         c = n // 2
         held, wanted = contiguous_chunks(P), zigzag_chunks(P)
         qz, kz, vz = deal_chunks([q, k, v], held, wanted, c, group)
-        out, lse = _Ring.apply(qz, kz, vz, zigzag_layout(P, c), 0, True, scale, group)
+        out, lse = _chained(_Ring, qz, kz, vz, zigzag_layout(P, c), 0, True, scale, group)
         out, lse = deal_chunks([out, lse], wanted, held, c, group)
         return out, lse
-    return _Ring.apply(q, k, v, contiguous_layout(P, n, m), shift, is_causal, scale, group)
+    return tuple(_chained(_Ring, q, k, v, contiguous_layout(P, n, m), shift, is_causal, scale,
+                          group))

@@ -1,0 +1,30 @@
+"""HyperAttention and KDEformer over 2 and 4 gloo processes: the error distribution of the
+single-process estimator (the draws differ; equality of the routing is in test_attention.py)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from .launch import run_ranks
+from .workers import statistical_job
+
+# Per-seed coefficient of variation of the head-averaged spectral error, measured over 16
+# seeds at P = 2 and 4 (B = 2, Hq = 4, N = 128): at most 0.16 (distributed) and 0.10 (single
+# process). With 10 seeds each, the log of the ratio of the two means has a standard deviation
+# of at most sqrt(0.16² + 0.10²) / sqrt(10) = 0.060, so the issue's 1.5x bound (log 1.5 = 0.405)
+# is 6.8 standard deviations away: failure probability far below 1e-6. Measured ratios: 0.96-1.05.
+SEEDS = 10
+BOUND = 1.5
+
+
+@pytest.mark.statistical
+@pytest.mark.parametrize("world", [2, 4])
+def test_spectral_error_distribution_matches_single_process(world, seed, measure):
+    base = seed % 2**30 + 10**6
+    errors = run_ranks(statistical_job, world, base, SEEDS)[0]
+    for case, errs in errors.items():
+        ratio = np.mean(errs["distributed"]) / np.mean(errs["single"])
+        measure(f"ratio:{case}", ratio)
+        assert 1 / BOUND < ratio < BOUND, (case, ratio, errs)
+        assert all(math.isfinite(e) for e in errs["distributed"])
