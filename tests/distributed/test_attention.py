@@ -6,6 +6,9 @@ tests below read its results.
 """
 
 import pytest
+import torch
+
+from kernelsketch.distributed import context_parallel_attention
 
 from .launch import run_ranks
 from .workers import CROSS, GQA, MHA, SAME_DRAWS, attention_job, equality_cases
@@ -109,3 +112,31 @@ def test_hyper_routing_reproduces_the_single_process_blocks(runs, case):
         r = res["same_draws"][case]
         for key in ("out", "lse", "dq", "dk", "dv"):
             assert r[key] <= 1e-10, (world, rank, key, r[key])
+
+
+ERRORS = {
+    "unequal-shards": ("ValueError", "q must have the same shape on every rank"),
+    "dtype": ("TypeError", "same dtype on every rank"),
+    "generator": ("ValueError", "generator must be in the same state on every rank"),
+    "causal-flag": ("ValueError", "method, is_causal and scale must be the same on every rank"),
+    "method": ("ValueError", "method must be one of"),
+    "causal-cross": ("ValueError", "needs query and key shards of equal length"),
+    "lsh-bits": ("ValueError", "lsh_bits must be <= 16"),
+    "window-cross": ("ValueError", "window needs query and key shards of equal length"),
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_bad_input_raises_the_same_error_on_every_rank(runs, case):
+    _, results = runs
+    kind, text = ERRORS[case]
+    for res in results:
+        assert res["errors"][case] is not None, case
+        assert res["errors"][case][0] == kind and text in res["errors"][case][1], res["errors"]
+    assert all(res["errors"]["after"] <= 1e-12 for res in results)
+
+
+def test_needs_an_initialised_process_group():
+    q = torch.zeros(1, 1, 4, 8)
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        context_parallel_attention(q, q, q, method="exact")

@@ -137,10 +137,43 @@ def same_draws_job(rank, world):
     return results
 
 
+def errors_job(rank, world):
+    """(exception type, message) of calls that every rank must reject alike."""
+    q, k, v, _, _ = _inputs((1, 2, 2, 8 * world, 8 * world, 8, 8), seed=4000)
+    mine = [t[:, :, rank * 8:(rank + 1) * 8] for t in (q, k, v)]
+    kw = {"method": "exact"}
+    calls = {
+        "unequal-shards": (mine[0][:, :, :8 - (rank % 2)], *mine[1:]),
+        "dtype": (*(t.float() if rank == 0 else t for t in mine),),
+        "generator": (*mine, {"method": "polysketch",
+                              "generator": torch.Generator().manual_seed(rank)}),
+        "causal-flag": (*mine, {"is_causal": rank == 0}),
+        "method": (*mine, {"method": "polynomial"}),
+        "causal-cross": (mine[0], k[:, :, :4], v[:, :, :4], {"method": "lev", "is_causal": True}),
+        "lsh-bits": (*mine, {"method": "hyper", "config": HyperConfig(lsh_bits=20),
+                             "generator": torch.Generator().manual_seed(0)}),
+        "window-cross": (mine[0], k[:, :, :4], v[:, :, :4],
+                         {"method": "lev", "config": LevConfig(budget=2, window=3)}),
+    }
+    results = {}
+    for name, args in calls.items():
+        options = {**kw, **(args[-1] if isinstance(args[-1], dict) else {})}
+        tensors = args[:-1] if isinstance(args[-1], dict) else args
+        try:
+            context_parallel_attention(*tensors, **options)
+            results[name] = None
+        except (TypeError, ValueError) as err:
+            results[name] = (type(err).__name__, str(err))
+    # the group still works after the errors
+    results["after"] = _max_abs(context_parallel_attention(*mine, method="exact")
+                                - ks.attention(q, k, v)[:, :, rank * 8:(rank + 1) * 8])
+    return results
+
+
 def attention_job(rank, world):
     """The deterministic jobs in one spawn."""
     return {"equality": equality_job(rank, world), "scaling": scaling_job(rank, world),
-            "same_draws": same_draws_job(rank, world)}
+            "same_draws": same_draws_job(rank, world), "errors": errors_job(rank, world)}
 
 
 def equality_job(rank, world):

@@ -35,9 +35,17 @@ from .collectives import backward_in_order, gather_ints, tie
 
 __all__ = ["CONTEXT_PARALLEL_METHODS", "context_parallel_attention"]
 
-# Methods with a context-parallel path, and those whose backward is implemented.
+# Methods with a context-parallel path.
 CONTEXT_PARALLEL_METHODS = ("exact", "lev", "polysketch", "hyper", "kde")
-_RANDOM = ("lev", "polysketch", "hyper", "kde")
+
+
+def _draws(method: str, config: MethodConfig) -> bool:
+    """Whether the method draws from ``generator`` with this config (its state must then agree)."""
+    if method == "lev":
+        return config.sketch_size is not None and config.p > 2
+    if method == "polysketch":
+        return config.degree > 2
+    return method in ("hyper", "kde")
 
 
 def _fingerprint(generator: torch.Generator | None, device: torch.device) -> int:
@@ -51,7 +59,7 @@ def _fingerprint(generator: torch.Generator | None, device: torch.device) -> int
     return zlib.crc32(state.numpy().tobytes())
 
 
-def _agree(q, k, v, method, is_causal, scale, generator, group) -> None:
+def _agree(q, k, v, method, config, is_causal, scale, generator, group) -> None:
     """Raise the same error on every rank unless all pass the same shapes, dtype, options and
     (for the sketched methods) generator state."""
     scale_bits = int.from_bytes(torch.tensor(scale, dtype=torch.float64).numpy().tobytes(),
@@ -61,7 +69,7 @@ def _agree(q, k, v, method, is_causal, scale, generator, group) -> None:
         "dtype": [FLOAT_DTYPES.index(q.dtype)],
         "method, is_causal and scale": [CONTEXT_PARALLEL_METHODS.index(method), int(is_causal),
                                         scale_bits],
-        "generator": [_fingerprint(generator, q.device)] if method in _RANDOM else [],
+        "generator": [_fingerprint(generator, q.device)] if _draws(method, config) else [],
     }
     every = gather_ints([x for f in fields.values() for x in f], group, q.device)
     start = 0
@@ -150,7 +158,7 @@ def context_parallel_attention(
              else check_float("scale", scale, min=0.0, min_exclusive=True))
     check_generator(generator, q.device)
     cfg = resolve_config(spec, config)
-    _agree(q, k, v, method, is_causal, scale, generator, group)
+    _agree(q, k, v, method, cfg, is_causal, scale, generator, group)
     if is_causal and q.shape[2] != k.shape[2] and method != "exact":
         raise ValueError(
             f"is_causal=True with method {method!r} needs query and key shards of equal length "
