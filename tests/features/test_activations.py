@@ -26,9 +26,9 @@ def _sqrt_factorials(n):
 
 
 @pytest.mark.parametrize("name", list(ACTIVATIONS))
-def test_closed_form_dual_matches_monte_carlo(name):
+def test_closed_form_dual_matches_monte_carlo(name, torch_generator):
     g = torch.Generator().manual_seed(0)
-    X = 0.7 * torch.randn(4, 3, dtype=f64)  # off the sphere on purpose
+    X = 0.7 * torch.randn(4, 3, dtype=f64, generator=torch_generator)  # off the sphere on purpose
     n = 400_000
     w = torch.randn(3, n, generator=g, dtype=f64)
     s = ACTIVATIONS[name](X @ w)  # [4, n]
@@ -39,8 +39,8 @@ def test_closed_form_dual_matches_monte_carlo(name):
 
 
 @pytest.mark.parametrize("name", SMOOTH)
-def test_closed_form_dual_matches_quadrature_smooth(name):
-    X, Y = 0.4 * torch.randn(5, 4, dtype=f64), 0.4 * torch.randn(3, 4, dtype=f64)
+def test_closed_form_dual_matches_quadrature_smooth(name, torch_generator):
+    X, Y = 0.4 * torch.randn(5, 4, dtype=f64, generator=torch_generator), 0.4 * torch.randn(3, 4, dtype=f64, generator=torch_generator)
     torch.testing.assert_close(
         dual_activation(name, X, Y),
         dual_activation(name, X, Y, method="quadrature", n_nodes=80),
@@ -50,8 +50,8 @@ def test_closed_form_dual_matches_quadrature_smooth(name):
 
 
 @pytest.mark.parametrize("name", KINKED)
-def test_closed_form_dual_matches_quadrature_kinked(name):
-    X = torch.randn(5, 4, dtype=f64)
+def test_closed_form_dual_matches_quadrature_kinked(name, torch_generator):
+    X = torch.randn(5, 4, dtype=f64, generator=torch_generator)
     exact = dual_activation(name, X)
     # Gauss-Hermite converges algebraically for kinks: the error must shrink with nodes.
     errs = [
@@ -61,15 +61,15 @@ def test_closed_form_dual_matches_quadrature_kinked(name):
     assert errs[1] < errs[0] / 5 and errs[1] < 5e-3 * exact.abs().max()
 
 
-def test_quadrature_of_a_callable_matches_its_named_closed_form():
-    X = torch.randn(4, 3, dtype=f64)
+def test_quadrature_of_a_callable_matches_its_named_closed_form(torch_generator):
+    X = torch.randn(4, 3, dtype=f64, generator=torch_generator)
     torch.testing.assert_close(
         dual_activation(lambda z: torch.sin(z), X), dual_activation("sin", X), rtol=1e-8, atol=1e-8
     )
 
 
-def test_dual_is_numpy_for_numpy_input():
-    K = dual_activation("erf", np.random.default_rng().standard_normal((3, 2)))
+def test_dual_is_numpy_for_numpy_input(np_rng):
+    K = dual_activation("erf", np_rng.standard_normal((3, 2)))
     assert isinstance(K, np.ndarray) and K.shape == (3, 3)
 
 
@@ -98,8 +98,8 @@ def test_relu_hermite_closed_form_first_terms():
 
 
 @pytest.mark.parametrize("name", SMOOTH)
-def test_hermite_series_with_radial_factors_reproduces_dual(name):
-    X = 0.4 * torch.randn(6, 4, dtype=f64)
+def test_hermite_series_with_radial_factors_reproduces_dual(name, torch_generator):
+    X = 0.4 * torch.randn(6, 4, dtype=f64, generator=torch_generator)
     r = X.norm(dim=1)
     b = hermite_coefficients(name, 40, radius=r)
     t = (X / r[:, None]) @ (X / r[:, None]).T
@@ -107,8 +107,8 @@ def test_hermite_series_with_radial_factors_reproduces_dual(name):
     torch.testing.assert_close(K, dual_activation(name, X), rtol=1e-5, atol=1e-5)
 
 
-def test_hermite_truncation_error_falls_with_degree_for_relu():
-    X = torch.randn(6, 4, dtype=f64)
+def test_hermite_truncation_error_falls_with_degree_for_relu(torch_generator):
+    X = torch.randn(6, 4, dtype=f64, generator=torch_generator)
     X = X / X.norm(dim=1, keepdim=True)
     t = X @ X.T
     exact = dual_activation("relu", X)
@@ -168,16 +168,16 @@ def test_hermite_rejects_negative_degree():
         hermite_coefficients("relu", -1)
 
 
-def test_depth2_relu_dual_is_a_quarter_of_the_relu_nngp():
+def test_depth2_relu_dual_is_a_quarter_of_the_relu_nngp(torch_generator):
     from kernelsketch.features.ntk import nngp_relu
 
-    X = torch.randn(5, 3, dtype=f64)
+    X = torch.randn(5, 3, dtype=f64, generator=torch_generator)
     # The NNGP uses sqrt(2) relu: each of the two layers contributes a factor 2.
     torch.testing.assert_close(dual_activation("relu", X, depth=2), nngp_relu(X, depth=2) / 4)
 
 
-def test_depth2_quadrature_matches_closed_form():
-    X = 0.5 * torch.randn(4, 3, dtype=f64)
+def test_depth2_quadrature_matches_closed_form(torch_generator):
+    X = 0.5 * torch.randn(4, 3, dtype=f64, generator=torch_generator)
     torch.testing.assert_close(
         dual_activation("gelu", X, depth=2, method="quadrature", n_nodes=60),
         dual_activation("gelu", X, depth=2),
@@ -240,8 +240,8 @@ def test_two_layer_sketch_error_falls():
     assert errs[1] <= 0.25 and errs[1] < errs[0] / 1.5
 
 
-def test_sketch_is_unbiased_for_the_truncated_hermite_series():
-    X = 0.7 * torch.randn(5, 3, dtype=f64)
+def test_sketch_is_unbiased_for_the_truncated_hermite_series(torch_generator):
+    X = 0.7 * torch.randn(5, 3, dtype=f64, generator=torch_generator)
     r = X.norm(dim=1)
     degree = 3
     b = hermite_coefficients("gelu", degree, radius=r)

@@ -41,15 +41,15 @@ def test_sklearn_conventions(estimator, check):
     check(estimator)
 
 
-def test_float32_preserved_and_feature_names():
-    X = np.random.default_rng().standard_normal((5, 3)).astype(np.float32)
+def test_float32_preserved_and_feature_names(np_rng):
+    X = np_rng.standard_normal((5, 3)).astype(np.float32)
     est = _RandomProjection(n_components=4, random_state=0).fit(X)
     assert est.transform(X).dtype == np.float32
     assert list(est.get_feature_names_out()) == [f"_randomprojection{i}" for i in range(4)]
 
 
-def test_same_random_state_same_features_and_different_otherwise():
-    X = np.random.default_rng().standard_normal((6, 3))
+def test_same_random_state_same_features_and_different_otherwise(np_rng):
+    X = np_rng.standard_normal((6, 3))
     a = _RandomProjection(random_state=3).fit_transform(X)
     b = _RandomProjection(random_state=3).fit_transform(X)
     c = _RandomProjection(random_state=4).fit_transform(X)

@@ -12,16 +12,16 @@ from kernelsketch.features.ntk import nngp_relu, ntk_relu
 f64 = torch.float64
 
 
-def _unit_rows(n, d):
-    X = torch.randn(n, d, dtype=f64)
+def _unit_rows(n, d, generator):
+    X = torch.randn(n, d, dtype=f64, generator=generator)
     return X / X.norm(dim=1, keepdim=True)
 
 
 # ----------------------------------------------------------------------------- exact oracles
 
 
-def test_depth1_ntk_matches_arccos_formula():
-    X, Y = torch.randn(7, 5, dtype=f64), torch.randn(4, 5, dtype=f64)
+def test_depth1_ntk_matches_arccos_formula(torch_generator):
+    X, Y = torch.randn(7, 5, dtype=f64, generator=torch_generator), torch.randn(4, 5, dtype=f64, generator=torch_generator)
     nx, ny = X.norm(dim=1)[:, None], Y.norm(dim=1)[None, :]
     t = (X @ Y.T / (nx * ny)).clamp(-1, 1)
     theta = torch.arccos(t)
@@ -33,8 +33,8 @@ def test_depth1_ntk_matches_arccos_formula():
     torch.testing.assert_close(ntk_relu(X, Y, depth=1), want, rtol=1e-10, atol=1e-10)
 
 
-def test_nngp_recursion_is_twice_the_relu_dual_of_the_previous_layer():
-    X = torch.randn(6, 4, dtype=f64)
+def test_nngp_recursion_is_twice_the_relu_dual_of_the_previous_layer(torch_generator):
+    X = torch.randn(6, 4, dtype=f64, generator=torch_generator)
     # Rows of a Cholesky factor of Sigma^(1) have Gram Sigma^(1); one more layer is 2 E[relu relu].
     sigma1 = nngp_relu(X, depth=1) + 1e-12 * torch.eye(6, dtype=f64)
     L = torch.linalg.cholesky(sigma1)
@@ -43,10 +43,10 @@ def test_nngp_recursion_is_twice_the_relu_dual_of_the_previous_layer():
     )
 
 
-def test_depth1_ntk_is_mean_gradient_inner_product_of_random_networks():
+def test_depth1_ntk_is_mean_gradient_inner_product_of_random_networks(torch_generator):
     # f(x) = sqrt(2/m) v . relu(W x): E_{W,v}[<grad f(x), grad f(y)>] = Theta^(1) exactly.
     g = torch.Generator().manual_seed(0)
-    X = torch.randn(5, 3, dtype=f64)
+    X = torch.randn(5, 3, dtype=f64, generator=torch_generator)
     m = 200_000
     W = torch.randn(m, 3, generator=g, dtype=f64)
     v = torch.randn(m, generator=g, dtype=f64)
@@ -57,10 +57,10 @@ def test_depth1_ntk_is_mean_gradient_inner_product_of_random_networks():
     torch.testing.assert_close(emp, ntk_relu(X, depth=1), rtol=0.02, atol=0.02)
 
 
-def test_deep_ntk_matches_empirical_ntk_of_a_wide_network():
+def test_deep_ntk_matches_empirical_ntk_of_a_wide_network(torch_generator):
     g = torch.Generator().manual_seed(1)
     depth, width = 2, 2048
-    X = _unit_rows(4, 5)
+    X = _unit_rows(4, 5, torch_generator)
     dims = [5] + [width] * depth
     Ws = [
         torch.randn(dims[i + 1], dims[i], generator=g, dtype=f64, requires_grad=True)
@@ -81,8 +81,8 @@ def test_deep_ntk_matches_empirical_ntk_of_a_wide_network():
 
 
 @pytest.mark.parametrize("depth", [1, 2, 5])
-def test_diagonal_and_homogeneity(depth):
-    X, Y = torch.randn(5, 3, dtype=f64), torch.randn(2, 3, dtype=f64)
+def test_diagonal_and_homogeneity(depth, torch_generator):
+    X, Y = torch.randn(5, 3, dtype=f64, generator=torch_generator), torch.randn(2, 3, dtype=f64, generator=torch_generator)
     sq = (X * X).sum(1)
     torch.testing.assert_close(ntk_relu(X, depth=depth).diagonal(), (depth + 1) * sq)
     torch.testing.assert_close(nngp_relu(X, depth=depth).diagonal(), sq)
@@ -91,8 +91,8 @@ def test_diagonal_and_homogeneity(depth):
     torch.testing.assert_close(nngp_relu(X, s * Y, depth=depth), s * nngp_relu(X, Y, depth=depth))
 
 
-def test_kernels_are_symmetric_psd_and_numpy_in_numpy_out():
-    X = np.random.default_rng().standard_normal((8, 4))
+def test_kernels_are_symmetric_psd_and_numpy_in_numpy_out(np_rng):
+    X = np_rng.standard_normal((8, 4))
     for k in (ntk_relu, nngp_relu):
         K = k(X, depth=2)
         assert isinstance(K, np.ndarray)
@@ -100,8 +100,8 @@ def test_kernels_are_symmetric_psd_and_numpy_in_numpy_out():
         assert np.linalg.eigvalsh(K).min() > -1e-9
 
 
-def test_oracle_zero_rows_give_zero_kernel():
-    X = torch.randn(3, 4, dtype=f64)
+def test_oracle_zero_rows_give_zero_kernel(torch_generator):
+    X = torch.randn(3, 4, dtype=f64, generator=torch_generator)
     X[1] = 0
     K = ntk_relu(X, depth=2)
     assert torch.all(K[1] == 0) and torch.isfinite(K).all()
@@ -160,8 +160,8 @@ def _rel_fro(Z, K):
     return np.linalg.norm(Z @ Z.T - K) / np.linalg.norm(K)
 
 
-def test_exponential_kernel_degree16_via_polysketch():
-    X = _unit_rows(32, 8)
+def test_exponential_kernel_degree16_via_polysketch(torch_generator):
+    X = _unit_rows(32, 8, torch_generator)
     K = torch.exp(X @ X.T)
     w = torch.tensor([1 / math.sqrt(math.factorial(j)) for j in range(17)], dtype=f64)
     errs = {m: [] for m in (64, 1024)}
@@ -176,8 +176,8 @@ def test_exponential_kernel_degree16_via_polysketch():
     assert max(errs[1024]) < min(errs[64]) / 2
 
 
-def test_power_series_sketch_is_unbiased():
-    X = _unit_rows(6, 4)
+def test_power_series_sketch_is_unbiased(torch_generator):
+    X = _unit_rows(6, 4, torch_generator)
     c = torch.tensor([0.5, 1.0, 0.0, 0.25], dtype=f64)
     want = sum(c[j] * (X @ X.T) ** j for j in range(4))
     reps = 100
@@ -222,8 +222,8 @@ def test_sklearn_conventions(estimator, check):
 
 @pytest.mark.parametrize("cls", [NTKRandomFeatures, NTKSketch])
 @pytest.mark.parametrize("kernel", ["ntk", "nngp"])
-def test_error_falls_with_n_components_and_is_small_at_1024(cls, kernel):
-    X = _unit_rows(48, 8).numpy()
+def test_error_falls_with_n_components_and_is_small_at_1024(cls, kernel, torch_generator):
+    X = _unit_rows(48, 8, torch_generator).numpy()
     K = (ntk_relu if kernel == "ntk" else nngp_relu)(X, depth=1)
     errs = [
         _rel_fro(cls(n_components=m, kernel=kernel, random_state=0).fit_transform(X), K)
@@ -233,8 +233,8 @@ def test_error_falls_with_n_components_and_is_small_at_1024(cls, kernel):
     assert errs[1] < errs[0] / 2
 
 
-def test_deeper_ntk_random_features_error_falls():
-    X = _unit_rows(32, 8).numpy()
+def test_deeper_ntk_random_features_error_falls(torch_generator):
+    X = _unit_rows(32, 8, torch_generator).numpy()
     K = ntk_relu(X, depth=3)
     errs = [
         _rel_fro(NTKRandomFeatures(depth=3, n_components=m, random_state=1).fit_transform(X), K)
@@ -243,8 +243,8 @@ def test_deeper_ntk_random_features_error_falls():
     assert errs[1] < 0.3 and errs[1] < errs[0] / 2
 
 
-def test_depth1_ntk_random_features_are_unbiased():
-    X = _unit_rows(5, 4)
+def test_depth1_ntk_random_features_are_unbiased(torch_generator):
+    X = _unit_rows(5, 4, torch_generator)
     K = ntk_relu(X, depth=1)
     reps = 200
     acc = torch.zeros(5, 5, dtype=f64)
@@ -260,8 +260,8 @@ def test_depth1_ntk_random_features_are_unbiased():
 
 
 @pytest.mark.parametrize("cls", [NTKRandomFeatures, NTKSketch])
-def test_features_are_homogeneous_off_the_sphere(cls):
-    X = np.random.default_rng().standard_normal((6, 5))
+def test_features_are_homogeneous_off_the_sphere(cls, np_rng):
+    X = np_rng.standard_normal((6, 5))
     est = cls(n_components=32, random_state=0).fit(X)
     np.testing.assert_allclose(
         est.transform(3.0 * X), 3.0 * est.transform(X), rtol=1e-10, atol=1e-12
@@ -269,8 +269,8 @@ def test_features_are_homogeneous_off_the_sphere(cls):
 
 
 @pytest.mark.parametrize("cls", [NTKRandomFeatures, NTKSketch])
-def test_float32_preserved_determinism_and_torch_map(cls):
-    X = np.random.default_rng().standard_normal((7, 5)).astype(np.float32)
+def test_float32_preserved_determinism_and_torch_map(cls, np_rng):
+    X = np_rng.standard_normal((7, 5)).astype(np.float32)
     a = cls(n_components=32, random_state=4).fit(X)
     b = cls(n_components=32, random_state=4).fit(X)
     Za = a.transform(X)
@@ -327,8 +327,8 @@ def test_transform_rejects_wrong_feature_count():
 # ----------------------------------------------------------------------------- leverage-score sampling
 
 
-def test_leverage_sampled_first_layer_is_unbiased():
-    X = _unit_rows(6, 4)
+def test_leverage_sampled_first_layer_is_unbiased(torch_generator):
+    X = _unit_rows(6, 4, torch_generator)
     X[:3] = X[0] + 0.05 * X[:3]  # a tight cluster, where leverage scores are far from uniform
     K = nngp_relu(X, depth=1)
     reps = 150
@@ -345,8 +345,8 @@ def test_leverage_sampled_first_layer_is_unbiased():
     assert torch.all((acc - K).abs() <= 5 * se + 1e-9)
 
 
-def test_leverage_sampling_transformer_error_falls_and_is_deterministic():
-    X = _unit_rows(40, 6).numpy()
+def test_leverage_sampling_transformer_error_falls_and_is_deterministic(torch_generator):
+    X = _unit_rows(40, 6, torch_generator).numpy()
     K = ntk_relu(X, depth=1)
     errs = [
         _rel_fro(

@@ -34,15 +34,15 @@ def test_sklearn_compatible(estimator, check):
         ("polynomial", lambda X: polynomial_kernel(X, gamma=0.3, degree=2, coef0=1.0)),
     ],
 )
-def test_all_landmarks_reproduce_kernel(kernel, exact):
-    X = np.random.default_rng().normal(size=(40, 3))
+def test_all_landmarks_reproduce_kernel(kernel, exact, np_rng):
+    X = np_rng.normal(size=(40, 3))
     Z = RLSNystroem(n_components=40, kernel=kernel, gamma=0.3, degree=2).fit_transform(X)
     K = exact(X)
     assert np.linalg.norm(_gram(Z) - K, 2) <= 1e-6 * np.linalg.norm(K, 2)
 
 
-def test_nystroem_never_exceeds_kernel():
-    X = np.random.default_rng().normal(size=(120, 4))
+def test_nystroem_never_exceeds_kernel(np_rng):
+    X = np_rng.normal(size=(120, 4))
     K = rbf_kernel(X, gamma=0.25)
     Z = RLSNystroem(n_components=25, gamma=0.25).fit_transform(X)
     assert np.linalg.eigvalsh(K - _gram(Z)).min() >= -1e-8 * np.linalg.norm(K, 2)
@@ -119,8 +119,8 @@ def test_isolated_points_beat_uniform_nystroem():
     assert max(rls) < 0.1 and min(uni) > 0.5
 
 
-def test_callable_kernel_matches_string():
-    X = np.random.default_rng().normal(size=(50, 3))
+def test_callable_kernel_matches_string(np_rng):
+    X = np_rng.normal(size=(50, 3))
 
     def rbf(A, B):
         return torch.exp(-0.5 * torch.cdist(A, B) ** 2)
@@ -130,8 +130,8 @@ def test_callable_kernel_matches_string():
     np.testing.assert_allclose(_gram(Z1), _gram(Z2), atol=1e-8)
 
 
-def test_torch_map_batched_and_float32():
-    X = np.random.default_rng().normal(size=(60, 3))
+def test_torch_map_batched_and_float32(np_rng):
+    X = np_rng.normal(size=(60, 3))
     est = RLSNystroem(n_components=15, random_state=0).fit(X)
     x = torch.from_numpy(X[:10]).reshape(2, 5, 3)
     out = est.feature_map_(x)

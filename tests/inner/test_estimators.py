@@ -123,23 +123,23 @@ def test_weighted_minhash_on_par_with_linear_on_dense():
 
 
 @pytest.mark.parametrize("method", ["ts", "ps"])
-def test_exact_when_sketch_holds_everything(method, pair):
-    a, b = pair(np.random.default_rng(), 500, 100, 0.4)
-    sk = Sketcher(method, 2 * 100 + 1, np.random.default_rng().integers(2**63))
+def test_exact_when_sketch_holds_everything(method, pair, np_rng):
+    a, b = pair(np_rng, 500, 100, 0.4)
+    sk = Sketcher(method, 2 * 100 + 1, np_rng.integers(2**63))
     assert sk.sketch(a).inner_product(sk.sketch(b)) == pytest.approx(a @ b, rel=1e-12, abs=1e-12)
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_zero_vector_gives_zero(method):
-    a = np.random.default_rng().normal(size=50)
+def test_zero_vector_gives_zero(method, np_rng):
+    a = np_rng.normal(size=50)
     sk = Sketcher(method, 21, 1)
     assert sk.sketch(np.zeros(50)).inner_product(sk.sketch(a)) == 0.0
     assert sk.sketch(np.zeros(50)).inner_product(sk.sketch(np.zeros(50))) == 0.0
 
 
 @pytest.mark.parametrize("method", ["mh", "wmh", "ts", "ps"])
-def test_disjoint_supports_give_zero(method):
-    rng = np.random.default_rng()
+def test_disjoint_supports_give_zero(method, np_rng):
+    rng = np_rng
     a, b = np.zeros(100), np.zeros(100)
     a[:50], b[50:] = rng.normal(size=50), rng.normal(size=50)
     sk = Sketcher(method, 31, 5)
@@ -147,8 +147,8 @@ def test_disjoint_supports_give_zero(method):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_scaling_one_vector_scales_the_estimate(method):
-    rng = np.random.default_rng()
+def test_scaling_one_vector_scales_the_estimate(method, np_rng):
+    rng = np_rng
     a, b = rng.normal(size=80), rng.normal(size=80)
     sk = Sketcher(method, 41, 3)
     base = sk.sketch(a).inner_product(sk.sketch(b))

@@ -38,8 +38,8 @@ def _pandas_join(ka, x, kb, y, duplicates):
 
 
 @pytest.mark.parametrize("duplicates", ["join", "mean", "sum"])
-def test_exact_statistics_match_pandas_join(duplicates):
-    ka, x, kb, y = _tables(np.random.default_rng())
+def test_exact_statistics_match_pandas_join(duplicates, np_rng):
+    ka, x, kb, y = _tables(np_rng)
     j = _pandas_join(ka, x, kb, y, duplicates)
     st = exact_join_statistics(ka, x, kb, y, duplicates=duplicates)
     assert st.size == len(j)
@@ -54,8 +54,8 @@ def test_exact_statistics_match_pandas_join(duplicates):
 
 @pytest.mark.parametrize("method", ["ts", "ps"])
 @pytest.mark.parametrize("duplicates", ["join", "mean"])
-def test_full_budget_sampling_sketches_are_exact(method, duplicates):
-    ka, x, kb, y = _tables(np.random.default_rng())
+def test_full_budget_sampling_sketches_are_exact(method, duplicates, np_rng):
+    ka, x, kb, y = _tables(np_rng)
     size = 3 * (2 * 400 + 1)  # every key of either table fits in each of the 3 sketches
     est = estimate_join(ka, x, kb, y, size=size, method=method, seed=5, duplicates=duplicates)
     ref = exact_join_statistics(ka, x, kb, y, duplicates=duplicates)
@@ -107,8 +107,8 @@ def test_correlation_error_falls_with_size(method):
     assert err(1200) < 0.5 * err(90)
 
 
-def test_pandas_series_and_date_keys():
-    rng = np.random.default_rng()
+def test_pandas_series_and_date_keys(np_rng):
+    rng = np_rng
     dates_a = pd.Series(pd.date_range("2001-01-01", periods=200, freq="D"))
     dates_b = pd.Series(pd.date_range("2001-03-01", periods=200, freq="D"))
     x = pd.Series(rng.normal(size=200))
@@ -124,8 +124,8 @@ def test_string_keys_join_size_exact_with_full_budget():
     assert join_size(ka, kb, size=21, method="ts") == pytest.approx(1 * 2 + 2 * 1)
 
 
-def test_nan_drop_equals_removing_rows():
-    ka, x, kb, y = _tables(np.random.default_rng())
+def test_nan_drop_equals_removing_rows(np_rng):
+    ka, x, kb, y = _tables(np_rng)
     x_nan = x.copy()
     x_nan[::7] = np.nan
     keep = ~np.isnan(x_nan)
@@ -143,8 +143,8 @@ def test_empty_join_gives_nan_correlation():
 
 @pytest.mark.parametrize("method", ["ps", "ts", "wmh", "cs"])
 @pytest.mark.parametrize("duplicates", ["mean", "join"])
-def test_column_sketch_round_trip_and_merge(method, duplicates):
-    rng = np.random.default_rng()
+def test_column_sketch_round_trip_and_merge(method, duplicates, np_rng):
+    rng = np_rng
     keys = rng.integers(0, 400, size=600)
     x = rng.normal(size=600)
     vectors = keyed_vectors(keys, x, seed=3, duplicates=duplicates)
@@ -167,10 +167,10 @@ def test_column_sketch_round_trip_and_merge(method, duplicates):
         assert merged == whole
 
 
-def test_joint_sample_of_column_keeps_one_key_set():
+def test_joint_sample_of_column_keeps_one_key_set(np_rng):
     # threshold / priority columns hold one sample of keys shared by count, sum and squares
     keys = np.arange(1000)
-    col = sketch_column(keys, np.random.default_rng().normal(size=1000), size=204, method="ps")
+    col = sketch_column(keys, np_rng.normal(size=1000), size=204, method="ps")
     (sample,) = col.sketches
     assert sample.keys.size == (204 - 4) // 2 and col.storage_size == 204
     with pytest.raises(TypeError, match="use kernelsketch.inner.join_statistics"):

@@ -25,8 +25,8 @@ def _sparse_vector(rng, n=200, nnz=60):
 
 # ------------------------------------------------------------- inputs
 @pytest.mark.parametrize("method", METHODS)
-def test_dense_and_sparse_inputs_give_the_same_sketch(method):
-    x = _sparse_vector(np.random.default_rng())
+def test_dense_and_sparse_inputs_give_the_same_sketch(method, np_rng):
+    x = _sparse_vector(np_rng)
     idx = np.flatnonzero(x)
     sk = Sketcher(method, 41, 17)
     assert sk.sketch(x) == sk.sketch((idx, x[idx]))
@@ -65,8 +65,8 @@ def test_string_and_large_integer_keys_coordinate(method, np_rng, seed):
         assert abs(est - va @ vb) < 0.25 * scale
 
 
-def test_sketch_is_deterministic_across_sketchers():
-    x = _sparse_vector(np.random.default_rng())
+def test_sketch_is_deterministic_across_sketchers(np_rng):
+    x = _sparse_vector(np_rng)
     for method in METHODS:
         assert Sketcher(method, 31, 5).sketch(x) == Sketcher(method, 31, 5).sketch(x)
         assert Sketcher(method, 31, 5).sketch(x) != Sketcher(method, 31, 6).sketch(x)
@@ -79,8 +79,8 @@ def test_zeros_are_ignored():
 
 # ------------------------------------------------------------ storage
 @pytest.mark.parametrize("method", ["jl", "cs", "mh", "wmh", "ps"])
-def test_storage_size_within_budget(method):
-    x = np.random.default_rng().normal(size=500)
+def test_storage_size_within_budget(method, np_rng):
+    x = np_rng.normal(size=500)
     for size in (9, 100, 401):
         assert size - 1 <= Sketcher(method, size, 1).sketch(x).storage_size <= size
 
@@ -92,8 +92,8 @@ def test_threshold_storage_within_budget_in_expectation():
     assert abs(np.mean(sizes) - 201) < 4.5 * 2 * np.sqrt(100 / 200)
 
 
-def test_priority_keeps_whole_support_when_it_fits():
-    x = np.random.default_rng().normal(size=30)
+def test_priority_keeps_whole_support_when_it_fits(np_rng):
+    x = np_rng.normal(size=30)
     s = Sketcher("ps", 61, 1).sketch(x)
     assert isinstance(s, PrioritySketch) and s.keys.size == 30 and s.tau == np.inf
 
@@ -105,8 +105,8 @@ def test_countsketch_rows_shape():
 
 # -------------------------------------------------------------- merge
 @pytest.mark.parametrize("method", ["jl", "cs"])
-def test_linear_merge_is_sketch_of_sum(method):
-    rng = np.random.default_rng()
+def test_linear_merge_is_sketch_of_sum(method, np_rng):
+    rng = np_rng
     a, b = rng.normal(size=100), rng.normal(size=100)
     sk = Sketcher(method, 50, 3, rows=2 if method == "cs" else 1)
     merged = sk.sketch(a).merge(sk.sketch(b))
@@ -117,8 +117,8 @@ def test_linear_merge_is_sketch_of_sum(method):
 
 
 @pytest.mark.parametrize("method", ["jl", "cs"])
-def test_streaming_updates_of_linear_sketches(method):
-    rng = np.random.default_rng()
+def test_streaming_updates_of_linear_sketches(method, np_rng):
+    rng = np_rng
     sk = Sketcher(method, 40, 8)
     s = sk.sketch((["a", "b"], [1.0, 2.0]))
     for _ in range(3):
@@ -135,8 +135,8 @@ def test_streaming_update_rejects_sampling_sketches():
 
 
 @pytest.mark.parametrize("method", ["mh", "wmh", "ts", "ps"])
-def test_sampling_merge_of_disjoint_parts_is_sketch_of_whole(method):
-    x = np.random.default_rng().normal(size=400)
+def test_sampling_merge_of_disjoint_parts_is_sketch_of_whole(method, np_rng):
+    x = np_rng.normal(size=400)
     keys = np.arange(400)
     sk = Sketcher(method, 61, 9)
     norm = float(np.linalg.norm(x))
@@ -167,15 +167,15 @@ def test_threshold_merge_requires_common_norm():
 
 # ------------------------------------------------------ serialization
 @pytest.mark.parametrize("method", METHODS)
-def test_bytes_round_trip(method):
-    x = np.random.default_rng().normal(size=300)
+def test_bytes_round_trip(method, np_rng):
+    x = np_rng.normal(size=300)
     for s in (
         Sketcher(method, 41, 2**64 - 1).sketch(x),
         Sketcher(method, 41, 3).sketch(np.zeros(3)),
     ):
         back = Sketch.from_bytes(s.to_bytes())
         assert type(back) is type(s) and back == s
-        y = np.random.default_rng().normal(size=300)
+        y = np_rng.normal(size=300)
         other = Sketcher(method, 41, s.seed).sketch(y)
         assert back.inner_product(other) == s.inner_product(other)
 

@@ -381,9 +381,9 @@ def test_error_evaluate_nan_time():
         rec(np.array([0.5, np.nan]))
 
 
-def test_error_random_state_generator():
+def test_error_random_state_generator(np_rng):
     with pytest.raises(TypeError, match="random_state must be None, an int or a numpy.random"
                                         ".RandomState .*got Generator"):
-        reconstruct_signal(np.cos, 1.0, Bandlimited(1.0), 10, random_state=np.random.default_rng())
+        reconstruct_signal(np.cos, 1.0, Bandlimited(1.0), 10, random_state=np_rng)
     with pytest.raises(TypeError, match="random_state must be None, an int or"):
         sample_universal(5, 1.0, 4.0, random_state=0.5)

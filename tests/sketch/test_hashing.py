@@ -16,8 +16,8 @@ from kernelsketch.sketch.hashing import (
 )
 
 
-def test_mix64_is_a_bijection_on_a_sample():
-    x = np.random.default_rng().integers(0, 2**63, size=50_000, dtype=np.uint64)
+def test_mix64_is_a_bijection_on_a_sample(np_rng):
+    x = np_rng.integers(0, 2**63, size=50_000, dtype=np.uint64)
     x = np.unique(x)
     assert np.unique(mix64(x)).size == x.size
 
@@ -28,8 +28,8 @@ def test_mix64_keeps_shape_and_scalars():
     assert mix64(np.uint64(7)) != mix64(np.uint64(8))
 
 
-def test_hash_is_deterministic_and_seeded():
-    keys = np.random.default_rng().integers(-(2**62), 2**62, size=1000)
+def test_hash_is_deterministic_and_seeded(np_rng):
+    keys = np_rng.integers(-(2**62), 2**62, size=1000)
     np.testing.assert_array_equal(hash_keys(keys, 5), hash_keys(keys.copy(), 5))
     # different seeds: essentially no equal words
     assert np.mean(hash_keys(keys, 5) == hash_keys(keys, 6)) < 0.01

@@ -30,8 +30,8 @@ def _hat_diagonal(a):
 
 
 @pytest.mark.parametrize("shape", [(30, 6), (6, 30), (2, 3, 40, 8)])
-def test_full_rank_scores_match_hat_matrix(shape):
-    a = torch.randn(*shape, dtype=torch.float64)
+def test_full_rank_scores_match_hat_matrix(shape, torch_generator):
+    a = torch.randn(*shape, dtype=torch.float64, generator=torch_generator)
     tau = leverage_scores(a)
     assert tau.shape == shape[:-1]
     torch.testing.assert_close(tau, _hat_diagonal(a), rtol=1e-10, atol=1e-10)
@@ -50,17 +50,17 @@ def test_scores_sum_to_rank_for_rank_deficient_matrices(dtype, rank):
                                rtol=1e-4, atol=1e-4)
 
 
-def test_zero_rows_and_zero_matrix():
-    a = torch.randn(20, 4, dtype=torch.float64)
+def test_zero_rows_and_zero_matrix(torch_generator):
+    a = torch.randn(20, 4, dtype=torch.float64, generator=torch_generator)
     a[5] = 0
     tau = leverage_scores(a)
     assert tau[5] == 0
     assert torch.equal(leverage_scores(torch.zeros(2, 5, 3)), torch.zeros(2, 5))
 
 
-def test_rcond_controls_numerical_rank():
-    u, _ = torch.linalg.qr(torch.randn(40, 5, dtype=torch.float64))
-    v, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64))
+def test_rcond_controls_numerical_rank(torch_generator):
+    u, _ = torch.linalg.qr(torch.randn(40, 5, dtype=torch.float64, generator=torch_generator))
+    v, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64, generator=torch_generator))
     a = u @ torch.diag(torch.tensor([1.0, 1.0, 1.0, 1e-3, 1e-9], dtype=torch.float64)) @ v.T
     assert abs(leverage_scores(a).sum().item() - 5) < 1e-6
     assert abs(leverage_scores(a, rcond=1e-6).sum().item() - 4) < 1e-6
@@ -75,8 +75,8 @@ def test_ridge_scores_match_formula(lam):
     torch.testing.assert_close(ridge_leverage_scores(a, lam), expected, rtol=1e-9, atol=1e-12)
 
 
-def test_ridge_scores_increase_to_leverage_as_ridge_vanishes():
-    a = torch.randn(30, 5, dtype=torch.float64)
+def test_ridge_scores_increase_to_leverage_as_ridge_vanishes(torch_generator):
+    a = torch.randn(30, 5, dtype=torch.float64, generator=torch_generator)
     exact = leverage_scores(a)
     previous = torch.zeros(30, dtype=torch.float64)
     for lam in (100.0, 1.0, 1e-2, 1e-6):
@@ -93,8 +93,8 @@ def test_from_gram_equals_exact(rank):
                                rtol=1e-7, atol=1e-9)
 
 
-def test_from_gram_accumulated_in_a_stream():
-    a = torch.randn(90, 6, dtype=torch.float64)
+def test_from_gram_accumulated_in_a_stream(torch_generator):
+    a = torch.randn(90, 6, dtype=torch.float64, generator=torch_generator)
     gram = torch.zeros(6, 6, dtype=torch.float64)
     for block in a.split(16):
         gram += block.T @ block
@@ -103,15 +103,15 @@ def test_from_gram_accumulated_in_a_stream():
                                rtol=1e-9, atol=1e-12)
 
 
-def test_from_gram_with_ridge_equals_ridge_scores():
-    a = torch.randn(3, 40, 7, dtype=torch.float64)
+def test_from_gram_with_ridge_equals_ridge_scores(torch_generator):
+    a = torch.randn(3, 40, 7, dtype=torch.float64, generator=torch_generator)
     torch.testing.assert_close(leverage_scores_from_gram(a, a.mT @ a, ridge=0.5),
                                ridge_leverage_scores(a, 0.5), rtol=1e-9, atol=1e-12)
 
 
-def test_from_gram_broadcasts_one_gram_over_a_batch():
-    a = torch.randn(4, 12, 5, dtype=torch.float64)
-    gram = torch.randn(50, 5, dtype=torch.float64)
+def test_from_gram_broadcasts_one_gram_over_a_batch(torch_generator):
+    a = torch.randn(4, 12, 5, dtype=torch.float64, generator=torch_generator)
+    gram = torch.randn(50, 5, dtype=torch.float64, generator=torch_generator)
     gram = gram.T @ gram
     out = leverage_scores_from_gram(a, gram)
     torch.testing.assert_close(out[2], leverage_scores_from_gram(a[2], gram))
@@ -125,15 +125,15 @@ def test_from_kernel_equals_exact_for_wide_low_rank_features(rank):
                                rtol=1e-7, atol=1e-9)
 
 
-def test_from_kernel_with_ridge_equals_ridge_scores():
-    a = torch.randn(3, 15, 60, dtype=torch.float64)
+def test_from_kernel_with_ridge_equals_ridge_scores(torch_generator):
+    a = torch.randn(3, 15, 60, dtype=torch.float64, generator=torch_generator)
     torch.testing.assert_close(leverage_scores_from_kernel(a @ a.mT, ridge=0.5),
                                ridge_leverage_scores(a, 0.5), rtol=1e-9, atol=1e-12)
 
 
-def test_from_kernel_rejects_non_square_kernel():
+def test_from_kernel_rejects_non_square_kernel(torch_generator):
     with pytest.raises(ValueError, match="kernel"):
-        leverage_scores_from_kernel(torch.randn(4, 5, dtype=torch.float64))
+        leverage_scores_from_kernel(torch.randn(4, 5, dtype=torch.float64, generator=torch_generator))
 
 
 @pytest.mark.parametrize("sketch", ["srht", "countsketch"])
@@ -155,9 +155,9 @@ def test_sketched_error_falls_with_sketch_size(sketch):
     assert large < 0.5
 
 
-def test_sketched_is_exact_with_the_full_hadamard():
+def test_sketched_is_exact_with_the_full_hadamard(torch_generator):
     # sketch_size equal to the padded row count keeps every row of an orthogonal map.
-    a = torch.randn(2, 64, 5, dtype=torch.float64)
+    a = torch.randn(2, 64, 5, dtype=torch.float64, generator=torch_generator)
     torch.testing.assert_close(sketched_leverage_scores(a, sketch_size=64), leverage_scores(a),
                                rtol=1e-8, atol=1e-10)
 
@@ -182,8 +182,8 @@ def test_sketched_jl_error_falls_with_jl_size():
     assert error(256) < error(16) / 2.5
 
 
-def test_sketched_generator_determinism():
-    a = torch.randn(100, 4)
+def test_sketched_generator_determinism(torch_generator):
+    a = torch.randn(100, 4, generator=torch_generator)
     x = sketched_leverage_scores(a, sketch_size=20, generator=_gen(3))
     y = sketched_leverage_scores(a, sketch_size=20, generator=_gen(3))
     assert torch.equal(x, y)
@@ -194,11 +194,11 @@ def test_sketched_generator_determinism():
     assert torch.equal(z, sketched_leverage_scores(a, sketch_size=20))  # global generator
 
 
-def test_sketched_rejects_bad_generator():
+def test_sketched_rejects_bad_generator(torch_generator):
     with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
-        sketched_leverage_scores(torch.randn(50, 4), sketch_size=8, generator=3)
+        sketched_leverage_scores(torch.randn(50, 4, generator=torch_generator), sketch_size=8, generator=3)
     with pytest.raises(TypeError, match="unexpected keyword argument 'seed'"):
-        sketched_leverage_scores(torch.randn(50, 4), sketch_size=8, seed=3)
+        sketched_leverage_scores(torch.randn(50, 4, generator=torch_generator), sketch_size=8, seed=3)
 
 
 @pytest.mark.parametrize("fn", [
@@ -208,8 +208,8 @@ def test_sketched_rejects_bad_generator():
     lambda a: sketched_leverage_scores(a, sketch_size=16, generator=_gen(0)),
 ])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-def test_dtype_preserved(fn, dtype):
-    a = torch.randn(2, 32, 4).to(dtype)
+def test_dtype_preserved(fn, dtype, torch_generator):
+    a = torch.randn(2, 32, 4, generator=torch_generator).to(dtype)
     out = fn(a)
     assert out.dtype == dtype and out.shape == (2, 32)
     torch.testing.assert_close(out.float(), fn(a.float()), rtol=2e-2, atol=2e-2)
@@ -217,8 +217,8 @@ def test_dtype_preserved(fn, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu():
-    a = torch.randn(2, 64, 6, dtype=torch.float64)
+def test_cuda_matches_cpu(torch_generator):
+    a = torch.randn(2, 64, 6, dtype=torch.float64, generator=torch_generator)
     torch.testing.assert_close(leverage_scores(a.cuda()).cpu(), leverage_scores(a))
     torch.testing.assert_close(
         sketched_leverage_scores(a.cuda(), sketch_size=32, generator=_gen(0)).cpu(),
@@ -226,9 +226,9 @@ def test_cuda_matches_cpu():
     )
 
 
-def test_rejects_vector():
+def test_rejects_vector(torch_generator):
     with pytest.raises(ValueError, match=r"A must have shape \[\.\.\., n, d\], got shape \[5\]"):
-        leverage_scores(torch.randn(5))
+        leverage_scores(torch.randn(5, generator=torch_generator))
 
 
 def test_rejects_integer_matrix():
@@ -236,48 +236,48 @@ def test_rejects_integer_matrix():
         leverage_scores(torch.ones(5, 2, dtype=torch.int64))
 
 
-def test_rejects_nan_matrix():
-    a = torch.randn(5, 2)
+def test_rejects_nan_matrix(torch_generator):
+    a = torch.randn(5, 2, generator=torch_generator)
     a[0, 0] = float("nan")
     with pytest.raises(ValueError, match="A must be finite"):
         leverage_scores(a)
 
 
-def test_rejects_out_of_range_rcond():
+def test_rejects_out_of_range_rcond(torch_generator):
     with pytest.raises(ValueError, match="rcond must be <= 1.0, got 2.0"):
-        leverage_scores(torch.randn(5, 2), rcond=2.0)
+        leverage_scores(torch.randn(5, 2, generator=torch_generator), rcond=2.0)
 
 
-def test_ridge_rejects_zero_lambda():
+def test_ridge_rejects_zero_lambda(torch_generator):
     with pytest.raises(ValueError, match="lam must be > 0.0, got 0.0"):
-        ridge_leverage_scores(torch.randn(5, 2), 0.0)
+        ridge_leverage_scores(torch.randn(5, 2, generator=torch_generator), 0.0)
 
 
-def test_from_gram_rejects_wrong_gram_shape():
+def test_from_gram_rejects_wrong_gram_shape(torch_generator):
     with pytest.raises(ValueError, match=r"gram must have shape \[\.\.\., 2, 2\].*got shape \[3, 3\]"):
-        leverage_scores_from_gram(torch.randn(5, 2), torch.eye(3))
+        leverage_scores_from_gram(torch.randn(5, 2, generator=torch_generator), torch.eye(3))
 
 
-def test_from_gram_rejects_dtype_mismatch():
+def test_from_gram_rejects_dtype_mismatch(torch_generator):
     with pytest.raises(TypeError, match="gram must have the same dtype as A"):
-        leverage_scores_from_gram(torch.randn(5, 2), torch.eye(2, dtype=torch.float64))
+        leverage_scores_from_gram(torch.randn(5, 2, generator=torch_generator), torch.eye(2, dtype=torch.float64))
 
 
-def test_from_gram_rejects_negative_ridge():
+def test_from_gram_rejects_negative_ridge(torch_generator):
     with pytest.raises(ValueError, match="ridge must be >= 0.0, got -1.0"):
-        leverage_scores_from_gram(torch.randn(5, 2), torch.eye(2), ridge=-1.0)
+        leverage_scores_from_gram(torch.randn(5, 2, generator=torch_generator), torch.eye(2), ridge=-1.0)
 
 
-def test_sketched_rejects_too_small_sketch():
+def test_sketched_rejects_too_small_sketch(torch_generator):
     with pytest.raises(ValueError, match="sketch_size must be >= min\\(n, d\\) = 4.*got 3"):
-        sketched_leverage_scores(torch.randn(50, 4), sketch_size=3)
+        sketched_leverage_scores(torch.randn(50, 4, generator=torch_generator), sketch_size=3)
 
 
-def test_sketched_rejects_unknown_sketch():
+def test_sketched_rejects_unknown_sketch(torch_generator):
     with pytest.raises(ValueError, match="sketch must be one of .*got 'gaussian'"):
-        sketched_leverage_scores(torch.randn(50, 4), sketch_size=8, sketch="gaussian")
+        sketched_leverage_scores(torch.randn(50, 4, generator=torch_generator), sketch_size=8, sketch="gaussian")
 
 
-def test_sketched_rejects_bad_jl_size():
+def test_sketched_rejects_bad_jl_size(torch_generator):
     with pytest.raises(ValueError, match="jl_size must be >= 1, got 0"):
-        sketched_leverage_scores(torch.randn(50, 4), sketch_size=8, jl_size=0)
+        sketched_leverage_scores(torch.randn(50, 4, generator=torch_generator), sketch_size=8, jl_size=0)

@@ -34,18 +34,18 @@ def test_gray_code_is_a_permutation_of_each_range(n_bits):
     assert torch.equal(gray_code(r).sort().values, r)
 
 
-def test_inverse_gray_code_inverts():
-    r = torch.randint(0, 1 << 62, (1000,), dtype=torch.int64)
+def test_inverse_gray_code_inverts(torch_generator):
+    r = torch.randint(0, 1 << 62, (1000,), dtype=torch.int64, generator=torch_generator)
     assert torch.equal(inverse_gray_code(gray_code(r)), r)
     assert torch.equal(gray_code(inverse_gray_code(r)), r)
-    small = torch.randint(0, 1 << 30, (100,), dtype=torch.int32)
+    small = torch.randint(0, 1 << 30, (100,), dtype=torch.int32, generator=torch_generator)
     assert inverse_gray_code(small).dtype == torch.int32
     assert torch.equal(gray_code(inverse_gray_code(small)), small)
 
 
-def test_bucket_ids_are_inverse_gray_of_sign_codes():
-    lsh = AngularLSH(12, 9)
-    x = torch.randn(5, 40, 12, dtype=torch.float64)
+def test_bucket_ids_are_inverse_gray_of_sign_codes(torch_generator, seed):
+    lsh = AngularLSH(12, 9, seed=seed)
+    x = torch.randn(5, 40, 12, dtype=torch.float64, generator=torch_generator)
     ids = lsh(x)
     assert ids.dtype == torch.int64 and ids.shape == (5, 40)
     assert ((ids >= 0) & (ids < 2**9)).all()
@@ -56,9 +56,9 @@ def test_bucket_ids_are_inverse_gray_of_sign_codes():
     assert torch.equal(gray_code(ids), codes)
 
 
-def test_adjacent_bucket_ids_hold_sign_patterns_one_bit_apart():
-    lsh = AngularLSH(16, 6)
-    x = torch.randn(20000, 16)
+def test_adjacent_bucket_ids_hold_sign_patterns_one_bit_apart(torch_generator, seed):
+    lsh = AngularLSH(16, 6, seed=seed)
+    x = torch.randn(20000, 16, generator=torch_generator)
     ids = lsh(x).unique()
     codes = {int(i): int(c) for i, c in zip(lsh(x), lsh.codes(x))}
     adjacent = ids[1:][ids[1:] == ids[:-1] + 1]
@@ -112,58 +112,58 @@ def test_sorting_by_bucket_groups_clusters():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
-def test_accepts_float_dtypes(dtype):
-    lsh = AngularLSH(8, 5)
-    x = torch.randn(3, 7, 8)
+def test_accepts_float_dtypes(dtype, torch_generator, seed):
+    lsh = AngularLSH(8, 5, seed=seed)
+    x = torch.randn(3, 7, 8, generator=torch_generator)
     ids = lsh(x.to(dtype))
     assert ids.dtype == torch.int64 and ids.shape == (3, 7)
     if dtype in (torch.float32, torch.float64):
         assert torch.equal(ids, lsh(x))
 
 
-def test_seed_and_state_dict():
+def test_seed_and_state_dict(torch_generator):
     a, b, c = AngularLSH(8, 6, seed=1), AngularLSH(8, 6, seed=1), AngularLSH(8, 6, seed=2)
     assert torch.equal(a.planes, b.planes) and not torch.equal(a.planes, c.planes)
     assert a.planes.shape == (8, 6)
     assert set(a.state_dict()) == {"planes"}
     c.load_state_dict(a.state_dict())
-    x = torch.randn(50, 8)
+    x = torch.randn(50, 8, generator=torch_generator)
     assert torch.equal(a(x), c(x))
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu():
+def test_cuda_matches_cpu(torch_generator):
     lsh = AngularLSH(8, 6, seed=0)
-    x = torch.randn(64, 8, dtype=torch.float64)
+    x = torch.randn(64, 8, dtype=torch.float64, generator=torch_generator)
     assert torch.equal(lsh.to("cuda")(x.cuda()).cpu(), AngularLSH(8, 6, seed=0)(x))
 
 
-def test_rejects_zero_bits():
+def test_rejects_zero_bits(seed):
     with pytest.raises(ValueError, match="n_bits must be >= 1, got 0"):
-        AngularLSH(8, 0)
+        AngularLSH(8, 0, seed=seed)
 
 
-def test_rejects_too_many_bits():
+def test_rejects_too_many_bits(seed):
     with pytest.raises(ValueError, match="n_bits must be <= 30, got 31"):
-        AngularLSH(8, 31)
+        AngularLSH(8, 31, seed=seed)
 
 
-def test_rejects_zero_dim():
+def test_rejects_zero_dim(seed):
     with pytest.raises(ValueError, match="dim must be >= 1, got 0"):
-        AngularLSH(0, 4)
+        AngularLSH(0, 4, seed=seed)
 
 
-def test_rejects_wrong_input_dim():
+def test_rejects_wrong_input_dim(torch_generator, seed):
     with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., 8\]"):
-        AngularLSH(8, 4)(torch.randn(3, 9))
+        AngularLSH(8, 4, seed=seed)(torch.randn(3, 9, generator=torch_generator))
 
 
-def test_rejects_nan_input():
-    x = torch.randn(3, 8)
+def test_rejects_nan_input(torch_generator, seed):
+    x = torch.randn(3, 8, generator=torch_generator)
     x[0, 0] = float("nan")
     with pytest.raises(ValueError, match="x must be finite"):
-        AngularLSH(8, 4)(x)
+        AngularLSH(8, 4, seed=seed)(x)
 
 
 def test_gray_code_rejects_float():

@@ -28,29 +28,29 @@ def _srht_dense_oracle(s: SRHT) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("d", [1, 2, 8, 64, 128, 2048])
-def test_fwht_matches_dense_hadamard(d):
-    x = torch.randn(2, 3, d, dtype=torch.float64)
+def test_fwht_matches_dense_hadamard(d, torch_generator):
+    x = torch.randn(2, 3, d, dtype=torch.float64, generator=torch_generator)
     hadamard = torch.from_numpy(scipy.linalg.hadamard(d).astype(np.float64))
     torch.testing.assert_close(fwht(x), x @ hadamard, rtol=1e-12, atol=1e-12)
 
 
-def test_fwht_is_differentiable():
-    x = torch.randn(3, 16, dtype=torch.float64, requires_grad=True)
+def test_fwht_is_differentiable(torch_generator):
+    x = torch.randn(3, 16, dtype=torch.float64, requires_grad=True, generator=torch_generator)
     assert torch.autograd.gradcheck(fwht, (x,))
 
 
-def test_fwht_differentiable_after_a_call_in_inference_mode():
+def test_fwht_differentiable_after_a_call_in_inference_mode(torch_generator):
     with torch.inference_mode():
-        fwht(torch.randn(2, 32, dtype=torch.float64))
-    x = torch.randn(2, 32, dtype=torch.float64, requires_grad=True)
+        fwht(torch.randn(2, 32, dtype=torch.float64, generator=torch_generator))
+    x = torch.randn(2, 32, dtype=torch.float64, requires_grad=True, generator=torch_generator)
     fwht(x).sum().backward()
     hadamard = torch.from_numpy(scipy.linalg.hadamard(32).astype(np.float64))
     torch.testing.assert_close(x.grad, hadamard.sum(1).expand(2, 32))
 
 
-def test_fwht_rejects_non_power_of_two():
+def test_fwht_rejects_non_power_of_two(torch_generator):
     with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., d\] with d a power of two"):
-        fwht(torch.randn(4, 12))
+        fwht(torch.randn(4, 12, generator=torch_generator))
 
 
 def test_fwht_rejects_integer_input():
@@ -59,37 +59,37 @@ def test_fwht_rejects_integer_input():
 
 
 @pytest.mark.parametrize("d_in,d_out", [(5, 3), (12, 16), (3, 20)])
-def test_srht_equals_dense_hadamard_formula(d_in, d_out):
-    s = SRHT(d_in, d_out).double()
-    x = torch.randn(4, d_in, dtype=torch.float64)
+def test_srht_equals_dense_hadamard_formula(d_in, d_out, torch_generator, seed):
+    s = SRHT(d_in, d_out, seed=seed).double()
+    x = torch.randn(4, d_in, dtype=torch.float64, generator=torch_generator)
     oracle = _srht_dense_oracle(s)
     torch.testing.assert_close(s(x), x @ oracle, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(s.matrix, oracle, rtol=1e-12, atol=1e-12)
 
 
-def test_srht_index_is_without_replacement():
-    s = SRHT(6, 20)
+def test_srht_index_is_without_replacement(seed):
+    s = SRHT(6, 20, seed=seed)
     assert s.index.unique().numel() == 20
     assert s.index.max() < s.signs.shape[0] * s.padded_dim
 
 
-def test_countsketch_matrix_equals_forward():
-    s = CountSketch(17, 5).double()
-    x = torch.randn(3, 2, 17, dtype=torch.float64)
+def test_countsketch_matrix_equals_forward(torch_generator, seed):
+    s = CountSketch(17, 5, seed=seed).double()
+    x = torch.randn(3, 2, 17, dtype=torch.float64, generator=torch_generator)
     m = s.matrix
     assert ((m != 0).sum(1) == 1).all() and set(m.abs().unique().tolist()) <= {0.0, 1.0}
     torch.testing.assert_close(s(x), x @ m, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("cls", [GaussianSketch, RademacherSketch])
-def test_dense_sketch_forward_is_matmul(cls):
-    s = cls(7, 4).double()
-    x = torch.randn(5, 7, dtype=torch.float64)
+def test_dense_sketch_forward_is_matmul(cls, torch_generator, seed):
+    s = cls(7, 4, seed=seed).double()
+    x = torch.randn(5, 7, dtype=torch.float64, generator=torch_generator)
     torch.testing.assert_close(s(x), x @ s.matrix, rtol=1e-12, atol=1e-12)
 
 
-def test_dense_sketch_entry_scale():
-    assert torch.allclose(RademacherSketch(9, 16).matrix.abs(), torch.full((9, 16), 0.25))
+def test_dense_sketch_entry_scale(seed):
+    assert torch.allclose(RademacherSketch(9, 16, seed=seed).matrix.abs(), torch.full((9, 16), 0.25))
     g = GaussianSketch(200, 100, seed=0).matrix
     assert abs(g.var().item() * 100 - 1.0) < 0.05
 
@@ -121,19 +121,19 @@ def test_distortion_falls_with_sketch_size(cls):
 
 
 @pytest.mark.parametrize("cls", [SRHT, CountSketch])
-def test_one_sparse_vectors_keep_their_norm_exactly(cls):
+def test_one_sparse_vectors_keep_their_norm_exactly(cls, seed):
     # Heavy single entry: SRHT spreads it evenly (|HDe_i| = 1 everywhere),
     # CountSketch maps it to one bucket, so both preserve its norm exactly.
     x = torch.zeros(3, 33, dtype=torch.float64)
     x[0, 0], x[1, 17], x[2, 32] = 2.0, -3.0, 0.5
-    s = cls(33, 8)
+    s = cls(33, 8, seed=seed)
     torch.testing.assert_close(s(x).norm(dim=-1), x.norm(dim=-1), rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("cls", LINEAR)
-def test_batched_equals_row_by_row(cls):
-    s = cls(6, 5)
-    x = torch.randn(2, 3, 6)
+def test_batched_equals_row_by_row(cls, torch_generator, seed):
+    s = cls(6, 5, seed=seed)
+    x = torch.randn(2, 3, 6, generator=torch_generator)
     rows = torch.stack([s(r) for r in x.reshape(-1, 6)]).reshape(2, 3, 5)
     torch.testing.assert_close(s(x), rows)
     assert s(x[0, 0]).shape == (5,)
@@ -141,9 +141,9 @@ def test_batched_equals_row_by_row(cls):
 
 @pytest.mark.parametrize("cls", LINEAR)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
-def test_dtype_preserved(cls, dtype):
-    s = cls(16, 8)
-    x = torch.randn(4, 16, dtype=torch.float64)
+def test_dtype_preserved(cls, dtype, torch_generator, seed):
+    s = cls(16, 8, seed=seed)
+    x = torch.randn(4, 16, dtype=torch.float64, generator=torch_generator)
     out = s(x.to(dtype))
     assert out.dtype == dtype and out.shape == (4, 8)
     tol = 1e-5 if dtype in (torch.float32, torch.float64) else 5e-2
@@ -151,33 +151,33 @@ def test_dtype_preserved(cls, dtype):
 
 
 @pytest.mark.parametrize("cls", LINEAR)
-def test_differentiable(cls):
-    s = cls(6, 4).double()
-    x = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
+def test_differentiable(cls, torch_generator, seed):
+    s = cls(6, 4, seed=seed).double()
+    x = torch.randn(2, 6, dtype=torch.float64, requires_grad=True, generator=torch_generator)
     assert torch.autograd.gradcheck(s, (x,))
 
 
 @pytest.mark.parametrize("cls", LINEAR)
-def test_seed_determinism_and_generator_equivalence(cls):
-    x = torch.randn(3, 10)
+def test_seed_determinism_and_generator_equivalence(cls, torch_generator, seed):
+    x = torch.randn(3, 10, generator=torch_generator)
     a, b, c = cls(10, 6, seed=7), cls(10, 6, seed=7), cls(10, 6, seed=8)
     d = cls(10, 6, generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
     torch.testing.assert_close(a(x), d(x), rtol=0, atol=0)
     assert not torch.equal(a(x), c(x))
     torch.manual_seed(3)
-    e = cls(10, 6)
+    e = cls(10, 6, seed=seed)
     torch.manual_seed(3)
-    f = cls(10, 6)
+    f = cls(10, 6, seed=seed)
     torch.testing.assert_close(e(x), f(x), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("cls", LINEAR)
-def test_state_dict_reproduces_sketch(cls):
+def test_state_dict_reproduces_sketch(cls, torch_generator):
     a, b = cls(10, 6, seed=1), cls(10, 6, seed=2)
     assert len(a.state_dict()) > 0
     b.load_state_dict(a.state_dict())
-    x = torch.randn(4, 10)
+    x = torch.randn(4, 10, generator=torch_generator)
     torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
     # Drawn once: forward never redraws.
     torch.testing.assert_close(a(x), a(x), rtol=0, atol=0)
@@ -186,24 +186,24 @@ def test_state_dict_reproduces_sketch(cls):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("cls", LINEAR)
-def test_cuda_matches_cpu(cls):
+def test_cuda_matches_cpu(cls, torch_generator):
     s = cls(10, 6, seed=0)
-    x = torch.randn(4, 10)
+    x = torch.randn(4, 10, generator=torch_generator)
     out = s.to("cuda")(x.cuda())
     assert out.device.type == "cuda"
     torch.testing.assert_close(out.cpu(), cls(10, 6, seed=0)(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("cls", LINEAR)
-def test_rejects_zero_d_in(cls):
+def test_rejects_zero_d_in(cls, seed):
     with pytest.raises(ValueError, match="d_in must be >= 1, got 0"):
-        cls(0, 4)
+        cls(0, 4, seed=seed)
 
 
 @pytest.mark.parametrize("cls", LINEAR)
-def test_rejects_non_int_d_out(cls):
+def test_rejects_non_int_d_out(cls, seed):
     with pytest.raises(TypeError, match="d_out must be an int, got float 4.0"):
-        cls(4, 4.0)
+        cls(4, 4.0, seed=seed)
 
 
 @pytest.mark.parametrize("cls", LINEAR)
@@ -225,26 +225,26 @@ def test_rejects_non_generator(cls):
 
 
 @pytest.mark.parametrize("cls", LINEAR)
-def test_rejects_wrong_feature_dim(cls):
+def test_rejects_wrong_feature_dim(cls, torch_generator, seed):
     with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., 4\] \(d_in=4\), got shape \[2, 5\]"):
-        cls(4, 3)(torch.randn(2, 5))
+        cls(4, 3, seed=seed)(torch.randn(2, 5, generator=torch_generator))
 
 
 @pytest.mark.parametrize("cls", LINEAR)
-def test_rejects_integer_input(cls):
+def test_rejects_integer_input(cls, seed):
     with pytest.raises(TypeError, match="x must have dtype in"):
-        cls(4, 3)(torch.ones(2, 4, dtype=torch.int32))
+        cls(4, 3, seed=seed)(torch.ones(2, 4, dtype=torch.int32))
 
 
 @pytest.mark.parametrize("cls", LINEAR)
-def test_rejects_nan_input(cls):
-    x = torch.randn(2, 4)
+def test_rejects_nan_input(cls, torch_generator, seed):
+    x = torch.randn(2, 4, generator=torch_generator)
     x[1, 2] = float("nan")
     with pytest.raises(ValueError, match="x must be finite"):
-        cls(4, 3)(x)
+        cls(4, 3, seed=seed)(x)
 
 
 @pytest.mark.parametrize("cls", LINEAR)
-def test_rejects_non_tensor_input(cls):
+def test_rejects_non_tensor_input(cls, seed):
     with pytest.raises(TypeError, match="x must be a torch.Tensor, got list"):
-        cls(4, 3)([1.0, 2.0, 3.0, 4.0])
+        cls(4, 3, seed=seed)([1.0, 2.0, 3.0, 4.0])

@@ -25,9 +25,9 @@ def test_importance_sample_unbiased(replacement):
     assert_unbiased(est, truth, max_rel_stderr=0.05)
 
 
-def test_importance_sampling_with_proportional_probabilities_is_exact():
+def test_importance_sampling_with_proportional_probabilities_is_exact(torch_generator):
     # The variance vanishes when probs ∝ f >= 0: every weighted sample equals sum f.
-    f = torch.rand(2, 30, dtype=torch.float64) + 0.1
+    f = torch.rand(2, 30, dtype=torch.float64, generator=torch_generator) + 0.1
     idx, w = importance_sample(f, 5)
     torch.testing.assert_close(_estimate(f, idx, w), f.sum(-1), rtol=1e-12, atol=0)
 
@@ -42,16 +42,16 @@ def test_importance_sample_frequencies_follow_probs():
     torch.testing.assert_close(w, 1 / (20000 * p[idx]))
 
 
-def test_importance_sample_without_replacement_has_distinct_indices():
-    probs = torch.rand(4, 3, 50) + 0.01
+def test_importance_sample_without_replacement_has_distinct_indices(torch_generator):
+    probs = torch.rand(4, 3, 50, generator=torch_generator) + 0.01
     idx, w = importance_sample(probs, 20, replacement=False)
     assert idx.shape == (4, 3, 20) and w.shape == (4, 3, 20)
     assert all(row.unique().numel() == 20 for row in idx.reshape(-1, 20))
     assert (w >= 1).all()
 
 
-def test_importance_sample_all_items_without_replacement():
-    probs = torch.rand(2, 6, dtype=torch.float64)
+def test_importance_sample_all_items_without_replacement(torch_generator):
+    probs = torch.rand(2, 6, dtype=torch.float64, generator=torch_generator)
     idx, w = importance_sample(probs, 6, replacement=False)
     assert torch.equal(idx.sort(-1).values, torch.arange(6).expand(2, 6))
     assert torch.equal(w, torch.ones(2, 6, dtype=torch.float64))
@@ -71,13 +71,13 @@ def test_importance_sample_zero_probability_items_get_zero_weight():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
-def test_importance_sample_weight_dtype(dtype):
-    _, w = importance_sample(torch.rand(3, 10).to(dtype) + 0.1, 4)
+def test_importance_sample_weight_dtype(dtype, torch_generator):
+    _, w = importance_sample(torch.rand(3, 10, generator=torch_generator).to(dtype) + 0.1, 4)
     assert w.dtype == (torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype)
 
 
-def test_importance_sample_generator_determinism():
-    probs = torch.rand(5, 30)
+def test_importance_sample_generator_determinism(torch_generator):
+    probs = torch.rand(5, 30, generator=torch_generator)
     a = importance_sample(probs, 7, generator=torch.Generator().manual_seed(4))
     b = importance_sample(probs, 7, generator=torch.Generator().manual_seed(4))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
@@ -138,14 +138,14 @@ def test_importance_sample_rejects_integer_probs():
         importance_sample(torch.tensor([1, 2, 3]), 2)
 
 
-def test_importance_sample_rejects_zero_samples():
+def test_importance_sample_rejects_zero_samples(torch_generator):
     with pytest.raises(ValueError, match="num_samples must be >= 1, got 0"):
-        importance_sample(torch.rand(5), 0)
+        importance_sample(torch.rand(5, generator=torch_generator), 0)
 
 
-def test_importance_sample_rejects_too_many_without_replacement():
+def test_importance_sample_rejects_too_many_without_replacement(torch_generator):
     with pytest.raises(ValueError, match="num_samples must be <= n=5 when replacement=False, got 6"):
-        importance_sample(torch.rand(5), 6, replacement=False)
+        importance_sample(torch.rand(5, generator=torch_generator), 6, replacement=False)
 
 
 def test_importance_sample_rejects_scalar():

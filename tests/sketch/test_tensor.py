@@ -20,10 +20,10 @@ def _outer_power(x: torch.Tensor, q: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("q", [1, 2, 3])
-def test_tensorsketch_is_countsketch_of_the_explicit_tensor_power(q):
+def test_tensorsketch_is_countsketch_of_the_explicit_tensor_power(q, torch_generator, seed):
     d, m = 5, 7
-    ts = TensorSketch(d, m, q).double()
-    x = torch.randn(3, d, dtype=torch.float64)
+    ts = TensorSketch(d, m, q, seed=seed).double()
+    x = torch.randn(3, d, dtype=torch.float64, generator=torch_generator)
     # Oracle: CountSketch of x^{⊗q} with bucket sum_k h_k(i_k) mod m and sign prod_k s_k(i_k).
     bucket = torch.zeros(1, dtype=torch.int64)
     sign = torch.ones(1, dtype=torch.float64)
@@ -36,27 +36,27 @@ def test_tensorsketch_is_countsketch_of_the_explicit_tensor_power(q):
 
 
 @pytest.mark.parametrize("q", [1, 2, 3])
-def test_tensorsrht_equals_product_formula(q):
+def test_tensorsrht_equals_product_formula(q, torch_generator, seed):
     d, m = 6, 10
-    s = TensorSRHT(d, m, q).double()
-    x = torch.randn(4, d, dtype=torch.float64)
+    s = TensorSRHT(d, m, q, seed=seed).double()
+    x = torch.randn(4, d, dtype=torch.float64, generator=torch_generator)
     expected = math.sqrt(m) ** (q - 1) * torch.stack([x @ f.matrix for f in s.factors]).prod(0)
     torch.testing.assert_close(s(x), expected, rtol=1e-10, atol=1e-10)
 
 
-def test_degree2_gaussian_is_polysketchformer_formula():
+def test_degree2_gaussian_is_polysketchformer_formula(torch_generator, seed):
     d, m = 6, 9
-    s = Degree2Sketch(d, m, kind="gaussian").double()
+    s = Degree2Sketch(d, m, kind="gaussian", seed=seed).double()
     s1, s2 = (math.sqrt(m) * f.matrix for f in s.sketch.factors)
-    x, y = torch.randn(2, 3, d, dtype=torch.float64)
+    x, y = torch.randn(2, 3, d, dtype=torch.float64, generator=torch_generator)
     torch.testing.assert_close(s(x, y), (x @ s1) * (y @ s2) / math.sqrt(m), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(s(x), s(x, x), rtol=0, atol=0)
 
 
-def test_degree2_countsketch_is_countsketch_of_outer_product():
+def test_degree2_countsketch_is_countsketch_of_outer_product(torch_generator, seed):
     d, m = 4, 6
-    s = Degree2Sketch(d, m, kind="countsketch").double()
-    x, y = torch.randn(2, 5, d, dtype=torch.float64)
+    s = Degree2Sketch(d, m, kind="countsketch", seed=seed).double()
+    x, y = torch.randn(2, 5, d, dtype=torch.float64, generator=torch_generator)
     outer = (x.unsqueeze(-1) * y.unsqueeze(-2)).flatten(-2)
     torch.testing.assert_close(s(x, y), outer @ s.sketch.matrix, rtol=1e-12, atol=1e-12)
 
@@ -111,9 +111,9 @@ def test_polysketch_all_powers_unbiased():
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("degree", [1, 3, 4])
-def test_polysketch_all_powers_consistent(kind, degree):
-    s = PolySketch(5, 12, degree, kind=kind)
-    x = torch.randn(2, 3, 5, dtype=torch.float64)
+def test_polysketch_all_powers_consistent(kind, degree, torch_generator, seed):
+    s = PolySketch(5, 12, degree, kind=kind, seed=seed)
+    x = torch.randn(2, 3, 5, dtype=torch.float64, generator=torch_generator)
     powers = s.all_powers(x)
     assert len(powers) == degree + 1
     assert all(p.shape == (2, 3, 12) and p.dtype == torch.float64 for p in powers)
@@ -123,7 +123,7 @@ def test_polysketch_all_powers_consistent(kind, degree):
     for j, (p, pc) in enumerate(zip(powers, s.all_powers(c * x))):
         torch.testing.assert_close(pc, c**j * p, rtol=1e-10, atol=1e-10)
     # Entry 1 is a linear sketch of x.
-    y = torch.randn(2, 3, 5, dtype=torch.float64)
+    y = torch.randn(2, 3, 5, dtype=torch.float64, generator=torch_generator)
     torch.testing.assert_close(
         s.all_powers(x + y)[1], powers[1] + s.all_powers(y)[1], rtol=1e-10, atol=1e-10
     )
@@ -150,40 +150,40 @@ def test_distortion_falls_with_sketch_size(make):
 
 
 @pytest.mark.parametrize("make", [
-    lambda: TensorSketch(6, 8, 3),
-    lambda: TensorSRHT(6, 8, 3),
-    lambda: PolySketch(6, 8, 3, kind="srht"),
-    lambda: PolySketch(6, 8, 2, kind="countsketch"),
+    lambda seed: TensorSketch(6, 8, 3, seed=seed),
+    lambda seed: TensorSRHT(6, 8, 3, seed=seed),
+    lambda seed: PolySketch(6, 8, 3, kind="srht", seed=seed),
+    lambda seed: PolySketch(6, 8, 2, kind="countsketch", seed=seed),
 ], ids=["tensorsketch", "tensorsrht", "polysketch-srht", "polysketch-countsketch"])
-def test_differentiable(make):
-    s = make().double()
-    x = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
+def test_differentiable(make, torch_generator, seed):
+    s = make(seed).double()
+    x = torch.randn(2, 6, dtype=torch.float64, requires_grad=True, generator=torch_generator)
     assert torch.autograd.gradcheck(s, (x,))
 
 
-def test_degree2_differentiable_in_both_arguments():
-    s = Degree2Sketch(5, 6, kind="tensorsketch").double()
-    x, y = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
+def test_degree2_differentiable_in_both_arguments(torch_generator, seed):
+    s = Degree2Sketch(5, 6, kind="tensorsketch", seed=seed).double()
+    x, y = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True, generator=torch_generator)
     assert torch.autograd.gradcheck(s, (x, y))
 
 
-def test_degree2_broadcasts_leading_shapes():
-    s = Degree2Sketch(5, 6, kind="srht")
-    x, y = torch.randn(4, 1, 5), torch.randn(3, 5)
+def test_degree2_broadcasts_leading_shapes(torch_generator, seed):
+    s = Degree2Sketch(5, 6, kind="srht", seed=seed)
+    x, y = torch.randn(4, 1, 5, generator=torch_generator), torch.randn(3, 5, generator=torch_generator)
     out = s(x, y)
     assert out.shape == (4, 3, 6)
     torch.testing.assert_close(out[2, 1], s(x[2, 0], y[1]))
 
 
 @pytest.mark.parametrize("make", [
-    lambda: TensorSketch(16, 8, 2),
-    lambda: TensorSRHT(16, 8, 3),
-    lambda: PolySketch(16, 8, 3, kind="gaussian"),
+    lambda seed: TensorSketch(16, 8, 2, seed=seed),
+    lambda seed: TensorSRHT(16, 8, 3, seed=seed),
+    lambda seed: PolySketch(16, 8, 3, kind="gaussian", seed=seed),
 ])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
-def test_dtype_preserved(make, dtype):
-    s = make()
-    x = torch.randn(4, 16, dtype=torch.float64) / 4
+def test_dtype_preserved(make, dtype, torch_generator, seed):
+    s = make(seed)
+    x = torch.randn(4, 16, dtype=torch.float64, generator=torch_generator) / 4
     out = s(x.to(dtype))
     assert out.dtype == dtype and out.shape == (4, 8)
     tol = 1e-5 if dtype in (torch.float32, torch.float64) else 5e-2
@@ -191,9 +191,9 @@ def test_dtype_preserved(make, dtype):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_polysketch_seed_and_state_dict(kind):
+def test_polysketch_seed_and_state_dict(kind, torch_generator):
     a, b, c = (PolySketch(6, 8, 3, kind=kind, seed=s) for s in (1, 1, 2))
-    x = torch.randn(3, 6)
+    x = torch.randn(3, 6, generator=torch_generator)
     torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
     assert not torch.equal(a(x), c(x))
     c.load_state_dict(a.state_dict())
@@ -205,8 +205,8 @@ def test_polysketch_seed_and_state_dict(kind):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("kind", KINDS)
-def test_cuda_matches_cpu(kind):
-    x = torch.randn(3, 6, dtype=torch.float64)
+def test_cuda_matches_cpu(kind, torch_generator):
+    x = torch.randn(3, 6, dtype=torch.float64, generator=torch_generator)
     cpu = PolySketch(6, 8, 3, kind=kind, seed=0)
     gpu = PolySketch(6, 8, 3, kind=kind, seed=0).to("cuda")
     torch.testing.assert_close(gpu(x.cuda()).cpu(), cpu(x))
@@ -215,22 +215,22 @@ def test_cuda_matches_cpu(kind):
 
 
 @pytest.mark.parametrize("cls", [TensorSketch, TensorSRHT, PolySketch])
-def test_rejects_zero_degree(cls):
+def test_rejects_zero_degree(cls, seed):
     with pytest.raises(ValueError, match="degree must be >= 1, got 0"):
-        cls(4, 4, 0)
+        cls(4, 4, 0, seed=seed)
 
 
 @pytest.mark.parametrize("cls", [TensorSketch, TensorSRHT, PolySketch])
-def test_rejects_non_int_degree(cls):
+def test_rejects_non_int_degree(cls, seed):
     with pytest.raises(TypeError, match="degree must be an int, got float 2.0"):
-        cls(4, 4, 2.0)
+        cls(4, 4, 2.0, seed=seed)
 
 
 @pytest.mark.parametrize("cls", [Degree2Sketch, PolySketch])
-def test_rejects_unknown_kind(cls):
+def test_rejects_unknown_kind(cls, seed):
     args = (4, 4) if cls is Degree2Sketch else (4, 4, 2)
     with pytest.raises(ValueError, match="kind must be one of .*got 'hadamard'"):
-        cls(*args, kind="hadamard")
+        cls(*args, kind="hadamard", seed=seed)
 
 
 def test_rejects_seed_and_generator_together():
@@ -238,23 +238,23 @@ def test_rejects_seed_and_generator_together():
         PolySketch(4, 4, 2, seed=0, generator=torch.Generator())
 
 
-def test_degree2_rejects_wrong_y_dim():
+def test_degree2_rejects_wrong_y_dim(torch_generator, seed):
     with pytest.raises(ValueError, match=r"y must have shape \[\.\.\., 4\] \(d_in=4\), got shape \[2, 3\]"):
-        Degree2Sketch(4, 4)(torch.randn(2, 4), torch.randn(2, 3))
+        Degree2Sketch(4, 4, seed=seed)(torch.randn(2, 4, generator=torch_generator), torch.randn(2, 3, generator=torch_generator))
 
 
-def test_degree2_rejects_y_dtype_mismatch():
+def test_degree2_rejects_y_dtype_mismatch(torch_generator, seed):
     with pytest.raises(TypeError, match="y must have the same dtype as x"):
-        Degree2Sketch(4, 4)(torch.randn(2, 4), torch.randn(2, 4, dtype=torch.float64))
+        Degree2Sketch(4, 4, seed=seed)(torch.randn(2, 4, generator=torch_generator), torch.randn(2, 4, dtype=torch.float64, generator=torch_generator))
 
 
-def test_polysketch_rejects_wrong_input_dim():
+def test_polysketch_rejects_wrong_input_dim(torch_generator, seed):
     with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., 4\]"):
-        PolySketch(4, 4, 2).all_powers(torch.randn(2, 5))
+        PolySketch(4, 4, 2, seed=seed).all_powers(torch.randn(2, 5, generator=torch_generator))
 
 
-def test_tensorsketch_rejects_nan():
-    x = torch.randn(2, 4)
+def test_tensorsketch_rejects_nan(torch_generator, seed):
+    x = torch.randn(2, 4, generator=torch_generator)
     x[0, 1] = float("inf")
     with pytest.raises(ValueError, match="x must be finite"):
-        TensorSketch(4, 4, 2)(x)
+        TensorSketch(4, 4, 2, seed=seed)(x)
