@@ -23,13 +23,14 @@ def naive_attention(q, k, v, *, scale=None, is_causal=False, return_lse=False):
 
 
 def random_qkv(B=2, Hq=4, Hkv=2, N=64, M=None, D=16, Dv=None, dtype=torch.float64, scale=1.0,
-               device="cpu", requires_grad=False):
-    """Fresh random inputs (no seed) in SDPA layout."""
+               device="cpu", requires_grad=False, generator=None):
+    """Random inputs in SDPA layout, drawn from ``generator`` (the test's; see tests/conftest.py)."""
     M = N if M is None else M
     Dv = D if Dv is None else Dv
-    q = (torch.randn(B, Hq, N, D, device=device) * scale).to(dtype)
-    k = (torch.randn(B, Hkv, M, D, device=device) * scale).to(dtype)
-    v = torch.randn(B, Hkv, M, Dv, device=device).to(dtype)
+    g = {"generator": generator, "device": device}
+    q = (torch.randn(B, Hq, N, D, **g) * scale).to(dtype)
+    k = (torch.randn(B, Hkv, M, D, **g) * scale).to(dtype)
+    v = torch.randn(B, Hkv, M, Dv, **g).to(dtype)
     if requires_grad:
         for t in (q, k, v):
             t.requires_grad_(True)

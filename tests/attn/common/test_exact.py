@@ -2,7 +2,9 @@ import pytest
 import torch
 
 import kernelsketch as ks
-from kernelsketch.attn.common.exact import exact_partial, partial_attention
+from kernelsketch.attn.common import exact as exact_module
+from kernelsketch.attn.common.exact import exact_partial, flash_lse, partial_attention
+from kernelsketch.attn.common.metrics import relative_error
 
 from ..reference import naive_attention, random_qkv
 
@@ -101,3 +103,74 @@ def test_chunked_memory_path_equals_single_chunk():
     b = exact_partial(q, k, v, scale=0.3, is_causal=True, chunk_size=512)
     torch.testing.assert_close(a[0], b[0])
     torch.testing.assert_close(a[1], b[1])
+
+
+# -- SDPA's CPU flash kernel with the log-sum-exp (the fast path of every method) ------------
+
+FLASH_SHAPES = [  # (B, Hq, Hkv, N, M, D, Dv)
+    (2, 4, 2, 37, 37, 16, 16),
+    (2, 4, 1, 33, 70, 16, 8),   # more keys than queries, MQA, Dv < D
+    (1, 6, 3, 70, 33, 32, 32),  # more queries than keys: the first 37 rows see nothing
+    (1, 2, 2, 20, 20, 8, 12),   # Dv > D
+]
+
+
+@pytest.mark.parametrize("shape", FLASH_SHAPES)
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_flash_lse_output_lse_and_both_gradients_equal_the_reference(shape, is_causal,
+                                                                    torch_generator):
+    B, Hq, Hkv, N, M, D, Dv = shape
+    q, k, v = random_qkv(B, Hq, Hkv, N, M, D, Dv, requires_grad=True, generator=torch_generator)
+    out, lse = flash_lse(q, k, v, scale=0.3, is_causal=is_causal)
+    ref, ref_lse = naive_attention(q, k, v, scale=0.3, is_causal=is_causal, return_lse=True)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    assert torch.equal(torch.isfinite(lse), torch.isfinite(ref_lse))
+    fin = torch.isfinite(ref_lse)
+    torch.testing.assert_close(lse[fin], ref_lse[fin], rtol=1e-12, atol=1e-12)
+    w1 = torch.randn(out.shape, dtype=out.dtype, generator=torch_generator)
+    w2 = torch.randn(lse.shape, dtype=lse.dtype, generator=torch_generator)
+    # The lse gradient goes through the kernel's backward with dlse folded into Δ.
+    g = torch.autograd.grad((out * w1).sum() + (lse[fin] * w2[fin]).sum(), (q, k, v))
+    g_ref = torch.autograd.grad((ref * w1).sum() + (ref_lse[fin] * w2[fin]).sum(), (q, k, v))
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_flash_lse_additive_mask_weights_and_fully_masked_rows(torch_generator):
+    q, k, v = random_qkv(2, 3, 3, 9, 11, 8, requires_grad=True, generator=torch_generator)
+    log_w = torch.randn(2, 3, 1, 11, dtype=torch.float64, generator=torch_generator)
+    drop = torch.rand(2, 3, 9, 11, generator=torch_generator) < 0.3
+    drop[0, 1, 4] = True  # one row sees no key: out 0, lse -inf, no NaN gradient
+    mask = log_w.masked_fill(drop, float("-inf"))
+    out, lse = flash_lse(q, k, v, scale=0.5, mask=mask)
+    kept = partial_attention(q, k, v, scale=0.5, mask=~drop, key_log_weights=log_w[:, :, 0])
+    torch.testing.assert_close(out, kept[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lse, kept[1], rtol=1e-12, atol=1e-12)
+    assert torch.isneginf(lse[0, 1, 4]) and torch.all(out[0, 1, 4] == 0)
+    fin = torch.isfinite(lse)
+    g = torch.autograd.grad(out.sum() + lse[fin].sum(), (q, k, v))
+    g_ref = torch.autograd.grad(kept[0].sum() + kept[1][fin].sum(), (q, k, v))
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-6), (torch.bfloat16, 2e-2),
+                                       (torch.float16, 2e-3)])
+def test_flash_lse_low_precision_against_float64(dtype, tol, torch_generator):
+    q, k, v = random_qkv(1, 4, 2, 64, 64, 16, generator=torch_generator)
+    out, lse = flash_lse(q.to(dtype), k.to(dtype), v.to(dtype), scale=0.25, is_causal=True)
+    ref, ref_lse = naive_attention(q, k, v, scale=0.25, is_causal=True, return_lse=True)
+    assert out.dtype == dtype and lse.dtype == torch.float32
+    assert relative_error(out, ref) < tol and relative_error(lse, ref_lse) < tol
+
+
+def test_exact_method_with_lse_takes_the_flash_kernel_in_float32(torch_generator, monkeypatch):
+    calls = []
+    real = exact_module._FlashCPU.apply
+    monkeypatch.setattr(exact_module._FlashCPU, "apply",
+                        lambda *a: calls.append(1) or real(*a))
+    q, k, v = random_qkv(1, 4, 2, 40, 40, 16, dtype=torch.float32, generator=torch_generator)
+    out, lse = ks.attention(q, k, v, is_causal=True, return_lse=True)
+    assert calls, "the float32 CPU path must run the flash kernel"
+    ref, ref_lse = naive_attention(q, k, v, is_causal=True, return_lse=True)
+    assert relative_error(out, ref) < 2e-6 and relative_error(lse, ref_lse) < 2e-6

@@ -8,10 +8,15 @@ Two building blocks used by every method:
   methods call it on sorted blocks and on sampled keys.
 * :func:`exact_partial` — chunked exact attention in SDPA layout with GQA and
   a bottom-right causal mask; memory O(N x chunk) per head, never N x M.
+* :func:`flash_lse` — the same ``(out, lse)`` from SDPA's fused CPU flash
+  kernel (``_scaled_dot_product_flash_attention_for_cpu``), with an optional
+  additive float mask, differentiable in out AND lse (custom backward on the
+  kernel's own backward). The fast path of every method on CPU.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +41,17 @@ class ExactConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         check_int("chunk_size", self.chunk_size, min=1)
+
+
+class ExactFallbackWarning(UserWarning):
+    """A sketched method computed exact attention (the input is too short for its sketch)."""
+
+
+def warn_exact_fallback(method: str, reason: str) -> None:
+    """Warn that ``method`` ran exact attention; shown once per method and reason under
+    Python's default warning filter (the message holds no sizes)."""
+    warnings.warn(f"method={method!r} computed exact attention, not its sketch: {reason}",
+                  ExactFallbackWarning, stacklevel=2)
 
 
 def partial_attention(
@@ -128,6 +144,109 @@ def exact_partial(
     return unfold_groups(out, Hq), unfold_groups(lse, Hq)
 
 
+_FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_FLASH_CPU_BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+class _FlashCPU(torch.autograd.Function):
+    """SDPA's CPU flash kernel returning ``(out, lse)``, both differentiable.
+
+    The kernel's backward takes ``Δ_i = Σ_d dO_id O_id``; the lse gradient
+    enters every ``dS_ij`` as ``+P_ij dlse_i``, i.e. as ``Δ_i − dlse_i``. It is
+    folded in by one extra head-dim column: zero in q, k and v (logits and
+    values unchanged), one in dO and ``−dlse`` in O.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale, is_causal):
+        out, lse = _FLASH_CPU(q, k, v, 0.0, is_causal, attn_mask=mask, scale=scale)
+        ctx.save_for_backward(q, k, v, mask, out, lse)
+        ctx.scale, ctx.is_causal = scale, is_causal
+        if mask is not None:
+            # Rows whose every key is masked: the kernel returns out 0, lse 0; the
+            # log-sum-exp of an empty set is -inf (the saved lse stays the kernel's).
+            lse = lse.masked_fill(torch.isneginf(mask).all(-1), float("-inf"))
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q, k, v, mask, out, lse = ctx.saved_tensors
+        if dout is None:
+            dout = torch.zeros_like(out)
+        fold = dlse is not None and bool(dlse.any())
+        if fold:
+            def pad(x, value=0.0):
+                return F.pad(x, (0, 1), value=value)
+            dout = torch.cat((dout.to(out.dtype), torch.ones_like(out[..., :1])), -1)
+            out = torch.cat((out, (-dlse).to(out.dtype).unsqueeze(-1)), -1)
+            q, k, v = pad(q), pad(k), pad(v)
+        dq, dk, dv = _FLASH_CPU_BWD(dout.to(out.dtype), q, k, v, out, lse, 0.0, ctx.is_causal,
+                                    attn_mask=mask, scale=ctx.scale)
+        if fold:
+            dq, dk, dv = dq[..., :-1], dk[..., :-1], dv[..., :-1]
+        return dq, dk, dv, None, None, None
+
+
+def flash_lse(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    is_causal: bool = False,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact ``(out, lse)`` through SDPA's fused CPU flash kernel (CPU tensors only).
+
+    Parameters
+    ----------
+    q : [B, Hq, N, D]; k : [B, Hkv, M, D]; v : [B, Hkv, M, Dv] (Hq a multiple
+        of Hkv: grouped queries without copying keys); one float dtype.
+    is_causal : causal mask aligned bottom-right (query i sees keys
+        j <= i + M - N); rows that see no key give out 0, lse -inf.
+    mask : additive float mask broadcastable to [B, Hq, N, M] (float32 for
+        half-precision q, else q's dtype), e.g. log importance weights with
+        ``-inf`` for dropped pairs; not differentiated. Rows whose mask is
+        ``-inf`` everywhere give out 0, lse -inf.
+
+    Returns
+    -------
+    out : [B, Hq, N, Dv] in q's dtype; lse : [B, Hq, N] float32 (float64 for
+    float64 q). Both differentiable w.r.t. q, k, v.
+    """
+    N, M = q.shape[2], k.shape[2]
+    if is_causal and N != M:
+        if mask is not None:
+            raise ValueError("flash_lse takes is_causal or a mask with N != M, got both")
+        if N > M:  # the first N - M queries see no key
+            out, lse = flash_lse(q[:, :, N - M:], k, v, scale=scale, is_causal=True)
+            return F.pad(out, (0, 0, N - M, 0)), F.pad(lse, (N - M, 0), value=float("-inf"))
+        # The first M - N keys are seen by every query; the rest is a square causal block.
+        prefix = flash_lse(q, k[:, :, : M - N], v[:, :, : M - N], scale=scale)
+        diag = flash_lse(q, k[:, :, M - N:], v[:, :, M - N:], scale=scale, is_causal=True)
+        out, lse = merge_partials(diag[0].to(diag[1].dtype), diag[1],
+                                  prefix[0].to(diag[1].dtype), prefix[1])
+        return out.to(q.dtype), lse
+    D, Dv = q.shape[-1], v.shape[-1]
+    if D != Dv:  # the kernel needs one head size: zero columns change neither logits nor values
+        width = max(D, Dv)
+        q, k = F.pad(q, (0, width - D)), F.pad(k, (0, width - D))
+        v = F.pad(v, (0, width - Dv))
+    if mask is not None and mask.dtype != q.dtype and q.dtype not in (torch.float16,
+                                                                        torch.bfloat16):
+        mask = mask.to(q.dtype)
+    out, lse = _FlashCPU.apply(q, k, v, mask, scale, is_causal)
+    return out[..., :Dv], lse
+
+
+def flash_applies(q: torch.Tensor) -> bool:
+    """Whether the CPU fast path runs: CPU tensors in float32, bfloat16 or float16.
+
+    float64 keeps the torch reference path (the oracle of the tests).
+    """
+    return q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16, torch.float16)
+
+
 def _flash_with_lse(q, k, v, *, scale, is_causal):
     """CUDA fp16/bf16 fast path through the flash kernel that returns the LSE (no autograd of lse)."""
     Hq, Hkv = q.shape[1], k.shape[1]
@@ -151,11 +270,16 @@ def _use_flash(q, k, v, is_causal) -> bool:
 
 
 def exact_lse(q, k, v, *, scale, is_causal=False, chunk_size=1024):
-    """Exact ``(out, lse)``: the flash kernel for CUDA half-precision inference, else chunked torch.
+    """Exact ``(out, lse)``: SDPA's flash kernel (CPU: :func:`flash_lse`; CUDA half-precision
+    inference), else chunked torch.
 
-    Same contract as :func:`exact_partial`; used wherever a method needs an
-    exact part with its log-sum-exp (causal leaves, short blocks).
+    Same contract as :func:`exact_partial` (out in the accumulation dtype);
+    used wherever a method needs an exact part with its log-sum-exp (causal
+    leaves, short blocks).
     """
+    if flash_applies(q):
+        out, lse = flash_lse(q, k, v, scale=scale, is_causal=is_causal)
+        return out.to(lse.dtype), lse
     if _use_flash(q, k, v, is_causal):
         return _flash_with_lse(q, k, v, scale=scale, is_causal=is_causal)
     return exact_partial(q, k, v, scale=scale, is_causal=is_causal, chunk_size=chunk_size)

@@ -35,5 +35,12 @@ def query_positions(num_queries: int, num_keys: int, groups: int, device) -> tor
 
 
 def gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Rows of x [B, H, R, D] at idx [B, H, S] -> [B, H, S, D] (differentiable in x)."""
-    return torch.gather(x, 2, idx.unsqueeze(-1).expand(*idx.shape, x.shape[-1]))
+    """Rows of x [B, H, R, D] at idx [B, H, S] -> [B, H, S, D] (differentiable in x).
+
+    One ``index_select`` on the flattened rows (several times faster on CPU
+    than ``gather`` with an index expanded over D).
+    """
+    B, H, R, D = x.shape
+    base = torch.arange(B * H, device=idx.device).reshape(B, H, 1) * R
+    rows = x.reshape(B * H * R, D).index_select(0, (idx + base).reshape(-1))
+    return rows.reshape(*idx.shape, D)
