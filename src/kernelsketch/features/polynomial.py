@@ -4,11 +4,11 @@ Both transformers lift ``x -> a(x) = [sqrt(gamma) x, sqrt(coef0)]``, so the kern
 is ``<a(x), a(y)>^degree``; both take dense arrays or scipy sparse matrices
 ``(n_samples, n_features)`` and return float32 for float32 input.
 
-- :class:`PolynomialSketch` (oblivious): the PolySketch degree-2 tree of
-  :mod:`kernelsketch.sketch.tensor` on ``a(x)``; ``E[<S(x), S(y)>] = k(x, y)``, a
-  subspace embedding with ``n_components`` polynomial in ``degree`` (Ahle et al.,
-  SODA 2020, Theorem 1.2), where scikit-learn's ``PolynomialCountSketch``
-  (TensorSketch) degrades exponentially.
+- :class:`PolynomialSketch`: in the principal axes of the training data, the ``k``
+  heaviest monomials of ``a(x)^{⊗degree}`` exactly and a TensorSketch of the rest;
+  ``E[<S(x), S(y)>] = k(x, y)`` for all x, y, with the variance of a TensorSketch of the
+  residual (a few percent of the whole on real data); exact when every monomial fits.
+  ``kind="srht"`` etc.: the oblivious PolySketch tree of Ahle et al. (SODA 2020).
 - :class:`PolynomialLeverageSampler` (data-dependent): ``n_components``
   coordinates of ``a(X)^{⊗degree}`` sampled by approximate ridge leverage
   scores, rescaled so that ``E[Z Z^T] = K`` exactly; with
