@@ -18,8 +18,12 @@ How a call is computed (the same for both routes):
 * decoding with a KV cache (fewer queries than keys): exact attention by
   default (the cost per token is linear anyway), or the method's own
   bottom-right-causal path with ``decode="method"``;
-* padding or other custom masks: honoured by ``exact``; any other method
-  raises ``ValueError`` (a sketch cannot drop arbitrary key/query pairs);
+* padding masks (a batch of sequences of different lengths): each sequence
+  runs through the method alone on its own tokens, unpadded, with the
+  plain causal (or full) pattern over them, so a padded sequence gives what
+  it gives alone; the outputs of padding queries are 0;
+* other custom masks: honoured by ``exact``; any other method raises
+  ``ValueError`` (a sketch cannot drop arbitrary key/query pairs);
 * attention dropout must be 0 (``model.eval()``, or ``attention_dropout=0``).
 
 GQA models pass their ``Hkv`` key/value heads through unchanged
@@ -82,7 +86,7 @@ class LayerPatch:
     def __post_init__(self) -> None:
         spec = get_method(self.method)
         object.__setattr__(self, "config", resolve_config(spec, self.config))
-        check_int("seed", self.seed, min=0)
+        check_int("seed", self.seed, min=0, max=2**63 - 1)  # seed + layer index seeds a Generator
         check_choice("decode", self.decode, ("exact", "method"))
 
 
@@ -132,6 +136,39 @@ def _is_causal_pattern(keep: torch.Tensor, n: int, m: int) -> bool:
     """Whether ``keep`` is the plain causal mask, aligned bottom-right, for every batch row."""
     causal = torch.ones(n, m, dtype=torch.bool, device=keep.device).tril(m - n)
     return bool(torch.all(keep == causal))
+
+
+def _unpadded(keep: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, bool]] | None:
+    """Each batch row's (query indices, key indices, is_causal) when ``keep`` is padding.
+
+    ``keep`` [B, 1 or H, N, M] is a padding mask when, in every row, the
+    tokens (the keys the last query keeps, and the queries at their
+    positions, query i at key position i + M - N) see each other, and
+    nothing else, with the plain causal pattern (bottom-right) or all of
+    them, the same for every head. None otherwise. Queries at padding
+    positions are left out, whatever they keep (their output is 0).
+    """
+    if keep.shape[1] > 1 and not bool(torch.all(keep == keep[:, :1])):
+        return None
+    N, M = keep.shape[-2:]
+    rows = []
+    for row in keep[:, 0]:
+        k_valid = row[-1]  # causal or full: the last query keeps every token
+        q_valid = row.any(1)
+        if M >= N:
+            q_valid = q_valid & k_valid[M - N:]
+        q_idx, k_idx = q_valid.nonzero().flatten(), k_valid.nonzero().flatten()
+        if bool(row[q_idx][:, ~k_valid].any()):
+            return None
+        sub = row[q_idx][:, k_idx]
+        n, m = sub.shape
+        if bool(sub.all()):
+            rows.append((q_idx, k_idx, False))
+        elif _is_causal_pattern(sub, n, m):
+            rows.append((q_idx, k_idx, True))
+        else:
+            return None
+    return rows
 
 
 # ---------------------------------------------------------------------------
@@ -199,23 +236,36 @@ def _layer_attention(
 
     decoding = N != M
     method = "exact" if decoding and patch.decode == "exact" else patch.method
-    if keep is not None:
-        if method != "exact":
-            raise ValueError(
-                f"method {patch.method!r} cannot honour a padding or custom attention mask "
-                f"(got a mask of shape {list(attention_mask.shape)} that is not the plain causal "
-                f"mask); pass unpadded sequences (batch size 1 or equal lengths), or use "
-                f"method='exact' for this layer"
-            )
+    config = patch.config if method == patch.method else None
+    seed = patch.seed + int(getattr(module, "layer_idx", 0) or 0)
+
+    def run(q, k, v, causal):
+        generator = torch.Generator(device=q.device)
+        generator.manual_seed(seed)
+        return attention(q, k, v, method=method, is_causal=causal, scale=scaling, config=config,
+                         generator=generator)
+
+    if keep is None:
+        out = run(query, key, value, bool(is_causal) and N > 1)
+    elif method == "exact":
         out = _exact_with_mask(query, key, value, keep, scaling)
     else:
-        config = patch.config if method == patch.method else None
-        generator = torch.Generator(device=query.device)
-        generator.manual_seed(patch.seed + int(getattr(module, "layer_idx", 0) or 0))
-        out = attention(
-            query, key, value, method=method, is_causal=bool(is_causal) and N > 1,
-            scale=scaling, config=config, generator=generator,
-        )
+        if keep.shape[-2] == 1:  # a 2D padding mask: the layer's own causality applies
+            keep = keep.expand(B, 1, N, M)
+            if is_causal:
+                keep = keep & torch.ones(N, M, dtype=torch.bool, device=keep.device).tril(M - N)
+        rows = _unpadded(keep)
+        if rows is None:
+            raise ValueError(
+                f"method {patch.method!r} cannot honour a custom attention mask (got a mask of "
+                f"shape {list(attention_mask.shape)} that is neither causal nor padding); use "
+                f"method='exact' for this layer"
+            )
+        out = query.new_zeros(*query.shape[:-1], value.shape[-1])
+        for b, (q_idx, k_idx, causal) in enumerate(rows):
+            if len(q_idx):  # one sequence alone on its own tokens
+                out[b, :, q_idx] = run(query[b:b + 1, :, q_idx], key[b:b + 1, :, k_idx],
+                                       value[b:b + 1, :, k_idx], causal and len(q_idx) > 1)[0]
     return out.transpose(1, 2).contiguous(), None
 
 

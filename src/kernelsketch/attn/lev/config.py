@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from ..._checks import check_choice, check_float, check_int
 from ..common.spec import MethodConfig
 
-
 # Largest exponent: the symmetric tensor power K^(⊗p/2) (or its PolySketch tree) grows with p,
 # and |x|^p attention at p = 64 already is a hard maximum (as polysketch's MAX_DEGREE).
 MAX_P = 64

@@ -34,7 +34,6 @@ from ..common.gqa import fold_groups, query_positions, unfold_groups
 from ..common.merge import accumulation_dtype
 from ..common.spec import MethodConfig, MethodSpec
 
-
 # Largest degree: the PolySketch tree of degree p/2 costs p/2 sketches per token, and in
 # float32 (weight ratios within e^±88) degree 64 already resolves |q·k| only within a
 # factor e^±1.4 of a row's largest score: a hard maximum.
