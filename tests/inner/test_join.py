@@ -231,3 +231,43 @@ def test_mixed_methods_raise():
     b = sketch_column([1, 2], [1.0, 2.0], size=30, method="ps")
     with pytest.raises(ValueError, match="method differs"):
         join_statistics(a, b)
+
+
+# ------------------------------------------------------- magnitudes
+@pytest.mark.parametrize("method", ["wmh", "jl", "cs", "mh", "ts", "ps"])
+@pytest.mark.parametrize("scale", [1e-300, 1e-200, 1e200, 1e300])
+def test_correlation_is_scale_free(method, scale, np_rng):
+    # join_correlation raised OverflowError (jl, cs, mh) or returned NaN (wmh, ts, ps) for
+    # scaled values; it rescales each column by a power of two, so the estimate is unchanged
+    ka, x, kb, y = _tables(np_rng)
+    kw = {"size": 300, "method": method, "seed": 2}
+    base = join_correlation(ka, x, kb, y, **kw)
+    assert np.isfinite(base)
+    assert join_correlation(ka, scale * x, kb, y, **kw) == pytest.approx(base, abs=1e-9)
+    assert join_correlation(ka, x, kb, y / scale, **kw) == pytest.approx(base, abs=1e-9)
+
+
+@pytest.mark.parametrize("value", [1e200, 1e-200])
+def test_sums_out_of_float64_range_raise(value):
+    with pytest.raises(ValueError, match="values_a must have magnitudes whose sums of squares"):
+        exact_join_statistics([1, 2], [value, 2 * value], [1], [1.0])
+    with pytest.raises(ValueError, match="values must have magnitudes whose sums of squares"):
+        sketch_column([1, 2], [value, 2 * value], size=30)
+
+
+def test_rows_for_non_countsketch_column_rejected():
+    # sketch_column(method='ts', rows=2) was accepted and rows ignored
+    with pytest.raises(ValueError, match="rows applies to method='cs' only, got rows=2 with 'ts'"):
+        sketch_column([1, 2], [1.0, 2.0], size=30, method="ts", rows=2)
+
+
+def test_size_beyond_memory_bound_rejected():
+    with pytest.raises(ValueError, match=f"size must be <= {2**27}"):
+        sketch_column([1, 2], [1.0, 2.0], size=10**10)
+
+
+def test_column_from_bytes_rejects_undecodable_policy():
+    data = sketch_column([1, 2], [1.0, 2.0], size=30).to_bytes()
+    bad = data[:4] + b"\xff" * 4 + data[8:]
+    with pytest.raises(ValueError, match="duplicates"):
+        ColumnSketch.from_bytes(bad)

@@ -324,3 +324,109 @@ def test_repr_mentions_parameters():
     s = Sketcher("wmh", 11, 1).sketch(np.ones(4))
     assert isinstance(s, WeightedMinHashSketch) and "storage_size=11" in repr(s)
     assert isinstance(Sketcher("ts", 11, 1).sketch(np.ones(4)), ThresholdSketch)
+
+
+# ------------------------------------------------- extreme magnitudes
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("scale", [1e-300, 1e-200, 2.0**-600, 1e200, 2.0**600, 1e300])
+def test_estimates_scale_with_the_vector_at_any_magnitude(method, scale, np_rng):
+    # entries beyond 1e+-154 once over- or underflowed in squares and norms (wmh gave 0.0 for
+    # a * 1e200, ts 0.0 and ps NaN for a * 1e-200); the estimate of <c a, b> is c <a, b>
+    a, b = np_rng.normal(size=300), np_rng.normal(size=300)
+    sk = Sketcher(method, 201, 5)
+    base = sk.sketch(a).inner_product(sk.sketch(b))
+    scaled = sk.sketch(scale * a).inner_product(sk.sketch(b))
+    assert np.isfinite(scaled) and scaled / scale == pytest.approx(base, rel=1e-9)
+    # both vectors scaled down: the product of the scales stays in range
+    both = sk.sketch(scale * a).inner_product(sk.sketch(b / scale))
+    assert both == pytest.approx(base, rel=1e-9)
+
+
+def test_norm_beyond_float64_raises():
+    with pytest.raises(ValueError, match="x must have an l2 norm within the float64 range"):
+        Sketcher("wmh", 21).sketch(np.full(4, 1e308))
+
+
+# -------------------------------------------------------- format v1
+def test_reads_format_version_1():
+    # version 1 stored the sampling scales linearly ("scale", "tau"); version 2 their logs
+    import json
+    import struct
+
+    for method, old, new in (("ts", "scale", "log_scale"), ("ps", "tau", "log_tau")):
+        s = Sketcher(method, 21, 3).sketch(np.arange(1.0, 40.0))
+        data = s.to_bytes()
+        _, _, head_len = struct.unpack_from("<4sHI", data)
+        header = json.loads(data[10 : 10 + head_len])
+        header["scalars"] = {old: float(np.exp(header["scalars"][new]))}
+        head = json.dumps(header).encode()
+        v1 = struct.pack("<4sHI", b"KSIP", 1, len(head)) + head + data[10 + head_len :]
+        back = Sketch.from_bytes(v1)
+        assert back.probabilities() == pytest.approx(s.probabilities(), rel=1e-12)
+
+
+def _with_header(data, edit):
+    import json
+    import struct
+
+    _, version, head_len = struct.unpack_from("<4sHI", data)
+    header = json.loads(data[10 : 10 + head_len])
+    header = edit(header)
+    head = json.dumps(header).encode()
+    return struct.pack("<4sHI", b"KSIP", version, len(head)) + head + data[10 + head_len :]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda h: [h],
+        lambda h: {k: v for k, v in h.items() if k != "arrays"},
+        lambda h: {**h, "arrays": 5},
+        lambda h: {**h, "arrays": [["keys", "zz", 3], ["values", "f8", 3]]},
+        lambda h: {**h, "arrays": [["values", "f8", 3]]},
+        lambda h: {**h, "scalars": []},
+        lambda h: {**h, "scalars": {"tau": 1.0}},
+        lambda h: {**h, "scalars": {"log_tau": [1]}},
+        lambda h: {**h, "size": "x"},
+        lambda h: {**h, "seed": -1},
+        lambda h: {**h, "params": {"rows": 2}},
+        lambda h: {**h, "method": 7},
+    ],
+    ids=["list", "no-arrays", "arrays-int", "bad-dtype", "missing-array", "scalars-list",
+         "wrong-scalar", "scalar-list", "size-str", "seed-negative", "extra-param", "method-int"],
+)
+def test_from_bytes_rejects_corrupt_header_with_value_error(edit):
+    # a corrupted header raised KeyError / AttributeError / TypeError instead of ValueError
+    data = Sketcher("ps", 21, 0).sketch(np.arange(1.0, 30.0)).to_bytes()
+    with pytest.raises(ValueError, match="corrupt sketch header|unknown sketch method"):
+        Sketch.from_bytes(_with_header(data, edit))
+
+
+def test_from_bytes_rejects_inconsistent_countsketch_rows():
+    data = Sketcher("cs", 20, 0, rows=2).sketch(np.ones(5)).to_bytes()
+    bad = _with_header(data, lambda h: {**h, "params": {"rows": 3}})
+    with pytest.raises(ValueError, match="do not fill 3 rows"):
+        Sketch.from_bytes(bad)
+
+
+def test_from_bytes_rejects_truncated_header():
+    data = Sketcher("jl", 4, 0).sketch(np.ones(3)).to_bytes()
+    with pytest.raises(ValueError, match="truncated"):
+        Sketch.from_bytes(data[:14])
+
+
+# ------------------------------------------------------ size limits
+def test_zero_dimensional_vector_rejected():
+    with pytest.raises(ValueError, match=r"x must have 1 dimensions, got shape \[\]"):
+        Sketcher("jl", 5).sketch(np.float64(3.0))
+
+
+def test_size_beyond_memory_bound_rejected_before_allocating():
+    # Sketcher('jl', 10**10) ended in MemoryError
+    with pytest.raises(ValueError, match=f"size must be <= {2**27}, got 10000000000"):
+        Sketcher("jl", 10**10)
+
+
+def test_integer_keys_beyond_64_bits_rejected():
+    with pytest.raises(ValueError, match=r"keys must be integers in \[-2\*\*63, 2\*\*64\)"):
+        Sketcher("jl", 5).sketch(([2**64], [1.0]))

@@ -21,9 +21,9 @@ from kernelsketch.recovery.fourier import (
 GRID = np.linspace(0.0, 1.0, 2001)
 
 
-def _translates(spectrum, rng, n=12, T=1.0):
+def _translates(spectrum, random_state, n=12, T=1.0):
     """A random real signal of the class: Σ a_j k(t - c_j) (finite RKHS norm)."""
-    centres, amps = rng.uniform(0, T, size=n), rng.standard_normal(n)
+    centres, amps = random_state.uniform(0, T, size=n), random_state.standard_normal(n)
     return lambda t: np.real(spectrum.kernel(np.asarray(t)[..., None] - centres)) @ amps
 
 
@@ -49,8 +49,8 @@ def _rel(rec, f, t=GRID):
 
 
 @pytest.mark.parametrize("s", [1.0, 7.5, 120.0])
-def test_universal_density_is_a_probability_density(s, rng):
-    T = float(rng.uniform(0.5, 5.0))
+def test_universal_density_is_a_probability_density(s, random_state):
+    T = float(random_state.uniform(0.5, 5.0))
     delta = min(0.25, 1 / s**2)
     pts = [delta * T, T / 2, T - delta * T]
     mass = quad(lambda t: universal_density(t, T, s), 0, T, points=pts, limit=200)[0]
@@ -61,8 +61,8 @@ def test_universal_density_is_a_probability_density(s, rng):
 def test_sampler_follows_universal_density():
     # Kolmogorov–Smirnov distance between the sampler and the density's CDF.
     T, s = 2.0, 20.0
-    rng = np.random.RandomState(0)
-    t = np.sort(sample_universal(20000, T, s, rng))
+    random_state = np.random.RandomState(0)
+    t = np.sort(sample_universal(20000, T, s, random_state))
     assert t.min() >= 0 and t.max() <= T
     probe = np.linspace(0, T, 41)[1:-1]
     cdf = np.array(
@@ -75,9 +75,9 @@ def test_sampler_follows_universal_density():
     assert np.abs(emp - cdf).max() < 0.02
 
 
-def test_statistical_dimension_of_bandlimited_is_time_bandwidth_product(rng):
+def test_statistical_dimension_of_bandlimited_is_time_bandwidth_product(random_state):
     # s_λ ≈ 2FT plus a term logarithmic in 1/λ (prolate spheroidal eigenvalues).
-    F = float(rng.uniform(3, 6))
+    F = float(random_state.uniform(3, 6))
     s1 = statistical_dimension(Bandlimited(F), 1.0, regularization=1e-6)
     s2 = statistical_dimension(Bandlimited(2 * F), 1.0, regularization=1e-6)
     assert 2 * F < s1 < 2 * F + 12
@@ -87,8 +87,8 @@ def test_statistical_dimension_of_bandlimited_is_time_bandwidth_product(rng):
     assert statistical_dimension(Bandlimited(F), 1.0, regularization=1e-10) > s1
 
 
-def test_statistical_dimension_of_separated_sparse_spectrum_is_its_size(rng):
-    k = int(rng.randint(3, 8))
+def test_statistical_dimension_of_separated_sparse_spectrum_is_its_size(random_state):
+    k = int(random_state.randint(3, 8))
     freqs = 3.0 * np.arange(k) - 3.0 * (k // 2)
     s = statistical_dimension(SparseFrequencies(freqs), 1.0, regularization=1e-8)
     assert abs(s - k) < 1e-3
@@ -109,32 +109,32 @@ def test_default_sample_count_scales_like_s_log_s():
 # --- reconstruction ------------------------------------------------------------------------
 
 
-def test_bandlimited_recovered_to_noise_level_with_default_samples(rng):
+def test_bandlimited_recovered_to_noise_level_with_default_samples(random_state):
     # Samples ∝ s_λ log s_λ recover the signal to the noise level, for growing bandwidth.
     sigma = 1e-3
     for F in (3.0, 8.0):
         spec = Bandlimited(F)
-        f = _translates(spec, rng)
+        f = _translates(spec, random_state)
         scale = np.sqrt(np.mean(f(GRID) ** 2))
         noise = sigma * scale
 
         def noisy(t, f=f, noise=noise):
-            return f(t) + noise * rng.standard_normal(t.shape)
+            return f(t) + noise * random_state.standard_normal(t.shape)
 
-        rec = reconstruct_signal(noisy, 1.0, spec, regularization=sigma**2, random_state=rng)
+        rec = reconstruct_signal(noisy, 1.0, spec, regularization=sigma**2, random_state=random_state)
         assert len(rec.times) == default_signal_samples(rec.statistical_dimension)
         assert _rel(rec, f) < 5 * sigma
 
 
 def test_error_falls_with_samples():
     spec = Bandlimited(4.0)
-    rng = np.random.RandomState(1)
-    f = _translates(spec, rng)
+    random_state = np.random.RandomState(1)
+    f = _translates(spec, random_state)
     s = statistical_dimension(spec, 1.0, regularization=1e-10)
     errs = [
         np.median(
             [
-                _rel(reconstruct_signal(f, 1.0, spec, m, regularization=1e-10, random_state=rng), f)
+                _rel(reconstruct_signal(f, 1.0, spec, m, regularization=1e-10, random_state=random_state), f)
                 for _ in range(3)
             ]
         )
@@ -143,35 +143,35 @@ def test_error_falls_with_samples():
     assert errs[0] > 10 * errs[1] and errs[1] > errs[2] and errs[2] < 1e-3
 
 
-def test_multiband_real_signal(rng):
+def test_multiband_real_signal(random_state):
     spec = Multiband([(-14.0, -11.0), (11.0, 14.0)])
-    freqs, phases = rng.uniform(11, 14, size=6), rng.uniform(0, 2 * np.pi, size=6)
-    amps = rng.standard_normal(6)
+    freqs, phases = random_state.uniform(11, 14, size=6), random_state.uniform(0, 2 * np.pi, size=6)
+    amps = random_state.standard_normal(6)
 
     def f(t):
         return np.cos(2 * np.pi * freqs * np.asarray(t)[..., None] + phases) @ amps
 
-    rec = reconstruct_signal(f, 1.0, spec, regularization=1e-10, random_state=rng)
+    rec = reconstruct_signal(f, 1.0, spec, regularization=1e-10, random_state=random_state)
     out = rec(GRID)
     assert np.isrealobj(out)
     assert _rel(rec, f) < 1e-3
     # far fewer samples than the statistical dimension cannot work
     few = reconstruct_signal(
-        f, 1.0, spec, int(rec.statistical_dimension / 3), regularization=1e-10, random_state=rng
+        f, 1.0, spec, int(rec.statistical_dimension / 3), regularization=1e-10, random_state=random_state
     )
     assert _rel(few, f) > 0.1
 
 
-def test_sparse_clustered_frequencies_complex_signal(rng):
+def test_sparse_clustered_frequencies_complex_signal(random_state):
     # Frequencies closer than 1/T: the class is ill-conditioned (polynomial-like).
-    freqs = np.sort(rng.uniform(-2.0, 2.0, size=6))
-    coef = rng.standard_normal(6) + 1j * rng.standard_normal(6)
+    freqs = np.sort(random_state.uniform(-2.0, 2.0, size=6))
+    coef = random_state.standard_normal(6) + 1j * random_state.standard_normal(6)
 
     def f(t):
         return np.exp(2j * np.pi * np.asarray(t)[..., None] * freqs) @ coef
 
     rec = reconstruct_signal(
-        f, 1.0, SparseFrequencies(freqs), regularization=1e-12, random_state=rng
+        f, 1.0, SparseFrequencies(freqs), regularization=1e-12, random_state=random_state
     )
     assert np.iscomplexobj(rec(GRID))
     assert _rel(rec, f) < 1e-3
@@ -180,32 +180,32 @@ def test_sparse_clustered_frequencies_complex_signal(rng):
 @pytest.mark.parametrize(
     "spec,reg", [(GaussianSpectrum(0.08), 1e-8), (MaternSpectrum(2.5, 0.3), 1e-5)]
 )
-def test_gp_kriging(spec, reg, rng):
-    f = _translates(spec, rng)
-    rec = reconstruct_signal(f, 1.0, spec, regularization=reg, random_state=rng)
+def test_gp_kriging(spec, reg, random_state):
+    f = _translates(spec, random_state)
+    rec = reconstruct_signal(f, 1.0, spec, regularization=reg, random_state=random_state)
     assert _rel(rec, f) < 1e-2
 
 
-def test_uniform_sampling_is_gp_posterior_mean(rng):
+def test_uniform_sampling_is_gp_posterior_mean(random_state):
     # With uniform samples the weights are 1/m, and the weighted ridge regression is the
     # kriging / GP posterior mean k(t, S)(K + m λ k(0) I)^{-1} y.
     spec, reg, m = GaussianSpectrum(0.1), 1e-4, 40
-    f = _translates(spec, rng)
+    f = _translates(spec, random_state)
     rec = reconstruct_signal(
-        f, 1.0, spec, m, regularization=reg, sampling="uniform", random_state=rng
+        f, 1.0, spec, m, regularization=reg, sampling="uniform", random_state=random_state
     )
     K = spec.kernel(rec.times[:, None] - rec.times[None, :])
     alpha = np.linalg.solve(K + m * reg * np.eye(m), f(rec.times))
     np.testing.assert_allclose(rec(GRID), spec.kernel(GRID[:, None] - rec.times) @ alpha, atol=1e-8)
 
 
-def test_power_spectrum_matches_closed_form_kernel(rng):
+def test_power_spectrum_matches_closed_form_kernel(random_state):
     F = 2.0
     user = PowerSpectrum(lambda xi: np.ones_like(xi), (-F, F))
-    tau = rng.uniform(-2, 2, size=50)
+    tau = random_state.uniform(-2, 2, size=50)
     np.testing.assert_allclose(user.kernel(tau), Bandlimited(F).kernel(tau), atol=1e-10)
-    f = _translates(Bandlimited(F), rng)
-    rec = reconstruct_signal(f, 1.0, user, regularization=1e-8, random_state=rng)
+    f = _translates(Bandlimited(F), random_state)
+    rec = reconstruct_signal(f, 1.0, user, regularization=1e-8, random_state=random_state)
     assert _rel(rec, f) < 1e-3
 
 
@@ -244,7 +244,7 @@ def test_mixture_keeps_uniform_efficiency_for_bandlimited_signals():
     # universal density (which spends a log factor at the ends) needs more samples
     # than uniform; the half/half mixture stays within 2x of uniform. Seeded.
     spec, reg = Bandlimited(10.0), 1e-8
-    rng = np.random.RandomState(3)
+    random_state = np.random.RandomState(3)
     s = statistical_dimension(spec, 1.0, regularization=reg)
     m = int(3 * s)
 
@@ -253,11 +253,11 @@ def test_mixture_keeps_uniform_efficiency_for_bandlimited_signals():
             [
                 _rel(
                     reconstruct_signal(
-                        f, 1.0, spec, m, regularization=reg, sampling=sampling, random_state=rng
+                        f, 1.0, spec, m, regularization=reg, sampling=sampling, random_state=random_state
                     ),
                     f,
                 )
-                for f in [_translates(spec, rng) for _ in range(5)]
+                for f in [_translates(spec, random_state) for _ in range(5)]
             ]
         )
 
@@ -270,11 +270,11 @@ def test_importance_weights_are_unbiased(sampling):
     # Σ_j v_j g(t_j) is unbiased for (1/T) ∫_0^T g; check with g = 1 and g = t / T
     # (6-sigma bound over independent draws, seeded).
     T = 3.0
-    rng = np.random.RandomState(5)
+    random_state = np.random.RandomState(5)
     sums = []
     for _ in range(200):
         rec = reconstruct_signal(
-            np.cos, T, Bandlimited(1.0), 40, sampling=sampling, random_state=rng
+            np.cos, T, Bandlimited(1.0), 40, sampling=sampling, random_state=random_state
         )
         sums.append([rec.weights.sum(), rec.weights @ rec.times / T])
     sums = np.array(sums)
@@ -387,3 +387,115 @@ def test_error_random_state_generator(np_rng):
         reconstruct_signal(np.cos, 1.0, Bandlimited(1.0), 10, random_state=np_rng)
     with pytest.raises(TypeError, match="random_state must be None, an int or"):
         sample_universal(5, 1.0, 4.0, random_state=0.5)
+
+
+# --- extreme parameters ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nu", [0.5, 2.5, 30.0, 49.0, 60.0, 170.0, 171.0, 1e3, 1e6, 1e12, 1e300])
+def test_matern_kernel_finite_for_any_smoothness(nu):
+    # MaternSpectrum(1e6, 1.0).kernel returned NaN (Γ(ν) and r^ν overflow); it is finite in
+    # [0, 1], 1 at 0, decreasing in |τ|, and tends to the Gaussian exp(-τ²/(2ℓ²)) as ν grows
+    tau = np.array([0.0, 1e-300, 1e-120, 1e-8, 0.1, 1.0, 3.0, 1e3, 1e10, 1e200, -1.0])
+    k = MaternSpectrum(nu, 1.0).kernel(tau)
+    assert np.all(np.isfinite(k)) and np.all((k >= 0) & (k <= 1))
+    assert k[0] == 1.0 and k[1] == pytest.approx(1.0, abs=1e-12) and k[-1] == k[5]
+    assert np.all(np.diff(k[:-1]) <= 0) and k[-3] == k[-2] == 0.0
+    if nu >= 1e6:
+        np.testing.assert_allclose(k[:-1], np.exp(-tau[:-1] ** 2 / 2), rtol=1e-5, atol=1e-300)
+
+
+@pytest.mark.parametrize("nu", [0.5, 1.5, 2.5, 10.0, 45.0])
+def test_matern_kernel_matches_closed_forms(nu):
+    # half-integer closed forms; between, scipy's K_ν where it does not overflow
+    from scipy.special import gamma, kv
+
+    tau = np.linspace(0.01, 4.0, 50)
+    r = np.sqrt(2 * nu) * tau
+    want = {
+        0.5: np.exp(-r),
+        1.5: (1 + r) * np.exp(-r),
+        2.5: (1 + r + r**2 / 3) * np.exp(-r),
+    }.get(nu, 2 ** (1 - nu) / gamma(nu) * r**nu * kv(nu, r))
+    np.testing.assert_allclose(MaternSpectrum(nu, 1.0).kernel(tau), want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("nu", [50.5, 60.0, 100.0, 150.0])
+def test_matern_debye_branch_matches_scipy(nu):
+    # above ν = 50 the Debye expansion replaces K_ν where the closed form overflows; where
+    # both are finite they agree to 1e-10 (measured 5.8e-11 at ν = 50.5)
+    from scipy.special import gamma, kv
+
+    from kernelsketch.recovery.fourier import _debye_matern
+
+    tau = np.array([1e-3, 0.1, 0.5, 1.0, 2.0, 5.0])
+    r = np.sqrt(2 * nu) * tau
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = 2 ** (1 - nu) / gamma(nu) * r**nu * kv(nu, r)
+    ok = np.isfinite(want)
+    np.testing.assert_allclose(_debye_matern(nu, 2 * tau[ok] ** 2), want[ok], rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "T,s,match",
+    [(-1.0, 4.0, "T must be > 0.0"), (np.nan, 4.0, "T must be finite"),
+     (1.0, -4.0, "s must be > 0.0"), (1.0, np.inf, "s must be finite")],
+)
+def test_sample_universal_rejects_bad_lengths(T, s, match):
+    # negative and NaN lengths were accepted and gave negative or NaN times
+    with pytest.raises(ValueError, match=match):
+        sample_universal(3, T, s, random_state=0)
+
+
+def test_sample_universal_rejects_too_many_draws():
+    with pytest.raises(ValueError, match=f"n must be <= {2**27}"):
+        sample_universal(10**12, 1.0, 4.0, random_state=0)
+
+
+def test_power_spectrum_refuses_unaffordable_quadrature_before_allocating():
+    # PowerSpectrum(..., (-1e4, 1e4)) asked for 27 GiB (leggauss on 60024 nodes)
+    spec = PowerSpectrum(np.ones_like, (-1e4, 1e4))
+    with pytest.raises(ValueError, match=r"tau must satisfy \(hi - lo\) \* max\|tau\| <= 1357"):
+        spec.kernel(np.array([0.0, 1.0]))
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="narrow the support"):
+        statistical_dimension(spec, 1.0)
+
+
+def test_power_spectrum_kernel_is_chunked_and_exact(random_state):
+    # evaluation in blocks gives the unblocked values
+    user = PowerSpectrum(lambda xi: np.exp(-(xi**2)), (-3.0, 3.0))
+    tau = random_state.uniform(-2, 2, size=(7, 300))
+    x, w = np.polynomial.legendre.leggauss(24 + int(3 * 6.0 * np.abs(tau).max()))
+    xi, w = 3.0 * x, 3.0 * w * np.exp(-((3.0 * x) ** 2))
+    want = np.real(np.exp(2j * np.pi * tau[..., None] * xi) @ (w / w.sum()))
+    np.testing.assert_allclose(user.kernel(tau), want, atol=1e-12)
+
+
+@pytest.mark.parametrize("support", [(1.0,), (1.0, 2.0, 3.0), ("a", "b"), 5.0])
+def test_power_spectrum_support_must_be_a_pair(support):
+    with pytest.raises(ValueError, match="support must be a pair"):
+        PowerSpectrum(np.ones_like, support)
+
+
+def test_power_spectrum_density_zero_everywhere_rejected():
+    with pytest.raises(ValueError, match="density must be positive somewhere"):
+        PowerSpectrum(np.zeros_like, (-1.0, 1.0)).kernel(np.zeros(2))
+
+
+def test_sample_count_bounds():
+    with pytest.raises(ValueError, match=f"n_samples must be <= {2**14}"):
+        reconstruct_signal(np.cos, 1.0, Bandlimited(1.0), 10**6)
+    with pytest.raises(ValueError, match=f"n_nodes must be <= {2**13}"):
+        statistical_dimension(Bandlimited(1.0), 1.0, n_nodes=10**6)
+    with pytest.raises(ValueError, match="s must be >= 0.0"):
+        default_signal_samples(-1.0)
+    with pytest.raises(ValueError, match="s must be finite"):
+        default_signal_samples(float("nan"))
+
+
+def test_reconstruction_evaluates_in_blocks(monkeypatch):
+    rec = reconstruct_signal(np.cos, 1.0, Bandlimited(2.0), 40, random_state=0)
+    t = np.linspace(0, 1, 1001)
+    whole = rec(t)
+    monkeypatch.setattr(fourier, "_CHUNK_ELEMENTS", 100)
+    np.testing.assert_allclose(rec(t.reshape(7, 143)), whole.reshape(7, 143), rtol=1e-13)

@@ -10,10 +10,10 @@ from kernelsketch.features.gegenbauer import (
 from kernelsketch.recovery import SphericalExpansion, default_spherical_samples, recover_spherical
 
 
-def _random_expansion(d, q, rng, terms=3):
+def _random_expansion(d, q, random_state, terms=3):
     """A random element of H_{<=q}: per degree ℓ, a sum of zonal harmonics P_ℓ(<x, z>)."""
-    centers = [uniform_sphere(terms, d, rng) for _ in range(q + 1)]
-    weights = [rng.standard_normal(terms) for _ in range(q + 1)]
+    centers = [uniform_sphere(terms, d, random_state) for _ in range(q + 1)]
+    weights = [random_state.standard_normal(terms) for _ in range(q + 1)]
 
     def parts(X):
         return np.stack(
@@ -29,11 +29,11 @@ def _rel(a, b):
 
 
 @pytest.mark.parametrize("d,q", [(2, 7), (3, 5), (5, 3)])
-def test_exact_recovery_with_default_samples(d, q, rng):
-    parts, f = _random_expansion(d, q, rng)
-    g = recover_spherical(f, d, q, random_state=rng)
+def test_exact_recovery_with_default_samples(d, q, random_state):
+    parts, f = _random_expansion(d, q, random_state)
+    g = recover_spherical(f, d, q, random_state=random_state)
     assert len(g.nodes) == default_spherical_samples(d, q)
-    X = uniform_sphere(300, d, rng)
+    X = uniform_sphere(300, d, random_state)
     assert _rel(g(X), f(X)) < 1e-9
     np.testing.assert_allclose(g.components(X), parts(X), atol=1e-8 * np.abs(parts(X)).max())
 
@@ -45,13 +45,13 @@ def test_default_sample_count_is_dimension_times_log():
         assert beta * np.log(beta) <= s <= beta * np.log(beta) + 2 * beta
 
 
-def test_far_fewer_samples_fail(rng):
+def test_far_fewer_samples_fail(random_state):
     d, q = 3, 6
-    _, f = _random_expansion(d, q, rng)
+    _, f = _random_expansion(d, q, random_state)
     beta = harmonic_space_dimension(q, d)
     with pytest.warns(UserWarning, match="underdetermined"):
-        g = recover_spherical(f, d, q, n_samples=beta // 3, random_state=rng)
-    X = uniform_sphere(300, d, rng)
+        g = recover_spherical(f, d, q, n_samples=beta // 3, random_state=random_state)
+    X = uniform_sphere(300, d, random_state)
     assert _rel(g(X), f(X)) > 0.3
 
 
@@ -61,18 +61,18 @@ def test_near_best_approximation_of_smooth_function():
     # factor of that best error, and the error falls as q grows. The ratio is random
     # (heavier-tailed for tiny β), so the seed is fixed to make the test deterministic.
     d, kappa = 3, 2.0
-    rng = np.random.RandomState(2024)
-    v = uniform_sphere(1, d, rng)[0]
+    random_state = np.random.RandomState(2024)
+    v = uniform_sphere(1, d, random_state)[0]
 
     def f(X):
         return np.exp(kappa * X @ v)
 
-    X = uniform_sphere(2000, d, rng)
+    X = uniform_sphere(2000, d, random_state)
     errs = []
     for q in (2, 4, 6):
         c = gegenbauer_coefficients(lambda t: np.exp(kappa * t), q, d)
         best = gegenbauer(X @ v, q, d) @ c
-        g = recover_spherical(f, d, q, random_state=rng)
+        g = recover_spherical(f, d, q, random_state=random_state)
         err, best_err = np.sqrt(np.mean((g(X) - f(X)) ** 2)), np.sqrt(np.mean((best - f(X)) ** 2))
         assert err < 3 * best_err, (q, err / best_err)
         errs.append(err)
@@ -84,14 +84,14 @@ def test_noise_robustness_improves_with_samples():
     # s = β samples (no oversampling) the system is ill-conditioned. Seed fixed:
     # the comparison is statistical.
     d, q, sigma = 3, 5, 0.05
-    rng = np.random.RandomState(7)
-    _, f = _random_expansion(d, q, rng)
+    random_state = np.random.RandomState(7)
+    _, f = _random_expansion(d, q, random_state)
     beta = harmonic_space_dimension(q, d)
-    X = uniform_sphere(1000, d, rng)
+    X = uniform_sphere(1000, d, random_state)
 
     def rms_error(n):
         g = recover_spherical(
-            lambda W: f(W) + sigma * rng.standard_normal(len(W)), d, q, n, random_state=rng
+            lambda W: f(W) + sigma * random_state.standard_normal(len(W)), d, q, n, random_state=random_state
         )
         return np.sqrt(np.mean((g(X) - f(X)) ** 2))
 
@@ -104,10 +104,10 @@ def test_noise_robustness_improves_with_samples():
     assert err_4x < err_default < err_min
 
 
-def test_regularization_shrinks_towards_zero(rng):
+def test_regularization_shrinks_towards_zero(random_state):
     d, q = 3, 3
-    _, f = _random_expansion(d, q, rng)
-    X = uniform_sphere(200, d, rng)
+    _, f = _random_expansion(d, q, random_state)
+    X = uniform_sphere(200, d, random_state)
     exact = recover_spherical(f, d, q, random_state=0)
     ridge = recover_spherical(f, d, q, regularization=10.0, random_state=0)
     assert _rel(exact(X), f(X)) < 1e-9
@@ -178,16 +178,16 @@ def test_error_f_returns_nan():
         recover_spherical(lambda X: np.full(len(X), np.nan), 3, 2)
 
 
-def test_error_evaluate_off_sphere(rng):
+def test_error_evaluate_off_sphere(random_state):
     g = recover_spherical(lambda X: X[:, 0], 3, 1, random_state=0)
     with pytest.raises(ValueError, match="X must have unit-norm rows"):
-        g(2 * uniform_sphere(4, 3, rng))
+        g(2 * uniform_sphere(4, 3, random_state))
 
 
-def test_error_evaluate_wrong_dimension(rng):
+def test_error_evaluate_wrong_dimension(random_state):
     g = recover_spherical(lambda X: X[:, 0], 3, 1, random_state=0)
     with pytest.raises(ValueError, match=r"X must have shape \(n, 3\), got shape \(4, 2\)"):
-        g(uniform_sphere(4, 2, rng))
+        g(uniform_sphere(4, 2, random_state))
 
 
 def test_error_random_state_generator():
@@ -199,3 +199,35 @@ def test_error_random_state_generator():
 def test_error_random_state_negative():
     with pytest.raises(ValueError, match=r"random_state must be in \[0, 2\*\*32 - 1\]"):
         recover_spherical(lambda X: X[:, 0], 3, 1, random_state=-1)
+
+
+def test_error_f_returns_complex():
+    # a complex f lost its imaginary part silently
+    with pytest.raises(TypeError, match="f must return real numbers .*got dtype complex128"):
+        recover_spherical(lambda X: X[:, 0] * (1 + 1j), 3, 1, random_state=0)
+
+
+def test_error_sample_count_beyond_memory_bound():
+    # the default count of a huge harmonic space (d=1000, degree 10: ~1.6e25) is refused
+    # before anything is allocated, as is a table of n_samples² (degree + 1) entries > 2**27
+    with pytest.raises(ValueError, match=f"n_samples must be <= {2**14}"):
+        recover_spherical(np.cos, 1000, 10)
+    with pytest.raises(ValueError, match=r"n_samples\*\*2 \* \(degree \+ 1\) <= 134217728"):
+        recover_spherical(lambda X: X[:, 0], 3, 10**4, n_samples=200, random_state=0)
+
+
+def test_error_default_samples_bad_arguments():
+    with pytest.raises(ValueError, match="d must be >= 2, got 1"):
+        default_spherical_samples(1, 2)
+    with pytest.raises(TypeError, match="degree must be an int"):
+        default_spherical_samples(3, 2.5)
+
+
+def test_components_evaluated_in_blocks(monkeypatch, random_state):
+    from kernelsketch.recovery import spherical
+
+    g = recover_spherical(lambda X: X[:, 0] * X[:, 1], 3, 2, random_state=random_state)
+    X = uniform_sphere(300, 3, random_state)
+    whole = g.components(X)
+    monkeypatch.setattr(spherical, "MAX_TABLE", 1000)
+    np.testing.assert_allclose(g.components(X), whole, rtol=1e-12, atol=1e-14)

@@ -49,6 +49,16 @@ def test_full_uint64_range_keys():
     h = hash_keys(big, 1)
     assert h.dtype == np.uint64 and h[0] != h[1]
     np.testing.assert_array_equal(hash_keys([2**64 - 1, 2**63], 1), h)
+    # two's-complement patterns: -1 is 2**64 - 1, also in a list mixing signs (numpy would
+    # make [-1, 2**63] a float64 array)
+    np.testing.assert_array_equal(hash_keys([-1, 2**63], 1), h)
+
+
+@pytest.mark.parametrize("key", [2**64, -(2**63) - 1, 10**30])
+def test_integer_keys_beyond_64_bits_rejected(key):
+    # keys of 2**64 overflowed with an OverflowError from numpy
+    with pytest.raises(ValueError, match=r"keys must be integers in \[-2\*\*63, 2\*\*64\)"):
+        hash_keys([1, key], 0)
 
 
 def test_string_hash_independent_of_array_width():

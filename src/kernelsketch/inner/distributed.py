@@ -16,10 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from kernelsketch._checks import check_choice, check_int
 from kernelsketch.distributed.dask import tree_reduce
-from kernelsketch.inner.join import ColumnSketch, keyed_vectors, sketch_keyed_vectors
-from kernelsketch.inner.sketcher import METHODS
+from kernelsketch.inner.base import l2_norm
+from kernelsketch.inner.join import (
+    ColumnSketch,
+    check_options,
+    keyed_vectors,
+    sketch_keyed_vectors,
+)
 
 __all__ = ["sketch_table"]
 
@@ -35,13 +39,13 @@ def _vectors(part: Any, key: str, column: str, seed: int, duplicates: str, nan: 
     )
 
 
-def _squared_norms(
+def _norms(
     part: Any, key: str, columns: Sequence[str], seed: int, duplicates: str, nan: str
 ) -> np.ndarray:
     out = np.zeros((len(columns), 3))
     for i, col in enumerate(columns):
         _, *vecs = _vectors(part, key, col, seed, duplicates, nan)
-        out[i] = [float(v @ v) for v in vecs]
+        out[i] = [l2_norm(v) for v in vecs]
     return out
 
 
@@ -110,17 +114,17 @@ def sketch_table(
     for name in [key, *columns]:
         if name not in frame.columns:
             raise ValueError(f"frame has no column {name!r}; its columns are {list(frame.columns)}")
-    check_choice("method", method, METHODS)
-    check_int("size", size, min=15)
+    check_options(method, size, rows)
     keyed_vectors([0], [0.0], seed=seed, duplicates=duplicates, nan=nan)  # validate early
     options = {"size": size, "method": method, "seed": seed, "duplicates": duplicates, "rows": rows}
 
     # one key per partition; persisted so the two passes below shuffle once
     parts = frame[[key, *columns]].shuffle(on=key).persist().to_delayed()
-    partial_norms = [
-        dask.delayed(_squared_norms)(p, key, columns, seed, duplicates, nan) for p in parts
-    ]
-    norms = np.sqrt(np.sum(dask.compute(*partial_norms), axis=0))  # [columns, 3]
+    partial_norms = [dask.delayed(_norms)(p, key, columns, seed, duplicates, nan) for p in parts]
+    per_part = np.stack(dask.compute(*partial_norms))  # [parts, columns, 3]
+    norms = np.array(  # the whole column's norms: the l2 norm of the parts' norms
+        [[l2_norm(per_part[:, i, j]) for j in range(3)] for i in range(len(columns))]
+    )
     level = [dask.delayed(_partial_sketches)(p, key, columns, options, nan, norms) for p in parts]
     (merged,) = dask.compute(tree_reduce(level, _merge_lists))  # pairwise tree merge
     return dict(zip(columns, merged))

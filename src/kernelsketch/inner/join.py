@@ -27,7 +27,7 @@ import numpy as np
 from kernelsketch._checks import check_choice, check_int
 from kernelsketch.inner.base import Sketch
 from kernelsketch.inner.joint import joint_sample
-from kernelsketch.inner.sketcher import METHODS, Sketcher
+from kernelsketch.inner.sketcher import MAX_SIZE, METHODS, Sketcher
 from kernelsketch.sketch.hashing import hash_keys
 
 __all__ = [
@@ -46,6 +46,10 @@ __all__ = [
 DUPLICATES = ("join", "mean", "sum")
 NAN_POLICIES = ("raise", "drop")
 _LEN = struct.Struct("<I")
+# Sums of squares of values beyond 2**511 overflow float64, and squares of a column whose
+# values are all below 2**-511 underflow; join_correlation rescales columns into range.
+_MAX_ABS = 2.0**511
+_MIN_ABS = 2.0**-511
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,7 @@ class JoinStatistics:
         var_b = n * self.sum_sq_b - self.sum_b**2
         if n <= 0 or var_a <= 0 or var_b <= 0:
             return math.nan
-        r = (n * self.sum_ab - self.sum_a * self.sum_b) / math.sqrt(var_a * var_b)
+        r = (n * self.sum_ab - self.sum_a * self.sum_b) / (math.sqrt(var_a) * math.sqrt(var_b))
         return float(min(1.0, max(-1.0, r)))
 
 
@@ -141,7 +145,11 @@ class ColumnSketch:
             offset += n
         if len(parts) not in (2, 4) or offset != len(data):
             raise ValueError(f"data must hold 2 or 4 length-prefixed parts, found {len(parts)}")
-        duplicates = check_choice("duplicates", parts[0].decode(), DUPLICATES)
+        try:
+            policy = parts[0].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"data has an undecodable duplicates policy {parts[0][:20]!r}") from None
+        duplicates = check_choice("duplicates", policy, DUPLICATES)
         return ColumnSketch(tuple(Sketch.from_bytes(p) for p in parts[1:]), duplicates)
 
 
@@ -166,7 +174,23 @@ def _values(name: str, values: Any, n: int) -> np.ndarray:
         raise ValueError(f"{name} must have one value per key ({n} keys), got {arr.size}")
     if np.isinf(arr).any():
         raise ValueError(f"{name} must be finite or NaN, found infinite values")
+    top = float(np.nanmax(np.abs(arr))) if arr.size and not np.isnan(arr).all() else 0.0
+    if top > _MAX_ABS / math.sqrt(max(n, 1)) or 0.0 < top < _MIN_ABS:
+        raise ValueError(
+            f"{name} must have magnitudes whose sums of squares fit float64 (largest below "
+            f"{_MAX_ABS / math.sqrt(max(n, 1)):.3g} for {n} rows and above {_MIN_ABS:.3g}), got "
+            f"a largest magnitude of {top:.3g}; join_correlation rescales its columns itself"
+        )
     return arr
+
+
+def check_options(method: str, size: int, rows: int) -> None:
+    """Validate the sketch options shared by the column sketches."""
+    check_choice("method", method, METHODS)
+    check_int("size", size, min=15, max=MAX_SIZE)
+    check_int("rows", rows, min=1)
+    if method != "cs" and rows != 1:
+        raise ValueError(f"rows applies to method='cs' only, got rows={rows} with {method!r}")
 
 
 def keyed_vectors(
@@ -238,7 +262,7 @@ def sketch_column(
     keys, values : array_like [n]
         The join key and the numeric column (see :func:`keyed_vectors`).
     size : int
-        Storage budget in 64-bit words (>= 15). ``"ts"`` / ``"ps"``: one joint
+        Storage budget in 64-bit words (15 to ``MAX_SIZE``). ``"ts"`` / ``"ps"``: one joint
         sample of the keys (:mod:`.joint`): 4 scalars plus 2 words per sampled
         key (4 with ``duplicates="join"``). Other methods: three sketches of
         ``size // 3`` words (see :class:`~kernelsketch.inner.Sketcher`).
@@ -254,8 +278,7 @@ def sketch_column(
     -------
     ColumnSketch
     """
-    check_choice("method", method, METHODS)
-    check_int("size", size, min=15)
+    check_options(method, size, rows)
     vectors = keyed_vectors(keys, values, seed=seed, duplicates=duplicates, nan=nan)
     return sketch_keyed_vectors(
         vectors, size=size, method=method, seed=seed, duplicates=duplicates, rows=rows
@@ -403,11 +426,12 @@ def join_correlation(
     --------
     >>> r = join_correlation(dates_a, price, dates_b, volume, size=600, method="ps")
     """
+    # correlation is invariant to scaling a column: bring each into range exactly
     return estimate_join(
         keys_a,
-        values_a,
+        _power_of_two_rescaled(values_a),
         keys_b,
-        values_b,
+        _power_of_two_rescaled(values_b),
         size=size,
         method=method,
         seed=seed,
@@ -415,6 +439,20 @@ def join_correlation(
         nan=nan,
         rows=rows,
     ).correlation
+
+
+def _power_of_two_rescaled(values: Any) -> Any:
+    """Real values scaled by a power of two (exactly) so the largest magnitude is in [1/2, 1);
+    anything else is returned as is, for :func:`keyed_vectors` to reject."""
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "iuf" or arr.ndim != 1 or arr.size == 0:
+        return values
+    arr = arr.astype(np.float64)
+    magnitudes = np.abs(arr[np.isfinite(arr)])
+    top = float(magnitudes.max()) if magnitudes.size else 0.0
+    if top == 0.0:
+        return arr
+    return np.ldexp(arr, -int(np.frexp(top)[1]))
 
 
 def join_size(
@@ -431,6 +469,7 @@ def join_size(
     ``size`` words go to one sketch of each side's per-key count vector; the
     estimate is ``<c_A, c_B>``.
     """
+    check_choice("method", method, METHODS)
     sketcher = Sketcher(method, size, seed, rows=rows)
     sketches = []
     for keys in (keys_a, keys_b):

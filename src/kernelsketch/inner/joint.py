@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernelsketch.inner.base import Sketch
+from kernelsketch.inner.base import Sketch, l2_norm
 from kernelsketch.inner.sampling import (
     adaptive_scale,
+    inclusion_probabilities,
     priority_merge,
     priority_select,
     threshold_keep,
 )
 
-_SCALARS = ("scale", "norm_count", "norm_total", "norm_squares")
+# log_scale: log of the threshold scale ("ts") or of tau ("ps"); the three vectors' norms
+_SCALARS = ("log_scale", "norm_count", "norm_total", "norm_squares")
 
 
 class JointSampleSketch(Sketch):
@@ -35,6 +37,16 @@ class JointSampleSketch(Sketch):
 
     _array_names = ("keys", "values")
     _scalar_names = _SCALARS
+    _param_names = ("duplicates",)
+
+    @classmethod
+    def _defect(cls, params, arrays):
+        width = 3 if params.get("duplicates") == "join" else 1
+        if params.get("duplicates") not in ("join", "mean", "sum"):
+            return f"duplicates must be 'join', 'mean' or 'sum', got {params.get('duplicates')!r}"
+        if arrays["values"].size != width * arrays["keys"].size:
+            return f"values must hold {width} number(s) per sampled key"
+        return super()._defect(params, arrays)
 
     @property
     def keys(self) -> np.ndarray:
@@ -61,7 +73,7 @@ class JointSampleSketch(Sketch):
 
     def probabilities(self) -> np.ndarray:
         """Inclusion probability ``min(1, scale * w_i)`` of each sampled key, [k]."""
-        return np.minimum(1.0, self._scalars["scale"] * self.weights())
+        return inclusion_probabilities(self._scalars["log_scale"], _log(self.weights()))
 
     @property
     def storage_size(self) -> int:
@@ -116,7 +128,7 @@ class JointThresholdSketch(JointSampleSketch):
 
     def _merge(self, other: Sketch) -> Sketch:
         self._same_norms(other)
-        if self._scalars["scale"] != other._scalars["scale"]:
+        if self._scalars["log_scale"] != other._scalars["log_scale"]:
             raise ValueError(
                 "other must be sketched with the same scale to merge column threshold samples; "
                 "sketch key-disjoint parts with the whole column's norms"
@@ -134,17 +146,25 @@ class JointPrioritySketch(JointSampleSketch):
         self._same_norms(other)
         keys, values = self._union(other)
         probe = self._like({"keys": keys, "values": values.ravel()}, dict(self._scalars))
-        tau = min(self._scalars["scale"], other._scalars["scale"])
-        keep, tau = priority_merge(keys, probe.weights(), tau, entries(self.size, self.full))
+        log_tau = min(self._scalars["log_scale"], other._scalars["log_scale"])
+        keep, log_tau = priority_merge(
+            keys, _log(probe.weights()), log_tau, entries(self.size, self.full)
+        )
         return self._like(
-            {"keys": keys[keep], "values": values[keep].ravel()}, {**self._scalars, "scale": tau}
+            {"keys": keys[keep], "values": values[keep].ravel()},
+            {**self._scalars, "log_scale": log_tau},
         )
 
 
 def _weights(vectors, norms) -> np.ndarray:
     return np.max(
-        [v**2 / n**2 if n > 0 else np.zeros_like(v) for v, n in zip(vectors, norms)], axis=0
+        [(v / n) ** 2 if n > 0 else np.zeros_like(v) for v, n in zip(vectors, norms)], axis=0
     )
+
+
+def _log(w: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log(w)
 
 
 def entries(size: int, full: bool) -> int:
@@ -170,18 +190,19 @@ def joint_sample(
     m = entries(size, full)
     adaptive = norms is None
     if adaptive:
-        norms = tuple(float(np.sqrt(v @ v)) for v in vectors)
+        norms = tuple(l2_norm(v) for v in vectors)
     w = _weights(vectors, norms)
+    log_w = _log(w)
     if method == "ts":
-        scale = adaptive_scale(w, m) if adaptive else m / 3.0
-        keep = np.flatnonzero(threshold_keep(hashes, w, scale))
+        log_scale = float(np.log(adaptive_scale(w, m) if adaptive else m / 3.0))
+        keep = np.flatnonzero(threshold_keep(hashes, log_w, log_scale))
         cls = JointThresholdSketch
     else:
-        keep, scale = priority_select(hashes, w, m)
+        keep, log_scale = priority_select(hashes, log_w, m)
         cls = JointPrioritySketch
     keep = keep[np.argsort(hashes[keep])]
     values = np.stack(vectors, axis=1)[keep] if full else vectors[1][keep]
-    scalars = dict(zip(_SCALARS, (scale, *norms)))
+    scalars = dict(zip(_SCALARS, (log_scale, *norms)))
     return cls(
         size=size,
         seed=seed,

@@ -53,6 +53,16 @@ class CountSketch(Sketch):
 
     method = "cs"
     _array_names = ("table",)
+    _param_names = ("rows",)
+
+    @classmethod
+    def _defect(cls, params, arrays):
+        rows = params.get("rows")
+        if not (isinstance(rows, int) and not isinstance(rows, bool) and rows >= 1):
+            return f"rows must be a positive int, got {rows!r}"
+        if arrays["table"].size % rows:
+            return f"the table's {arrays['table'].size} counters do not fill {rows} rows"
+        return super()._defect(params, arrays)
 
     @property
     def table(self) -> np.ndarray:

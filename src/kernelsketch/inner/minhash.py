@@ -65,6 +65,12 @@ class MinHashSketch(Sketch):
     method = "mh"
     _array_names = ("hashes", "values")
 
+    @classmethod
+    def _defect(cls, params, arrays):
+        if arrays["hashes"].size != arrays["values"].size:
+            return "hashes and values must have one entry per hash function"
+        return super()._defect(params, arrays)
+
     @property
     def hash_values(self) -> np.ndarray:
         """Minimum Exp(1) hash per function, float64 [m] (inf for the zero vector)."""
@@ -126,10 +132,13 @@ class WeightedMinHashSketch(MinHashSketch):
         match = _matches(ha, hb)
         if not match.any():
             return 0.0
-        va, vb = self.sample_values[match], other.sample_values[match]
-        wa = va**2 / self.norm**2
-        wb = vb**2 / other.norm**2
-        return _union_estimate(ha, hb) / ha.size * float(np.sum(va * vb / np.minimum(wa, wb)))
+        # a_i b_i / min(w^a_i, w^b_i) with w = (v / norm)^2, as norm_a norm_b times a ratio
+        # of normalised values (<= 1 in magnitude), so nothing over- or underflows.
+        ua = self.sample_values[match] / self.norm
+        ub = other.sample_values[match] / other.norm
+        ratio = np.where(np.abs(ua) <= np.abs(ub), ub / ua, ua / ub)
+        scaled = _union_estimate(ha, hb) / ha.size * float(np.sum(ratio))
+        return scaled * self.norm * other.norm
 
     def _merge(self, other: Sketch) -> Sketch:
         if self.norm != other.norm:
@@ -167,7 +176,7 @@ def weighted_minhash_sketch(
     """
     m = (size - 1) // 2
     base = 3 * np.arange(m, dtype=np.uint64)[:, None]
-    log_w = np.log(values**2) - 2.0 * np.log(norm) if values.size else values
+    log_w = 2.0 * (np.log(np.abs(values)) - np.log(norm)) if values.size else values
 
     def score(h: np.ndarray, block: slice) -> np.ndarray:
         u0, u1 = to_unit_pair(hash_streams(h, base))

@@ -6,7 +6,8 @@ the expected size is ``m``, or ``m / norm^2`` for parts) or by the ``m`` smalles
 ranks ``u_i / a_i^2`` (priority, Algorithm 2). The estimate
 ``sum_{i in S_a ∩ S_b} a_i b_i / min(p^a_i, p^b_i)`` is unbiased, with error
 ``O(max(||a_I|| ||b||, ||a|| ||b_I||) / sqrt(m))`` (Theorems 3 and 5), in
-``O(nnz)`` time.
+``O(nnz)`` time. Scales, ranks and probabilities are computed from logarithms
+(``log c``, ``log u_i - 2 log|a_i|``), so no entry magnitude over- or underflows.
 
 Theory: docs/inner_products.md.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernelsketch.inner.base import Sketch
+from kernelsketch.inner.base import Sketch, l2_norm
 from kernelsketch.sketch.hashing import to_unit
 
 
@@ -23,6 +24,12 @@ class _SampleSketch(Sketch):
     """Shared storage and estimator of the coordinated sampling sketches."""
 
     _array_names = ("keys", "values")
+
+    @classmethod
+    def _defect(cls, params, arrays):
+        if arrays["keys"].size != arrays["values"].size:
+            return "keys and values must have one entry per sampled key"
+        return super()._defect(params, arrays)
 
     @property
     def keys(self) -> np.ndarray:
@@ -70,25 +77,30 @@ class ThresholdSketch(_SampleSketch):
     """
 
     method = "ts"
-    _scalar_names = ("scale",)
+    _scalar_names = ("log_scale",)
+
+    @property
+    def log_scale(self) -> float:
+        """``log c`` for the scale ``c`` in ``p_i = min(1, c a_i^2)`` (inf: everything kept)."""
+        return self._scalars["log_scale"]
 
     @property
     def scale(self) -> float:
-        """The scale ``c`` in ``p_i = min(1, c a_i^2)`` (inf: everything kept)."""
-        return self._scalars["scale"]
+        """The scale ``c = exp(log_scale)`` (over- or underflows for norms beyond 1e+-154)."""
+        return float(np.exp(self.log_scale))
 
     def probabilities(self) -> np.ndarray:
-        return np.minimum(1.0, self.scale * self.sample_values**2)
+        return inclusion_probabilities(self.log_scale, log_weights(self.sample_values))
 
     def _merge(self, other: Sketch) -> Sketch:
-        if self.scale != other.scale:
+        if self.log_scale != other.log_scale:
             raise ValueError(
                 "other must be sketched with the same norm to merge threshold sketches: "
-                f"got scales {self.scale!r} and {other.scale!r}; pass norm=<norm of the whole "
-                "vector> to Sketcher.sketch for each part"
+                f"got log scales {self.log_scale!r} and {other.log_scale!r}; pass "
+                "norm=<norm of the whole vector> to Sketcher.sketch for each part"
             )
         keys, values = self._union(other)
-        return self._like({"keys": keys, "values": values}, {"scale": self.scale})
+        return self._like({"keys": keys, "values": values}, {"log_scale": self.log_scale})
 
 
 class PrioritySketch(_SampleSketch):
@@ -99,20 +111,38 @@ class PrioritySketch(_SampleSketch):
     """
 
     method = "ps"
-    _scalar_names = ("tau",)
+    _scalar_names = ("log_tau",)
+
+    @property
+    def log_tau(self) -> float:
+        """``log tau``, tau the ``(m+1)``-th smallest rank (inf when the whole support is kept)."""
+        return self._scalars["log_tau"]
 
     @property
     def tau(self) -> float:
-        """The ``(m+1)``-th smallest rank (inf when the whole support is kept)."""
-        return self._scalars["tau"]
+        """``tau = exp(log_tau)`` (over- or underflows for entries beyond 1e+-154)."""
+        return float(np.exp(self.log_tau))
 
     def probabilities(self) -> np.ndarray:
-        return np.minimum(1.0, self.tau * self.sample_values**2)
+        return inclusion_probabilities(self.log_tau, log_weights(self.sample_values))
 
     def _merge(self, other: Sketch) -> Sketch:
         keys, values = self._union(other)
-        keep, tau = priority_merge(keys, values**2, min(self.tau, other.tau), (self.size - 1) // 2)
-        return self._like({"keys": keys[keep], "values": values[keep]}, {"tau": tau})
+        keep, log_tau = priority_merge(
+            keys, log_weights(values), min(self.log_tau, other.log_tau), (self.size - 1) // 2
+        )
+        return self._like({"keys": keys[keep], "values": values[keep]}, {"log_tau": log_tau})
+
+
+def log_weights(values: np.ndarray) -> np.ndarray:
+    """``log(values**2)`` without over- or underflow (``-inf`` for zeros)."""
+    with np.errstate(divide="ignore"):
+        return 2.0 * np.log(np.abs(values))
+
+
+def inclusion_probabilities(log_scale: float, log_w: np.ndarray) -> np.ndarray:
+    """``min(1, exp(log_scale) * w)`` from ``log_scale`` and ``log_w = log w``."""
+    return np.exp(np.minimum(0.0, log_scale + log_w))
 
 
 def adaptive_scale(weights: np.ndarray, m: int) -> float:
@@ -140,19 +170,21 @@ def threshold_sketch(
 ) -> ThresholdSketch:
     """Threshold-sample the sparse vector (nonzero key hashes [n] uint64, values [n] float64)."""
     m = (size - 1) // 2
-    sq = values**2
     if norm is None:
-        scale = adaptive_scale(sq, m)
+        own = l2_norm(values)
+        # the water-filling scale of the normalised weights, mapped back: c = c_n / ||a||^2
+        scale = adaptive_scale((values / own) ** 2, m) if own > 0 else np.inf
+        log_scale = float(np.log(scale) - 2.0 * np.log(own)) if own > 0 else np.inf
     else:
-        scale = m / norm**2 if norm > 0 else np.inf
-    keep = threshold_keep(hashes, sq, scale)
+        log_scale = float(np.log(m) - 2.0 * np.log(norm)) if norm > 0 else np.inf
+    keep = threshold_keep(hashes, log_weights(values), log_scale)
     order = np.argsort(hashes[keep])
     return ThresholdSketch(
         size=size,
         seed=seed,
         params={},
         arrays={"keys": hashes[keep][order], "values": values[keep][order]},
-        scalars={"scale": scale},
+        scalars={"log_scale": log_scale},
     )
 
 
@@ -160,7 +192,7 @@ def priority_sketch(
     hashes: np.ndarray, values: np.ndarray, *, size: int, seed: int
 ) -> PrioritySketch:
     """Priority-sample the sparse vector (nonzero key hashes [n] uint64, values [n] float64)."""
-    keep, tau = priority_select(hashes, values**2, (size - 1) // 2)
+    keep, log_tau = priority_select(hashes, log_weights(values), (size - 1) // 2)
     order = np.argsort(hashes[keep])
     keep = keep[order]
     return PrioritySketch(
@@ -168,37 +200,44 @@ def priority_sketch(
         seed=seed,
         params={},
         arrays={"keys": hashes[keep], "values": values[keep]},
-        scalars={"tau": tau},
+        scalars={"log_tau": log_tau},
     )
 
 
-def threshold_keep(hashes: np.ndarray, weights: np.ndarray, scale: float) -> np.ndarray:
-    """Coordinated threshold sample: keep ``i`` iff ``u_i <= min(1, scale * w_i)`` (bool mask)."""
-    return to_unit(hashes) <= np.minimum(1.0, scale * weights)  # weights > 0: no inf * 0
+def threshold_keep(hashes: np.ndarray, log_w: np.ndarray, log_scale: float) -> np.ndarray:
+    """Coordinated threshold sample: keep ``i`` iff ``u_i <= min(1, scale * w_i)`` (bool mask),
+    from ``log_w = log w`` and ``log_scale = log scale``."""
+    return np.log(to_unit(hashes)) <= np.minimum(0.0, log_scale + log_w)
 
 
-def priority_select(hashes: np.ndarray, weights: np.ndarray, m: int) -> tuple[np.ndarray, float]:
-    """Indices of the ``m`` smallest ranks ``u_i / w_i`` and ``tau``, the ``(m+1)``-th (inf if none)."""
+def _log_ranks(hashes: np.ndarray, log_w: np.ndarray) -> np.ndarray:
+    return np.log(to_unit(hashes)) - log_w  # log(u_i / w_i); inf for w_i = 0
+
+
+def priority_select(hashes: np.ndarray, log_w: np.ndarray, m: int) -> tuple[np.ndarray, float]:
+    """Indices of the ``m`` smallest ranks ``u_i / w_i`` and ``log tau``, tau the ``(m+1)``-th
+    rank (inf if none), from ``log_w = log w``."""
     if hashes.size <= m:
         return np.arange(hashes.size), np.inf
-    ranks = to_unit(hashes) / weights
+    ranks = _log_ranks(hashes, log_w)
     part = np.argpartition(ranks, m)
     return part[:m], float(ranks[part[m]])
 
 
 def priority_merge(
-    hashes: np.ndarray, weights: np.ndarray, tau: float, m: int
+    hashes: np.ndarray, log_w: np.ndarray, log_tau: float, m: int
 ) -> tuple[np.ndarray, float]:
-    """Bottom-m of the union of two priority samples (disjoint keys) whose smaller tau is ``tau``.
+    """Bottom-m of the union of two priority samples (disjoint keys) whose smaller tau is
+    ``exp(log_tau)``; ``log_w = log w``.
 
-    Returns the kept mask and the merged tau: the (m+1)-th smallest rank of the
+    Returns the kept mask and the merged ``log tau``: the (m+1)-th smallest rank of the
     union is the smaller of ``tau`` and the (m+1)-th smallest kept candidate.
     """
-    ranks = to_unit(hashes) / weights
-    keep = ranks < tau
+    ranks = _log_ranks(hashes, log_w)
+    keep = ranks < log_tau
     if keep.sum() > m:
         order = np.argsort(ranks, kind="stable")
-        tau = min(tau, float(ranks[order[m]]))
+        log_tau = min(log_tau, float(ranks[order[m]]))
         keep = np.zeros(hashes.size, dtype=bool)
         keep[order[:m]] = True
-    return keep, tau
+    return keep, log_tau

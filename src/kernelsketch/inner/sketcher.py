@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from kernelsketch._checks import check_choice, check_float, check_int, check_tensor
-from kernelsketch.inner.base import Sketch
+from kernelsketch.inner.base import Sketch, l2_norm
 from kernelsketch.inner.linear import count_sketch, jl_sketch
 from kernelsketch.inner.minhash import minhash_sketch, weighted_minhash_sketch
 from kernelsketch.inner.sampling import priority_sketch, threshold_sketch
@@ -17,6 +17,8 @@ from kernelsketch.sketch.hashing import hash_keys, seed_to_uint64
 METHODS = ("wmh", "jl", "cs", "mh", "ts", "ps")
 # smallest storage budget per method (2 samples for the hashing methods)
 _MIN_SIZE = {"jl": 1, "cs": 1, "mh": 4, "wmh": 5, "ts": 3, "ps": 3}
+# largest storage budget: 2**27 words are 1 GiB of float64 per sketch (and per hashing block)
+MAX_SIZE = 2**27
 
 
 def as_float_vector(name: str, x: Any) -> np.ndarray:
@@ -32,6 +34,8 @@ def as_float_vector(name: str, x: Any) -> np.ndarray:
         arr = np.asarray(x)
         if arr.dtype.kind not in "iuf":
             raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+        if arr.ndim != 1:  # before ascontiguousarray, which makes a 0-d array 1-d
+            raise ValueError(f"{name} must have 1 dimensions, got shape {list(arr.shape)}")
         arr = np.ascontiguousarray(arr, dtype=np.float64)
         t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     check_tensor(name, t, ndim=1, dtypes=(torch.float64,))
@@ -60,6 +64,7 @@ class Sketcher:
         threshold sampling ``(size - 1) // 2`` entries (index, value) in
         expectation plus its scale; priority sampling ``(size - 1) // 2`` entries
         plus its threshold.
+        At most ``MAX_SIZE = 2**27`` (1 GiB of float64).
     seed : int, default 0
         Hashing seed in [0, 2**64).
     rows : int, default 1
@@ -82,7 +87,7 @@ class Sketcher:
 
     def __init__(self, method: str, size: int, seed: int = 0, *, rows: int = 1) -> None:
         self.method = check_choice("method", method, METHODS)
-        self.size = check_int("size", size, min=_MIN_SIZE[method])
+        self.size = check_int("size", size, min=_MIN_SIZE[method], max=MAX_SIZE)
         self.seed = int(seed_to_uint64(seed))
         self.rows = check_int("rows", rows, min=1)
         if method != "cs" and rows != 1:
@@ -160,7 +165,7 @@ class Sketcher:
         :func:`~kernelsketch.sketch.hashing.hash_keys` with this seed) and float64 values."""
         nz = values != 0
         hashes, values = hashes[nz], values[nz]
-        own = float(np.sqrt(np.sum(values**2)))
+        own = l2_norm(values, "x")
         if norm is not None:
             norm = check_float("norm", norm, min=0.0)
             if own > norm * (1 + 1e-9):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 from scipy.special import gamma as gamma_fn
-from scipy.special import kv
+from scipy.special import gammaln, kv, kve
 
 from kernelsketch._checks import check_choice, check_float, check_int, check_random_state
 
@@ -167,13 +167,79 @@ class MaternSpectrum:
         check_float("lengthscale", self.lengthscale, min=0.0, min_exclusive=True)
 
     def kernel(self, tau):
-        r = math.sqrt(2 * self.nu) * np.abs(np.asarray(tau, dtype=np.float64)) / self.lengthscale
-        with np.errstate(invalid="ignore"):
-            k = 2 ** (1 - self.nu) / gamma_fn(self.nu) * r**self.nu * kv(self.nu, r)
-        return np.where(r == 0, 1.0, k)
+        return _matern(self.nu, np.asarray(tau, dtype=np.float64) / self.lengthscale)
 
     def frequency_scale(self) -> float:
         return 4.0 / self.lengthscale
+
+
+_DEBYE_NU = 50.0  # above it, where the closed form over- or underflows, the Debye expansion
+
+
+def _matern(nu: float, x: np.ndarray) -> np.ndarray:
+    """The Matérn(ν) correlation at ``x = τ / ℓ``, finite for every ν > 0 and finite x.
+
+    The closed form ``2^{1-ν}/Γ(ν) r^ν K_ν(r)``, ``r = √(2ν)|x|``, over- or underflows
+    (``Γ(ν)`` beyond ν = 171, ``r^ν`` and ``K_ν(r)`` at small or large r); there the
+    logarithm is used: through ``kve`` for ν <= 50, through the Debye expansion of
+    ``K_ν`` for larger ν (:func:`_debye_log_matern`, relative error below 6e-11 at
+    ν = 50.5 and 1e-12 from ν = 100; used alone beyond ν = 170, where ``Γ(ν)`` overflows).
+    """
+    x = np.abs(x)
+    with np.errstate(over="ignore"):
+        rho = 2.0 * x * x  # r² / ν
+    if nu > 170:
+        return _debye_matern(nu, rho)
+    r = math.sqrt(2 * nu) * x
+    with np.errstate(all="ignore"):
+        k = 2 ** (1 - nu) / gamma_fn(nu) * r**nu * kv(nu, r)
+        bad = ~np.isfinite(k) & (r > 0)
+        if bad.any() and nu > _DEBYE_NU:
+            k[bad] = _debye_matern(nu, rho[bad])
+        elif bad.any():
+            rb = r[bad]
+            scaled = kve(nu, rb)  # K_ν(r) e^r
+            log_k = (1 - nu) * math.log(2) - gammaln(nu) + nu * np.log(rb) + np.log(scaled) - rb
+            # kve overflows only as r -> 0, where k = 1 to double precision for ν <= 50; it
+            # underflows or loses all precision (NaN) only at r > 1e4, where k < 1e-4000
+            k[bad] = np.where(np.isinf(scaled), 1.0, np.where(scaled > 0, np.exp(log_k), 0.0))
+    return np.where(r == 0, 1.0, np.minimum(k, 1.0))  # k <= 1; rounding gave 1 + 2e-16
+
+
+def _debye_matern(nu: float, rho: np.ndarray) -> np.ndarray:
+    # normalised by the expansion's own value at 0 (its truncation error there, 2e-12 at
+    # ν = 50), so k(0) = 1 exactly and small lags are accurate to ~1e-14
+    with np.errstate(over="ignore", invalid="ignore"):
+        log_k = _debye_log_matern(nu, rho) - _debye_log_matern(nu, np.zeros(1))[0]
+    return np.where(np.isfinite(rho), np.minimum(np.exp(log_k), 1.0), 0.0)
+
+
+def _debye_log_matern(nu: float, rho: np.ndarray) -> np.ndarray:
+    """log of the Matérn(ν) correlation at ``r² = ν ρ`` from the Debye expansion of
+    ``K_ν(ν z)`` (DLMF 10.41.4, four terms) and Stirling's series for ``log Γ(ν)``.
+
+    With ``z = r / ν``, ``w = √(1 + z²)``, ``s = w - 1`` the large terms cancel exactly:
+    ``log k = ν (log(1 + s/2) - s) - log(w) / 2 - (Stirling remainder) + log Σ_k (-1)^k
+    u_k(1/w) / ν^k``, which tends to the Gaussian ``-ρ/4 = -τ²/(2ℓ²)`` as ν -> ∞.
+    """
+    inv = 1.0 / nu
+    z2 = rho * inv
+    w = np.sqrt(1.0 + z2)
+    s = z2 / (1.0 + w)
+    nu_s = rho / (1.0 + w)  # ν s, without forming ν
+    safe = np.where(s > 0, s, 1.0)
+    g_over_s = np.where(s > 0, (np.log1p(s / 2) - s) / safe, -0.5)
+    t = 1.0 / w
+    t2 = t * t
+    u1 = t * (3 - 5 * t2) / 24
+    u2 = t2 * (81 - 462 * t2 + 385 * t2**2) / 1152
+    u3 = t**3 * (30375 - 369603 * t2 + 765765 * t2**2 - 425425 * t2**3) / 414720
+    u4 = t2**2 * (
+        4465125 - 94121676 * t2 + 349922430 * t2**2 - 446185740 * t2**3 + 185910725 * t2**4
+    ) / 39813120
+    series = 1 - inv * (u1 - inv * (u2 - inv * (u3 - inv * u4)))
+    stirling = inv * (1 / 12 - inv**2 * (1 / 360 - inv**2 * (1 / 1260 - inv**2 / 1680)))
+    return nu_s * g_over_s - 0.5 * np.log1p(s) - stirling + np.log(series)
 
 
 @dataclass(frozen=True)
@@ -190,7 +256,10 @@ class PowerSpectrum:
     def __post_init__(self):
         if not callable(self.density):
             raise TypeError(f"density must be callable, got {type(self.density).__name__}")
-        lo, hi = (float(v) for v in self.support)
+        support = np.asarray(self.support) if np.ndim(self.support) == 1 else None
+        if support is None or support.shape != (2,) or support.dtype.kind not in "iuf":
+            raise ValueError(f"support must be a pair (lo, hi) of real numbers, got {self.support!r}")
+        lo, hi = (float(v) for v in support)
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise ValueError(
                 f"support must be a finite interval (lo, hi) with lo < hi, got {self.support!r}"
@@ -201,20 +270,48 @@ class PowerSpectrum:
         tau = np.asarray(tau, dtype=np.float64)
         lo, hi = self.support
         # Gauss–Legendre resolves e^{2πiξτ} on [lo, hi] once n exceeds ~π(hi-lo)|τ|/2.
-        n = 24 + int(3 * (hi - lo) * (np.abs(tau).max() if tau.size else 0.0))
+        reach = (hi - lo) * (float(np.abs(tau).max()) if tau.size else 0.0)
+        n = 24 + 3 * reach if math.isfinite(reach) else math.inf
+        if n > MAX_QUADRATURE_NODES:
+            raise ValueError(
+                f"tau must satisfy (hi - lo) * max|tau| <= {(MAX_QUADRATURE_NODES - 24) / 3:.0f} "
+                f"for this PowerSpectrum (the quadrature would need {n:.3g} nodes, more than "
+                f"{MAX_QUADRATURE_NODES}); got support width {hi - lo:.3g} and max|tau| "
+                f"{reach / (hi - lo):.3g}: narrow the support or the window T"
+            )
+        n = int(n)
+        if tau.size * n > MAX_KERNEL_TERMS:
+            raise ValueError(
+                f"tau has {tau.size} lags, which with {n} quadrature nodes exceeds the "
+                f"{MAX_KERNEL_TERMS:.3g} complex exponentials PowerSpectrum.kernel evaluates "
+                "per call; evaluate fewer lags or narrow the support"
+            )
         x, w = np.polynomial.legendre.leggauss(n)
         xi, w = lo + (x + 1) * (hi - lo) / 2, w * (hi - lo) / 2
         dens = np.asarray(self.density(xi), dtype=np.float64)
         if dens.shape != xi.shape or not np.all(np.isfinite(dens)) or np.any(dens < 0):
             raise ValueError("density must return finite non-negative values, one per frequency")
+        if not w @ dens > 0:
+            raise ValueError("density must be positive somewhere on the support, got zeros")
         w = w * dens / (w @ dens)
-        return _maybe_real(np.exp(2j * np.pi * tau[..., None] * xi) @ w)
+        flat = tau.reshape(-1)
+        out = np.empty(flat.shape, dtype=np.complex128)
+        step = max(1, _CHUNK_ELEMENTS // n)  # bounded memory: [step, n] per block
+        for i in range(0, flat.size, step):
+            out[i : i + step] = np.exp(2j * np.pi * flat[i : i + step, None] * xi) @ w
+        return _maybe_real(out.reshape(tau.shape))
 
     def frequency_scale(self) -> float:
         return float(max(abs(self.support[0]), abs(self.support[1])))
 
 
-MAX_NODES = 3000  # quadrature cap of statistical_dimension (dense eigenvalues)
+MAX_NODES = 3000  # quadrature cap of statistical_dimension's default (dense eigenvalues)
+MAX_EXPLICIT_NODES = 2**13  # n_nodes given explicitly: an 8192² float64 matrix is 512 MiB
+MAX_QUADRATURE_NODES = 4096  # PowerSpectrum: leggauss(n) builds an n x n companion matrix
+MAX_KERNEL_TERMS = 2**32  # PowerSpectrum: lags x nodes per kernel call (about a minute)
+MAX_SAMPLES = 2**14  # reconstruct_signal: the m x m system (2 GiB in float64, 4 in complex)
+MAX_DRAWS = 2**27  # sample_universal: 1 GiB per float64 array
+_CHUNK_ELEMENTS = 2**22  # block size of chunked evaluations (64 MiB of complex128)
 
 SPECTRA = (
     Bandlimited,
@@ -260,7 +357,8 @@ def statistical_dimension(
     regularization : float > 0
     n_nodes : int, optional
         Quadrature nodes; default ``256 + 16 · T · frequency_scale``, capped at 3000
-        with a warning (dense eigenvalues of an n_nodes × n_nodes matrix).
+        with a warning (dense eigenvalues of an n_nodes × n_nodes matrix); at most
+        ``MAX_EXPLICIT_NODES = 8192`` when given.
 
     Returns
     -------
@@ -280,7 +378,7 @@ def statistical_dimension(
                 stacklevel=2,
             )
         n_nodes = min(MAX_NODES, wanted)
-    check_int("n_nodes", n_nodes, min=1)
+    check_int("n_nodes", n_nodes, min=1, max=MAX_EXPLICIT_NODES)
     x, w = np.polynomial.legendre.leggauss(n_nodes)
     t, w = (x + 1) * T / 2, w / 2  # weights of the probability measure dt / T
     sw = np.sqrt(w)
@@ -322,9 +420,12 @@ def sample_universal(n: int, T: float, s: float, random_state=None) -> np.ndarra
     otherwise, ``L = ln(1/(2δ))``; the right half is the mirror image.
 
     ``random_state``: None, an int or a ``numpy.random.RandomState``
-    (scikit-learn's meaning). Returns float64 [n] in [0, T].
+    (scikit-learn's meaning). ``n`` at most ``MAX_DRAWS = 2**27``; ``T > 0`` and
+    ``s > 0`` finite. Returns float64 [n] in [0, T].
     """
-    check_int("n", n, min=1)
+    check_int("n", n, min=1, max=MAX_DRAWS)
+    T = check_float("T", T, min=0.0, min_exclusive=True)
+    s = check_float("s", s, min=0.0, min_exclusive=True)
     rng = check_random_state(random_state)
     delta = _edge_cutoff(s)
     L = math.log(1.0 / (2.0 * delta))
@@ -341,7 +442,7 @@ def default_signal_samples(s: float) -> int:
     on bandlimited, multiband, sparse and Gaussian-process classes (benchmarks/recovery.py)
     ``4 s ln s`` already reaches the regularization / noise floor.
     """
-    s = max(float(s), 1.0)
+    s = max(check_float("s", s, min=0.0), 1.0)
     return math.ceil(4.0 * s * max(1.0, math.log(s)))
 
 
@@ -375,7 +476,12 @@ class ReconstructedSignal:
         t = np.asarray(t, dtype=np.float64)
         if not np.all(np.isfinite(t)):
             raise ValueError("t must be finite, found NaN or infinite values")
-        return self.spectrum.kernel(t[..., None] - self.times) @ self.coef
+        flat = t.reshape(-1)
+        out = np.empty(flat.shape, dtype=np.result_type(self.coef, self.spectrum.kernel(0.0)))
+        step = max(1, _CHUNK_ELEMENTS // self.times.size)  # bounded memory: [step, m] blocks
+        for i in range(0, flat.size, step):
+            out[i : i + step] = self.spectrum.kernel(flat[i : i + step, None] - self.times) @ self.coef
+        return out.reshape(t.shape)
 
 
 def reconstruct_signal(
@@ -408,7 +514,8 @@ def reconstruct_signal(
         The allowed power spectrum μ.
     n_samples : int, optional
         Default :func:`default_signal_samples`, ``ceil(4 s_λ ln s_λ)`` (the paper's
-        Theorem 1 bound is ``O(s_λ log² s_λ)``).
+        Theorem 1 bound is ``O(s_λ log² s_λ)``). At most ``MAX_SAMPLES = 2**14``
+        (the dense m × m system).
     regularization : float > 0, default=1e-6
         Ridge λ relative to the signal power k(0); set it to about the
         noise-to-signal power ratio for noisy samples. The guarantee (paper, Thm. 1):
@@ -448,7 +555,7 @@ def reconstruct_signal(
     s = statistical_dimension(spectrum, T, regularization=regularization)
     if n_samples is None:
         n_samples = default_signal_samples(s)
-    check_int("n_samples", n_samples, min=1)
+    check_int("n_samples", n_samples, min=1, max=MAX_SAMPLES)
     if sampling == "uniform":
         times = rng.uniform(0.0, T, size=n_samples)
     else:

@@ -38,8 +38,16 @@ def default_spherical_samples(d: int, degree: int) -> int:
     sampling (arXiv 2202.12995, Thm. on O(β log β) samples); ``max(2, ·)`` keeps
     at least a 2x oversampling for tiny spaces.
     """
+    check_int("d", d, min=2)
+    check_int("degree", degree, min=0)
     beta = harmonic_space_dimension(degree, d)
     return math.ceil(beta * max(2.0, math.log(beta)))
+
+
+# The solve holds s x s matrices and the Gegenbauer table s x s x (degree + 1) float64:
+# at most 2**14 samples and 2**27 table entries (1 GiB).
+MAX_SAMPLES = 2**14
+MAX_TABLE = 2**27
 
 
 class SphericalExpansion:
@@ -92,8 +100,13 @@ class SphericalExpansion:
         float64 ndarray (n, degree + 1); column ℓ is the projection of g onto ``H_ℓ``.
         """
         X = self._check_points(X)
-        P = gegenbauer(np.clip(X @ self.nodes.T, -1.0, 1.0), self.degree, self.d)  # (n, s, L)
-        return np.einsum("nsl,s->nl", P, self.coef) * self._alpha
+        out = np.empty((len(X), self.degree + 1))
+        step = max(1, MAX_TABLE // (len(self.nodes) * (self.degree + 1)))  # bounded memory
+        for i in range(0, len(X), step):
+            cos = np.clip(X[i : i + step] @ self.nodes.T, -1.0, 1.0)
+            P = gegenbauer(cos, self.degree, self.d)  # (step, s, L)
+            out[i : i + step] = np.einsum("nsl,s->nl", P, self.coef) * self._alpha
+        return out
 
     def __call__(self, X) -> np.ndarray:
         """Evaluate g at the rows of X (n, d) on the sphere; returns float64 (n,)."""
@@ -127,7 +140,8 @@ def recover_spherical(
     n_samples : int, optional
         Number of samples s; default :func:`default_spherical_samples`
         (``ceil(β max(2, ln β))``). With s < β the problem is underdetermined and a
-        warning is issued.
+        warning is issued. At most ``MAX_SAMPLES = 2**14``, with
+        ``s² (degree + 1) <= MAX_TABLE = 2**27`` (the Gegenbauer table).
     regularization : float ≥ 0, default=0
         Ridge parameter λ of ``min (1/s) Σ (g(w_i) - f(w_i))² + λ ‖g‖²_{L²(σ)}``;
         0 gives the least-squares fit (pseudo-inverse), exact for f ∈ ``H_{≤q}``.
@@ -154,7 +168,12 @@ def recover_spherical(
     beta = harmonic_space_dimension(degree, d)
     if n_samples is None:
         n_samples = default_spherical_samples(d, degree)
-    check_int("n_samples", n_samples, min=1)
+    check_int("n_samples", n_samples, min=1, max=MAX_SAMPLES)
+    if n_samples**2 * (degree + 1) > MAX_TABLE:
+        raise ValueError(
+            f"n_samples must satisfy n_samples**2 * (degree + 1) <= {MAX_TABLE} (the "
+            f"Gegenbauer table), got n_samples={n_samples} with degree={degree}"
+        )
     check_float("regularization", regularization, min=0.0)
     check_float("rcond", rcond, min=0.0, max=1.0, min_exclusive=True)
     rng = check_random_state(random_state)
@@ -180,7 +199,12 @@ def recover_spherical(
 
 
 def _evaluate(f, nodes: np.ndarray) -> np.ndarray:
-    values = np.asarray(f(nodes.copy()), dtype=np.float64)
+    values = np.asarray(f(nodes.copy()))
+    if values.dtype.kind not in "biuf":
+        raise TypeError(
+            f"f must return real numbers (the expansion is real), got dtype {values.dtype}"
+        )
+    values = values.astype(np.float64)
     if values.shape != (len(nodes),):
         raise ValueError(
             f"f must return one value per sample, shape ({len(nodes)},), got shape {values.shape}"

@@ -103,8 +103,9 @@ def hash_keys(keys: Any, seed: Any = 0) -> np.ndarray:
     Parameters
     ----------
     keys : array_like, shape [n]
-        Integers (any numpy integer dtype, Python ints up to 64 bits; hashed from
-        their two's-complement 64-bit pattern), strings (from their code points and
+        Integers (any numpy integer dtype, Python ints in ``[-2**63, 2**64)``;
+        hashed from their two's-complement 64-bit pattern, so ``-1`` and
+        ``2**64 - 1`` are the same key), strings (from their code points and
         length, independently of the array's width), ``datetime64`` /
         ``timedelta64`` (their int64 ticks), or objects (hashed by ``str``). A
         pandas Series/Index works (its values are used). Floating-point keys are
@@ -119,10 +120,17 @@ def hash_keys(keys: Any, seed: Any = 0) -> np.ndarray:
     Raises
     ------
     TypeError if the keys are floating point, complex or boolean.
-    ValueError if ``keys`` is not one-dimensional.
+    ValueError if ``keys`` is not one-dimensional or an integer key is outside
+    ``[-2**63, 2**64)``.
     """
     s = seed_to_uint64(seed)
     arr = np.asarray(keys)
+    if arr.dtype.kind == "f" and not isinstance(keys, np.ndarray) and arr.ndim == 1:
+        # a list mixing negative ints and ints >= 2**63 becomes float64 in numpy
+        as_objects = np.empty(len(arr), dtype=object)
+        as_objects[:] = list(keys)
+        if all(_is_int(k) for k in as_objects):
+            arr = as_objects
     if arr.ndim != 1:
         raise ValueError(f"keys must be one-dimensional, got shape {list(arr.shape)}")
     kind = arr.dtype.kind
@@ -135,15 +143,22 @@ def hash_keys(keys: Any, seed: Any = 0) -> np.ndarray:
     if kind == "S":
         return _str_keys(arr.astype(np.str_), s)
     if kind == "O":
-        if arr.size and all(
-            isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in arr
-        ):
+        if arr.size and all(_is_int(k) for k in arr):
             ints = [int(k) for k in arr]
-            if min(ints) >= 0:
-                return _int_keys(np.array(ints, dtype=np.uint64), s)
-            return _int_keys(np.array(ints, dtype=np.int64), s)
+            low, high = min(ints), max(ints)
+            if low < -(2**63) or high > _U64_MAX:
+                bad = low if low < -(2**63) else high
+                raise ValueError(
+                    f"keys must be integers in [-2**63, 2**64) (64-bit patterns), got {bad}"
+                )
+            # two's-complement 64-bit patterns, as for int64 / uint64 arrays
+            return _int_keys(np.array([k & _U64_MAX for k in ints], dtype=np.uint64), s)
         return _str_keys(np.array([str(k) for k in arr], dtype=np.str_), s)
     raise TypeError(f"keys must be integers, strings or datetimes, got dtype {arr.dtype}")
+
+
+def _is_int(k: Any) -> bool:
+    return isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_))
 
 
 def hash_streams(hashes: Any, streams: Any) -> np.ndarray:
