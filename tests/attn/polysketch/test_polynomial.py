@@ -185,3 +185,19 @@ def test_ordinary_inputs_are_not_rescaled():
     qs, ks_, shrink = bounded_inputs(q, k, v, scale=0.25, degree=4)
     assert torch.equal(qs, q * 0.5) and torch.equal(ks_, k * 0.5)
     assert torch.equal(shrink, torch.zeros_like(shrink))
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_rescaled_sums_equal_the_plain_ones(is_causal):
+    # polynomial_forward takes the rescaled path only where the weights could overflow:
+    # on ordinary inputs both paths give the same sums (float64).
+    from kernelsketch.attn.polysketch.polynomial import polynomial_partial
+
+    q, k, v = random_qkv(2, 4, 2, 33, 41, 8, scale=2.0)
+    kw = {"degree": 6, "scale": 0.4, "is_causal": is_causal, "chunk_size": 8}
+    num, den, shrink = polynomial_partial(q, k, v, rescale=False, **kw)
+    num_r, den_r, shrink_r = polynomial_partial(q, k, v, rescale=True, **kw)
+    assert torch.equal(shrink, torch.zeros_like(shrink)) and (shrink_r != 0).any()
+    torch.testing.assert_close(num_r * shrink_r.exp().unsqueeze(-1), num, rtol=1e-12,
+                               atol=1e-12 * float(num.abs().max()))  # num cancels: an atol
+    torch.testing.assert_close(den_r * shrink_r.exp(), den, rtol=1e-12, atol=0)

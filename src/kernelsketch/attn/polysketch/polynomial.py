@@ -170,18 +170,22 @@ def polynomial_partial(
     scale: float,
     is_causal: bool,
     chunk_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Numerator and denominator of polynomial attention, chunked, SDPA layout, in range.
+    rescale: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Numerator and denominator of polynomial attention, chunked, SDPA layout.
 
     q [B, Hq, N, D], k [B, Hkv, M, D], v [B, Hkv, M, Dv] (GQA, causal aligned
-    bottom-right). Each row is divided by its largest weight ``m_i^p``,
-    ``m_i = max_j |scale q_i·k_j|`` over its keys (kept online over the key
-    chunks, as FlashAttention keeps the softmax maximum), so no weight
-    overflows or underflows whole at any scale or degree. Returns ``num``
-    [B, Hq, N, Dv], ``den`` [B, Hq, N] and ``shrink = p log m`` [B, Hq, N]
-    in the accumulation dtype, with ``Σ_j w_ij v_j = e^shrink num`` and
-    ``Σ_j w_ij = e^shrink den`` (for :func:`normalize_output`); differentiable
-    (m is a constant: the weights are homogeneous).
+    bottom-right). Returns ``num`` [B, Hq, N, Dv], ``den`` [B, Hq, N] and
+    ``shrink`` [B, Hq, N] in the accumulation dtype, with ``Σ_j w_ij v_j =
+    e^shrink num`` and ``Σ_j w_ij = e^shrink den`` (for
+    :func:`normalize_output`); differentiable. Without ``rescale`` shrink = 0.
+    With it each row is divided by its largest weight ``m_i^p``, ``m_i =
+    max_j |scale q_i·k_j|`` over its keys, kept online over the key chunks
+    (as FlashAttention keeps the softmax maximum), and shrink = p log m: no
+    weight overflows or underflows whole at any scale or degree (m is a
+    constant for autograd: the weights are homogeneous). It costs about 40%
+    more time, so :func:`polynomial_forward` asks for it only where
+    :func:`bounded_inputs` finds that the weights could overflow.
     """
     acc = accumulation_dtype(q.dtype)
     Hq, Hkv, N, M = q.shape[1], k.shape[1], q.shape[2], k.shape[2]
@@ -198,9 +202,16 @@ def polynomial_partial(
         last_key = int(pos_c.max()) + 1 if is_causal else M
         for c0 in range(0, min(M, last_key), chunk_size):
             c1 = min(M, c0 + chunk_size)
-            a = torch.matmul(qc, k[:, :, c0:c1].transpose(-1, -2)).abs() * scale
+            s = torch.matmul(qc, k[:, :, c0:c1].transpose(-1, -2))
+            mask = None
             if is_causal and int(pos_c.min()) < c1 - 1:
-                a = a.masked_fill(torch.arange(c0, c1, device=q.device) > pos_c.unsqueeze(1), 0.0)
+                mask = torch.arange(c0, c1, device=q.device) <= pos_c.unsqueeze(1)
+            if not rescale:
+                w = polynomial_weights(s, None, degree=degree, scale=scale, mask=mask)
+                num = num + torch.matmul(w, v[:, :, c0:c1])
+                den = den + w.sum(-1)
+                continue
+            a = s.abs() * scale if mask is None else (s.abs() * scale).masked_fill(~mask, 0.0)
             m_new = torch.maximum(m, a.detach().amax(-1))
             m_safe = torch.where(m_new > 0, m_new, torch.ones_like(m_new))
             w = polynomial_weights(a / m_safe.unsqueeze(-1), None, degree=degree)
@@ -219,11 +230,14 @@ def polynomial_forward(q, k, v, *, is_causal, scale, config, generator, need_lse
     del generator
     if config.normalize:
         q, k = layer_norm_qk(q, k)
+    acc = accumulation_dtype(q.dtype)
+    _, _, bound = bounded_inputs(q.to(acc), k.to(acc), v, scale=scale, degree=config.degree)
+    rescale = bool((bound > 0).any())
     num, den, shrink = polynomial_partial(
         q, k, v, degree=config.degree, scale=scale, is_causal=is_causal,
-        chunk_size=config.chunk_size,
+        chunk_size=config.chunk_size, rescale=rescale,
     )
-    return normalize_output(num, den, need_lse, shrink)
+    return normalize_output(num, den, need_lse, shrink if rescale else None)
 
 
 METHOD = MethodSpec(
