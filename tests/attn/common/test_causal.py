@@ -90,7 +90,7 @@ def test_recursion_is_exact_matches_what_the_recursion_does(N, M, min_seq_len):
 
 
 def test_dispatch_takes_the_exact_path_when_every_block_is_exact():
-    def never(q, k, v, scale):
+    def never(q, k, v, scale, exact_first, exact_last):
         raise AssertionError("the approximator must not run")
 
     q, k, v = random_qkv(1, 2, 2, 64, 64, 8)

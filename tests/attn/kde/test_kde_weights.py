@@ -38,9 +38,8 @@ def test_distribution_uses_the_row_kde_sample_weights(seed, monkeypatch):
     _, _, blk_q, blk_k = block_diagonal_attention(q, k, v, lsh, 4, scale=scale)
     s = q @ k.transpose(-1, -2) * scale  # [B, 1, N, M]
     same = blk_q.unsqueeze(-1) == blk_k.unsqueeze(-2)
-    lse_blocks = torch.logsumexp(s.masked_fill(~same, float("-inf")), dim=-1)
     cfg = KDEConfig(block_size=20, sample_size=16, kde_samples=8, min_seq_len=0)
-    got = amm_probabilities(q, k, v, lse_blocks, [(blk_q, blk_k)], scale, cfg, g)
+    got = amm_probabilities(q, k, v, [(blk_q, blk_k)], scale, cfg, g)
 
     (key_idx, key_w), (row_idx, _) = draws
     assert key_idx.shape == (B, 1, 8) and torch.all(key_w == M / 8)  # weights 10, not 1

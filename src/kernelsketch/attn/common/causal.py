@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .exact import ExactConfig, exact_forward, exact_lse
+from .exact import ExactConfig, exact_forward, exact_lse, warn_exact_fallback
 from .merge import merge_partials
 
 # approximate(q, k, v, scale) -> (out, lse): non-causal partial attention of
@@ -56,6 +56,7 @@ def _square_causal(q, k, v, *, scale, approximate, min_seq_len):
     out, lse = exact_lse(blocks(q), blocks(k), blocks(v), scale=scale, is_causal=True)
     out = out.reshape(B, nb, Hq, leaf, -1).transpose(1, 2).reshape(B, Hq, n_pad, -1)
     lse = lse.reshape(B, nb, Hq, leaf).transpose(1, 2).reshape(B, Hq, n_pad)
+    parts = []  # (blocks, half, out, lse) of each level's off-diagonal blocks
     for level in range(levels, 0, -1):
         blocks = 2 ** (level - 1)
         half = n_pad // (2 * blocks)
@@ -66,14 +67,47 @@ def _square_causal(q, k, v, *, scale, approximate, min_seq_len):
             return x.transpose(1, 2).reshape(B * blocks, h, half, x.shape[-1])
 
         off_out, off_lse = approximate(halves(q, 1), halves(k, 0), halves(v, 0), scale)
-        off_out = off_out.reshape(B, blocks, Hq, half, -1).transpose(1, 2)
-        off_lse = off_lse.reshape(B, blocks, Hq, half).transpose(1, 2)
-        o = out.reshape(B, Hq, blocks, 2, half, -1)
-        s = lse.reshape(B, Hq, blocks, 2, half)
-        merged_out, merged_lse = merge_partials(o[:, :, :, 1], s[:, :, :, 1], off_out, off_lse)
-        out = torch.stack((o[:, :, :, 0], merged_out), dim=3).reshape(B, Hq, n_pad, -1)
-        lse = torch.stack((s[:, :, :, 0], merged_lse), dim=3).reshape(B, Hq, n_pad)
+        parts.append((blocks, half, off_out.reshape(B, blocks, Hq, half, -1).transpose(1, 2),
+                      off_lse.reshape(B, blocks, Hq, half).transpose(1, 2)))
+    out, lse = _merge_levels(out, lse, parts)
     return out[:, :, :n], lse[:, :, :n]
+
+
+def _merge_levels(out, lse, parts):
+    """Merge the leaves' partials with every level's (one pass per part, no re-stacking).
+
+    ``out`` [B, H, n, Dv], ``lse`` [B, H, n]: the leaves, every row; each part
+    ``(blocks, half, out [B, H, blocks, half, Dv], lse [B, H, blocks, half])``
+    covers the second half of each of ``blocks`` equal spans of the rows. The
+    result is :func:`.merge.merge_partials` of all parts, computed as
+    ``Σ_p e^{lse_p - m} out_p / Σ_p e^{lse_p - m}`` with one detached shift m.
+    """
+    if not parts:
+        return out, lse
+    B, H = lse.shape[:2]
+    acc = lse.dtype
+
+    def second(x, blocks, half):
+        return x.reshape(B, H, blocks, 2, half, *x.shape[3:])[:, :, :, 1]
+
+    with torch.no_grad():  # the shift cancels: no gradient flows through it
+        m = lse.detach().clone()
+        for blocks, half, _, part_lse in parts:
+            view = second(m, blocks, half)
+            view.copy_(torch.maximum(view, part_lse.detach()))
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    w = torch.exp(lse - m)
+    den = w.clone()
+    num = w.unsqueeze(-1) * out.to(acc)
+    for blocks, half, part_out, part_lse in parts:
+        wp = torch.exp(part_lse - second(m, blocks, half))
+        second(den, blocks, half).add_(wp)
+        second(num, blocks, half).add_(wp.unsqueeze(-1) * part_out.to(acc))
+    nonzero = den > 0
+    den_safe = torch.where(nonzero, den, torch.ones_like(den))
+    out = num / den_safe.unsqueeze(-1)
+    lse = torch.where(nonzero, m + torch.log(den_safe), torch.full_like(m, float("-inf")))
+    return out, lse
 
 
 def causal_attention(
@@ -140,27 +174,35 @@ def recursion_is_exact(N: int, M: int, min_seq_len: int) -> bool:
 _EXACT = ExactConfig()
 
 
-def approximate_or_exact(q, k, v, *, is_causal, scale, min_seq_len, noncausal, need_lse):
+def approximate_or_exact(q, k, v, *, is_causal, scale, min_seq_len, noncausal, need_lse,
+                         sink=0, window=0, method="sketch"):
     """Dispatch shared by the LSH methods (HyperAttention, KDEformer).
 
     Exact attention when the problem is at most ``min_seq_len`` long (keys for
     non-causal; for causal, whenever the recursion would only compute exact
-    blocks, see :func:`recursion_is_exact`); otherwise ``noncausal(q, k, v,
-    scale)`` directly, or inside the causal recursion where off-diagonal
-    blocks with at most ``min_seq_len`` keys are exact too.
+    blocks, see :func:`recursion_is_exact`), with a one-time
+    :class:`~.exact.ExactFallbackWarning` naming ``method``; otherwise
+    ``noncausal(q, k, v, scale, exact_first, exact_last)`` directly (the first
+    ``sink`` keys exact), or inside the causal recursion where off-diagonal
+    blocks with at most ``min_seq_len`` keys are exact and every other block
+    attends exactly to its first ``sink`` and last ``window`` keys (with the
+    exact leaves, every query sees its ``window`` preceding keys and the
+    sequence's first ``sink`` keys exactly).
     """
     N, M = q.shape[2], k.shape[2]
     if (is_causal and recursion_is_exact(N, M, min_seq_len)) or (
         not is_causal and M <= min_seq_len
     ):
+        warn_exact_fallback(method, f"min_seq_len={min_seq_len} covers "
+                            f"{'every block of the causal recursion' if is_causal else 'the keys'}")
         return exact_forward(q, k, v, is_causal=is_causal, scale=scale, config=_EXACT,
                              generator=None, need_lse=need_lse)
     if not is_causal:
-        return noncausal(q, k, v, scale)
+        return noncausal(q, k, v, scale, sink, 0)
 
     def approximate(qb, kb, vb, s):
         if kb.shape[2] <= min_seq_len:
             return exact_lse(qb, kb, vb, scale=s)
-        return noncausal(qb, kb, vb, s)
+        return noncausal(qb, kb, vb, s, sink, window)
 
     return causal_attention(q, k, v, scale=scale, approximate=approximate, min_seq_len=min_seq_len)

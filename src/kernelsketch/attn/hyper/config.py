@@ -24,6 +24,11 @@ class HyperConfig(MethodConfig):
         half-and-half with uniform so every key keeps probability ≥ 1/(2m)).
     samples_per_key : extra samples proportional to the key count: the sample
         size is ``sample_size + ceil(samples_per_key * m)``.
+    sink : the first ``sink`` keys are attended exactly by every query
+        (attention sinks), outside the blocks and the samples.
+    window : causal: every query attends exactly to its ``window`` preceding
+        keys (each off-diagonal block of the recursion attends exactly to its
+        last ``window`` keys); not used without ``is_causal``.
     """
 
     lsh_bits: int = 7
@@ -33,6 +38,8 @@ class HyperConfig(MethodConfig):
     hash_rounds: int = 1
     sampling: str = "uniform"
     samples_per_key: float = 0.0
+    sink: int = 0
+    window: int = 0
 
     def __post_init__(self) -> None:
         check_int("lsh_bits", self.lsh_bits, min=1, max=30)
@@ -42,6 +49,8 @@ class HyperConfig(MethodConfig):
         check_int("hash_rounds", self.hash_rounds, min=1, max=16)
         check_choice("sampling", self.sampling, ("uniform", "value_norm"))
         check_float("samples_per_key", self.samples_per_key, min=0.0, max=1.0)
+        check_int("sink", self.sink, min=0)
+        check_int("window", self.window, min=0)
 
     def num_samples(self, num_keys: int) -> int:
         """Sample size used for ``num_keys`` keys."""
@@ -50,4 +59,4 @@ class HyperConfig(MethodConfig):
     @classmethod
     def full_budget(cls, seq_len: int) -> HyperConfig:
         """A config whose blocks cover every pair at this length (equals exact attention)."""
-        return cls(block_size=max(seq_len, 1), sample_size=0, min_seq_len=0)
+        return cls(block_size=max(seq_len, 1), sample_size=0, min_seq_len=0, sink=0, window=0)

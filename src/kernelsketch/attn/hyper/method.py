@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..common.causal import approximate_or_exact
+from ..common.exact import flash_applies
 from ..common.sortlsh import fused_kernels_apply
 from ..common.spec import MethodSpec
 from .config import HyperConfig
@@ -10,8 +11,9 @@ from .naive import hyper_noncausal
 
 
 def use_fused(q, config: HyperConfig) -> bool:
-    """The fused kernels run CUDA half-precision inputs with one hash round."""
-    return config.hash_rounds == 1 and fused_kernels_apply(q)
+    """One fused kernel call per estimate (:mod:`.fused`) with one hash round: the Triton
+    kernels on CUDA half-precision inputs, SDPA's flash kernel on CPU float32/bf16/fp16."""
+    return config.hash_rounds == 1 and (fused_kernels_apply(q) or flash_applies(q))
 
 
 def hyper_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
@@ -28,8 +30,9 @@ def hyper_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
         noncausal = hyper_noncausal
     return approximate_or_exact(
         q, k, v, is_causal=is_causal, scale=scale, min_seq_len=config.min_seq_len,
-        noncausal=lambda qb, kb, vb, s: noncausal(qb, kb, vb, s, config, generator),
-        need_lse=need_lse,
+        noncausal=lambda qb, kb, vb, s, first, last: noncausal(qb, kb, vb, s, config, generator,
+                                                                first, last),
+        need_lse=need_lse, sink=config.sink, window=config.window, method="hyper",
     )
 
 

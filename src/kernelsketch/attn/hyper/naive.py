@@ -17,6 +17,7 @@ from ..common.exact import partial_attention
 from ..common.gqa import fold_groups, gather_rows, unfold_groups
 from ..common.merge import accumulation_dtype, merge_many
 from ..common.sortlsh import block_diagonal_attention, covered_by_blocks
+from ..common.sortlsh.blocks import split_exact_keys
 from .config import HyperConfig
 
 
@@ -54,34 +55,41 @@ def hyper_noncausal(
     scale: float,
     config: HyperConfig,
     generator: torch.Generator | None,
+    exact_first: int = 0,
+    exact_last: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Non-causal HyperAttention partial ``(out, lse)`` in the accumulation dtype.
 
-    q [B, Hq, N, D], k [B, Hkv, M, D], v [B, Hkv, M, Dv]. The G = Hq/Hkv query
-    heads sharing a key head are hashed and sorted together with that head's
-    keys (GQA without copying keys). With ``hash_rounds > 1`` the blocks of
-    all rounds are united, each pair counted once; sampled pairs that a block
-    covers are masked. exp(lse) is an unbiased estimate of
-    Σ_j exp(q_i·k_j·scale); out [B, Hq, N, Dv], lse [B, Hq, N].
+    q [B, Hq, N, D], k [B, Hkv, M, D], v [B, Hkv, M, Dv]. The first
+    ``exact_first`` and last ``exact_last`` keys are attended exactly by every
+    query (attention sinks, local window); the estimator runs on the other
+    keys. The G = Hq/Hkv query heads sharing a key head are hashed and sorted
+    together with that head's keys (GQA without copying keys). With
+    ``hash_rounds > 1`` the blocks of all rounds are united, each pair counted
+    once; sampled pairs that a block covers are masked. exp(lse) is an
+    unbiased estimate of Σ_j exp(q_i·k_j·scale); out [B, Hq, N, Dv], lse [B, Hq, N].
     """
     Hq, D = q.shape[1], q.shape[3]
-    Hkv, M = k.shape[1], k.shape[2]
+    Hkv = k.shape[1]
     qf = fold_groups(q, Hkv)
-    num_blocks = math.ceil(M / config.block_size)
-    covered = []  # block ids (queries, keys) of each hash round
-    parts = []
-    for _ in range(config.hash_rounds):
-        lsh = AngularLSH(D, config.lsh_bits, generator=generator).to(q.device)
-        out, lse, blk_q, blk_k = block_diagonal_attention(qf, k, v, lsh, num_blocks, scale=scale,
-                                                          covered=covered)
-        parts.append((out, lse))
-        covered.append((blk_q, blk_k))
+    k_exact, v_exact, k, v = split_exact_keys(k, v, exact_first, exact_last)
+    parts = [] if k_exact is None else [partial_attention(qf, k_exact, v_exact, scale=scale)]
+    M = k.shape[2]
+    if M:
+        num_blocks = math.ceil(M / config.block_size)
+        covered = []  # block ids (queries, keys) of each hash round
+        for _ in range(config.hash_rounds):
+            lsh = AngularLSH(D, config.lsh_bits, generator=generator).to(q.device)
+            out, lse, blk_q, blk_k = block_diagonal_attention(qf, k, v, lsh, num_blocks,
+                                                              scale=scale, covered=covered)
+            parts.append((out, lse))
+            covered.append((blk_q, blk_k))
 
-    samples = draw_samples(k, v, config, generator) if num_blocks > 1 else None
-    if samples is not None:
-        idx, log_w = samples
-        seen = covered_by_blocks(covered, idx)
-        parts.append(partial_attention(qf, gather_rows(k, idx), gather_rows(v, idx), scale=scale,
-                                       mask=~seen, key_log_weights=log_w))
+        samples = draw_samples(k, v, config, generator) if num_blocks > 1 else None
+        if samples is not None:
+            idx, log_w = samples
+            seen = covered_by_blocks(covered, idx)
+            parts.append(partial_attention(qf, gather_rows(k, idx), gather_rows(v, idx),
+                                           scale=scale, mask=~seen, key_log_weights=log_w))
     out, lse = merge_many(parts)
     return unfold_groups(out, Hq), unfold_groups(lse, Hq)

@@ -20,6 +20,11 @@ class KDEConfig(MethodConfig):
         D̂, query rows for the column norms).
     min_seq_len : exact attention at or below this length; 0 forces the
         approximation at any length.
+    sink : the first ``sink`` keys are attended exactly by every query
+        (attention sinks), outside the blocks and the samples.
+    window : causal: every query attends exactly to its ``window`` preceding
+        keys (each off-diagonal block of the recursion attends exactly to its
+        last ``window`` keys); not used without ``is_causal``.
     """
 
     lsh_bits: int = 7
@@ -27,6 +32,8 @@ class KDEConfig(MethodConfig):
     sample_size: int = 256
     kde_samples: int = 256
     min_seq_len: int = 4096
+    sink: int = 0
+    window: int = 0
 
     def __post_init__(self) -> None:
         check_int("lsh_bits", self.lsh_bits, min=1, max=30)
@@ -34,8 +41,10 @@ class KDEConfig(MethodConfig):
         check_int("sample_size", self.sample_size, min=0)
         check_int("kde_samples", self.kde_samples, min=1)
         check_int("min_seq_len", self.min_seq_len, min=0)
+        check_int("sink", self.sink, min=0)
+        check_int("window", self.window, min=0)
 
     @classmethod
     def full_budget(cls, seq_len: int) -> KDEConfig:
         """A config whose blocks cover every pair at this length (equals exact attention)."""
-        return cls(block_size=max(seq_len, 1), sample_size=0, min_seq_len=0)
+        return cls(block_size=max(seq_len, 1), sample_size=0, min_seq_len=0, sink=0, window=0)

@@ -1,4 +1,5 @@
-"""KDEformer through the fused sortLSH Triton kernels (CUDA; ``TRITON_INTERPRET=1`` in tests)."""
+"""KDEformer through one fused kernel call: the sortLSH Triton kernels (CUDA half
+precision; ``TRITON_INTERPRET=1`` in tests) or SDPA's CPU flash kernel (CPU)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import math
 import torch
 
 from ...sketch.lsh import AngularLSH
+from ..common.exact import exact_lse
 from ..common.gqa import fold_groups, unfold_groups
-from ..common.sortlsh import sorted_blocks
-from ..common.sortlsh.fused import fused_sorted_attention, no_samples
+from ..common.sortlsh.blocks import no_samples, sorted_blocks, split_exact_keys
+from ..hyper.fused import sorted_sampled_attention
 from .config import KDEConfig
 from .naive import draw_samples, samples_needed
 
@@ -21,36 +23,37 @@ def kde_noncausal_fused(
     scale: float,
     config: KDEConfig,
     generator: torch.Generator | None,
+    exact_first: int = 0,
+    exact_last: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`.naive.kde_noncausal` through the Triton kernels.
+    """:func:`.naive.kde_noncausal` through one fused kernel call.
 
-    Draws the hash and the samples as the torch path does (the blocks' lse
-    that the AMM distribution needs comes from one extra block-only launch
-    without gradient), so both agree for the same generator state.
-    Differentiable w.r.t. q, k and v through the Triton backward; out
-    [B, Hq, N, Dv] in v's dtype, lse [B, Hq, N] float32.
+    Draws the hash and the samples as the torch path does (the AMM
+    distribution's density estimates need only the logits of its sampled
+    rows), so both agree for the same generator state. Differentiable w.r.t.
+    q, k and v; out [B, Hq, N, Dv] in q's dtype, lse [B, Hq, N] float32
+    (float64 for float64 inputs).
     """
     B, Hq, _, D = q.shape
-    Hkv, M = k.shape[1], k.shape[2]
+    Hkv = k.shape[1]
     qf = fold_groups(q, Hkv)
+    k_exact, v_exact, k_rest, v_rest = split_exact_keys(k, v, exact_first, exact_last)
+    M = k_rest.shape[2]
+    if not M:  # every key is in the exact set
+        out, lse = exact_lse(qf, k_exact, v_exact, scale=scale)
+        return unfold_groups(out, Hq), unfold_groups(lse, Hq)
     num_blocks = math.ceil(M / config.block_size)
     lsh = AngularLSH(D, config.lsh_bits, generator=generator).to(q.device)
     perm_q, blk_q, q_len = sorted_blocks(lsh(qf), num_blocks)
-    perm_k, blk_k, k_len = sorted_blocks(lsh(k), num_blocks)
-
-    def attend(idx, log_w):
-        return fused_sorted_attention(qf, k, v, perm_q, perm_k, idx, log_w.detach(),
-                                      torch.gather(blk_k, 2, idx), q_block=q_len,
-                                      k_block=k_len, scale=scale)
-
-    empty = no_samples(B, Hkv, q.device)
-    if not samples_needed(config, num_blocks):
-        out, lse = attend(*empty)
+    perm_k, blk_k, k_len = sorted_blocks(lsh(k_rest), num_blocks)
+    if samples_needed(config, num_blocks):
+        idx, log_w = draw_samples(qf, k_rest, v_rest, [(blk_q, blk_k)], scale, config, generator,
+                                  k_exact)
     else:
-        block_lse = None
-        if config.sample_size < M:
-            with torch.no_grad():
-                block_lse = attend(*empty)[1]
-        out, lse = attend(*draw_samples(qf, k, v, block_lse, [(blk_q, blk_k)], scale, config,
-                                        generator))
+        idx, log_w = no_samples(B, Hkv, q.device)
+    first = min(exact_first, k.shape[2])
+    out, lse = sorted_sampled_attention(qf, k, v, perm_q, perm_k, idx, log_w.detach(),
+                                        torch.gather(blk_k, 2, idx), q_block=q_len,
+                                        k_block=k_len, scale=scale, exact_first=first,
+                                        exact_last=k.shape[2] - M - first)
     return unfold_groups(out, Hq), unfold_groups(lse, Hq)

@@ -73,6 +73,36 @@ def block_diagonal_attention(qf, k, v, lsh, num_blocks, *, scale, covered=()):
     return _unsort(out, perm_q), _unsort(lse, perm_q), blk_q, blk_k
 
 
+def split_exact_keys(k: torch.Tensor, v: torch.Tensor, first: int, last: int):
+    """Split keys [B, H, M, ·] into the always-exact set and the rest (both views or copies).
+
+    The exact set is the first ``first`` keys (attention sinks) and the last
+    ``last`` keys (the keys just before the query block in the causal
+    recursion: the local window), clipped to M. Returns
+    ``(k_exact, v_exact, k_rest, v_rest)`` with ``k_exact = None`` when the set
+    is empty; ``k_rest`` is the contiguous slice ``first : M - last``.
+    """
+    M = k.shape[2]
+    first = min(first, M)
+    last = min(last, M - first)
+    if not first and not last:
+        return None, None, k, v
+    rest = slice(first, M - last)
+    if not last:
+        return k[:, :, :first], v[:, :, :first], k[:, :, rest], v[:, :, rest]
+    if not first:
+        return k[:, :, M - last:], v[:, :, M - last:], k[:, :, rest], v[:, :, rest]
+    ke = torch.cat((k[:, :, :first], k[:, :, M - last:]), dim=2)
+    ve = torch.cat((v[:, :, :first], v[:, :, M - last:]), dim=2)
+    return ke, ve, k[:, :, rest], v[:, :, rest]
+
+
+def no_samples(batch: int, heads: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """An empty sample set: indices [B, H, 0] int64 and log-weights [B, H, 0] float32."""
+    return (torch.zeros(batch, heads, 0, dtype=torch.long, device=device),
+            torch.zeros(batch, heads, 0, device=device))
+
+
 def covered_by_blocks(covered, key_idx):
     """bool [B, H, R, S]: sampled key ``key_idx`` [B, H, S] shares a block with row r in a round."""
     seen = None
