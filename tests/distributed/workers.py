@@ -170,10 +170,40 @@ def errors_job(rank, world):
     return results
 
 
+LOW_PRECISION = [
+    ("exact", None), ("lev", LevConfig(budget=6, window=4)),
+    ("polysketch", PolySketchConfig(block_size=5, sketch_size=4)),
+    ("hyper", HyperConfig(block_size=8, sample_size=8, lsh_bits=3, min_seq_len=0)),
+    ("kde", KDEConfig(block_size=8, sample_size=8, kde_samples=8, lsh_bits=3, min_seq_len=0)),
+]
+
+
+def low_precision_job(rank, world):
+    """float32 and bfloat16 shards: max |distributed - single process| (exact, lev,
+    polysketch) or whether the output is finite (hyper, kde), per method, dtype, causal."""
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k, v, _, _ = (t.to(dtype) for t in _inputs(MHA, seed=5000))
+        n = MHA[3] // world
+        rows = slice(rank * n, (rank + 1) * n)
+        for method, config in LOW_PRECISION:
+            for causal in (False, True):
+                out = context_parallel_attention(
+                    q[:, :, rows], k[:, :, rows], v[:, :, rows], method=method, config=config,
+                    is_causal=causal, generator=torch.Generator().manual_seed(1))
+                ref = ks.attention(q, k, v, method=method, config=config, is_causal=causal,
+                                   generator=torch.Generator().manual_seed(1))[:, :, rows]
+                results[method, str(dtype), causal] = {
+                    "dtype": str(out.dtype), "finite": bool(torch.isfinite(out).all()),
+                    "diff": _max_abs(out.double() - ref.double())}
+    return results
+
+
 def attention_job(rank, world):
     """The deterministic jobs in one spawn."""
     return {"equality": equality_job(rank, world), "scaling": scaling_job(rank, world),
-            "same_draws": same_draws_job(rank, world), "errors": errors_job(rank, world)}
+            "same_draws": same_draws_job(rank, world), "errors": errors_job(rank, world),
+            "low_precision": low_precision_job(rank, world)}
 
 
 def equality_job(rank, world):

@@ -295,7 +295,7 @@ def _assemble(problems, side_k: _Side, picks, fill_rows, width, *, B, H, group, 
     return all_reduce_sum(buf, group)
 
 
-def _two_stage_sample(probs_local, side_k: _Side, problems, num, gen, local_gen, *, B, H, P, me,
+def _two_stage_sample(probs_local, side_k: _Side, problems, num, gen, local_gen, *, B, H, me,
                       group):
     """``num`` i.i.d. keys per head of each problem with p_j ∝ probs (no gradient).
 
@@ -339,7 +339,7 @@ def _two_stage_sample(probs_local, side_k: _Side, problems, num, gen, local_gen,
     return picks, logw
 
 
-def _sample_rows(problems, qside, kside, v_rows, picks, logw, blk_k_rounds, *, B, H, group, acc):
+def _sample_rows(problems, kside, v_rows, picks, blk_k_rounds, *, B, H, group, acc):
     """Assemble the sampled keys, values, log weights and block ids on every rank."""
     D, Dv = kside.rows.shape[-1], v_rows.shape[-1]
     rounds = len(blk_k_rounds)
@@ -407,14 +407,14 @@ def _noncausal_level(qg, k, v, problems, *, method, config, scale, seed, tag, gr
     if method == "kde":
         picks, logw = _kde_samples(qside, kside, vrows, problems, nums, parts[0][1], blk_q[0],
                                    blk_k[0], scale=scale, config=config, gen=gen,
-                                   local_gen=local_gen, n=n, m=m, B=B, H=H, P=P, me=me,
+                                   local_gen=local_gen, n=n, m=m, B=B, H=H, me=me,
                                    group=group)
     else:
         picks, logw = _hyper_samples(kside, vrows, problems, nums, config, gen, local_gen, m=m,
-                                     B=B, H=H, P=P, me=me, group=group)
+                                     B=B, H=H, me=me, group=group)
     if any(p is not None for p in picks):
-        ks, vs, ids = _sample_rows(problems, qside, kside, vrows, picks, logw, blk_k, B=B, H=H,
-                                   group=group, acc=acc)
+        ks, vs, ids = _sample_rows(problems, kside, vrows, picks, blk_k, B=B, H=H, group=group,
+                                   acc=acc)
         if qi is not None and picks[qi] is not None:
             s = picks[qi].shape[-1]
             ks, vs, ids, lw = ks[qi, :, :, :s], vs[qi, :, :, :s], ids[qi, :, :, :s], logw[qi]
@@ -428,7 +428,7 @@ def _noncausal_level(qg, k, v, problems, *, method, config, scale, seed, tag, gr
     return merge_many(parts) if qi is not None else None
 
 
-def _hyper_samples(kside, vrows, problems, nums, config, gen, local_gen, *, m, B, H, P, me,
+def _hyper_samples(kside, vrows, problems, nums, config, gen, local_gen, *, m, B, H, me,
                    group):
     dev = vrows.device
     if config.sampling == "uniform":
@@ -461,12 +461,12 @@ def _hyper_samples(kside, vrows, problems, nums, config, gen, local_gen, *, m, B
         if kside.problem is not None:
             M = kside.n * len(problems[kside.problem].k_ranks)
             probs = 0.5 / M + 0.5 * norms / tot[kside.problem][..., None].clamp_min(1e-30)
-        return _two_stage_sample(probs, kside, problems, nums, gen, local_gen, B=B, H=H, P=P,
+        return _two_stage_sample(probs, kside, problems, nums, gen, local_gen, B=B, H=H,
                                  me=me, group=group)
 
 
 def _kde_samples(qside, kside, vrows, problems, nums, lse_blocks, blk_q, blk_k, *, scale, config,
-                 gen, local_gen, n, m, B, H, P, me, group):
+                 gen, local_gen, n, m, B, H, me, group):
     """KDEformer's AMM distribution (attn/kde/naive.py) over the sharded keys, then the draw."""
     dev = vrows.device
     acc = lse_blocks.dtype
@@ -488,8 +488,8 @@ def _kde_samples(qside, kside, vrows, problems, nums, lse_blocks, blk_q, blk_k, 
             logw.append(w.log().to(acc))
         if all(p is None for p in picks):
             return picks, logw
-        ku, _, idu = _sample_rows(problems, qside, kside, vrows, picks, logw, [blk_k],
-                                  B=B, H=H, group=group, acc=acc)
+        ku, _, idu = _sample_rows(problems, kside, vrows, picks, [blk_k], B=B, H=H,
+                                  group=group, acc=acc)
         qa = qside.rows.reshape(B, H, G * nq, D).to(acc)
         log_d = torch.zeros(B, H, G * nq, dtype=acc, device=dev)
         qi = qside.problem
@@ -541,7 +541,8 @@ def _kde_samples(qside, kside, vrows, problems, nums, lse_blocks, blk_q, blk_k, 
         loc = torch.zeros(3, Q, B, H, dtype=acc, device=dev)
         if kidx is not None:
             finite_max = log_c.amax(-1)
-            loc[0, kidx] = torch.where(torch.isfinite(finite_max), finite_max, -1e300)
+            loc[0, kidx] = torch.where(torch.isfinite(finite_max), finite_max,
+                                       torch.finfo(acc).min)
             loc[1, kidx] = va.abs().amax(dim=(-2, -1))
         mx = all_reduce_max(loc[:2], group)
         col = torch.zeros(B, H, mk, dtype=acc, device=dev)
@@ -562,7 +563,7 @@ def _kde_samples(qside, kside, vrows, problems, nums, lse_blocks, blk_q, blk_k, 
             z = sums[0, kidx][..., None]
             col = torch.where(z > 0, col / z.clamp_min(torch.finfo(acc).tiny), 0.0)
             probs = 0.5 * col + 0.5 * vnorm / sums[1, kidx][..., None]
-        return _two_stage_sample(probs, kside, problems, nums, gen, local_gen, B=B, H=H, P=P,
+        return _two_stage_sample(probs, kside, problems, nums, gen, local_gen, B=B, H=H,
                                  me=me, group=group)
 
 
