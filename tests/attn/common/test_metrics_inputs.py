@@ -74,16 +74,31 @@ def test_spectral_error_accepts_the_smallest_valid_arguments(seed):
     assert torch.all(spectral_error(small, q, k, v, scale=1e-3) < 1e-12)
     with pytest.raises(ValueError, match="approx_out"):
         spectral_error(ref[0], q, k, v)
+    with pytest.raises(ValueError, match="approx_out"):
+        spectral_error(ref.unsqueeze(-1), q, k, v)
+
+
+def test_spectral_error_on_rows_that_see_no_key(seed):
+    # Causal with N > M: the first N - M rows see no key, their rows of D⁻¹A are 0 and so is
+    # the exact output; a subset of such rows has ‖D⁻¹A‖₂ = 0 and error 0, not NaN.
+    q, k, v, _ = qkv(seed, B=1, Hq=1, N=6, M=2)
+    ref = naive_attention(q, k, v, is_causal=True)
+    for row_seed in range(12):  # each draws one row, 4 of 6 of them blind
+        err = spectral_error(ref, q, k, v, is_causal=True, num_rows=1,
+                             generator=torch.Generator().manual_seed(row_seed))
+        assert err.item() < 1e-12, row_seed  # NaN fails too
 
 
 def test_heavy_entry_recall_defaults_boundaries_and_causality(seed):
     q, k, _, _ = qkv(seed, B=1, Hq=1, N=8, M=8, D=4)
-    # Default scale is D^-1/2, the attention's own.
-    p = attention_probs(q, k, scale=0.5)
-    some = torch.rand(p.shape, generator=torch.Generator().manual_seed(seed)) < 0.5
-    eps = float(p.max()) / 2
-    assert heavy_entry_recall(q, k, some, eps=eps) == heavy_entry_recall(q, k, some, eps=eps,
-                                                                          scale=0.5)
+    # The recall is |heavy ∩ captured| / |heavy| of p >= eps, at the given scale or D^-1/2.
+    some = torch.rand(8, 8, generator=torch.Generator().manual_seed(seed)) < 0.5
+    for scale in (None, 2.0):
+        p = attention_probs(q, k, scale=4 ** -0.5 if scale is None else scale)[0, 0]
+        eps = float(p.max()) / 3
+        heavy = p >= eps
+        want = int((heavy & some).sum()) / int(heavy.sum())
+        assert heavy_entry_recall(q, k, some, eps=eps, scale=scale) == pytest.approx(want), scale
     # An entry exactly at eps is heavy (>=): uniform rows of 1/8 with eps = 1/8.
     zeros = torch.zeros_like(q)
     none = torch.zeros(8, 8, dtype=torch.bool)
@@ -98,4 +113,5 @@ def test_heavy_entry_recall_defaults_boundaries_and_causality(seed):
     assert heavy_entry_recall(zeros, k, diag, eps=0.5, is_causal=True) == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="eps"):
         heavy_entry_recall(q, k, some, eps=0.0)
-    assert heavy_entry_recall(q, k, some, eps=1.0) in (0.0, 1.0)
+    with pytest.raises(ValueError, match="eps"):
+        heavy_entry_recall(q, k, some, eps=1.5)
