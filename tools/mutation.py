@@ -39,29 +39,42 @@ PKG = "src/kernelsketch"
 
 # name -> (modules to mutate, test files that run against them)
 TARGETS: dict[str, tuple[list[str], list[str]]] = {
-    "attn.merge": (["attn/common/merge.py"], ["tests/attn/common/test_merge.py"]),
+    "attn.merge": (["attn/common/merge.py"], ["tests/attn/common/test_merge*.py"]),
     "attn.exact": (["attn/common/exact.py", "attn/common/gqa.py"],
                    ["tests/attn/common/test_exact.py", "tests/attn/common/test_merge.py"]),
     "attn.causal": (["attn/common/causal.py"],
-                    ["tests/attn/common/test_causal.py", "tests/attn/hyper", "tests/attn/kde",
+                    ["tests/attn/common/test_causal*.py", "tests/attn/hyper", "tests/attn/kde",
                      "tests/attn/test_sampled_gradients.py"]),
-    "attn.sortlsh": (["attn/common/sortlsh/blocks.py"],
-                     ["tests/attn/hyper", "tests/attn/kde", "tests/attn/test_sampled_gradients.py"]),
+    "attn.sortlsh": (["attn/common/sortlsh/blocks.py", "attn/common/sortlsh/flash.py"],
+                     ["tests/attn/hyper", "tests/attn/kde", "tests/attn/test_sampled_gradients.py",
+                      "tests/attn/common/test_sortlsh_flash.py"]),
     "attn.metrics": (["attn/common/metrics.py"], ["tests/attn/common/test_metrics*.py"]),
     "attn.hyper": (["attn/hyper/naive.py", "attn/hyper/method.py", "attn/hyper/config.py"],
-                   ["tests/attn/hyper", "tests/attn/test_sampled_gradients.py"]),
+                   ["tests/attn/hyper", "tests/attn/test_sampled_gradients.py",
+                    "tests/attn/common/test_exact_keys.py"]),
     "attn.kde": (["attn/kde/naive.py", "attn/kde/method.py", "attn/kde/config.py"],
-                 ["tests/attn/kde", "tests/attn/test_sampled_gradients.py"]),
+                 ["tests/attn/kde", "tests/attn/test_sampled_gradients.py",
+                  "tests/attn/common/test_exact_keys.py"]),
     "attn.polysketch": (["attn/polysketch/features.py", "attn/polysketch/naive.py",
                          "attn/polysketch/polynomial.py", "attn/polysketch/method.py"],
                         ["tests/attn/polysketch/test_polysketch.py",
                          "tests/attn/polysketch/test_polynomial.py"]),
     "attn.lev": (["attn/lev/selection.py", "attn/lev/method.py"], ["tests/attn/lev"]),
-    "sketch": (["sketch/*.py"], ["tests/sketch"]),
-    "inner": (["inner/minhash.py", "inner/linear.py", "inner/sampling.py", "inner/joint.py",
-               "inner/join.py"],
-              ["tests/inner/test_estimators.py", "tests/inner/test_join.py",
-               "tests/inner/test_sketcher.py", "tests/inner/test_estimator_bias.py"]),
+    "sketch.tensor": (["sketch/tensor.py"],
+                      ["tests/sketch/test_tensor.py", "tests/sketch/test_polysketch_tree.py"]),
+    "sketch.hashing": (["sketch/hashing.py"],
+                       ["tests/sketch/test_hashing.py", "tests/inner/test_sketcher.py"]),
+    "sketch.projections": (["sketch/projections.py"], ["tests/sketch/test_projections.py"]),
+    "sketch.sampling": (["sketch/sampling.py"], ["tests/sketch/test_sampling.py"]),
+    "sketch.leverage": (["sketch/leverage.py"], ["tests/sketch/test_leverage.py"]),
+    "sketch.lsh": (["sketch/lsh.py"], ["tests/sketch/test_lsh.py"]),
+    "inner.minhash": (["inner/minhash.py"],
+                      ["tests/inner/test_estimators.py", "tests/inner/test_sketcher.py",
+                       "tests/inner/test_estimator_bias.py"]),
+    "inner.linear_sampling": (["inner/linear.py", "inner/sampling.py"],
+                              ["tests/inner/test_estimators.py", "tests/inner/test_sketcher.py",
+                               "tests/inner/test_estimator_bias.py"]),
+    "inner.join": (["inner/joint.py", "inner/join.py"], ["tests/inner/test_join.py"]),
     "features.constants": (["features/_arccos.py", "features/_powerseries.py",
                             "features/activations.py"],
                            ["tests/features/test_activations.py", "tests/features/test_ntk.py"]),
@@ -70,7 +83,69 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
 # Mutants that cannot change any result: (function, text of the mutated line, reason).
 # Matched against the '+' line of `mutmut show`, so they survive renumbering.
 EQUIVALENT: list[tuple[str, str, str]] = [
-    ("merge_partials", 'float("-INF")', "float() parses 'inf' case-insensitively"),
+    ("", 'float("-INF")', "float() parses 'inf' case-insensitively"),
+    # attn/common/sortlsh/blocks.py
+    ("covered_by_blocks", ".unsqueeze(+2)", ("unsqueeze(2) is unsqueeze(-2) on a 2-D gather result"
+     " ([B, H, S] -> axis 2 either way)")),
+    ("block_diagonal_attention", "bk.unsqueeze(+3)", "unsqueeze(3) is unsqueeze(-3) on a 5-D tensor"),
+    ("sorted_blocks", "torch.argsort(bucket, stable=True)", "dim=-1 is argsort's default"),
+    ("sorted_blocks", "torch.argsort(bucket, dim=-1, )", ("changes only the order of rows tied in one"
+     " bucket: any order is a valid sortLSH partition (ties are arbitrary in the paper)")),
+    ("sorted_blocks", "stable=False", ("changes only the order of rows tied in one bucket: any order"
+     " is a valid sortLSH partition (ties are arbitrary in the paper)")),
+    ("_blocked", "pad_value=1", ("the padding's value is never read: padded query rows are dropped"
+     " and padded keys masked")),
+    ("_blocked", "F.pad(x, pad, value=None)", "the padding's value is never read (see pad_value)"),
+    ("_blocked", "F.pad(x, pad, )", "the padding's value is never read (see pad_value)"),
+    ("block_diagonal_attention", "_blocked(bq, num_blocks, q_len,", ("block id of padded query rows,"
+     " which are dropped")),
+    ("block_diagonal_attention", "_blocked(bk, num_blocks, k_len,", ("block id of padded keys, which"
+     " the key mask removes")),
+    ("block_diagonal_attention", "_blocked(torch.ones_like(perm_k, dtype=torch.bool), num_blocks,",
+     "bool padding with None or no value is False, as given"),
+    # attn/common/causal.py
+    ("causal_attention", "if M >= N:", "for M == N the key prefix is empty and adds nothing"),
+    ("causal_attention", "if M <= N:", "for M == N zero rows are padded"),
+    ("causal_levels", "if n < min_seq_len:", ("at n == min_seq_len the general formula gives the same"
+     " (0 levels, leaf n)")),
+    ("recursion_is_exact", "max(M - N, 1) <=", ("max(M - N, 1) <= min_seq_len whenever the second"
+     " condition ceil(min(N, M) / 2) <= min_seq_len holds (min_seq_len >= 1 then)")),
+    ("_square_causal", "out.reshape(B, nb, Hq, -1).transpose(1, 2)", ("the same elements: the"
+     " leaf and value axes are contiguous and reshaped back")),
+    ("approximate_or_exact", "N, M = q.shape[3], k.shape[2]", ("N only chooses between one exact"
+     " call and a recursion whose blocks are then all exact: the same output")),
+    # attn/common/metrics.py
+    ("spectral_error", "q[b : b + 2,", "[0, 0] of the result takes the same (batch, head)"),
+    ("spectral_error", "h : h + 2]", "[0, 0] of the result takes the same (batch, head)"),
+    ("spectral_error", "k[b : b + 2,", "[0, 0] of the result takes the same (batch, head)"),
+    ("spectral_error", "h // group + 2]", "[0, 0] of the result takes the same (batch, head)"),
+    ("spectral_error", "power_iters: int = 31", "one more step of a converged power iteration"),
+    ("spectral_error", "min=1) <= N:", "num_rows == N samples every row: the full set"),
+    ("attention_probs", "transpose(-1, +2)", "transpose(-1, 2) is transpose(-1, -2) in 4-D"),
+    ("attention_probs", "pos.unsqueeze(+1)", "unsqueeze(1) is unsqueeze(-1) of a 1-D tensor"),
+    ("attention_probs", "nan_to_num(p, nan=None)", "nan_to_num's default nan is 0.0"),
+    ("attention_probs", "nan_to_num(p, )", "nan_to_num's default nan is 0.0"),
+    ("_spectral_norm", "manual_seed(1)", "another start vector: the same converged norm"),
+    ("_spectral_norm", "generator=None)", "another start vector: the same converged norm"),
+    ("_spectral_norm", "gen = None", "another start vector: the same converged norm"),
+    ("heavy_entry_recall", 'check_tensor("captured", captured, dtypes=(torch.bool,)',
+     "a bool tensor is always finite"),
+    ("_spectral_norm", "device=mat.device, )", "another start vector: the same converged norm"),
+    ("_spectral_norm", "sigma = torch.zeros((), dtype=None", ("returned only for a zero matrix,"
+     " and promoted to float64 in the ratio")),
+    ("_spectral_norm", "sigma = torch.zeros((), device=mat.device)", ("returned only for a zero"
+     " matrix, and promoted to float64 in the ratio")),
+    ("attention_probs", "query_positions(N, M, 1, None)", "device placement: CPU-only machine"),
+    ("relative_error", "approx, finite=None)", "finite=None is falsy, as finite=False"),
+    ("spectral_error", "ndim=4, finite=None)", "finite=None is falsy, as finite=False"),
+    ("spectral_error", 'check_tensor("approx_out", approx_out, ndim=4, finite=True)',
+     ("a non-finite approx_out fails either way (here a ValueError; as written torch's SVD"
+     " raises LinAlgError: a finding)")),
+    ("spectral_error", 'check_tensor("approx_out", approx_out, ndim=4, )',
+     "a non-finite approx_out fails either way (see finite=True)"),
+    # attn/common/exact.py
+    ("exact_partial", "chunk_size: int = 1025", "chunk size of the exact reference: rounding only"),
+    ("exact_lse", "chunk_size=1025", "chunk size of the exact reference: rounding only"),
 ]
 
 _STRING = re.compile(r"""[rbf]*("[^"]*"|'[^']*')""")
@@ -80,17 +155,20 @@ def _message_only(diff: str) -> bool:
     """Whether a mutant changes only the text of an error or warning message.
 
     Such mutants are counted apart: the tests match the argument's name in the
-    message (``pytest.raises(..., match=name)``), which case or padding changes
-    of the rest of the text do not alter.
+    message (``pytest.raises(..., match=name)``), which padding of the name
+    (``"XXnameXX"``) or changes of the rest of the text do not alter. The name
+    given to a ``check_*`` validator counts as message text.
     """
     removed = [ln[1:] for ln in diff.splitlines() if ln.startswith("-")]
     added = [ln[1:] for ln in diff.splitlines() if ln.startswith("+")]
     if len(removed) != 1 or len(added) != 1:
         return False
-    old, new = removed[0].strip(), added[0].replace("(None)", '("")').strip()
+    old = removed[0].strip()
+    new = added[0].replace("(None)", '("")').replace("(None,", '("",').strip()
     if _STRING.sub('""', old) != _STRING.sub('""', new):
         return False
-    return bool(re.match(r"""(raise |[rbf]*["'])""", old)) or "Error(" in old or "warn(" in old
+    return (bool(re.match(r"""(raise |[rbf]*["'])""", old)) or "Error(" in old or "warn(" in old
+            or re.search(r"check_\w+\(", old) is not None)
 
 
 def _glob_tests(root: Path, patterns: list[str]) -> list[str]:
@@ -151,6 +229,45 @@ def _equivalent(name: str, diff: str) -> str | None:
     return None
 
 
+def _device_only(diff: str) -> bool:
+    """Whether a mutant changes only a ``device=`` argument (None or dropped): no effect
+    on a CPU-only machine, where every tensor is on the CPU anyway."""
+    removed = [ln[1:] for ln in diff.splitlines() if ln.startswith("-")]
+    added = [ln[1:] for ln in diff.splitlines() if ln.startswith("+")]
+    if len(removed) != 1 or len(added) != 1:
+        return False
+
+    def strip(line):
+        line = re.sub(r"\.to\([\w.]+\.device\)", ".to(None)", line)
+        return re.sub(r",?\s*device=[\w.\"]+", "", line).replace(", )", ")").replace(" ", "")
+
+    return strip(removed[0]) == strip(added[0]) and "device" in removed[0]
+
+
+def classify(res: dict) -> dict:
+    """Split a target's not-killed mutants into equivalent (``EQUIVALENT``), error-message
+    text, device placement and the rest, and score it."""
+    counts = Counter(res["counts"])
+    survivors, equivalent, message, device = [], [], [], []
+    for entry in res["not_killed"]:
+        reason = _equivalent(entry["mutant"], entry["diff"])
+        if entry["status"] != "survived":
+            survivors.append(entry)
+        elif reason is not None:
+            equivalent.append({**entry, "reason": reason})
+        elif _message_only(entry["diff"]):
+            message.append(entry)
+        elif _device_only(entry["diff"]):
+            device.append(entry)
+        else:
+            survivors.append(entry)
+    scored = sum(counts[s] for s in ("killed", "survived", "timeout", "no tests", "suspicious"))
+    denominator = scored - len(equivalent) - len(message) - len(device)
+    return {**res, "equivalent": equivalent, "message_only": message, "device_only": device,
+            "survivors": survivors,
+            "score": counts["killed"] / denominator if denominator else None}
+
+
 def run_target(name: str, workdir: Path, jobs: int) -> dict:
     modules, tests = TARGETS[name]
     test_paths = _prepare(workdir, modules, tests)
@@ -161,34 +278,39 @@ def run_target(name: str, workdir: Path, jobs: int) -> dict:
                        check=False, cwd=workdir, env=env, capture_output=True, text=True)
     wall = time.time() - t0
     statuses = _statuses(workdir)
-    counts = Counter(statuses.values())
-    survivors, equivalent, message = [], [], []
-    for mutant, status in sorted(statuses.items()):
-        if status in ("survived", "timeout", "no tests", "suspicious"):
-            diff = _show(workdir, mutant)
-            reason = _equivalent(mutant, diff)
-            entry = {"mutant": mutant, "status": status, "diff": diff}
-            if reason is not None and status == "survived":
-                equivalent.append({**entry, "reason": reason})
-            elif status == "survived" and _message_only(diff):
-                message.append(entry)
-            else:
-                survivors.append(entry)
-    scored = sum(counts[s] for s in ("killed", "survived", "timeout", "no tests", "suspicious"))
-    denominator = scored - len(equivalent) - len(message)
-    return {
+    not_killed = [{"mutant": m, "status": st, "diff": _show(workdir, m)}
+                  for m, st in sorted(statuses.items()) if st != "killed"]
+    return classify({
         "modules": modules,
         "tests": test_paths,
         "mutants": len(statuses),
-        "counts": dict(counts),
-        "equivalent": equivalent,
-        "message_only": message,
-        "survivors": survivors,
-        "score": counts["killed"] / denominator if denominator else None,
+        "counts": dict(Counter(statuses.values())),
+        "not_killed": not_killed,
         "wall_s": round(wall, 1),
         "mutmut_exit": r.returncode,
         "mutmut_tail": (r.stdout + r.stderr)[-2000:] if r.returncode else "",
-    }
+    })
+
+
+def _print(name: str, res: dict) -> None:
+    c = res["counts"]
+    score = res["score"]
+    print(f"{name:20s} mutants {res['mutants']:5d}  killed {c.get('killed', 0):5d}  "
+          f"survived {c.get('survived', 0):4d} (equivalent {len(res['equivalent'])}, "
+          f"message text {len(res['message_only'])}, device {len(res['device_only'])})  "
+          f"timeout {c.get('timeout', 0)}  no tests {c.get('no tests', 0)}  "
+          f"score {score if score is None else round(score, 3)}  ({res['wall_s']:.0f} s)",
+          flush=True)
+
+
+def _write(out: Path | None, results: dict) -> None:
+    if out is None:
+        return
+    import mutmut
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"tool": f"mutmut {mutmut.__version__}", "targets": results},
+                              indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/kernelsketch-mutation"))
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", type=Path, help="JSON summary (merged into an existing file)")
+    ap.add_argument("--reclassify", action="store_true",
+                    help="re-apply EQUIVALENT and the categories to --out without running")
     args = ap.parse_args(argv)
     names = [t for t in args.targets.split(",") if t]
     unknown = [t for t in names if t not in TARGETS]
@@ -206,24 +330,25 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     if args.out and args.out.exists():
         results = json.loads(args.out.read_text()).get("targets", {})
+    if args.reclassify:
+        for name in names:
+            if name in results:
+                res = results[name]
+                if "not_killed" not in res:  # written before not_killed was kept
+                    res["not_killed"] = [{k: e[k] for k in ("mutant", "status", "diff")}
+                                         for key in ("survivors", "equivalent", "message_only",
+                                                     "device_only") for e in res.get(key, [])]
+                results[name] = classify(res)
+                _print(name, results[name])
+        names = []
     for name in names:
-        res = run_target(name, args.workdir / name, args.jobs)
-        results[name] = res
-        c = res["counts"]
-        print(f"{name:20s} mutants {res['mutants']:5d}  killed {c.get('killed', 0):5d}  "
-              f"survived {c.get('survived', 0):4d}  timeout {c.get('timeout', 0):3d}  "
-              f"no tests {c.get('no tests', 0):3d}  equivalent {len(res['equivalent']):3d}  "
-              f"message-only {len(res['message_only']):3d}  "
-              f"score {res['score'] if res['score'] is None else round(res['score'], 3)}  "
-              f"({res['wall_s']:.0f} s)", flush=True)
-        if res["mutmut_exit"]:
-            print(res["mutmut_tail"], flush=True)
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            import mutmut
-
-            args.out.write_text(json.dumps({"tool": f"mutmut {mutmut.__version__}",
-                                            "targets": results}, indent=1) + "\n")
+        results[name] = run_target(name, args.workdir / name, args.jobs)
+        _print(name, results[name])
+        if results[name]["mutmut_exit"]:
+            print(results[name]["mutmut_tail"], flush=True)
+        _write(args.out, results)
+    if args.reclassify:
+        _write(args.out, results)
     return 0
 
 
