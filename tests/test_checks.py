@@ -78,3 +78,17 @@ def test_meta_tensors_are_refused_naming_the_argument():
     for method in ks.available_methods():
         with pytest.raises(ValueError, match="q must hold data"):
             ks.attention(q, q, q, method=method, is_causal=True)
+
+
+def test_softmax_logits_beyond_float32_are_refused_naming_q_k_and_scale():
+    import kernelsketch as ks
+
+    x = torch.ones(1, 1, 4, 8)
+    for method in ("exact", "hyper", "kde", "lev"):
+        with pytest.raises(ValueError, match=r"q and k must keep the logits scale·q·k within "
+                                             r"float32's range .* or pass a smaller scale"):
+            ks.attention(x * 1e18, x * 1e18, x, method=method)
+    assert torch.isfinite(ks.attention(x * 1e16, x * 1e16, x)).all()
+    # float64 logits have float64's range; polynomial attention rescales itself
+    assert torch.isfinite(ks.attention((x * 1e18).double(), (x * 1e18).double(), x.double())).all()
+    assert torch.isfinite(ks.attention(x * 1e30, x * 1e30, x, method="polynomial")).all()

@@ -113,6 +113,33 @@ def check_attention_inputs(
     return B, Hq, Hkv, N, M
 
 
+def check_logit_range(q: torch.Tensor, k: torch.Tensor, scale: float) -> None:
+    """Check that softmax logits ``scale · q·k`` stay within the accumulation dtype's range.
+
+    Softmax is not scale invariant and its logits are formed in float32
+    (float64 for float64 inputs): beyond ~3e38 they overflow and the output is
+    NaN (q and k of 1e20 did that). The bound ``scale · D · max|q| · max|k|``
+    must stay below 2^-8 of the largest float (one max-reduction of q and of
+    k; skipped with ``KERNELSKETCH_CHECK_FINITE=0``, like the finiteness pass).
+    """
+    if not CHECK_FINITE:
+        return
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    q_max = float(torch.linalg.vector_norm(q.detach(), ord=math.inf))
+    k_max = float(torch.linalg.vector_norm(k.detach(), ord=math.inf))
+    if q_max == 0 or k_max == 0:
+        return
+    log_limit = math.log(torch.finfo(acc).max) - 8 * math.log(2)
+    log_bound = math.log(scale) + math.log(q.shape[-1]) + math.log(q_max) + math.log(k_max)
+    if log_bound > log_limit:
+        raise ValueError(
+            f"q and k must keep the logits scale·q·k within {str(acc).replace('torch.', '')}'s "
+            f"range (below {math.exp(log_limit):.3g}), got scale={scale:.3g}, head dim "
+            f"{q.shape[-1]} and largest |entries| {q_max:.3g} (q) and {k_max:.3g} (k); "
+            "rescale q and k or pass a smaller scale"
+        )
+
+
 def check_int(name: str, value: Any, *, min: int | None = None, max: int | None = None) -> int:
     """Check an integer parameter within [min, max]."""
     if isinstance(value, bool) or not isinstance(value, int):

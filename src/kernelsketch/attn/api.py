@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .._checks import check_attention_inputs, check_float, check_generator
+from .._checks import check_attention_inputs, check_float, check_generator, check_logit_range
 from .common.exact import METHOD as EXACT
 from .common.merge import accumulation_dtype
 from .common.spec import MethodConfig, MethodSpec
@@ -103,6 +103,8 @@ def attention(
     if is_causal and not spec.causal:
         raise ValueError(f"method {method!r} does not support is_causal=True")
     check_generator(generator, q.device)
+    if spec.name == "exact" or spec.reference == "exact":  # softmax logits (polynomial rescales)
+        check_logit_range(q, k, scale)
     cfg = resolve_config(spec, config)
     out, lse = spec.forward(
         q, k, v, is_causal=is_causal, scale=scale, config=cfg, generator=generator,

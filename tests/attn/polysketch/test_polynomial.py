@@ -134,10 +134,11 @@ def test_wrong_config_class_is_rejected():
         ks.attention(q, k, v, method="polynomial", config=ks.ExactConfig())
 
 
-def stable_polynomial(q, k, v, *, degree, scale, is_causal=False):
+def stable_polynomial(q, k, v, *, degree, scale, is_causal=False, normalize=True):
     """float64 polynomial attention from log-weights (no overflow at any scale): (out, lse)."""
     q, k, v = q.double(), k.double(), v.double()
-    q, k = F.layer_norm(q, q.shape[-1:]), F.layer_norm(k, k.shape[-1:])
+    if normalize:
+        q, k = F.layer_norm(q, q.shape[-1:]), F.layer_norm(k, k.shape[-1:])
     G = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(G, 1), v.repeat_interleave(G, 1)
     logw = degree * torch.log((q @ k.transpose(-1, -2)).abs() * scale)
@@ -201,3 +202,20 @@ def test_rescaled_sums_equal_the_plain_ones(is_causal):
     torch.testing.assert_close(num_r * shrink_r.exp().unsqueeze(-1), num, rtol=1e-12,
                                atol=1e-12 * float(num.abs().max()))  # num cancels: an atol
     torch.testing.assert_close(den_r * shrink_r.exp(), den, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("magnitude", [1e-20, 1e20])
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_huge_and_tiny_inputs_give_the_exact_result(magnitude, normalize, is_causal):
+    # float32 q, k of 1e20: the layer norm's variance and q·k overflowed (NaN).
+    q, k, v = random_qkv(1, 4, 2, 24, 24, 8, dtype=torch.float32)
+    q, k = q * magnitude, k * magnitude
+    cfg = PolynomialConfig(normalize=normalize, chunk_size=16)
+    out, lse = ks.attention(q, k, v, method="polynomial", is_causal=is_causal, config=cfg,
+                            return_lse=True)
+    ref, ref_lse = stable_polynomial(q, k, v, degree=4, scale=8 ** -0.5, is_causal=is_causal,
+                                     normalize=normalize)
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(lse.double(), ref_lse, rtol=1e-5, atol=1e-5)

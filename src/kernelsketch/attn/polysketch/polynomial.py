@@ -72,8 +72,22 @@ class PolynomialConfig(MethodConfig):
 
 
 def layer_norm_qk(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Layer norm of q and k over the head dimension (zero mean, unit variance, no affine)."""
-    return F.layer_norm(q, q.shape[-1:]), F.layer_norm(k, k.shape[-1:])
+    """Layer norm of q and k over the head dimension (zero mean, unit variance, no affine).
+
+    Rows with an entry beyond 2^50 are first divided by their largest |entry|,
+    without the norm's eps (1e-5, negligible next to their variance): their
+    variance no longer overflows (q of 1e20 gave NaN).
+    """
+    def norm(x):
+        shape = x.shape[-1:]
+        a = x.abs().amax(-1, keepdim=True)
+        big = a > 2.0**50
+        if not bool(big.any()):
+            return F.layer_norm(x, shape)
+        large = F.layer_norm(torch.where(big, x / torch.where(big, a, 1.0), 0.0), shape, eps=1e-30)
+        return torch.where(big, large, F.layer_norm(torch.where(big, 0.0, x), shape))
+
+    return norm(q), norm(k)
 
 
 def polynomial_weights(
@@ -231,13 +245,14 @@ def polynomial_forward(q, k, v, *, is_causal, scale, config, generator, need_lse
     if config.normalize:
         q, k = layer_norm_qk(q, k)
     acc = accumulation_dtype(q.dtype)
-    _, _, bound = bounded_inputs(q.to(acc), k.to(acc), v, scale=scale, degree=config.degree)
-    rescale = bool((bound > 0).any())
-    num, den, shrink = polynomial_partial(
-        q, k, v, degree=config.degree, scale=scale, is_causal=is_causal,
-        chunk_size=config.chunk_size, rescale=rescale,
-    )
-    return normalize_output(num, den, need_lse, shrink if rescale else None)
+    qs, ks, bound = bounded_inputs(q.to(acc), k.to(acc), v, scale=scale, degree=config.degree)
+    kwargs = {"degree": config.degree, "is_causal": is_causal, "chunk_size": config.chunk_size}
+    if not bool((bound > 0).any()):  # no weight can overflow: the sums as they are
+        num, den, _ = polynomial_partial(q, k, v, scale=scale, **kwargs)
+        return normalize_output(num, den, need_lse)
+    # q', k' shrunk by e^-bound into range, then each row divided by its largest weight
+    num, den, shrink = polynomial_partial(qs, ks, v, scale=1.0, rescale=True, **kwargs)
+    return normalize_output(num, den, need_lse, shrink + bound)
 
 
 METHOD = MethodSpec(
