@@ -6,6 +6,8 @@ import math
 import numpy as np
 import pytest
 
+from kernelsketch.distributed.sortlsh import causal_levels
+
 from .launch import run_ranks
 from .workers import statistical_job
 
@@ -28,3 +30,19 @@ def test_spectral_error_distribution_matches_single_process(world, seed, measure
         measure(f"ratio:{case}", ratio)
         assert 1 / BOUND < ratio < BOUND, (case, ratio, errs)
         assert all(math.isfinite(e) for e in errs["distributed"])
+
+
+def test_causal_levels_cover_the_strict_lower_triangle_once():
+    # Every (query rank, key rank) pair with key rank < query rank is in exactly one
+    # off-diagonal problem; problems of one depth use disjoint ranks; one rank: none.
+    assert causal_levels(1) == []
+    for P in range(2, 10):
+        seen = []
+        for problems in causal_levels(P):
+            ranks = [r for p in problems for r in p.owners]
+            assert len(ranks) == len(set(ranks))
+            for p in problems:
+                assert set(p.q_ranks) | set(p.k_ranks) == set(p.owners)
+                seen += [(a, b) for a in p.q_ranks for b in p.k_ranks]
+        assert sorted(seen) == [(a, b) for a in range(P) for b in range(a)]
+        assert len(causal_levels(P)) == math.ceil(math.log2(P))

@@ -78,7 +78,7 @@ class Problem:
 
 def causal_levels(P: int) -> list[list[Problem]]:
     """The off-diagonal problems of the causal recursion over P ranks, by depth."""
-    levels, ranges = [], [(0, P)]
+    levels, ranges = [], [(0, P)] if P > 1 else []
     while ranges:
         problems, split = [], []
         for a, b in ranges:
