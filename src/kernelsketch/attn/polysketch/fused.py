@@ -1,92 +1,99 @@
 """Causal PolySketch attention through the Triton kernels of :mod:`.kernels`: one
-autograd Function over the forward and backward kernels (CUDA; ``TRITON_INTERPRET=1``
-in tests). The gate that decides when it runs is :func:`.method.fused_supported`.
+autograd Function over the forward and backward launches (CUDA; the tests also
+run it on CPU through Triton's interpreter). The gate that decides when the
+method takes it is :func:`.method.fused_supported`.
 """
 
 from __future__ import annotations
 
 import torch
-import triton
 
-from ..common.triton_utils import dot_precision, num_warps
-from .kernels import block_states, bwd_kv_kernel, bwd_q_kernel, fwd_kernel
-
-
-def tile_rows(block_size: int) -> int:
-    """Rows per program tile: 64, or the block size when it is smaller."""
-    return min(64, block_size)
+from ..common.triton_utils import HALF, check_head_dims, pad_head
+from . import kernels
 
 
 class _PolySketchCausal(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, fq, fk, degree, block_size, tile):
-        B, Hq, N, D = q.shape
-        Hkv, Dv, R = k.shape[1], v.shape[-1], fq.shape[-1]
-        G, BM, prec = Hq // Hkv, tile, dot_precision(v.dtype)
+    def forward(ctx, q, k, v, fq, fk, degree, block_size):
         ctx.feature_dtypes = (fq.dtype, fk.dtype)
-        q, k, v = (t.contiguous() for t in (q, k, v))
+        ctx.dims = (q.shape[-1], v.shape[-1])
+        # Head dimensions padded to a multiple of 16 (zero columns, dropped from the results).
+        q, k, v = (pad_head(t).contiguous() for t in (q, k, v))
         fq, fk = fq.float().contiguous(), fk.float().contiguous()
-        h, z = block_states(fk, v, None, heads_out=B * Hkv, src_g=1, n=N, block_size=block_size,
-                       tile=BM, reverse=False, precision=prec)
-        out = torch.empty(B, Hq, N, Dv, device=q.device, dtype=torch.float32)
-        den = torch.empty(B, Hq, N, device=q.device, dtype=torch.float32)
-        nb = h.shape[1]
-        fwd_kernel[(triton.cdiv(N, BM), B * Hq)](
-            q, k, v, fq, h, z, out, den, N, G, nb, D=D, DV=Dv, R=R, P=degree, BLOCK=block_size,
-            BM=BM, DOT=prec, num_warps=num_warps(D, Dv))
+        out, den, h, z = kernels.polysketch_forward(q, k, v, fq, fk, degree=degree,
+                                                    block_size=block_size)
         ctx.save_for_backward(q, k, v, fq, fk, out, den, h, z)
-        ctx.degree, ctx.block_size, ctx.tile = degree, block_size, tile
-        return out, den
+        ctx.degree, ctx.block_size = degree, block_size
+        return out[..., : ctx.dims[1]], den
 
     @staticmethod
     def backward(ctx, dout, dden):
         q, k, v, fq, fk, out, den, h, z = ctx.saved_tensors
-        B, Hq, N, D = q.shape
-        Hkv, Dv, R = k.shape[1], v.shape[-1], fq.shape[-1]
-        G, b = Hq // Hkv, ctx.block_size
-        BM, prec, nb = ctx.tile, dot_precision(v.dtype), h.shape[1]
+        D, Dv = ctx.dims
+        dout = pad_head(dout)
         g = 1.0 / (1.0 + den)
-        ga = (dout.float() * g.unsqueeze(-1)).contiguous()
+        # A = dout / (1 + den) meets v and k in products: in their dtype, like dO in FlashAttention.
+        ga = (dout.float() * g.unsqueeze(-1)).to(v.dtype).contiguous()
         gb = -(dout.float() * out).sum(-1) * g
         if dden is not None:
             gb = gb + dden.float()
-        gb = gb.contiguous()
-        rs, rz = block_states(fq, ga, gb, heads_out=B * Hkv, src_g=G, n=N, block_size=b, tile=BM,
-                         reverse=True, precision=prec)
-        dq = torch.empty(B, Hq, N, D, device=q.device, dtype=torch.float32)
-        dfq = torch.empty(B, Hq, N, R, device=q.device, dtype=torch.float32)
-        bwd_q_kernel[(triton.cdiv(N, BM), B * Hq)](
-            q, k, v, fq, ga, gb, h, z, dq, dfq, N, G, nb, D=D, DV=Dv, R=R, P=ctx.degree,
-            BLOCK=b, BM=BM, DOT=prec, num_warps=num_warps(D, Dv))
-        dk = torch.empty(B, Hkv, N, D, device=q.device, dtype=torch.float32)
-        dv = torch.empty(B, Hkv, N, Dv, device=q.device, dtype=torch.float32)
-        dfk = torch.empty(B, Hkv, N, R, device=q.device, dtype=torch.float32)
-        bwd_kv_kernel[(triton.cdiv(N, BM), B * Hkv)](
-            q, k, v, fk, ga, gb, rs, rz, dk, dv, dfk, N, G, nb, D=D, DV=Dv, R=R, P=ctx.degree,
-            BLOCK=b, BM=BM, DOT=prec, num_warps=num_warps(D, Dv))
+        dq, dk, dv, dfq, dfk = kernels.polysketch_backward(
+            q, k, v, fq, fk, ga, gb.contiguous(), h, z, degree=ctx.degree,
+            block_size=ctx.block_size)
         fq_dtype, fk_dtype = ctx.feature_dtypes
-        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dfq.to(fq_dtype),
-                dfk.to(fk_dtype), None, None, None)
+        return (dq[..., :D].to(q.dtype), dk[..., :D].to(k.dtype), dv[..., :Dv].to(v.dtype),
+                dfq.to(fq_dtype), dfk.to(fk_dtype), None, None)
 
 
-def polysketch_causal(q, k, v, fq, fk, *, degree: int, block_size: int, tile: int | None = None):
+def check_fused_inputs(q, k, v, fq, fk, *, degree: int, block_size: int) -> None:
+    """ValueError / TypeError naming what :func:`polysketch_causal` cannot take."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or fq.dim() != 4 or fk.dim() != 4:
+        raise ValueError("q, k, v, fq, fk must be 4-D [B, H, N, .], got "
+                         f"{[tuple(t.shape) for t in (q, k, v, fq, fk)]}")
+    B, Hq, N, D = q.shape
+    Hkv, Dv, r = k.shape[1], v.shape[-1], fq.shape[-1]
+    if k.shape != (B, Hkv, N, D) or v.shape[:3] != (B, Hkv, N):
+        raise ValueError(f"k must be [B, Hkv, N, D] = [{B}, Hkv, {N}, {D}] and v [B, Hkv, N, Dv] "
+                         f"(N == M), got k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if Hkv == 0 or Hq % Hkv:
+        raise ValueError(f"q heads ({Hq}) must be a multiple of k/v heads ({Hkv})")
+    if fq.shape[:3] != (B, Hq, N) or fk.shape != (B, Hkv, N, r):
+        raise ValueError(f"fq must be [B, Hq, N, r] and fk [B, Hkv, N, r], got "
+                         f"{tuple(fq.shape)}, {tuple(fk.shape)}")
+    if not (q.dtype == k.dtype == v.dtype and q.dtype in (torch.float32, *HALF)):
+        raise TypeError("q, k, v must share one dtype of float32, float16, bfloat16, got "
+                        f"{q.dtype}, {k.dtype}, {v.dtype}")
+    check_head_dims("polysketch", q.dtype, D=D, Dv=Dv)
+    if not (16 <= r <= 256 and r & (r - 1) == 0):
+        raise ValueError(f"the sketch size r (fq.shape[-1]) must be a power of two in [16, 256], "
+                         f"got {r}")
+    if not (isinstance(degree, int) and degree >= 2 and degree % 2 == 0):
+        raise ValueError(f"degree must be an even int >= 2, got {degree!r}")
+    if not (isinstance(block_size, int) and block_size > 0 and block_size % kernels.TILE == 0):
+        raise ValueError(f"block_size must be a positive multiple of {kernels.TILE} for the "
+                         f"Triton kernels, got {block_size!r}")
+
+
+def polysketch_causal(q, k, v, fq, fk, *, degree: int, block_size: int):
     """Causal PolySketch attention with exact local blocks (N == M), Triton forward/backward.
 
     Parameters
     ----------
     q : [B, Hq, N, D] scaled, normalised queries; k : [B, Hkv, N, D]; v : [B, Hkv, N, Dv]
-        (same dtype: float32, or bfloat16/float16 for tensor-core products);
-    fq, fk : [B, Hq, N, r] / [B, Hkv, N, r] their sketch features φ;
-    degree : even p; block_size : b (power of two >= 16);
-    tile : rows per program, a power of two >= 16 dividing b (default min(64, b)).
+        one dtype: float16 / bfloat16 (tensor-core products, float32 accumulation) or
+        float32 (TF32 products: :mod:`..common.triton_utils`); D, Dv <= 128.
+    fq, fk : [B, Hq, N, r] / [B, Hkv, N, r] their sketch features φ (r a power of two in
+        [16, 256]; used in float32).
+    degree : even p >= 2; block_size : b, a multiple of 64 (the kernels' tile).
 
     Returns
     -------
     out [B, Hq, N, Dv] float32 (= num / (1 + den)) and den [B, Hq, N] float32,
     both differentiable with respect to all five inputs.
+
+    Raises ValueError / TypeError for inputs the kernels do not take
+    (:func:`check_fused_inputs`); :func:`.method.fused_eligible` sends those to
+    the torch path instead.
     """
-    tile = tile_rows(block_size) if tile is None else tile
-    if not (tile >= 16 and tile & (tile - 1) == 0 and block_size % tile == 0):
-        raise ValueError(f"tile must be a power of two >= 16 dividing block_size={block_size}, "
-                         f"got {tile}")
-    return _PolySketchCausal.apply(q, k, v, fq, fk, degree, block_size, tile)
+    check_fused_inputs(q, k, v, fq, fk, degree=degree, block_size=block_size)
+    return _PolySketchCausal.apply(q, k, v, fq, fk, degree, block_size)

@@ -16,27 +16,29 @@ import torch
 
 from ..common.merge import accumulation_dtype
 from ..common.spec import MethodSpec
-from ..common.triton_utils import triton_available
+from ..common.triton_utils import HALF, max_head_dim, tf32_allowed, triton_available
 from .config import LEARNED, PolySketchConfig
 from .features import PolySketchFeatures
 from .naive import _causal_torch, _noncausal_torch, _quadratic_torch, use_quadratic
 from .polynomial import bounded_inputs, layer_norm_qk, normalize_output
 
 
-def _pow2(n: int) -> bool:
-    return n >= 16 and n & (n - 1) == 0
-
-
 def fused_eligible(q, k, v, fq, *, block_size, exact_local) -> bool:
     """Whether the fused kernels handle these inputs, whatever the device: float32 q (the
-    scaled, normalised queries; float64 stays on the torch path), N == M, exact
-    local blocks, power-of-two D, Dv, r in [16, 256] and a power-of-two block size >= 16."""
+    scaled, normalised queries; float64 stays on the torch path) with v in float16 /
+    bfloat16, or in float32 when torch computes float32 matmuls in TF32 (the kernels'
+    float32 products are TF32: :mod:`..common.triton_utils`); N == M, exact local blocks,
+    D, Dv <= 128, r a power of two in [16, 256] and a block size that is a multiple of 64
+    (the kernels' tile). Everything else runs on the torch path (:mod:`.naive`)."""
+    r = fq.shape[-1]
     return (
         q.dtype == torch.float32
+        and (v.dtype in HALF or (v.dtype == torch.float32 and tf32_allowed()))
         and exact_local
         and q.shape[2] == k.shape[2]
-        and all(_pow2(n) and n <= 256 for n in (q.shape[-1], v.shape[-1], fq.shape[-1]))
-        and _pow2(block_size)
+        and max(q.shape[-1], v.shape[-1]) <= max_head_dim("polysketch", v.dtype)
+        and 16 <= r <= 256 and r & (r - 1) == 0
+        and block_size % 64 == 0
     )
 
 
@@ -86,8 +88,8 @@ def sketched_polynomial_attention(
                                      exact_local=exact_local):
         from .fused import polysketch_causal
 
-        # Half-precision inputs: tensor-core products for the local scores (fp32 state).
-        low = v.dtype if v.dtype in (torch.float16, torch.bfloat16) else acc
+        # The kernels multiply in v's dtype (float32: TF32), with float32 states.
+        low = v.dtype if v.dtype in HALF else acc
         out, den = polysketch_causal(qs.to(low), ks.to(low), v.to(low), fq, fk, degree=degree,
                                      block_size=block_size)
         if shrink is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..gqa import gather_rows
+from ..triton_utils import check_head_dims, pad_head
 from .kernels_bwd import hyper_fused_backward
 from .kernels_fwd import hyper_fused_forward
 
@@ -27,7 +28,8 @@ class _SortedSampledAttention(torch.autograd.Function):
     def forward(ctx, qf, k, v, perm_q, perm_k, sample_idx, log_weights, sample_blocks,
                 q_block, k_block, scale):
         B, Hkv, R, _ = qf.shape
-        sorted_and_sampled = [_flat(gather_rows(x, p)) for x, p in
+        # Head dimensions padded to a multiple of 16 (zero columns, dropped from the results).
+        sorted_and_sampled = [pad_head(_flat(gather_rows(x, p))) for x, p in
                               ((qf, perm_q), (k, perm_k), (v, perm_k), (k, sample_idx),
                                (v, sample_idx))]
         consts = (_flat(log_weights.float()), _flat(sample_blocks.to(torch.int32)),
@@ -37,18 +39,19 @@ class _SortedSampledAttention(torch.autograd.Function):
         ctx.save_for_backward(out, lse, *sorted_and_sampled, *consts)
         ctx.shapes = (qf.shape, k.shape, v.shape)
         ctx.blocks = (q_block, k_block, scale)
-        return out.reshape(B, Hkv, R, -1), lse.reshape(B, Hkv, R)
+        return out[..., : v.shape[-1]].reshape(B, Hkv, R, -1), lse.reshape(B, Hkv, R)
 
     @staticmethod
     def backward(ctx, dout, dlse):
         out, lse, *rest = ctx.saved_tensors
         q_block, k_block, scale = ctx.blocks
         dq, dk, dv = hyper_fused_backward(
-            _flat(dout), _flat(dlse), out, lse, *rest, q_block=q_block, k_block=k_block,
-            scale=scale)
+            pad_head(_flat(dout)), _flat(dlse), out, lse, *rest, q_block=q_block,
+            k_block=k_block, scale=scale)
         q_shape, k_shape, v_shape = ctx.shapes
-        return (dq.reshape(q_shape), dk.reshape(k_shape), dv.reshape(v_shape),
-                None, None, None, None, None, None, None, None)
+        return (dq[..., : q_shape[-1]].reshape(q_shape), dk[..., : k_shape[-1]].reshape(k_shape),
+                dv[..., : v_shape[-1]].reshape(v_shape), None, None, None, None, None, None,
+                None, None)
 
 
 def fused_sorted_attention(
@@ -70,7 +73,8 @@ def fused_sorted_attention(
     Parameters
     ----------
     qf : [B, H, R, D] queries (GQA groups folded into rows); k : [B, H, M, D];
-        v : [B, H, M, Dv]; one dtype (float32, float16 or bfloat16).
+        v : [B, H, M, Dv]; one dtype: float16 / bfloat16 (tensor-core products,
+        float32 accumulation) or float32 (TF32 products); D, Dv <= 256 (float32: 128).
     perm_q : [B, H, R] int64, perm_k : [B, H, M] int64
         Original row / key of each LSH-sorted position; sorted query row r is
         in block ``r // q_block``, sorted key c in block ``c // k_block``.
@@ -86,12 +90,10 @@ def fused_sorted_attention(
     order: the partial attention ``(out, lse)`` of
     :func:`kernelsketch.attn.hyper.naive.hyper_noncausal` with one hash round.
     The backward accumulates in float32; the log-weights are constants.
+    Precision and the inputs the kernels take (wider heads: ValueError):
+    :mod:`..triton_utils`, :func:`~kernelsketch.attn.common.sortlsh.fused_kernels_apply`.
     """
+    check_head_dims("sortlsh", qf.dtype, D=qf.shape[-1], Dv=v.shape[-1])
     return _SortedSampledAttention.apply(qf, k, v, perm_q, perm_k, sample_idx, log_weights,
-                                      sample_blocks, q_block, k_block, scale)
+                                         sample_blocks, q_block, k_block, scale)
 
-
-def no_samples(batch: int, heads: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """An empty sample set: indices [B, H, 0] int64 and log-weights [B, H, 0] float32."""
-    return (torch.zeros(batch, heads, 0, dtype=torch.long, device=device),
-            torch.zeros(batch, heads, 0, device=device))
