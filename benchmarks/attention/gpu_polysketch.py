@@ -2,7 +2,8 @@
 
 1. Correctness: the Triton path (forward, and gradients of q, k, v through the
    layer norms and the sketch) against the PyTorch block algorithm at a few
-   small sizes, float32 (no TF32) and bfloat16.
+   small sizes, float32 (TF32 products: the kernels take float32 only where
+   torch allows TF32, attn/common/triton_utils.py) and bfloat16.
 2. Timing: causal PolySketch attention layer (q/k layer norm + Gaussian
    degree-2 sketch r=32 + Triton kernels, blocks of 256 with exact local
    polynomial weights) against PyTorch SDPA with the flash and cuDNN backends,
@@ -12,6 +13,7 @@
 
 Prints tables and writes ``benchmarks/results/attention/polysketch_gpu.json``.
 Usage: ``python benchmarks/attention/gpu_polysketch.py [--max-n 65536] [--reps 5]``.
+``kernelsketch bench gpu`` runs the kernel tests and every method at 4k-131k.
 """
 
 from __future__ import annotations
@@ -54,6 +56,15 @@ def torch_path(layer, q, k, v):
 
 
 def check(dtype, B, Hq, Hkv, N, D, r, b, tol):
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # float32 takes the kernels (TF32) only so
+    try:
+        return _check(dtype, B, Hq, Hkv, N, D, r, b, tol)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def _check(dtype, B, Hq, Hkv, N, D, r, b, tol):
     gen = torch.Generator(device="cuda").manual_seed(N)
     layer = PolySketchAttention(D, PolySketchConfig(sketch_size=r, block_size=b),
                                 seed=1, norm_affine=False).cuda()
@@ -125,10 +136,11 @@ def main():
     print(f"device: {dev}, torch {torch.__version__}")
     print("correctness (relative Frobenius error, Triton vs PyTorch block algorithm in float64):")
     checks = [
-        check(torch.float32, 1, 4, 2, 1000, 64, 32, 256, 1e-4),
-        check(torch.float32, 2, 2, 2, 700, 128, 16, 64, 1e-4),
-        check(torch.float32, 1, 2, 1, 333, 64, 64, 128, 1e-4),
+        check(torch.float32, 1, 4, 2, 1000, 64, 32, 256, 5e-3),
+        check(torch.float32, 2, 2, 2, 700, 128, 16, 64, 5e-3),
+        check(torch.float32, 1, 2, 1, 333, 64, 64, 128, 5e-3),
         check(torch.bfloat16, 1, 4, 2, 1000, 64, 32, 256, 3e-2),
+        check(torch.float16, 2, 2, 2, 700, 128, 16, 64, 5e-3),
     ]
     rows = []
     ns = [n for n in (4096, 8192, 16384, 32768, 65536) if n <= args.max_n]

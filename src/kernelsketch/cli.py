@@ -1,4 +1,4 @@
-"""Command line: ``kernelsketch demo``, ``kernelsketch bench attention ...``, ``kernelsketch eval-lm ...``.
+"""Command line: ``kernelsketch demo``, ``kernelsketch bench attention|gpu ...``, ``kernelsketch eval-lm ...``.
 
 The argument types below are shared by the subcommands' parsers
 (:mod:`kernelsketch.bench.attention`, :mod:`kernelsketch.eval.lm`): a bad value
@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     # The family's own parser reads the remaining arguments (and its --help).
     families.add_parser("attention", add_help=False,
                         help="every attention method against exact SDPA in the same run")
+    families.add_parser("gpu", add_help=False,
+                        help="on a CUDA machine: the Triton kernel tests, then every method "
+                             "against SDPA cuDNN / flash at 4k-131k")
     sub.add_parser("eval-lm", help="perplexity of SmolLM2 on real text with patched layers "
                                    "(kernelsketch eval-lm --help)", add_help=False)
     args, rest = parser.parse_known_args(argv)
@@ -123,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         from .eval.lm import main as eval_main
 
         return eval_main(rest)
+    if args.family == "gpu":
+        from .bench.gpu import main as gpu_main
+
+        return gpu_main(rest)
     from .bench.attention import main as bench_main
 
     return bench_main(rest)
