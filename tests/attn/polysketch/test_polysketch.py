@@ -415,3 +415,15 @@ def test_any_scale_gives_the_float64_result_in_float32(scale, degree, is_causal,
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()
     torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-4)
     torch.testing.assert_close(lse.double(), ref_lse, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("block_size", [10**12, 2**64])
+def test_a_block_longer_than_the_keys_is_clamped_to_them(block_size, path):
+    # block_size=10**12 was allocated (32 TB for 3000 keys), 2**64 overflowed int64.
+    q, k, v = random_qkv(1, 2, 1, 70, 90, 8)
+    cfg = PolySketchConfig(block_size=block_size, sketch_size=8)
+    out = ks.attention(q, k, v, method="polysketch", config=cfg, is_causal=True,
+                       generator=seeded(3))
+    same = ks.attention(q, k, v, method="polysketch", config=cfg.replace(block_size=90),
+                        is_causal=True, generator=seeded(3))
+    torch.testing.assert_close(out, same, rtol=1e-12, atol=1e-12)

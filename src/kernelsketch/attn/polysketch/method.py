@@ -78,6 +78,9 @@ def sketched_polynomial_attention(
     acc = accumulation_dtype(q.dtype)
     B, Hq, N, D = q.shape
     Hkv = k.shape[1]
+    # Blocks of b >= M keys all hold one block: clamp b (block_size=10**12 was allocated),
+    # to a power of two >= 64 so a multiple of 64 stays one.
+    block_size = min(block_size, max(64, 1 << (k.shape[2] - 1).bit_length()))
     if features.homogeneous:  # rescaled into range, exactly (scale=1e10 gave NaN)
         qs, ks, shrink = bounded_inputs(q.to(acc), k.to(acc), v, scale=scale, degree=degree)
     else:  # learned sketches are not homogeneous: q' = sqrt(scale) q as they were trained
