@@ -85,9 +85,11 @@ def test_softmax_logits_beyond_float32_are_refused_naming_q_k_and_scale():
 
     x = torch.ones(1, 1, 4, 8)
     for method in ("exact", "hyper", "kde", "lev"):
-        with pytest.raises(ValueError, match=r"q and k must keep the logits scale·q·k within "
-                                             r"float32's range .* or pass a smaller scale"):
+        with pytest.raises(ValueError, match=r"q and k must keep q·k and the logits scale·q·k "
+                                             r"within float32's range .* or pass a smaller scale"):
             ks.attention(x * 1e18, x * 1e18, x, method=method)
+        with pytest.raises(ValueError, match="q and k must keep q·k"):  # q·k itself overflows
+            ks.attention(x * 1e20, x * 1e20, x, method=method, scale=1e-30)
     assert torch.isfinite(ks.attention(x * 1e16, x * 1e16, x)).all()
     # float64 logits have float64's range; polynomial attention rescales itself
     assert torch.isfinite(ks.attention((x * 1e18).double(), (x * 1e18).double(), x.double())).all()

@@ -117,10 +117,11 @@ def check_logit_range(q: torch.Tensor, k: torch.Tensor, scale: float) -> None:
     """Check that softmax logits ``scale · q·k`` stay within the accumulation dtype's range.
 
     Softmax is not scale invariant and its logits are formed in float32
-    (float64 for float64 inputs): beyond ~3e38 they overflow and the output is
-    NaN (q and k of 1e20 did that). The bound ``scale · D · max|q| · max|k|``
-    must stay below 2^-8 of the largest float (one max-reduction of q and of
-    k; skipped with ``KERNELSKETCH_CHECK_FINITE=0``, like the finiteness pass).
+    (float64 for float64 inputs), some kernels as q·k before the scale: beyond
+    ~3e38 they overflow and the output is NaN (q and k of 1e20 did that, with
+    scale 1e-30 too). The bound ``max(scale, 1) · D · max|q| · max|k|`` must
+    stay below 2^-8 of the largest float (one max-reduction of q and of k;
+    skipped with ``KERNELSKETCH_CHECK_FINITE=0``, like the finiteness pass).
     """
     if not CHECK_FINITE:
         return
@@ -130,10 +131,12 @@ def check_logit_range(q: torch.Tensor, k: torch.Tensor, scale: float) -> None:
     if q_max == 0 or k_max == 0:
         return
     log_limit = math.log(torch.finfo(acc).max) - 8 * math.log(2)
-    log_bound = math.log(scale) + math.log(q.shape[-1]) + math.log(q_max) + math.log(k_max)
+    log_bound = (max(math.log(scale), 0.0) + math.log(q.shape[-1]) + math.log(q_max)
+                 + math.log(k_max))
     if log_bound > log_limit:
         raise ValueError(
-            f"q and k must keep the logits scale·q·k within {str(acc).replace('torch.', '')}'s "
+            f"q and k must keep q·k and the logits scale·q·k within "
+            f"{str(acc).replace('torch.', '')}'s "
             f"range (below {math.exp(log_limit):.3g}), got scale={scale:.3g}, head dim "
             f"{q.shape[-1]} and largest |entries| {q_max:.3g} (q) and {k_max:.3g} (k); "
             "rescale q and k or pass a smaller scale"
@@ -223,3 +226,32 @@ def check_random_state(random_state: Any, name: str = "random_state") -> np.rand
         f"{name} must be None, an int or a numpy.random.RandomState (scikit-learn's "
         f"meaning), got {type(random_state).__name__}{hint}"
     )
+
+
+def available_memory() -> int:
+    """Bytes of physical memory that may still be allocated (MemAvailable, else total RAM)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def check_allocation(nbytes: float, what: str, hint: str = "") -> None:
+    """Raise ``ValueError`` before allocating ``nbytes`` that the machine cannot hold.
+
+    ``what`` names the array and the arguments that size it, e.g.
+    ``"the [d_in, d_out] = [10, 10**9] sketch matrix"``.
+    """
+    available = available_memory()
+    if nbytes > available:
+        raise ValueError(
+            f"{what} needs {nbytes / 2**30:.3g} GiB, more than the {available / 2**30:.3g} GiB of "
+            f"memory available{'; ' + hint if hint else ''}"
+        )
