@@ -54,3 +54,13 @@ def test_a_sample_of_every_key_is_exact_and_one_key_is_a_sample(is_causal, seed)
     none = KDEConfig(block_size=8, sample_size=0, kde_samples=8, min_seq_len=0)
     assert not torch.allclose(kde(q, k, v, one, seed, is_causal=is_causal),
                               kde(q, k, v, none, seed, is_causal=is_causal))
+
+
+@pytest.mark.filterwarnings("ignore:method=.* computed exact attention")
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_exact_fallback_returns_the_lse(is_causal, seed):
+    q, k, v = qkv(seed, 40, 40)
+    out, lse = kde(q, k, v, KDEConfig(min_seq_len=64), seed, is_causal=is_causal, return_lse=True)
+    ref, ref_lse = naive_attention(q, k, v, is_causal=is_causal, return_lse=True)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(lse, ref_lse)
