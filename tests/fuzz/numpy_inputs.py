@@ -34,8 +34,13 @@ def _copy(obj: Any) -> Any:
 
 def _same(before: Any, now: Any) -> bool:
     if isinstance(before, torch.Tensor):
-        return before.shape == now.shape and torch.equal(
-            before.reshape(-1).view(torch.uint8), now.detach().reshape(-1).view(torch.uint8)
+        if before.shape != now.shape or before.dtype != now.dtype:
+            return False
+        if before.numel() == 0:
+            return True
+        return torch.equal(  # bit patterns: NaN-safe
+            before.contiguous().view(-1).view(torch.uint8),
+            now.detach().contiguous().view(-1).view(torch.uint8),
         )
     if isinstance(before, np.ndarray):
         if before.dtype.kind == "O":  # the copy holds the same objects: none replaced

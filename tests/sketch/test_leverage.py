@@ -281,3 +281,32 @@ def test_sketched_rejects_unknown_sketch(torch_generator):
 def test_sketched_rejects_bad_jl_size(torch_generator):
     with pytest.raises(ValueError, match="jl_size must be >= 1, got 0"):
         sketched_leverage_scores(torch.randn(50, 4, generator=torch_generator), sketch_size=8, jl_size=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [2.0**-100, 1e-25, 1e30, 2.0**120])
+def test_scores_are_scale_free_at_any_magnitude(dtype, scale, torch_generator):
+    # A of 1e30 in float32 overflowed AᵀA (ridge scores NaN) and the SVD of the sketch
+    # (LinAlgError); each matrix is scaled by a power of two inside
+    a = torch.randn(2, 24, 4, dtype=torch.float64, generator=torch_generator)
+    a[1] *= 1e-3  # per-matrix scaling: batch entries of different magnitude
+    big = (a * scale).to(dtype)
+    ref = a.to(dtype)
+    tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-9, "atol": 1e-12}
+    torch.testing.assert_close(leverage_scores(big), leverage_scores(ref), **tol)
+    torch.testing.assert_close(ridge_leverage_scores(big, 0.5 * scale**2),
+                               ridge_leverage_scores(ref, 0.5), **tol)
+    kernel = (a @ a.mT * scale).to(dtype)  # in range: the scores of a, from its Gram matrix
+    torch.testing.assert_close(leverage_scores_from_kernel(kernel), leverage_scores(ref), **tol)
+    kw = {"sketch_size": 16, "generator": _gen(0)}
+    torch.testing.assert_close(sketched_leverage_scores(big, **kw),
+                               sketched_leverage_scores(ref, sketch_size=16, generator=_gen(0)),
+                               **tol)
+
+
+def test_ridge_underflowing_after_scaling_keeps_zero_rows_finite():
+    # diag(2^25, 0) with a tiny ridge: the scaled ridge underflows, 0 / 0 gave NaN
+    a = torch.tensor([[2.0**25, 0.0], [0.0, 0.0]])
+    torch.testing.assert_close(ridge_leverage_scores(a, 1e-30), torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(leverage_scores_from_kernel(a @ a.T, ridge=1e-30),
+                               torch.tensor([1.0, 0.0]))

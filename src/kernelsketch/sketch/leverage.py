@@ -13,11 +13,14 @@ scores [..., n] in the dtype of ``A``. Theory: docs/sketches.md.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from kernelsketch._checks import (
     FLOAT_DTYPES,
     _shape,
+    check_allocation,
     check_choice,
     check_float,
     check_generator,
@@ -41,6 +44,25 @@ def _check_matrix(name: str, a: torch.Tensor) -> torch.Tensor:
     if a.dim() < 2:
         raise ValueError(f"{name} must have shape [..., n, d], got shape {_shape(a)}")
     return a.to(compute_dtype(a.dtype))
+
+
+def _unit_scaled(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``t`` [..., n, d] scaled per matrix by a power of two ``2^-e`` so its largest
+    magnitude is in [1/2, 1), and ``e`` [..., 1, 1] (int; 0 for a zero matrix).
+
+    Exact (in two steps, so neither factor over- or underflows): leverage scores are
+    scale-free, and ``A`` of 1e30 in float32 no longer overflows ``AᵀA`` or the SVD.
+    """
+    e = torch.frexp(t.abs().amax(dim=(-2, -1), keepdim=True)).exponent
+    half = torch.div(e, 2, rounding_mode="floor")
+    return torch.ldexp(torch.ldexp(t, -half), half - e), e
+
+
+def _scaled_ridge(ridge: float, e: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``ridge · 2^-e`` [..., 1] in ``dtype`` (0 or inf where it leaves the range: the
+    exact limits of the scores)."""
+    r = torch.ldexp(torch.tensor(ridge, dtype=torch.float64), -e.to(torch.float64))
+    return r.to(dtype).squeeze(-1)
 
 
 def _keep(values: torch.Tensor, rcond: float | None, default: float) -> torch.Tensor:
@@ -68,7 +90,7 @@ def leverage_scores(A: torch.Tensor, *, rcond: float | None = None) -> torch.Ten
     -------
     Tensor [..., n], dtype of ``A``; entries in [0, 1].
     """
-    a = _check_matrix("A", A)
+    a, _ = _unit_scaled(_check_matrix("A", A))
     u, s, _ = torch.linalg.svd(a, full_matrices=False)
     keep = _keep(s, rcond, max(a.shape[-2:]) * torch.finfo(a.dtype).eps)
     return (u.square() * keep.unsqueeze(-2)).sum(-1).to(A.dtype)
@@ -96,10 +118,12 @@ def ridge_leverage_scores(A: torch.Tensor, lam: float) -> torch.Tensor:
     Alaoui, Mahoney. Fast randomized kernel ridge regression with statistical
     guarantees, NeurIPS 2015.
     """
-    a = _check_matrix("A", A)
+    a, e = _unit_scaled(_check_matrix("A", A))
     lam = check_float("lam", lam, min=0.0, min_exclusive=True)
     u, s, _ = torch.linalg.svd(a, full_matrices=False)
-    weight = s.square() / (s.square() + lam)
+    s2 = s.square()
+    # where the scaled ridge underflows, a zero singular value would give 0 / 0
+    weight = torch.where(s2 > 0, s2 / (s2 + _scaled_ridge(lam, 2 * e, a.dtype)), 0.0)
     return (u.square() * weight.unsqueeze(-2)).sum(-1).to(A.dtype)
 
 
@@ -143,11 +167,16 @@ def leverage_scores_from_gram(
             f"gram must have shape [..., {d}, {d}] (d from A {_shape(A)}), got shape {_shape(gram)}"
         )
     ridge = check_float("ridge", ridge, min=0.0)
-    g = gram.to(a.dtype)
+    # scale-free: A by 2^-h and G by 4^-h, h from G's largest entry, keep the scores
+    _, e = _unit_scaled(gram.to(a.dtype))
+    h = torch.div(e + 1, 2, rounding_mode="floor")
+    g = torch.ldexp(torch.ldexp(gram.to(a.dtype), -h), -h)
+    a = torch.ldexp(a, -h)
     evals, evecs = torch.linalg.eigh((g + g.transpose(-1, -2)) / 2)
     evals = evals.clamp_min(0)
     if ridge > 0:
-        inverse = 1.0 / (evals + ridge)
+        shifted = evals + _scaled_ridge(ridge, 2 * h, a.dtype)
+        inverse = torch.where(shifted > 0, 1.0 / shifted, 0.0)  # 0 where the ridge underflows
     else:
         keep = _keep(evals, rcond, 10 * d * torch.finfo(a.dtype).eps)
         inverse = torch.where(keep, 1.0 / torch.where(keep, evals, 1.0), 0.0)
@@ -188,10 +217,11 @@ def leverage_scores_from_kernel(
     if g.shape[-2] != n:
         raise ValueError(f"kernel must have shape [..., n, n], got shape {_shape(kernel)}")
     ridge = check_float("ridge", ridge, min=0.0)
+    g, e = _unit_scaled(g)
     evals, evecs = torch.linalg.eigh((g + g.transpose(-1, -2)) / 2)
     evals = evals.clamp_min(0)
     if ridge > 0:
-        weight = evals / (evals + ridge)
+        weight = torch.where(evals > 0, evals / (evals + _scaled_ridge(ridge, e, g.dtype)), 0.0)
     else:
         weight = _keep(evals, rcond, 10 * n * torch.finfo(g.dtype).eps).to(g.dtype)
     return (evecs.square() * weight.unsqueeze(-2)).sum(-1).to(kernel.dtype)
@@ -249,7 +279,7 @@ def sketched_leverage_scores(
     Drineas, Magdon-Ismail, Mahoney, Woodruff. Fast approximation of matrix
     coherence and statistical leverage, JMLR 13, 2012 (Algorithm 1).
     """
-    a = _check_matrix("A", A)
+    a, _ = _unit_scaled(_check_matrix("A", A))
     n, d = a.shape[-2:]
     check_int("sketch_size", sketch_size, min=1)
     if sketch_size < min(n, d):
@@ -261,6 +291,12 @@ def sketched_leverage_scores(
         check_int("jl_size", jl_size, min=1)
     check_choice("sketch", sketch, ("srht", "countsketch"))
     check_generator(generator)
+    batch = math.prod(a.shape[:-2])
+    check_allocation(  # the sketched rows (padded for the SRHT) and the final product
+        16.0 * batch * d * (sketch_size + n) + 8.0 * batch * n * (jl_size or d),
+        f"the sketch of A of shape {_shape(A)} with sketch_size={sketch_size} and "
+        f"jl_size={jl_size}",
+    )
     g = generator
     row_sketch = (SRHT if sketch == "srht" else CountSketch)(n, sketch_size, generator=g)
     sa = row_sketch.to(a.device)._sketch(a.transpose(-1, -2)).transpose(-1, -2)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from kernelsketch._checks import check_int, check_tensor
+from kernelsketch._checks import check_allocation, check_int, check_tensor
 from kernelsketch.sketch.projections import SketchModule, compute_dtype
 from kernelsketch.sketch.sampling import generator_device, resolve_generator
 
@@ -111,6 +111,8 @@ class AngularLSH(SketchModule):
         super().__init__()
         check_int("dim", dim, min=1)
         check_int("n_bits", n_bits, min=1, max=30)
+        check_allocation(8.0 * dim * n_bits, f"the [dim, n_bits] = [{dim}, {n_bits}] planes",
+                         "reduce dim")
         g = resolve_generator(seed, generator)
         self.d_in = dim
         self.n_bits = n_bits
@@ -121,9 +123,13 @@ class AngularLSH(SketchModule):
             "bit_values", 2 ** torch.arange(n_bits, device=planes.device), persistent=False
         )
 
+    def _work_width(self) -> int:
+        return 3 * self.n_bits  # projections, bits, weighted bits
+
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         """Sign codes ``c = sum_i [x · w_i > 0] 2**i``, int64 [...], before Gray ordering."""
         self._check_input(x)
+        self._check_output(x)
         xc = x.to(compute_dtype(x.dtype))
         bits = (xc @ self.planes.to(xc.dtype)) > 0
         return (bits.long() * self.bit_values).sum(-1)

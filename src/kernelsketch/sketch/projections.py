@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from kernelsketch._checks import FLOAT_DTYPES, _shape, check_int, check_tensor
+from kernelsketch._checks import FLOAT_DTYPES, _shape, check_allocation, check_int, check_tensor
 from kernelsketch.sketch.sampling import generator_device, resolve_generator
 
 __all__ = [
@@ -120,15 +120,38 @@ class SketchModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Sketch ``x`` [..., d_in] -> [..., d_out] (dtype of ``x``)."""
         self._check_input(x)
+        self._check_output(x)
         return self._sketch(x.to(compute_dtype(x.dtype))).to(x.dtype)
+
+    def _work_width(self) -> int:
+        """Float64 words per input row the forward pass allocates at most (output and
+        intermediates); subclasses with wider intermediates override it."""
+        return 2 * self.d_out
+
+    def _check_output(self, x: torch.Tensor, lead: tuple[int, ...] | None = None) -> None:
+        """Refuse (ValueError) a forward pass over ``x`` (leading shape ``lead``, default
+        ``x``'s) whose output and intermediates cannot fit in memory."""
+        lead = tuple(x.shape[:-1]) if lead is None else lead
+        check_allocation(
+            8.0 * math.prod(lead) * self._work_width(),
+            f"{type(self).__name__}'s output and intermediates for x of shape {_shape(x)}",
+            "sketch fewer rows at a time",
+        )
 
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, d_out={self.d_out}"
 
 
-def _check_dims(d_in: int, d_out: int) -> None:
+def _check_dims(d_in: int, d_out: int, cls: type | None = None) -> None:
+    """Check the dimensions and, for ``cls``, that its buffers fit in memory."""
     check_int("d_in", d_in, min=1)
     check_int("d_out", d_out, min=1)
+    if cls is not None:
+        check_allocation(
+            cls.buffer_bytes(d_in, d_out),
+            f"the buffers of {cls.__name__}(d_in={d_in}, d_out={d_out})",
+            "reduce d_in or d_out",
+        )
 
 
 def random_signs(
@@ -157,10 +180,15 @@ class _DenseSketch(SketchModule):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        _check_dims(d_in, d_out)
+        _check_dims(d_in, d_out, type(self))
         g = resolve_generator(seed, generator)
         self.d_in, self.d_out = d_in, d_out
         self.register_buffer("matrix", self._draw(d_in, d_out, g) / math.sqrt(d_out))
+
+    @staticmethod
+    def buffer_bytes(d_in: int, d_out: int) -> float:
+        """Peak bytes of construction: the float32 matrix and its scaled copy."""
+        return 8.0 * d_in * d_out
 
     def _sketch(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self.matrix.to(x.dtype)
@@ -259,7 +287,7 @@ class SRHT(SketchModule):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        _check_dims(d_in, d_out)
+        _check_dims(d_in, d_out, type(self))
         g = resolve_generator(seed, generator)
         self.d_in, self.d_out = d_in, d_out
         self.padded_dim = 1 << (d_in - 1).bit_length()
@@ -267,6 +295,15 @@ class SRHT(SketchModule):
         self.register_buffer("signs", random_signs((n_blocks, d_in), g))
         perm = torch.randperm(n_blocks * self.padded_dim, generator=g, device=generator_device(g))
         self.register_buffer("index", perm[:d_out].clone())
+
+    @staticmethod
+    def buffer_bytes(d_in: int, d_out: int) -> float:
+        """Peak bytes of construction: int64 draws of the signs and the permutation."""
+        padded = 1 << (d_in - 1).bit_length()
+        return 8.0 * -(-d_out // padded) * (padded + d_in)
+
+    def _work_width(self) -> int:
+        return 2 * self.signs.shape[0] * self.padded_dim + self.d_out
 
     def _sketch(self, x: torch.Tensor) -> torch.Tensor:
         z = x.unsqueeze(-2) * self.signs.to(x.dtype)
@@ -319,12 +356,17 @@ class CountSketch(SketchModule):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        _check_dims(d_in, d_out)
+        _check_dims(d_in, d_out, type(self))
         g = resolve_generator(seed, generator)
         self.d_in, self.d_out = d_in, d_out
         buckets = torch.randint(d_out, (d_in,), generator=g, device=generator_device(g))
         self.register_buffer("buckets", buckets)
         self.register_buffer("signs", random_signs((d_in,), g))
+
+    @staticmethod
+    def buffer_bytes(d_in: int, d_out: int) -> float:
+        """Peak bytes of construction: int64 buckets and sign draws."""
+        return 24.0 * d_in
 
     def _sketch(self, x: torch.Tensor) -> torch.Tensor:
         out = x.new_zeros(*x.shape[:-1], self.d_out)

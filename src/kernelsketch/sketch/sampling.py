@@ -13,11 +13,18 @@ values) and for leverage-score sampling of features. Theory: docs/sketches.md.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
-from kernelsketch._checks import FLOAT_DTYPES, check_generator, check_int, check_tensor
+from kernelsketch._checks import (
+    FLOAT_DTYPES,
+    check_allocation,
+    check_generator,
+    check_int,
+    check_tensor,
+)
 
 __all__ = ["importance_sample", "resolve_generator", "uniform_sample"]
 
@@ -107,6 +114,9 @@ def importance_sample(
         raise ValueError(
             f"num_samples must be <= n={n} when replacement=False, got {num_samples}"
         )
+    rows = probs.numel() // max(n, 1)
+    check_allocation(16.0 * rows * num_samples,
+                     f"the [{rows}, num_samples={num_samples}] indices and weights")
     if (probs < 0).any():
         raise ValueError("probs must be non-negative, found negative entries")
     work = probs.float() if probs.dtype in (torch.float16, torch.bfloat16) else probs
@@ -185,6 +195,10 @@ def uniform_sample(
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be a floating dtype, got {dtype}")
     shape = batch_shape + (num_samples,)
+    rows = math.prod(batch_shape)
+    check_allocation(16.0 * rows * (num_samples if replacement else n + num_samples),
+                     f"{'the' if replacement else 'the keys and'} [{rows}, num_samples="
+                     f"{num_samples}] indices and weights for n={n}")
     if replacement:
         idx = torch.randint(n, shape, device=device, generator=generator)
     else:

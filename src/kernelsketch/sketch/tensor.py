@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from kernelsketch._checks import check_choice, check_int, check_same
+from kernelsketch._checks import check_allocation, check_choice, check_int, check_same
 from kernelsketch.sketch.projections import (
     SRHT,
     CountSketch,
@@ -29,10 +29,17 @@ __all__ = ["Degree2Sketch", "PolySketch", "TensorSRHT", "TensorSketch"]
 KINDS = ("srht", "gaussian", "countsketch", "tensorsketch")
 
 
+MAX_DEGREE = 1024  # tensor powers beyond x^{⊗1024} would take thousands of factor sketches
+
+
 def _check_dims(d_in: int, d_out: int, degree: int) -> None:
     check_int("d_in", d_in, min=1)
     check_int("d_out", d_out, min=1)
-    check_int("degree", degree, min=1)
+    check_int("degree", degree, min=1, max=MAX_DEGREE)
+
+
+def _check_factors(name: str, nbytes: float) -> None:
+    check_allocation(nbytes, f"the factor sketches of {name}", "reduce d_in, d_out or degree")
 
 
 class TensorSketch(SketchModule):
@@ -73,9 +80,14 @@ class TensorSketch(SketchModule):
     ) -> None:
         super().__init__()
         _check_dims(d_in, d_out, degree)
+        _check_factors(f"TensorSketch(d_in={d_in}, d_out={d_out}, degree={degree})",
+                       degree * CountSketch.buffer_bytes(d_in, d_out))
         g = resolve_generator(seed, generator)
         self.d_in, self.d_out, self.degree = d_in, d_out, degree
         self.factors = nn.ModuleList(CountSketch(d_in, d_out, generator=g) for _ in range(degree))
+
+    def _work_width(self) -> int:
+        return 4 * self.d_out  # complex FFTs of the factors
 
     def combine(self, *xs: torch.Tensor) -> torch.Tensor:
         """Sketch of ``xs[0] ⊗ ... ⊗ xs[q-1]`` (compute dtype, broadcastable [..., d_in])."""
@@ -156,8 +168,13 @@ class TensorSRHT(_ElementwiseProductSketch):
         generator: torch.Generator | None = None,
     ) -> None:
         _check_dims(d_in, d_out, degree)
+        _check_factors(f"TensorSRHT(d_in={d_in}, d_out={d_out}, degree={degree})",
+                       degree * SRHT.buffer_bytes(d_in, d_out))
         g = resolve_generator(seed, generator)
         super().__init__([SRHT(d_in, d_out, generator=g) for _ in range(degree)])
+
+    def _work_width(self) -> int:
+        return self.factors[0]._work_width() + 2 * self.d_out
 
 
 class Degree2Sketch(SketchModule):
@@ -201,6 +218,8 @@ class Degree2Sketch(SketchModule):
         super().__init__()
         _check_dims(d_in, d_out, 2)
         check_choice("kind", kind, KINDS)
+        _check_factors(f"Degree2Sketch(d_in={d_in}, d_out={d_out}, kind={kind!r})",
+                       self.buffer_bytes(d_in, d_out, kind))
         g = resolve_generator(seed, generator)
         self.d_in, self.d_out, self.kind = d_in, d_out, kind
         if kind == "gaussian":
@@ -213,6 +232,22 @@ class Degree2Sketch(SketchModule):
             self.sketch = TensorSketch(d_in, d_out, 2, generator=g)
         else:
             self.sketch = CountSketch(d_in * d_in, d_out, generator=g)
+
+    @staticmethod
+    def buffer_bytes(d_in: int, d_out: int, kind: str) -> float:
+        """Peak bytes of the construction's buffers."""
+        if kind == "gaussian":
+            return 2 * GaussianSketch.buffer_bytes(d_in, d_out)
+        if kind == "srht":
+            return 2 * SRHT.buffer_bytes(d_in, d_out)
+        if kind == "tensorsketch":
+            return 2 * CountSketch.buffer_bytes(d_in, d_out)
+        return CountSketch.buffer_bytes(d_in * d_in, d_out)
+
+    def _work_width(self) -> int:
+        if self.kind == "countsketch":
+            return self.d_in * self.d_in + 2 * self.d_out  # the flattened outer product
+        return self.sketch._work_width() + 2 * self.d_out
 
     def _pair(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.kind == "countsketch":
@@ -240,6 +275,16 @@ class Degree2Sketch(SketchModule):
         else:
             self._check_input(y, "y")
             check_same(("x", "y"), (x, y))
+            try:
+                lead = torch.broadcast_shapes(x.shape[:-1], y.shape[:-1])
+            except RuntimeError:
+                raise ValueError(
+                    f"x and y must have broadcastable leading shapes, got {tuple(x.shape)} and "
+                    f"{tuple(y.shape)}"
+                ) from None
+            self._check_output(x, tuple(lead))
+        if y is x:
+            self._check_output(x)
         cdt = compute_dtype(x.dtype)
         return self._pair(x.to(cdt), y.to(cdt)).to(x.dtype)
 
@@ -308,11 +353,16 @@ class PolySketch(SketchModule):
         super().__init__()
         _check_dims(d_in, d_out, degree)
         check_choice("kind", kind, KINDS)
+        n_leaves = 1 << (degree - 1).bit_length()
+        leaf = _LEAF_SKETCH[kind]
+        _check_factors(
+            f"PolySketch(d_in={d_in}, d_out={d_out}, degree={degree}, kind={kind!r})",
+            n_leaves * leaf.buffer_bytes(d_in, d_out)
+            + (n_leaves - 1) * Degree2Sketch.buffer_bytes(d_out, d_out, kind),
+        )
         g = resolve_generator(seed, generator)
         self.d_in, self.d_out, self.degree, self.kind = d_in, d_out, degree, kind
         self.depth = (degree - 1).bit_length()
-        n_leaves = 1 << self.depth
-        leaf = _LEAF_SKETCH[kind]
         self.leaves = nn.ModuleList(leaf(d_in, d_out, generator=g) for _ in range(n_leaves))
         self.levels = nn.ModuleList(
             nn.ModuleList(
@@ -365,10 +415,16 @@ class PolySketch(SketchModule):
         finally:
             # node refers to itself through its closure: break the cycle, or the cache's
             # tensors live until the cyclic garbage collector runs (memory grows per call).
-            del node
+            node = None
 
     def _sketch(self, x: torch.Tensor) -> torch.Tensor:
         return self._power(x, self.degree, {})
+
+    def _work_width(self) -> int:
+        # the tree's cached node outputs ([..., d_out] each) and the widest node's work
+        node = max(self.leaves[0]._work_width(), self.levels[0][0]._work_width() if
+                   self.depth else 0)
+        return (2 * len(self.leaves) + self.degree + 1) * self.d_out + node
 
     def all_powers(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Sketches of ``x^{⊗j}`` for ``j = 0, ..., degree`` from the one tree.
@@ -389,6 +445,7 @@ class PolySketch(SketchModule):
         ``E[<out[j](x), out[j](y)>] = <x, y>**j``.
         """
         self._check_input(x)
+        self._check_output(x)
         xc = x.to(compute_dtype(x.dtype))
         const = xc.new_zeros(*x.shape[:-1], self.d_out)
         const[..., 0] = 1
