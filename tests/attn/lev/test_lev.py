@@ -723,3 +723,16 @@ def test_attention_rejects_wrong_config_type():
     q, k, v = random_qkv(1, 2, 2, 8, 8, 4)
     with pytest.raises(TypeError, match="LevConfig"):
         ks.attention(q, k, v, method="lev", config=ks.ExactConfig())
+
+
+def test_merging_a_shard_that_kept_no_key():
+    # Threshold mode: a shard can keep nothing; merging it raised 'k_block must be non-empty'.
+    k = torch.zeros(1, 1, 6, 2, dtype=torch.float64)
+    k[0, 0, 3, 0] = 1.0
+    left, right = LevSelector(eps=1.0).update(k[:, :, :3]), LevSelector(eps=1.0).update(k[:, :, 3:])
+    assert left.select().shape[-1] == 0
+    assert torch.equal(left.merge(right).select(), LevSelector(eps=1.0).update(k).select())
+    empty = LevSelector(eps=1.0).update(k[:, :, :3])
+    assert empty.merge(LevSelector(eps=1.0).update(k[:, :, :2])).select().shape[-1] == 0
+    with pytest.raises(ValueError, match="other must hold keys of shape"):
+        LevSelector(eps=1.0).update(k).merge(LevSelector(eps=1.0).update(k[:, :, :, :1]))

@@ -355,6 +355,7 @@ def test_step_rejects_a_state_of_the_wrong_type():
 BAD_MODULE_ARGS = [
     ({"head_dim": 0}, ValueError, "head_dim must be >= 1, got 0"),
     ({"head_dim": 8.0}, TypeError, "head_dim must be an int"),
+    ({"head_dim": 10**9}, ValueError, "head_dim must be <= 65536, got 1000000000"),
     ({"scale": 0.0}, ValueError, "scale must be > 0.0, got 0.0"),
     ({"scale": float("nan")}, ValueError, "scale must be finite, got nan"),
     ({"seed": -1}, ValueError, "seed must be >= 0, got -1"),
@@ -427,3 +428,21 @@ def test_a_block_longer_than_the_keys_is_clamped_to_them(block_size, path):
     same = ks.attention(q, k, v, method="polysketch", config=cfg.replace(block_size=90),
                         is_causal=True, generator=seeded(3))
     torch.testing.assert_close(out, same, rtol=1e-12, atol=1e-12)
+
+
+def test_decoding_state_overflow_is_a_clear_error_and_float64_state_decodes():
+    layer = PolySketchAttention(4, PolySketchConfig(degree=6, sketch_size=4, block_size=1,
+                                                    exact_local=False), scale=1e7, seed=0,
+                                norm_affine=False)
+    q, k, v = random_qkv(1, 1, 1, 3, 3, 4, dtype=torch.float32, scale=1e8)
+    with torch.no_grad():
+        out = layer(q, k, v)  # the parallel form shrinks the weights into range
+        state = layer.init_state(1, 1, 4)
+        with pytest.raises(ValueError, match=r"the decoding state overflowed float32: .* "
+                                             r"scale=1e\+07 and degree 6 .* dtype=torch.float64"):
+            for t in range(3):
+                _, state = layer.step(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], state)
+        state = layer.init_state(1, 1, 4, dtype=torch.float64)
+        for t in range(3):
+            step, state = layer.step(q[:, :, t:t + 1], k[:, :, t:t + 1], v[:, :, t:t + 1], state)
+            torch.testing.assert_close(step[:, :, 0], out[:, :, t], rtol=1e-4, atol=1e-5)

@@ -196,7 +196,15 @@ class LevSelector:
         if self._gram is None:
             self.__dict__.update({k: v for k, v in other.__dict__.items()})
             return self
-        self._check_block(other.keys, other.values)
+        # Either shard may hold no candidate (threshold mode): shapes, dtype and device only.
+        mine_k, other_k = self.keys, other.keys
+        if other_k.shape[:2] != mine_k.shape[:2] or other_k.shape[-1] != mine_k.shape[-1]:
+            raise ValueError(f"other must hold keys of shape [{mine_k.shape[0]}, "
+                             f"{mine_k.shape[1]}, S, {mine_k.shape[-1]}] like this selector, "
+                             f"got {list(other_k.shape)}")
+        check_same(("this selector's keys", "other's keys"), (mine_k, other_k))
+        if (other.values is None) != (self.values is None):
+            raise ValueError("other must hold values if and only if this selector does")
         self._raise_scale(other.key_scale)
         ratio = other.key_scale / self._safe_scale()
         self._gram = self._gram + other._gram * (ratio ** self.p)[..., None, None]
@@ -265,6 +273,8 @@ class LevSelector:
         self.key_scale = new
 
     def _scores(self, k: torch.Tensor) -> torch.Tensor:
+        if k.shape[-2] == 0:  # no candidate (threshold mode)
+            return torch.zeros(k.shape[:-1], dtype=self._gram.dtype, device=k.device)
         with torch.no_grad():
             x = k.detach().to(self._gram.dtype)
             phi = self._features(x / self._safe_scale().to(x.dtype)[..., None, None])

@@ -19,6 +19,9 @@ from ...sketch.tensor import Degree2Sketch, PolySketch
 from .config import LEARNED, PolySketchConfig
 
 _SKETCH_KIND = {"gaussian": "gaussian", "hadamard": "srht"}
+# Widest head: the sketches hold O(head_dim · sketch_size) numbers per degree-2 node (and
+# the layer's norms O(head_dim)); attention heads are at most a few hundred wide.
+MAX_HEAD_DIM = 2**16
 
 
 class LearnedDegree2Sketch(nn.Module):
@@ -137,7 +140,7 @@ class PolySketchFeatures(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        check_int("head_dim", head_dim, min=1)
+        check_int("head_dim", head_dim, min=1, max=MAX_HEAD_DIM)
         g = resolve_generator(seed, generator)
         half = config.degree // 2
         self.head_dim = head_dim

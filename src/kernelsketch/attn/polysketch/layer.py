@@ -12,7 +12,7 @@ from torch import nn
 from ..._checks import check_attention_inputs, check_float, check_int
 from ..common.merge import accumulation_dtype
 from .config import PolySketchConfig
-from .features import PolySketchFeatures, self_tensor
+from .features import MAX_HEAD_DIM, PolySketchFeatures, self_tensor
 from .method import sketched_polynomial_attention
 from .polynomial import normalize_output, polynomial_weights
 
@@ -69,7 +69,7 @@ class PolySketchAttention(nn.Module):
         config = PolySketchConfig() if config is None else config
         if not isinstance(config, PolySketchConfig):
             raise TypeError(f"config must be a PolySketchConfig, got {type(config).__name__}")
-        check_int("head_dim", head_dim, min=1)
+        check_int("head_dim", head_dim, min=1, max=MAX_HEAD_DIM)
         check_int("seed", seed, min=0, max=2**64 - 1)
         self.config, self.is_causal, self.head_dim = config, bool(is_causal), head_dim
         self.scale = 1.0 / math.sqrt(head_dim) if scale is None else check_float(
@@ -164,6 +164,14 @@ class PolySketchAttention(nn.Module):
         res = torch.matmul(self_tensor(fqg), state.kv.unsqueeze(2)) + torch.matmul(
             w, vp.unsqueeze(2))
         out, _ = normalize_output(res[..., :-1], res[..., -1], False)
+        if not bool(torch.isfinite(out).all()):
+            # The state sums weights (scale q·k)^p as they come (forward shrinks them into
+            # range, a stream cannot): say so instead of returning NaN.
+            raise ValueError(
+                f"the decoding state overflowed {str(acc).replace('torch.', '')}: (scale·q·k)^p "
+                f"with scale={self.scale:.3g} and degree {c.degree} is out of its range; use "
+                f"init_state(..., dtype=torch.float64) or a smaller scale"
+            )
         kv = state.kv
         if keys.shape[2] == c.block_size:  # the block is complete: fold it into the prefix sum
             kv = kv + torch.matmul(self_tensor(feats).transpose(-1, -2), vp)
