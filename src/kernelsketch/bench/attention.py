@@ -278,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     have = (torch.cuda.get_device_properties(a.device).total_memory if a.device.type == "cuda"
             else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     if need > have:
-        p.error(f"argument --n: inputs of batch {a.batch} x {a.heads} heads x n={max(a.n)} x "
+        p.error(f"arguments --n, --batch, --heads, --head-dim: inputs of batch {a.batch} x "
+                f"{a.heads} heads x n={max(a.n)} x "
                 f"head dim {a.head_dim} need {need / 2**30:.1f} GiB, more than the "
                 f"{have / 2**30:.1f} GiB of {a.device.type} memory")
     out_dir = check_out_dir(p, a.out_dir)
