@@ -142,18 +142,18 @@ def _unpadded(keep: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, bool
     """Each batch row's (query indices, key indices, is_causal) when ``keep`` is padding.
 
     ``keep`` [B, 1 or H, N, M] is a padding mask when, in every row, the
-    tokens (the keys the last query keeps, and the queries at their
-    positions, query i at key position i + M - N) see each other, and
-    nothing else, with the plain causal pattern (bottom-right) or all of
-    them, the same for every head. None otherwise. Queries at padding
-    positions are left out, whatever they keep (their output is 0).
+    tokens (the keys some query keeps, and the queries at their positions,
+    query i at key position i + M - N) see each other, and nothing else,
+    with the plain causal pattern (bottom-right) or all of them, the same for
+    every head. None otherwise. Queries at padding positions are left out,
+    whatever they keep (their output is 0).
     """
     if keep.shape[1] > 1 and not bool(torch.all(keep == keep[:, :1])):
         return None
     N, M = keep.shape[-2:]
     rows = []
     for row in keep[:, 0]:
-        k_valid = row[-1]  # causal or full: the last query keeps every token
+        k_valid = row.any(0)
         q_valid = row.any(1)
         if M >= N:
             q_valid = q_valid & k_valid[M - N:]
