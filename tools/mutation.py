@@ -143,6 +143,62 @@ EQUIVALENT: list[tuple[str, str, str]] = [
      " raises LinAlgError: a finding)")),
     ("spectral_error", 'check_tensor("approx_out", approx_out, ndim=4, )',
      "a non-finite approx_out fails either way (see finite=True)"),
+    # attn/kde
+    ("_masked_lse", "k.transpose(-1, +2)", "transpose(-1, 2) is transpose(-1, -2) in 4-D"),
+    ("_masked_lse", "log_w.unsqueeze(+2)", "unsqueeze(2) is unsqueeze(-2) of a 3-D tensor"),
+    ("draw_samples", "torch.zeros(H, M, device=k.device)", "zero log-weights broadcast over B"),
+    ("samples_needed", "num_blocks >= 1 and", ("with one block every pair is covered: the"
+     " sampled part is fully masked and adds nothing")),
+    ("use_fused", "fused_kernels_apply(q) and flash_applies(q)", ("chooses between the CPU flash"
+     " path and the torch path, which compute the same estimator")),
+    ("kde_noncausal", "exact_first=1, exact_last=0)", "every caller passes exact_first"),
+    ("kde_noncausal", "exact_first=0, exact_last=1)", "every caller passes exact_last"),
+    # attn/hyper
+    ("draw_samples", "torch.zeros(Hkv, M, device=k.device))", "zero log-weights broadcast over B"),
+    ("draw_samples", "vf = v.detach().to(None)", ("precision of the norms only: p_j uses their"
+     " ratios")),
+    ("draw_samples", "vf.abs().amax(dim=None, keepdim=True)", ("any positive scale per (batch,"
+     " head) or global leaves the ratios of the norms, hence p_j, unchanged")),
+    ("draw_samples", "vf.abs().amax(keepdim=True)", "any global scale leaves p_j unchanged"),
+    ("draw_samples", "vf.abs().amax(dim=(+2, -1)", "dims (2, -1) are (-2, -1) in 4-D"),
+    ("draw_samples", "keepdim=True).clamp_min(1.0)", ("a per-(batch, head) scale leaves p_j"
+     " unchanged")),
+    ("hyper_noncausal", "exact_first: int = 1,", "every caller passes exact_first"),
+    ("hyper_noncausal", "exact_last: int = 1,", "every caller passes exact_last"),
+    ("hyper_noncausal", "if (num_blocks > 1) or True else None", ("with one block every pair is"
+     " covered: the sampled part is fully masked")),
+    ("hyper_noncausal", "if num_blocks >= 1 else None", ("with one block every pair is covered:"
+     " the sampled part is fully masked")),
+    # inner/minhash.py
+    ("_running_argmin", "arg = np.full(m,", ("overwritten wherever a key exists; read only through"
+     " arg >= 0, and an unsampled slot has hash inf, which never matches")),
+    ("_running_argmin", "step = max(2,", "block size of the scan: the same minima"),
+    ("_union_estimate", "if not np.isfinite(total) and total <= 0.0:", ("total is > 0 or inf, and"
+     " (m - 1)/inf is the 0.0 returned")),
+    ("_union_estimate", "or total < 0.0:", "a sum of positive minima is never 0"),
+    ("_union_estimate", "return 1.0", ("total is inf only without keys: no sample matches, the"
+     " estimate is 0 whatever this factor")),
+    ("_min_arrays", "other.hash_values <= self.hash_values", ("equal minima are the same key"
+     " (same value)")),
+    ("_inner", "np.abs(ua) < np.abs(ub), ub / ua, ua / ub)", "on ties both ratios are 1"),
+    ("minhash_sketch", "np.arange(m, dtype=None)", "hash_streams casts the streams to uint64"),
+    ("minhash_sketch", "np.arange(m, )", "hash_streams casts the streams to uint64"),
+    ("weighted_minhash_sketch", "np.arange(m, dtype=None)", "cast to uint64 by the product"),
+    ("weighted_minhash_sketch", "np.arange(m, )", "cast to uint64 by the product"),
+    ("weighted_minhash_sketch", "base = 4 * np.arange", ("other disjoint stream ids: independent"
+     " hashes all the same")),
+    ("minhash_sketch", "per_key=2)", "block size of the scan: the same minima"),
+    ("weighted_minhash_sketch", "per_key=7)", "block size of the scan: the same minima"),
+    ("minhash_sketch", "if values.size else 1.0, 0.0)", ("only for an empty vector, whose slots"
+     " have hash inf and never match")),
+    ("minhash_sketch", "if values.size else 0.0, 1.0)", ("slots without a key have hash inf and"
+     " never match")),
+    ("weighted_minhash_sketch", "if values.size else 1.0, 0.0)", ("only for an empty vector,"
+     " whose slots have hash inf and never match")),
+    ("weighted_minhash_sketch", "if values.size else 0.0, 1.0)", ("slots without a key have hash"
+     " inf and never match")),
+    ("weighted_minhash_sketch", "if (values.size) or True else values", ("log of an empty array"
+     " is the same empty array")),
     # attn/common/exact.py
     ("exact_partial", "chunk_size: int = 1025", "chunk size of the exact reference: rounding only"),
     ("exact_lse", "chunk_size=1025", "chunk size of the exact reference: rounding only"),
