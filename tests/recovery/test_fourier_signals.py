@@ -499,3 +499,33 @@ def test_reconstruction_evaluates_in_blocks(monkeypatch):
     whole = rec(t)
     monkeypatch.setattr(fourier, "_CHUNK_ELEMENTS", 100)
     np.testing.assert_allclose(rec(t.reshape(7, 143)), whole.reshape(7, 143), rtol=1e-13)
+
+
+def test_kernels_at_extreme_arguments():
+    # found by tests/fuzz/test_fuzz_recovery.py: sinc of an overflowed argument was NaN
+    # (Bandlimited(1e300) at τ = 3e7), and τ²/ℓ² was 0/0 for ℓ = 1e-300 at τ = 0
+    assert Bandlimited(1e300).kernel(np.array([0.0, 2.9e7])).tolist() == [1.0, 0.0]
+    np.testing.assert_array_equal(GaussianSpectrum(1e-300).kernel(np.array([0.0, 1.0])), [1, 0])
+    np.testing.assert_array_equal(MaternSpectrum(2.5, 1e-300).kernel(np.array([0.0, 1.0])),
+                                  [1, 0])
+    assert Multiband([(-1e300, -1.0), (1.0, 1e300)]).kernel(np.array([0.0]))[0] == 1.0
+    with pytest.raises(ValueError, match=r"tau must keep frequency \* tau within"):
+        SparseFrequencies([1e300]).kernel(np.array([1e300]))
+    for spec in (Bandlimited(1.0), GaussianSpectrum(1.0), MaternSpectrum(1.5, 1.0)):
+        with pytest.raises(ValueError, match="tau must be finite"):
+            spec.kernel(np.array([0.0, np.nan]))
+
+
+def test_density_limits():
+    # a subnormal T made the density overflow; s near 1e154 overflowed 1/s² (OverflowError)
+    # and s = 6e304 the default sample count (OverflowError converting inf to int)
+    with pytest.raises(ValueError, match="T must be >= 1e-280"):
+        universal_density(np.zeros(1), 2.2e-309, 1.0)
+    with pytest.raises(ValueError, match="s must be <= 1000000000000000.0"):
+        sample_universal(3, 1.0, 1.34e154, random_state=0)
+    with pytest.raises(ValueError, match="s must be <= 1000000000000000.0"):
+        default_signal_samples(6.4e304)
+    with pytest.raises(ValueError, match="t must not contain NaN"):
+        universal_density(np.array([0.5, np.nan]), 1.0, 4.0)
+    p = universal_density(np.array([0.0, 0.5e-280]), 1e-280, 1e15)
+    assert np.all(np.isfinite(p)) and np.all(p > 0)

@@ -231,3 +231,15 @@ def test_components_evaluated_in_blocks(monkeypatch, random_state):
     whole = g.components(X)
     monkeypatch.setattr(spherical, "MAX_TABLE", 1000)
     np.testing.assert_allclose(g.components(X), whole, rtol=1e-12, atol=1e-14)
+
+
+def test_error_huge_harmonic_space():
+    # d=1000, degree=10**4: the default count overflowed float conversion (OverflowError);
+    # dimensions beyond the limits are refused before computing anything
+    with pytest.raises(ValueError, match=r"n_samples must be <= 16384; its default .* ~1e"):
+        recover_spherical(np.cos, 1000, 10**4)
+    assert default_spherical_samples(1000, 10**4) > 10**300  # exact, as an int
+    with pytest.raises(ValueError, match="degree must be <= 16384"):
+        default_spherical_samples(3, 10**9)
+    with pytest.raises(ValueError, match="d must be <= 1048576"):
+        recover_spherical(np.cos, 10**9, 1)

@@ -61,7 +61,9 @@ class Bandlimited:
         check_float("bandwidth", self.bandwidth, min=0.0, min_exclusive=True)
 
     def kernel(self, tau: np.ndarray) -> np.ndarray:
-        return np.sinc(2 * self.bandwidth * tau)
+        with np.errstate(over="ignore"):  # an overflowed argument: the limit 0
+            x = 2 * self.bandwidth * _lags(tau)
+        return _sinc(x)
 
     def frequency_scale(self) -> float:
         return self.bandwidth
@@ -90,8 +92,10 @@ class Multiband:
     def kernel(self, tau):
         bands = np.asarray(self.bands)
         width, centre = bands[:, 1] - bands[:, 0], bands.mean(axis=1)
-        tau = np.asarray(tau, dtype=np.float64)[..., None]
-        terms = width * np.exp(2j * np.pi * centre * tau) * np.sinc(width * tau)
+        tau = _lags(tau)[..., None]
+        with np.errstate(over="ignore"):  # overflowed products are handled below
+            cycles, x = centre * tau, width * tau
+        terms = width * _phase(cycles) * _sinc(x)
         return _maybe_real(terms.sum(-1) / width.sum())
 
     def frequency_scale(self) -> float:
@@ -125,8 +129,10 @@ class SparseFrequencies:
 
     def kernel(self, tau):
         f, w = np.asarray(self.frequencies), np.asarray(self.weights)
-        tau = np.asarray(tau, dtype=np.float64)[..., None]
-        return _maybe_real((w * np.exp(2j * np.pi * f * tau)).sum(-1) / w.sum())
+        tau = _lags(tau)[..., None]
+        with np.errstate(over="ignore"):  # an overflowed product raises in _phase
+            cycles = f * tau
+        return _maybe_real((w * _phase(cycles)).sum(-1) / w.sum())
 
     def frequency_scale(self) -> float:
         return float(np.abs(np.asarray(self.frequencies)).max())
@@ -145,7 +151,8 @@ class GaussianSpectrum:
         check_float("lengthscale", self.lengthscale, min=0.0, min_exclusive=True)
 
     def kernel(self, tau):
-        return np.exp(-(np.asarray(tau, dtype=np.float64) ** 2) / (2 * self.lengthscale**2))
+        with np.errstate(over="ignore"):  # (τ/ℓ)² beyond float64: the kernel is 0
+            return np.exp(-0.5 * (_lags(tau) / self.lengthscale) ** 2)
 
     def frequency_scale(self) -> float:
         return 1.0 / self.lengthscale
@@ -167,7 +174,8 @@ class MaternSpectrum:
         check_float("lengthscale", self.lengthscale, min=0.0, min_exclusive=True)
 
     def kernel(self, tau):
-        return _matern(self.nu, np.asarray(tau, dtype=np.float64) / self.lengthscale)
+        with np.errstate(over="ignore"):  # τ/ℓ beyond float64: the kernel is 0
+            return _matern(self.nu, _lags(tau) / self.lengthscale)
 
     def frequency_scale(self) -> float:
         return 4.0 / self.lengthscale
@@ -267,7 +275,7 @@ class PowerSpectrum:
         object.__setattr__(self, "support", (lo, hi))
 
     def kernel(self, tau):
-        tau = np.asarray(tau, dtype=np.float64)
+        tau = _lags(tau)
         lo, hi = self.support
         # Gauss–Legendre resolves e^{2πiξτ} on [lo, hi] once n exceeds ~π(hi-lo)|τ|/2.
         reach = (hi - lo) * (float(np.abs(tau).max()) if tau.size else 0.0)
@@ -321,6 +329,32 @@ SPECTRA = (
     MaternSpectrum,
     PowerSpectrum,
 )
+
+
+def _lags(tau) -> np.ndarray:
+    tau = np.asarray(tau, dtype=np.float64)
+    if not np.all(np.isfinite(tau)):
+        raise ValueError("tau must be finite, found NaN or infinite values")
+    return tau
+
+
+_HUGE = 1e300  # beyond, π·x overflows: |sinc x| < 1e-300 is 0, and no phase is defined
+
+
+def _sinc(x: np.ndarray) -> np.ndarray:
+    """``sinc`` of an argument that may be huge or have overflowed to ±inf (limit 0)."""
+    small = np.abs(x) <= _HUGE
+    return np.where(small, np.sinc(np.where(small, x, 0.0)), 0.0)
+
+
+def _phase(cycles: np.ndarray) -> np.ndarray:
+    """``exp(2πi cycles)``; raises when ``frequency · τ`` is beyond 1e300 (or overflowed)."""
+    if not np.all(np.abs(cycles) <= _HUGE):
+        raise ValueError(
+            "tau must keep frequency * tau within the float64 range (|f tau| <= 1e300), got "
+            "a larger product"
+        )
+    return np.exp(2j * np.pi * cycles)
 
 
 def _maybe_real(k: np.ndarray) -> np.ndarray:
@@ -388,8 +422,18 @@ def statistical_dimension(
     return float((evals / (evals + lam)).sum())
 
 
+MAX_STATISTICAL_DIMENSION = 1e15  # beyond, no sample count or density is representable
+MIN_WINDOW = 1e-280  # the density scales as 1/T: below, it overflows near the ends
+
+
 def _edge_cutoff(s: float) -> float:
-    return min(0.25, 1.0 / max(s, 1.0) ** 2)
+    return min(0.25, (1.0 / max(s, 1.0)) ** 2)
+
+
+def _check_window(T: float, s: float) -> tuple[float, float]:
+    T = check_float("T", T, min=MIN_WINDOW)
+    s = check_float("s", s, min=0.0, min_exclusive=True, max=MAX_STATISTICAL_DIMENSION)
+    return T, s
 
 
 def universal_density(t, T: float, s: float) -> np.ndarray:
@@ -399,13 +443,16 @@ def universal_density(t, T: float, s: float) -> np.ndarray:
     it integrates to 1 on [0, T] and is the same for every spectrum of statistical
     dimension s (docs/recovery.md).
 
+    ``T >= 1e-280`` (the density scales as 1/T) and ``0 < s <= 1e15``; t without NaN.
+
     Returns
     -------
     float64 ndarray shaped like t (0 outside [0, T])
     """
-    T = check_float("T", T, min=0.0, min_exclusive=True)
-    s = check_float("s", s, min=0.0, min_exclusive=True)
+    T, s = _check_window(T, s)
     t = np.asarray(t, dtype=np.float64)
+    if np.isnan(t).any():
+        raise ValueError("t must not contain NaN")
     delta = _edge_cutoff(s)
     dist = np.maximum(np.minimum(t, T - t), delta * T)
     p = 1.0 / (2.0 * (1.0 + math.log(1.0 / (2.0 * delta))) * dist)
@@ -420,12 +467,11 @@ def sample_universal(n: int, T: float, s: float, random_state=None) -> np.ndarra
     otherwise, ``L = ln(1/(2δ))``; the right half is the mirror image.
 
     ``random_state``: None, an int or a ``numpy.random.RandomState``
-    (scikit-learn's meaning). ``n`` at most ``MAX_DRAWS = 2**27``; ``T > 0`` and
-    ``s > 0`` finite. Returns float64 [n] in [0, T].
+    (scikit-learn's meaning). ``n`` at most ``MAX_DRAWS = 2**27``; ``T >= 1e-280``
+    and ``0 < s <= 1e15``. Returns float64 [n] in [0, T].
     """
     check_int("n", n, min=1, max=MAX_DRAWS)
-    T = check_float("T", T, min=0.0, min_exclusive=True)
-    s = check_float("s", s, min=0.0, min_exclusive=True)
+    T, s = _check_window(T, s)
     rng = check_random_state(random_state)
     delta = _edge_cutoff(s)
     L = math.log(1.0 / (2.0 * delta))
@@ -442,7 +488,7 @@ def default_signal_samples(s: float) -> int:
     on bandlimited, multiband, sparse and Gaussian-process classes (benchmarks/recovery.py)
     ``4 s ln s`` already reaches the regularization / noise floor.
     """
-    s = max(check_float("s", s, min=0.0), 1.0)
+    s = max(check_float("s", s, min=0.0, max=MAX_STATISTICAL_DIMENSION), 1.0)
     return math.ceil(4.0 * s * max(1.0, math.log(s)))
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from fractions import Fraction
 
 import numpy as np
 import scipy.linalg
@@ -38,16 +39,20 @@ def default_spherical_samples(d: int, degree: int) -> int:
     sampling (arXiv 2202.12995, Thm. on O(β log β) samples); ``max(2, ·)`` keeps
     at least a 2x oversampling for tiny spaces.
     """
-    check_int("d", d, min=2)
-    check_int("degree", degree, min=0)
+    check_int("d", d, min=2, max=MAX_DIMENSION)
+    check_int("degree", degree, min=0, max=MAX_DEGREE)
     beta = harmonic_space_dimension(degree, d)
-    return math.ceil(beta * max(2.0, math.log(beta)))
+    # exact for a β beyond float64 (d = 1000, degree = 10**4): the count is then refused
+    return math.ceil(Fraction(beta) * Fraction(max(2.0, math.log(beta))))
 
 
 # The solve holds s x s matrices and the Gegenbauer table s x s x (degree + 1) float64:
 # at most 2**14 samples and 2**27 table entries (1 GiB).
 MAX_SAMPLES = 2**14
 MAX_TABLE = 2**27
+# the (s, d) nodes and the table's degree + 1 columns: dimensions beyond these cannot fit
+MAX_DIMENSION = 2**20
+MAX_DEGREE = 2**14
 
 
 class SphericalExpansion:
@@ -133,9 +138,9 @@ def recover_spherical(
     ----------
     f : callable
         Maps a float64 array (s, d) of unit vectors to s real values (noise allowed).
-    d : int ≥ 2
+    d : int, 2 to ``MAX_DIMENSION = 2**20``
         Ambient dimension.
-    degree : int ≥ 0
+    degree : int, 0 to ``MAX_DEGREE = 2**14``
         Maximal harmonic degree q.
     n_samples : int, optional
         Number of samples s; default :func:`default_spherical_samples`
@@ -163,11 +168,16 @@ def recover_spherical(
     """
     if not callable(f):
         raise TypeError(f"f must be callable (array (s, d) -> (s,)), got {type(f).__name__}")
-    check_int("d", d, min=2)
-    check_int("degree", degree, min=0)
+    check_int("d", d, min=2, max=MAX_DIMENSION)
+    check_int("degree", degree, min=0, max=MAX_DEGREE)
     beta = harmonic_space_dimension(degree, d)
     if n_samples is None:
         n_samples = default_spherical_samples(d, degree)
+        if n_samples > MAX_SAMPLES:
+            raise ValueError(
+                f"n_samples must be <= {MAX_SAMPLES}; its default for d={d}, degree={degree} "
+                f"is {_approx(n_samples)} (dim H_<=q = {_approx(beta)}): lower the degree"
+            )
     check_int("n_samples", n_samples, min=1, max=MAX_SAMPLES)
     if n_samples**2 * (degree + 1) > MAX_TABLE:
         raise ValueError(
@@ -196,6 +206,10 @@ def recover_spherical(
         keep = evals > rcond * evals[-1]
         coef = evecs[:, keep] @ ((evecs[:, keep].T @ values) / evals[keep])
     return SphericalExpansion(d, degree, nodes, values, coef)
+
+
+def _approx(count: int) -> str:
+    return f"{count:.3g}" if count < 10**300 else f"~1e{len(str(count)) - 1}"
 
 
 def _evaluate(f, nodes: np.ndarray) -> np.ndarray:
