@@ -1,6 +1,25 @@
-"""The naive float64 oracle that every attention test compares against."""
+"""The naive float64 oracle that every attention test compares against, and its inputs."""
+
+import os
+from collections import Counter
 
 import torch
+
+from tests.seeding import derive_seed, seed_offset
+
+_DRAWS: Counter = Counter()  # random_qkv calls without a generator so far, per test
+
+
+def seeded_generator(*keys, device="cpu") -> torch.Generator:
+    """A generator seeded from the running test as the ``seed`` fixture is (its node id,
+    shifted by ``KS_TEST_SEED_OFFSET`` or ``--seed-repeats``), and from ``keys``."""
+    from tests.conftest import _base_nodeid
+
+    running = os.environ.get("PYTEST_CURRENT_TEST", "outside a test").rsplit(" (", 1)[0]
+    nodeid, repeat = _base_nodeid(running)
+    offset = seed_offset() if repeat is None else repeat
+    base = derive_seed(nodeid) if offset == 0 else derive_seed(nodeid, offset)
+    return torch.Generator(device=device).manual_seed(derive_seed(base, *keys))
 
 
 def naive_attention(q, k, v, *, scale=None, is_causal=False, return_lse=False):
@@ -24,9 +43,15 @@ def naive_attention(q, k, v, *, scale=None, is_causal=False, return_lse=False):
 
 def random_qkv(B=2, Hq=4, Hkv=2, N=64, M=None, D=16, Dv=None, dtype=torch.float64, scale=1.0,
                device="cpu", requires_grad=False, generator=None):
-    """Random inputs in SDPA layout, drawn from ``generator`` (the test's; see tests/conftest.py)."""
+    """Random inputs in SDPA layout, drawn from ``generator`` (the test's; see
+    tests/conftest.py); without one from :func:`seeded_generator`, a new stream for each
+    call in the running test (never from torch's global generator)."""
     M = N if M is None else M
     Dv = D if Dv is None else Dv
+    if generator is None:
+        running = os.environ.get("PYTEST_CURRENT_TEST", "")
+        _DRAWS[running] += 1
+        generator = seeded_generator("random_qkv", _DRAWS[running], device=device)
     g = {"generator": generator, "device": device}
     q = (torch.randn(B, Hq, N, D, **g) * scale).to(dtype)
     k = (torch.randn(B, Hkv, M, D, **g) * scale).to(dtype)
