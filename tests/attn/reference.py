@@ -60,3 +60,8 @@ def random_qkv(B=2, Hq=4, Hkv=2, N=64, M=None, D=16, Dv=None, dtype=torch.float6
         for t in (q, k, v):
             t.requires_grad_(True)
     return q, k, v
+
+
+def randn_like(x, generator):
+    """``torch.randn_like(x)`` drawn from ``generator``."""
+    return torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)

@@ -6,7 +6,7 @@ from kernelsketch.attn.common import exact as exact_module
 from kernelsketch.attn.common.exact import exact_partial, flash_lse, partial_attention
 from kernelsketch.attn.common.metrics import relative_error
 
-from ..reference import naive_attention, random_qkv
+from ..reference import naive_attention, randn_like, random_qkv
 
 SHAPES = [  # (B, Hq, Hkv, N, M, D, Dv)
     (1, 1, 1, 1, 1, 8, 8),
@@ -73,11 +73,11 @@ def test_extreme_logits_do_not_overflow():
     torch.testing.assert_close(out, naive_attention(q, k, v, is_causal=True))
 
 
-def test_gradients_match_naive():
+def test_gradients_match_naive(torch_generator):
     q, k, v = random_qkv(1, 4, 2, 30, 45, 8, requires_grad=True)
     out, lse = ks.attention(q, k, v, is_causal=True, return_lse=True,
                             config=ks.ExactConfig(chunk_size=7))
-    w1, w2 = torch.randn_like(out), torch.randn_like(lse)
+    w1, w2 = randn_like(out, torch_generator), randn_like(lse, torch_generator)
     g = torch.autograd.grad((out * w1).sum() + (lse * w2).sum(), (q, k, v))
     ref, ref_lse = naive_attention(q, k, v, is_causal=True, return_lse=True)
     g_ref = torch.autograd.grad((ref * w1).sum() + (ref_lse * w2).sum(), (q, k, v))
@@ -86,10 +86,10 @@ def test_gradients_match_naive():
         torch.testing.assert_close(a, b)
 
 
-def test_partial_attention_weights_and_mask():
+def test_partial_attention_weights_and_mask(torch_generator):
     q, k, v = random_qkv(1, 1, 1, 6, 9, 4)
-    w = torch.rand(9, dtype=torch.float64) + 0.5
-    mask = torch.rand(6, 9) > 0.3
+    w = torch.rand(9, dtype=torch.float64, generator=torch_generator) + 0.5
+    mask = torch.rand(6, 9, generator=torch_generator) > 0.3
     mask[:, 0] = True
     out, lse = partial_attention(q, k, v, scale=0.5, mask=mask, key_log_weights=w.log())
     e = torch.exp(q @ k.transpose(-1, -2) * 0.5) * w * mask

@@ -19,11 +19,11 @@ def test_merge_of_disjoint_key_sets_equals_full_attention():
     torch.testing.assert_close(lse, ref_lse)
 
 
-def test_merge_with_fully_masked_rows_has_no_nan_in_value_or_gradient():
-    out_a = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+def test_merge_with_fully_masked_rows_has_no_nan_in_value_or_gradient(torch_generator):
+    out_a = torch.randn(4, 3, dtype=torch.float64, requires_grad=True, generator=torch_generator)
     lse_a = torch.tensor([0.5, float("-inf"), float("-inf"), 2.0], dtype=torch.float64,
                          requires_grad=True)
-    out_b = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    out_b = torch.randn(4, 3, dtype=torch.float64, requires_grad=True, generator=torch_generator)
     lse_b = torch.tensor([float("-inf"), 1.0, float("-inf"), -1.0], dtype=torch.float64,
                          requires_grad=True)
     out, lse = merge_partials(out_a, lse_a, out_b, lse_b)

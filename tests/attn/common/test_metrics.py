@@ -8,23 +8,23 @@ from kernelsketch.attn.common.metrics import (
     spectral_error,
 )
 
-from ..reference import naive_attention, random_qkv
+from ..reference import naive_attention, randn_like, random_qkv
 
 
-def test_relative_error_is_zero_for_exact_and_scales_linearly():
+def test_relative_error_is_zero_for_exact_and_scales_linearly(torch_generator):
     q, k, v = random_qkv(1, 2, 2, 16, 16, 8)
     ref = naive_attention(q, k, v)
     assert relative_error(ref, ref) == 0.0
-    noise = torch.randn_like(ref)
+    noise = randn_like(ref, torch_generator)
     e1 = relative_error(ref + 1e-3 * noise, ref)
     e2 = relative_error(ref + 2e-3 * noise, ref)
     assert abs(e2 / e1 - 2) < 1e-9
 
 
-def test_spectral_error_matches_dense_computation():
+def test_spectral_error_matches_dense_computation(torch_generator):
     q, k, v = random_qkv(1, 2, 1, 24, 24, 8)
     ref = naive_attention(q, k, v, is_causal=True)
-    approx = ref + 0.01 * torch.randn_like(ref)
+    approx = ref + 0.01 * randn_like(ref, torch_generator)
     err = spectral_error(approx, q, k, v, is_causal=True)
     p = attention_probs(q, k, scale=8 ** -0.5, is_causal=True)
     for h in range(2):
@@ -34,12 +34,12 @@ def test_spectral_error_matches_dense_computation():
     assert torch.all(spectral_error(ref, q, k, v, is_causal=True) < 1e-12)
 
 
-def test_spectral_error_on_row_subset_is_zero_exactly_for_the_exact_output():
+def test_spectral_error_on_row_subset_is_zero_exactly_for_the_exact_output(torch_generator):
     # The sampled rows of the output must be compared with the same rows of the
     # reference (tests/attn/common/test_metrics_row_subset.py checks the value).
     q, k, v = random_qkv(1, 1, 1, 64, 64, 8)
     ref = naive_attention(q, k, v)
-    approx = ref + 0.05 * torch.randn_like(ref)
+    approx = ref + 0.05 * randn_like(ref, torch_generator)
     sub = spectral_error(approx, q, k, v, num_rows=16, generator=torch.Generator().manual_seed(1))
     assert torch.isfinite(sub).all() and (sub > 0).all()
     zero = spectral_error(ref, q, k, v, num_rows=16, generator=torch.Generator().manual_seed(1))

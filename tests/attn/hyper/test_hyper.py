@@ -7,7 +7,7 @@ import kernelsketch as ks
 from kernelsketch.attn.common.metrics import relative_error, spectral_error
 from kernelsketch.attn.hyper import HyperConfig, hyper_noncausal
 
-from ..reference import naive_attention, random_qkv
+from ..reference import naive_attention, randn_like, random_qkv, seeded_generator
 
 
 def gen(seed):
@@ -107,10 +107,11 @@ def test_causal_error_falls_with_budget():
 
 def planted(batch=4, n=512, d=32, strength=4.0, noise=0.1):
     """Each query is a noisy copy (angle ~ noise) of one key: one heavy entry per row."""
-    k = torch.nn.functional.normalize(torch.randn(batch, 1, n, d, dtype=torch.float64), dim=-1)
-    q = k[:, :, torch.randperm(n)] + noise / math.sqrt(d) * torch.randn(batch, 1, n, d,
-                                                                         dtype=torch.float64)
-    v = torch.randn(batch, 1, n, d, dtype=torch.float64)
+    g = {"generator": seeded_generator("planted"), "dtype": torch.float64}
+    k = torch.nn.functional.normalize(torch.randn(batch, 1, n, d, **g), dim=-1)
+    q = k[:, :, torch.randperm(n, generator=g["generator"])] + noise / math.sqrt(d) * torch.randn(
+        batch, 1, n, d, **g)
+    v = torch.randn(batch, 1, n, d, **g)
     return q * strength * math.sqrt(d), k * strength, v
 
 
@@ -143,12 +144,12 @@ def test_normaliser_estimate_is_unbiased():
         assert torch.all((mean - ref_lse[0].exp()).abs() < 5 * sem + 1e-9), sampling
 
 
-def test_causal_output_never_sees_the_future():
+def test_causal_output_never_sees_the_future(torch_generator):
     q, k, v = random_qkv(1, 2, 1, 200, 200, 16)
     cfg = HyperConfig(block_size=16, sample_size=16, min_seq_len=24)
     out = hyper(q, k, v, cfg, seed=5, is_causal=True)
     k2, v2 = k.clone(), v.clone()
-    k2[:, :, 120:] = torch.randn_like(k2[:, :, 120:]) * 5
+    k2[:, :, 120:] = randn_like(k2[:, :, 120:], torch_generator) * 5
     v2[:, :, 120:] += 50
     out2 = hyper(q, k2, v2, cfg, seed=5, is_causal=True)
     torch.testing.assert_close(out[:, :, :120], out2[:, :, :120])
@@ -162,9 +163,9 @@ def test_same_generator_seed_is_deterministic():
     assert not torch.allclose(hyper(q, k, v, cfg, seed=1), hyper(q, k, v, cfg, seed=2))
 
 
-def test_gradients_close_to_exact_for_large_budget_and_finite_for_small():
+def test_gradients_close_to_exact_for_large_budget_and_finite_for_small(torch_generator):
     q, k, v = random_qkv(1, 2, 1, 120, 120, 8, requires_grad=True)
-    w = torch.randn(1, 2, 120, 8, dtype=torch.float64)
+    w = torch.randn(1, 2, 120, 8, dtype=torch.float64, generator=torch_generator)
     ref = naive_attention(q, k, v, is_causal=True)
     g_ref = torch.autograd.grad((ref * w).sum(), (q, k, v))
     # Blocks of 16 and every key sampled once with weight 1: exact, and the gradient of
@@ -182,7 +183,7 @@ def test_gradients_close_to_exact_for_large_budget_and_finite_for_small():
 def gradient_errors(method, configs, n=256):
     """Largest relative error of dq, dk, dv against exact, for each config (4 trials in the batch)."""
     q, k, v = random_qkv(4, 1, 1, n, n, 16, requires_grad=True)
-    w = torch.randn(4, 1, n, 16, dtype=torch.float64)
+    w = torch.randn(4, 1, n, 16, dtype=torch.float64, generator=seeded_generator("weights"))
     g_ref = torch.autograd.grad((naive_attention(q, k, v) * w).sum(), (q, k, v))
     errs = []
     for cfg in configs:

@@ -11,7 +11,7 @@ from kernelsketch.attn.kde import naive as kde_module
 from kernelsketch.sketch.lsh import AngularLSH
 
 from ..hyper.test_hyper import gradient_errors, planted
-from ..reference import naive_attention, random_qkv
+from ..reference import naive_attention, randn_like, random_qkv
 
 
 def kde(q, k, v, cfg, seed=0, **kw):
@@ -107,12 +107,12 @@ def test_denominator_estimate_is_unbiased_and_positive():
     assert torch.all((mean - ref_lse[0].exp()).abs() < 5 * sem + 1e-9)
 
 
-def test_causal_output_never_sees_the_future():
+def test_causal_output_never_sees_the_future(torch_generator):
     q, k, v = random_qkv(1, 2, 1, 200, 200, 16)
     cfg = KDEConfig(block_size=16, sample_size=16, kde_samples=16, min_seq_len=24)
     out = kde(q, k, v, cfg, seed=5, is_causal=True)
     k2, v2 = k.clone(), v.clone()
-    k2[:, :, 120:] = torch.randn_like(k2[:, :, 120:]) * 5
+    k2[:, :, 120:] = randn_like(k2[:, :, 120:], torch_generator) * 5
     v2[:, :, 120:] += 50
     out2 = kde(q, k2, v2, cfg, seed=5, is_causal=True)
     torch.testing.assert_close(out[:, :, :120], out2[:, :, :120])
@@ -157,9 +157,9 @@ def test_dtypes_at_full_budget(dtype, tol):
         assert relative_error(out, naive_attention(q, k, v, is_causal=causal)) < tol
 
 
-def test_gradients_flow_and_match_exact_at_full_sample():
+def test_gradients_flow_and_match_exact_at_full_sample(torch_generator):
     q, k, v = random_qkv(1, 2, 1, 96, 96, 8, requires_grad=True)
-    w = torch.randn(1, 2, 96, 8, dtype=torch.float64)
+    w = torch.randn(1, 2, 96, 8, dtype=torch.float64, generator=torch_generator)
     ref = naive_attention(q, k, v, is_causal=True)
     g_ref = torch.autograd.grad((ref * w).sum(), (q, k, v))
     cfg = KDEConfig(block_size=16, sample_size=1000, min_seq_len=16)

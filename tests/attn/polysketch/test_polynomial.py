@@ -8,7 +8,7 @@ import kernelsketch as ks
 from kernelsketch.attn.common.merge import merge_partials
 from kernelsketch.attn.polysketch import PolynomialConfig
 
-from ..reference import random_qkv
+from ..reference import randn_like, random_qkv
 
 
 def naive_polynomial(q, k, v, *, degree=4, scale=None, is_causal=False, normalize=True,
@@ -91,11 +91,11 @@ def test_weights_are_non_negative_so_output_is_a_sub_convex_combination():
     assert torch.all(out > 0) and torch.all(out < 1)
 
 
-def test_gradients_match_naive():
+def test_gradients_match_naive(torch_generator):
     q, k, v = random_qkv(1, 4, 2, 19, 23, 8, requires_grad=True)
     out, lse = ks.attention(q, k, v, method="polynomial", is_causal=True, return_lse=True,
                             config=PolynomialConfig(chunk_size=6))
-    w1, w2 = torch.randn_like(out), torch.randn_like(lse)
+    w1, w2 = randn_like(out, torch_generator), randn_like(lse, torch_generator)
     g = torch.autograd.grad((out * w1).sum() + (lse * w2).sum(), (q, k, v))
     ref, ref_lse = naive_polynomial(q, k, v, is_causal=True, return_lse=True)
     g_ref = torch.autograd.grad((ref * w1).sum() + (ref_lse * w2).sum(), (q, k, v))

@@ -14,7 +14,7 @@ from kernelsketch.attn.polysketch import (
     sketched_polynomial_attention,
 )
 
-from ..reference import random_qkv
+from ..reference import randn_like, random_qkv
 from .test_polynomial import naive_polynomial
 
 
@@ -132,9 +132,9 @@ def test_sketched_scores_converge_to_exact_polynomial_attention_as_r_grows():
 
 
 @pytest.mark.parametrize("sketch", ["gaussian", "hadamard"])
-def test_degree2_features_are_unbiased_for_the_squared_inner_product(sketch):
+def test_degree2_features_are_unbiased_for_the_squared_inner_product(sketch, torch_generator):
     # E[φ(x)·φ(y)] = (x·y)²: average of 400 independent sketches within 5 standard errors.
-    x, y = torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    x, y = torch.randn(2, 8, dtype=torch.float64, generator=torch_generator)
     cfg = PolySketchConfig(sketch=sketch, sketch_size=8)
     feats = [PolySketchFeatures(8, cfg, generator=seeded(s)) for s in range(400)]
     vals = torch.stack([f(x) @ f(y) for f in feats])
@@ -142,13 +142,13 @@ def test_degree2_features_are_unbiased_for_the_squared_inner_product(sketch):
     assert abs(vals.mean() - truth) < 5 * vals.std() / 20 + 1e-9
 
 
-def test_no_future_leakage(path):
+def test_no_future_leakage(path, torch_generator):
     q, k, v = random_qkv(1, 4, 2, 40, 40, 8)
     cfg = PolySketchConfig(sketch_size=8, block_size=8)
     t = 17
     k2, v2 = k.clone(), v.clone()
-    k2[:, :, t + 1:] = torch.randn_like(k2[:, :, t + 1:]) * 5
-    v2[:, :, t + 1:] = torch.randn_like(v2[:, :, t + 1:]) * 5
+    k2[:, :, t + 1:] = randn_like(k2[:, :, t + 1:], torch_generator) * 5
+    v2[:, :, t + 1:] = randn_like(v2[:, :, t + 1:], torch_generator) * 5
     a = ks.attention(q, k, v, method="polysketch", is_causal=True, config=cfg, generator=seeded(0))
     b = ks.attention(q, k2, v2, method="polysketch", is_causal=True, config=cfg,
                      generator=seeded(0))
@@ -156,12 +156,12 @@ def test_no_future_leakage(path):
     assert not torch.allclose(a[:, :, t + 1:], b[:, :, t + 1:])
 
 
-def test_gradients_match_naive_evaluation(path):
+def test_gradients_match_naive_evaluation(path, torch_generator):
     q, k, v = random_qkv(1, 4, 2, 19, 23, 8, requires_grad=True)
     cfg = PolySketchConfig(sketch_size=8, block_size=5)
     out, lse = ks.attention(q, k, v, method="polysketch", is_causal=True, config=cfg,
                             generator=seeded(2), return_lse=True)
-    w1, w2 = torch.randn_like(out), torch.randn_like(lse)
+    w1, w2 = randn_like(out, torch_generator), randn_like(lse, torch_generator)
     g = torch.autograd.grad((out * w1).sum() + (lse * w2).sum(), (q, k, v))
     feats = PolySketchFeatures(8, cfg, generator=seeded(2))
     ref, ref_lse = naive_sketched(q, k, v, feats, degree=4, block_size=5, exact_local=True,
@@ -237,11 +237,11 @@ def test_decoding_equals_the_parallel_form(exact_local, sketch, path):
     assert state.length == 23 and state.keys.shape[2] == 23 % 6
 
 
-def test_learned_sketch_starts_at_the_gaussian_sketch_and_trains():
+def test_learned_sketch_starts_at_the_gaussian_sketch_and_trains(torch_generator):
     cfg = PolySketchConfig(sketch="learned", sketch_size=8, block_size=4)
     layer = PolySketchAttention(8, cfg, seed=0).double()
     sk = layer.features.sketch
-    x = torch.randn(5, 8, dtype=torch.float64)
+    x = torch.randn(5, 8, dtype=torch.float64, generator=torch_generator)
     g1, g2 = sk.proj[0].double(), sk.proj[1].double()
     torch.testing.assert_close(layer.features(x), (x @ g1) * (x @ g2) / math.sqrt(8))
     q, k, v = random_qkv(1, 2, 2, 16, 16, 8)
@@ -262,11 +262,11 @@ def test_learned_mlp_sketch_has_the_papers_architecture():
     assert [tuple(w.shape) for w in sk.norm_weight] == [(2, 8), (2, 8)]
 
 
-def test_learned_mlp_features_are_bounded_and_scale_invariant():
+def test_learned_mlp_features_are_bounded_and_scale_invariant(torch_generator):
     # sqrt(r) tanh(·) bounds every feature by sqrt(r) = 2.83 whatever the input, and the
     # leading layer norm makes φ(c x) = φ(x) for c > 0.
     feats = mlp_layer().features
-    x = torch.randn(50, 8, dtype=torch.float64)
+    x = torch.randn(50, 8, dtype=torch.float64, generator=torch_generator)
     big = feats(1e4 * x)
     assert big.abs().max() < math.sqrt(8)
     assert big.abs().max() > 0.1 * math.sqrt(8)
