@@ -137,27 +137,16 @@ def _positions(q_first: int, n: int, groups: int, device) -> torch.Tensor:
     return (q_first + torch.arange(n, device=device)).repeat(groups)
 
 
-def _cpu_fused(q: torch.Tensor, v: torch.Tensor) -> bool:
-    return (q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64)
-            and q.shape[-1] == v.shape[-1])
-
-
 def _block_forward(q, k, v, *, scale, mode, q_first, k_first):
-    """Partial attention ``(out, lse)`` of q [B, Hq, n, D] over k, v [B, Hkv, m, ·], no autograd."""
-    acc = accumulation_dtype(q.dtype)
-    Hq, Hkv = q.shape[1], k.shape[1]
-    if mode in ("full", "diag") and _cpu_fused(q, v):
-        # PyTorch's fused CPU kernel, which also returns the log-sum-exp.
-        op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-        if mode == "full" and Hq != Hkv:
-            out, lse = op(fold_groups(q, Hkv), k, v, 0.0, False, scale=scale)[:2]
-            return unfold_groups(out, Hq).to(acc), unfold_groups(lse, Hq).to(acc)
-        if Hq != Hkv:
-            k, v = k.repeat_interleave(Hq // Hkv, 1), v.repeat_interleave(Hq // Hkv, 1)
-        out, lse = op(q, k, v, 0.0, mode == "diag", scale=scale)[:2]
-        return out.to(acc), lse.to(acc)
+    """Partial attention ``(out, lse)`` of q [B, Hq, n, D] over k, v [B, Hkv, m, ·], no autograd.
+
+    "full" and "diag" (square causal) through ``exact_lse`` (SDPA's flash kernel on CPU
+    float32 / half and CUDA half, chunked torch otherwise); "mask" (a causal block whose
+    queries start ``q_first - k_first`` keys after its keys) by chunks with an explicit mask.
+    """
     if mode != "mask":
         return exact_lse(q, k, v, scale=scale, is_causal=mode == "diag")
+    Hq, Hkv = q.shape[1], k.shape[1]
     G, n, m = Hq // Hkv, q.shape[2], k.shape[2]
     qf = fold_groups(q, Hkv)
     qpos = _positions(q_first, n, G, q.device)
