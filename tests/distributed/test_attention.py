@@ -5,6 +5,8 @@ One spawn per world size runs every case (process start-up dominates the cost); 
 tests below read its results.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -153,3 +155,31 @@ def test_low_precision(runs):
             if method in ("exact", "lev", "polysketch"):
                 bound = 1e-5 if dtype == "torch.float32" else 5e-2
                 assert r["diff"] <= bound, (world, method, dtype, causal, r["diff"])
+
+
+def test_hyper_bytes_are_a_shard(runs):
+    # HyperAttention: each query and key row goes at most once to the owner of its block
+    # (with an int64 slot) and each query's (out, lse) comes back: O(N/P d) per rank (per
+    # depth of the causal recursion, ceil(log2 P) depths), plus the bucket histograms
+    # (2^bits per head, all-gathered) and the sampled rows (all-reduced), neither growing with N.
+    world, results = runs
+    heads, bits, samples = 2, 4, 8
+    depths = math.ceil(math.log2(world))
+    for res in results:
+        for causal in (False, True):
+            for D in (8, 16):
+                small, large = (res["scaling"]["hyper", causal, N, D] for N in (64, 128))
+                for N, by_op in ((64, small), (128, large)):
+                    n = N // world
+                    rows = heads * n * ((D + 1) + (2 * D + 1) + (D + 1)) * F64
+                    counts = 2 * 2 * world * F64  # the two sides' row counts, there and back
+                    assert by_op["all_to_all"] <= (depths if causal else 1) * (rows + counts)
+                    assert by_op["all_to_all"] >= rows / (4 * world)
+                    hist = 2 * heads * 2**bits * F64
+                    assert by_op["all_gather"] == (depths if causal else 1) * (world - 1) * hist
+                if not causal:  # the samples' keys, values and block ids, whatever N
+                    sampled = heads * samples * (2 * D + 1) * F64
+                    assert small["all_reduce"] == large["all_reduce"] == \
+                        round(2 * (world - 1) / world * sampled)
+                    ratio = large["all_to_all"] / small["all_to_all"]
+                    assert 1.5 < ratio < 2.5, ratio

@@ -52,6 +52,7 @@ SCALING = [
     ("exact", None),
     ("lev", LevConfig(budget=8)),
     ("polysketch", PolySketchConfig(block_size=8, sketch_size=4)),
+    ("hyper", HyperConfig(block_size=8, sample_size=8, lsh_bits=4, min_seq_len=0)),
 ]
 
 
