@@ -7,7 +7,7 @@ import torch
 
 from tests.seeding import derive_seed, seed_offset
 
-_DRAWS: Counter = Counter()  # random_qkv calls without a generator so far, per test
+_DRAWS: Counter = Counter()  # input_stream calls so far, per test and name
 
 
 def seeded_generator(*keys, device="cpu") -> torch.Generator:
@@ -20,6 +20,14 @@ def seeded_generator(*keys, device="cpu") -> torch.Generator:
     offset = seed_offset() if repeat is None else repeat
     base = derive_seed(nodeid) if offset == 0 else derive_seed(nodeid, offset)
     return torch.Generator(device=device).manual_seed(derive_seed(base, *keys))
+
+
+def input_stream(name: str, device="cpu") -> torch.Generator:
+    """A new seeded stream at each call in the running test: ``seeded_generator(name, i)``
+    for the i-th call with this name (helpers that draw inputs without a generator)."""
+    key = (os.environ.get("PYTEST_CURRENT_TEST", ""), name)
+    _DRAWS[key] += 1
+    return seeded_generator(name, _DRAWS[key], device=device)
 
 
 def naive_attention(q, k, v, *, scale=None, is_causal=False, return_lse=False):
@@ -44,14 +52,12 @@ def naive_attention(q, k, v, *, scale=None, is_causal=False, return_lse=False):
 def random_qkv(B=2, Hq=4, Hkv=2, N=64, M=None, D=16, Dv=None, dtype=torch.float64, scale=1.0,
                device="cpu", requires_grad=False, generator=None):
     """Random inputs in SDPA layout, drawn from ``generator`` (the test's; see
-    tests/conftest.py); without one from :func:`seeded_generator`, a new stream for each
+    tests/conftest.py); without one from :func:`input_stream`, a new seeded stream for each
     call in the running test (never from torch's global generator)."""
     M = N if M is None else M
     Dv = D if Dv is None else Dv
     if generator is None:
-        running = os.environ.get("PYTEST_CURRENT_TEST", "")
-        _DRAWS[running] += 1
-        generator = seeded_generator("random_qkv", _DRAWS[running], device=device)
+        generator = input_stream("random_qkv", device=device)
     g = {"generator": generator, "device": device}
     q = (torch.randn(B, Hq, N, D, **g) * scale).to(dtype)
     k = (torch.randn(B, Hkv, M, D, **g) * scale).to(dtype)

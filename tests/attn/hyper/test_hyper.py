@@ -107,7 +107,7 @@ def test_causal_error_falls_with_budget():
 
 def planted(batch=4, n=512, d=32, strength=4.0, noise=0.1):
     """Each query is a noisy copy (angle ~ noise) of one key: one heavy entry per row."""
-    g = {"generator": seeded_generator("planted"), "dtype": torch.float64}
+    g = {"generator": input_stream("planted"), "dtype": torch.float64}
     k = torch.nn.functional.normalize(torch.randn(batch, 1, n, d, **g), dim=-1)
     q = k[:, :, torch.randperm(n, generator=g["generator"])] + noise / math.sqrt(d) * torch.randn(
         batch, 1, n, d, **g)
@@ -183,7 +183,7 @@ def test_gradients_close_to_exact_for_large_budget_and_finite_for_small(torch_ge
 def gradient_errors(method, configs, n=256):
     """Largest relative error of dq, dk, dv against exact, for each config (4 trials in the batch)."""
     q, k, v = random_qkv(4, 1, 1, n, n, 16, requires_grad=True)
-    w = torch.randn(4, 1, n, 16, dtype=torch.float64, generator=seeded_generator("weights"))
+    w = torch.randn(4, 1, n, 16, dtype=torch.float64, generator=input_stream("weights"))
     g_ref = torch.autograd.grad((naive_attention(q, k, v) * w).sum(), (q, k, v))
     errs = []
     for cfg in configs:

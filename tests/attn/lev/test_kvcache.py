@@ -6,7 +6,7 @@ import torch
 from kernelsketch.attn.common.metrics import relative_error
 from kernelsketch.attn.lev import LevKVCache, universal_set
 
-from ..reference import naive_attention, random_qkv
+from ..reference import input_stream, naive_attention, random_qkv
 
 
 def oracle_step(q_t, k, v, kept):
@@ -19,13 +19,14 @@ def oracle_step(q_t, k, v, kept):
 
 def structured_stream(B, Hkv, T, D, heavy):
     """Low-rank keys plus `heavy` planted large-norm keys; returns q, k, v and the planted positions."""
-    k = torch.randn(B, Hkv, T, 3, dtype=torch.float64) @ torch.randn(B, Hkv, 3, D,
-                                                                     dtype=torch.float64)
-    k = k + 0.1 * torch.randn(B, Hkv, T, D, dtype=torch.float64)
-    pos = torch.randperm(T - 40)[:heavy]
+    gen = input_stream("structured_stream")
+    g = {"dtype": torch.float64, "generator": gen}
+    k = torch.randn(B, Hkv, T, 3, **g) @ torch.randn(B, Hkv, 3, D, **g)
+    k = k + 0.1 * torch.randn(B, Hkv, T, D, **g)
+    pos = torch.randperm(T - 40, generator=gen)[:heavy]
     k[:, :, pos] *= 8.0
-    q = torch.randn(B, 2 * Hkv, T, D, dtype=torch.float64) * 0.5
-    v = torch.randn(B, Hkv, T, D, dtype=torch.float64)
+    q = torch.randn(B, 2 * Hkv, T, D, **g) * 0.5
+    v = torch.randn(B, Hkv, T, D, **g)
     return q, k, v, pos
 
 
@@ -51,7 +52,7 @@ def test_threshold_cache_equals_window_plus_universal_set_of_evicted_tokens(bloc
 
 
 @pytest.mark.parametrize("p", [2, 4])
-def test_every_heavy_evicted_token_stays_in_the_cache(p):
+def test_every_heavy_evicted_token_stays_in_the_cache(p, torch_generator):
     # Threshold mode: an evicted token with |x|^p attention >= eps over ALL tokens so far, for
     # any query, is kept. Queries: random, the keys, and (p = 2) the maximisers G⁺k_j.
     B, Hkv, T, D, W, eps = 1, 2, 120, 4, 8, (0.05 if p == 2 else 0.1)
@@ -62,7 +63,7 @@ def test_every_heavy_evicted_token_stays_in_the_cache(p):
         cache.append(k[:, :, t:t + 5], v[:, :, t:t + 5])
         n = cache.num_tokens
         prefix = k[:, :, :n]
-        queries = [torch.randn(B, Hkv, 50, D, dtype=k.dtype), prefix]
+        queries = [torch.randn(B, Hkv, 50, D, dtype=k.dtype, generator=torch_generator), prefix]
         if p == 2:
             queries.append(prefix @ torch.linalg.pinv(prefix.transpose(-1, -2) @ prefix))
         a = (torch.cat(queries, 2) @ prefix.transpose(-1, -2)).abs() ** p
@@ -136,42 +137,44 @@ def test_cache_preserves_dtype():
 
 
 def _nan_token():
-    t = torch.randn(1, 2, 1, 8)
+    t = torch.ones(1, 2, 1, 8)
     t[..., 0] = float("nan")
     return t
 
 
 @pytest.mark.parametrize("k,v,exc,match", [
-    (torch.randn(1, 3, 1, 8), torch.randn(1, 3, 1, 8), ValueError, "k, v must have shapes"),
-    (torch.randn(1, 2, 1, 8, dtype=torch.float64), torch.randn(1, 2, 1, 8), TypeError,
+    (torch.ones(1, 3, 1, 8), torch.ones(1, 3, 1, 8), ValueError, "k, v must have shapes"),
+    (torch.ones(1, 2, 1, 8, dtype=torch.float64), torch.ones(1, 2, 1, 8), TypeError,
      "k must have the same dtype"),
-    (torch.randn(1, 2, 2, 8), torch.randn(1, 2, 1, 8), ValueError, "v must have shape"),
-    (torch.randn(2, 8), torch.randn(2, 8), ValueError, "k must have 4 dimensions"),
-    (torch.randn(1, 2, 1, 8), _nan_token(), ValueError, "v must be finite"),
-    (torch.randn(1, 2, 1, 8), "v", TypeError, "v must be a torch.Tensor"),
+    (torch.ones(1, 2, 2, 8), torch.ones(1, 2, 1, 8), ValueError, "v must have shape"),
+    (torch.ones(2, 8), torch.ones(2, 8), ValueError, "k must have 4 dimensions"),
+    (torch.ones(1, 2, 1, 8), _nan_token(), ValueError, "v must be finite"),
+    (torch.ones(1, 2, 1, 8), "v", TypeError, "v must be a torch.Tensor"),
 ])
-def test_append_rejects_mismatched_tokens(k, v, exc, match):
-    cache = LevKVCache(budget=4, window=4).append(torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8))
+def test_append_rejects_mismatched_tokens(k, v, exc, match, torch_generator):
+    cache = LevKVCache(budget=4, window=4).append(
+        *torch.randn(2, 1, 2, 3, 8, generator=torch_generator))
     with pytest.raises(exc, match=match):
         cache.append(k, v)
     assert cache.num_tokens == 3  # a rejected append changes nothing
 
 
-def test_attend_needs_an_append_first():
+def test_attend_needs_an_append_first(torch_generator):
     with pytest.raises(ValueError, match="needs at least one append"):
-        LevKVCache(budget=4, window=4).attend(torch.randn(1, 2, 1, 8))
+        LevKVCache(budget=4, window=4).attend(torch.randn(1, 2, 1, 8, generator=torch_generator))
 
 
 @pytest.mark.parametrize("q,kwargs,match", [
-    (torch.randn(1, 2, 4, 8), {}, "at most the 3 appended tokens"),
-    (torch.randn(1, 3, 1, 8), {}, "multiple of k's head count"),
-    (torch.randn(1, 2, 1, 8), {"scale": 0.0}, "scale must be > 0"),
-    (torch.randn(1, 2, 1, 6), {}, "q must have shape \\[1, Hq, N, 8\\]"),
-    (torch.randn(2, 2, 1, 8), {}, "q must have shape \\[1, Hq, N, 8\\]"),
-    (torch.randn(2, 8), {}, "q must have 4 dimensions"),
+    (torch.ones(1, 2, 4, 8), {}, "at most the 3 appended tokens"),
+    (torch.ones(1, 3, 1, 8), {}, "multiple of k's head count"),
+    (torch.ones(1, 2, 1, 8), {"scale": 0.0}, "scale must be > 0"),
+    (torch.ones(1, 2, 1, 6), {}, "q must have shape \\[1, Hq, N, 8\\]"),
+    (torch.ones(2, 2, 1, 8), {}, "q must have shape \\[1, Hq, N, 8\\]"),
+    (torch.ones(2, 8), {}, "q must have 4 dimensions"),
 ])
-def test_attend_rejects_bad_queries(q, kwargs, match):
-    cache = LevKVCache(budget=4, window=4).append(torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8))
+def test_attend_rejects_bad_queries(q, kwargs, match, torch_generator):
+    cache = LevKVCache(budget=4, window=4).append(
+        *torch.randn(2, 1, 2, 3, 8, generator=torch_generator))
     with pytest.raises(ValueError, match=match):
         cache.attend(q, **kwargs)
 
