@@ -49,8 +49,8 @@ def test_check_choice_and_generator():
             check_generator(torch.Generator(), "cuda")
 
 
-def test_check_tensor_and_same():
-    x = torch.randn(2, 3)
+def test_check_tensor_and_same(torch_generator):
+    x = torch.randn(2, 3, generator=torch_generator)
     assert check_tensor("x", x, ndim=2) is x
     with pytest.raises(ValueError, match="x must have 3 or 4 dimensions, got shape"):
         check_tensor("x", x, ndim=(3, 4))
@@ -64,8 +64,10 @@ def test_check_tensor_and_same():
         check_same(("x", "y"), (x, x.double()))
 
 
-def test_check_attention_inputs_returns_sizes():
-    q, k, v = torch.randn(2, 6, 5, 4), torch.randn(2, 3, 7, 4), torch.randn(2, 3, 7, 9)
+def test_check_attention_inputs_returns_sizes(torch_generator):
+    g = torch_generator
+    q = torch.randn(2, 6, 5, 4, generator=g)
+    k, v = torch.randn(2, 3, 7, 4, generator=g), torch.randn(2, 3, 7, 9, generator=g)
     assert check_attention_inputs(q, k, v) == (2, 6, 3, 5, 7)
 
 

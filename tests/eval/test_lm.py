@@ -7,15 +7,12 @@ transformers = pytest.importorskip("transformers", reason="needs the 'hf' extra 
 
 from kernelsketch.attn import ExactConfig, get_method
 from kernelsketch.eval import lm
+from tests.integrations.models import tiny_llama, tokens
 
 
-def test_window_nll_equals_the_models_own_loss():
-    config = transformers.LlamaConfig(
-        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-    )
-    model = transformers.LlamaForCausalLM(config).double().eval()
-    ids = torch.randint(0, 50, (1, 33))
+def test_window_nll_equals_the_models_own_loss(torch_generator):
+    model = tiny_llama(torch_generator, layers=2)
+    ids = tokens(torch_generator, 1, 33)
     nll, count, seconds = lm.window_nll(model, ids)
     with torch.no_grad():
         loss = model(ids, labels=ids).loss

@@ -108,7 +108,7 @@ def test_degree_two_is_exact_polynomial_attention():
 def test_causal_within_one_block_is_exact_polynomial_attention():
     q, k, v = random_qkv(2, 4, 2, 50, 50, 16)
     out = ks.attention(q, k, v, method="polysketch", is_causal=True,
-                       config=PolySketchConfig(block_size=64))
+                       config=PolySketchConfig(block_size=64), generator=seeded(0))
     torch.testing.assert_close(out, naive_polynomial(q, k, v, is_causal=True), rtol=1e-10,
                                atol=1e-12)
 
