@@ -1,38 +1,46 @@
-"""Neural-kernel feature maps on real offline data: sketched features vs exact kernels.
+"""Neural-kernel feature maps on real offline data: sketches vs exact kernels, any activation.
 
-Two parts, all on CPU, single-threaded (torch and BLAS limited to one thread),
-float64. Times are process CPU seconds (``Stopwatch("process")`` of
-:mod:`kernelsketch.bench.timing`), which on one
-thread measure the work done and stay comparable on a shared, loaded machine
-where wall-clock times are not:
+All on CPU, torch and BLAS on one thread, float64; times are process CPU seconds
+(``Stopwatch("process")`` of :mod:`kernelsketch.bench.timing`), which on one
+thread measure the work done and stay comparable on a shared, loaded machine.
+Parts (``--part``, default all but ``cntk``):
 
-1. Kernel approximation: relative Frobenius error ||Z Z^T - K|| / ||K|| against
-   the exact kernel as n_components grows, on 300 breast-cancer rows (NTK,
-   GeLU) and 200 digit images (CNTK):
-   NTKRandomFeatures and NTKSketch (ReLU NTK, depth 2, unit-norm rows),
-   ActivationKernelSketch (GeLU dual, standardised rows / sqrt(d)), CNTKSketch
-   (depth 1, 3x3 filters, 8x8 digits; pixel_dim = n_components / 4).
-2. Learning: ridge regression / one-vs-all ridge classification on the
-   features vs exact kernel ridge with the same kernel, and vs scikit-learn's
-   RBFSampler / Nystroem (Gaussian kernel, gamma = 1/d) and exact RBF KRR.
-   Data: breast cancer (classification), diabetes (regression), digits
-   (classification; as 64-vectors for the NTK, as 8x8 images for the CNTK,
-   the exact CNTK on a 300 + 150 image subset). Fixed 70/30 split. The ridge
-   parameter is chosen on the training split only, by exact leave-one-out of
-   each method's own Gram matrix (not timed). Reported: test accuracy (R^2
-   for diabetes), feature time (fit + transform of train and test), total
-   time (features + ridge solve + predict) and the speed-up of that total
-   over the exact kernel's (kernel matrices + solve + predict).
+1. ``approximation``: relative Frobenius error ||Z Z^T - K|| / ||K|| against
+   :func:`~kernelsketch.features.neural_kernel` and the feature time, as
+   n_components grows, on 300 breast-cancer rows (standardised): the ReLU NTK
+   (depth 2, weight_std sqrt(2)) by NTKRandomFeatures, NTKSketch and
+   ActivationKernelSketch; the erf NTK with bias (depth 2, weight_std 1.3,
+   bias_std 0.1) by NTKRandomFeatures and ActivationKernelSketch; the depth-1
+   ReLU CNTK (:func:`~kernelsketch.features.conv_neural_kernel`) of 200 digit
+   images by CNTKSketch (pixel_dim = n_components / 4).
+   Each row carries its peer of the same run: NTKRandomFeatures for the
+   fully connected maps, the exact CNTK for CNTKSketch (error ratio, time ratio).
+2. ``learning``: ridge regression / one-vs-all ridge classification on 1024
+   features vs exact kernel ridge with the same kernel (ReLU NTK, depth 2),
+   and scikit-learn's RBFSampler / Nystroem vs exact RBF KRR. Breast cancer,
+   diabetes, digits; fixed 70/30 split; the ridge chosen on the training split
+   by exact leave-one-out of each method's own Gram (not timed). Score: test
+   accuracy (R^2 for diabetes); total = features + solve + predict; speed-up =
+   the exact kernel's total / the method's.
+3. ``activations``: the same learning task with the NTK of tanh, erf and GeLU
+   networks (depth 2, weight_std 1.3, bias_std 0.1): exact (neural_kernel;
+   tanh by its Hermite series) vs NTKRandomFeatures and ActivationKernelSketch
+   (1024 features): score, kernel error on the training Gram, time, speed-up.
+4. ``cntk`` (minutes): the CNTK headline of arXiv 2106.07880 at the largest
+   image set that runs here: all 1797 digits (8x8, 1258 / 539 split), exact
+   CNTK (depth 1, 3x3, GAP; O(n^2 (HW)^2)) vs CNTKSketch at 1024 and 4096
+   features: accuracy and time side by side.
 
-Run alone with ``python benchmarks/features/kernels_neural.py``; the dispatcher
-``benchmarks/features/kernels.py --section neural`` calls :func:`run`. Writes
-``benchmarks/results/features/kernels_neural.{json,png}``.
+Run with ``python benchmarks/features/kernels_neural.py [--part ...]``; the
+dispatcher ``benchmarks/features/kernels.py --section neural`` calls :func:`run`.
+Writes ``benchmarks/results/features/kernels_neural[_<part>].json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 from pathlib import Path
@@ -52,45 +60,42 @@ from kernelsketch.features import (
     CNTKSketch,
     NTKRandomFeatures,
     NTKSketch,
-    cntk_relu,
-    dual_activation,
-    ntk_relu,
+    conv_neural_kernel,
+    neural_kernel,
 )
 
 ALPHAS = np.logspace(-4, 2, 13)
 N_COMPONENTS = 1024
-APPROX_SIZES = (64, 256, 1024)
+APPROX_SIZES = (256, 1024, 4096)
 APPROX_SEEDS = (0, 1, 2)
-N_CNTK_APPROX = 200  # images for the exact CNTK in part 1 (O(n^2 (HW)^2) time)
-N_CNTK_TRAIN, N_CNTK_TEST = 300, 150  # exact-CNTK subset in part 2
-NTK_DEPTH = 2
+N_CNTK_APPROX = 200
+RELU = {"activation": "relu", "depth": 2, "weight_std": math.sqrt(2.0)}
+SMOOTH = {"depth": 2, "weight_std": 1.3, "bias_std": 0.1}
 SEED = 0
+PARTS = ("approximation", "learning", "activations", "cntk")
 
 
 # ----------------------------------------------------------------------------- data
 
 
-def _unit(X):
-    return X / np.linalg.norm(X, axis=1, keepdims=True)
-
-
 def load_datasets():
-    """name -> (X_vectors, y, task, images or None); X standardised, NTK inputs unit-norm later."""
+    """name -> (X standardised, y, task, images or None)."""
     out = {}
     bc = load_breast_cancer()
-    out["breast_cancer"] = (
-        StandardScaler().fit_transform(bc.data),
-        bc.target,
-        "classification",
-        None,
-    )
+    out["breast_cancer"] = (StandardScaler().fit_transform(bc.data), bc.target, "classification",
+                            None)
     db = load_diabetes()
     y = (db.target - db.target.mean()) / db.target.std()
     out["diabetes"] = (StandardScaler().fit_transform(db.data), y, "regression", None)
     dg = load_digits()
-    images = dg.images[:, None] / 16.0  # [n, 1, 8, 8] in [0, 1]
-    out["digits"] = (StandardScaler().fit_transform(dg.data), dg.target, "classification", images)
+    out["digits"] = (StandardScaler().fit_transform(dg.data), dg.target, "classification",
+                     dg.images[:, None] / 16.0)
     return out
+
+
+def _split(y, task):
+    return train_test_split(np.arange(len(y)), test_size=0.3, random_state=SEED,
+                            stratify=y if task == "classification" else None)
 
 
 def _targets(y, task):
@@ -118,318 +123,225 @@ def _loo_alpha(K, T):
     for a in ALPHAS * np.mean(np.diag(K)):
         shrink = lam / (lam + a)
         H_diag = np.einsum("ij,j,ij->i", V, shrink, V)
-        resid = (T - V @ (shrink[:, None] * VT)) / (1 - H_diag)[:, None]
-        err = np.mean(resid**2)
+        err = np.mean(((T - V @ (shrink[:, None] * VT)) / (1 - H_diag)[:, None]) ** 2)
         if err < best_err:
             best, best_err = a, err
     return best
 
 
 def _exact_krr(kernel, Xtr, Ttr, Xte):
-    """Exact kernel ridge: returns (pred, seconds, alpha); alpha selection (LOO) is not timed."""
+    """Exact kernel ridge: (pred, seconds, train Gram); alpha selection (LOO) is not timed."""
     with Stopwatch("process") as t_kernel:
         Ktr = kernel(Xtr, Xtr)
     alpha = _loo_alpha(Ktr, Ttr)
     with Stopwatch("process") as t_solve:
         coef = np.linalg.solve(Ktr + alpha * np.eye(len(Ktr)), Ttr)
         pred = kernel(Xte, Xtr) @ coef
-    return pred, t_kernel.seconds + t_solve.seconds, alpha
+    return pred, t_kernel.seconds + t_solve.seconds, Ktr
 
 
 def _feature_ridge(estimator, Xtr, Ttr, Xte):
-    """Primal ridge on features: returns (pred, feature seconds, total seconds)."""
+    """Primal ridge on features: (pred, feature seconds, total seconds, Ztr)."""
     with Stopwatch("process") as t_feat:
         est = estimator.fit(Xtr)
         Ztr, Zte = est.transform(Xtr), est.transform(Xte)
-    alpha = _loo_alpha(Ztr @ Ztr.T, Ttr)  # selection on the training split, not timed
+    alpha = _loo_alpha(Ztr @ Ztr.T, Ttr)
     with Stopwatch("process") as t_solve:
-        p = Ztr.shape[1]
-        w = np.linalg.solve(Ztr.T @ Ztr + alpha * np.eye(p), Ztr.T @ Ttr)
+        w = np.linalg.solve(Ztr.T @ Ztr + alpha * np.eye(Ztr.shape[1]), Ztr.T @ Ttr)
         pred = Zte @ w
-    return pred, t_feat.seconds, t_feat.seconds + t_solve.seconds
-
-
-# ----------------------------------------------------------------------------- part 1
+    return pred, t_feat.seconds, t_feat.seconds + t_solve.seconds, Ztr
 
 
 def _rel_fro(Z, K):
     return float(np.linalg.norm(Z @ Z.T - K) / np.linalg.norm(K))
 
 
+# ----------------------------------------------------------------------------- part 1
+
+
 def approximation(data) -> list[dict]:
     rng = np.random.default_rng(SEED)
-    rows = []
     X = data["breast_cancer"][0][rng.choice(569, 300, replace=False)]
-    Xu = _unit(X)
-    K_ntk = ntk_relu(Xu, depth=NTK_DEPTH)
-    Xg = X / np.sqrt(X.shape[1])
-    K_gelu = dual_activation("gelu", Xg)
     images = data["digits"][3][rng.choice(1797, N_CNTK_APPROX, replace=False)]
-    K_cntk = cntk_relu(images, depth=1)
     flat = images.reshape(N_CNTK_APPROX, -1)
+    with Stopwatch("process") as t_exact_cntk:
+        K_cntk = conv_neural_kernel(images, depth=1)
+    targets = {
+        "relu NTK": (neural_kernel(X, **RELU), RELU,
+                     ("NTKRandomFeatures", "NTKSketch", "ActivationKernelSketch")),
+        "erf NTK": (neural_kernel(X, activation="erf", **SMOOTH), {"activation": "erf", **SMOOTH},
+                    ("NTKRandomFeatures", "ActivationKernelSketch")),
+    }
+    classes = {"NTKRandomFeatures": NTKRandomFeatures, "NTKSketch": NTKSketch,
+               "ActivationKernelSketch": ActivationKernelSketch}
+    rows = []
     for m in APPROX_SIZES:
         for seed in APPROX_SEEDS:
-            cases = {
-                "NTKRandomFeatures": (
-                    NTKRandomFeatures(depth=NTK_DEPTH, n_components=m, random_state=seed),
-                    Xu,
-                    K_ntk,
-                ),
-                "NTKSketch": (
-                    NTKSketch(depth=NTK_DEPTH, n_components=m, random_state=seed),
-                    Xu,
-                    K_ntk,
-                ),
-                "ActivationKernelSketch(gelu)": (
-                    ActivationKernelSketch(activation="gelu", n_components=m, random_state=seed),
-                    Xg,
-                    K_gelu,
-                ),
-                "CNTKSketch": (
-                    CNTKSketch(
-                        n_components=m, pixel_dim=m // 4, image_shape=(1, 8, 8), random_state=seed
-                    ),
-                    flat,
-                    K_cntk,
-                ),
-            }
-            for name, (est, Xin, K) in cases.items():
-                print(f"  approximation: {name}, m={m}, seed={seed}", flush=True)
-                with Stopwatch("process") as watch:
-                    Z = est.fit_transform(Xin)
-                rows.append(
-                    {
-                        "method": name,
-                        "n_components": m,
-                        "seed": seed,
-                        "rel_fro_error": _rel_fro(Z, K),
-                        "seconds": watch.seconds,
-                        "n": len(Xin),
-                    }
-                )
+            for kernel_name, (K, kw, methods) in targets.items():
+                found = {}
+                for name in methods:
+                    est = classes[name](n_components=m, random_state=seed, kernel="ntk", **kw)
+                    with Stopwatch("process") as watch:
+                        Z = est.fit_transform(X)
+                    found[name] = (_rel_fro(Z, K), watch.seconds)
+                peer = found["NTKRandomFeatures"]
+                for name, (err, sec) in found.items():
+                    rows.append({"kernel": kernel_name, "method": name, "n_components": m,
+                                 "seed": seed, "rel_fro_error": err, "seconds": sec, "n": len(X),
+                                 "peer": "NTKRandomFeatures", "error_ratio": err / peer[0],
+                                 "time_ratio": sec / peer[1]})
+            est = CNTKSketch(n_components=m, pixel_dim=m // 4, image_shape=(1, 8, 8),
+                             random_state=seed)
+            with Stopwatch("process") as watch:
+                Z = est.fit_transform(flat)
+            rows.append({"kernel": "relu CNTK", "method": "CNTKSketch", "n_components": m,
+                         "seed": seed, "rel_fro_error": _rel_fro(Z, K_cntk),
+                         "seconds": watch.seconds, "n": N_CNTK_APPROX, "peer": "exact CNTK",
+                         "error_ratio": None, "time_ratio": watch.seconds / t_exact_cntk.seconds})
+            print(f"  approximation: m={m}, seed={seed}", flush=True)
     return rows
 
 
-# ----------------------------------------------------------------------------- part 2
+# ----------------------------------------------------------------------------- parts 2, 3
 
 
-def _ntk_kernel(A, B):
-    return ntk_relu(A, B, depth=NTK_DEPTH)
+def _row(dataset, task, method, kernel, score, t_feat, t_total, t_exact, n_train, **extra):
+    return {"dataset": dataset, "task": task, "method": method, "kernel": kernel, "score": score,
+            "feature_seconds": t_feat, "total_seconds": t_total, "exact_seconds": t_exact,
+            "speedup": t_exact / t_total if t_exact else None, "n_train": n_train, **extra}
 
 
 def learning(data) -> list[dict]:
     rows = []
-    for name, (X, y, task, images) in data.items():
-        idx_tr, idx_te = train_test_split(
-            np.arange(len(y)),
-            test_size=0.3,
-            random_state=SEED,
-            stratify=y if task == "classification" else None,
-        )
-        print(f"  learning: {name}", flush=True)
+    for name, (X, y, task, _) in data.items():
+        tr, te = _split(y, task)
         T = _targets(y, task)
-        d = X.shape[1]
-        Xu = _unit(X)
-        gamma = 1.0 / d
+        print(f"  learning: {name}", flush=True)
+
+        def ntk(A, B):
+            return neural_kernel(A, B, **RELU)
+
+        pred, t_ntk, _ = _exact_krr(ntk, X[tr], T[tr], X[te])
+        rows.append(_row(name, task, "exact NTK", "relu ntk", _score(pred, y[te], task), None,
+                         t_ntk, t_ntk, len(tr)))
+        for method, est in (("NTKRandomFeatures", NTKRandomFeatures(n_components=N_COMPONENTS,
+                                                                    random_state=SEED, **RELU)),
+                            ("NTKSketch", NTKSketch(n_components=N_COMPONENTS, random_state=SEED,
+                                                    **RELU))):
+            pred, tf, tt, _ = _feature_ridge(est, X[tr], T[tr], X[te])
+            rows.append(_row(name, task, method, "relu ntk", _score(pred, y[te], task), tf, tt,
+                             t_ntk, len(tr)))
+        gamma = 1.0 / X.shape[1]
 
         def rbf(A, B, gamma=gamma):
             return rbf_kernel(A, B, gamma=gamma)
 
-        def add(method, kernel, score, t_feat, t_total, t_exact, n_train, name=name, task=task):
-            rows.append(
-                {
-                    "dataset": name,
-                    "task": task,
-                    "method": method,
-                    "kernel": kernel,
-                    "score": score,
-                    "feature_seconds": t_feat,
-                    "total_seconds": t_total,
-                    "exact_seconds": t_exact,
-                    "speedup": t_exact / t_total if t_exact else None,
-                    "n_train": n_train,
-                    "n_components": None if t_feat is None else N_COMPONENTS,
-                }
-            )
-
-        n_tr = len(idx_tr)
-        # ReLU NTK, depth 2.
-        pred, t_ntk, _ = _exact_krr(_ntk_kernel, Xu[idx_tr], T[idx_tr], Xu[idx_te])
-        add("exact NTK", "ntk", _score(pred, y[idx_te], task), None, t_ntk, t_ntk, n_tr)
+        pred, t_rbf, _ = _exact_krr(rbf, X[tr], T[tr], X[te])
+        rows.append(_row(name, task, "exact RBF", "rbf", _score(pred, y[te], task), None, t_rbf,
+                         t_rbf, len(tr)))
+        n_nys = min(N_COMPONENTS, len(tr))
         for method, est in (
-            (
-                "NTKRandomFeatures",
-                NTKRandomFeatures(depth=NTK_DEPTH, n_components=N_COMPONENTS, random_state=SEED),
-            ),
-            (
-                "NTKSketch",
-                NTKSketch(depth=NTK_DEPTH, n_components=N_COMPONENTS, random_state=SEED),
-            ),
+            ("sklearn RBFSampler", RBFSampler(gamma=gamma, n_components=N_COMPONENTS,
+                                              random_state=SEED)),
+            (f"sklearn Nystroem({n_nys})", Nystroem(gamma=gamma, n_components=n_nys,
+                                                    random_state=SEED)),
         ):
-            pred, tf, tt = _feature_ridge(est, Xu[idx_tr], T[idx_tr], Xu[idx_te])
-            add(method, "ntk", _score(pred, y[idx_te], task), tf, tt, t_ntk, n_tr)
-        # Gaussian kernel baselines.
-        pred, t_rbf, _ = _exact_krr(rbf, X[idx_tr], T[idx_tr], X[idx_te])
-        add("exact RBF", "rbf", _score(pred, y[idx_te], task), None, t_rbf, t_rbf, n_tr)
-        n_nys = min(N_COMPONENTS, n_tr)
-        for method, est in (
-            (
-                "sklearn RBFSampler",
-                RBFSampler(gamma=gamma, n_components=N_COMPONENTS, random_state=SEED),
-            ),
-            (
-                f"sklearn Nystroem({n_nys})",
-                Nystroem(gamma=gamma, n_components=n_nys, random_state=SEED),
-            ),
-        ):
-            pred, tf, tt = _feature_ridge(est, X[idx_tr], T[idx_tr], X[idx_te])
-            add(method, "rbf", _score(pred, y[idx_te], task), tf, tt, t_rbf, n_tr)
-        if images is None:
-            continue
-        # CNTK (depth 1, 3x3, GAP): exact on a subset; the sketch on it and on all images.
-        flat = images.reshape(len(images), -1)
-        sub = np.random.default_rng(SEED).choice(idx_tr, N_CNTK_TRAIN, replace=False)
-        sub_te = np.random.default_rng(SEED).choice(idx_te, N_CNTK_TEST, replace=False)
+            pred, tf, tt, _ = _feature_ridge(est, X[tr], T[tr], X[te])
+            rows.append(_row(name, task, method, "rbf", _score(pred, y[te], task), tf, tt, t_rbf,
+                             len(tr)))
+    return rows
 
-        def cntk(A, B):
-            return cntk_relu(A.reshape(-1, 1, 8, 8), B.reshape(-1, 1, 8, 8), depth=1)
 
-        pred, t_cntk, _ = _exact_krr(cntk, flat[sub], T[sub], flat[sub_te])
-        add(
-            "exact CNTK (subset)",
-            "cntk",
-            _score(pred, y[sub_te], task),
-            None,
-            t_cntk,
-            t_cntk,
-            N_CNTK_TRAIN,
-        )
+def activations(data) -> list[dict]:
+    rows = []
+    for act in ("tanh", "erf", "gelu"):
+        kw = {"activation": act, **SMOOTH}
+        for name, (X, y, task, _) in data.items():
+            tr, te = _split(y, task)
+            T = _targets(y, task)
+            print(f"  activations: {act} on {name}", flush=True)
 
-        def make_cntk():
-            return CNTKSketch(
-                n_components=N_COMPONENTS, pixel_dim=256, image_shape=(1, 8, 8), random_state=SEED
-            )
+            def kernel(A, B, kw=kw):
+                return neural_kernel(A, B, **kw)
 
-        pred, tf, tt = _feature_ridge(make_cntk(), flat[sub], T[sub], flat[sub_te])
-        add(
-            "CNTKSketch (subset)",
-            "cntk",
-            _score(pred, y[sub_te], task),
-            tf,
-            tt,
-            t_cntk,
-            N_CNTK_TRAIN,
-        )
-        pred, tf, tt = _feature_ridge(make_cntk(), flat[idx_tr], T[idx_tr], flat[idx_te])
-        add("CNTKSketch (all)", "cntk", _score(pred, y[idx_te], task), tf, tt, None, n_tr)
+            pred, t_exact, Ktr = _exact_krr(kernel, X[tr], T[tr], X[te])
+            rows.append(_row(name, task, "exact", f"{act} ntk", _score(pred, y[te], task), None,
+                             t_exact, t_exact, len(tr), kernel_error=0.0))
+            for method, est in (
+                ("NTKRandomFeatures", NTKRandomFeatures(n_components=N_COMPONENTS,
+                                                        random_state=SEED, **kw)),
+                ("ActivationKernelSketch", ActivationKernelSketch(
+                    kernel="ntk", n_components=N_COMPONENTS, random_state=SEED, **kw)),
+            ):
+                pred, tf, tt, Ztr = _feature_ridge(est, X[tr], T[tr], X[te])
+                rows.append(_row(name, task, method, f"{act} ntk", _score(pred, y[te], task), tf,
+                                 tt, t_exact, len(tr), kernel_error=_rel_fro(Ztr, Ktr)))
+    return rows
+
+
+# ----------------------------------------------------------------------------- part 4
+
+
+def cntk(data) -> list[dict]:
+    _, y, task, images = data["digits"]
+    tr, te = _split(y, task)
+    T = _targets(y, task)
+    flat = images.reshape(len(images), -1)
+
+    def kernel(A, B):
+        return conv_neural_kernel(A.reshape(-1, 1, 8, 8), B.reshape(-1, 1, 8, 8), depth=1)
+
+    print("  cntk: exact CNTK on all digits (minutes)", flush=True)
+    pred, t_exact, Ktr = _exact_krr(kernel, flat[tr], T[tr], flat[te])
+    rows = [_row("digits (all)", task, "exact CNTK", "relu cntk", _score(pred, y[te], task), None,
+                 t_exact, t_exact, len(tr), kernel_error=0.0, n_components=None)]
+    for m, p in ((1024, 256), (4096, 256)):
+        for seed in (0, 1):
+            est = CNTKSketch(n_components=m, pixel_dim=p, image_shape=(1, 8, 8), random_state=seed)
+            pred, tf, tt, Ztr = _feature_ridge(est, flat[tr], T[tr], flat[te])
+            rows.append(_row("digits (all)", task, f"CNTKSketch({m}, {p})", "relu cntk",
+                             _score(pred, y[te], task), tf, tt, t_exact, len(tr),
+                             kernel_error=_rel_fro(Ztr, Ktr), n_components=m, seed=seed))
+            print(f"  cntk: CNTKSketch m={m} seed={seed}", flush=True)
     return rows
 
 
 # ----------------------------------------------------------------------------- output
 
 
-def _print(approx, learn):
-    print(
-        "\nKernel approximation (300 rows; CNTK: 200 images), relative Frobenius error of Z Z^T,"
-        f" mean±std over seeds {APPROX_SEEDS}"
-    )
-    print(f"{'method':<30}" + "".join(f"{m:>14}" for m in APPROX_SIZES))
-    for method in dict.fromkeys(r["method"] for r in approx):
-        cells = []
-        for m in APPROX_SIZES:
-            e = [
-                r["rel_fro_error"]
-                for r in approx
-                if r["method"] == method and r["n_components"] == m
-            ]
-            cells.append(f"{np.mean(e):.3f}±{np.std(e):.3f}")
-        print(f"{method:<30}" + "".join(f"{c:>14}" for c in cells))
-    print(f"\nLearning ({N_COMPONENTS} features; score = accuracy, R^2 for diabetes)")
-    print(f"{'dataset':<14}{'method':<26}{'score':>8}{'feat s':>9}{'total s':>9}{'speed-up':>9}")
-    print("(CPU seconds, one thread; speed-up = exact kernel's total / method's total)")
-    for r in learn:
-        feat = "-" if r["feature_seconds"] is None else f"{r['feature_seconds']:.3f}"
-        sp = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
-        print(
-            f"{r['dataset']:<14}{r['method']:<26}{r['score']:>8.3f}{feat:>9}{r['total_seconds']:>9.3f}{sp:>9}"
-        )
+def _print(part, rows):
+    print(f"\n== {part}")
+    for r in rows:
+        print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in r.items()))
 
 
-def _plot(approx, learn, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    ax = axes[0]
-    for method in dict.fromkeys(r["method"] for r in approx):
-        means = [
-            np.mean(
-                [
-                    r["rel_fro_error"]
-                    for r in approx
-                    if r["method"] == method and r["n_components"] == m
-                ]
-            )
-            for m in APPROX_SIZES
-        ]
-        ax.loglog(APPROX_SIZES, means, "o-", label=method)
-    ms = np.array(APPROX_SIZES, dtype=float)
-    ax.loglog(ms, 2.0 / np.sqrt(ms), "k:", label="2/sqrt(m)")
-    ax.set_xlabel("n_components m")
-    ax.set_ylabel("||ZZ^T - K||_F / ||K||_F")
-    ax.set_title("Kernel approximation (300 rows; CNTK 200 images)")
-    ax.legend(fontsize=7)
-    ax = axes[1]
-    datasets = list(dict.fromkeys(r["dataset"] for r in learn))
-    methods = list(dict.fromkeys(r["method"] for r in learn))
-    width = 0.8 / len(methods)
-    for i, method in enumerate(methods):
-        vals = [
-            next(
-                (r["score"] for r in learn if r["dataset"] == ds and r["method"] == method), np.nan
-            )
-            for ds in datasets
-        ]
-        ax.bar(np.arange(len(datasets)) + i * width, vals, width, label=method)
-    ax.set_xticks(np.arange(len(datasets)) + 0.4 - width / 2)
-    ax.set_xticklabels(datasets)
-    ax.set_ylabel("test accuracy (R^2 for diabetes)")
-    ax.set_ylim(0, 1.05)
-    ax.set_title(f"Ridge on {N_COMPONENTS} features vs exact kernels")
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def run(results_dir) -> dict:
-    """Run both parts, print tables, write kernels_neural.json/.png to ``results_dir``."""
+def run(results_dir, parts=PARTS[:3]) -> dict:
+    """Run the parts, print their rows, write kernels_neural[_<part>].json to ``results_dir``."""
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    out = {}
     try:
         with threadpool_limits(1):
             data = load_datasets()
-            approx = approximation(data)
-            learn = learning(data)
+            for part in parts:
+                rows = globals()[part](data)
+                _print(part, rows)
+                out[part] = rows
+                meta = {
+                    "device": f"CPU ({platform.processor() or platform.machine()}), 1 thread, "
+                              "float64; shared machine (other jobs running)",
+                    "timing": "process CPU seconds (bench.timing.Stopwatch('process'))",
+                    "torch": torch.__version__, "python": sys.version.split()[0],
+                    "part": part, "rows": rows,
+                }
+                suffix = "" if part == "approximation" else f"_{part}"
+                (results_dir / f"kernels_neural{suffix}.json").write_text(
+                    json.dumps(meta, indent=2, default=float))
     finally:
         torch.set_num_threads(threads)
-    _print(approx, learn)
-    out = {
-        "device": f"CPU ({platform.processor() or platform.machine()}), 1 thread, float64",
-        "timing": "process CPU seconds (bench.timing.Stopwatch('process')), one thread",
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-        "ntk_depth": NTK_DEPTH,
-        "n_components": N_COMPONENTS,
-        "approximation": approx,
-        "learning": learn,
-    }
-    (results_dir / "kernels_neural.json").write_text(json.dumps(out, indent=2, default=float))
-    _plot(approx, learn, results_dir / "kernels_neural.png")
     return out
 
 
@@ -437,4 +349,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results-dir", type=Path,
                         default=Path(__file__).resolve().parents[1] / "results" / "features")
-    run(parser.parse_args().results_dir)
+    parser.add_argument("--part", choices=PARTS, action="append",
+                        help="parts to run (repeatable; default all but cntk)")
+    args = parser.parse_args()
+    run(args.results_dir, tuple(args.part or PARTS[:3]))

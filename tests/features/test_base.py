@@ -110,7 +110,7 @@ def test_none_random_state_uses_numpy_global_state():
 
 
 def _feature_maps():
-    from kernelsketch.features._powerseries import PowerSeriesSketch
+    from kernelsketch.features._horner import HornerSketch
     from kernelsketch.features.activations import ACTIVATIONS, ActivationSketchMap
     from kernelsketch.features.cntk import CNTKSketchMap
     from kernelsketch.features.ntk import NTKRandomFeatureMap, NTKSketchMap
@@ -119,15 +119,14 @@ def _feature_maps():
         "NTKRandomFeatureMap": (lambda **r: NTKRandomFeatureMap(
             4, depth=1, n_arccos=8, d_out=8, kernel="ntk", **r), (3, 4)),
         "NTKSketchMap": (lambda **r: NTKSketchMap(
-            4, depth=1, n_components=8, degree=3, kernel="ntk", poly_dim=8, **r), (3, 4)),
+            4, depth=1, n_components=8, degree=3, kernel="ntk", **r), (3, 4)),
         "CNTKSketchMap": (lambda **r: CNTKSketchMap(
             (1, 3, 3), depth=1, filter_size=3, n_components=8, pixel_dim=4, degree=2, **r),
             (3, 1, 3, 3)),
         "ActivationSketchMap": (lambda **r: ActivationSketchMap(
-            4, activation=ACTIVATIONS["relu"], depth=1, degree=3, n_components=8, poly_dim=8,
-            **r), (3, 4)),
-        "PowerSeriesSketch": (lambda **r: _PowerSeries(PowerSeriesSketch(4, 2, 8, poly_dim=8, **r)),
-                              (3, 4)),
+            4, activation=ACTIVATIONS["erf"], depth=2, degree=3, n_components=8, kernel="ntk",
+            bias_var=0.5, **r), (3, 4)),
+        "HornerSketch": (lambda **r: _PowerSeries(HornerSketch(4, 2, 8, **r)), (3, 4)),
     }
 
 

@@ -8,9 +8,10 @@ docs/kernel_ridge.md.
 """
 from kernelsketch.features.activations import (  # noqa: F401
     ACTIVATIONS,
+    Activation,
     ActivationKernelSketch,
-    dual_activation,
     hermite_coefficients,
+    piecewise_linear,
     relu_hermite_coefficients,
 )
 from kernelsketch.features.binning import (  # noqa: F401
@@ -19,7 +20,12 @@ from kernelsketch.features.binning import (  # noqa: F401
     weight_fourth_moment,
     weighted_binning_kernel,
 )
-from kernelsketch.features.cntk import CNTKSketch, cnngp_relu, cntk_relu  # noqa: F401
+from kernelsketch.features.cntk import (  # noqa: F401
+    CNTKSketch,
+    cnngp_relu,
+    cntk_relu,
+    conv_neural_kernel,
+)
 from kernelsketch.features.gegenbauer import (  # noqa: F401
     GegenbauerFeatures,
     gegenbauer,
@@ -31,6 +37,7 @@ from kernelsketch.features.gegenbauer import (  # noqa: F401
     zonal_kernel,
 )
 from kernelsketch.features.krr import KernelRidge, conjugate_gradient, ridge_solve  # noqa: F401
+from kernelsketch.features.neural import dual_activation, neural_kernel  # noqa: F401
 from kernelsketch.features.ntk import (  # noqa: F401
     NTKRandomFeatures,
     NTKSketch,

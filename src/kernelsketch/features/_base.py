@@ -110,6 +110,20 @@ def _check_finite_output(Z, X):
     return Z
 
 
+def _map_rows(feature_map, X: torch.Tensor, verbose, name: str, block: int = 256):
+    """``feature_map(X)``; with ``verbose`` >= 1, in blocks of rows on a tqdm bar (kept if >= 2)."""
+    if not verbose or X.shape[0] <= block:
+        return feature_map(X)
+    starts = range(0, X.shape[0], block)
+    try:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"{name}.transform", unit="block", leave=verbose > 1)
+    except ImportError:  # tqdm is optional: no bar
+        pass
+    return torch.cat([feature_map(X[i : i + block]) for i in starts])
+
+
 class RandomFeaturesTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Base class: a randomized feature map drawn in ``fit``, applied in ``transform``.
 
@@ -213,7 +227,9 @@ class RandomFeaturesTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixi
         if sp.issparse(X):
             return _check_finite_output(self._transform_sparse(X), X)
         with torch.no_grad():
-            Z = self.feature_map_(torch.from_numpy(X))
+            # Estimators with a ``verbose`` parameter show progress (scikit-learn's convention).
+            Z = _map_rows(self.feature_map_, torch.from_numpy(X), getattr(self, "verbose", 0),
+                          type(self).__name__)
         return _check_finite_output(Z.numpy(), X)
 
     def __sklearn_tags__(self):

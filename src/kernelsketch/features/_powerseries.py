@@ -1,10 +1,12 @@
-"""Sketch of a dot-product power series ``k(x, y) = sum_j w_j(x) w_j(y) <x, y>^j``.
+"""Helpers of the power-series sketches of neural kernels.
 
-One :class:`~kernelsketch.sketch.tensor.PolySketch` tree sketches every power
-``x^{⊗j}``, ``j = 0..degree``; power ``j`` is weighted by ``w_j(x)`` and a final
-SRHT compresses the concatenation to ``d_out`` (arXiv 2106.07880, Alg. 1).
-``[..., d_in] -> [..., d_out]``; unbiased for the series. Theory:
-docs/neural_kernels.md.
+- :func:`fit_nonnegative_polynomial`: least-squares fit of a function on [-1, 1]
+  by a polynomial with non-negative coefficients (the dot-product kernel NTK
+  Sketch sketches, arXiv 2106.07880, Sec. 4);
+- :func:`unit_rows`: rows and their norms, without overflow.
+
+The sketch of the series itself is ``kernelsketch.features._horner.HornerSketch``.
+Theory: docs/neural_kernels.md.
 """
 
 from __future__ import annotations
@@ -14,66 +16,20 @@ from collections.abc import Callable, Hashable
 import numpy as np
 import torch
 from scipy.optimize import nnls
-from torch import nn
 
-from kernelsketch.sketch.projections import SRHT
-from kernelsketch.sketch.sampling import resolve_generator
-from kernelsketch.sketch.tensor import PolySketch
-
-__all__ = ["PowerSeriesSketch", "fit_nonnegative_polynomial", "unit_rows"]
-
-
-class PowerSeriesSketch(nn.Module):
-    """Features ``S(concat_j w_j(x) PolySketch_j(x))`` of dimension ``d_out``.
-
-    Parameters
-    ----------
-    d_in : int
-    degree : int >= 1
-        Highest power sketched.
-    d_out : int
-        Output dimension (the final SRHT's).
-    poly_dim : int
-        Dimension of each power's PolySketch.
-    kind : PolySketch node kind ("srht", "gaussian", "countsketch", "tensorsketch")
-    seed : int, optional
-    generator : torch.Generator, optional
-        Source of the random sketches (one of the two; neither: torch's global
-        generator), as for :mod:`kernelsketch.sketch` modules.
-
-    Notes
-    -----
-    ``E[<phi(x), phi(y)>] = sum_j w_j(x) w_j(y) <x, y>^j`` (PolySketch and SRHT
-    are unbiased and independent). The j = 0 power is exact (a constant).
-    """
-
-    def __init__(self, d_in, degree, d_out, *, poly_dim, kind="srht", seed=None, generator=None):
-        super().__init__()
-        generator = resolve_generator(seed, generator)
-        self.degree, self.d_out = degree, d_out
-        self.poly = PolySketch(d_in, poly_dim, degree, kind=kind, generator=generator)
-        self.compress = SRHT((degree + 1) * poly_dim, d_out, generator=generator)
-
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Features of ``x`` [..., d_in] with power weights [degree + 1] or [..., degree + 1]."""
-        return self.combine(self.poly.all_powers(x), weights)
-
-    def combine(
-        self, powers: list[torch.Tensor], weights: torch.Tensor, compress=None
-    ) -> torch.Tensor:
-        """``compress(concat_j weights_j powers_j)``; several series can share one ``all_powers``.
-
-        ``compress`` defaults to this module's SRHT; pass another SRHT of the
-        same input size for an independent second series on the same powers.
-        """
-        z = torch.cat([weights[..., j, None] * p for j, p in enumerate(powers)], dim=-1)
-        return (compress or self.compress)(z)
+__all__ = ["fit_nonnegative_polynomial", "unit_rows"]
 
 
 def unit_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (x / |x|, |x|) over the last dim; zero rows stay zero (norm 0)."""
-    r = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    return x / torch.where(r > 0, r, torch.ones_like(r)), r
+    """Return (x / |x|, |x|) over the last dim; zero rows stay zero (norm 0).
+
+    The norm is taken of x divided by its largest entry, so it overflows only
+    where |x| itself exceeds the dtype (float32 rows of entries ~1e20 are fine).
+    """
+    top = x.abs().amax(-1, keepdim=True)
+    y = x / torch.where(top > 0, top, torch.ones_like(top))
+    r = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
+    return y / torch.where(r > 0, r, torch.ones_like(r)), r * top
 
 
 _FITS: dict[tuple, tuple[float, ...]] = {}
