@@ -58,3 +58,26 @@ def test_transformers_section_runs_as_written(capsys):
     assert out.shape == (1, ids.shape[1] + 12) and torch.equal(out[:, :ids.shape[1]], ids)
     assert len(capsys.readouterr().out) > 20
     assert model.config._attn_implementation == "kernelsketch-hyper"
+
+
+def test_the_command_lines_parse_as_written(monkeypatch, tmp_path):
+    # Every `kernelsketch ...` line of the README's shell blocks is accepted by the command
+    # line (the benchmark itself is stubbed: it takes minutes).
+    import shlex
+
+    import kernelsketch.bench.attention as bench
+    from kernelsketch.cli import main
+
+    ran = []
+    monkeypatch.setattr(bench, "run", lambda **kwargs: ran.append(kwargs) or {"rows": [],
+                                                                               "path": ""})
+    monkeypatch.setattr(bench, "format_table", lambda result: "")
+    monkeypatch.chdir(tmp_path)  # the default --out-dir is created here
+    shell = "".join(re.findall(r"^```bash\n(.*?)^```", README.read_text(),
+                               re.MULTILINE | re.DOTALL))
+    lines = [line.split("#")[0].split() for line in shell.splitlines()]
+    commands = [words[1:] for words in lines if words and words[0].endswith("kernelsketch")]
+    assert commands, "no kernelsketch command in the README"
+    for argv in commands:
+        assert main(shlex.split(" ".join(argv))) == 0
+    assert len(ran) == len(commands)
