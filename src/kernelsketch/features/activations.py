@@ -39,7 +39,8 @@ from torch import nn
 from kernelsketch._checks import check_choice, check_float, check_int, check_tensor
 from kernelsketch.features._base import RandomFeaturesTransformer
 from kernelsketch.features._horner import HornerSketch, TensorPairSketch
-from kernelsketch.sketch.projections import random_signs
+from kernelsketch.features._powerseries import unit_rows
+from kernelsketch.sketch.projections import compute_dtype, random_signs
 from kernelsketch.sketch.sampling import resolve_generator
 
 __all__ = [
@@ -801,30 +802,30 @@ class ActivationSketchMap(nn.Module):
         self.d_out = m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Features [..., n_components] of x [..., d_in] (dtype of x)."""
-        x64 = x.to(torch.float64)
-        w_std, b_std = math.sqrt(self.weight_var), math.sqrt(self.bias_var)
-        scale = torch.linalg.vector_norm(x64, dim=-1, keepdim=True)
-        scale = torch.where(scale > 0, scale, 1.0)
-        # psi_0 = [sqrt(input_var) x, bias_std], normalised (|psi_0|^2 = K^(0)(x, x)).
-        var = self.input_var * (x64 / scale).square().sum(-1) * scale[..., 0] ** 2 + self.bias_var
-        psi = torch.cat([math.sqrt(self.input_var) * x64 / scale,
-                         (b_std / scale).expand(*x.shape[:-1], 1)], -1)
-        psi = psi / torch.linalg.vector_norm(psi, dim=-1, keepdim=True).clamp_min(1e-300)
-        psi = psi.to(x.dtype)
+        """Features [..., n_components] of x [..., d_in] (dtype of x; half types in float32)."""
+        dtype = compute_dtype(x.dtype)
+        act, w_std, b_std = self.activation, math.sqrt(self.weight_var), math.sqrt(self.bias_var)
+        # The first layer's inputs [sqrt(input_var) x, bias_std] (inner products K^(0)) as a
+        # direction and the exact pre-activation std, in float64 (any magnitude).
+        first = torch.cat([math.sqrt(self.input_var) * x.to(torch.float64),
+                           torch.full((*x.shape[:-1], 1), b_std, dtype=torch.float64,
+                                      device=x.device)], -1)
+        psi, std = unit_rows(first)
+        std = std[..., 0]
         ntk = self.kernel == "ntk"
-        theta = psi * var.sqrt()[..., None].to(x.dtype) if self.parameterization == "ntk" else None
+        theta = (psi * std[..., None]).to(dtype) if self.parameterization == "ntk" else None
+        psi = psi.to(dtype)
         for h in range(self.depth):
-            u = psi / torch.linalg.vector_norm(psi, dim=-1, keepdim=True).clamp_min(1e-30)
-            r = var.sqrt()
-            t = self.series[h](u, radial_coefficients(self.activation, r, self.degree).to(x.dtype))
-            psi = w_std * t + b_std * self.bias_signs[h].to(x.dtype)
+            u = unit_rows(psi)[0]
+            t = self.series[h](u, radial_coefficients(act, std, self.degree).to(dtype))
+            psi = w_std * t + b_std * self.bias_signs[h].to(dtype)
             if ntk:
-                dt = self.derivative_series[h](u, radial_coefficients(self.activation, r, self.degree, derivative=True).to(x.dtype))
+                db = radial_coefficients(act, std, self.degree, derivative=True).to(dtype)
+                dt = self.derivative_series[h](u, db)
                 new = psi if self.parameterization == "ntk" else t
                 theta = new if theta is None else w_std * self.products[h](theta, dt) + new
-            var = self.weight_var * variance_map(self.activation, var) + self.bias_var
-        return theta if ntk else psi
+            std = torch.sqrt(self.weight_var * variance_map(act, std * std) + self.bias_var)
+        return (theta if ntk else psi).to(x.dtype)
 
 
 class ActivationKernelSketch(RandomFeaturesTransformer):

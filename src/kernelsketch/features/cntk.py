@@ -42,7 +42,7 @@ from kernelsketch.features.activations import (
     variance_map,
 )
 from kernelsketch.features.neural import check_first_layer, rescaled_kernel
-from kernelsketch.sketch.projections import SRHT, random_signs
+from kernelsketch.sketch.projections import SRHT, compute_dtype, random_signs
 from kernelsketch.sketch.sampling import resolve_generator
 
 __all__ = [
@@ -357,15 +357,17 @@ class CNTKSketchMap(nn.Module):
         return math.sqrt(self.bias_var) * self.bias_signs[h, :dim].to(dtype) / math.sqrt(dim)
 
     def forward(self, x: torch.Tensor, *, batch_size: int = 128) -> torch.Tensor:
-        """Features [n, n_components] of images x [n, C, H, W] or [n, C*H*W] (dtype of x).
+        """Features [n, n_components] of images x [n, C, H, W] or [n, C*H*W] (dtype of x; half
+        types computed in float32).
 
         Images are processed ``batch_size`` at a time (memory O(batch_size H W
         pixel_dim q^2)).
         """
-        x = x.reshape(x.shape[0], *self.image_shape)
+        out_dtype = x.dtype
+        x = x.reshape(x.shape[0], *self.image_shape).to(compute_dtype(x.dtype))
         return torch.cat(
             [self._features(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
-        )
+        ).to(out_dtype)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype

@@ -36,7 +36,7 @@ from kernelsketch.features.activations import (
 )
 from kernelsketch.features.neural import kernel_recursion, network_kernel
 from kernelsketch.sketch.leverage import ridge_leverage_scores
-from kernelsketch.sketch.projections import SRHT, random_signs
+from kernelsketch.sketch.projections import SRHT, compute_dtype, random_signs
 from kernelsketch.sketch.sampling import importance_sample, resolve_generator
 from kernelsketch.sketch.tensor import Degree2Sketch
 
@@ -219,7 +219,8 @@ class NTKRandomFeatureMap(nn.Module):
         self.d_out = d_out if kernel == "ntk" else m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Features [..., d_out] of x [..., d_in] (dtype of x)."""
+        """Features [..., d_out] of x [..., d_in] (dtype of x; half types in float32)."""
+        out_dtype, x = x.dtype, x.to(compute_dtype(x.dtype))
         w_std, b_std = math.sqrt(self.weight_var), math.sqrt(self.bias_var)
         phi = _first_layer_inputs(x, self.input_var, self.bias_var)
         ntk = self.kernel == "ntk"
@@ -237,7 +238,7 @@ class NTKRandomFeatureMap(nn.Module):
                     dt = self.activation.grad(z) * scale
                     T = self.tensor[h]
                     psi = w_std * T(_pad_to(psi, T.d_in), _pad_to(dt, T.d_in)) + new
-        return psi if ntk else phi
+        return (psi if ntk else phi).to(out_dtype)
 
 
 class NTKRandomFeatures(RandomFeaturesTransformer):
@@ -417,9 +418,9 @@ class NTKSketchMap(nn.Module):
         self.d_out = n_components
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Features [..., n_components] of x [..., d_in] (dtype of x)."""
-        u, r = unit_rows(x)
-        return (math.sqrt(self.input_var) * r) * self.series(u, self.coef.sqrt())
+        """Features [..., n_components] of x [..., d_in] (dtype of x; half types in float32)."""
+        u, r = unit_rows(x.to(compute_dtype(x.dtype)))
+        return ((math.sqrt(self.input_var) * r) * self.series(u, self.coef.sqrt())).to(x.dtype)
 
 
 class NTKSketch(RandomFeaturesTransformer):
