@@ -117,7 +117,14 @@ def test_planted_heavy_tokens_survive_in_budget_mode():
         assert (kept == j).any(-1).all()
 
 
-def test_decoding_error_falls_as_the_budget_grows():
+# Decoding error ratio between budgets 2 -> 8 and 8 -> 32, over 200 seeds (tools/stat_runs.py):
+# 0.350 +- 0.091 (max 0.742) and 0.572 +- 0.039 (max 0.666); 0.9 is 6.0 and 8.5 sd above the
+# means (Gaussian tail < 1e-9 per run).
+DECODE_RATIO = 0.9
+
+
+@pytest.mark.statistical
+def test_decoding_error_falls_as_the_budget_grows(measure):
     q, k, v, _ = structured_stream(1, 2, 140, 8, heavy=5)
     ref = naive_attention(q, k, v, is_causal=True)[:, :, 100:]
     errs = []
@@ -126,7 +133,9 @@ def test_decoding_error_falls_as_the_budget_grows():
         outs = [cache.append(k[:, :, t:t + 1], v[:, :, t:t + 1]).attend(q[:, :, t:t + 1])
                 for t in range(100, 140)]
         errs.append(relative_error(torch.cat(outs, 2), ref))
-    assert errs[0] > errs[1] > errs[2] > errs[3] and errs[3] < 1e-12, errs
+    assert measure("ratio_8_2", errs[1] / errs[0]) < DECODE_RATIO, errs
+    assert measure("ratio_32_8", errs[2] / errs[1]) < DECODE_RATIO, errs
+    assert errs[3] < 1e-12, errs  # the whole prefix kept: exact
 
 
 def test_cache_preserves_dtype():
