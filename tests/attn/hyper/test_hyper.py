@@ -7,7 +7,7 @@ import kernelsketch as ks
 from kernelsketch.attn.common.metrics import relative_error, spectral_error
 from kernelsketch.attn.hyper import HyperConfig, hyper_noncausal
 
-from ..reference import naive_attention, randn_like, random_qkv, seeded_generator
+from ..reference import input_stream, naive_attention, randn_like, random_qkv
 
 
 def gen(seed):
