@@ -43,19 +43,42 @@ def _load(interpret: bool) -> None:
 
 @contextlib.contextmanager
 def _interpreted_language():
-    """triton.language's @jit helpers as interpreted functions within the block."""
+    """triton.language's @jit helpers as interpreted functions within the block.
+
+    The interpreter patches triton.language for every interpreted call and
+    restores the patches of a kernel launch, but not those of a nested @jit
+    helper call (triton 3.9, ``InterpretedFunction.__call__``); left in place
+    they break every later compilation in the process (the AOT tests). So the
+    block records the value each patched attribute had before its first patch
+    and puts every one back at the end.
+    """
     import triton.experimental.gluon  # noqa: F401  (imported lazily by the interpreter; it
     import triton.language as tl  # wraps tl's helpers and needs them compiled when it loads)
-    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.interpreter import InterpretedFunction, _LangPatchScope
     from triton.runtime.jit import JITFunction
+
+    missing = object()
+    originals = {}  # (id(owner), name) -> (owner, name, own value before the first patch)
+    set_attr = _LangPatchScope.set_attr
+
+    def recorded_set_attr(scope, owner, name, value):
+        originals.setdefault((id(owner), name), (owner, name, vars(owner).get(name, missing)))
+        set_attr(scope, owner, name, value)
 
     swapped = [(owner, name, value) for owner in (tl, tl.standard, tl.math, tl.core.tensor)
                for name, value in list(vars(owner).items()) if isinstance(value, JITFunction)]
+    _LangPatchScope.set_attr = recorded_set_attr
     for owner, name, value in swapped:
         setattr(owner, name, InterpretedFunction(value.fn))
     try:
         yield
     finally:
+        _LangPatchScope.set_attr = set_attr
+        for owner, name, value in originals.values():
+            if value is not missing:
+                setattr(owner, name, value)
+            elif name in vars(owner):
+                delattr(owner, name)
         for owner, name, value in swapped:
             setattr(owner, name, value)
 
