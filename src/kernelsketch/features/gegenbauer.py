@@ -26,6 +26,7 @@ from scipy.special import roots_jacobi
 from scipy.stats import chi
 
 from kernelsketch._checks import (
+    check_allocation,
     check_choice,
     check_float,
     check_int,
@@ -152,11 +153,38 @@ def zonal_kernel(X, Y, degree: int) -> np.ndarray:
     -------
     K : float64 ndarray of shape (n, m)
     """
-    X = np.asarray(X, dtype=np.float64)
-    Y = np.asarray(Y, dtype=np.float64)
+    X, Y = _points(X, Y)
     d = X.shape[1]
+    if d < 2:
+        raise ValueError(f"X must have d >= 2 columns (points on S^(d-1)), got shape {X.shape}")
+    check_int("degree", degree, min=0, max=_MAX_DEGREE)
+    _check_table(X, Y, degree)
     t = np.clip(X @ Y.T, -1.0, 1.0)
     return gegenbauer(t, degree, d) @ _harmonic_dimensions(degree, d)
+
+
+def _points(X, Y) -> tuple[np.ndarray, np.ndarray]:
+    """X (n, d) and Y (m, d) (Y = X when None) as finite real float64 matrices."""
+    out = []
+    for name, A in (("X", X), ("Y", X if Y is None else Y)):
+        A = np.asarray(A)
+        if A.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold real numbers, got dtype {A.dtype}")
+        if A.ndim != 2:
+            raise ValueError(f"{name} must have shape (n, d), got shape {A.shape}")
+        A = A.astype(np.float64)
+        if not np.all(np.isfinite(A)):
+            raise ValueError(f"{name} must be finite, found NaN or infinite values")
+        out.append(A)
+    if out[0].shape[1] != out[1].shape[1]:
+        raise ValueError(f"Y must have {out[0].shape[1]} columns like X, got {out[1].shape[1]}")
+    return out[0], out[1]
+
+
+def _check_table(X: np.ndarray, Y: np.ndarray, degree: int) -> None:
+    check_allocation(8.0 * len(X) * len(Y) * (degree + 1),
+                     f"the (n, m, degree + 1) = ({len(X)}, {len(Y)}, {degree + 1}) Gegenbauer "
+                     "table", "lower the degree or evaluate fewer points at a time")
 
 
 def monomial_to_gegenbauer(max_power: int, d: int) -> np.ndarray:
@@ -312,9 +340,10 @@ def gzk_kernel(
     -------
     K : float64 ndarray of shape (n, m)
     """
-    X = np.asarray(X, dtype=np.float64)
-    Y = X if Y is None else np.asarray(Y, dtype=np.float64)
+    X, Y = _points(X, Y)
     d = max(X.shape[1], 2)
+    check_int("degree", degree, min=0, max=_MAX_DEGREE)
+    _check_table(X, Y, degree)
     A, powers, gamma_r = gzk_series(
         kernel, degree, d, gamma=gamma, coefficients=coefficients, depth=depth
     )
@@ -421,13 +450,16 @@ class PlaneWaveMap(torch.nn.Module):
                 f"x must have {self.d_in} features in its last dimension, got shape {list(x.shape)}"
             )
         work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-        u = x.to(work) @ self.frequencies.to(work).T
-        scale = 1.0 / math.sqrt(self.pairs + self.odd / 2)
-        pairs = u[..., : self.pairs]
-        parts = [torch.cos(pairs) * scale, torch.sin(pairs) * scale]
+        lead, p = x.shape[:-1], self.pairs
+        u = x.reshape(-1, self.d_in).to(work) @ self.frequencies.to(work).T  # [n, p + odd]
+        # written into the output: memory is the output plus the [n, m / 2] projections
+        z = u.new_empty(len(u), self.d_out)
+        torch.cos(u[:, :p], out=z[:, :p])
+        torch.sin(u[:, :p], out=z[:, p:2 * p])
         if self.odd:
-            parts.append(torch.cos(u[..., self.pairs:] + self.phase) * scale)
-        return torch.cat(parts, dim=-1).to(x.dtype)
+            torch.cos(u[:, p:].add_(self.phase), out=z[:, 2 * p:])
+        z.mul_(1.0 / math.sqrt(p + self.odd / 2))
+        return z.reshape(*lead, self.d_out).to(x.dtype)
 
 
 def gaussian_frequencies(p: int, d: int, gamma: float, generator: torch.Generator) -> torch.Tensor:
