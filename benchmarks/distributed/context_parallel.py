@@ -36,8 +36,8 @@ def configs():
         "exact": None,
         "lev": LevConfig(budget=64),
         "polysketch": PolySketchConfig(),
-        "hyper": HyperConfig(min_seq_len=1024),
-        "kde": KDEConfig(min_seq_len=1024),
+        "hyper": HyperConfig(min_seq_len=1024, sink=0, window=0),
+        "kde": KDEConfig(min_seq_len=1024, sink=0, window=0),
     }
 
 
@@ -51,7 +51,7 @@ def rank_main(args) -> None:
     cuda = torch.cuda.is_available() and not args.cpu
     dist.init_process_group("nccl" if cuda else "gloo")
     rank, P = dist.get_rank(), dist.get_world_size()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu")
     if cuda:
         torch.cuda.set_device(device)
     torch.set_num_threads(1)
@@ -65,7 +65,7 @@ def rank_main(args) -> None:
         q, k, v = (torch.randn(args.batch, args.heads, n, args.dim, generator=g, device=device,
                                dtype=dtype) for _ in range(3))
         for name in args.methods:
-            def call(name=name):
+            def call(name=name, q=q, k=k, v=v):
                 dist.barrier()
                 return context_parallel_attention(
                     q, k, v, method=name, is_causal=args.causal, config=methods[name],

@@ -41,10 +41,15 @@ EQUALITY = [
 # Non-causal HyperAttention with the generator the distributed call derives: the same
 # hash, blocks and samples as the single-process torch path (attn/hyper/naive.py).
 SAME_DRAWS = [
-    ("blocks-only", HyperConfig(block_size=8, sample_size=0, lsh_bits=3, min_seq_len=0)),
-    ("blocks-samples", HyperConfig(block_size=12, sample_size=10, lsh_bits=5, min_seq_len=0)),
+    ("blocks-only", HyperConfig(block_size=8, sample_size=0, lsh_bits=3, min_seq_len=0,
+                                sink=0)),
+    ("blocks-samples", HyperConfig(block_size=12, sample_size=10, lsh_bits=5, min_seq_len=0,
+                                   sink=0)),
     ("two-rounds", HyperConfig(block_size=8, sample_size=6, lsh_bits=4, min_seq_len=0,
-                               hash_rounds=2)),
+                               hash_rounds=2, sink=0)),
+    # always-exact first keys, within rank 0's shard and across several shards
+    ("sink", HyperConfig(block_size=8, sample_size=6, lsh_bits=4, min_seq_len=0, sink=5)),
+    ("long-sink", HyperConfig(block_size=8, sample_size=6, lsh_bits=4, min_seq_len=0, sink=17)),
 ]
 
 # Forward bytes at two lengths and two head dims (B = 1, H = 2, P | N).
@@ -52,7 +57,8 @@ SCALING = [
     ("exact", None),
     ("lev", LevConfig(budget=8)),
     ("polysketch", PolySketchConfig(block_size=8, sketch_size=4)),
-    ("hyper", HyperConfig(block_size=8, sample_size=8, lsh_bits=4, min_seq_len=0)),
+    ("hyper", HyperConfig(block_size=8, sample_size=8, lsh_bits=4, min_seq_len=0, sink=0,
+                          window=0)),
 ]
 
 
@@ -119,7 +125,7 @@ def same_draws_job(rank, world):
             seed = int(torch.randint(2**62, (), generator=torch.Generator().manual_seed(i)))
             whole = [t.clone().requires_grad_() for t in (q, k, v)]
             ref, ref_lse = hyper_noncausal(*whole, shape[5] ** -0.5, config,
-                                           _derived(seed, 1, device="cpu"))
+                                           _derived(seed, 1, device="cpu"), config.sink)
             _loss(ref, ref_lse, d_out, d_lse).backward()
             n, m = shape[3] // world, shape[4] // world
             rows, keys = slice(rank * n, (rank + 1) * n), slice(rank * m, (rank + 1) * m)
@@ -174,8 +180,10 @@ def errors_job(rank, world):
 LOW_PRECISION = [
     ("exact", None), ("lev", LevConfig(budget=6, window=4)),
     ("polysketch", PolySketchConfig(block_size=5, sketch_size=4)),
-    ("hyper", HyperConfig(block_size=8, sample_size=8, lsh_bits=3, min_seq_len=0)),
-    ("kde", KDEConfig(block_size=8, sample_size=8, kde_samples=8, lsh_bits=3, min_seq_len=0)),
+    ("hyper", HyperConfig(block_size=8, sample_size=8, lsh_bits=3, min_seq_len=0, sink=2,
+                          window=4)),
+    ("kde", KDEConfig(block_size=8, sample_size=8, kde_samples=8, lsh_bits=3, min_seq_len=0,
+                      sink=2, window=4)),
 ]
 
 
@@ -244,13 +252,14 @@ def equality_job(rank, world):
 # distribution of their spectral error over seeds (fixed inputs). Non-causal uniform
 # HyperAttention is not here: it has the single-process draws (SAME_DRAWS).
 STATISTICAL = [
-    ("hyper", "hyper", HyperConfig(block_size=16, sample_size=16, lsh_bits=4, min_seq_len=0),
+    ("hyper-sink-window", "hyper",
+     HyperConfig(block_size=16, sample_size=16, lsh_bits=4, min_seq_len=0, sink=4, window=16),
      (True,)),
     ("hyper-value-norm-2rounds", "hyper",
      HyperConfig(block_size=16, sample_size=16, lsh_bits=4, min_seq_len=0, hash_rounds=2,
-                 sampling="value_norm"), (False, True)),
+                 sampling="value_norm", sink=0, window=0), (False, True)),
     ("kde", "kde", KDEConfig(block_size=16, sample_size=16, kde_samples=16, lsh_bits=4,
-                             min_seq_len=0), (False, True)),
+                             min_seq_len=0, sink=0, window=0), (False, True)),
 ]
 STAT_SHAPE = (2, 4, 2, 128, 128, 16, 16)
 

@@ -104,12 +104,19 @@ def _excl_cumsum(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class _Side:
-    """This rank's rows of one side (queries or keys) in its problem at one depth."""
+    """This rank's rows of one side (queries or keys) in its problem at one depth.
 
-    def __init__(self, rows: torch.Tensor, problem: int | None, holders: tuple[int, ...]):
+    ``offset``: index of its first row among the problem's rows of this side (in
+    rank order); the estimator's keys exclude the always-exact ones, so key
+    holders may hold different counts.
+    """
+
+    def __init__(self, rows: torch.Tensor, problem: int | None, holders: tuple[int, ...],
+                 offset: int = 0):
         self.rows = rows  # [B, H, G, n, F]
         self.problem = problem
         self.holders = holders  # ranks holding this side of the problem, in order
+        self.offset = offset
 
     @property
     def n(self) -> int:
@@ -173,8 +180,8 @@ class _Plan:
     first: list[int]  # first block of each owner (len(owners) + 1 entries)
 
 
-def _plan(problem: Problem, n: int, m: int, G: int, exact: bool, block_size: int) -> _Plan:
-    M, R = m * len(problem.k_ranks), G * n * len(problem.q_ranks)
+def _plan(problem: Problem, R: int, M: int, exact: bool, block_size: int) -> _Plan:
+    """Blocks of R query rows (groups folded) and M estimator keys."""
     nb = 1 if exact else math.ceil(M / block_size)
     o = len(problem.owners)
     return _Plan(nb, math.ceil(R / nb), math.ceil(M / nb), [-(-i * nb // o) for i in range(o + 1)])
@@ -283,10 +290,9 @@ def _assemble(problems, side_k: _Side, picks, fill_rows, width, *, B, H, group, 
     s_max = max((p.shape[-1] for p in picks if p is not None), default=0)
     dev = side_k.rows.device
     buf = torch.zeros(len(problems), B, H, s_max, width, dtype=dtype, device=dev)
-    if side_k.problem is not None and picks[side_k.problem] is not None:
+    if side_k.problem is not None and picks[side_k.problem] is not None and side_k.n:
         idx = picks[side_k.problem]
-        m = side_k.n
-        start = side_k.holders.index(group_rank(group)) * m
+        m, start = side_k.n, side_k.offset
         mine = (idx >= start) & (idx < start + m)
         rows = fill_rows((idx - start).clamp(0, m - 1)).to(dtype)
         rows = torch.where(mine.unsqueeze(-1), rows, torch.zeros_like(rows))
@@ -322,13 +328,13 @@ def _two_stage_sample(probs_local, side_k: _Side, problems, num, gen, local_gen,
                                   generator=gen).reshape(B, H, num[i])
         idx = torch.full((B, H, num[i]), -1, dtype=torch.long, device=dev)
         lw = torch.zeros(B, H, num[i], dtype=probs_local.dtype, device=dev)
-        if side_k.problem == i:
+        if side_k.problem == i and side_k.n:
             m = side_k.n
             h = problem.k_ranks.index(me)
             local = torch.multinomial(probs_local.reshape(B * H, m), num[i], replacement=True,
                                       generator=local_gen).reshape(B, H, num[i])
             here = which == h
-            idx = torch.where(here, h * m + local, idx)
+            idx = torch.where(here, side_k.offset + local, idx)
             p = probs_local.gather(-1, local) / total
             lw = torch.where(here, -torch.log(num[i] * p), lw)
         # Every rank needs every pick: the holders' indices and weights, summed.
@@ -367,10 +373,13 @@ def _problem_of(problems, me, attr):
     return found[0] if found else None
 
 
-def _noncausal_level(qg, k, v, problems, *, method, config, scale, seed, tag, group):
+def _noncausal_level(qg, k, v, problems, *, method, config, scale, seed, tag, window, group):
     """The problems of one depth (disjoint rank sets), on every rank.
 
-    qg [B, H, G, n, D] this rank's queries, k/v [B, H, m, ·] its keys. Returns
+    qg [B, H, G, n, D] this rank's queries, k/v [B, H, m, ·] its keys. In each
+    problem the first ``config.sink`` and last ``window`` keys of its key range
+    are attended exactly by all its queries and the estimator runs on the
+    others (attn/common/causal.py's ``approximate_or_exact``). Returns
     (out [B, H, G, n, Dv], lse [B, H, G, n]) of this rank's queries in its
     q-problem, or None when it holds none at this depth.
     """
@@ -382,18 +391,36 @@ def _noncausal_level(qg, k, v, problems, *, method, config, scale, seed, tag, gr
     gen = _derived(seed, tag, device=dev)
     local_gen = _derived(seed, tag, 1 + me, device=dev)
     qi, ki = _problem_of(problems, me, "q_ranks"), _problem_of(problems, me, "k_ranks")
-    qside = _local_side(qg, qi, problems, "q_ranks")
-    kside = _local_side(k.unsqueeze(2), ki, problems, "k_ranks")
-    vrows = v.unsqueeze(2)[..., :kside.n, :]
-    # Per problem: exact (one block, no sample) when short or when the sample takes every key.
-    nums, exact = [], []
+    # Per problem: its always-exact keys (first, last), its estimator's key count, and whether
+    # the whole problem is exact instead (short, one block, or a sample of every key).
+    nums, exact, ends, sizes = [], [], [], []
     for p in problems:
         M = m * len(p.k_ranks)
-        s = (config.num_samples(M) if method == "hyper" else config.sample_size)
-        is_exact = M <= config.min_seq_len or s >= M or math.ceil(M / config.block_size) == 1
-        exact.append(is_exact)
-        nums.append(0 if is_exact else s)
-    plans = [_plan(p, n, m, G, e, config.block_size) for p, e in zip(problems, exact)]
+        first = min(config.sink, M)
+        last = min(window, M - first)
+        est = M - first - last
+        s = config.num_samples(est) if method == "hyper" else config.sample_size
+        whole = (M <= config.min_seq_len or est <= 0 or s >= est
+                 or math.ceil(est / config.block_size) == 1)
+        if whole:
+            first, last, est = 0, 0, M
+        exact.append(whole)
+        nums.append(0 if whole else s)
+        ends.append((first, last))
+        sizes.append(est)
+    plans = [_plan(p, G * n * len(p.q_ranks), est, e, config.block_size)
+             for p, est, e in zip(problems, sizes, exact)]
+    qside = _local_side(qg, qi, problems, "q_ranks")
+    if ki is None:
+        kside, lo, hi = _Side(k.unsqueeze(2)[..., :0, :], None, ()), 0, 0
+    else:  # this rank's keys among the problem's estimator keys
+        problem, (first, last) = problems[ki], ends[ki]
+        M, start = m * len(problem.k_ranks), problem.k_ranks.index(me) * m
+        lo = min(max(first - start, 0), m)
+        hi = max(min(M - last - start, m), lo)
+        kside = _Side(k.unsqueeze(2)[..., lo:hi, :], ki, problem.k_ranks,
+                      min(max(start, first), M - last) - first)
+    vrows = v.unsqueeze(2)[..., lo:hi, :]
     rounds = config.hash_rounds if method == "hyper" else 1
     parts, blk_q, blk_k = [], [], []
     for _ in range(rounds):
@@ -407,11 +434,28 @@ def _noncausal_level(qg, k, v, problems, *, method, config, scale, seed, tag, gr
     if method == "kde":
         picks, logw = _kde_samples(qside, kside, vrows, problems, nums, parts[0][1], blk_q[0],
                                    blk_k[0], scale=scale, config=config, gen=gen,
-                                   local_gen=local_gen, n=n, m=m, B=B, H=H, me=me,
+                                   local_gen=local_gen, n=n, sizes=sizes, B=B, H=H, me=me,
                                    group=group)
     else:
-        picks, logw = _hyper_samples(kside, vrows, problems, nums, config, gen, local_gen, m=m,
-                                     B=B, H=H, me=me, group=group)
+        picks, logw = _hyper_samples(kside, vrows, problems, nums, config, gen, local_gen,
+                                     sizes=sizes, B=B, H=H, me=me, group=group)
+    widths = [first + last for first, last in ends]
+    if any(widths):  # the always-exact keys, assembled on every rank by one all-reduce
+        kv = torch.cat((k, v.to(k.dtype)), dim=-1).to(acc)
+        buf = [kv.new_zeros(B, H, max(widths), kv.shape[-1]) for _ in problems]
+        if ki is not None and widths[ki]:
+            first, last = ends[ki]
+            M, start = m * len(problems[ki].k_ranks), problems[ki].k_ranks.index(me) * m
+            g = start + torch.arange(m, device=dev)
+            keep = (g < first) | (g >= M - last)
+            slot = torch.where(g < first, g, first + g - (M - last))[keep]
+            buf[ki] = buf[ki].index_copy(2, slot, kv[:, :, keep])
+        buf = all_reduce_sum(torch.stack(buf), group)
+        if qi is not None and widths[qi]:
+            ke = buf[qi, :, :, :widths[qi]]
+            out, lse = partial_attention(qside.rows.reshape(B, H, G * n, D), ke[..., :D],
+                                         ke[..., D:], scale=scale)
+            parts.append((out.reshape(B, H, G, n, -1), lse.reshape(B, H, G, n)))
     if any(p is not None for p in picks):
         ks, vs, ids = _sample_rows(problems, kside, vrows, picks, blk_k, B=B, H=H, group=group,
                                    acc=acc)
@@ -428,18 +472,17 @@ def _noncausal_level(qg, k, v, problems, *, method, config, scale, seed, tag, gr
     return merge_many(parts) if qi is not None else None
 
 
-def _hyper_samples(kside, vrows, problems, nums, config, gen, local_gen, *, m, B, H, me,
+def _hyper_samples(kside, vrows, problems, nums, config, gen, local_gen, *, sizes, B, H, me,
                    group):
     dev = vrows.device
     if config.sampling == "uniform":
         picks, logw = [], []
-        for p, s in zip(problems, nums):
+        for M, s in zip(sizes, nums):
             if s == 0:
                 picks.append(None)
                 logw.append(None)
                 continue
-            idx, w = uniform_sample(m * len(p.k_ranks), s, batch_shape=(B, H), device=dev,
-                                    generator=gen)
+            idx, w = uniform_sample(M, s, batch_shape=(B, H), device=dev, generator=gen)
             picks.append(idx)
             logw.append(w.log())
         return picks, logw
@@ -459,14 +502,13 @@ def _hyper_samples(kside, vrows, problems, nums, config, gen, local_gen, *, m, B
         tot = all_reduce_sum(tot, group)
         probs = norms.new_zeros(norms.shape)
         if kside.problem is not None:
-            M = kside.n * len(problems[kside.problem].k_ranks)
-            probs = 0.5 / M + 0.5 * norms / tot[kside.problem][..., None].clamp_min(1e-30)
+            probs = 0.5 / sizes[kside.problem] + 0.5 * norms / tot[kside.problem][..., None].clamp_min(1e-30)
         return _two_stage_sample(probs, kside, problems, nums, gen, local_gen, B=B, H=H,
                                  me=me, group=group)
 
 
 def _kde_samples(qside, kside, vrows, problems, nums, lse_blocks, blk_q, blk_k, *, scale, config,
-                 gen, local_gen, n, m, B, H, me, group):
+                 gen, local_gen, n, sizes, B, H, me, group):
     """KDEformer's AMM distribution (attn/kde/naive.py) over the sharded keys, then the draw."""
     dev = vrows.device
     acc = lse_blocks.dtype
@@ -476,12 +518,11 @@ def _kde_samples(qside, kside, vrows, problems, nums, lse_blocks, blk_q, blk_k, 
     with torch.no_grad():
         # Row KDE: blocks (exact, at home) + uniformly sampled keys of the problem.
         picks, logw = [], []
-        for p, s in zip(problems, nums):
+        for M, s in zip(sizes, nums):
             if s == 0:
                 picks.append(None)
                 logw.append(None)
                 continue
-            M = m * len(p.k_ranks)
             idx, w = uniform_sample(M, min(config.kde_samples, M), batch_shape=(B, H),
                                     device=dev, generator=gen)
             picks.append(idx)
@@ -575,10 +616,6 @@ def sortlsh_context_parallel(q, k, v, *, method, is_causal, scale, config, gener
     validated by the caller; causal needs n == m). Returns ``(out, lse)`` in the
     accumulation dtype.
     """
-    for name in ("sink", "window"):
-        if getattr(config, name, 0):
-            raise ValueError(f"{type(config).__name__}.{name} is not supported by "
-                             f"context_parallel_attention yet, got {name}={getattr(config, name)}")
     if config.lsh_bits > MAX_LSH_BITS:
         raise ValueError(f"lsh_bits must be <= {MAX_LSH_BITS} for context parallelism (dense "
                          f"bucket histograms), got {config.lsh_bits}")
@@ -600,7 +637,8 @@ def sortlsh_context_parallel(q, k, v, *, method, is_causal, scale, config, gener
     parts = []
     for depth, problems in enumerate(levels):
         res = _noncausal_level(qg, k, v, problems, method=method, config=config, scale=scale,
-                               seed=seed, tag=1 + depth, group=group)
+                               seed=seed, tag=1 + depth,
+                               window=config.window if is_causal else 0, group=group)
         if res is not None:
             out, lse = res
             parts.append((unfold_groups(out.reshape(B, Hkv, -1, out.shape[-1]), Hq),
