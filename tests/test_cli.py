@@ -10,7 +10,7 @@ from kernelsketch.cli import main
 
 
 def test_bench_runs_methods_against_exact_baseline_and_writes_json(tmp_path):
-    cfg = HyperConfig(block_size=32, sample_size=32, min_seq_len=16)
+    cfg = HyperConfig(block_size=32, sample_size=32, min_seq_len=16, sink=0, window=0)
     res = run(device="cpu", ns=[128], causal=True, heads=2, head_dim=16, reps=1,
               variants=[Variant("hyper-small", "hyper", cfg),
                         Variant("hyper-full", "hyper", HyperConfig.full_budget(128))],

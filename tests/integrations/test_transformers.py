@@ -109,7 +109,8 @@ def test_full_budget_one_line_loading_equals_exact(method, torch_generator):
 
 def test_budget_starved_sketch_changes_logits_and_is_deterministic(torch_generator):
     hyper = pytest.importorskip("kernelsketch.attn.hyper", reason="HyperAttention not merged")
-    small = hyper.HyperConfig(block_size=4, sample_size=2, min_seq_len=4, lsh_bits=2)
+    small = hyper.HyperConfig(block_size=4, sample_size=2, min_seq_len=4, lsh_bits=2, sink=0,
+                             window=0)
     model, ids = tiny_llama(torch_generator), tokens(torch_generator, 1, 64)
     ref = logits(model, ids)
     kst.patch_model(model, "hyper", small, layers=[0, 1, 2], seed=3)
@@ -193,9 +194,10 @@ def test_padded_batch_at_full_budget_equals_exact(method, side, calls, torch_gen
 
 
 SMALL = {  # configs under which each method is far from exact attention at SEQ tokens
-    "hyper": lambda: ks.HyperConfig(block_size=4, sample_size=2, min_seq_len=4, lsh_bits=2),
+    "hyper": lambda: ks.HyperConfig(block_size=4, sample_size=2, min_seq_len=4, lsh_bits=2,
+                                    sink=0, window=0),
     "kde": lambda: ks.KDEConfig(block_size=4, sample_size=2, kde_samples=4, min_seq_len=4,
-                                lsh_bits=2),
+                                lsh_bits=2, sink=0, window=0),
     "polynomial": lambda: None,
     "polysketch": lambda: ks.PolySketchConfig(sketch_size=8, block_size=4),
     "lev": lambda: ks.LevConfig(budget=4),

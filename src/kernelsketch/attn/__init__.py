@@ -12,7 +12,14 @@ the function :func:`attention` without hiding a package of the same name
 (``import kernelsketch.attn.hyper as h`` works as usual).
 """
 
-from .api import attention, available_methods, get_method, register_method, resolve_config
+from .api import (
+    attention,
+    available_methods,
+    choose_budget,
+    get_method,
+    register_method,
+    resolve_config,
+)
 from .common import metrics
 from .common.exact import ExactConfig
 from .common.spec import MethodConfig, MethodSpec
@@ -35,6 +42,7 @@ __all__ = [
     "SketchedAttention",
     "attention",
     "available_methods",
+    "choose_budget",
     "get_method",
     "metrics",
     "register_method",

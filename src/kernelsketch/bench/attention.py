@@ -7,7 +7,7 @@ against the fastest exact baseline measured in the same run, and the output
 error against exact attention: relative Frobenius error and the normalised
 spectral error ‖Õ − D⁻¹AV‖₂/(‖D⁻¹A‖₂‖V‖₂), both on a random subset of query
 rows for long sequences. Times are medians of :func:`kernelsketch.bench.timing.time_ms`
-(wall clock, device-synchronised, one warm-up call).
+(one warm-up call; wall clock, device-synchronised, or the process CPU clock).
 """
 
 from __future__ import annotations
@@ -77,27 +77,37 @@ def exact_rows(q, k, v, rows, *, scale, is_causal):
     return out
 
 
-def planted_inputs(B, H, n, d, dtype, device, generator, strength=4.0, noise=0.1):
-    """Each query is a noisy copy of one random key: one heavy attention entry per row."""
-    k = F.normalize(torch.randn(B, H, n, d, device=device, generator=generator), dim=-1)
+def planted_inputs(B, H, n, d, dtype, device, generator, strength=4.0, noise=0.1, kv_heads=None):
+    """Each query is a noisy copy of one random key of its key/value head (``kv_heads``,
+    default H): one heavy attention entry per row."""
+    Hkv = H if kv_heads is None else kv_heads
+    k = F.normalize(torch.randn(B, Hkv, n, d, device=device, generator=generator), dim=-1)
     perm = torch.randperm(n, device=device, generator=generator)
-    q = k[:, :, perm] + noise / math.sqrt(d) * torch.randn(B, H, n, d, device=device,
-                                                            generator=generator)
-    v = torch.randn(B, H, n, d, device=device, generator=generator)
+    q = k.repeat_interleave(H // Hkv, dim=1)[:, :, perm] + noise / math.sqrt(d) * torch.randn(
+        B, H, n, d, device=device, generator=generator)
+    v = torch.randn(B, Hkv, n, d, device=device, generator=generator)
     return (q * strength * math.sqrt(d)).to(dtype), (k * strength).to(dtype), v.to(dtype)
 
 
-def make_inputs(kind, B, H, n, d, dtype, device, seed):
+def make_inputs(kind, B, H, n, d, dtype, device, seed, kv_heads=None):
+    """q [B, H, n, d], k, v [B, kv_heads, n, d]: "random" (standard normal) or "planted"."""
     g = torch.Generator(device=device).manual_seed(seed)
+    Hkv = H if kv_heads is None else kv_heads
     if kind == "planted":
-        return planted_inputs(B, H, n, d, dtype, device, g)
-    return tuple(torch.randn(B, H, n, d, device=device, generator=g).to(dtype) for _ in range(3))
+        return planted_inputs(B, H, n, d, dtype, device, g, kv_heads=Hkv)
+    return tuple(torch.randn(B, h, n, d, device=device, generator=g).to(dtype)
+                 for h in (H, Hkv, Hkv))
+
+
+def _sdpa(q, k, v, is_causal):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal,
+                                          enable_gqa=q.shape[1] != k.shape[1])
 
 
 def baselines(device: torch.device) -> list[tuple[str, Callable]]:
-    """Exact baselines: (label, fn(q, k, v, is_causal))."""
+    """Exact baselines: (label, fn(q, k, v, is_causal)); grouped-query inputs as they are."""
     if device.type != "cuda":
-        return [("sdpa", lambda q, k, v, c: F.scaled_dot_product_attention(q, k, v, is_causal=c))]
+        return [("sdpa", _sdpa)]
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     out = []
@@ -106,7 +116,7 @@ def baselines(device: torch.device) -> list[tuple[str, Callable]]:
                            ("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION)):
         def fn(q, k, v, c, backend=backend):
             with sdpa_kernel([backend]):
-                return F.scaled_dot_product_attention(q, k, v, is_causal=c)
+                return _sdpa(q, k, v, c)
         out.append((label, fn))
     return out
 
@@ -124,17 +134,24 @@ def run(
     dtype: torch.dtype | None = None,
     batch: int = 1,
     heads: int = 4,
+    kv_heads: int | None = None,
     head_dim: int = 64,
     variants: Sequence[Variant] | None = None,
     inputs: Sequence[str] = ("random",),
     backward: bool = True,
     error_rows: int = 256,
     reps: int = 5,
+    clock: str = "wall",
     out_dir: str | Path | None = "benchmarks/results/attention",
     tag: str = "attention",
     progress: Callable[[str], None] | None = None,
 ) -> dict:
-    """Run the benchmark; returns (and writes as JSON) the results dict."""
+    """Run the benchmark; returns (and writes as JSON) the results dict.
+
+    ``heads`` query heads share ``kv_heads`` key/value heads (default: as many);
+    ``clock`` is "wall" or "process" (:func:`~kernelsketch.bench.timing.time_ms`).
+    """
+    kv_heads = heads if kv_heads is None else kv_heads
     dev = torch.device(device)
     if dtype is None:
         dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
@@ -144,7 +161,8 @@ def run(
     step = 0
     for n in ns:
         for kind in inputs:
-            q, k, v = make_inputs(kind, batch, heads, n, head_dim, dtype, dev, seed=n)
+            q, k, v = make_inputs(kind, batch, heads, n, head_dim, dtype, dev, seed=n,
+                                  kv_heads=kv_heads)
             scale = head_dim ** -0.5
             gen = torch.Generator(device=dev).manual_seed(0)
             sub = torch.randperm(n, generator=gen, device=dev)[: min(error_rows, n)].sort().values
@@ -166,7 +184,7 @@ def run(
                 if progress:
                     progress(f"[{step}/{total}] {label} n={n} {kind}")
                 try:
-                    fwd = time_ms(fn, dev, reps=reps)
+                    fwd = time_ms(fn, dev, reps=reps, clock=clock)
                     bwd = None
                     if backward:
                         def fb(fn=fn, q=q, k=k, v=v, grad=grad):
@@ -177,7 +195,7 @@ def run(
                             for t in (q, k, v):
                                 t.grad = None
                                 t.requires_grad_(False)
-                        bwd = time_ms(fb, dev, reps=reps)
+                        bwd = time_ms(fb, dev, reps=reps, clock=clock)
                 except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:  # backend unavailable
                     if progress:
                         progress(f"  skipped {label}: {str(exc).splitlines()[0][:100]}")
@@ -211,7 +229,8 @@ def run(
     result = {
         "device": device_name(dev),
         "dtype": str(dtype).replace("torch.", ""),
-        "batch": batch, "heads": heads, "head_dim": head_dim, "causal": causal,
+        "batch": batch, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim,
+        "causal": causal, "clock": clock,
         "torch": torch.__version__,
         "speedup_baseline": "fastest exact baseline in the same run",
         "rows": [asdict(r) for r in rows],
@@ -228,7 +247,9 @@ def run(
 def format_table(result: dict) -> str:
     """Plain-text table of a :func:`run` result."""
     head = (f"device: {result['device']}  dtype: {result['dtype']}  B={result['batch']} "
-            f"H={result['heads']} d={result['head_dim']}  causal={result['causal']}\n"
+            f"Hq={result['heads']} Hkv={result.get('kv_heads', result['heads'])} "
+            f"d={result['head_dim']}  causal={result['causal']}  "
+            f"clock={result.get('clock', 'wall')}\n"
             "speed-up = fastest exact baseline time / method time, same run\n")
     cols = ("label", "inputs", "n", "fwd ms", "fwd+bwd ms", "speedup fwd", "speedup f+b",
             "rel err", "spec err")
@@ -262,7 +283,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32", "float64"])
     p.add_argument("--batch", type=int_arg(min=1), default=1)
     p.add_argument("--heads", type=int_arg(min=1), default=4)
+    p.add_argument("--kv-heads", type=int_arg(min=1), default=None,
+                   help="key/value heads (GQA; --heads must be a multiple), default --heads")
     p.add_argument("--head-dim", type=int_arg(min=1), default=64)
+    p.add_argument("--clock", choices=["wall", "process"], default="wall",
+                   help="wall clock (device-synchronised) or process CPU time (CPU only)")
     p.add_argument("--methods", type=choice_list_arg(available_methods()), default=None,
                    help="comma-separated methods (default: all)")
     p.add_argument("--inputs", type=choice_list_arg(("random", "planted")), default="random",
@@ -282,11 +307,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{a.heads} heads x n={max(a.n)} x "
                 f"head dim {a.head_dim} need {need / 2**30:.1f} GiB, more than the "
                 f"{have / 2**30:.1f} GiB of {a.device.type} memory")
+    if a.kv_heads is not None and a.heads % a.kv_heads:
+        p.error(f"argument --kv-heads: --heads must be a multiple of it, got --heads "
+                f"{a.heads} and --kv-heads {a.kv_heads}")
+    if a.clock == "process" and a.device.type != "cpu":
+        p.error(f"argument --clock: process CPU time times CPU work only, got --device "
+                f"{a.device}")
     out_dir = check_out_dir(p, a.out_dir)
     variants = None if a.methods is None else [Variant(m, m) for m in a.methods]
     res = run(device=str(a.device), ns=a.n, causal=a.causal, dtype=dtype, batch=a.batch,
-              heads=a.heads, head_dim=a.head_dim, variants=variants, inputs=a.inputs,
-              backward=not a.no_backward, reps=a.reps, out_dir=out_dir,
+              heads=a.heads, kv_heads=a.kv_heads, head_dim=a.head_dim, variants=variants,
+              inputs=a.inputs, backward=not a.no_backward, reps=a.reps, clock=a.clock,
+              out_dir=out_dir,
               progress=lambda s: print(s, file=sys.stderr, flush=True))
     print(format_table(res))
     print(f"results written to {res['path']}")

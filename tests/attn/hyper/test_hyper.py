@@ -120,7 +120,7 @@ def test_planted_heavy_entries_are_captured_by_the_blocks():
     ref = naive_attention(q, k, v)
 
     def err(block_size, rounds):
-        cfg = HyperConfig(block_size=block_size, sample_size=32, min_seq_len=0, lsh_bits=7,
+        cfg = HyperConfig(block_size=block_size, sample_size=32, min_seq_len=0, lsh_bits=7, sink=0,
                           hash_rounds=rounds)
         return relative_error(hyper(q, k, v, cfg, seed=0), ref)
 
@@ -194,7 +194,7 @@ def gradient_errors(method, configs, n=256):
 
 
 def test_gradient_error_falls_as_the_budget_grows():
-    e = gradient_errors("hyper", [HyperConfig(block_size=b, sample_size=s, min_seq_len=0)
+    e = gradient_errors("hyper", [HyperConfig(block_size=b, sample_size=s, min_seq_len=0, sink=0)
                                   for b, s in ((16, 16), (64, 64), (64, 192))])
     # Measured over fresh inputs: about 3.0, 1.45, 0.85.
     assert e[1] < 0.75 * e[0] and e[2] < 0.75 * e[1], e
@@ -237,7 +237,8 @@ def test_extreme_logits_stay_finite():
     ("sampling", "importance", ValueError), ("samples_per_key", 2.0, ValueError),
     ("samples_per_key", -0.1, ValueError), ("hash_rounds", 17, ValueError),
     ("block_size", 1.5, TypeError), ("lsh_bits", 7.0, TypeError), ("min_seq_len", None, TypeError),
-    ("samples_per_key", "0.1", TypeError),
+    ("samples_per_key", "0.1", TypeError), ("sink", -1, ValueError), ("window", -1, ValueError),
+    ("sink", 1.0, TypeError),
 ])
 def test_bad_configs_are_rejected(field, value, err):
     with pytest.raises(err, match=field):

@@ -76,10 +76,11 @@ def test_importance_distribution_beats_uniform_on_heavy_values():
     q, k, v = random_qkv(8, 1, 1, 512, 512, 16)
     v[:, :, :8] *= 100.0
     ref = naive_attention(q, k, v)
-    kde_err = relative_error(kde(q, k, v, KDEConfig(block_size=32, sample_size=64, min_seq_len=0)),
+    kde_err = relative_error(kde(q, k, v, KDEConfig(block_size=32, sample_size=64, min_seq_len=0,
+                                                    sink=0)),
                              ref)
     uni = ks.attention(q, k, v, method="hyper", generator=torch.Generator().manual_seed(0),
-                       config=ks.HyperConfig(block_size=32, sample_size=64, min_seq_len=0))
+                       config=ks.HyperConfig(block_size=32, sample_size=64, min_seq_len=0, sink=0))
     # In repeated fresh draws the ratio stayed within about 0.25..0.55.
     assert kde_err < 0.75 * relative_error(uni, ref), kde_err
 
@@ -87,9 +88,9 @@ def test_importance_distribution_beats_uniform_on_heavy_values():
 def test_planted_heavy_entries_are_captured_by_the_lsh_part():
     q, k, v = planted(batch=4)
     ref = naive_attention(q, k, v)
-    blocks = relative_error(kde(q, k, v, KDEConfig(block_size=32, sample_size=32, lsh_bits=7,
+    blocks = relative_error(kde(q, k, v, KDEConfig(block_size=32, sample_size=32, lsh_bits=7, sink=0,
                                                    min_seq_len=0)), ref)
-    no_blocks = relative_error(kde(q, k, v, KDEConfig(block_size=1, sample_size=32, lsh_bits=7,
+    no_blocks = relative_error(kde(q, k, v, KDEConfig(block_size=1, sample_size=32, lsh_bits=7, sink=0,
                                                       min_seq_len=0)), ref)
     assert blocks < 0.75 * no_blocks, (blocks, no_blocks)
 
@@ -173,7 +174,7 @@ def test_gradients_flow_and_match_exact_at_full_sample(torch_generator):
 
 
 def test_gradient_error_falls_as_the_budget_grows():
-    e = gradient_errors("kde", [KDEConfig(block_size=b, sample_size=s, min_seq_len=0)
+    e = gradient_errors("kde", [KDEConfig(block_size=b, sample_size=s, min_seq_len=0, sink=0)
                                 for b, s in ((16, 16), (64, 64), (64, 192))])
     # Measured over fresh inputs: about 3.1, 1.5, 0.86.
     assert e[1] < 0.75 * e[0] and e[2] < 0.75 * e[1], e
@@ -183,6 +184,7 @@ def test_gradient_error_falls_as_the_budget_grows():
     ("lsh_bits", 0, ValueError), ("block_size", 0, ValueError), ("sample_size", -1, ValueError),
     ("kde_samples", 0, ValueError), ("min_seq_len", -5, ValueError), ("block_size", "8", TypeError),
     ("lsh_bits", 31, ValueError), ("sample_size", 2.0, TypeError), ("kde_samples", None, TypeError),
+    ("sink", -1, ValueError), ("window", -2, ValueError), ("window", "8", TypeError),
 ])
 def test_bad_configs_are_rejected(field, value, err):
     with pytest.raises(err, match=field):

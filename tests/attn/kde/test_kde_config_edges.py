@@ -48,10 +48,10 @@ def test_a_sample_of_every_key_is_exact_and_one_key_is_a_sample(is_causal, seed)
     q, k, v = qkv(seed, M, M)
     ref = naive_attention(q, k, v, is_causal=is_causal)
     # sample_size == M: every key once with weight 1 (not M importance draws).
-    every = KDEConfig(block_size=8, sample_size=M, kde_samples=8, min_seq_len=0)
+    every = KDEConfig(block_size=8, sample_size=M, kde_samples=8, min_seq_len=0, window=0)
     torch.testing.assert_close(kde(q, k, v, every, seed, is_causal=is_causal), ref)
-    one = KDEConfig(block_size=8, sample_size=1, kde_samples=8, min_seq_len=0)
-    none = KDEConfig(block_size=8, sample_size=0, kde_samples=8, min_seq_len=0)
+    one = KDEConfig(block_size=8, sample_size=1, kde_samples=8, min_seq_len=0, window=0)
+    none = KDEConfig(block_size=8, sample_size=0, kde_samples=8, min_seq_len=0, window=0)
     assert not torch.allclose(kde(q, k, v, one, seed, is_causal=is_causal),
                               kde(q, k, v, none, seed, is_causal=is_causal))
 

@@ -38,6 +38,10 @@ class MethodSpec:
     float64 for float64 inputs) or None when ``need_lse`` is False.
     ``reference`` names the exact method it approximates (None for an exact
     method itself): benchmarks and the demo measure its error against it.
+    ``auto`` (optional) chooses the config per call from a target error:
+    ``auto(q, k, v, *, is_causal, scale, error, config, generator, rows)``
+    returns a :class:`~kernelsketch.attn.common.budget.BudgetChoice`
+    (``config="auto"`` in :func:`kernelsketch.attention`).
     """
 
     name: str
@@ -47,3 +51,4 @@ class MethodSpec:
     paper: str = ""
     causal: bool = True
     reference: str | None = "exact"
+    auto: Callable[..., Any] | None = None

@@ -11,7 +11,12 @@ from ..common.spec import MethodConfig
 
 @dataclass(frozen=True)
 class HyperConfig(MethodConfig):
-    """Configuration of HyperAttention (defaults: the paper's).
+    """Configuration of HyperAttention.
+
+    Defaults (chosen from measurements, BENCHMARKS.md): the paper's LSH blocks
+    and uniform samples (7 bits, 256 + 256), the causal recursion's leaves of
+    1024 tokens, and the always-exact sink (8) and window (128) that keep a
+    pretrained LM's quality; ``HyperConfig.paper()`` is the paper's estimator.
 
     lsh_bits : bits of the angular LSH (2**lsh_bits buckets), 1..30.
     block_size : keys per block of the sorted block-diagonal part.
@@ -34,12 +39,12 @@ class HyperConfig(MethodConfig):
     lsh_bits: int = 7
     block_size: int = 256
     sample_size: int = 256
-    min_seq_len: int = 4096
+    min_seq_len: int = 1024
     hash_rounds: int = 1
     sampling: str = "uniform"
     samples_per_key: float = 0.0
-    sink: int = 0
-    window: int = 0
+    sink: int = 8
+    window: int = 128
 
     def __post_init__(self) -> None:
         check_int("lsh_bits", self.lsh_bits, min=1, max=30)
@@ -55,6 +60,12 @@ class HyperConfig(MethodConfig):
     def num_samples(self, num_keys: int) -> int:
         """Sample size used for ``num_keys`` keys."""
         return self.sample_size + math.ceil(self.samples_per_key * num_keys)
+
+    @classmethod
+    def paper(cls) -> HyperConfig:
+        """The paper's estimator (and its code's defaults): no exact sink or window, exact
+        attention up to 4096 tokens."""
+        return cls(min_seq_len=4096, sink=0, window=0)
 
     @classmethod
     def full_budget(cls, seq_len: int) -> HyperConfig:

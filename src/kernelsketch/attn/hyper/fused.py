@@ -11,7 +11,7 @@ from ...sketch.lsh import AngularLSH
 from ..common.exact import exact_lse
 from ..common.gqa import fold_groups, unfold_groups
 from ..common.merge import merge_partials
-from ..common.sortlsh.blocks import no_samples, sorted_blocks, split_exact_keys
+from ..common.sortlsh.blocks import lsh_buckets, no_samples, sorted_blocks, split_exact_keys
 from .config import HyperConfig
 from .naive import draw_samples
 
@@ -70,8 +70,8 @@ def hyper_noncausal_fused(
         return unfold_groups(out, Hq), unfold_groups(lse, Hq)
     num_blocks = math.ceil(M / config.block_size)
     lsh = AngularLSH(D, config.lsh_bits, generator=generator).to(q.device)
-    perm_q, _, q_len = sorted_blocks(lsh(qf), num_blocks)
-    perm_k, blk_k, k_len = sorted_blocks(lsh(k_rest), num_blocks)
+    perm_q, _, q_len = sorted_blocks(lsh_buckets(lsh, qf), num_blocks)
+    perm_k, blk_k, k_len = sorted_blocks(lsh_buckets(lsh, k_rest), num_blocks)
     samples = draw_samples(k_rest, v_rest, config, generator) if num_blocks > 1 else None
     idx, log_w = no_samples(B, Hkv, q.device) if samples is None else samples
     first = min(exact_first, k.shape[2])

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from ..common.budget import BudgetChoice, predict_sample_size
 from ..common.causal import approximate_or_exact
 from ..common.exact import flash_applies
 from ..common.sortlsh import fused_kernels_apply
 from ..common.spec import MethodSpec
 from .config import HyperConfig
-from .naive import hyper_noncausal
+from .naive import hyper_noncausal, sampling_probabilities
 
 
 def use_fused(q, config: HyperConfig) -> bool:
@@ -36,10 +37,23 @@ def hyper_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
     )
 
 
+def hyper_auto(q, k, v, *, is_causal, scale, error, config, generator, rows=256) -> BudgetChoice:
+    """The smallest ``sample_size`` whose predicted normalised spectral error is <= ``error``
+    (:mod:`..common.budget`, on ``rows`` sampled query rows per head); the other fields
+    are ``config``'s (``samples_per_key`` set to 0)."""
+    config = config.replace(samples_per_key=0.0)
+    s, est = predict_sample_size(
+        q, k, v, scale=scale, is_causal=is_causal, config=config, target=error, rows=rows,
+        generator=generator,
+        probabilities=lambda ql, kr, vr, bq, bk, ke: sampling_probabilities(vr, config))
+    return BudgetChoice(config.replace(sample_size=s), est, error, rows)
+
+
 METHOD = MethodSpec(
     name="hyper",
     forward=hyper_forward,
     config_cls=HyperConfig,
     summary="sortLSH block-diagonal + sampled residual, LSE merge, causal recursion",
     paper="HyperAttention, arXiv 2310.05869",
+    auto=hyper_auto,
 )

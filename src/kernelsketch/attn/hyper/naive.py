@@ -35,17 +35,27 @@ def draw_samples(k, v, config: HyperConfig, generator):
     if num_samples >= M:
         return (torch.arange(M, device=k.device).expand(B, Hkv, M),
                 torch.zeros(B, Hkv, M, device=k.device))
-    if config.sampling == "uniform":
+    probs = sampling_probabilities(v, config)
+    if probs is None:
         idx, w = uniform_sample(M, num_samples, batch_shape=(B, Hkv), device=k.device,
                                 generator=generator)
     else:
-        vf = v.detach().to(accumulation_dtype(v.dtype))
-        # p_j depends on the norms' ratios only: divide by max|v| so ‖v_j‖ never overflows.
-        vf = vf / vf.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
-        norms = torch.linalg.vector_norm(vf, dim=-1)
-        probs = 0.5 / M + 0.5 * norms / norms.sum(-1, keepdim=True).clamp_min(1e-30)
         idx, w = importance_sample(probs, num_samples, generator=generator)
     return idx, w.log()
+
+
+def sampling_probabilities(v, config: HyperConfig):
+    """The sampling distribution [B, Hkv, M] over keys, or None for uniform sampling.
+
+    ``value_norm``: ½/M + ½ ‖v_j‖/Σ‖v‖ (every key keeps probability >= 1/(2M)).
+    """
+    if config.sampling == "uniform":
+        return None
+    vf = v.detach().to(accumulation_dtype(v.dtype))
+    # p_j depends on the norms' ratios only: divide by max|v| so ‖v_j‖ never overflows.
+    vf = vf / vf.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
+    norms = torch.linalg.vector_norm(vf, dim=-1)
+    return 0.5 / v.shape[2] + 0.5 * norms / norms.sum(-1, keepdim=True).clamp_min(1e-30)
 
 
 def hyper_noncausal(

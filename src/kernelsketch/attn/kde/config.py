@@ -12,6 +12,10 @@ from ..common.spec import MethodConfig
 class KDEConfig(MethodConfig):
     """Configuration of KDEformer.
 
+    Defaults (chosen from measurements, BENCHMARKS.md): LSH blocks and AMM
+    samples of 256 keys, the causal recursion's leaves of 1024 tokens, and the
+    always-exact sink (8) and window (128) that keep a pretrained LM's quality.
+
     lsh_bits : bits of the angular LSH, 1..30.
     block_size : keys per sorted block (the exact, LSH-colliding part).
     sample_size : keys sampled with the AMM distribution (all keys, weight 1,
@@ -31,9 +35,9 @@ class KDEConfig(MethodConfig):
     block_size: int = 256
     sample_size: int = 256
     kde_samples: int = 256
-    min_seq_len: int = 4096
-    sink: int = 0
-    window: int = 0
+    min_seq_len: int = 1024
+    sink: int = 8
+    window: int = 128
 
     def __post_init__(self) -> None:
         check_int("lsh_bits", self.lsh_bits, min=1, max=30)

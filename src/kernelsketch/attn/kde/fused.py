@@ -10,7 +10,7 @@ import torch
 from ...sketch.lsh import AngularLSH
 from ..common.exact import exact_lse
 from ..common.gqa import fold_groups, unfold_groups
-from ..common.sortlsh.blocks import no_samples, sorted_blocks, split_exact_keys
+from ..common.sortlsh.blocks import lsh_buckets, no_samples, sorted_blocks, split_exact_keys
 from ..hyper.fused import sorted_sampled_attention
 from .config import KDEConfig
 from .naive import draw_samples, samples_needed
@@ -44,8 +44,8 @@ def kde_noncausal_fused(
         return unfold_groups(out, Hq), unfold_groups(lse, Hq)
     num_blocks = math.ceil(M / config.block_size)
     lsh = AngularLSH(D, config.lsh_bits, generator=generator).to(q.device)
-    perm_q, blk_q, q_len = sorted_blocks(lsh(qf), num_blocks)
-    perm_k, blk_k, k_len = sorted_blocks(lsh(k_rest), num_blocks)
+    perm_q, blk_q, q_len = sorted_blocks(lsh_buckets(lsh, qf), num_blocks)
+    perm_k, blk_k, k_len = sorted_blocks(lsh_buckets(lsh, k_rest), num_blocks)
     if samples_needed(config, num_blocks):
         idx, log_w = draw_samples(qf, k_rest, v_rest, [(blk_q, blk_k)], scale, config, generator,
                                   k_exact)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from ..common.budget import BudgetChoice, predict_sample_size
 from ..common.causal import approximate_or_exact
 from ..common.exact import flash_applies
 from ..common.sortlsh import fused_kernels_apply
 from ..common.spec import MethodSpec
 from .config import KDEConfig
-from .naive import kde_noncausal
+from .naive import amm_probabilities, kde_noncausal
 
 
 def use_fused(q, config: KDEConfig) -> bool:
@@ -36,10 +37,25 @@ def kde_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
     )
 
 
+def kde_auto(q, k, v, *, is_causal, scale, error, config, generator, rows=256) -> BudgetChoice:
+    """The smallest ``sample_size`` whose predicted normalised spectral error is <= ``error``
+    under the AMM distribution (:mod:`..common.budget`, on ``rows`` sampled query rows per
+    head); the other fields are ``config``'s."""
+    def probabilities(q_lvl, k_rest, v_rest, blk_q, blk_k, k_exact):
+        return amm_probabilities(q_lvl, k_rest, v_rest, [(blk_q, blk_k)], scale, config,
+                                 generator, k_exact)
+
+    s, est = predict_sample_size(q, k, v, scale=scale, is_causal=is_causal, config=config,
+                                 target=error, rows=rows, generator=generator,
+                                 probabilities=probabilities)
+    return BudgetChoice(config.replace(sample_size=s), est, error, rows)
+
+
 METHOD = MethodSpec(
     name="kde",
     forward=kde_forward,
     config_cls=KDEConfig,
     summary="LSH-colliding blocks exact + AMM importance sampling from KDE estimates",
     paper="KDEformer, arXiv 2302.02451",
+    auto=kde_auto,
 )

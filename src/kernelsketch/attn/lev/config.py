@@ -38,6 +38,9 @@ class LevConfig(MethodConfig):
         key is kept (softmax: the exact method runs).
     window : each query also attends to the ``window`` keys ending at its
         own position (0: none).
+    sink : the first ``sink`` keys join the selected set of every head
+        (attention sinks; 0: none). In a pretrained LM the set alone loses
+        the model (BENCHMARKS.md): :meth:`pretrained` adds sinks and a window.
     kind : "softmax" (softmax restricted to the set; the paper's practical
         LevAttention) or "power" (``|q·k|^p`` normalised over the set).
     ridge : relative ridge ``λ = ridge · tr(G) / F`` added to the Gram
@@ -53,6 +56,7 @@ class LevConfig(MethodConfig):
     eps: float | None = None
     budget: int = 32
     window: int = 0
+    sink: int = 0
     kind: str = "softmax"
     ridge: float = 0.0
     sketch_size: int | None = None
@@ -63,10 +67,17 @@ class LevConfig(MethodConfig):
             check_float("eps", self.eps, min=0.0, max=1.0, min_exclusive=True)
         check_int("budget", self.budget, min=1)
         check_int("window", self.window, min=0)
+        check_int("sink", self.sink, min=0)
         check_choice("kind", self.kind, ("softmax", "power"))
         check_float("ridge", self.ridge, min=0.0)
         if self.sketch_size is not None:
             check_int("sketch_size", self.sketch_size, min=1, max=EXACT_SIZE_LIMIT)
+
+    @classmethod
+    def pretrained(cls, budget: int = 64, window: int = 256, sink: int = 4) -> LevConfig:
+        """The mode for a pretrained LM: the universal set plus attention sinks and a local
+        window (the paper's set alone drops most of an LM's attention mass)."""
+        return cls(budget=budget, window=window, sink=sink)
 
     @classmethod
     def full_budget(cls, seq_len: int) -> LevConfig:

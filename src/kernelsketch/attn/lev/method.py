@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from ..common.exact import ExactConfig, exact_forward, partial_attention
+from ..common.exact import ExactConfig, exact_forward, flash_applies, flash_lse, partial_attention
 from ..common.gqa import fold_groups, gather_rows, query_positions, unfold_groups
 from ..common.merge import accumulation_dtype, merge_partials
 from ..common.spec import MethodSpec
@@ -81,6 +81,20 @@ def _window_partial(q, k, v, *, scale, config):
     mask = ((key_pos[:, None, :] <= q_pos[:, :, None]) & (key_pos[:, None, :] > q_pos[:, :, None] - w)
             & (key_pos[:, None, :] >= 0) & (key_pos[:, None, :] < M))
     idx = key_pos.clamp(0, M - 1)
+    if config.kind == "softmax" and flash_applies(q):
+        # SDPA's CPU flash kernel: the query blocks in the batch, grouped heads as heads,
+        # the band as one additive mask per block (broadcast over heads).
+        L, Hq, Dv = idx.shape[1], Hkv * G, v.shape[-1]
+        qb = q.reshape(B, Hq, nb, c, D).transpose(1, 2).reshape(B * nb, Hq, c, D)
+        kb = k[:, :, idx].transpose(1, 2).reshape(B * nb, Hkv, L, D)
+        vb = v[:, :, idx].transpose(1, 2).reshape(B * nb, Hkv, L, Dv)
+        bias = torch.zeros(mask.shape, dtype=accumulation_dtype(q.dtype), device=dev)
+        bias = bias.masked_fill(~mask, float("-inf")).unsqueeze(1).repeat(B, 1, 1, 1)
+        out, lse = flash_lse(qb, kb, vb, scale=scale, mask=bias)
+        out = out.reshape(B, nb, Hq, c, Dv).transpose(1, 2).reshape(B, Hkv, G, nb * c, Dv)
+        lse = lse.reshape(B, nb, Hq, c).transpose(1, 2).reshape(B, Hkv, G, nb * c)
+        out, lse = out[:, :, :, :N].to(lse.dtype), lse[:, :, :, :N]
+        return out.reshape(B, Hkv, G * N, Dv), lse.reshape(B, Hkv, G * N)
     kb = k[:, :, idx].unsqueeze(2)  # [B, Hkv, 1, nb, L, D]
     vb = v[:, :, idx].unsqueeze(2)
     qb = q.reshape(B, Hkv, G, nb, c, D)
@@ -100,12 +114,16 @@ def lev_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
     budget = None if config.eps is not None else min(config.budget, M)
     idx = universal_set(k, config.p, config.eps, budget, ridge=config.ridge,
                         sketch_size=config.sketch_size, generator=generator)  # [B, Hkv, S]
+    sink = min(config.sink, M)
+    if sink:  # the first keys join the set (once: the set's own copies are dropped)
+        idx = torch.cat((torch.arange(sink, device=idx.device).expand(*idx.shape[:2], sink),
+                         idx.masked_fill(idx < sink, -1)), dim=-1)
     if idx.shape[-1] == 0:  # no key reaches eps: one padded slot keeps the shapes non-empty
         idx = torch.full((*idx.shape[:2], 1), -1, dtype=idx.dtype, device=idx.device)
     valid = idx >= 0
     gidx = idx.clamp(min=0)
     k_sel, v_sel = gather_rows(k, gidx), gather_rows(v, gidx)
-    same_keys_for_all = not (is_causal or config.window or config.eps is not None)
+    same_keys_for_all = not (is_causal or config.window or config.eps is not None or sink)
     if same_keys_for_all and config.kind == "softmax" and not need_lse:
         # Every query sees the same S keys: one fused SDPA call (flash / cuDNN on GPU).
         out = torch.nn.functional.scaled_dot_product_attention(

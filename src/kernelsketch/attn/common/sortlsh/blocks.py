@@ -15,8 +15,18 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ....sketch.lsh import AngularLSH, inverse_gray_code
+from ....sketch.projections import compute_dtype
 from ..exact import partial_attention
 from ..gqa import gather_rows
+
+
+def lsh_buckets(lsh: AngularLSH, x: torch.Tensor) -> torch.Tensor:
+    """``lsh(x)``, the Gray-code bucket ids int64 [...] of x [..., D], without validating x
+    again (the attention entry point did; the validation is one more pass over x)."""
+    xc = x.to(compute_dtype(x.dtype))
+    bits = (xc @ lsh.planes.to(xc.dtype)) > 0
+    return inverse_gray_code((bits.long() * lsh.bit_values).sum(-1))
 
 
 def sorted_blocks(bucket: torch.Tensor, num_blocks: int):
@@ -54,8 +64,8 @@ def block_diagonal_attention(qf, k, v, lsh, num_blocks, *, scale, covered=()):
     order) and the block id of every query row and key, [B, H, R] and [B, H, M].
     """
     B, H, R = qf.shape[:3]
-    perm_q, blk_q, q_len = sorted_blocks(lsh(qf), num_blocks)
-    perm_k, blk_k, k_len = sorted_blocks(lsh(k), num_blocks)
+    perm_q, blk_q, q_len = sorted_blocks(lsh_buckets(lsh, qf), num_blocks)
+    perm_k, blk_k, k_len = sorted_blocks(lsh_buckets(lsh, k), num_blocks)
     qs = _blocked(gather_rows(qf, perm_q), num_blocks, q_len)
     ks = _blocked(gather_rows(k, perm_k), num_blocks, k_len)
     vs = _blocked(gather_rows(v, perm_k), num_blocks, k_len)
