@@ -39,6 +39,18 @@ def test_ridge_solve_matches_dense_solve(solver, np_rng):
     assert np.linalg.norm(w.numpy() - ref) <= 1e-6 * np.linalg.norm(ref)
 
 
+def test_cholesky_solve_when_alpha_is_below_the_rounding_of_the_gram(np_rng):
+    # Rank-1 features of scale 1e37: Z^T Z + alpha I is singular in float64 (alpha = 1 is
+    # below its rounding), the minimiser is still V diag(s / (s^2 + alpha)) U^T y.
+    Z = np.outer(np_rng.normal(size=3), np_rng.normal(size=8)) * 1e37
+    y = np_rng.normal(size=3)
+    U, s, Vt = np.linalg.svd(Z, full_matrices=False)
+    ref = Vt.T @ (s / (s * s + 1.0) * (U.T @ y))
+    w = ridge_solve(torch.from_numpy(Z), torch.from_numpy(y), 1.0, solver="cholesky")
+    assert np.isfinite(w.numpy()).all()
+    assert np.linalg.norm(w.numpy() - ref) <= 1e-8 * np.linalg.norm(ref)
+
+
 def test_ridge_solve_vector_target_shape(np_rng):
     rng = np_rng
     Z, y = torch.from_numpy(rng.normal(size=(50, 8))), torch.from_numpy(rng.normal(size=50))

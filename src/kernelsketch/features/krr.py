@@ -252,9 +252,14 @@ def ridge_solve(
     if solver == "cholesky":
         G = (Zt @ Z).to_dense() if sparse else Zt @ Z
         G = G + alpha * torch.eye(D, dtype=G.dtype, device=G.device)
-        L = torch.linalg.cholesky(G)
+        L, info = torch.linalg.cholesky_ex(G)
         R = rhs if rhs.dim() == 2 else rhs[:, None]
-        w = torch.cholesky_solve(R, L)
+        if int(info) == 0:
+            w = torch.cholesky_solve(R, L)
+        else:  # alpha below the rounding of G's scale: the same minimiser from Z's SVD
+            U, sv, Vh = torch.linalg.svd(Z.to_dense() if sparse else Z, full_matrices=False)
+            Y = y if y.dim() == 2 else y[:, None]
+            w = Vh.mT @ ((sv / (sv * sv + alpha))[:, None] * (U.mT @ Y))
         w = w if rhs.dim() == 2 else w[:, 0]
         return (w, 1) if return_n_iter else w
 
