@@ -79,7 +79,7 @@ def test_causal_normaliser_with_sink_and_window_is_unbiased(method, module, fast
     # Independent draws: one per batch entry (the hash is shared, the samples are not;
     # the estimate is unbiased given any hash). The fast path is forced in float64.
     if fast:
-        monkeypatch.setattr(module, "use_fused", lambda q, config: True)
+        monkeypatch.setattr(module, "use_fused", lambda q, v, config: True)
     trials, n = 400, 64
     g = torch.Generator().manual_seed(seed)
     q, k, v = random_qkv(1, 2, 1, n, n, 8, scale=1.3, generator=g)

@@ -78,7 +78,7 @@ def test_attention_dispatches_cpu_low_precision_to_the_fast_path(method, module,
                                                                   torch_generator, monkeypatch):
     calls = []
     real = module.use_fused
-    monkeypatch.setattr(module, "use_fused", lambda q, c: calls.append(real(q, c)) or real(q, c))
+    monkeypatch.setattr(module, "use_fused", lambda q, v, c: calls.append(real(q, v, c)) or real(q, v, c))
     q, k, v = random_qkv(1, 4, 2, 200, 200, 16, dtype=dtype, generator=torch_generator)
     cfg = ks.attn.get_method(method).config_cls.full_budget(200).replace(
         block_size=32, sample_size=500, sink=3, window=9)

@@ -1,5 +1,5 @@
 """KDEformer through one fused kernel call: the sortLSH Triton kernels (CUDA half
-precision; ``TRITON_INTERPRET=1`` in tests) or SDPA's CPU flash kernel (CPU)."""
+precision, or float32 where torch allows TF32 matmuls; ``TRITON_INTERPRET=1`` in tests) or SDPA's CPU flash kernel (CPU)."""
 
 from __future__ import annotations
 

@@ -11,10 +11,11 @@ from .config import KDEConfig
 from .naive import amm_probabilities, kde_noncausal
 
 
-def use_fused(q, config: KDEConfig) -> bool:
-    """One fused kernel call per estimate (:mod:`.fused`): the Triton kernels on CUDA
-    half-precision inputs, SDPA's flash kernel on CPU float32/bf16/fp16."""
-    return fused_kernels_apply(q) or flash_applies(q)
+def use_fused(q, v, config: KDEConfig) -> bool:
+    """One fused kernel call per estimate (:mod:`.fused`): the Triton kernels on CUDA (half
+    precision, or float32 where torch allows TF32; head dims of q and v within the kernels'
+    limit), SDPA's flash kernel on CPU float32/bf16/fp16."""
+    return fused_kernels_apply(q, v) or flash_applies(q)
 
 
 def kde_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
@@ -23,7 +24,7 @@ def kde_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
     Exact below ``config.min_seq_len``; otherwise the non-causal approximation
     directly, or inside the causal recursion (common/causal.py).
     """
-    if use_fused(q, config):
+    if use_fused(q, v, config):
         from . import fused
 
         noncausal = fused.kde_noncausal_fused
