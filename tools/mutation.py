@@ -139,10 +139,10 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     ("relative_error", "approx, finite=None)", "finite=None is falsy, as finite=False"),
     ("spectral_error", "ndim=4, finite=None)", "finite=None is falsy, as finite=False"),
     ("spectral_error", 'check_tensor("approx_out", approx_out, ndim=4, finite=True)',
-     ("a non-finite approx_out fails either way (here a ValueError; as written torch's SVD"
-     " raises LinAlgError: a finding)")),
+     ("a non-finite approx_out raises the same ValueError either way (the explicit isfinite"
+     " check below it)")),
     ("spectral_error", 'check_tensor("approx_out", approx_out, ndim=4, )',
-     "a non-finite approx_out fails either way (see finite=True)"),
+     "a non-finite approx_out raises the same ValueError either way (see finite=True)"),
     # attn/kde
     ("_masked_lse", "k.transpose(-1, +2)", "transpose(-1, 2) is transpose(-1, -2) in 4-D"),
     ("_masked_lse", "log_w.unsqueeze(+2)", "unsqueeze(2) is unsqueeze(-2) of a 3-D tensor"),

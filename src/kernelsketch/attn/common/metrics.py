@@ -17,13 +17,30 @@ from .gqa import query_positions
 
 
 def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
-    """‖approx − exact‖_F / ‖exact‖_F computed in float64."""
+    """‖approx − exact‖_F / ‖exact‖_F computed in float64.
+
+    Each norm is taken of its vector divided by its largest entry, so outputs near
+    the ends of float64's range (below ~1e-154 or above ~1e154, where squared
+    entries under- or overflow) are measured correctly. A non-finite ``approx``
+    gives inf or NaN.
+    """
     check_tensor("approx", approx, finite=False)
     check_tensor("exact", exact)
     if approx.shape != exact.shape:
         raise ValueError(f"approx must have shape {tuple(exact.shape)}, got {tuple(approx.shape)}")
     a, e = approx.detach().double(), exact.detach().double().to(approx.device)
-    return float(torch.linalg.vector_norm(a - e) / torch.linalg.vector_norm(e).clamp_min(1e-300))
+    s = e.abs().amax()
+    if s == 0:  # exact is zero: the error is ‖approx‖ against a norm of 1e-300
+        return float(_frobenius(a) / 1e-300)
+    return float(_frobenius(a / s - e / s) / _frobenius(e / s))
+
+
+def _frobenius(x: torch.Tensor) -> torch.Tensor:
+    """‖x‖_F as max|x| · ‖x / max|x|‖_F: no squared entry under- or overflows."""
+    m = x.abs().amax()
+    if not torch.isfinite(m) or m == 0:
+        return m
+    return m * torch.linalg.vector_norm(x / m)
 
 
 def attention_probs(
@@ -96,6 +113,11 @@ def spectral_error(
     if approx_out.shape[:3] != q.shape[:3]:
         raise ValueError(f"approx_out must have shape [B, Hq, N, Dv] = {tuple(q.shape[:3])} + [Dv], "
                          f"got {tuple(approx_out.shape)}")
+    # Checked whatever KERNELSKETCH_CHECK_FINITE says: the SVD of the numerator would
+    # raise torch's LinAlgError on NaN (and its norm is undefined on inf).
+    if not bool(torch.isfinite(approx_out).all()):
+        raise ValueError("approx_out must be finite to have a spectral error, found NaN or "
+                         "infinite values")
     scale = q.shape[-1] ** -0.5 if scale is None else check_float("scale", scale, min=0.0,
                                                                     min_exclusive=True)
     check_int("power_iters", power_iters, min=1)
