@@ -33,6 +33,10 @@ EQUALITY = [
     ("lev-full-budget", "lev", LevConfig(budget=48), (MHA,)),
     ("lev-p4", "lev", LevConfig(p=4, budget=6), (SMALL_D,)),
     ("lev-p4-sketch", "lev", LevConfig(p=4, budget=6, sketch_size=8, ridge=0.01), (MHA,)),
+    # the first keys join the set (sink within rank 0's shard, and across shards)
+    ("lev-sink", "lev", LevConfig(budget=4, window=5, sink=3), (MHA, GQA)),
+    ("lev-long-sink", "lev", LevConfig(budget=4, sink=15), (MHA,)),
+    ("lev-eps-sink", "lev", LevConfig(eps=0.15, sink=2), (GQA, CROSS)),
     # blocks covering every pair: the sortLSH routing reduces to exact attention
     ("hyper-full", "hyper", HyperConfig.full_budget(56), (MHA, GQA, CROSS)),
     ("kde-full", "kde", KDEConfig.full_budget(56), (MHA, CROSS_FEW)),
@@ -178,7 +182,7 @@ def errors_job(rank, world):
 
 
 LOW_PRECISION = [
-    ("exact", None), ("lev", LevConfig(budget=6, window=4)),
+    ("exact", None), ("lev", LevConfig(budget=6, window=4, sink=2)),
     ("polysketch", PolySketchConfig(block_size=5, sketch_size=4)),
     ("hyper", HyperConfig(block_size=8, sample_size=8, lsh_bits=3, min_seq_len=0, sink=2,
                           window=4)),

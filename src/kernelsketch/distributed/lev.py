@@ -6,9 +6,10 @@ p = 2): one all-reduce of G, then every rank scores its own keys exactly as a
 single process would. Each rank proposes its best candidates (``budget``
 largest scores, or every score >= eps), one all-gather of the candidates'
 (score, position) pairs picks the global set, and one all-reduce assembles
-the selected keys and values (each owner fills its rows, zeros elsewhere).
-The local window (``window - 1`` keys before the shard) comes from the
-preceding rank. Bytes per rank: O(F² + P·budget + budget·(D + Dv) + window·(D + Dv)),
+the selected keys and values (each owner fills its rows, zeros elsewhere);
+the first ``sink`` keys join the set as in the single process. The local
+window (``window - 1`` keys before the shard) comes from the preceding rank.
+Bytes per rank: O(F² + P·budget + (budget + sink + window)·(D + Dv)),
 independent of N; the result equals ``ks.attention(method="lev")`` on the
 whole sequence. Theory: docs/distributed.md, docs/lev.md.
 """
@@ -89,6 +90,10 @@ def lev_context_parallel(q, k, v, *, is_causal, scale, config, generator, group=
     if config.eps is None and config.budget >= P * m and config.kind == "softmax":
         return ring_attention(q, k, v, is_causal=is_causal, scale=scale, group=group)
     idx = select_universal_set(k.detach(), config, generator, group)
+    sink = min(config.sink, P * m)
+    if sink:  # the first keys join the set (once: the set's own copies are dropped)
+        idx = torch.cat((torch.arange(sink, device=idx.device).expand(B, Hkv, sink),
+                         idx.masked_fill(idx < sink, -1)), dim=-1)
     if idx.shape[-1] == 0:  # no key reaches eps: one padded slot keeps the shapes non-empty
         idx = torch.full((B, Hkv, 1), -1, dtype=idx.dtype, device=idx.device)
     # Each owner fills the rows of its selected keys; the all-reduce assembles them.
