@@ -161,7 +161,9 @@ def test_network_kernels_equal_full_autograd_on_a_small_network(seed):
 def test_one_hidden_layer_networks_average_to_the_kernel_at_any_width(name, seed, measure):
     # With one hidden layer the pre-activations are exactly Gaussian: the finite-width NNGP
     # and NTK (NTK parameterization) average to the kernel at any width. 64 networks of width
-    # 512; 30 entries within 6 standard errors (P(fail) < 30 * 2e-9 per run).
+    # 512; 30 entries within 7 standard errors (Student t, 63 degrees of freedom: P(fail) <
+    # 30 * 2e-9 per run). Measured over 200 seed offsets: the largest |z| per run has mean
+    # 1.7-2.0 and maximum 5.5 (relu), 4.6 (cos).
     X = torch.randn(5, 3, dtype=f64, generator=torch.Generator().manual_seed(seed))
     act, w, b = ACTIVATIONS[name], NETWORK["weight_std"], NETWORK["bias_std"]
     runs = [_network_kernels(X, act, 1, 512, w, b, torch.Generator().manual_seed(seed + 1 + i))
@@ -172,7 +174,7 @@ def test_one_hidden_layer_networks_average_to_the_kernel_at_any_width(name, seed
         exact = neural_kernel(X, activation=name, depth=1, kernel=kernel, weight_std=w,
                               bias_std=b)
         measure(f"max_z_{kernel}", ((mc - exact).abs() / se).max().item())
-        assert torch.all((mc - exact).abs() <= 6 * se + 1e-12), kernel
+        assert torch.all((mc - exact).abs() <= 7 * se + 1e-12), kernel
 
 
 # Width 4096, 2 initialisations, depth 2, 5 inputs: sqrt(width * inits) times the relative
@@ -208,8 +210,10 @@ def test_wide_deep_networks_converge_to_the_kernel(name, seed, measure):
 def test_finite_network_error_falls_like_one_over_sqrt_width(name, seed, measure):
     # The NTK of a width-n network fluctuates like n^-1/2 around the kernel (its mean is off by
     # O(1/n)): the slope of log(mean error over 16 networks) against log(width), widths
-    # 64..1024, is -1/2. Measured over 60 seed offsets: slope mean SLOPE_MEAN, range SLOPE_RANGE;
-    # the band [-0.8, -0.25] is far beyond.
+    # 64..1024, is -1/2. Measured over 200 seed offsets: mean -0.49 to -0.50, standard
+    # deviation 0.046-0.053, range [-0.67, -0.35]. The band [-0.85, -0.2] is 5.6 standard
+    # deviations from the mean (P(fail) < 1e-7); a kernel off by a constant would flatten the
+    # slope toward 0, an error of order 1/width steepen it toward -1.
     X = torch.randn(5, 3, dtype=f64, generator=torch.Generator().manual_seed(seed))
     exact = neural_kernel(X, activation=name, **NETWORK)
     widths = (64, 128, 256, 512, 1024)
@@ -220,7 +224,7 @@ def test_finite_network_error_falls_like_one_over_sqrt_width(name, seed, measure
                                               torch.Generator().manual_seed(seed + width + i))[1],
                              exact) for i in range(16)) / 16)
     slope = measure("slope", np.polyfit(np.log(widths), np.log(errs), 1)[0])
-    assert -0.8 <= slope <= -0.25, errs
+    assert -0.85 <= slope <= -0.2, errs
 
 
 def test_empirical_kernel_takes_x_and_y(torch_generator):

@@ -194,8 +194,8 @@ def test_exponential_kernel_degree16_via_the_horner_chain(seed, measure):
 
 @pytest.mark.statistical
 def test_horner_chain_is_unbiased_for_signed_per_sample_weights(seed, measure):
-    # Per-sample weights of both signs (radial factors); 36 entries within 6 standard errors
-    # of 100 draws (P(fail) < 36 * 2e-9 per run).
+    # Per-sample weights of both signs (radial factors); 36 entries within 7 standard errors
+    # of 100 draws (Student t, 99 degrees of freedom: P(fail) < 36 * 3e-10 per run).
     X = _unit_rows(6, 4, torch.Generator().manual_seed(seed))
     c = torch.tensor([0.5, 1.0, 0.0, 0.25], dtype=f64)
     weights = c.sqrt() * torch.tensor([[1.0], [-0.5], [2.0], [0.3], [1.5], [-1.0]],
@@ -212,7 +212,7 @@ def test_horner_chain_is_unbiased_for_signed_per_sample_weights(seed, measure):
         sq += A * A / reps
     se = ((sq - acc * acc) / reps).sqrt()
     measure("max_z", ((acc - want).abs() / se).max().item())
-    assert torch.all((acc - want).abs() <= 6 * se + 1e-9)
+    assert torch.all((acc - want).abs() <= 7 * se + 1e-9)
 
 
 def test_nonnegative_fit_is_close_and_cached():

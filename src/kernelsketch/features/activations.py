@@ -652,7 +652,9 @@ def hermite_coefficients(activation, degree: int, *, radius=1.0, derivative: boo
     Parameters
     ----------
     activation : name in ``ACTIVATIONS``, Activation or elementwise callable
-    degree : int in [0, 1024]
+    degree : int in [0, 512]
+        (beyond, the Hermite functions' recurrence would start below float64's
+        range inside their oscillating region)
     radius : float or torch.Tensor of shape (n,), non-negative, finite
     derivative : bool, default False
         Coefficients of the derivative ``z -> sigma'(r z)`` instead.
@@ -667,7 +669,7 @@ def hermite_coefficients(activation, degree: int, *, radius=1.0, derivative: boo
     Han et al., arXiv 2209.04121, Eq. (4).
     """
     act = resolve_activation(activation)
-    check_int("degree", degree, min=0, max=1024)
+    check_int("degree", degree, min=0, max=512)
     scalar = not isinstance(radius, torch.Tensor)
     r = torch.as_tensor(radius, dtype=torch.float64).reshape(-1)
     check_tensor("radius", r, ndim=1)
@@ -694,8 +696,10 @@ def relu_hermite_coefficients(degree: int) -> torch.Tensor:
     if degree >= 1:
         a[1] = 0.5
     for i in range(2, degree + 1, 2):
-        double_fact = math.prod(range(i - 3, 0, -2)) if i > 2 else 1
-        a[i] = (-1) ** (i // 2 - 1) * double_fact / (_SQRT_2PI * math.factorial(i))
+        # (i-3)!! / i! in logs (no overflow): (2k-3)!! = (2k-2)! / (2^(k-1) (k-1)!), i = 2k.
+        k = i // 2
+        log = math.lgamma(2 * k - 1) - (k - 1) * math.log(2) - math.lgamma(k) - math.lgamma(i + 1)
+        a[i] = (-1) ** (k - 1) * math.exp(log) / _SQRT_2PI
     return a
 
 
