@@ -271,7 +271,7 @@ def format_table(result: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    from ..cli import check_out_dir, choice_list_arg, device_arg, int_arg, int_list_arg
+    from .._args import check_out_dir, choice_list_arg, device_arg, int_arg, int_list_arg
 
     p = argparse.ArgumentParser(prog="kernelsketch bench attention", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -43,7 +43,7 @@ def run_kernel_tests(root: Path, log: Path) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    from ..cli import check_out_dir, int_arg, int_list_arg
+    from .._args import check_out_dir, int_arg, int_list_arg
 
     p = argparse.ArgumentParser(prog="kernelsketch bench gpu", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -298,7 +298,7 @@ def _plot(rows: list[dict], contexts: list[int], path: Path, setup: dict) -> Non
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``kernelsketch eval-lm``: command line of :func:`run_lm_eval`."""
-    from ..cli import check_out_dir, device_arg, int_arg, int_list_arg
+    from .._args import check_out_dir, device_arg, int_arg, int_list_arg
 
     def method_spec(text: str) -> str:
         try:
