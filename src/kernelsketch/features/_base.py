@@ -30,6 +30,7 @@ number of features only) and raises ``TypeError`` otherwise
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import scipy.sparse as sp
@@ -41,7 +42,8 @@ from kernelsketch._checks import check_random_state
 from kernelsketch.distributed.dask import fit_transformer, is_dask_array
 from kernelsketch.distributed.dask import transform as dask_transform
 
-__all__ = ["RandomFeaturesTransformer", "check_allocation", "torch_generator_from_random_state"]
+__all__ = ["Progress", "RandomFeaturesTransformer", "check_allocation", "check_points",
+           "torch_generator_from_random_state"]
 
 
 def _available_bytes() -> int:
@@ -71,6 +73,65 @@ def check_allocation(nbytes: float, what: str, hint: str = "") -> None:
             f"{what} needs {nbytes / 2**30:.3g} GiB, more than the {available / 2**30:.3g} GiB of "
             f"memory available{'; ' + hint if hint else ''}"
         )
+
+
+def check_points(X, Y=None) -> tuple[np.ndarray, np.ndarray]:
+    """``X`` (n, d) and ``Y`` (m, d) (``Y = X`` when ``None``) as finite real float64 matrices
+    (the exact kernels' inputs); ``TypeError`` / ``ValueError`` naming the argument."""
+    out = []
+    for name, A in (("X", X), ("Y", X if Y is None else Y)):
+        A = np.asarray(A)
+        if A.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold real numbers, got dtype {A.dtype}")
+        if A.ndim != 2:
+            raise ValueError(f"{name} must have shape (n, d), got shape {A.shape}")
+        A = A.astype(np.float64)
+        if not np.all(np.isfinite(A)):
+            raise ValueError(f"{name} must be finite, found NaN or infinite values")
+        out.append(A)
+    if out[0].shape[1] != out[1].shape[1]:
+        raise ValueError(f"Y must have {out[0].shape[1]} columns like X, got {out[1].shape[1]}")
+    return out[0], out[1]
+
+
+class Progress:
+    """Steps of a long fit, scikit-learn's ``verbose`` convention.
+
+    ``verbose = 0``: silent. ``>= 1``: a tqdm bar named ``name`` (``total`` steps when known)
+    whose postfix says the current step, kept on screen when ``verbose >= 2``; without tqdm,
+    one line per step on stderr. ``progress(what)`` advances one step (``advance=0``: only
+    says what is running); ``close(summary)`` ends the bar.
+    """
+
+    def __init__(self, verbose: int, name: str, total: int | None = None):
+        self.verbose, self.name, self.bar = verbose, name, None
+        if verbose:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, desc=name, leave=verbose > 1)
+            except ImportError:
+                self.bar = None
+
+    def __call__(self, what: str, advance: int = 1) -> None:
+        if not self.verbose:
+            return
+        if self.bar is not None:
+            self.bar.update(advance)
+            self.bar.set_postfix_str(what)
+        else:
+            print(f"[{self.name}] {what}", file=sys.stderr)
+
+    def close(self, summary: str) -> None:
+        if not self.verbose:
+            return
+        if self.bar is not None:
+            if self.bar.total is not None:
+                self.bar.update(self.bar.total - self.bar.n)
+            self.bar.set_postfix_str(summary)
+            self.bar.close()
+        else:
+            print(f"[{self.name}] done: {summary}", file=sys.stderr)
 
 
 def torch_generator_from_random_state(random_state) -> torch.Generator:

@@ -33,7 +33,7 @@ from kernelsketch._checks import (
     check_random_state,
     check_tensor,
 )
-from kernelsketch.features._base import RandomFeaturesTransformer
+from kernelsketch.features._base import RandomFeaturesTransformer, check_points
 from kernelsketch.features.ntk import ntk_relu
 
 __all__ = [
@@ -153,7 +153,7 @@ def zonal_kernel(X, Y, degree: int) -> np.ndarray:
     -------
     K : float64 ndarray of shape (n, m)
     """
-    X, Y = _points(X, Y)
+    X, Y = check_points(X, Y)
     d = X.shape[1]
     if d < 2:
         raise ValueError(f"X must have d >= 2 columns (points on S^(d-1)), got shape {X.shape}")
@@ -161,24 +161,6 @@ def zonal_kernel(X, Y, degree: int) -> np.ndarray:
     _check_table(X, Y, degree)
     t = np.clip(X @ Y.T, -1.0, 1.0)
     return gegenbauer(t, degree, d) @ _harmonic_dimensions(degree, d)
-
-
-def _points(X, Y) -> tuple[np.ndarray, np.ndarray]:
-    """X (n, d) and Y (m, d) (Y = X when None) as finite real float64 matrices."""
-    out = []
-    for name, A in (("X", X), ("Y", X if Y is None else Y)):
-        A = np.asarray(A)
-        if A.dtype.kind not in "biuf":
-            raise TypeError(f"{name} must hold real numbers, got dtype {A.dtype}")
-        if A.ndim != 2:
-            raise ValueError(f"{name} must have shape (n, d), got shape {A.shape}")
-        A = A.astype(np.float64)
-        if not np.all(np.isfinite(A)):
-            raise ValueError(f"{name} must be finite, found NaN or infinite values")
-        out.append(A)
-    if out[0].shape[1] != out[1].shape[1]:
-        raise ValueError(f"Y must have {out[0].shape[1]} columns like X, got {out[1].shape[1]}")
-    return out[0], out[1]
 
 
 def _check_table(X: np.ndarray, Y: np.ndarray, degree: int) -> None:
@@ -340,7 +322,7 @@ def gzk_kernel(
     -------
     K : float64 ndarray of shape (n, m)
     """
-    X, Y = _points(X, Y)
+    X, Y = check_points(X, Y)
     d = max(X.shape[1], 2)
     check_int("degree", degree, min=0, max=_MAX_DEGREE)
     _check_table(X, Y, degree)

@@ -12,7 +12,6 @@ Theory and solvers: docs/kernel_ridge.md.
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Callable
 
@@ -24,6 +23,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from kernelsketch._checks import check_choice, check_float, check_int, check_same, check_tensor
 from kernelsketch.distributed.dask import fit_kernel_ridge, is_dask_array, predict_kernel_ridge
+from kernelsketch.features._base import Progress
 
 __all__ = ["KernelRidge", "conjugate_gradient", "ridge_solve"]
 
@@ -133,40 +133,6 @@ def _check_sample_weight(sample_weight, n: int) -> np.ndarray | None:
         raise ValueError("sample_weight must be finite and >= 0 and not all zero, got "
                          f"min {w.min():.3g}, max {w.max():.3g}")
     return w
-
-
-class _Progress:
-    """Stages of a long fit (and CG iterations) on a tqdm bar, or lines on stderr."""
-
-    def __init__(self, verbose: int, name: str):
-        self.verbose, self.name, self.bar = verbose, name, None
-        if verbose:
-            try:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=2, desc=name, leave=verbose > 1)
-            except ImportError:
-                self.bar = None
-
-    def stage(self, what: str) -> None:
-        if not self.verbose:
-            return
-        if self.bar is not None:
-            if what != "features":
-                self.bar.update(1)
-            self.bar.set_postfix_str(what)
-        else:
-            print(f"[{self.name}] {what}", file=sys.stderr)
-
-    def close(self, summary: str) -> None:
-        if not self.verbose:
-            return
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix_str(summary)
-            self.bar.close()
-        else:
-            print(f"[{self.name}] done: {summary}", file=sys.stderr)
 
 
 def _as_torch_features(Z, device, dtype) -> torch.Tensor:
@@ -400,9 +366,9 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         _check_cg_params(self.tol, self.max_iter)
         device = _check_device(self.device)
         weight = _check_sample_weight(sample_weight, X.shape[0])
-        progress = _Progress(self.verbose, "KernelRidge.fit")
+        progress = Progress(self.verbose, "KernelRidge.fit", total=2)
         self.features_ = self._features()
-        progress.stage("features")
+        progress("features", advance=0)
         Z = self.features_.fit_transform(X)
         y = np.asarray(y, dtype=np.float64)
         if not self.fit_intercept:
@@ -418,7 +384,7 @@ class KernelRidge(RegressorMixin, BaseEstimator):
             r = r * (root if r.ndim == 1 else root[:, None])
         Zt = _as_torch_features(Z, device, torch.float64)
         yt = torch.as_tensor(r, dtype=torch.float64, device=device)
-        progress.stage("solve")
+        progress("solve")
         w, self.n_iter_ = ridge_solve(
             Zt, yt, alpha, solver=self.solver, tol=self.tol, max_iter=self.max_iter,
             return_n_iter=True,

@@ -218,7 +218,7 @@ def _expected_error(A: np.ndarray, fmap) -> float:
         a = torch.from_numpy(A)
         b = a @ fmap.rotation if fmap.rotation.numel() else a
         full = (b * b).sum(1) ** fmap.degree
-        head = fmap.from_lifted_blocks(a)[:, : fmap.head.shape[0]] if fmap.head.numel() else None
+        head = fmap.head_features(b) if fmap.head.numel() else None
         r = (full - (head * head).sum(1)).clamp_min(0.0) if head is not None else full
         K = (a @ a.T) ** fmap.degree
     return float(math.sqrt(2.0 / fmap.sketch.d_out) * r.sum() / K.norm().clamp_min(1e-300))
@@ -298,15 +298,19 @@ class PolynomialSketchMap(nn.Module):
                                     (self.sketch.d_out, head.shape[1]), check_invariants=False)
         return torch.sparse.mm(C, head.mT).mT
 
+    def head_features(self, b: torch.Tensor) -> torch.Tensor:
+        """The exact head monomials ``sqrt(mult_c) prod_t b[:, c_t]`` of rotated rows ``b``."""
+        head = self.head_scale.to(b.dtype) * b.index_select(1, self.head[:, 0])
+        for t in range(1, self.head.shape[1]):
+            head = head * b.index_select(1, self.head[:, t])
+        return head
+
     def from_lifted(self, a: torch.Tensor, *, rotated: bool = False) -> torch.Tensor:
         """Features of lifted rows ``a`` [n, D] (compute dtype; already rotated if ``rotated``)."""
         b = a @ self.rotation.to(a.dtype) if self.rotation.numel() and not rotated else a
         parts = []
-        head = None
-        if self.head.numel():
-            head = self.head_scale.to(b.dtype) * b.index_select(1, self.head[:, 0])
-            for t in range(1, self.head.shape[1]):
-                head = head * b.index_select(1, self.head[:, t])
+        head = self.head_features(b) if self.head.numel() else None
+        if head is not None:
             parts.append(head)
         if self.sketch is not None:
             if self.ts_matrices.numel():
@@ -468,7 +472,7 @@ class PolynomialSketch(RandomFeaturesTransformer):
 
     def _warn_if_inaccurate(self, fmap, A) -> None:
         """Warn when the predicted relative Gram error on the training rows exceeds 0.5."""
-        rows = max(2, min(256, (1 << 22) // self.n_components))  # bounded temporaries
+        rows = max(2, min(64, (1 << 22) // self.n_components))  # bounded temporaries
         err = _expected_error(A[_evenly_spaced(len(A), rows)], fmap)
         self.expected_error_ = err
         if err > 0.5:
@@ -547,7 +551,10 @@ class CoordinateSampleMap(nn.Module):
         dtype = x.dtype
         work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
         a = _lift(x.to(work), self.gamma, self.coef0)
-        out = a[..., self.indices].prod(-1) * self.scale.to(work)
+        # one factor at a time: no [..., m, degree] temporary
+        out = a.index_select(-1, self.indices[:, 0]) * self.scale.to(work)
+        for t in range(1, self.indices.shape[1]):
+            out.mul_(a.index_select(-1, self.indices[:, t]))
         return out.to(dtype)
 
 
