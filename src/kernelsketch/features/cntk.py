@@ -271,7 +271,10 @@ def cntk_relu(X, Y=None, *, depth: int = 1, filter_size: int = 3):
 
 
 def cnngp_relu(X, Y=None, *, depth: int = 1, filter_size: int = 3):
-    """Exact NNGP kernel of the same conv net as :func:`cntk_relu` (same parameters)."""
+    """Exact NNGP kernel of the same conv net as :func:`cntk_relu` (same parameters).
+
+    ``cnngp_relu(X) = C/2 * conv_neural_kernel(X, kernel="nngp", weight_std=sqrt(2))``.
+    """
     check_network_params("relu", depth, "ntk", 1.0, 0.0, "ntk")
     _check_filter_size(filter_size)
     net = _ConvNet(ACTIVATIONS["relu"], depth, "nngp", filter_size, 0.5, 2.0, 0.0, "zeros", "gap",
