@@ -13,7 +13,7 @@ import torch
 from kernelsketch.distributed import context_parallel_attention
 
 from .launch import run_ranks
-from .workers import CROSS, GQA, MHA, SAME_DRAWS, attention_job, equality_cases
+from .workers import CROSS, DEFAULTS, GQA, MHA, SAME_DRAWS, attention_job, equality_cases
 
 CASES = equality_cases()
 F64 = 8  # bytes per element
@@ -183,3 +183,27 @@ def test_hyper_bytes_are_a_shard(runs):
                         round(2 * (world - 1) / world * sampled)
                     ratio = large["all_to_all"] / small["all_to_all"]
                     assert 1.5 < ratio < 2.5, ratio
+
+
+@pytest.mark.parametrize("method", ["hyper", "kde"])
+@pytest.mark.parametrize(("N", "causal"), DEFAULTS, ids=lambda x: str(x))
+def test_default_configs_follow_the_single_process(runs, method, N, causal):
+    # HyperConfig() / KDEConfig() (min_seq_len 1024, sink 8, window 128): where the single
+    # process computes exact attention (non-causal N <= 1024, causal N <= 2048), so does the
+    # context-parallel call (ring attention, with the same ExactFallbackWarning); beyond, the
+    # sketch runs (far from exact). HyperAttention's draws are then the single process's
+    # (uniform sampling; P = 2, 4 put the one sketched causal block where the single
+    # process's recursion has it): equal up to rounding (measured 0). KDEformer's importance
+    # samples are drawn per rank: its error distribution is in test_sortlsh.py.
+    world, results = runs
+    exact_there = N <= 1024 or (causal and N <= 2048)
+    for rank, res in enumerate(results):
+        r = res["defaults"][method, N, causal]
+        assert r["warned"] == exact_there, (world, rank)
+        if exact_there:
+            assert r["out"] <= 1e-10 and r["lse"] <= 1e-10 and r["vs_exact"] <= 1e-10, r
+        elif method == "hyper":
+            assert r["out"] <= 1e-10 and r["lse"] <= 1e-10, (world, rank, r)
+        # the sketched causal block holds the second half's queries (the first half's are exact)
+        if not exact_there and (rank >= world // 2 or not causal):
+            assert r["vs_exact"] > 1e-3, (world, rank, r)

@@ -1,9 +1,12 @@
 """Jobs run on every rank of a gloo group by the distributed tests (see launch.py)."""
 
+import warnings
+
 import torch
 
 import kernelsketch as ks
 from kernelsketch import HyperConfig, KDEConfig
+from kernelsketch.attn.common.exact import ExactFallbackWarning
 from kernelsketch.attn.lev import LevConfig
 from kernelsketch.attn.polysketch.config import PolySketchConfig
 from kernelsketch.distributed import context_parallel_attention, count_bytes
@@ -216,7 +219,44 @@ def attention_job(rank, world):
     """The deterministic jobs in one spawn."""
     return {"equality": equality_job(rank, world), "scaling": scaling_job(rank, world),
             "same_draws": same_draws_job(rank, world), "errors": errors_job(rank, world),
-            "low_precision": low_precision_job(rank, world)}
+            "low_precision": low_precision_job(rank, world),
+            "defaults": defaults_job(rank, world)}
+
+
+# HyperConfig() / KDEConfig() as shipped (min_seq_len 1024, sink 8, window 128): exact below
+# min_seq_len (non-causal N = 1024, causal N = 2048, where every block of the recursion is
+# exact), and the estimator beyond (non-causal N = 2048, causal N = 4096).
+DEFAULTS = [(1024, False), (2048, True), (2048, False), (4096, True)]
+
+
+def defaults_job(rank, world):
+    """Per (method, N, causal) of DEFAULTS with the default config: max |distributed - ks.attention|
+    of out and lse on this rank's rows, the single-process call given the generator the
+    distributed call derives for its first problem (_derived(seed, 1)), and max |distributed -
+    exact attention|. For P = 2 and 4 and N = 4096 the causal rank recursion's only sketched
+    problem is the single process's first off-diagonal block (the others have <= 1024 keys)."""
+    from kernelsketch.distributed.sortlsh import _derived
+
+    results = {}
+    for i, (method, config) in enumerate((("hyper", HyperConfig()), ("kde", KDEConfig()))):
+        for N, causal in DEFAULTS:
+            q, k, v, _, _ = _inputs((1, 2, 2, N, N, 16, 16), seed=6000 + N + i)
+            n = N // world
+            rows = slice(rank * n, (rank + 1) * n)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                out, lse = context_parallel_attention(
+                    q[:, :, rows], k[:, :, rows], v[:, :, rows], method=method, is_causal=causal,
+                    config=config, return_lse=True, generator=torch.Generator().manual_seed(i))
+            seed = int(torch.randint(2**62, (), generator=torch.Generator().manual_seed(i)))
+            ref, ref_lse = ks.attention(q, k, v, method=method, is_causal=causal, config=config,
+                                        return_lse=True, generator=_derived(seed, 1, device="cpu"))
+            exact = ks.attention(q, k, v, method="exact", is_causal=causal)
+            results[method, N, causal] = {
+                "out": _max_abs(out - ref[:, :, rows]), "lse": _max_abs(lse - ref_lse[:, :, rows]),
+                "vs_exact": _max_abs(out - exact[:, :, rows]),
+                "warned": any(issubclass(w.category, ExactFallbackWarning) for w in caught)}
+    return results
 
 
 def equality_job(rank, world):
@@ -266,6 +306,13 @@ STATISTICAL = [
                              min_seq_len=0, sink=0, window=0), (False, True)),
 ]
 STAT_SHAPE = (2, 4, 2, 128, 128, 16, 16)
+# KDEformer with its defaults (min_seq_len 1024, sink 8, window 128) where it runs the
+# estimator: non-causal N = 2048, causal N = 4096 (its first off-diagonal block); the
+# spectral error on 512 sampled rows.
+STATISTICAL_DEFAULTS = [
+    ("kde-defaults", "kde", KDEConfig(), (False,), (1, 2, 2, 2048, 2048, 16, 16)),
+    ("kde-defaults", "kde", KDEConfig(), (True,), (1, 2, 2, 4096, 4096, 16, 16)),
+]
 
 
 def clustered_inputs(shape, seed, clusters=8, spread=0.3, strength=2.0):
@@ -283,19 +330,23 @@ def clustered_inputs(shape, seed, clusters=8, spread=0.3, strength=2.0):
                                                       dtype=torch.float64)
 
 
-def statistical_job(rank, world, base, seeds):
+def statistical_job(rank, world, base, seeds, defaults=False):
     """Spectral error (mean over heads) of the distributed and of the single-process estimator,
-    per case, causal flag and seed; computed on rank 0 from the gathered output."""
+    per case, causal flag and seed; computed on rank 0 from the gathered outputs once every
+    distributed call is done (the other ranks do not wait on it).
+    ``defaults``: the cases of STATISTICAL_DEFAULTS instead of STATISTICAL."""
     import torch.distributed as dist
 
     from kernelsketch.attn.common.metrics import spectral_error
 
-    q, k, v = clustered_inputs(STAT_SHAPE, seed=base)
-    n = q.shape[2] // world
-    results = {}
-    for name, method, config, causal_flags in STATISTICAL:
+    cases = (STATISTICAL_DEFAULTS if defaults else
+             [(*case, STAT_SHAPE) for case in STATISTICAL])
+    gathered = []  # (case, method, config, causal, shape, [full output per seed]) on rank 0
+    for name, method, config, causal_flags, shape in cases:
+        q, k, v = clustered_inputs(shape, seed=base)
+        n = q.shape[2] // world
         for causal in causal_flags:
-            errs = {"distributed": [], "single": []}
+            outs = []
             for s in range(seeds):
                 out = context_parallel_attention(
                     *(t[:, :, rank * n:(rank + 1) * n] for t in (q, k, v)), method=method,
@@ -303,12 +354,22 @@ def statistical_job(rank, world, base, seeds):
                     generator=torch.Generator().manual_seed(base + 1 + s))
                 parts = [torch.empty_like(out) for _ in range(world)]
                 dist.all_gather(parts, out.contiguous())
-                if rank == 0:
-                    full = torch.cat(parts, dim=2)
-                    single = ks.attention(q, k, v, method=method, is_causal=causal, config=config,
-                                          generator=torch.Generator().manual_seed(base - 1 - s))
-                    for key, o in (("distributed", full), ("single", single)):
-                        errs[key].append(spectral_error(o, q, k, v, is_causal=causal).mean()
-                                         .item())
-            results[f"{name}-{'causal' if causal else 'full'}"] = errs
+                outs.append(torch.cat(parts, dim=2))
+            gathered.append((f"{name}-{'causal' if causal else 'full'}", method, config, causal,
+                             shape, outs))
+    if rank:
+        return None
+    results = {}
+    for case, method, config, causal, shape, outs in gathered:
+        q, k, v = clustered_inputs(shape, seed=base)
+        rows = 512 if shape[3] > 512 else None
+        errs = {"distributed": [], "single": []}
+        for s, full in enumerate(outs):
+            single = ks.attention(q, k, v, method=method, is_causal=causal, config=config,
+                                  generator=torch.Generator().manual_seed(base - 1 - s))
+            for key, o in (("distributed", full), ("single", single)):
+                errs[key].append(spectral_error(
+                    o, q, k, v, is_causal=causal, num_rows=rows,
+                    generator=torch.Generator().manual_seed(base + s)).mean().item())
+        results[case] = errs
     return results

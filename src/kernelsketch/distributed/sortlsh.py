@@ -40,12 +40,13 @@ single-process methods). Theory: docs/distributed.md.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 
 from ..attn.api import get_method
-from ..attn.common.exact import partial_attention
+from ..attn.common.exact import ExactFallbackWarning, partial_attention, warn_exact_fallback
 from ..attn.common.gqa import fold_groups, unfold_groups
 from ..attn.common.merge import accumulation_dtype, merge_many
 from ..sketch.lsh import AngularLSH
@@ -627,6 +628,9 @@ def sortlsh_context_parallel(q, k, v, *, method, is_causal, scale, config, gener
 
     if (is_causal and recursion_is_exact(N, M, config.min_seq_len)) or (
             not is_causal and M <= config.min_seq_len):
+        warn_exact_fallback(method, f"min_seq_len={config.min_seq_len} covers "
+                            f"{'every block of the causal recursion' if is_causal else 'the keys'}"
+                            " (context parallel: ring attention)")
         return ring_attention(q, k, v, is_causal=is_causal, scale=scale, group=group)
     dev = q.device
     seed = int(torch.randint(2**62, (), generator=generator,
@@ -644,8 +648,11 @@ def sortlsh_context_parallel(q, k, v, *, method, is_causal, scale, config, gener
             parts.append((unfold_groups(out.reshape(B, Hkv, -1, out.shape[-1]), Hq),
                           unfold_groups(lse.reshape(B, Hkv, -1), Hq)))
     if is_causal:  # the diagonal: the single-process causal method on this rank's shard
-        leaf = get_method(method).forward(q, k, v, is_causal=True, scale=scale, config=config,
-                                          generator=_derived(seed, 0, device=dev), need_lse=True)
+        with warnings.catch_warnings():  # an exact leaf is the recursion's, not a fallback
+            warnings.simplefilter("ignore", ExactFallbackWarning)
+            leaf = get_method(method).forward(q, k, v, is_causal=True, scale=scale,
+                                              config=config, need_lse=True,
+                                              generator=_derived(seed, 0, device=dev))
         acc = accumulation_dtype(q.dtype)
         parts.append((leaf[0].to(acc), leaf[1].to(acc)))
     return merge_many(parts)
