@@ -14,6 +14,7 @@ from kernelsketch.features.krr import (
     KernelRidge,
     _as_torch_features,
     conjugate_gradient,
+    gram_solve,
     ridge_solve,
 )
 from kernelsketch.features.nystroem import RLSNystroem
@@ -48,6 +49,22 @@ def test_cholesky_solve_when_alpha_is_below_the_rounding_of_the_gram(np_rng):
     ref = Vt.T @ (s / (s * s + 1.0) * (U.T @ y))
     w = ridge_solve(torch.from_numpy(Z), torch.from_numpy(y), 1.0, solver="cholesky")
     assert np.isfinite(w.numpy()).all()
+    assert np.linalg.norm(w.numpy() - ref) <= 1e-8 * np.linalg.norm(ref)
+
+
+def test_gram_solve_from_the_gram_alone_when_alpha_is_below_its_rounding(np_rng):
+    # The Dask fit has only G = Z^T Z and Z^T y. Z = c [x, x, u, 0...] at c = 1e37: alpha = 1
+    # is below G's rounding. The minimiser is w = [a/sqrt2, a/sqrt2, b, 0...] with (a, b) the
+    # ridge solution of the 2-column M = c [sqrt2 x, u] (well conditioned, by its SVD).
+    x, u, y = np_rng.normal(size=5), np_rng.normal(size=5), np_rng.normal(size=5)
+    c = 1e37
+    Z = np.zeros((5, 8))
+    Z[:, 0] = Z[:, 1] = c * x
+    Z[:, 2] = c * u
+    U, s, Vt = np.linalg.svd(c * np.stack([np.sqrt(2) * x, u], 1), full_matrices=False)
+    a, b = Vt.T @ (s / (s * s + 1.0) * (U.T @ y))
+    ref = np.array([a / np.sqrt(2), a / np.sqrt(2), b, 0, 0, 0, 0, 0])
+    w = gram_solve(torch.from_numpy(Z.T @ Z), torch.from_numpy(Z.T @ y), 1.0)
     assert np.linalg.norm(w.numpy() - ref) <= 1e-8 * np.linalg.norm(ref)
 
 

@@ -28,9 +28,8 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
-__all__ = ["fit_kernel_ridge", "fit_transformer", "is_dask_array", "predict_kernel_ridge",
+__all__ = ["fit_transformer", "is_dask_array", "normal_equations", "predict_kernel_ridge",
            "transform", "tree_reduce"]
 
 
@@ -112,18 +111,16 @@ def _add(a, b):
     return tuple(x + y for x, y in zip(a, b))
 
 
-def fit_kernel_ridge(est, X, y):
-    """``KernelRidge.fit`` on Dask ``X`` and/or ``y`` (see the module docstring); returns ``est``."""
+def normal_equations(est, X, y):
+    """The reduction behind ``KernelRidge.fit`` on Dask ``X`` and/or ``y`` (module docstring).
+
+    Fits ``est._features()`` on ``X`` and sums every chunk's ``(ZᵀZ, Zᵀy, Zᵀ1, Σy, n)`` in a
+    tree. Returns ``(features, gram [D, D], zty [D, k], zsum [D], ysum [k], n)``, float64
+    numpy; the solve is :class:`~kernelsketch.features.krr.KernelRidge`'s.
+    """
     import dask
     import dask.array as da
 
-    from kernelsketch._checks import check_choice, check_float
-    from kernelsketch.features.krr import _check_cg_params, _check_device, conjugate_gradient
-
-    alpha = check_float("alpha", est.alpha, min=0.0, min_exclusive=True)
-    check_choice("solver", est.solver, ("auto", "cholesky", "cg"))
-    _check_cg_params(est.tol, est.max_iter)
-    device = _check_device(est.device)
     if not is_dask_array(X):
         X = da.from_array(np.asarray(X), chunks=(y.chunks[0],) + (-1,) * (np.ndim(X) - 1))
     X = _check_array(X, "X", est)
@@ -138,26 +135,7 @@ def fit_kernel_ridge(est, X, y):
     feat = dask.delayed(features, traverse=False)
     parts = [dask.delayed(_normal_equations)(feat, xb, yb) for xb, yb in zip(xs, ys)]
     gram, zty, zsum, ysum, n = dask.compute(tree_reduce(parts, _add))[0]
-    mean = ysum / n if est.fit_intercept else np.zeros_like(ysum)
-    rhs = torch.as_tensor(zty - np.outer(zsum, mean), dtype=torch.float64, device=device)
-    G = torch.as_tensor(gram, dtype=torch.float64, device=device)
-    eye = torch.eye(G.shape[0], dtype=G.dtype, device=device)
-    if est.solver == "cg":
-        w, n_iter = conjugate_gradient(lambda v: G @ v + alpha * v, rhs,
-                                       preconditioner=G.diagonal() + alpha, tol=est.tol,
-                                       max_iter=est.max_iter)
-        n_iter = max(n_iter, 1)
-    else:
-        w, n_iter = torch.cholesky_solve(rhs, torch.linalg.cholesky(G + alpha * eye)), 1
-    est.features_ = features
-    est.n_features_in_ = features.n_features_in_
-    est.n_iter_ = n_iter
-    w = w.cpu().numpy()
-    if y.ndim == 1:
-        est.coef_, est.intercept_ = w[:, 0], float(mean[0])
-    else:
-        est.coef_, est.intercept_ = w, mean
-    return est
+    return features, gram, zty, zsum, ysum, n
 
 
 def _predict_block(x, est):

@@ -22,10 +22,10 @@ from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from kernelsketch._checks import check_choice, check_float, check_int, check_same, check_tensor
-from kernelsketch.distributed.dask import fit_kernel_ridge, is_dask_array, predict_kernel_ridge
+from kernelsketch.distributed.dask import is_dask_array, normal_equations, predict_kernel_ridge
 from kernelsketch.features._base import Progress
 
-__all__ = ["KernelRidge", "conjugate_gradient", "ridge_solve"]
+__all__ = ["KernelRidge", "conjugate_gradient", "gram_solve", "ridge_solve"]
 
 # Above this many features the normal matrix D x D is not formed ("auto" uses CG).
 _CHOLESKY_MAX_FEATURES = 4096
@@ -153,6 +153,35 @@ def _as_torch_features(Z, device, dtype) -> torch.Tensor:
     return torch.as_tensor(np.asarray(Z), dtype=dtype, device=device)
 
 
+def gram_solve(G: torch.Tensor, rhs: torch.Tensor, alpha: float, *, features=None,
+               y: torch.Tensor | None = None) -> torch.Tensor:
+    """``(G + alpha I)^{-1} rhs`` by Cholesky, for ``G = ZᵀZ`` [D, D] and ``rhs = Zᵀy``
+    [D] or [D, k] (same dtype and device).
+
+    Where ``alpha`` is below the rounding of ``G`` (``D eps max diag G``: a Cholesky factor
+    would be garbage or fail), the same minimiser
+    ``V diag(s / (s² + alpha)) Uᵀ y`` from the SVD of ``features`` (``Z``, with ``y``)
+    when given, else from ``G``'s eigenvectors above its rounding level.
+    """
+    D = G.shape[0]
+    R = rhs if rhs.dim() == 2 else rhs[:, None]
+    rounding = D * torch.finfo(G.dtype).eps * float(G.diagonal().abs().max()) if D else 0.0
+    L, info = torch.linalg.cholesky_ex(G + alpha * torch.eye(D, dtype=G.dtype, device=G.device))
+    if int(info) == 0 and alpha > rounding:
+        w = torch.cholesky_solve(R, L)
+    elif features is not None:
+        Z = features.to_dense() if features.layout != torch.strided else features
+        U, sv, Vh = torch.linalg.svd(Z, full_matrices=False)
+        Y = y if y.dim() == 2 else y[:, None]
+        w = Vh.mT @ ((sv / (sv * sv + alpha))[:, None] * (U.mT @ Y))
+    else:  # directions within G's rounding carry no resolvable signal: dropped
+        lam, V = torch.linalg.eigh(G)
+        keep = lam > D * torch.finfo(G.dtype).eps * lam.abs().max()
+        V = V[:, keep]
+        w = V @ ((V.mT @ R) / (lam[keep] + alpha)[:, None])
+    return w if rhs.dim() == 2 else w[:, 0]
+
+
 def ridge_solve(
     features: torch.Tensor,
     y: torch.Tensor,
@@ -217,16 +246,7 @@ def ridge_solve(
     rhs = Zt @ y if y.dim() == 2 else (Zt @ y[:, None])[:, 0]
     if solver == "cholesky":
         G = (Zt @ Z).to_dense() if sparse else Zt @ Z
-        G = G + alpha * torch.eye(D, dtype=G.dtype, device=G.device)
-        L, info = torch.linalg.cholesky_ex(G)
-        R = rhs if rhs.dim() == 2 else rhs[:, None]
-        if int(info) == 0:
-            w = torch.cholesky_solve(R, L)
-        else:  # alpha below the rounding of G's scale: the same minimiser from Z's SVD
-            U, sv, Vh = torch.linalg.svd(Z.to_dense() if sparse else Z, full_matrices=False)
-            Y = y if y.dim() == 2 else y[:, None]
-            w = Vh.mT @ ((sv / (sv * sv + alpha))[:, None] * (U.mT @ Y))
-        w = w if rhs.dim() == 2 else w[:, 0]
+        w = gram_solve(G, rhs, alpha, features=Z, y=y)
         return (w, 1) if return_n_iter else w
 
     def normal_matvec(v: torch.Tensor) -> torch.Tensor:
@@ -352,7 +372,7 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         if is_dask_array(X) or is_dask_array(y):
             if sample_weight is not None:
                 raise TypeError("sample_weight must be None for Dask X or y, got weights")
-            return fit_kernel_ridge(self, X, y)
+            return self._fit_dask(X, y)
         if not isinstance(self.fit_intercept, (bool, np.bool_)):
             raise TypeError(f"fit_intercept must be a bool, got {type(self.fit_intercept).__name__}"
                             f" {self.fit_intercept!r}")
@@ -393,6 +413,32 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         self.coef_ = w.cpu().numpy()
         if y.ndim == 1:
             self.intercept_ = float(self.intercept_)
+        return self
+
+    def _fit_dask(self, X, y):
+        """``fit`` on Dask ``X`` and/or ``y``: the chunks' normal equations reduced on the Dask
+        scheduler (:func:`kernelsketch.distributed.dask.normal_equations`), one solve here."""
+        alpha = check_float("alpha", self.alpha, min=0.0, min_exclusive=True)
+        check_choice("solver", self.solver, ("auto", "cholesky", "cg"))
+        _check_cg_params(self.tol, self.max_iter)
+        device = _check_device(self.device)
+        features, gram, zty, zsum, ysum, n = normal_equations(self, X, y)
+        mean = ysum / n if self.fit_intercept else np.zeros_like(ysum)
+        rhs = torch.as_tensor(zty - np.outer(zsum, mean), dtype=torch.float64, device=device)
+        G = torch.as_tensor(gram, dtype=torch.float64, device=device)
+        if self.solver == "cg":
+            w, n_iter = conjugate_gradient(lambda v: G @ v + alpha * v, rhs,
+                                           preconditioner=G.diagonal() + alpha, tol=self.tol,
+                                           max_iter=self.max_iter)
+            n_iter = max(n_iter, 1)
+        else:
+            w, n_iter = gram_solve(G, rhs, alpha), 1
+        self.features_, self.n_features_in_, self.n_iter_ = features, features.n_features_in_, n_iter
+        w = w.cpu().numpy()
+        if np.ndim(y) == 1:
+            self.coef_, self.intercept_ = w[:, 0], float(mean[0])
+        else:
+            self.coef_, self.intercept_ = w, mean
         return self
 
     def __sklearn_tags__(self):
