@@ -13,19 +13,27 @@ docs/rls_nystroem.md.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from kernelsketch._checks import check_choice, check_float, check_int, check_tensor
-from kernelsketch.features._base import RandomFeaturesTransformer
+from kernelsketch.features._base import Progress, RandomFeaturesTransformer, check_allocation
 
 __all__ = ["NystroemMap", "RLSNystroem", "pairwise_kernel", "recursive_rls_landmarks"]
 
 KERNELS = ("rbf", "laplacian", "polynomial", "linear", "cosine")
 
-# Oversampling factor of the intermediate levels (a practical constant, not the paper's bound).
+# Landmarks sampled at the intermediate levels, as a share of n_components, and the size
+# (same unit) below which the recursion stops (practical constants, not the paper's bounds;
+# measured: docs/rls_nystroem.md). The scores of n points cost O(n s^2) for s landmarks,
+# and the halving levels score 2n points in all: about the final map's O(n n_components^2).
+_LEVEL_SHARE = 0.7
+_BOTTOM_SHARE = 1.0
+# Intermediate levels choose lambda for an effective dimension of their sample size over
+# this factor, so that points of leverage ~1 are kept with probability 1.
 _OVERSAMPLE = 2.0
 
 
@@ -58,8 +66,10 @@ def pairwise_kernel(
         return kernel(X, Y)
     gamma = 1.0 / X.shape[-1] if gamma is None else gamma
     if kernel == "rbf":
-        sq = (X * X).sum(-1)[:, None] + (Y * Y).sum(-1)[None, :] - 2.0 * X @ Y.mT
-        return torch.exp(-gamma * sq.clamp_min(0.0))
+        # exp(2 gamma <x, y> - gamma |y|^2 - gamma |x|^2): one product, then in place
+        # (the exponent is -gamma |x - y|^2 <= 0 up to rounding).
+        K = torch.addmm((Y * Y).sum(-1)[None, :], X, Y.mT, beta=-gamma, alpha=2.0 * gamma)
+        return K.sub_((gamma * (X * X).sum(-1))[:, None]).clamp_max_(0.0).exp_()
     if kernel == "laplacian":
         return torch.exp(-gamma * torch.cdist(X, Y, p=1.0))
     if kernel == "polynomial":
@@ -85,15 +95,34 @@ def _kernel_diag(X: torch.Tensor, kernel, **params) -> torch.Tensor:
 
 
 def _ridge_scores(
-    K_IS: torch.Tensor, K_SS: torch.Tensor, diag_I: torch.Tensor, w: torch.Tensor, lam: float
+    K_IS: torch.Tensor, K_SS: torch.Tensor, diag_I: torch.Tensor, w: torch.Tensor, lam: float,
+    members: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Estimated ridge leverage scores from weighted landmarks (Musco & Musco's estimator)."""
+    """Estimated ridge leverage scores from weighted landmarks (Musco & Musco's estimator).
+
+    ``l_i = (k_ii - b_i^T A^-1 b_i) / lambda`` with ``A = W K_SS W + lambda I``,
+    ``b_i = W K_Si``. ``members`` (positions in ``I`` of the landmarks ``S``): their own
+    scores are left-one-out, ``b_i`` against ``S \\ {i}`` (with ``i`` among the landmarks
+    the estimate is its leverage in the sample divided by ``w_i^2``, which under-states a
+    sampled point of leverage ~1 by the factor ``p_i``); ``O(s^3)``.
+    """
     A = w[:, None] * K_SS * w[None, :]
-    A = A + lam * torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
-    B = K_IS * w[None, :]
+    A.diagonal().add_(lam)
     L = torch.linalg.cholesky(A)
-    C = torch.linalg.solve_triangular(L, B.mT, upper=False)  # [s, n]; ||C_i||^2 = quad. form
-    resid = diag_I - (C * C).sum(0)
+    # ||C_i||^2 is the quadratic form: C = K_IS W L^-T, one matrix product with the explicit
+    # inverse of the s x s factor (faster than a triangular solve; K_IS is overwritten)
+    L_inv = torch.linalg.solve_triangular(L, torch.eye(len(L), dtype=L.dtype, device=L.device),
+                                          upper=False)
+    C = K_IS.mul_(w[None, :]) @ L_inv.mT
+    quad = C.square_().sum(1)
+    if members is not None:
+        # q_i = b~^T G b~ - (G b~)_i^2 / G_ii for b~ = b_i with its own entry zeroed, G = A^-1
+        G = L_inv.mT @ L_inv
+        B = w[:, None] * K_SS  # column i: b_i
+        B.diagonal().zero_()
+        GB = G @ B
+        quad[members] = (B * GB).sum(0) - GB.diagonal().square() / G.diagonal()
+    resid = diag_I - quad
     return (resid.clamp_min(0.0) / lam).clamp(max=1.0)
 
 
@@ -111,6 +140,38 @@ def _auto_ridge(diag_child: torch.Tensor, K_SS: torch.Tensor, w: torch.Tensor, s
     return max(tail / s, 1e-8 * mean_diag)
 
 
+def _inclusion_probabilities(weights: torch.Tensor, m: int) -> torch.Tensor:
+    """``pi_i = min(1, a w_i)`` with ``sum pi = m`` (``a`` by water-filling), float64 [n]."""
+    w = weights.double()
+    pi = torch.zeros_like(w)
+    free = torch.ones_like(w, dtype=torch.bool)
+    budget = float(m)
+    while budget > 0 and bool(free.any()):
+        a = budget / float(w[free].sum())
+        full = free & (a * w >= 1.0)
+        if not bool(full.any()):
+            pi[free] = a * w[free]
+            return pi
+        pi[full] = 1.0
+        free &= ~full
+        budget -= int(full.sum())
+    return pi
+
+
+def _systematic_sample(weights: torch.Tensor, m: int, generator) -> torch.Tensor:
+    """Exactly ``m`` distinct indices, index ``i`` included with probability
+    ``pi_i = min(1, a w_i)`` (:func:`_inclusion_probabilities`): systematic sampling of a
+    random permutation (Madow 1949). Points with ``pi_i = 1`` are always included."""
+    pi = _inclusion_probabilities(weights, m)
+    perm = torch.randperm(len(pi), generator=generator)
+    edges = torch.cumsum(pi[perm], 0)
+    edges *= m / float(edges[-1])  # exactly m at the end despite rounding
+    u = float(torch.rand(1, generator=generator, dtype=torch.float64))
+    # unit i of the m points u, u + 1, ..., u + m - 1 falls in the interval of one index
+    hits = torch.searchsorted(edges, torch.arange(m, dtype=torch.float64) + u, right=True)
+    return perm[hits.clamp(max=len(pi) - 1)]
+
+
 def recursive_rls_landmarks(
     X: torch.Tensor,
     n_components: int,
@@ -118,6 +179,7 @@ def recursive_rls_landmarks(
     kernel: str | Callable = "rbf",
     ridge: float | None = None,
     generator: torch.Generator | None = None,
+    progress: Callable[[str], None] | None = None,
     **kernel_params,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample landmark indices by recursive ridge-leverage-score sampling.
@@ -132,26 +194,34 @@ def recursive_rls_landmarks(
         ``lambda`` of the final scores; default: chosen from the spectrum so the
         effective dimension is about ``n_components``.
     generator : torch.Generator, optional
+    progress : callable, optional
+        Called with a short description after each level (``verbose`` fits).
 
     Returns
     -------
     indices : int64 Tensor [n_components]
-        Distinct landmark indices, drawn without replacement with
-        probability proportional to the estimated ridge leverage scores.
+        Distinct landmark indices: systematic sampling with inclusion probabilities
+        ``min(1, a * scores)`` summing to ``n_components`` (points whose estimated
+        leverage is high are always kept).
     scores : Tensor [n]
-        The estimated ridge leverage scores of all points.
+        The estimated ridge leverage scores of all points (a landmark's own score
+        left-one-out).
+
+    Cost: ``O(n s (d + s))`` for ``s = 0.7 n_components`` landmarks per intermediate
+    level (the levels halve: ``2 n`` points are scored in all), memory ``O(n s)``.
     """
     n = X.shape[0]
     params = {"gamma": kernel_params.get("gamma"), "degree": kernel_params.get("degree", 3),
                   "coef0": kernel_params.get("coef0", 1.0)}
     diag = _kernel_diag(X, kernel, **params)
+    s_level = max(1, round(_LEVEL_SHARE * n_components))
 
     def kmat(I, J):
         return pairwise_kernel(X[I], X[J], kernel, **params)
 
     # Levels: the full set, then nested uniform halves until at most n_components remain.
     levels = [torch.arange(n, device=X.device)]
-    while levels[-1].numel() > 2 * n_components:
+    while levels[-1].numel() > _BOTTOM_SHARE * n_components:
         idx = levels[-1]
         keep = torch.rand(idx.numel(), generator=generator, dtype=torch.float64) < 0.5
         levels.append(idx[keep.to(idx.device)])
@@ -161,12 +231,15 @@ def recursive_rls_landmarks(
         I = levels[depth]
         child = levels[depth + 1]  # the uniform half of I that S was sampled from
         K_SS, K_IS = kmat(S, S), kmat(I, S)
-        lam = _auto_ridge(diag[child], K_SS, w, n_components, I.numel() / child.numel())
-        scores = _ridge_scores(K_IS, K_SS, diag[I], w, lam)
-        p = (_OVERSAMPLE * n_components * scores / scores.sum().clamp_min(1e-300)).clamp(max=1.0)
+        lam = _auto_ridge(diag[child], K_SS, w, max(1, round(s_level / _OVERSAMPLE)),
+                          I.numel() / child.numel())
+        scores = _ridge_scores(K_IS, K_SS, diag[I], w, lam, torch.searchsorted(I, S))
+        p = (s_level * scores / scores.sum().clamp_min(1e-300)).clamp(max=1.0)
         pick = torch.rand(I.numel(), generator=generator, dtype=torch.float64).to(p.device) < p
         pick = pick | (p >= 1.0)
         S, w = I[pick], 1.0 / p[pick].sqrt()
+        if progress is not None:
+            progress(f"level {depth}: {I.numel()} points, {S.numel()} landmarks")
     # Top level: scores of every point from the last weighted landmark set.
     I = levels[0]
     child = levels[1] if len(levels) > 1 else levels[0]
@@ -175,9 +248,11 @@ def recursive_rls_landmarks(
         lam = _auto_ridge(diag[child], K_SS, w, n_components, n / child.numel())
     else:
         lam = ridge
-    scores = _ridge_scores(K_IS, K_SS, diag, w, lam)
+    scores = _ridge_scores(K_IS, K_SS, diag, w, lam, S)
     probs = scores.clamp_min(1e-12 * float(scores.max().clamp_min(1e-300)))
-    indices = torch.multinomial(probs.cpu(), n_components, replacement=False, generator=generator)
+    indices = _systematic_sample(probs.cpu(), n_components, generator)
+    if progress is not None:
+        progress(f"top level: {n} points scored")
     return indices.to(X.device), scores
 
 
@@ -236,8 +311,13 @@ class RLSNystroem(RandomFeaturesTransformer):
     sampling misses, get landmarks. ``transform(X) @ transform(Y).T =
     K_XL K_LL^+ K_LY`` never exceeds ``K`` (in the PSD order) and
     ``K - K~ <= eps * lambda * I`` with ``n_components ~ d_lambda log d_lambda / eps``
-    (Musco & Musco 2017). Costs ``O(n s)`` kernel evaluations and
-    ``O(n s^2)`` time.
+    (Musco & Musco 2017). ``fit`` costs ``O(n m (d + m))`` for ``m = n_components``
+    (about 0.6-1.5x scikit-learn's ``Nystroem.fit_transform`` in all, BENCHMARKS.md).
+
+    Memory: ``fit`` holds ``O(n m)`` (the kernel between the rows of a level and its
+    ``0.7 m`` landmarks, float64) and the ``(m, d)`` landmarks and ``(m, m)`` normalisation;
+    ``transform`` ``O(n m)``: the ``(n, m)`` kernel block and the output. The input is copied
+    to float64 when it is float32.
 
     Parameters
     ----------
@@ -253,6 +333,12 @@ class RLSNystroem(RandomFeaturesTransformer):
         ``lambda`` of the final leverage scores; default: the spectral tail
         after the top ``n_components`` eigenvalues over ``n_components``.
     random_state : int, RandomState or None
+    verbose : int, default 0
+        ``>= 1``: the recursion's levels on a tqdm bar (tqdm installed) or stderr.
+
+    ``n_components`` above the number of training rows gives a warning and as many
+    landmarks as rows (the output width is then ``n_samples``, as scikit-learn's
+    ``Nystroem`` does).
 
     Attributes
     ----------
@@ -278,6 +364,7 @@ class RLSNystroem(RandomFeaturesTransformer):
         coef0: float = 1.0,
         ridge: float | None = None,
         random_state=None,
+        verbose: int = 0,
     ):
         self.n_components = n_components
         self.kernel = kernel
@@ -286,6 +373,7 @@ class RLSNystroem(RandomFeaturesTransformer):
         self.coef0 = coef0
         self.ridge = ridge
         self.random_state = random_state
+        self.verbose = verbose
 
     def _check_params(self, n_features: int) -> None:
         check_int("n_components", self.n_components, min=1)
@@ -297,15 +385,27 @@ class RLSNystroem(RandomFeaturesTransformer):
         check_float("coef0", self.coef0)
         if self.ridge is not None:
             check_float("ridge", self.ridge, min=0.0, min_exclusive=True)
+        check_int("verbose", self.verbose, min=0)
 
     def _make_feature_map(self, n_features, generator, X):
         n = X.shape[0]
         s = min(self.n_components, n)
+        if self.n_components > n:
+            warnings.warn(f"n_components={self.n_components} is larger than the {n} training "
+                          f"rows: using {n} landmarks (n_features_out = {n})", UserWarning,
+                          stacklevel=4)
+        check_allocation(8.0 * n * (s + n_features),
+                         f"the (n_samples, n_components) = ({n}, {s}) kernel block of "
+                         "RLSNystroem.fit", "fit on fewer rows or use fewer n_components")
         Xd = X.to(torch.float64)
         params = {"gamma": self.gamma, "degree": self.degree, "coef0": self.coef0}
+        progress = Progress(self.verbose, "RLSNystroem.fit")
         idx, scores = recursive_rls_landmarks(
-            Xd, s, kernel=self.kernel, ridge=self.ridge, generator=generator, **params
+            Xd, s, kernel=self.kernel, ridge=self.ridge, generator=generator,
+            progress=progress, **params
         )
+        fmap = NystroemMap(Xd[idx], self.kernel, **params)
+        progress.close(f"{s} landmarks")
         self.landmark_indices_ = idx.numpy()
         self.leverage_scores_ = scores.numpy()
-        return NystroemMap(Xd[idx], self.kernel, **params)
+        return fmap
