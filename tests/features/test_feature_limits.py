@@ -100,14 +100,26 @@ def test_polysketch_warns_when_it_approximates_little(np_rng):
 
 def test_binning_warns_in_high_dimension(np_rng):
     X = np_rng.normal(size=(20, 64))
-    with pytest.warns(UserWarning, match=r"E\[f\^4\]\^d - 1 .* kernel='laplacian'"):
+    with pytest.warns(UserWarning, match=r"E\[f\^4\]\^64 - 1 .* projection_dim=2"):
         WeightedRandomBinning(n_components=100, random_state=0).fit(X)
 
 
 def test_binning_laplacian_has_no_variance_warning(np_rng, recwarn):
     WeightedRandomBinning(kernel="laplacian", n_components=50, random_state=0).fit(
         np_rng.normal(size=(20, 64)))
-    assert not [w for w in recwarn if "grid" in str(w.message)]
+    assert not [w for w in recwarn if "variance" in str(w.message)]
+
+
+def test_binning_coordinates_warn_about_time_from_d_8(np_rng, recwarn):
+    # Binning d >= 8 coordinates per grid cannot match RBFSampler's time: fit says so and
+    # names projection_dim; d = 7 and projections fit silently.
+    with pytest.warns(UserWarning, match="bins all 8 input coordinates .* projection_dim=1"):
+        WeightedRandomBinning(kernel="laplacian", n_components=20, length_scale=3.0,
+                              random_state=0).fit(np_rng.normal(size=(50, 8)))
+    for d, p in ((7, None), (64, 1)):
+        WeightedRandomBinning(kernel="laplacian", n_components=20, length_scale=3.0 * d,
+                              projection_dim=p, random_state=0).fit(np_rng.normal(size=(50, d)))
+    assert not [w for w in recwarn if "input coordinates" in str(w.message)]
 
 
 # --- memory ----------------------------------------------------------------------------------

@@ -149,16 +149,7 @@ EXACT = {
 }
 
 
-ROUTED = {  # fuzz failures in files owned by other engineers (issue 21), strict: fix, then drop
-    "weighted_binning_kernel": "issue 18 (binning.py): X of [[nan]] gives a NaN kernel silently "
-                               "and a 0-d X an IndexError",
-}
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=ROUTED[n])) if n in ROUTED else n
-    for n in sorted(EXACT)
-])
+@pytest.mark.parametrize("name", sorted(EXACT))
 @settings(max_examples=30)
 @given(X=data_matrices(), d=st.one_of(st.integers(0, 3), st.sampled_from([-1, 2**31, 1.5])),
        as_tensor=st.booleans())

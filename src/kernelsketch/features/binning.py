@@ -36,7 +36,7 @@ from fractions import Fraction
 import numpy as np
 import scipy.sparse as sp
 import torch
-from scipy.special import gammaincc, gammaln
+from scipy.special import erfcx, gammainc, gammaincc, gammaln, roots_genlaguerre
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
@@ -46,6 +46,7 @@ from kernelsketch.distributed.dask import transform as dask_transform
 from kernelsketch.features._base import (
     RandomFeaturesTransformer,
     check_allocation,
+    check_points,
     torch_generator_from_random_state,
 )
 
@@ -81,47 +82,88 @@ _MATERN_NODES = 256
 class WeightedBinningMap(nn.Module):
     """Torch map ``x -> (cells, weights)`` for ``n_grids`` randomly shifted weighted grids.
 
+    Each grid bins ``p`` coordinates of ``x``: the input coordinates (``projection``
+    empty, ``p = d``) or ``p`` random projections ``u = x @ projection[:, g p:(g+1) p]``.
+
     Parameters
     ----------
-    widths : Tensor [n_grids, d]
-        Cell widths per grid and coordinate (> 0).
-    shifts : Tensor [n_grids, d]
+    widths : Tensor [n_grids, p]
+        Cell widths per grid and binned coordinate (> 0).
+    shifts : Tensor [n_grids, p]
         Grid offsets, uniform in ``[0, width)``.
     weight_order : int >= 0
         ``k`` of the weight function ``f_k(t) = c_k (t (1 - t))^k`` with
         ``int_0^1 f_k^2 = 1``: ``0`` is ``f = 1`` (plain binning), ``2`` is
         ``sqrt(630) t^2 (1 - t)^2``.
+    projection : Tensor [d, n_grids * p], optional
+        Projection directions, grid-major; ``None`` bins the input coordinates.
 
-    ``forward(x [..., d])`` returns ``cells`` (int64 ``[..., n_grids, d]``, the cell
-    index per coordinate) and ``weights`` (``[..., n_grids]`` in the input dtype,
-    ``prod_j f_k(t_j) / sqrt(n_grids)``), so that
-    ``sum_g weights(x)_g weights(y)_g [cells(x)_g == cells(y)_g]`` estimates the
+    ``forward(x [..., d])`` returns ``cells`` (int64 ``[..., n_grids, p]``, the cell
+    index per binned coordinate) and ``weights`` (``[..., n_grids]`` in the input dtype,
+    ``prod_j f_k(t_j) / sqrt(n_grids)``, ``t_j in [0, 1)`` the position in the cell), so
+    that ``sum_g weights(x)_g weights(y)_g [cells(x)_g == cells(y)_g]`` estimates the
     induced kernel without bias. Works on any device after ``.to(device)``.
     """
 
-    def __init__(self, widths: torch.Tensor, shifts: torch.Tensor, weight_order: int):
+    def __init__(self, widths: torch.Tensor, shifts: torch.Tensor, weight_order: int,
+                 projection: torch.Tensor | None = None):
         super().__init__()
         self.register_buffer("widths", widths)
         self.register_buffer("shifts", shifts)
+        self.register_buffer("projection", torch.zeros(0, 0, dtype=widths.dtype)
+                             if projection is None else projection)
         self.weight_order = weight_order
         self.weight_scale = math.sqrt(_weight_norm_sq(weight_order))
-        self.n_grids = widths.shape[0]
+        self.n_grids, self.n_binned = widths.shape
+
+    @property
+    def d_in(self) -> int:
+        return self.projection.shape[0] if self.projection.numel() else self.n_binned
+
+    def positions(self, x: torch.Tensor) -> torch.Tensor:
+        """Positions in cell units, ``(coordinate - shift) / width``: ``[n, d] -> [n, n_grids, p]``
+        in the compute dtype (float64 for float64 input, else float32)."""
+        work = torch.float64 if x.dtype == torch.float64 else torch.float32
+        x = x.to(work)
+        inv = 1.0 / self.widths.to(work)
+        offset = -(self.shifts.to(work) * inv)
+        if self.projection.numel():  # one matrix product: x @ (P / w) - s / w
+            scaled = self.projection.to(work) * inv.reshape(1, -1)
+            pos = torch.addmm(offset.reshape(1, -1), x, scaled)
+            return pos.reshape(len(x), self.n_grids, self.n_binned)
+        return torch.addcmul(offset, x[:, None, :], inv)
+
+    def cell_weights(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(floor(pos), weights [n, n_grids])`` from :meth:`positions` (compute dtype; ``pos``
+        is overwritten, and is the cells for plain binning); ``weights`` is ``None`` for plain
+        binning (all ``1 / sqrt(n_grids)``)."""
+        if not self.weight_order:
+            return pos.floor_(), None
+        cells = torch.floor(pos)
+        f = pos.sub_(cells)  # t in [0, 1)
+        f.addcmul_(f, f, value=-1.0)  # t (1 - t)
+        if self.weight_order > 1:
+            f.pow_(self.weight_order)
+        scale = self.weight_scale ** self.n_binned
+        if scale > 1e30:  # scale each factor (bounded products: no under/overflow)
+            return cells, f.mul_(self.weight_scale).prod(-1).mul_(1.0 / math.sqrt(self.n_grids))
+        weights = f[..., 0] * (scale / math.sqrt(self.n_grids))
+        for j in range(1, self.n_binned):
+            weights.mul_(f[..., j])
+        return cells, weights
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_tensor("x", x)
-        if x.dim() == 0 or x.shape[-1] != self.widths.shape[1]:
-            raise ValueError(f"x must have {self.widths.shape[1]} features in its last "
+        if x.dim() == 0 or x.shape[-1] != self.d_in:
+            raise ValueError(f"x must have {self.d_in} features in its last "
                              f"dimension, got shape {list(x.shape)}")
-        dtype = x.dtype
-        work = torch.float64 if dtype == torch.float64 else torch.float32
-        pos = (x.to(work)[..., None, :] - self.shifts.to(work)) / self.widths.to(work)
-        cells = torch.floor(pos)
-        if self.weight_order == 0:
-            weights = torch.ones(pos.shape[:-1], dtype=work, device=x.device)
-        else:
-            t = pos - cells
-            weights = (self.weight_scale * (t * (1.0 - t)) ** self.weight_order).prod(-1)
-        return cells.to(torch.int64), (weights / math.sqrt(self.n_grids)).to(dtype)
+        lead = x.shape[:-1]
+        pos = self.positions(x.reshape(-1, x.shape[-1]))
+        cells, weights = self.cell_weights(pos.clamp_(-_MAX_CELL, _MAX_CELL))
+        if weights is None:
+            weights = cells.new_full(cells.shape[:-1], 1.0 / math.sqrt(self.n_grids))
+        return (cells.to(torch.int64).reshape(*lead, self.n_grids, self.n_binned),
+                weights.to(x.dtype).reshape(*lead, self.n_grids))
 
 
 @functools.cache
@@ -180,7 +222,8 @@ def _smooth_1d(delta: np.ndarray, k: int) -> np.ndarray:
     With w ~ Gamma(a, scale th): E[w^-j 1{w > u}] = th^-j Gamma(a-j)/Gamma(a) Q(a-j, u/th),
     valid for every power j <= 4k + 1 < a_k of A_k.
     """
-    u = np.abs(delta)
+    # k1 is 0 in float64 from |delta| ~ 100 on: clamping keeps u**j finite (huge delta)
+    u = np.minimum(np.abs(delta), _SMOOTH_CUTOFF)
     width, a = _WIDTH_TABLE[k]
     th = width / a
     out = np.zeros_like(u)
@@ -191,6 +234,43 @@ def _smooth_1d(delta: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+@functools.cache
+def _laguerre(alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Generalized Gauss–Laguerre nodes and normalised weights for ``x^alpha e^-x``."""
+    x, w = roots_genlaguerre(_LAGUERRE_NODES, alpha)
+    return x, w / w.sum()
+
+
+def _projected_smooth_1d(s: np.ndarray, k: int) -> np.ndarray:
+    """``E_{g ~ N(0, 1)}[k1(g s)]`` for the smooth 1-D kernel ``k1`` of :func:`_smooth_1d`.
+
+    Term by term: ``k1(u) = sum_j c_j u^j E_w[w^-j 1{w > u}]``, and
+    ``E_g[|g|^j 1{|g| < b}] = 2^{j/2} Gamma((j+1)/2) / sqrt(pi) P((j+1)/2, b^2 / 2)``; the mean
+    over the width ``w ~ Gamma(a_k, scale th)`` by generalized Gauss–Laguerre quadrature with
+    the weight ``x^{a_k - 1 - j} e^{-x}`` (the integrand left, a regularized incomplete gamma
+    function of ``x``, is smooth and bounded). Beyond ``s = 1e6`` the tail
+    ``E_g[k1(g s)] = (c / s) (1 + O(s^-2))`` is scaled from ``s = 1e6`` (relative error ~1e-12).
+    """
+    s_in = np.abs(np.asarray(s, dtype=np.float64))
+    s = np.minimum(s_in, _PROJECTED_TAIL)
+    width, a = _WIDTH_TABLE[k]
+    th = width / a
+    out = np.zeros_like(s)
+    flat = s.reshape(-1, 1)
+    with np.errstate(divide="ignore"):
+        inv_s2 = np.where(flat > 0, 1.0 / (2.0 * flat * flat), np.inf)
+    for j, c in enumerate(_autocorr(k)):
+        if c == 0.0:
+            continue
+        x, w = _laguerre(a - 1.0 - j)
+        inner = gammainc((j + 1) / 2, (th * x) ** 2 * inv_s2) @ w  # [len(s)]
+        const = math.exp(gammaln(a - j) - gammaln(a) - j * math.log(th)
+                         + 0.5 * j * math.log(2.0) + gammaln((j + 1) / 2) - 0.5 * math.log(math.pi))
+        out += (c * const * flat[:, 0] ** j * inner).reshape(s.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(s_in > _PROJECTED_TAIL, out * (_PROJECTED_TAIL / s_in), out)
+
+
 def weighted_binning_kernel(
     X,
     Y=None,
@@ -199,6 +279,7 @@ def weighted_binning_kernel(
     length_scale: float = 1.0,
     nu: float = 1.5,
     weight_order: int = 2,
+    projection_dim: int | None = None,
 ) -> np.ndarray:
     """Exact kernel induced by :class:`WeightedRandomBinning` (the test oracle).
 
@@ -212,24 +293,48 @@ def weighted_binning_kernel(
     weight_order : int in [1, 6], default 2
         ``k`` of the weight function ``f_k(t) = c_k (t (1 - t))^k`` (ignored for
         ``"laplacian"``).
+    projection_dim : int >= 1 or None, default None
+        ``p`` random projections binned per grid (``None``: the input coordinates).
 
     Returns
     -------
     K : ndarray [n, m], float64
-        ``laplacian``: ``exp(-||x - y||_1 / length_scale)``; ``gaussian``:
+        Coordinates (``projection_dim=None``): ``laplacian``:
+        ``exp(-||x - y||_1 / length_scale)``; ``gaussian``:
         ``prod_j k1((x_j - y_j) / length_scale)`` with ``k1 = E_g[A_k(|t| / (W_k g))]``
         within a sup distance of ``exp(-t^2/2)`` from 0.0068 (``k = 1``) to 0.000057
-        (``k = 6``), 0.00151 for ``k = 2`` (docs/weighted_random_binning.md); ``matern``: ``E_tau[prod_j k1((x_j - y_j) / s)]`` with
-        ``s^2 = length_scale^2 tau / nu``, ``tau ~ Gamma(nu, 1)`` (trapezoid rule in
-        ``log tau``, 256 nodes), close to the Matérn kernel of order ``nu``.
+        (``k = 6``), 0.00151 for ``k = 2`` (docs/weighted_random_binning.md); ``matern``:
+        ``E_tau[prod_j k1((x_j - y_j) / s)]`` with ``s^2 = length_scale^2 tau / nu``,
+        ``tau ~ Gamma(nu, 1)`` (trapezoid rule in ``log tau``, 256 nodes), close to the
+        Matérn kernel of order ``nu``. Projections (``projection_dim = p``), with
+        ``s = ||x - y||_2 / (sqrt(p) length_scale)``: ``laplacian``: ``erfcx(s / sqrt(2))^p``;
+        ``gaussian``: ``E_g[k1(g s)]^p``, ``g ~ N(0, 1)``, within ``p`` times the sup distance
+        above of the rational quadratic ``(1 + ||x - y||^2 / (p length_scale^2))^(-p/2)``.
     """
     check_choice("kernel", kernel, KERNELS)
     length_scale = check_float("length_scale", length_scale, min=0.0, min_exclusive=True)
     nu = check_float("nu", nu, min=0.0, min_exclusive=True)
     k = check_int("weight_order", weight_order, min=1, max=MAX_WEIGHT_ORDER)
-    X = np.asarray(X, dtype=np.float64)
-    Y = X if Y is None else np.asarray(Y, dtype=np.float64)
-    diff = (X[:, None, :] - Y[None, :, :]) / length_scale
+    X, Y = check_points(X, Y)
+    if projection_dim is not None:
+        p = _check_projection_dim(projection_dim, kernel)
+        check_allocation(8.0 * len(X) * len(Y) * 3,
+                         f"the (n, m) = ({len(X)}, {len(Y)}) kernel matrix",
+                         "evaluate fewer points at a time")
+        # distances of rows scaled to |x| <= 1 (no overflow), then scaled back (may be inf)
+        c = max(float(np.abs(X).max(initial=0.0)), float(np.abs(Y).max(initial=0.0)), 1e-300)
+        A, B = X / c, Y / c
+        sq = (A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2.0 * A @ B.T
+        with np.errstate(over="ignore"):
+            s = c * (np.sqrt(np.maximum(sq, 0.0)) / (math.sqrt(p) * length_scale))
+        if kernel == "laplacian":
+            return erfcx(s / math.sqrt(2.0)) ** p
+        return _projected_smooth_1d(s, k) ** p
+    check_allocation(8.0 * len(X) * len(Y) * (X.shape[1] + 2),
+                     f"the (n, m, d) = ({len(X)}, {len(Y)}, {X.shape[1]}) coordinate "
+                     "differences", "evaluate fewer points at a time")
+    with np.errstate(over="ignore"):  # differences beyond 1e6 length scales: kernel 0
+        diff = np.clip((X[:, None, :] - Y[None, :, :]) / length_scale, -1e6, 1e6)
     if kernel == "laplacian":
         return np.exp(-np.abs(diff).sum(-1))
     if kernel == "gaussian":
@@ -247,10 +352,19 @@ def weighted_binning_kernel(
     return K
 
 
+def _check_projection_dim(projection_dim, kernel: str) -> int:
+    p = check_int("projection_dim", projection_dim, min=1, max=_MAX_PROJECTION_DIM)
+    if kernel == "matern":
+        raise ValueError("projection_dim must be None for kernel='matern' (projections are "
+                         "implemented for 'gaussian' and 'laplacian'), got "
+                         f"{projection_dim}")
+    return p
+
+
 def _hash_cells(cells: np.ndarray, multipliers: np.ndarray) -> np.ndarray:
     """One int64 key per (row, grid) cell: random odd multipliers, arithmetic mod 2^64.
 
-    ``cells`` is int64 ``[n, R, d]``; ``multipliers`` uint64 ``[d + 1]`` (the last one
+    ``cells`` is int64 ``[n, R, p]``; ``multipliers`` uint64 ``[p + 1]`` (the last one
     mixes in the grid index, so equal cells of different grids get different keys).
     """
     u = cells.view(np.uint64)  # two's complement reinterpretation, no copy
@@ -259,11 +373,105 @@ def _hash_cells(cells: np.ndarray, multipliers: np.ndarray) -> np.ndarray:
     return keys.view(np.int64)
 
 
-# Bytes of temporaries per chunk of rows when binning ([rows, n_grids, d] positions, cells
-# and keys: about 40 bytes per entry).
+class _OutsideBoxes(Exception):
+    """A cell fell outside the boxes bounded from a sample of the rows."""
+
+
+class _BoxIndex:
+    """Columns of the cells seen in ``fit`` when each grid's bounding box of cells is small.
+
+    Grid ``g``'s cells lie in the box ``lo_g <= c <= hi_g`` (per binned coordinate); the
+    boxes are numbered one after the other (mixed radix inside a box), and a lookup table
+    maps box numbers to columns (-1: no training row there). ``O(n R p)`` per call, no
+    sorting; columns come out increasing with the grid, so CSR rows are sorted.
+    """
+
+    def __init__(self, lo: torch.Tensor, hi: torch.Tensor, limit: int):
+        self.lo, self.hi = lo.double(), hi.double()  # [R, p], integer values
+        span = self.hi - self.lo + 1.0
+        size = span.prod(1)
+        self.ok = bool(span.max() < 2**31 and size.sum() <= limit)
+        if not self.ok:
+            return
+        self.rad = torch.cumprod(torch.cat([torch.ones_like(span[:, :1]), span[:, :-1]], 1), 1)
+        self.base = torch.cumsum(size, 0) - size - (self.lo * self.rad).sum(1)
+        self.n_boxes = int(size.sum())
+
+    def boxes(self, cells: torch.Tensor, *, overwrite: bool = False) -> torch.Tensor:
+        """Box number per (row, grid) of cells ``[n, R, p]`` inside the boxes: int32 or int64
+        ``[n, R]`` (``overwrite``: float64 ``cells`` may be used as the workspace)."""
+        first = cells[..., 0]
+        if overwrite and cells.dtype == torch.float64:
+            box = first.add_(self.base)  # rad[:, 0] = 1
+        else:
+            box = first.double() + self.base
+        for j in range(1, cells.shape[-1]):
+            box.addcmul_(cells[..., j].double(), self.rad[:, j])
+        return box.to(torch.int32 if self.n_boxes < 2**31 else torch.int64)
+
+    def inside(self, cells: torch.Tensor) -> torch.Tensor:
+        """Whether each (row, grid) cell of ``cells`` ``[n, R, p]`` lies in its box: bool [n, R]."""
+        inside = None
+        for j in range(cells.shape[-1]):
+            c = cells[..., j]
+            ok = (c >= self.lo[:, j]) & (c <= self.hi[:, j])
+            inside = ok if inside is None else inside.logical_and_(ok)
+        return inside
+
+    def boxes_inside(self, cells: torch.Tensor) -> np.ndarray:
+        """:meth:`boxes` (as numpy), or ``_OutsideBoxes`` when a cell is outside its box."""
+        if not bool(self.inside(cells).all()):
+            raise _OutsideBoxes
+        return self.boxes(cells, overwrite=True).numpy()
+
+    def index(self, boxes: np.ndarray) -> np.ndarray:
+        """Number the boxes occupied by ``boxes`` (training rows); return their columns."""
+        used = np.bincount(boxes.ravel(), minlength=self.n_boxes) > 0
+        self.lut = np.where(used, np.cumsum(used) - 1, -1).astype(np.int32)
+        self.n_columns = int(used.sum())
+        return self.lut[boxes]
+
+    def columns(self, cells: torch.Tensor) -> np.ndarray:
+        """Column per (row, grid) of cells ``[n, R, p]``; -1 outside the cells seen in fit."""
+        inside = self.inside(cells)
+        if bool(inside.all()):
+            return self.lut[self.boxes(cells).numpy()]
+        box = self.boxes(torch.where(inside[..., None], cells, self.lo.to(cells.dtype))).numpy()
+        return np.where(inside.numpy(), self.lut[box], -1)
+
+
+class _HashIndex:
+    """Columns of the cells seen in ``fit`` by sorted 64-bit keys of the integer cells."""
+
+    def __init__(self, keys: np.ndarray):
+        self.keys = np.unique(keys)
+        self.n_columns = int(self.keys.size)
+
+    def columns(self, keys: np.ndarray) -> np.ndarray:
+        pos = np.searchsorted(self.keys, keys).clip(max=self.keys.size - 1)
+        return np.where(self.keys[pos] == keys, pos, -1)
+
+
+# Bytes of temporaries per block of rows when binning.
 _CHUNK_BYTES = 1 << 26
-# Largest n_components accepted (grids above cannot be stored or evaluated).
+# Largest |cell index| (positions are clamped here: cells beyond are all distinct anyway).
+_MAX_CELL = 2.0**52
+# Input dimension from which binning the coordinates is warned about (slow: _warn_if_slow).
+_SLOW_COORDINATES = 8
+# Largest n_components / projection_dim accepted.
 _MAX_COMPONENTS = 1 << 24
+_MAX_PROJECTION_DIM = 64
+# |delta| beyond which the smooth 1-D kernel is 0 in float64 (it is below 1e-300 from ~100),
+# and s beyond which its projected mean follows its 1 / s tail (see _projected_smooth_1d).
+_SMOOTH_CUTOFF = 1e4
+_PROJECTED_TAIL = 1e6
+# Quadrature nodes of the projected smooth kernel (error below 1e-12: test_binning.py).
+_LAGUERRE_NODES = 96
+# Rows sampled to bound the boxes when the training rows span several blocks.
+_BOUND_ROWS = 4096
+# Box-numbered columns while the boxes hold at most this many cells per (row, grid) pair
+# (the lookup table is then at most a few times the output's size).
+_BOX_CELLS_PER_ENTRY = 4
 
 
 class WeightedRandomBinning(RandomFeaturesTransformer):
@@ -271,18 +479,39 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
 
     Each of ``n_components`` random grids contributes one non-zero per row:
     ``transform`` returns a CSR matrix ``Z`` with ``Z @ Z.T`` an unbiased
-    estimate of the induced kernel matrix (:func:`weighted_binning_kernel`),
-    which is the Laplace kernel exactly, or a smooth kernel within 0.0068 (k = 1) to
-    0.000057 (k = 6) per coordinate of the Gaussian (0.00151 at the default k = 2), resp.
-    close to the Matérn(nu) kernel. Use it with
-    :class:`kernelsketch.features.KernelRidge` (CG on the sparse features) for
-    kernel ridge regression in ``O(n_components * n)`` memory.
+    estimate of the induced kernel matrix (:func:`weighted_binning_kernel`). A grid bins
+    either the ``d`` input coordinates (``projection_dim=None``, arXiv 2003.09756's
+    construction) or ``p = projection_dim`` random Gaussian projections of ``x`` (this
+    library's construction for moderate and high ``d``):
 
-    With ``weight_order = k`` the ``"gaussian"`` kernel is C^{2k} at 0 (spectral
+    - coordinates: ``"laplacian"`` is exactly ``exp(-||x-y||_1 / length_scale)``;
+      ``"gaussian"`` is within 0.0068 (k = 1) to 0.000057 (k = 6) per coordinate of
+      ``exp(-||x-y||^2 / (2 length_scale^2))`` (0.00151 at the default k = 2); ``"matern"``
+      close to the Matérn(nu) kernel. One grid's estimate of ``k(x, x)`` has relative
+      variance ``E[f_k^4]^d - 1`` (``"laplacian"``: 0), which rules the smooth weightings out
+      beyond ~8 dimensions, and binning costs ``O(n d)`` per grid (no matrix product).
+    - projections, ``r = ||x - y||_2``: ``"laplacian"`` is exactly
+      ``erfcx(r / (sqrt(2 p) length_scale))^p``; ``"gaussian"`` is within ``p`` times the
+      per-coordinate sup distance of the rational quadratic
+      ``(1 + r^2 / (p length_scale^2))^(-p/2)``, which has the Gaussian's curvature at 0 and
+      tends to it as ``p`` grows. Per-grid variance ``E[f_k^4]^p - 1`` whatever ``d``; the
+      projections are one matrix product, as in random Fourier features.
+
+    With ``weight_order = k`` the ``"gaussian"`` profile is C^{2k} at 0 (spectral
     density ``~ |omega|^-(2k+2)``, Matérn-(k + 1/2)-like smoothness): any finite
-    smoothness, close to the Gaussian in value, never infinitely smooth. The weight
-    function is this library's own (the idea of weighting is arXiv 2003.09756's):
-    docs/weighted_random_binning.md.
+    smoothness, never infinitely smooth. The weight function is this library's own (the
+    idea of weighting is arXiv 2003.09756's): docs/weighted_random_binning.md. Use the
+    features with :class:`kernelsketch.features.KernelRidge` (CG on the sparse features).
+
+    ``fit`` warns when the per-grid variance leaves ``n_components`` grids a relative error
+    above 0.5 on ``k(x, x)``, and when ``length_scale`` puts almost every training row alone
+    in its cell (the kernel matrix is then nearly the identity) or all rows in one cell.
+
+    Memory: ``O(R (d + p))`` buffers (projections ``d x R p``, widths and shifts ``R x p``),
+    plus the lookup of the cells seen in ``fit`` (at most ``4 n R`` int32, or ``n R`` int64
+    keys when ``p`` is large); ``fit`` and ``transform`` work on blocks of rows with at most
+    64 MB of temporaries, plus the CSR output (``n R`` non-zeros, 12 bytes each in float64).
+    ``R = n_components``, ``p = projection_dim`` or ``d``.
 
     Parameters
     ----------
@@ -290,9 +519,12 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
         Number of independent grids (non-zeros per row). The number of output
         columns is the number of distinct cells occupied by the training data.
     kernel : {"gaussian", "matern", "laplacian"}, default "gaussian"
+        The 1-D profile of each binned coordinate: weighted (``"gaussian"``, ``"matern"``:
+        a Gaussian scale mixture) or plain binning (``"laplacian"``).
     length_scale : float, default 1.0
-        ``exp(-||x-y||^2 / (2 length_scale^2))``, Matérn's ``length_scale`` as in
-        ``sklearn.gaussian_process.kernels.Matern``, or ``exp(-||x-y||_1 / length_scale)``.
+        Coordinates: ``exp(-||x-y||^2 / (2 length_scale^2))``, Matérn's ``length_scale`` as
+        in ``sklearn.gaussian_process.kernels.Matern``, or ``exp(-||x-y||_1 /
+        length_scale)``. Projections: see above.
     nu : float, default 1.5
         Matérn order (``kernel="matern"``); larger is smoother. The induced kernel's
         smoothness is ``min(nu, weight_order + 1/2)``.
@@ -300,9 +532,13 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
         ``k`` of the cell weight ``f_k(t) = c_k (t (1 - t))^k`` (ignored for
         ``"laplacian"``). Larger is smoother (Matérn-(k + 1/2)-like, closer to the
         Gaussian in value) but costs variance: one grid's estimate of ``k(x, x)`` has
-        relative variance ``E[f_k^4]^d - 1`` with ``E[f_k^4]`` = 1.43, 1.81, 2.13, 2.41,
+        relative variance ``E[f_k^4]^p - 1`` with ``E[f_k^4]`` = 1.43, 1.81, 2.13, 2.41,
         2.66, 2.89 for k = 1..6 (:func:`weight_fourth_moment`). Use
         ``weight_order >= nu - 1/2`` for a Matérn kernel of order ``nu``.
+    projection_dim : int in [1, 64] or None, default None
+        ``None``: bin the input coordinates. ``p``: bin ``p`` projections on directions
+        ``~ N(0, I / (p length_scale^2))`` per grid ("gaussian" and "laplacian" only).
+        ``p = 2`` serves any ``d`` at RFF's cost (BENCHMARKS.md).
     random_state : int, RandomState or None
 
     Attributes
@@ -311,11 +547,16 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
         Torch map to cells and weights (the binning itself; works on GPU).
     n_features_out_ : int
         Number of columns (cells seen in ``fit``).
+    expected_diagonal_error_ : float
+        ``sqrt((E[f_k^4]^p - 1) / n_components)``, the relative error of ``diag(Z Z^T)``.
+    singleton_fraction_ : float
+        Share of the training (row, grid) pairs alone in their cell.
 
     References
     ----------
     Kapralov, Nouri, Razenshteyn, Velingker, Zandieh, AISTATS 2020 (arXiv 2003.09756):
-    weighted random binning and its spectral guarantee (the weighting here is ours).
+    weighted random binning and its spectral guarantee (the weighting here is ours);
+    Rahimi, Recht, NeurIPS 2007 (random binning).
     """
 
     def __init__(
@@ -326,6 +567,7 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
         length_scale: float = 1.0,
         nu: float = 1.5,
         weight_order: int = 2,
+        projection_dim: int | None = None,
         random_state=None,
     ):
         self.n_components = n_components
@@ -333,6 +575,7 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
         self.length_scale = length_scale
         self.nu = nu
         self.weight_order = weight_order
+        self.projection_dim = projection_dim
         self.random_state = random_state
 
     def _check_params(self, n_features: int) -> None:
@@ -341,38 +584,84 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
         check_float("length_scale", self.length_scale, min=0.0, min_exclusive=True)
         check_float("nu", self.nu, min=0.0, min_exclusive=True)
         check_int("weight_order", self.weight_order, min=1, max=MAX_WEIGHT_ORDER)
-        check_allocation(16.0 * self.n_components * n_features,
-                         f"the (n_components, n_features) = ({self.n_components}, {n_features}) "
-                         "grid widths and shifts", "use fewer n_components")
-        self._warn_if_high_variance(n_features)
+        p = n_features
+        if self.projection_dim is not None:
+            p = _check_projection_dim(self.projection_dim, self.kernel)
+        projected = n_features * p if self.projection_dim is not None else 0
+        check_allocation(8.0 * self.n_components * (2 * p + projected),
+                         f"the (n_components, projection_dim) = ({self.n_components}, {p}) "
+                         "grid widths, shifts and projections", "use fewer n_components")
+        if not self._warn_if_high_variance(p) and self.projection_dim is None:
+            self._warn_if_slow(n_features)
 
-    def _warn_if_high_variance(self, d: int) -> None:
-        """Warn when one grid's estimate of ``k(x, x)`` (relative variance ``E[f_k^4]^d - 1``)
+    def _warn_if_slow(self, d: int) -> None:
+        """Warn when binning the ``d`` input coordinates cannot match random Fourier features'
+        time (measured 11-38x RBFSampler's fit+transform at d = 10-64, BENCHMARKS.md)."""
+        if d >= _SLOW_COORDINATES:
+            warnings.warn(
+                f"WeightedRandomBinning(projection_dim=None) bins all {d} input coordinates per "
+                f"grid: O(n d) elementwise work per grid without a matrix product, about 10x or "
+                "more RBFSampler's time from d = 8; use projection_dim=1 (one matrix product, "
+                "RBFSampler's time; the kernel then is erfcx(|x-y| / (sqrt(2) length_scale)) "
+                "for 'laplacian', docs/weighted_random_binning.md)", UserWarning, stacklevel=4)
+
+    def _warn_if_high_variance(self, p: int) -> bool:
+        """Warn when one grid's estimate of ``k(x, x)`` (relative variance ``E[f_k^4]^p - 1``)
         leaves a relative error above 0.5 with ``n_components`` grids."""
         if self.kernel == "laplacian":
             self.expected_diagonal_error_ = 0.0
-            return
-        log_var = d * math.log(weight_fourth_moment(self.weight_order))
-        rel = math.exp(0.5 * (min(log_var, 700.0) - math.log(self.n_components)))
+            return False
+        log_var = p * math.log(weight_fourth_moment(self.weight_order))
+        rel = math.exp(0.5 * (math.log(-math.expm1(-min(log_var, 700.0))) + min(log_var, 700.0)
+                              - math.log(self.n_components)))
         self.expected_diagonal_error_ = rel
         if rel > 0.5:
-            needed = math.exp(log_var) / 0.25 if log_var < 700 else math.inf
+            needed = math.expm1(log_var) / 0.25 if log_var < 700 else math.inf
             warnings.warn(
                 f"WeightedRandomBinning(kernel={self.kernel!r}, weight_order="
-                f"{self.weight_order}) in d={d}: one grid's estimate of k(x, x) has relative "
-                f"variance E[f^4]^d - 1 = {math.expm1(min(log_var, 700.0)):.3g}, so "
-                f"{self.n_components} grids leave a relative error of about {rel:.3g} (most "
-                f"rows get near-zero features; {needed:.3g} grids would give 0.5); use "
-                "kernel='laplacian' (bounded variance in any d), weight_order=1, or "
-                "GegenbauerFeatures / RBFSampler for a Gaussian kernel in this dimension",
-                UserWarning, stacklevel=4)
+                f"{self.weight_order}) binning {p} coordinates per grid: one grid's estimate of "
+                f"k(x, x) has relative variance E[f^4]^{p} - 1 = "
+                f"{math.expm1(min(log_var, 700.0)):.3g}, so {self.n_components} grids leave a "
+                f"relative error of about {rel:.3g} (most rows get near-zero features; "
+                f"{needed:.3g} grids would give 0.5); use projection_dim=2 (bounded variance "
+                "in any dimension: a rational quadratic kernel), kernel='laplacian', or "
+                "weight_order=1", UserWarning, stacklevel=4)
+            return True
+        return False
+
+    def _warn_if_bandwidth_unusable(self, counts: np.ndarray, n: int) -> None:
+        """Warn when ``length_scale`` leaves almost every training row alone in its cell, or
+        puts all rows in one cell per grid (``counts``: rows per occupied cell)."""
+        R = self.n_components
+        self.singleton_fraction_ = float((counts == 1).sum() / max(n * R, 1))
+        if n < 10:
+            return
+        if self.singleton_fraction_ > 0.9:
+            warnings.warn(
+                f"WeightedRandomBinning(length_scale={self.length_scale}): "
+                f"{100 * self.singleton_fraction_:.0f}% of the training rows are alone in their "
+                "cell (length_scale is small against the distances between rows: the kernel "
+                "matrix is nearly the identity and the features cannot generalise); increase "
+                "length_scale", UserWarning, stacklevel=3)
+        elif counts[counts > 0.9 * n].sum() > 0.9 * n * R:
+            warnings.warn(
+                f"WeightedRandomBinning(length_scale={self.length_scale}): nearly every grid "
+                "puts all training rows in one cell (length_scale is large against the spread "
+                "of the rows: the kernel is nearly constant on them); decrease length_scale",
+                UserWarning, stacklevel=3)
 
     def _make_feature_map(self, n_features, generator, X):
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         rng = np.random.default_rng(seed)
         R, d, ell = self.n_components, n_features, float(self.length_scale)
+        p = d if self.projection_dim is None else self.projection_dim
+        projection = None
+        if self.projection_dim is not None:
+            # Directions ~ N(0, I / (p ell^2)); the 1-D profiles at unit scale.
+            projection = torch.from_numpy(rng.standard_normal((d, R * p)) / (math.sqrt(p) * ell))
+            ell = 1.0
         if self.kernel == "laplacian":
-            widths = rng.gamma(2.0, ell, size=(R, d))
+            widths = rng.gamma(2.0, ell, size=(R, p))
             order = 0
         else:
             order = self.weight_order
@@ -380,33 +669,138 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
             scale = np.full((R, 1), ell)
             if self.kernel == "matern":
                 scale = ell * np.sqrt(rng.gamma(self.nu, 1.0, size=(R, 1)) / self.nu)
-            jitter = rng.gamma(shape, 1.0 / shape, size=(R, d))
+            jitter = rng.gamma(shape, 1.0 / shape, size=(R, p))
             widths = width * scale * jitter
-        shifts = rng.uniform(size=(R, d)) * widths
-        # Key multipliers: one per coordinate plus one for the grid index (odd, 64-bit).
-        self._multipliers = rng.integers(0, 2**63, size=d + 1, dtype=np.uint64) * 2 + 1
-        return WeightedBinningMap(torch.from_numpy(widths), torch.from_numpy(shifts), order)
+        shifts = rng.uniform(size=(R, p)) * widths
+        # Key multipliers (hashed columns): one per binned coordinate plus one for the grid.
+        self._multipliers = rng.integers(0, 2**63, size=p + 1, dtype=np.uint64) * 2 + 1
+        return WeightedBinningMap(torch.from_numpy(widths), torch.from_numpy(shifts), order,
+                                  projection)
 
-    def _cells_and_weights(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        keys, weights = [], []
-        with torch.no_grad(), np.errstate(over="ignore"):
-            step = max(1, _CHUNK_BYTES // (40 * self.n_components * max(X.shape[1], 1)))
+    def _block_rows(self, hashed: bool = False) -> int:
+        """Rows per block of at most 64 MB of temporaries: positions (reused for the weights)
+        and cells, 8 bytes per binned coordinate each (hashed: 24 more, the int64 cells and
+        their products with the multipliers), weights and columns or keys, 8 bytes per grid
+        each."""
+        fmap = self.feature_map_
+        per_coordinate = 40 if hashed else 16
+        return max(1, _CHUNK_BYTES // (self.n_components * (per_coordinate * fmap.n_binned + 16)
+                                       + 8 * fmap.d_in))
+
+    def _blocks(self, X: np.ndarray, hashed: bool = False):
+        """Yield ``(rows, positions [c, R, p])`` over blocks of rows (compute dtype)."""
+        fmap = self.feature_map_
+        step = self._block_rows(hashed)
+        # Positions beyond +-2^52 (tiny length_scale or huge X) are clamped there; skip the
+        # pass when a bound on |x @ P / w - s / w| rules them out.
+        big = float(np.abs(X).max(initial=0.0))
+        scaled = fmap.projection.abs().sum(0) if fmap.projection.numel() else 1.0
+        bound = big * float((scaled / fmap.widths.reshape(-1)).max()) + float(
+            (fmap.shifts / fmap.widths).max())
+        with torch.no_grad():
             for start in range(0, X.shape[0], step):
-                cells, w = self.feature_map_(torch.from_numpy(X[start:start + step]))
-                keys.append(_hash_cells(cells.numpy(), self._multipliers))
-                weights.append(w.numpy())
-        return np.concatenate(keys), np.concatenate(weights)
+                pos = fmap.positions(torch.from_numpy(X[start:start + step]))
+                if not bound < _MAX_CELL:
+                    pos.clamp_(-_MAX_CELL, _MAX_CELL)
+                yield slice(start, start + step), pos
 
-    def _csr(self, keys: np.ndarray, weights: np.ndarray, dtype) -> sp.csr_matrix:
-        n, R = keys.shape
-        pos = np.searchsorted(self.cell_keys_, keys.ravel()).clip(max=self.cell_keys_.size - 1)
-        seen = self.cell_keys_[pos] == keys.ravel()
-        rows = np.repeat(np.arange(n), R)[seen]
-        return sp.csr_matrix(
-            (weights.ravel()[seen], (rows, pos[seen])),
-            shape=(n, self.n_features_out_),
-            dtype=dtype,
-        )
+    def _bin_all(self, X: np.ndarray, to_ids, hashed: bool = False):
+        """``(ids [n, R], weights [n, R] or None)`` with ``ids = to_ids(cells)`` per block."""
+        ids = weights = None
+        for rows, pos in self._blocks(X, hashed):
+            cells, w = self.feature_map_.cell_weights(pos)
+            block = to_ids(cells)
+            if rows.start == 0 and rows.stop >= X.shape[0]:  # one block: no copies
+                return block, None if w is None else w.numpy()
+            if ids is None:
+                ids = np.empty((X.shape[0], block.shape[1]), dtype=block.dtype)
+                weights = None if w is None else np.empty(ids.shape, dtype=X.dtype)
+            ids[rows] = block
+            if w is not None:
+                weights[rows] = w.numpy()
+        return ids, weights
+
+    def _hashed(self, cells: torch.Tensor) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return _hash_cells(cells.to(torch.int64).numpy(), self._multipliers)
+
+    def _fit_boxes(self, X: np.ndarray, limit: int):
+        """Box-numbered ``(ids, weights)`` of the training rows, or ``None`` when the boxes
+        would be too large. One block: exact bounds from its cells. Several: bounds from an
+        evenly spaced sample of rows widened by half their span, then exact bounds (a
+        second pass) if a row falls outside."""
+        n = X.shape[0]
+        if n <= self._block_rows():
+            _, pos = next(self._blocks(X))
+            box = _BoxIndex(pos.amin(0).floor(), pos.amax(0).floor(), limit)
+            if not box.ok:
+                return None
+            self._index = box
+            cells, w = self.feature_map_.cell_weights(pos)
+            return box.boxes(cells, overwrite=True).numpy(), None if w is None else w.numpy()
+        rows = np.unique(np.linspace(0, n - 1, min(n, _BOUND_ROWS)).round().astype(np.int64))
+        _, pos = next(self._blocks(X[rows]))
+        lo, hi = pos.amin(0).floor(), pos.amax(0).floor()
+        margin = ((hi - lo) * 0.5).ceil() + 2.0
+        box = _BoxIndex(lo - margin, hi + margin, limit)
+        if box.ok:
+            self._index = box
+            try:
+                return self._bin_all(X, box.boxes_inside)
+            except _OutsideBoxes:
+                pass
+        lo = hi = None
+        for _, pos in self._blocks(X):
+            a, b = pos.amin(0), pos.amax(0)
+            lo = a if lo is None else torch.minimum(lo, a)
+            hi = b if hi is None else torch.maximum(hi, b)
+        box = _BoxIndex(lo.floor(), hi.floor(), limit)
+        if not box.ok:
+            return None
+        self._index = box
+        return self._bin_all(X, lambda cells: box.boxes(cells, overwrite=True).numpy())
+
+    def _fit(self, X):
+        X = self._validate_X(X, reset=True)
+        self._check_params(X.shape[1])
+        generator = torch_generator_from_random_state(self.random_state)
+        self.feature_map_ = fmap = self._make_feature_map(X.shape[1], generator, None)
+        n, R = X.shape[0], self.n_components
+        boxed = None
+        if fmap.n_binned <= 8:  # small boxes are possible
+            boxed = self._fit_boxes(X, max(_BOX_CELLS_PER_ENTRY * n * R, 1 << 16))
+        if boxed is not None:
+            ids, weights = boxed
+            cols = self._index.index(ids)
+        else:
+            ids, weights = self._bin_all(X, self._hashed, hashed=True)
+            self._index = _HashIndex(ids)
+            cols = self._index.columns(ids)
+        del ids, boxed
+        self._n_features_out = self.n_features_out_ = self._index.n_columns
+        counts = np.bincount(cols.ravel(), minlength=self.n_features_out_)
+        self._warn_if_bandwidth_unusable(counts, n)
+        return X, cols, weights
+
+    def _columns(self, cells: torch.Tensor) -> np.ndarray:
+        if isinstance(self._index, _BoxIndex):
+            return self._index.columns(cells)
+        return self._index.columns(self._hashed(cells))
+
+    def _csr(self, cols: np.ndarray, weights: np.ndarray | None, dtype) -> sp.csr_matrix:
+        """CSR from columns ``[n, R]`` (-1: dropped) and weights (``None``: plain binning)."""
+        n, R = cols.shape
+        shape = (n, self.n_features_out_)
+        if (cols >= 0).all():  # (int32 indices stay int32: no index copy in scipy)
+            indptr = np.arange(0, n * R + 1, R, dtype=np.int32 if n * R < 2**31 else np.int64)
+            data = (np.full(n * R, 1.0 / math.sqrt(R), dtype=dtype) if weights is None
+                    else weights.ravel().astype(dtype, copy=False))
+            return sp.csr_matrix((data, cols.ravel(), indptr), shape=shape)
+        seen = cols >= 0
+        indptr = np.concatenate([[0], np.cumsum(seen.sum(1))])
+        data = (np.full(int(seen.sum()), 1.0 / math.sqrt(R), dtype=dtype) if weights is None
+                else weights[seen].astype(dtype, copy=False))
+        return sp.csr_matrix((data, cols[seen], indptr), shape=shape)
 
     def fit(self, X, y=None):
         """Draw the grids and index the cells occupied by ``X``.
@@ -423,16 +817,6 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
         self._fit(X)
         return self
 
-    def _fit(self, X):
-        X = self._validate_X(X, reset=True)
-        self._check_params(X.shape[1])
-        generator = torch_generator_from_random_state(self.random_state)
-        self.feature_map_ = self._make_feature_map(X.shape[1], generator, None)
-        keys, weights = self._cells_and_weights(X)
-        self.cell_keys_ = np.unique(keys)
-        self._n_features_out = self.n_features_out_ = int(self.cell_keys_.size)
-        return X, keys, weights
-
     def fit_transform(self, X, y=None):
         """Fit on ``X`` and return its features (bins ``X`` once).
 
@@ -445,8 +829,8 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
         -------
         Z : scipy.sparse.csr_matrix of shape (n_samples, n_features_out_)
         """
-        X, keys, weights = self._fit(X)
-        return self._csr(keys, weights, X.dtype)
+        X, cols, weights = self._fit(X)
+        return self._csr(cols, weights, X.dtype)
 
     def transform(self, X):
         """Sparse features of ``X``.
@@ -458,11 +842,19 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
         Returns
         -------
         Z : scipy.sparse.csr_matrix of shape (n_samples, n_features_out_)
-            At most ``n_components`` non-zeros per row; float32 for float32 input.
+            At most ``n_components`` non-zeros per row (cells not seen in ``fit`` are
+            dropped); float32 for float32 input.
         """
-        check_is_fitted(self, "cell_keys_")
+        check_is_fitted(self, "_index")
         if is_dask_array(X):  # lazy, chunk by chunk (Dask array of CSR chunks)
             return dask_transform(self, X)
         X = self._validate_X(X, reset=False)
-        keys, weights = self._cells_and_weights(X)
-        return self._csr(keys, weights, X.dtype)
+        cols = np.empty((X.shape[0], self.n_components), dtype=np.int64)
+        weighted = self.feature_map_.weight_order > 0
+        weights = np.empty((X.shape[0], self.n_components), dtype=X.dtype) if weighted else None
+        for rows, pos in self._blocks(X, hashed=isinstance(self._index, _HashIndex)):
+            cells, w = self.feature_map_.cell_weights(pos)
+            cols[rows] = self._columns(cells)
+            if weighted:
+                weights[rows] = w.numpy()
+        return self._csr(cols, weights, X.dtype)
