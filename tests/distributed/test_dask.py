@@ -128,3 +128,45 @@ def test_fit_in_bounded_memory():
     assert result["in_memory_need_mb"] > result["budget_mb"]
     assert result["in_memory_failed_under_cap"]
     assert result["heldout_rmse"] < 0.8
+
+
+def _every_map():
+    from kernelsketch.features import ActivationKernelSketch, CNTKSketch, NTKSketch
+
+    return [
+        PolynomialSketch(degree=2, n_components=24, coef0=1.0, kind="tensorsketch",
+                         random_state=0),
+        PolynomialLeverageSampler(n_components=16, random_state=0),
+        WeightedRandomBinning(n_components=8, kernel="laplacian", random_state=0),
+        RLSNystroem(n_components=16, random_state=0),
+        GegenbauerFeatures(n_components=16, gamma=0.05, random_state=0),
+        NTKRandomFeatures(n_components=16, random_state=0),
+        NTKRandomFeatures(n_components=16, leverage_sampling=True, random_state=0),
+        NTKSketch(n_components=16, random_state=0),
+        ActivationKernelSketch(activation="erf", n_components=16, random_state=0),
+        CNTKSketch(n_components=16, image_shape=(1, 2, 2), filter_size=1, random_state=0),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(_every_map())),
+                         ids=[type(f).__name__ + ("-leverage" if getattr(f, "leverage_sampling",
+                                                                         False) else "")
+                              for f in _every_map()])
+def test_every_map_transforms_dask_arrays(client, seed, index):
+    # Every feature map fitted in memory maps a Dask array chunk by chunk on the cluster
+    # (lazily) to its in-memory features; a map whose draw does not read the rows fits on
+    # the Dask array to the same map. The chunks' features are the rows' (BLAS may round
+    # a chunk differently from the whole: 1e-12).
+    X, _ = _data(seed, n=300)
+    Xd = da.from_array(X, chunks=(70, 4))
+    est = _every_map()[index].fit(X)
+    Zd = est.transform(Xd)
+    assert isinstance(Zd, da.Array) and Zd.chunks[0] == Xd.chunks[0]
+    dense = Zd.compute()
+    dense = dense.toarray() if hasattr(dense, "toarray") else dense
+    ref = est.transform(X)
+    ref = ref.toarray() if hasattr(ref, "toarray") else ref
+    np.testing.assert_allclose(dense, ref, rtol=0, atol=1e-12)
+    if not est._fit_reads_data:
+        again = _every_map()[index].fit(Xd)
+        np.testing.assert_allclose(again.transform(X), ref, rtol=0, atol=1e-12)

@@ -138,9 +138,12 @@ def context_parallel_attention(
     out : [B, Hq, N/P, Dv] in q's dtype, or ``(out, lse)`` with lse
     [B, Hq, N/P] (float32; float64 for float64 inputs).
 
-    Backward: ``exact``, ``lev`` and ``polysketch`` are differentiable in q, k
-    and v (every rank must call backward); ``hyper`` and ``kde`` are
-    differentiable in everything but the routed blocks (see docs/distributed.md).
+    Backward: every method is differentiable in q, k and v (every rank must
+    call backward; the selections, hashes and sampling distributions carry no
+    gradient, as in the single process). The gradients equal the single
+    process's for ``exact``, ``lev`` and ``polysketch``, for ``hyper`` when
+    the draws coincide (non-causal, uniform sampling) and for both sortLSH
+    methods at full budget (tested); see docs/distributed.md.
     """
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError(
