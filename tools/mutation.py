@@ -16,8 +16,9 @@ in the background under the bench lock::
     flock /tmp/ks/bench.lock nice -n 10 .venv/bin/python tools/mutation.py \\
         --out benchmarks/results/tests/mutation.json > /tmp/mutation.log 2>&1 &
 
-``--targets sketch,inner`` runs a subset; ``--jobs`` sets mutmut's workers
-(default 1). Needs ``pip install mutmut`` (3.x). The JSON holds, per target,
+``--targets sketch.tensor,inner.join`` runs a subset; ``--jobs`` sets mutmut's
+workers (default 1); ``--sample 80`` runs a uniform random sample of 80 mutants
+per target (``--sample-seed``), for a bounded run on a shared machine. Needs ``pip install mutmut`` (3.x). The JSON holds, per target,
 the counts, the score and every surviving mutant with its diff.
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -36,6 +38,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PKG = "src/kernelsketch"
+
+# Test files of every sketch target besides its own: the memory guards of all sketches,
+# and the tests written for the sketch mutants that survived (issue 22).
+_SKETCH_SHARED = ["tests/sketch/test_memory_limits.py", "tests/sketch/test_mutation_gaps.py"]
 
 # name -> (modules to mutate, test files that run against them)
 TARGETS: dict[str, tuple[list[str], list[str]]] = {
@@ -58,23 +64,27 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
     "attn.polysketch": (["attn/polysketch/features.py", "attn/polysketch/naive.py",
                          "attn/polysketch/polynomial.py", "attn/polysketch/method.py"],
                         ["tests/attn/polysketch/test_polysketch.py",
-                         "tests/attn/polysketch/test_polynomial.py"]),
+                         "tests/attn/polysketch/test_polynomial.py",
+                         "tests/attn/polysketch/test_mutation_gaps.py"]),
     "attn.lev": (["attn/lev/selection.py", "attn/lev/method.py"], ["tests/attn/lev"]),
-    "sketch.tensor": (["sketch/tensor.py"],
-                      ["tests/sketch/test_tensor.py", "tests/sketch/test_polysketch_tree.py"]),
-    "sketch.hashing": (["sketch/hashing.py"],
-                       ["tests/sketch/test_hashing.py", "tests/inner/test_sketcher.py"]),
-    "sketch.projections": (["sketch/projections.py"], ["tests/sketch/test_projections.py"]),
-    "sketch.sampling": (["sketch/sampling.py"], ["tests/sketch/test_sampling.py"]),
-    "sketch.leverage": (["sketch/leverage.py"], ["tests/sketch/test_leverage.py"]),
-    "sketch.lsh": (["sketch/lsh.py"], ["tests/sketch/test_lsh.py"]),
+    "sketch.tensor": (["sketch/tensor.py"], ["tests/sketch/test_tensor.py",
+                                             "tests/sketch/test_polysketch_tree.py", *_SKETCH_SHARED]),
+    "sketch.hashing": (["sketch/hashing.py"], ["tests/sketch/test_hashing.py",
+                                               "tests/inner/test_sketcher.py", *_SKETCH_SHARED]),
+    "sketch.projections": (["sketch/projections.py"],
+                           ["tests/sketch/test_projections.py", *_SKETCH_SHARED]),
+    "sketch.sampling": (["sketch/sampling.py"], ["tests/sketch/test_sampling.py", *_SKETCH_SHARED]),
+    "sketch.leverage": (["sketch/leverage.py"], ["tests/sketch/test_leverage.py", *_SKETCH_SHARED]),
+    "sketch.lsh": (["sketch/lsh.py"], ["tests/sketch/test_lsh.py", *_SKETCH_SHARED]),
     "inner.minhash": (["inner/minhash.py"],
                       ["tests/inner/test_estimators.py", "tests/inner/test_sketcher.py",
                        "tests/inner/test_estimator_bias.py"]),
     "inner.linear_sampling": (["inner/linear.py", "inner/sampling.py"],
                               ["tests/inner/test_estimators.py", "tests/inner/test_sketcher.py",
-                               "tests/inner/test_estimator_bias.py"]),
-    "inner.join": (["inner/joint.py", "inner/join.py"], ["tests/inner/test_join.py"]),
+                               "tests/inner/test_estimator_bias.py",
+                               "tests/inner/test_mutation_gaps.py"]),
+    "inner.join": (["inner/joint.py", "inner/join.py"],
+                   ["tests/inner/test_join.py", "tests/inner/test_mutation_gaps.py"]),
     "features.constants": (["features/_arccos.py", "features/_powerseries.py",
                             "features/activations.py"],
                            ["tests/features/test_activations.py", "tests/features/test_ntk.py"]),
@@ -199,6 +209,13 @@ EQUIVALENT: list[tuple[str, str, str]] = [
      " inf and never match")),
     ("weighted_minhash_sketch", "if (values.size) or True else values", ("log of an empty array"
      " is the same empty array")),
+    # sketch/lsh.py
+    ("_check_codes", "nonempty=None)", "nonempty=None is falsy, as nonempty=False"),
+    ("__init__", "device=generator_device(None))", ("the default generator's device is the CPU:"
+     " device placement on a CPU-only machine")),
+    # sketch/tensor.py
+    ("all_powers", "cache: dict = None", ("power_from_leaves then caches per power: the same"
+     " sub-trees computed again, the same outputs")),
     # attn/common/exact.py
     ("exact_partial", "chunk_size: int = 1025", "chunk size of the exact reference: rounding only"),
     ("exact_lse", "chunk_size=1025", "chunk size of the exact reference: rounding only"),
@@ -324,22 +341,47 @@ def classify(res: dict) -> dict:
             "score": counts["killed"] / denominator if denominator else None}
 
 
-def run_target(name: str, workdir: Path, jobs: int) -> dict:
+_GENERATE = """
+import os
+from mutmut.__main__ import (copy_also_copy_files, copy_src_dir, create_mutants,
+                             set_mutant_under_test, setup_source_paths)
+set_mutant_under_test("mutant_generation")
+os.makedirs("mutants", exist_ok=True)
+copy_src_dir(); copy_also_copy_files(); setup_source_paths(); create_mutants(1)
+"""
+
+
+def _sample_mutants(workdir: Path, env: dict, sample: int, seed: int) -> tuple[list[str], int]:
+    """Generate the target's mutants (mutmut's own generation step, no test run) and draw
+    ``sample`` of their names uniformly without replacement (``random.Random(seed)``)."""
+    subprocess.run([sys.executable, "-c", _GENERATE], check=True, cwd=workdir, env=env,
+                   capture_output=True, text=True)
+    names = sorted(_statuses(workdir))
+    return sorted(random.Random(seed).sample(names, min(sample, len(names)))), len(names)
+
+
+def run_target(name: str, workdir: Path, jobs: int, sample: int | None = None,
+               seed: int = 0) -> dict:
     modules, tests = TARGETS[name]
     test_paths = _prepare(workdir, modules, tests)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
     t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)],
-                       check=False, cwd=workdir, env=env, capture_output=True, text=True)
+    chosen, total = ([], None) if sample is None else _sample_mutants(workdir, env, sample, seed)
+    r = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs),
+                        *chosen], check=False, cwd=workdir, env=env, capture_output=True,
+                       text=True)
     wall = time.time() - t0
     statuses = _statuses(workdir)
+    if sample is not None:
+        statuses = {m: st for m, st in statuses.items() if m in set(chosen)}
     not_killed = [{"mutant": m, "status": st, "diff": _show(workdir, m)}
                   for m, st in sorted(statuses.items()) if st != "killed"]
     return classify({
         "modules": modules,
         "tests": test_paths,
         "mutants": len(statuses),
+        "sample": None if sample is None else {"of": total, "seed": seed},
         "counts": dict(Counter(statuses.values())),
         "not_killed": not_killed,
         "wall_s": round(wall, 1),
@@ -355,7 +397,8 @@ def _print(name: str, res: dict) -> None:
           f"survived {c.get('survived', 0):4d} (equivalent {len(res['equivalent'])}, "
           f"message text {len(res['message_only'])}, device {len(res['device_only'])})  "
           f"timeout {c.get('timeout', 0)}  no tests {c.get('no tests', 0)}  "
-          f"score {score if score is None else round(score, 3)}  ({res['wall_s']:.0f} s)",
+          f"score {score if score is None else round(score, 3)}  ({res['wall_s']:.0f} s)"
+          + (f"  sample of {res['sample']['of']}" if res.get("sample") else ""),
           flush=True)
 
 
@@ -375,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma-separated subset of {', '.join(TARGETS)}")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/kernelsketch-mutation"))
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--sample", type=int, default=None,
+                    help="run a uniform random sample of this many mutants per target")
+    ap.add_argument("--sample-seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="JSON summary (merged into an existing file)")
     ap.add_argument("--reclassify", action="store_true",
                     help="re-apply EQUIVALENT and the categories to --out without running")
@@ -398,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
                 _print(name, results[name])
         names = []
     for name in names:
-        results[name] = run_target(name, args.workdir / name, args.jobs)
+        results[name] = run_target(name, args.workdir / name, args.jobs, args.sample,
+                                   args.sample_seed)
         _print(name, results[name])
         if results[name]["mutmut_exit"]:
             print(results[name]["mutmut_tail"], flush=True)

@@ -1,0 +1,96 @@
+"""Behaviour of the sketches that mutants surviving tools/mutation.py showed untested.
+
+Each test names the mutant it kills (checked by running it against the mutant).
+"""
+
+import pytest
+import torch
+
+from kernelsketch import _checks
+from kernelsketch.sketch import AngularLSH, Degree2Sketch, PolySketch
+from kernelsketch.sketch.lsh import gray_code, inverse_gray_code
+
+# -- sketch/lsh.py ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_gray_codes_of_an_empty_tensor(dtype):
+    """An empty batch of codes is valid (``nonempty=None`` in _check_codes refused it)."""
+    empty = torch.zeros(0, 3, dtype=dtype)
+    for f in (gray_code, inverse_gray_code):
+        out = f(empty)
+        assert out.shape == (0, 3) and out.dtype == dtype
+
+
+@pytest.mark.parametrize("n_bits", [1, 5, 30])
+def test_angular_lsh_n_buckets_is_two_to_the_bits(n_bits, seed):
+    lsh = AngularLSH(3, n_bits, seed=seed)
+    assert lsh.n_buckets == 2**n_bits  # 1 >> n, 2 << n and None survived
+    x = torch.randn(500, 3, generator=torch.Generator().manual_seed(seed))
+    assert int(lsh(x).max()) < lsh.n_buckets
+
+
+def test_angular_lsh_draws_its_planes_from_the_given_generator(seed):
+    """``generator=`` is used (resolve_generator(seed) without it drew from torch's global
+    generator) and advanced: the planes are the generator's next dim x n_bits normals."""
+    g = torch.Generator().manual_seed(seed)
+    lsh = AngularLSH(6, 4, generator=g)
+    expected = torch.randn(6, 4, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(lsh.planes, expected)
+    second = AngularLSH(6, 4, generator=g)
+    assert not torch.equal(second.planes, lsh.planes)
+
+
+def test_angular_lsh_forward_refuses_rows_beyond_memory(monkeypatch, seed):
+    """The forward's guard counts 3 n_bits float64 words per row (projections, bits,
+    weighted bits): ``3 / n_bits`` let a [rows, dim] input through."""
+    lsh = AngularLSH(4, 16, seed=seed)
+    rows = 2**14
+    need = 8.0 * rows * 3 * 16
+    x = torch.zeros(rows, 4)
+    monkeypatch.setattr(_checks, "available_memory", lambda: int(need) - 1)
+    with pytest.raises(ValueError, match="AngularLSH's output and intermediates"):
+        lsh(x)
+    monkeypatch.setattr(_checks, "available_memory", lambda: int(need))
+    assert lsh(x).shape == (rows,)
+
+
+# -- sketch/tensor.py ------------------------------------------------------------------------
+
+
+def _buffer_bytes(module: torch.nn.Module) -> int:
+    return sum(b.numel() * b.element_size() for b in module.buffers())
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "srht", "tensorsketch", "countsketch"])
+@pytest.mark.parametrize("degree", [2, 5])
+def test_polysketch_memory_guard_covers_its_buffers(kind, degree, seed):
+    """The construction guard's estimate (the leaves' and the tree's buffers) is at least the
+    bytes the module holds: ``(n_leaves - 1) / Degree2Sketch.buffer_bytes`` did not."""
+    p = PolySketch(7, 16, degree, kind=kind, seed=seed)
+    n_leaves = len(p.leaves)
+    estimate = (n_leaves * type(p.leaves[0]).buffer_bytes(7, 16)
+                + (n_leaves - 1) * Degree2Sketch.buffer_bytes(16, 16, kind))
+    assert _buffer_bytes(p) <= estimate <= 3 * _buffer_bytes(p)
+    need = estimate
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_checks, "available_memory", lambda: need - 1)
+        with pytest.raises(ValueError, match="PolySketch"):
+            PolySketch(7, 16, degree, kind=kind, seed=seed)
+        mp.setattr(_checks, "available_memory", lambda: need)
+        PolySketch(7, 16, degree, kind=kind, seed=seed)
+
+
+def test_degree2_countsketch_forward_guard_counts_the_outer_product(monkeypatch, seed):
+    """kind='countsketch' flattens x ⊗ x: d_in**2 words per row besides the output, so the
+    forward guard refuses rows whose outer products alone exceed memory (the width
+    ``d_in**2 - 2 d_out`` or ``d_in**2 + 2 / d_out`` let them through)."""
+    d_in, d_out, rows = 24, 40, 1000
+    s = Degree2Sketch(d_in, d_out, kind="countsketch", seed=seed)
+    x = torch.zeros(rows, d_in, dtype=torch.float64)
+    outer_and_output = 8 * rows * (d_in * d_in + d_out)
+    monkeypatch.setattr(_checks, "available_memory", lambda: outer_and_output)
+    with pytest.raises(ValueError, match="Degree2Sketch's output and intermediates"):
+        s(x)
+    monkeypatch.setattr(_checks, "available_memory", lambda: 8 * rows * (d_in * d_in + 2 * d_out))
+    assert s(x).shape == (rows, d_out)
