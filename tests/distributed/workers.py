@@ -231,29 +231,40 @@ DEFAULTS = [(1024, False), (2048, True), (2048, False), (4096, True)]
 
 def defaults_job(rank, world):
     """Per (method, N, causal) of DEFAULTS with the default config: max |distributed - ks.attention|
-    of out and lse on this rank's rows, the single-process call given the generator the
-    distributed call derives for its first problem (_derived(seed, 1)), and max |distributed -
-    exact attention|. For P = 2 and 4 and N = 4096 the causal rank recursion's only sketched
-    problem is the single process's first off-diagonal block (the others have <= 1024 keys)."""
+    of out, lse and the gradients of q, k, v on this rank's rows, the single-process call given
+    the generator the distributed call derives for its first problem (_derived(seed, 1)); max
+    |distributed - exact attention|; whether the gradients are finite. For P = 2 and 4 and
+    N = 4096 the causal rank recursion's only sketched problem is the single process's first
+    off-diagonal block (the others have <= 1024 keys)."""
     from kernelsketch.distributed.sortlsh import _derived
 
     results = {}
     for i, (method, config) in enumerate((("hyper", HyperConfig()), ("kde", KDEConfig()))):
         for N, causal in DEFAULTS:
-            q, k, v, _, _ = _inputs((1, 2, 2, N, N, 16, 16), seed=6000 + N + i)
+            q, k, v, d_out, d_lse = _inputs((1, 2, 2, N, N, 16, 16), seed=6000 + N + i)
             n = N // world
             rows = slice(rank * n, (rank + 1) * n)
+            mine = [t[:, :, rows].clone().requires_grad_() for t in (q, k, v)]
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 out, lse = context_parallel_attention(
-                    q[:, :, rows], k[:, :, rows], v[:, :, rows], method=method, is_causal=causal,
-                    config=config, return_lse=True, generator=torch.Generator().manual_seed(i))
+                    *mine, method=method, is_causal=causal, config=config, return_lse=True,
+                    generator=torch.Generator().manual_seed(i))
+            _loss(out, lse, d_out[:, :, rows], d_lse[:, :, rows]).backward()
             seed = int(torch.randint(2**62, (), generator=torch.Generator().manual_seed(i)))
-            ref, ref_lse = ks.attention(q, k, v, method=method, is_causal=causal, config=config,
-                                        return_lse=True, generator=_derived(seed, 1, device="cpu"))
+            whole = [t.clone().requires_grad_() for t in (q, k, v)]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExactFallbackWarning)
+                ref, ref_lse = ks.attention(*whole, method=method, is_causal=causal,
+                                            config=config, return_lse=True,
+                                            generator=_derived(seed, 1, device="cpu"))
+            _loss(ref, ref_lse, d_out, d_lse).backward()
             exact = ks.attention(q, k, v, method="exact", is_causal=causal)
             results[method, N, causal] = {
                 "out": _max_abs(out - ref[:, :, rows]), "lse": _max_abs(lse - ref_lse[:, :, rows]),
+                **{f"d{name}": _max_abs(mine[j].grad - whole[j].grad[:, :, rows])
+                   for j, name in enumerate("qkv")},
+                "grad_finite": all(bool(torch.isfinite(t.grad).all()) for t in mine),
                 "vs_exact": _max_abs(out - exact[:, :, rows]),
                 "warned": any(issubclass(w.category, ExactFallbackWarning) for w in caught)}
     return results
