@@ -213,6 +213,11 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     ("_check_codes", "nonempty=None)", "nonempty=None is falsy, as nonempty=False"),
     ("__init__", "device=generator_device(None))", ("the default generator's device is the CPU:"
      " device placement on a CPU-only machine")),
+    # sketch/hashing.py
+    ("_str_keys", "<< np.uint64(33))", ("code points are < 2**21: still an injective packing of"
+     " two per word (another hash of the same family)")),
+    ("_str_keys", "np.zeros((n, 1), )", ("float64 padding: the code points (< 2**21) are exact"
+     " in float64 and cast back to uint64")),
     # sketch/tensor.py
     ("all_powers", "cache: dict = None", ("power_from_leaves then caches per power: the same"
      " sub-trees computed again, the same outputs")),

@@ -3,11 +3,13 @@
 Each test names the mutant it kills (checked by running it against the mutant).
 """
 
+import numpy as np
 import pytest
 import torch
 
 from kernelsketch import _checks
 from kernelsketch.sketch import AngularLSH, Degree2Sketch, PolySketch
+from kernelsketch.sketch.hashing import mix64, to_unit, to_unit_pair
 from kernelsketch.sketch.lsh import gray_code, inverse_gray_code
 
 # -- sketch/lsh.py ---------------------------------------------------------------------------
@@ -94,3 +96,46 @@ def test_degree2_countsketch_forward_guard_counts_the_outer_product(monkeypatch,
         s(x)
     monkeypatch.setattr(_checks, "available_memory", lambda: 8 * rows * (d_in * d_in + 2 * d_out))
     assert s(x).shape == (rows, d_out)
+
+
+# -- sketch/hashing.py -----------------------------------------------------------------------
+
+_MASK = (1 << 64) - 1
+
+
+def _splitmix64_finalizer(z: int) -> int:
+    """SplitMix64's output function in Python integers (Steele, Lea & Flood, OOPSLA 2014;
+    the constants of Vigna's reference splitmix64.c)."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
+
+
+def test_mix64_is_the_splitmix64_finalizer(seed):
+    """mix64 is documented as SplitMix64's finalizer; its shifts and multipliers are checked
+    against an independent big-integer implementation (a shift of 32 for 31, or ``z = M2``
+    for ``z *= M2``, kept every hash test passing: any scramble looks random)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 2**64, size=200, dtype=np.uint64, endpoint=False)
+    x[:3] = [0, 1, 2**64 - 1]
+    assert [int(v) for v in mix64(x)] == [_splitmix64_finalizer(int(v)) for v in x]
+
+
+def test_unit_maps_are_symmetric_inside_the_open_interval(seed):
+    """to_unit / to_unit_pair map the smallest and largest words to u and 1 - u with u the
+    half-step of their resolution (2**-53, 2**-33), strictly inside (0, 1), monotonically in
+    the bits they read (``hi - 0.5`` and ``2**-33`` survived the hashing tests)."""
+    lo_hi = np.array([0, 2**64 - 1], dtype=np.uint64)
+    u = to_unit(lo_hi)
+    assert u[0] == 2.0**-53 and u[1] == 1.0 - 2.0**-53
+    for part in to_unit_pair(lo_hi):
+        assert part[0] == 2.0**-33 and part[1] == 1.0 - 2.0**-33
+    rng = np.random.default_rng(seed)
+    h = np.sort(rng.integers(0, 2**64, size=1000, dtype=np.uint64, endpoint=False))
+    hi, lo = to_unit_pair(h)
+    assert np.all(np.diff(to_unit(h)) >= 0) and np.all(np.diff(hi) >= 0)
+    # hi reads the top 32 bits, lo the bottom 32: both within a half-step of the word's share.
+    top = np.array([int(v) >> 32 for v in h], dtype=np.float64)
+    bottom = np.array([int(v) & 0xFFFFFFFF for v in h], dtype=np.float64)
+    np.testing.assert_array_equal(hi, (top + 0.5) / 2.0**32)
+    np.testing.assert_array_equal(lo, (bottom + 0.5) / 2.0**32)
