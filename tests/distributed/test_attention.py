@@ -125,6 +125,7 @@ ERRORS = {
     "causal-cross": ("ValueError", "needs query and key shards of equal length"),
     "lsh-bits": ("ValueError", "lsh_bits must be <= 16"),
     "window-cross": ("ValueError", "window needs query and key shards of equal length"),
+    "auto": ("TypeError", "config='auto' is single-process"),
 }
 
 

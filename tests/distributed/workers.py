@@ -168,6 +168,7 @@ def errors_job(rank, world):
                              "generator": torch.Generator().manual_seed(0)}),
         "window-cross": (mine[0], k[:, :, :4], v[:, :, :4],
                          {"method": "lev", "config": LevConfig(budget=2, window=3)}),
+        "auto": (*mine, {"method": "hyper", "config": "auto"}),
     }
     results = {}
     for name, args in calls.items():

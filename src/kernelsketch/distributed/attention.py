@@ -160,6 +160,11 @@ def context_parallel_attention(
     scale = (1.0 / math.sqrt(q.shape[-1]) if scale is None
              else check_float("scale", scale, min=0.0, min_exclusive=True))
     check_generator(generator, q.device)
+    if isinstance(config, str):
+        raise TypeError(
+            f"config must be a {spec.config_cls.__name__} or None for context parallelism, got "
+            f"{config!r} (config='auto' is single-process: kernelsketch.attn.choose_budget on "
+            "a sample of the sequence gives a config to pass on every rank)")
     cfg = resolve_config(spec, config)
     _agree(q, k, v, method, cfg, is_causal, scale, generator, group)
     if is_causal and q.shape[2] != k.shape[2] and method != "exact":
