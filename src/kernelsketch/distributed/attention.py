@@ -125,7 +125,8 @@ def context_parallel_attention(
         Every rank must pass equal shapes and dtype (a ValueError otherwise).
     method : one of :data:`CONTEXT_PARALLEL_METHODS`.
     is_causal : causal mask over the whole sequence (aligned bottom-right as
-        in ``ks.attention``). Causal needs N == M except for ``exact``.
+        in ``ks.attention``). Causal needs N == M except for ``exact`` and
+        ``lev`` without ``window``.
     scale, config, return_lse : as in :func:`kernelsketch.attention`.
     generator : the source of the sketch's randomness; it must be in the same
         state on every rank (e.g. ``torch.Generator().manual_seed(s)`` with
@@ -167,10 +168,12 @@ def context_parallel_attention(
             "a sample of the sequence gives a config to pass on every rank)")
     cfg = resolve_config(spec, config)
     _agree(q, k, v, method, cfg, is_causal, scale, generator, group)
-    if is_causal and q.shape[2] != k.shape[2] and method != "exact":
+    cross_ok = method == "exact" or (method == "lev" and not cfg.window)
+    if is_causal and q.shape[2] != k.shape[2] and not cross_ok:
         raise ValueError(
             f"is_causal=True with method {method!r} needs query and key shards of equal length "
-            f"(self-attention), got N/P={q.shape[2]} and M/P={k.shape[2]}"
+            f"(self-attention; causal cross-attention: exact, or lev without window), got "
+            f"N/P={q.shape[2]} and M/P={k.shape[2]}"
         )
     kwargs = {"is_causal": is_causal, "scale": scale, "group": group}
     grad = any(t.requires_grad for t in (q, k, v))

@@ -77,7 +77,7 @@ def lev_context_parallel(q, k, v, *, is_causal, scale, config, generator, group=
     """This rank's rows of LevAttention over the sharded sequence.
 
     q [B, Hq, n, D], k [B, Hkv, m, D], v [B, Hkv, m, Dv] (contiguous shards,
-    validated by the caller; causal and ``window`` need n == m). Returns
+    validated by the caller; ``window`` needs n == m). Returns
     ``(out, lse)`` in the accumulation dtype, differentiable in q, k, v (the
     selection itself is not, as in the single-process method).
     """
@@ -106,8 +106,9 @@ def lev_context_parallel(q, k, v, *, is_causal, scale, config, generator, group=
     qf = fold_groups(q, Hkv)
     valid = idx >= 0
     mask = valid.unsqueeze(2)
-    if is_causal or config.window:
-        q_pos = (me * n + torch.arange(n, device=q.device)).repeat(G)[None, None, :, None]
+    if is_causal or config.window:  # key-aligned, bottom-right (query i sees j <= i + M - N)
+        q_pos = (me * n + P * (m - n) + torch.arange(n, device=q.device)).repeat(G)
+        q_pos = q_pos[None, None, :, None]
         key_pos = idx.clamp(min=0).unsqueeze(2)
         if is_causal:
             mask = mask & (key_pos <= q_pos)
