@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from kernelsketch import _checks
-from kernelsketch.sketch import AngularLSH, Degree2Sketch, PolySketch
+from kernelsketch.sketch import (
+    SRHT,
+    AngularLSH,
+    CountSketch,
+    Degree2Sketch,
+    GaussianSketch,
+    PolySketch,
+)
 from kernelsketch.sketch.hashing import mix64, to_unit, to_unit_pair
 from kernelsketch.sketch.lsh import gray_code, inverse_gray_code
 
@@ -139,3 +146,20 @@ def test_unit_maps_are_symmetric_inside_the_open_interval(seed):
     bottom = np.array([int(v) & 0xFFFFFFFF for v in h], dtype=np.float64)
     np.testing.assert_array_equal(hi, (top + 0.5) / 2.0**32)
     np.testing.assert_array_equal(lo, (bottom + 0.5) / 2.0**32)
+
+
+# -- sketch/projections.py -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [GaussianSketch, SRHT, CountSketch])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_are_sketched_in_float32(cls, dtype, seed):
+    """float16 / bfloat16 rows are computed in float32 and rounded once: the output is the
+    float32 sketch of the same (half-precision) values, rounded (compute_dtype's half case
+    dropped, the sums ran in half precision and passed the dtype tests)."""
+    s = cls(512, 64, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    x = (3 * torch.randn(40, 512, generator=g)).to(dtype)
+    out = s(x)
+    assert out.dtype == dtype
+    assert torch.equal(out, s(x.float()).to(dtype))
