@@ -12,7 +12,8 @@ same run and the bytes each rank sends (``count_bytes``, max over ranks).
 Usage:
   torchrun --standalone --nproc-per-node 4 benchmarks/distributed/context_parallel.py
   python benchmarks/distributed/context_parallel.py --procs 1,2,4,8   (runs torchrun per P)
-Writes benchmarks/results/distributed/context_parallel_<cpu|cuda>[_causal].json.
+  add --causal for causal attention, --shipped for hyper/kde with their default configs.
+Writes benchmarks/results/distributed/context_parallel_<cpu|cuda>[_causal][_shipped].json.
 """
 
 from __future__ import annotations
@@ -29,15 +30,17 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "distributed"
 
 
-def configs():
+def configs(shipped: bool = False):
+    """The configs of each method; hyper and kde: the paper's estimators (sink 0, window 0),
+    or with ``shipped`` their defaults (sink 8, window 128, min_seq_len 1024)."""
     from kernelsketch import HyperConfig, KDEConfig, LevConfig, PolySketchConfig
 
     return {
         "exact": None,
         "lev": LevConfig(budget=64),
         "polysketch": PolySketchConfig(),
-        "hyper": HyperConfig(min_seq_len=1024, sink=0, window=0),
-        "kde": KDEConfig(min_seq_len=1024, sink=0, window=0),
+        "hyper": HyperConfig() if shipped else HyperConfig(min_seq_len=1024, sink=0, window=0),
+        "kde": KDEConfig() if shipped else KDEConfig(min_seq_len=1024, sink=0, window=0),
     }
 
 
@@ -57,7 +60,7 @@ def rank_main(args) -> None:
     torch.set_num_threads(1)
     dtype = getattr(torch, args.dtype)
     clock = "wall" if cuda else "process"
-    methods = configs()
+    methods = configs(args.shipped)
     rows = []
     for N in args.lengths:
         n = N // P
@@ -111,6 +114,8 @@ def main(argv=None) -> None:
     p.add_argument("--causal", action="store_true")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--cpu", action="store_true", help="gloo on CPU even when GPUs are present")
+    p.add_argument("--shipped", action="store_true",
+                   help="hyper and kde with their default configs (sink 8, window 128)")
     p.add_argument("--procs", type=lambda s: [int(x) for x in s.split(",")], default=None,
                    help="run torchrun once per P and collect the results")
     p.add_argument("--out", default=None)
@@ -125,12 +130,14 @@ def main(argv=None) -> None:
     import torch
 
     kind = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
-    out = Path(args.out or RESULTS / f"context_parallel_{kind}{'_causal' if args.causal else ''}.json")
+    suffix = ("_causal" if args.causal else "") + ("_shipped" if args.shipped else "")
+    out = Path(args.out or RESULTS / f"context_parallel_{kind}{suffix}.json")
     merged = {"meta": None, "rows": []}
     forwarded = ["--lengths", ",".join(map(str, args.lengths)), "--methods", ",".join(args.methods),
                  "--batch", str(args.batch), "--heads", str(args.heads), "--dim", str(args.dim),
                  "--dtype", args.dtype, "--reps", str(args.reps),
-                 *(["--causal"] if args.causal else []), *(["--cpu"] if args.cpu else [])]
+                 *(["--causal"] if args.causal else []), *(["--cpu"] if args.cpu else []),
+                 *(["--shipped"] if args.shipped else [])]
     with tempfile.TemporaryDirectory() as tmp:
         for P in args.procs:
             part = Path(tmp) / f"{P}.json"
