@@ -150,6 +150,21 @@ def test_demo_writes_table_and_plot(tmp_path, capsys):
     assert (tmp_path / "demo_error_vs_speedup.png").stat().st_size > 1000
 
 
+def test_demo_runs_every_default_config_past_its_exact_fallback():
+    import inspect
+
+    from kernelsketch import demo
+    from kernelsketch.attn import get_method
+    from kernelsketch.attn.common.causal import recursion_is_exact
+
+    ns = inspect.signature(demo.main).parameters["ns"].default
+    for var in demo.demo_variants():
+        assert var.config == get_method(var.method).config_cls()  # the defaults, unchanged
+        if hasattr(var.config, "min_seq_len"):
+            assert min(ns) > var.config.min_seq_len
+            assert not recursion_is_exact(min(ns), min(ns), var.config.min_seq_len)
+
+
 @pytest.mark.parametrize("clock", ["wall", "process"])
 def test_time_ms_counts_the_work_on_either_clock(clock):
     def busy():

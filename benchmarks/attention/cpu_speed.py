@@ -7,7 +7,8 @@ benchmarks/results/attention/cpu_speed.json:
     python benchmarks/attention/cpu_speed.py --causal-n 8192 --noncausal-n 8192  # quicker
 
 Setup: CPU, ``--threads`` torch threads (default 2), B = 1, Hq = 9 query and
-Hkv = 3 key/value heads (SmolLM2's), d = 64, float32, forward only; process
+Hkv = 3 key/value heads (SmolLM2's), d = 64, ``--dtypes`` (default float32 and
+bfloat16: inputs, SDPA and the method in that dtype), forward only; process
 CPU time (:func:`kernelsketch.bench.timing.time_ms`, ``clock="process"``,
 median of ``--reps`` after one warm-up); speed-up = SDPA's time / the method's,
 both measured in the same run on the same inputs. Inputs "random" (standard
@@ -49,8 +50,8 @@ def readme_quick_start(reps: int) -> dict:
 
 
 def table(results: list[dict], quick: dict | None) -> str:
-    lines = [("| causal | n | inputs | method (default config) | ms | SDPA ms | speed-up | rel err "
-              "| spec err |"), "|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| dtype | causal | n | inputs | method (default config) | ms | SDPA ms | speed-up "
+              "| rel err | spec err |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for res in results:
         for r in res["rows"]:
             if r["method"] == "exact":
@@ -59,7 +60,7 @@ def table(results: list[dict], quick: dict | None) -> str:
                         and b["inputs"] == r["inputs"])
             spec = "-" if r["spectral_error"] is None else f"{r['spectral_error']:.3f}"
             rel = "-" if r["rel_error"] is None else f"{r['rel_error']:.3g}"
-            lines.append(f"| {res['causal']} | {r['n']} | {r['inputs']} | {r['label']} | "
+            lines.append(f"| {res['dtype']} | {res['causal']} | {r['n']} | {r['inputs']} | {r['label']} | "
                          f"{r['fwd_ms']:.0f} | {base['fwd_ms']:.0f} | {r['speedup_fwd']:.2f} | "
                          f"{rel} | {spec} |")
     if quick is not None:
@@ -75,6 +76,7 @@ def main(argv=None) -> int:
     p.add_argument("--causal-n", default="4096,8192,16384,32768")
     p.add_argument("--noncausal-n", default="4096,8192")
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--no-quick-start", action="store_true")
@@ -83,23 +85,30 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     variants = [Variant(m, m) for m in a.methods.split(",")]
     results = []
-    for causal, ns in ((True, a.causal_n), (False, a.noncausal_n)):
-        if not ns:
-            continue
-        results.append(run(device="cpu", ns=[int(n) for n in ns.split(",")], causal=causal,
-                           dtype=torch.float32, heads=9, kv_heads=3, head_dim=64,
-                           variants=variants, inputs=("random", "planted"), backward=False,
-                           reps=a.reps, clock="process", out_dir=None,
-                           progress=lambda s: print(s, file=sys.stderr, flush=True)))
+    for dtype in a.dtypes.split(","):
+        for causal, ns in ((True, a.causal_n), (False, a.noncausal_n)):
+            if not ns:
+                continue
+            print(f"{dtype}, causal={causal}", file=sys.stderr, flush=True)
+            results.append(run(device="cpu", ns=[int(n) for n in ns.split(",")], causal=causal,
+                               dtype=getattr(torch, dtype), heads=9, kv_heads=3, head_dim=64,
+                               variants=variants, inputs=("random", "planted"), backward=False,
+                               reps=a.reps, clock="process", out_dir=None,
+                               progress=lambda s: print(s, file=sys.stderr, flush=True)))
+            save(a.out, results, None)  # what is measured so far survives an interruption
     quick = None if a.no_quick_start else readme_quick_start(a.reps)
-    print(f"device: {device_name(torch.device('cpu'))}, float32, B=1, Hq=9, Hkv=3, d=64, "
+    print(f"device: {device_name(torch.device('cpu'))}, {a.dtypes}, B=1, Hq=9, Hkv=3, d=64, "
           f"process CPU time, median of {a.reps}, torch {torch.__version__}")
     print(table(results, quick))
-    out = Path(a.out)
+    save(a.out, results, quick)
+    print(f"results written to {a.out}")
+    return 0
+
+
+def save(path: str, results: list[dict], quick: dict | None) -> None:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"runs": results, "readme_quick_start": quick}, indent=1))
-    print(f"results written to {out}")
-    return 0
 
 
 if __name__ == "__main__":
