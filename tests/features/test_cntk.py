@@ -210,24 +210,32 @@ SKETCH_CASES = {
 
 
 @pytest.mark.statistical
-@pytest.mark.parametrize("case", list(SKETCH_CASES))
-def test_sketch_error_falls_with_budget(case, seed, measure):
-    # 16 images of mixed sign (the kernel is far from rank one); the mean error of 2 draws at
-    # (n_components, pixel_dim) = (128, 32) and at (2048, 512). Measured over 40 seed offsets:
-    # CNTK_MEASURED.
-    kw = SKETCH_CASES[case]
+def test_sketch_error_falls_with_budget(seed, measure):
+    # 16 images of mixed sign; per case the mean error of 2 draws at (n_components, pixel_dim)
+    # = (128, 32) and at (2048, 512) (16x the budget: error ratio ~ 4 expected). Measured per
+    # case over 150 seed offsets (tools/stat_runs.py): error at the large budget 0.028-0.080
+    # on average, at most 0.19; log error sd 0.08-0.32, so 0.4 is >= 5.8 sd above every
+    # case's mean. A single case's ratio is too noisy to bound (gap readouts of kernels with a
+    # bias are dominated by one random global scale per draw: log-ratio sd up to 0.46, ratios
+    # down to 1.27), so the shape is asserted on the geometric mean of the 6 ratios: measured
+    # mean exp(1.35) = 3.9, log sd 0.15, minimum 2.8; the bound 1.5 is 6.4 sd below the mean.
     X = torch.randn(16, 2, 4, 4, dtype=f64, generator=torch.Generator().manual_seed(seed))
-    K = conv_neural_kernel(X, **kw)
     flat = X.reshape(16, -1).numpy()
-    errs = [
-        np.mean([_rel_fro(CNTKSketch(n_components=m, pixel_dim=p, image_shape=(2, 4, 4),
-                                     random_state=seed + 2 * i + j, **kw).fit_transform(flat), K)
-                 for j in range(2)])
-        for i, (m, p) in enumerate(((128, 32), (2048, 512)))
-    ]
-    measure("err", errs[1])
-    measure("ratio", errs[0] / errs[1])
-    assert errs[1] <= 0.3 and errs[0] / errs[1] >= 1.3, errs
+    log_ratios = []
+    for case, kw in SKETCH_CASES.items():
+        K = conv_neural_kernel(X, **kw)
+        errs = [
+            np.mean([_rel_fro(CNTKSketch(n_components=m, pixel_dim=p, image_shape=(2, 4, 4),
+                                         random_state=seed + 2 * i + j, **kw).fit_transform(flat),
+                              K)
+                     for j in range(2)])
+            for i, (m, p) in enumerate(((128, 32), (2048, 512)))
+        ]
+        measure(f"err_{case}", errs[1])
+        log_ratios.append(math.log(errs[0] / errs[1]))
+        assert errs[1] <= 0.4, (case, errs)
+    ratio = measure("geometric_mean_ratio", math.exp(np.mean(log_ratios)))
+    assert ratio >= 1.5, log_ratios
 
 
 def test_torch_map_takes_image_batches_and_is_homogeneous(torch_generator):

@@ -181,7 +181,9 @@ def test_zonal_function_is_the_relu_ntk_of_unit_inputs(torch_generator):
 @pytest.mark.statistical
 def test_exponential_kernel_degree16_via_the_horner_chain(seed, measure):
     # exp(<x, y>) = sum_j <x, y>^j / j!: the mean error of 3 draws at m = 64 and m = 1024.
-    # Measured over 100 seed offsets: HORNER_MEASURED.
+    # Measured over 150 seed offsets (tools/stat_runs.py): error at 1024 mean 0.071, max 0.11
+    # (log sd 0.11: 0.15 is 6.9 sd above the mean); ratio mean 4.2, min 2.8 (log mean 1.43,
+    # log sd 0.14: 2 is 5.1 sd below, P < 2e-7).
     X = _unit_rows(32, 8, torch.Generator().manual_seed(seed))
     K = torch.exp(X @ X.T)
     w = torch.tensor([1 / math.sqrt(math.factorial(j)) for j in range(17)], dtype=f64)
