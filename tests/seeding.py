@@ -7,6 +7,8 @@ The fixtures that hand them out (``seed``, ``torch_generator``, ``random_state``
 import hashlib
 import os
 
+import numpy as np
+
 SEED_OFFSET_ENV = "KS_TEST_SEED_OFFSET"
 
 
@@ -27,3 +29,9 @@ def derive_seed(*keys) -> int:
     """
     text = "\x1f".join(str(k) for k in keys).encode()
     return int.from_bytes(hashlib.blake2b(text, digest_size=4).digest(), "little")
+
+
+def derive_seeds(seed: int, count: int, high: int = 2**63) -> list[int]:
+    """``count`` independent ints in ``[0, high)`` from ``seed`` (e.g. the hashing seeds of
+    many sketches, each its own draw, different for every seed offset)."""
+    return [int(s) for s in np.random.default_rng([seed, 0x5EED]).integers(0, high, size=count)]

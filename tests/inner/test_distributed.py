@@ -11,6 +11,7 @@ distributed = pytest.importorskip(
 
 from kernelsketch.inner import join_statistics, sketch_column
 from kernelsketch.inner.distributed import sketch_table
+from tests.seeding import derive_seed, seed_offset
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,8 @@ def client():
 
 @pytest.fixture(scope="module")
 def table():
-    rng = np.random.default_rng()
+    # module-scoped, so seeded like the ``seed`` fixture but from the module's name
+    rng = np.random.default_rng(derive_seed(__name__ + "::table", seed_offset()))
     n = 3000
     keys = rng.integers(0, 800, size=n)
     latent = rng.normal(size=800)

@@ -58,10 +58,12 @@ def test_universal_density_is_a_probability_density(s, random_state):
     assert universal_density(np.array([-0.1, T + 0.1]), T, s).max() == 0.0
 
 
-def test_sampler_follows_universal_density():
-    # Kolmogorov–Smirnov distance between the sampler and the density's CDF.
+@pytest.mark.statistical
+def test_sampler_follows_universal_density(random_state, measure):
+    # Kolmogorov–Smirnov distance between the sampler and the density's CDF. The DKW
+    # inequality bounds its failure probability: P(sup |F_n - F| > 0.02) <= 2 exp(-2 n 0.02²)
+    # = 2.3e-7 for n = 20000, whatever the seed.
     T, s = 2.0, 20.0
-    random_state = np.random.RandomState(0)
     t = np.sort(sample_universal(20000, T, s, random_state))
     assert t.min() >= 0 and t.max() <= T
     probe = np.linspace(0, T, 41)[1:-1]
@@ -72,10 +74,11 @@ def test_sampler_follows_universal_density():
         ]
     )
     emp = np.searchsorted(t, probe) / len(t)
-    assert np.abs(emp - cdf).max() < 0.02
+    assert measure("ks", np.abs(emp - cdf).max()) < 0.02
 
 
-def test_statistical_dimension_of_bandlimited_is_time_bandwidth_product(random_state):
+@pytest.mark.statistical
+def test_statistical_dimension_of_bandlimited_is_time_bandwidth_product(random_state, measure):
     # s_λ ≈ 2FT plus a term logarithmic in 1/λ (prolate spheroidal eigenvalues).
     F = float(random_state.uniform(3, 6))
     s1 = statistical_dimension(Bandlimited(F), 1.0, regularization=1e-6)
@@ -83,7 +86,7 @@ def test_statistical_dimension_of_bandlimited_is_time_bandwidth_product(random_s
     assert 2 * F < s1 < 2 * F + 12
     # Doubling the band adds the time-bandwidth product 2FT (plus the slowly growing log term);
     # the ratio s2 / s1 is not a fixed number for small F (measured 1.59 at F = 3).
-    assert 1.0 < (s2 - s1) / (2 * F) < 1.15
+    assert 1.0 < measure("growth", (s2 - s1) / (2 * F)) < 1.15
     assert statistical_dimension(Bandlimited(F), 1.0, regularization=1e-10) > s1
 
 
@@ -109,7 +112,8 @@ def test_default_sample_count_scales_like_s_log_s():
 # --- reconstruction ------------------------------------------------------------------------
 
 
-def test_bandlimited_recovered_to_noise_level_with_default_samples(random_state):
+@pytest.mark.statistical
+def test_bandlimited_recovered_to_noise_level_with_default_samples(random_state, measure):
     # Samples ∝ s_λ log s_λ recover the signal to the noise level, for growing bandwidth.
     sigma = 1e-3
     for F in (3.0, 8.0):
@@ -123,12 +127,12 @@ def test_bandlimited_recovered_to_noise_level_with_default_samples(random_state)
 
         rec = reconstruct_signal(noisy, 1.0, spec, regularization=sigma**2, random_state=random_state)
         assert len(rec.times) == default_signal_samples(rec.statistical_dimension)
-        assert _rel(rec, f) < 5 * sigma
+        assert measure(f"error_over_sigma_F{F:g}", _rel(rec, f) / sigma) < 5
 
 
-def test_error_falls_with_samples():
+@pytest.mark.statistical
+def test_error_falls_with_samples(random_state, measure):
     spec = Bandlimited(4.0)
-    random_state = np.random.RandomState(1)
     f = _translates(spec, random_state)
     s = statistical_dimension(spec, 1.0, regularization=1e-10)
     errs = [
@@ -140,10 +144,17 @@ def test_error_falls_with_samples():
         )
         for m in (int(s), int(2 * s * np.log(s)), int(8 * s * np.log(s)))
     ]
-    assert errs[0] > 10 * errs[1] and errs[1] > errs[2] and errs[2] < 1e-3
+    # From s to 2 s ln s samples the error falls by >= 1174x (10 seed offsets,
+    # tools/stat_runs.py). Past that it sits at the ridge floor of λ = 1e-10 (~1.5e-9):
+    # 8 s ln s was only 1.19 +- 0.12x better (min 1.045), so the old errs[1] > errs[2]
+    # was ~1.6 sd from failing; checked as the floor instead (max 2.2e-9, bound 1e-7).
+    assert measure("first_over_second", errs[0] / errs[1]) > 10
+    measure("second_over_third", errs[1] / errs[2])
+    assert measure("third", errs[2]) < 1e-7
 
 
-def test_multiband_real_signal(random_state):
+@pytest.mark.statistical
+def test_multiband_real_signal(random_state, measure):
     spec = Multiband([(-14.0, -11.0), (11.0, 14.0)])
     freqs, phases = random_state.uniform(11, 14, size=6), random_state.uniform(0, 2 * np.pi, size=6)
     amps = random_state.standard_normal(6)
@@ -154,15 +165,17 @@ def test_multiband_real_signal(random_state):
     rec = reconstruct_signal(f, 1.0, spec, regularization=1e-10, random_state=random_state)
     out = rec(GRID)
     assert np.isrealobj(out)
-    assert _rel(rec, f) < 1e-3
-    # far fewer samples than the statistical dimension cannot work
+    assert measure("error", _rel(rec, f)) < 1e-3
+    # far fewer samples than the statistical dimension cannot work: measured 0.53 +- 0.23
+    # (min 0.27) over 10 seed offsets; 0.05 is 6 sd below in log scale (sd 0.4)
     few = reconstruct_signal(
         f, 1.0, spec, int(rec.statistical_dimension / 3), regularization=1e-10, random_state=random_state
     )
-    assert _rel(few, f) > 0.1
+    assert measure("error_few", _rel(few, f)) > 0.05
 
 
-def test_sparse_clustered_frequencies_complex_signal(random_state):
+@pytest.mark.statistical
+def test_sparse_clustered_frequencies_complex_signal(random_state, measure):
     # Frequencies closer than 1/T: the class is ill-conditioned (polynomial-like).
     freqs = np.sort(random_state.uniform(-2.0, 2.0, size=6))
     coef = random_state.standard_normal(6) + 1j * random_state.standard_normal(6)
@@ -174,16 +187,17 @@ def test_sparse_clustered_frequencies_complex_signal(random_state):
         f, 1.0, SparseFrequencies(freqs), regularization=1e-12, random_state=random_state
     )
     assert np.iscomplexobj(rec(GRID))
-    assert _rel(rec, f) < 1e-3
+    assert measure("error", _rel(rec, f)) < 1e-3
 
 
 @pytest.mark.parametrize(
     "spec,reg", [(GaussianSpectrum(0.08), 1e-8), (MaternSpectrum(2.5, 0.3), 1e-5)]
 )
-def test_gp_kriging(spec, reg, random_state):
+@pytest.mark.statistical
+def test_gp_kriging(spec, reg, random_state, measure):
     f = _translates(spec, random_state)
     rec = reconstruct_signal(f, 1.0, spec, regularization=reg, random_state=random_state)
-    assert _rel(rec, f) < 1e-2
+    assert measure("error", _rel(rec, f)) < 1e-2
 
 
 def test_uniform_sampling_is_gp_posterior_mean(random_state):
@@ -199,14 +213,15 @@ def test_uniform_sampling_is_gp_posterior_mean(random_state):
     np.testing.assert_allclose(rec(GRID), spec.kernel(GRID[:, None] - rec.times) @ alpha, atol=1e-8)
 
 
-def test_power_spectrum_matches_closed_form_kernel(random_state):
+@pytest.mark.statistical
+def test_power_spectrum_matches_closed_form_kernel(random_state, measure):
     F = 2.0
     user = PowerSpectrum(lambda xi: np.ones_like(xi), (-F, F))
     tau = random_state.uniform(-2, 2, size=50)
     np.testing.assert_allclose(user.kernel(tau), Bandlimited(F).kernel(tau), atol=1e-10)
     f = _translates(Bandlimited(F), random_state)
     rec = reconstruct_signal(f, 1.0, user, regularization=1e-8, random_state=random_state)
-    assert _rel(rec, f) < 1e-3
+    assert measure("error", _rel(rec, f)) < 1e-3
 
 
 def _ridge_leverage(spectrum, reg, t, T=1.0, n=400):
@@ -239,12 +254,12 @@ def test_universal_needs_fewer_samples_than_uniform():
     assert universal < uniform / 2.5
 
 
-def test_mixture_keeps_uniform_efficiency_for_bandlimited_signals():
+@pytest.mark.statistical
+def test_mixture_keeps_uniform_efficiency_for_bandlimited_signals(random_state, measure):
     # For a wide band at moderate λ the leverage function is nearly flat, and the
     # universal density (which spends a log factor at the ends) needs more samples
     # than uniform; the half/half mixture stays within 2x of uniform. Seeded.
     spec, reg = Bandlimited(10.0), 1e-8
-    random_state = np.random.RandomState(3)
     s = statistical_dimension(spec, 1.0, regularization=reg)
     m = int(3 * s)
 
@@ -261,16 +276,21 @@ def test_mixture_keeps_uniform_efficiency_for_bandlimited_signals():
             ]
         )
 
+    # Over 10 seed offsets: mixture 1.0e-6 +- 0.9e-6 (max 3.4e-6), universal 0.18 +- 0.15
+    # but as low as 2.6e-4, so the old "universal > 1e-3" failed (offset 7): universal's
+    # error at 3 s_λ spans three decades. Checked: the mixture reaches 1e-3 (> 2 decades
+    # of margin) and beats the universal density (by >= 2.4 decades in every offset).
     mixture, universal = median_error("mixture"), median_error("universal")
-    assert mixture < 1e-3 < universal
+    assert measure("mixture", mixture) < 1e-3
+    assert measure("universal_over_mixture", universal / mixture) > 1
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("sampling", ["mixture", "universal", "uniform"])
-def test_importance_weights_are_unbiased(sampling):
+def test_importance_weights_are_unbiased(sampling, random_state, measure):
     # Σ_j v_j g(t_j) is unbiased for (1/T) ∫_0^T g; check with g = 1 and g = t / T
     # (6-sigma bound over independent draws, seeded).
     T = 3.0
-    random_state = np.random.RandomState(5)
     sums = []
     for _ in range(200):
         rec = reconstruct_signal(
@@ -279,7 +299,9 @@ def test_importance_weights_are_unbiased(sampling):
         sums.append([rec.weights.sum(), rec.weights @ rec.times / T])
     sums = np.array(sums)
     se = sums.std(0) / np.sqrt(len(sums))
-    assert np.all(np.abs(sums.mean(0) - [1.0, 0.5]) < 6 * se + 1e-12)
+    z = np.abs(sums.mean(0) - [1.0, 0.5]) / np.maximum(se, 1e-300)
+    # two z-scores at 6 standard errors (2 x 2e-9); uniform sampling's weights are exact
+    assert np.all((measure("max_z", z.max()) < 6) | (np.abs(sums.mean(0) - [1.0, 0.5]) < 1e-12))
 
 
 def test_random_state_has_scikit_learn_meaning():

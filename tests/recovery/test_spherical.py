@@ -45,23 +45,24 @@ def test_default_sample_count_is_dimension_times_log():
         assert beta * np.log(beta) <= s <= beta * np.log(beta) + 2 * beta
 
 
-def test_far_fewer_samples_fail(random_state):
+@pytest.mark.statistical
+def test_far_fewer_samples_fail(random_state, measure):
     d, q = 3, 6
     _, f = _random_expansion(d, q, random_state)
     beta = harmonic_space_dimension(q, d)
     with pytest.warns(UserWarning, match="underdetermined"):
         g = recover_spherical(f, d, q, n_samples=beta // 3, random_state=random_state)
     X = uniform_sphere(300, d, random_state)
-    assert _rel(g(X), f(X)) > 0.3
+    assert measure("error", _rel(g(X), f(X))) > 0.3
 
 
-def test_near_best_approximation_of_smooth_function():
+@pytest.mark.statistical
+def test_near_best_approximation_of_smooth_function(random_state, measure):
     # f(x) = exp(κ<x, v>) is zonal; its best degree-q approximation in L²(σ) is its
     # truncated Gegenbauer series. The recovered expansion is within a constant
     # factor of that best error, and the error falls as q grows. The ratio is random
-    # (heavier-tailed for tiny β), so the seed is fixed to make the test deterministic.
+    # (heavier-tailed for tiny β): its distribution over seeds is measured (measure).
     d, kappa = 3, 2.0
-    random_state = np.random.RandomState(2024)
     v = uniform_sphere(1, d, random_state)[0]
 
     def f(X):
@@ -74,17 +75,19 @@ def test_near_best_approximation_of_smooth_function():
         best = gegenbauer(X @ v, q, d) @ c
         g = recover_spherical(f, d, q, random_state=random_state)
         err, best_err = np.sqrt(np.mean((g(X) - f(X)) ** 2)), np.sqrt(np.mean((best - f(X)) ** 2))
-        assert err < 3 * best_err, (q, err / best_err)
+        # measured over 10 seed offsets: q=2 (β = 9, 20 samples) 1.66 +- 0.46 (max 2.39),
+        # q=4 1.31 +- 0.11, q=6 1.27 +- 0.06; bounds 6 sd above the mean (log scale for q=2,
+        # whose tail is heavy: the old bound 3 was 2.9 sd away)
+        assert measure(f"ratio_q{q}", err / best_err) < {2: 7.0, 4: 3.0, 6: 3.0}[q], (q, err / best_err)
         errs.append(err)
     assert errs[0] > errs[1] > errs[2]
 
 
-def test_noise_robustness_improves_with_samples():
+@pytest.mark.statistical
+def test_noise_robustness_improves_with_samples(random_state, measure):
     # Least squares with s samples and noise σ has error ≈ σ sqrt(β/s) < σ; with only
-    # s = β samples (no oversampling) the system is ill-conditioned. Seed fixed:
-    # the comparison is statistical.
+    # s = β samples (no oversampling) the system is ill-conditioned.
     d, q, sigma = 3, 5, 0.05
-    random_state = np.random.RandomState(7)
     _, f = _random_expansion(d, q, random_state)
     beta = harmonic_space_dimension(q, d)
     X = uniform_sphere(1000, d, random_state)
@@ -100,7 +103,12 @@ def test_noise_robustness_improves_with_samples():
         rms_error(4 * default_spherical_samples(d, q)),
         rms_error(beta),
     )
-    assert err_default < sigma
+    # σ sqrt(β/s) = 0.53σ at s = β ln β; measured 0.61σ +- 0.10σ (max 0.78σ) over 10 seed
+    # offsets, so the old bound σ was 3.8 sd away: 1.25σ is 6 sd. err_4x / err_default:
+    # 0.45 +- 0.09 (max 0.63), 6.3 sd below 1.
+    assert measure("default_over_sigma", err_default / sigma) < 1.25
+    measure("4x_over_default", err_4x / err_default)
+    measure("min_over_default", err_min / err_default)
     assert err_4x < err_default < err_min
 
 
