@@ -218,6 +218,19 @@ EQUIVALENT: list[tuple[str, str, str]] = [
      " two per word (another hash of the same family)")),
     ("_str_keys", "np.zeros((n, 1), )", ("float64 padding: the code points (< 2**21) are exact"
      " in float64 and cast back to uint64")),
+    # sketch/sampling.py
+    ("importance_sample", "torch.rand(p.shape, dtype=None,", ("u ~ U(0, 1] drawn in the default"
+     " float32 for float64 p: the same priority-sampling distribution at 2**-24 resolution")),
+    # sketch/hashing.py
+    ("hash_keys", 'if kind in "XXmMXX":', "no dtype kind is 'X': the same kinds m and M"),
+    ("to_sign", ".astype(None)", "astype(None) is float64"),
+    # sketch/leverage.py
+    ("leverage_scores_from_gram", "torch.where(shifted > 0, 1.0 / shifted, 1.0)", ("shifted <= 0"
+     " only in null directions of A (eigenvalue 0 or a rounding below it, ridge underflowed):"
+     " their projections are rounding (~eps), so a weight of 1 adds below rounding")),
+    ("leverage_scores_from_gram", "g.transpose(+1, -2)", ("the Gram matrix is symmetric and"
+     " eigh reads one triangle: for 2-D g it is the same transpose, batched it symmetrises"
+     " an already symmetric matrix")),
     # sketch/tensor.py
     ("all_powers", "cache: dict = None", ("power_from_leaves then caches per power: the same"
      " sub-trees computed again, the same outputs")),

@@ -16,7 +16,8 @@ from kernelsketch.sketch import (
     GaussianSketch,
     PolySketch,
 )
-from kernelsketch.sketch.hashing import mix64, to_unit, to_unit_pair
+from kernelsketch.sketch.hashing import hash_streams, mix64, to_unit, to_unit_pair
+from kernelsketch.sketch.leverage import leverage_scores, leverage_scores_from_kernel
 from kernelsketch.sketch.lsh import gray_code, inverse_gray_code
 
 # -- sketch/lsh.py ---------------------------------------------------------------------------
@@ -163,3 +164,58 @@ def test_half_precision_inputs_are_sketched_in_float32(cls, dtype, seed):
     out = s(x)
     assert out.dtype == dtype
     assert torch.equal(out, s(x.float()).to(dtype))
+
+
+def test_hash_streams_takes_hashes_as_python_ints(seed):
+    """``hashes`` is array_like: Python ints give the uint64 array's words (without the
+    uint64 conversion, an int64 array met the uint64 salt in bitwise_xor: TypeError)."""
+    rng = np.random.default_rng(seed)
+    h = rng.integers(0, 2**63, size=20, dtype=np.uint64)
+    streams = np.arange(3)[:, None]
+    np.testing.assert_array_equal(hash_streams([int(v) for v in h], streams),
+                                  hash_streams(h, streams))
+
+
+# -- sketch/leverage.py ----------------------------------------------------------------------
+
+
+def _reference_leverage(a: np.ndarray, rcond: float) -> np.ndarray:
+    """float64 SVD: squared row norms of the left singular vectors above rcond * sigma_max."""
+    u, sv, _ = np.linalg.svd(a, full_matrices=False)
+    return (u[:, sv > rcond * sv[0]] ** 2).sum(-1)
+
+
+def _batch_of_spectra(seed):
+    """Matrices [4, 12, 5] whose singular values relative to their own largest straddle 0.3
+    differently, and whose largest singular values differ by orders of magnitude."""
+    g = torch.Generator().manual_seed(seed)
+    mats = []
+    for b, top in enumerate((1.0, 1e3, 1e-3, 10.0)):
+        u, _ = torch.linalg.qr(torch.randn(12, 5, generator=g, dtype=torch.float64))
+        v, _ = torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=torch.float64))
+        rel = torch.tensor([1.0, 0.9 - 0.15 * b, 0.35, 0.25, 0.01], dtype=torch.float64)
+        mats.append(top * (u * rel) @ v.T)
+    return torch.stack(mats)
+
+
+def test_rank_tolerance_is_relative_to_each_matrix_of_a_batch(seed):
+    """rcond compares each matrix's singular values with its own largest (``amax(None)`` or
+    ``amax()`` over the whole batch dropped the small matrices' directions)."""
+    a = _batch_of_spectra(seed)
+    got = leverage_scores(a, rcond=0.3)
+    for b in range(a.shape[0]):
+        ref = _reference_leverage(a[b].numpy(), 0.3)
+        np.testing.assert_allclose(got[b].numpy(), ref, atol=1e-10)
+        assert float(got[b].sum()) == pytest.approx(3.0, abs=1e-10)  # rank at rcond 0.3
+    kernel = a @ a.transpose(-1, -2)  # eigenvalues sigma^2: relative tolerance 0.3**2
+    got_k = leverage_scores_from_kernel(kernel, rcond=0.09)
+    for b in range(a.shape[0]):
+        np.testing.assert_allclose(got_k[b].numpy(), _reference_leverage(a[b].numpy(), 0.3),
+                                   atol=1e-8)
+
+
+def test_leverage_from_kernel_names_a_bad_ridge(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    with pytest.raises(ValueError, match="ridge must be >= 0"):
+        leverage_scores_from_kernel(x @ x.T, ridge=-1.0)
