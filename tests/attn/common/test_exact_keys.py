@@ -108,3 +108,27 @@ def test_exact_fallback_is_announced(method, is_causal, torch_generator):
         warnings.simplefilter("error", ExactFallbackWarning)  # the sketch runs: no warning
         ks.attention(q, k, v, method=method, config=cfg.replace(min_seq_len=8),
                      is_causal=is_causal, generator=torch_generator)
+
+
+@pytest.mark.parametrize("method", list(CONFIGS))
+def test_causal_cpu_sketch_below_its_break_even_is_announced(method, torch_generator,
+                                                            monkeypatch):
+    from importlib import import_module
+
+    from kernelsketch.attn.common.exact import NoSpeedupWarning
+
+    q, k, v = random_qkv(1, 2, 2, 50, 50, 8, generator=torch_generator)
+    cfg = CONFIGS[method](min_seq_len=8)
+    module = import_module(f"kernelsketch.attn.{method}.method")
+    assert module.CPU_CAUSAL_BREAK_EVEN > 50
+    for break_even, warns in ((51, True), (50, False)):
+        monkeypatch.setattr(module, "CPU_CAUSAL_BREAK_EVEN", break_even)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for is_causal in (True, False):  # non-causal never warns
+                ks.attention(q, k, v, method=method, config=cfg, is_causal=is_causal,
+                             generator=torch_generator)
+        found = [w for w in caught if issubclass(w.category, NoSpeedupWarning)]
+        assert len(found) == warns, [str(w.message) for w in caught]
+        if warns:
+            assert f"method='{method}' runs its sketch causal on CPU" in str(found[0].message)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .exact import ExactConfig, exact_forward, exact_lse, warn_exact_fallback
+from .exact import ExactConfig, exact_forward, exact_lse, warn_exact_fallback, warn_no_speedup
 from .merge import merge_partials
 
 # approximate(q, k, v, scale) -> (out, lse): non-causal partial attention of
@@ -175,7 +175,7 @@ _EXACT = ExactConfig()
 
 
 def approximate_or_exact(q, k, v, *, is_causal, scale, min_seq_len, noncausal, need_lse,
-                         sink=0, window=0, method="sketch"):
+                         sink=0, window=0, method="sketch", cpu_causal_break_even=0):
     """Dispatch shared by the LSH methods (HyperAttention, KDEformer).
 
     Exact attention when the problem is at most ``min_seq_len`` long (keys for
@@ -187,7 +187,9 @@ def approximate_or_exact(q, k, v, *, is_causal, scale, min_seq_len, noncausal, n
     blocks with at most ``min_seq_len`` keys are exact and every other block
     attends exactly to its first ``sink`` and last ``window`` keys (with the
     exact leaves, every query sees its ``window`` preceding keys and the
-    sequence's first ``sink`` keys exactly).
+    sequence's first ``sink`` keys exactly). A causal sketch on CPU with fewer than
+    ``cpu_causal_break_even`` queries (the method's measured break-even against SDPA)
+    warns once with :class:`~.exact.NoSpeedupWarning`.
     """
     N, M = q.shape[2], k.shape[2]
     if (is_causal and recursion_is_exact(N, M, min_seq_len)) or (
@@ -199,6 +201,8 @@ def approximate_or_exact(q, k, v, *, is_causal, scale, min_seq_len, noncausal, n
                              generator=None, need_lse=need_lse)
     if not is_causal:
         return noncausal(q, k, v, scale, sink, 0)
+    if q.device.type == "cpu" and N < cpu_causal_break_even:
+        warn_no_speedup(method, f"causal on CPU below {cpu_causal_break_even} queries")
 
     def approximate(qb, kb, vb, s):
         if kb.shape[2] <= min_seq_len:

@@ -47,6 +47,19 @@ class ExactFallbackWarning(UserWarning):
     """A sketched method computed exact attention (the input is too short for its sketch)."""
 
 
+class NoSpeedupWarning(UserWarning):
+    """A sketched method ran its sketch where it was measured slower than exact attention
+    (BENCHMARKS.md, "CPU speed against SDPA")."""
+
+
+def warn_no_speedup(method: str, reason: str) -> None:
+    """Warn that ``method``'s sketch runs where it was measured slower than exact SDPA;
+    shown once per method and reason (the message holds no sizes)."""
+    warnings.warn(f"method={method!r} runs its sketch {reason}, where it was measured slower "
+                  f"than exact attention (BENCHMARKS.md); method='exact' is faster there",
+                  NoSpeedupWarning, stacklevel=2)
+
+
 def warn_exact_fallback(method: str, reason: str) -> None:
     """Warn that ``method`` ran exact attention; shown once per method and reason under
     Python's default warning filter (the message holds no sizes)."""

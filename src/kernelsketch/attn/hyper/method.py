@@ -10,6 +10,10 @@ from ..common.spec import MethodSpec
 from .config import HyperConfig
 from .naive import hyper_noncausal, sampling_probabilities
 
+# Causal calls on CPU with fewer queries than this were measured slower than SDPA with the
+# default config (BENCHMARKS.md, "CPU speed against SDPA"): they warn (NoSpeedupWarning).
+CPU_CAUSAL_BREAK_EVEN = 16384
+
 
 def use_fused(q, v, config: HyperConfig) -> bool:
     """One fused kernel call per estimate (:mod:`.fused`) with one hash round: the Triton
@@ -35,6 +39,7 @@ def hyper_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
         noncausal=lambda qb, kb, vb, s, first, last: noncausal(qb, kb, vb, s, config, generator,
                                                                 first, last),
         need_lse=need_lse, sink=config.sink, window=config.window, method="hyper",
+        cpu_causal_break_even=CPU_CAUSAL_BREAK_EVEN,
     )
 
 

@@ -10,6 +10,10 @@ from ..common.spec import MethodSpec
 from .config import KDEConfig
 from .naive import amm_probabilities, kde_noncausal
 
+# Causal calls on CPU with fewer queries than this were measured slower than SDPA with the
+# default config (BENCHMARKS.md, "CPU speed against SDPA"): they warn (NoSpeedupWarning).
+CPU_CAUSAL_BREAK_EVEN = 16384
+
 
 def use_fused(q, v, config: KDEConfig) -> bool:
     """One fused kernel call per estimate (:mod:`.fused`): the Triton kernels on CUDA (half
@@ -35,6 +39,7 @@ def kde_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
         noncausal=lambda qb, kb, vb, s, first, last: noncausal(qb, kb, vb, s, config, generator,
                                                                 first, last),
         need_lse=need_lse, sink=config.sink, window=config.window, method="kde",
+        cpu_causal_break_even=CPU_CAUSAL_BREAK_EVEN,
     )
 
 
