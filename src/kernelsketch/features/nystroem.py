@@ -312,7 +312,7 @@ class RLSNystroem(RandomFeaturesTransformer):
     K_XL K_LL^+ K_LY`` never exceeds ``K`` (in the PSD order) and
     ``K - K~ <= eps * lambda * I`` with ``n_components ~ d_lambda log d_lambda / eps``
     (Musco & Musco 2017). ``fit`` costs ``O(n m (d + m))`` for ``m = n_components``
-    (about 0.6-1.5x scikit-learn's ``Nystroem.fit_transform`` in all, BENCHMARKS.md).
+    (0.7-1.8x scikit-learn's ``Nystroem.fit_transform`` on the shipped data, BENCHMARKS.md).
 
     Memory: ``fit`` holds ``O(n m)`` (the kernel between the rows of a level and its
     ``0.7 m`` landmarks, float64) and the ``(m, d)`` landmarks and ``(m, m)`` normalisation;
