@@ -341,3 +341,17 @@ def test_bad_ridge():
 def test_bad_sketch_size():
     with pytest.raises(ValueError, match="sketch_size must be >= 1, got 0"):
         PolynomialLeverageSampler(sketch_size=0).fit(X_BAD)
+
+
+def test_leverage_sampler_verbose_reports_steps_and_changes_nothing(np_rng, capsys):
+    # verbose=1: the score sketch and each index position on stderr (tqdm); the same draws.
+    X = np_rng.normal(size=(200, 6))
+    kw = {"n_components": 30, "degree": 3, "gamma": 0.5, "coef0": 1.0, "random_state": 2}
+    quiet = PolynomialLeverageSampler(**kw).fit(X)
+    loud = PolynomialLeverageSampler(verbose=1, **kw).fit(X)
+    err = capsys.readouterr().err
+    assert "PolynomialLeverageSampler.fit" in err and "30 coordinates sampled" in err
+    np.testing.assert_array_equal(loud.indices_, quiet.indices_)
+    np.testing.assert_array_equal(loud.transform(X), quiet.transform(X))
+    with pytest.raises(ValueError, match="verbose must be >= 0"):
+        PolynomialLeverageSampler(verbose=-1).fit(X)

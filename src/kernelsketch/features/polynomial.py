@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -33,6 +34,7 @@ from torch import nn
 
 from kernelsketch._checks import check_choice, check_float, check_int, check_tensor
 from kernelsketch.features._base import (
+    Progress,
     RandomFeaturesTransformer,
     check_allocation,
 )
@@ -631,6 +633,7 @@ def sample_tensor_coordinates(
     sketch_size: int = 64,
     jl_size: int = 32,
     generator: torch.Generator | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample coordinates of ``A^{⊗degree}`` by approximate ridge leverage scores.
 
@@ -648,6 +651,9 @@ def sample_tensor_coordinates(
     jl_size : int, default 32
         Rows ``k`` of the Gaussian JL applied to ``(K + lambda I)^{-1/2}``.
     generator : torch.Generator, optional
+    progress : callable, optional
+        Called with a short description after the score sketch and after each of the
+        ``degree`` index positions (``verbose`` fits).
 
     Returns
     -------
@@ -695,6 +701,8 @@ def sample_tensor_coordinates(
     shrink = 1.0 - torch.sqrt(ridge / (S * S + ridge))
     G = torch.randn(jl_size, n, generator=generator, dtype=torch.float64) / math.sqrt(jl_size)
     B = (G - ((G @ U) * shrink) @ U.mT) / math.sqrt(ridge)  # [k, n], B^T B ~ (K + lam I)^{-1}
+    if progress is not None:
+        progress(f"score sketch: {n} rows, sketch_size {sketch_size}")
 
     A_sq = A.multiply(A).tocsr() if sparse else A * A
     row_sq = torch.as_tensor(np.asarray(A_sq.sum(1)).ravel()) if sparse else A_sq.sum(-1)
@@ -736,6 +744,8 @@ def sample_tensor_coordinates(
                 new_groups[key] = members[draws == j]
                 new_vec[key] = v * _column(A_csc if sparse else A, j)
         groups, prefix_vec = new_groups, new_vec
+        if progress is not None:
+            progress(f"index {t + 1}/{degree}: {len(groups)} distinct prefixes")
     if sparse:
         indices = torch.from_numpy(cols.astype(np.int64))[indices]
     return indices, probs
@@ -771,6 +781,9 @@ class PolynomialLeverageSampler(RandomFeaturesTransformer):
         the scores drift toward squared-norm sampling. Raising it improves them at
         a cost linear in it (measured: docs/polynomial_features.md).
     random_state : int, RandomState or None
+    verbose : int, default 0
+        ``>= 1``: the score sketch and each index position of the sampling on a tqdm bar
+        (tqdm installed) or stderr.
 
     Notes
     -----
@@ -805,6 +818,7 @@ class PolynomialLeverageSampler(RandomFeaturesTransformer):
         ridge: float | None = None,
         sketch_size: int = 64,
         random_state=None,
+        verbose: int = 0,
     ):
         self.n_components = n_components
         self.degree = degree
@@ -813,12 +827,14 @@ class PolynomialLeverageSampler(RandomFeaturesTransformer):
         self.ridge = ridge
         self.sketch_size = sketch_size
         self.random_state = random_state
+        self.verbose = verbose
 
     def _check_params(self, n_features: int) -> None:
         _check_poly_params(self)
         if self.ridge is not None:
             check_float("ridge", self.ridge, min=0.0, min_exclusive=True)
         check_int("sketch_size", self.sketch_size, min=1)
+        check_int("verbose", self.verbose, min=0)
 
     def _transform_sparse(self, X) -> sp.csr_matrix:
         """Sampled coordinates of scipy sparse ``X``, as CSR in the dtype of ``X``.
@@ -864,10 +880,12 @@ class PolynomialLeverageSampler(RandomFeaturesTransformer):
             idx = torch.randint(A.shape[1], (self.n_components, q), generator=generator)
             probs = torch.full((self.n_components,), float(A.shape[1]) ** -q, dtype=torch.float64)
         else:
+            progress = Progress(self.verbose, "PolynomialLeverageSampler.fit", total=q + 1)
             idx, probs = sample_tensor_coordinates(
                 A, q, self.n_components, ridge=max(ridge_s, 1e-12 * trace),
-                sketch_size=self.sketch_size, generator=generator,
+                sketch_size=self.sketch_size, generator=generator, progress=progress,
             )
+            progress.close(f"{self.n_components} coordinates sampled")
         self.indices_ = idx.numpy()
         self.probabilities_ = probs.numpy()
         scale = 1.0 / torch.sqrt(self.n_components * probs)
