@@ -234,6 +234,14 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     # sketch/tensor.py
     ("all_powers", "cache: dict = None", ("power_from_leaves then caches per power: the same"
      " sub-trees computed again, the same outputs")),
+    # inner/sampling.py
+    ("adaptive_scale", "valid = q[:m] * c < 1.0", ("at q_k c_k = 1 exactly, c_{k+1} = c_k (clipping"
+     " item k to 1 changes neither side of the water-filling equation): the same scale")),
+    ("_union", "np.argsort(keys, kind=None)", ("the keys of disjoint supports are distinct; equal"
+     " keys raise whatever their order")),
+    ("_union", "np.argsort(keys, )", "distinct keys: any sort order is the same"),
+    ("_union", 'np.argsort(keys, kind="XXstableXX")', "distinct keys: any sort order is the same"),
+    ("jl_sketch", "rows = np.arange(m, )[:, None]", "hash_streams casts the streams to uint64"),
     # attn/common/exact.py
     ("exact_partial", "chunk_size: int = 1025", "chunk size of the exact reference: rounding only"),
     ("exact_lse", "chunk_size=1025", "chunk size of the exact reference: rounding only"),
