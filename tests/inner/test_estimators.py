@@ -143,10 +143,10 @@ def test_sampling_sketches_beat_linear_on_sparse_small_overlap(pair, np_rng, see
             errors[m].extend((_estimates(a, b, m, 201, derive_seeds(seed + i, 15)) - a @ b) / scale)
     rms = {m: float(np.sqrt(np.mean(np.square(e)))) for m, e in errors.items()}
     linear = min(rms["jl"], rms["cs"])
-    # measured over seed offsets 1-10 (tools/stat_runs.py): wmh 0.25 +- 0.054 (max 0.35),
-    # ts 0.17 +- 0.042, ps 0.17 +- 0.041 of the better linear sketch's error; bounds at
-    # mean + 6 sd (the old 0.5 / 0.35 were 4.3-4.6 sd away)
-    assert measure("wmh_over_linear", rms["wmh"] / linear) < 0.6, rms
+    # measured over 20 seed offsets (1-10, 1001-1010; tools/stat_runs.py): wmh 0.25 +- 0.066
+    # (max 0.44, heavy-tailed), ts 0.16 +- 0.035, ps 0.16 +- 0.034 of the better linear
+    # sketch's error; bounds >= 6 sd above the mean (the old 0.5 / 0.35 were 3.8-4.6 sd away)
+    assert measure("wmh_over_linear", rms["wmh"] / linear) < 0.7, rms
     assert measure("ts_over_linear", rms["ts"] / linear) < 0.45, rms
     assert measure("ps_over_linear", rms["ps"] / linear) < 0.45, rms
 

@@ -75,10 +75,11 @@ def test_near_best_approximation_of_smooth_function(random_state, measure):
         best = gegenbauer(X @ v, q, d) @ c
         g = recover_spherical(f, d, q, random_state=random_state)
         err, best_err = np.sqrt(np.mean((g(X) - f(X)) ** 2)), np.sqrt(np.mean((best - f(X)) ** 2))
-        # measured over 10 seed offsets: q=2 (β = 9, 20 samples) 1.66 +- 0.46 (max 2.39),
-        # q=4 1.31 +- 0.11, q=6 1.27 +- 0.06; bounds 6 sd above the mean (log scale for q=2,
-        # whose tail is heavy: the old bound 3 was 2.9 sd away)
-        assert measure(f"ratio_q{q}", err / best_err) < {2: 7.0, 4: 3.0, 6: 3.0}[q], (q, err / best_err)
+        # measured over 20 seed offsets (1-10, 1001-1010): q=2 (β = 9, 20 samples) 1.64 +- 0.42
+        # (max 2.53), q=4 1.36 +- 0.25 (max 2.27), q=6 1.27 +- 0.10 (max 1.65); heavy right
+        # tails (the old bound 3 was 2.9 sd from q=2's mean), so the bounds are >= 6 sd above
+        # the mean in log scale
+        assert measure(f"ratio_q{q}", err / best_err) < {2: 7.0, 4: 5.0, 6: 3.0}[q], (q, err / best_err)
         errs.append(err)
     assert errs[0] > errs[1] > errs[2]
 
