@@ -203,6 +203,10 @@ def test_default_configs_follow_the_single_process(runs, method, N, causal):
     for rank, res in enumerate(results):
         r = res["defaults"][method, N, causal]
         assert r["warned"] == exact_there, (world, rank)
+        # a causal sketch on CPU below the break-even says so once, for the whole call (the
+        # shards' own single-process calls do not warn)
+        assert len(r["no_speedup"]) == (causal and not exact_there), (world, rank, r)
+        assert all("context parallel" in m for m in r["no_speedup"]), r
         assert r["grad_finite"], (world, rank)
         if exact_there:
             assert r["vs_exact"] <= 1e-10, r

@@ -6,7 +6,7 @@ import torch
 
 import kernelsketch as ks
 from kernelsketch import HyperConfig, KDEConfig
-from kernelsketch.attn.common.exact import ExactFallbackWarning
+from kernelsketch.attn.common.exact import ExactFallbackWarning, NoSpeedupWarning
 from kernelsketch.attn.lev import LevConfig
 from kernelsketch.attn.polysketch.config import PolySketchConfig
 from kernelsketch.distributed import context_parallel_attention, count_bytes
@@ -271,7 +271,9 @@ def defaults_job(rank, world):
                    for j, name in enumerate("qkv")},
                 "grad_finite": all(bool(torch.isfinite(t.grad).all()) for t in mine),
                 "vs_exact": _max_abs(out - exact[:, :, rows]),
-                "warned": any(issubclass(w.category, ExactFallbackWarning) for w in caught)}
+                "warned": any(issubclass(w.category, ExactFallbackWarning) for w in caught),
+                "no_speedup": [str(w.message) for w in caught
+                               if issubclass(w.category, NoSpeedupWarning)]}
     return results
 
 

@@ -46,9 +46,17 @@ from dataclasses import dataclass
 import torch
 
 from ..attn.api import get_method
-from ..attn.common.exact import ExactFallbackWarning, partial_attention, warn_exact_fallback
+from ..attn.common.exact import (
+    ExactFallbackWarning,
+    NoSpeedupWarning,
+    partial_attention,
+    warn_exact_fallback,
+    warn_no_speedup,
+)
 from ..attn.common.gqa import fold_groups, unfold_groups
 from ..attn.common.merge import accumulation_dtype, merge_many
+from ..attn.hyper.method import CPU_CAUSAL_BREAK_EVEN as HYPER_BREAK_EVEN
+from ..attn.kde.method import CPU_CAUSAL_BREAK_EVEN as KDE_BREAK_EVEN
 from ..sketch.lsh import AngularLSH
 from ..sketch.sampling import uniform_sample
 from .collectives import (
@@ -632,6 +640,12 @@ def sortlsh_context_parallel(q, k, v, *, method, is_causal, scale, config, gener
                             f"{'every block of the causal recursion' if is_causal else 'the keys'}"
                             " (context parallel: ring attention)")
         return ring_attention(q, k, v, is_causal=is_causal, scale=scale, group=group)
+    # The single process's measured CPU break-even (causal sketch vs SDPA); context parallel
+    # against the zig-zag ring, measured slower at N <= 8192 for P >= 2 (BENCHMARKS.md).
+    break_even = {"hyper": HYPER_BREAK_EVEN, "kde": KDE_BREAK_EVEN}[method]
+    if is_causal and q.device.type == "cpu" and N < break_even:
+        warn_no_speedup(method, f"causal on CPU below {break_even} queries (context parallel: "
+                        "ring attention is faster)")
     dev = q.device
     seed = int(torch.randint(2**62, (), generator=generator,
                              device=generator.device if generator is not None else dev.type))
@@ -648,8 +662,9 @@ def sortlsh_context_parallel(q, k, v, *, method, is_causal, scale, config, gener
             parts.append((unfold_groups(out.reshape(B, Hkv, -1, out.shape[-1]), Hq),
                           unfold_groups(lse.reshape(B, Hkv, -1), Hq)))
     if is_causal:  # the diagonal: the single-process causal method on this rank's shard
-        with warnings.catch_warnings():  # an exact leaf is the recursion's, not a fallback
+        with warnings.catch_warnings():  # the leaf's own warnings are about its shard only
             warnings.simplefilter("ignore", ExactFallbackWarning)
+            warnings.simplefilter("ignore", NoSpeedupWarning)
             leaf = get_method(method).forward(q, k, v, is_causal=True, scale=scale,
                                               config=config, need_lse=True,
                                               generator=_derived(seed, 0, device=dev))
