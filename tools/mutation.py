@@ -218,6 +218,9 @@ EQUIVALENT: list[tuple[str, str, str]] = [
      " two per word (another hash of the same family)")),
     ("_str_keys", "np.zeros((n, 1), )", ("float64 padding: the code points (< 2**21) are exact"
      " in float64 and cast back to uint64")),
+    # sketch/projections.py
+    ("random_signs", "generator=generator, )", ("device placement: the default generator's"
+     " device is the CPU")),
     # sketch/sampling.py
     ("importance_sample", "torch.rand(p.shape, dtype=None,", ("u ~ U(0, 1] drawn in the default"
      " float32 for float64 p: the same priority-sampling distribution at 2**-24 resolution")),

@@ -219,3 +219,15 @@ def test_leverage_from_kernel_names_a_bad_ridge(seed):
     x = torch.randn(6, 3, generator=g, dtype=torch.float64)
     with pytest.raises(ValueError, match="ridge must be >= 0"):
         leverage_scores_from_kernel(x @ x.T, ridge=-1.0)
+
+
+@pytest.mark.parametrize("d_in,d_out", [(1, 1), (5, 3), (64, 16), (100, 300), (1000, 7)])
+def test_srht_construction_estimate_counts_its_int64_draws(d_in, d_out, seed):
+    """SRHT's construction guard counts its int64 draws: one per sign ([blocks, d_in]) and
+    the permutation of blocks x padded_dim, padded_dim the smallest power of two >= d_in
+    (``2 << bit_length`` doubled the padding in the estimate only)."""
+    s = SRHT(d_in, d_out, seed=seed)
+    assert s.padded_dim >= d_in and (s.padded_dim == 1 or s.padded_dim // 2 < d_in)
+    blocks = s.signs.shape[0]
+    assert blocks * s.padded_dim >= d_out > (blocks - 1) * s.padded_dim
+    assert SRHT.buffer_bytes(d_in, d_out) == 8.0 * (s.signs.numel() + blocks * s.padded_dim)
