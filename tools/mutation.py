@@ -237,6 +237,10 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     # sketch/tensor.py
     ("all_powers", "cache: dict = None", ("power_from_leaves then caches per power: the same"
      " sub-trees computed again, the same outputs")),
+    # inner/linear.py
+    ("_inner", 'np.einsum("RW,RW->R"', "einsum labels are case-sensitive letters: the same sum"),
+    ("_defect", 'return "KEYS AND VALUES MUST HAVE ONE ENTRY PER SAMPLED KEY"',
+     "message text of a deserialisation error"),
     # inner/sampling.py
     ("adaptive_scale", "valid = q[:m] * c < 1.0", ("at q_k c_k = 1 exactly, c_{k+1} = c_k (clipping"
      " item k to 1 changes neither side of the water-filling equation): the same scale")),

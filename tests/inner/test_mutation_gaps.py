@@ -51,3 +51,22 @@ def test_merging_sketches_that_share_their_one_key_is_refused(method, seed):
     one = sk.sketch(([12345], [2.0]), norm=2.0) if method == "ts" else sk.sketch(([12345], [2.0]))
     with pytest.raises(ValueError, match="other shares sampled keys"):
         one.merge(one)
+
+
+def test_threshold_sketch_of_a_part_uses_the_given_norm(seed):
+    """A part sketched with ``norm=`` (the whole vector's) keeps key i with probability
+    min(1, m a_i^2 / norm^2), the scale every part shares so that parts merge (Daliri et al.,
+    Algorithm 1 with a fixed budget); ``2.0 / log(norm)`` for ``2.0 * log(norm)`` survived."""
+    rng = np.random.default_rng(seed)
+    size = 61
+    m = (size - 1) // 2
+    keys = rng.choice(10**6, size=400, replace=False)
+    values = rng.normal(size=keys.size) * rng.choice([1e-3, 1.0, 30.0], size=keys.size)
+    whole = float(np.sqrt(values @ values))
+    part = slice(0, 150)
+    sk = Sketcher("ts", size, seed).sketch((keys[part], values[part]), norm=whole)
+    assert sk.scale == pytest.approx(m / whole**2, rel=1e-12)
+    kept = sk.sample_values
+    assert kept.size > 0
+    np.testing.assert_allclose(sk.probabilities(), np.minimum(1.0, m * kept**2 / whole**2),
+                               rtol=1e-12)
