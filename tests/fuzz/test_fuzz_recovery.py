@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -161,6 +161,11 @@ def test_reconstruct_signal(fn, T, make, n, reg, sampling):
     rcond=st.one_of(st.just(1e-10), st.floats(1e-12, 0.5), REAL),
 )
 def test_recover_spherical(f, d, degree, n, reg, rcond):
+    # d = 1000 is there for the huge harmonic spaces (degree 10**4: refused up front); its
+    # valid small degrees with the default count solve a dense system of 6916+ samples
+    # (degree 1; ~20 s, over the 120 s timeout on a loaded CI machine); test_spherical.py
+    # covers the solve at smaller sizes
+    assume(not (d == 1000 and n is None and 1 <= degree <= 5))
     names = ("f", "d", "degree", "n_samples", "regularization", "rcond", "X")
     g = check(recover_spherical, f, d, degree, n, regularization=reg, rcond=rcond,
               random_state=1, names=names)
