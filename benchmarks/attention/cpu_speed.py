@@ -85,17 +85,21 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     variants = [Variant(m, m) for m in a.methods.split(",")]
     results = []
-    for dtype in a.dtypes.split(","):
-        for causal, ns in ((True, a.causal_n), (False, a.noncausal_n)):
-            if not ns:
-                continue
-            print(f"{dtype}, causal={causal}", file=sys.stderr, flush=True)
-            results.append(run(device="cpu", ns=[int(n) for n in ns.split(",")], causal=causal,
-                               dtype=getattr(torch, dtype), heads=9, kv_heads=3, head_dim=64,
-                               variants=variants, inputs=("random", "planted"), backward=False,
-                               reps=a.reps, clock="process", out_dir=None,
-                               progress=lambda s: print(s, file=sys.stderr, flush=True)))
-            save(a.out, results, None)  # what is measured so far survives an interruption
+    # Shortest problems first, one run per (n, dtype, causal), each saved when done: what is
+    # measured so far survives an interruption.
+    dtypes = a.dtypes.split(",")
+    jobs = sorted(((int(n), dtype, causal) for causal, ns in ((True, a.causal_n),
+                                                               (False, a.noncausal_n))
+                   for n in ns.split(",") if n for dtype in dtypes),
+                  key=lambda job: (job[0], dtypes.index(job[1]), not job[2]))
+    for n, dtype, causal in jobs:
+        print(f"n={n}, {dtype}, causal={causal}", file=sys.stderr, flush=True)
+        results.append(run(device="cpu", ns=[n], causal=causal, dtype=getattr(torch, dtype),
+                           heads=9, kv_heads=3, head_dim=64, variants=variants,
+                           inputs=("random", "planted"), backward=False, reps=a.reps,
+                           clock="process", out_dir=None,
+                           progress=lambda s: print(s, file=sys.stderr, flush=True)))
+        save(a.out, results, None)
     quick = None if a.no_quick_start else readme_quick_start(a.reps)
     print(f"device: {device_name(torch.device('cpu'))}, {a.dtypes}, B=1, Hq=9, Hkv=3, d=64, "
           f"process CPU time, median of {a.reps}, torch {torch.__version__}")
