@@ -249,6 +249,11 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     ("_union", "np.argsort(keys, )", "distinct keys: any sort order is the same"),
     ("_union", 'np.argsort(keys, kind="XXstableXX")', "distinct keys: any sort order is the same"),
     ("jl_sketch", "rows = np.arange(m, )[:, None]", "hash_streams casts the streams to uint64"),
+    # inner/join.py
+    ("_power_of_two_rescaled", "if top == 1.0:", ("a column whose largest magnitude is 1 is left"
+     " at 1 instead of 1/2: in range either way, and the correlation is scale-free")),
+    ("exact_join_statistics", "assume_unique=None", ("the hashes are distinct: intersect1d's"
+     " result is the same without the assumption")),
     # attn/common/exact.py
     ("exact_partial", "chunk_size: int = 1025", "chunk size of the exact reference: rounding only"),
     ("exact_lse", "chunk_size=1025", "chunk size of the exact reference: rounding only"),

@@ -1,10 +1,13 @@
 """Behaviour of the inner-product sketches that mutants surviving tools/mutation.py showed
 untested (issue 22). Each test names the mutant it kills (checked against the mutant)."""
 
+import warnings
+
 import numpy as np
 import pytest
 
-from kernelsketch.inner import Sketcher
+from kernelsketch.inner import Sketcher, estimate_join, exact_join_statistics
+from kernelsketch.inner.join import keyed_vectors
 
 
 def test_jl_sketch_of_many_keys_is_the_sum_of_its_blocks(seed):
@@ -70,3 +73,38 @@ def test_threshold_sketch_of_a_part_uses_the_given_norm(seed):
     assert kept.size > 0
     np.testing.assert_allclose(sk.probabilities(), np.minimum(1.0, m * kept**2 / whole**2),
                                rtol=1e-12)
+
+
+# -- inner/join.py ---------------------------------------------------------------------------
+
+
+def _column(rng, n, n_keys):
+    return rng.integers(0, n_keys, size=n), rng.normal(size=n)
+
+
+def test_join_defaults_are_the_documented_ones(seed):
+    """keyed_vectors averages duplicate keys by default and estimate_join hashes with seed 0,
+    like sketch_column (a default of 'XXmeanXX' or seed 1 passed test_join.py, which always
+    passes them)."""
+    rng = np.random.default_rng(seed)
+    ka, va = _column(rng, 300, 120)
+    kb, vb = _column(rng, 200, 120)
+    default = keyed_vectors(ka, va)
+    mean = keyed_vectors(ka, va, duplicates="mean")
+    for x, y in zip(default, mean):
+        np.testing.assert_array_equal(x, y)
+    assert estimate_join(ka, va, kb, vb, size=64) == estimate_join(ka, va, kb, vb, size=64, seed=0)
+
+
+def test_join_of_a_column_whose_values_are_all_dropped(seed):
+    """An all-NaN column with nan='drop' is an empty column: join size 0, no warning (the
+    largest magnitude of an all-NaN or empty column is 0, not np.nanmax's NaN)."""
+    rng = np.random.default_rng(seed)
+    ka, _ = _column(rng, 50, 20)
+    kb, vb = _column(rng, 60, 20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stats = exact_join_statistics(ka, np.full(ka.size, np.nan), kb, vb, nan="drop")
+        empty = keyed_vectors(np.array([], dtype=np.int64), np.array([]))
+    assert stats.size == 0.0 and stats.sum_ab == 0.0
+    assert all(x.size == 0 for x in empty)
