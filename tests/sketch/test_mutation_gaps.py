@@ -15,6 +15,7 @@ from kernelsketch.sketch import (
     Degree2Sketch,
     GaussianSketch,
     PolySketch,
+    uniform_sample,
 )
 from kernelsketch.sketch.hashing import hash_streams, mix64, to_unit, to_unit_pair
 from kernelsketch.sketch.leverage import leverage_scores, leverage_scores_from_kernel
@@ -231,3 +232,17 @@ def test_srht_construction_estimate_counts_its_int64_draws(d_in, d_out, seed):
     blocks = s.signs.shape[0]
     assert blocks * s.padded_dim >= d_out > (blocks - 1) * s.padded_dim
     assert SRHT.buffer_bytes(d_in, d_out) == 8.0 * (s.signs.numel() + blocks * s.padded_dim)
+
+
+# -- sketch/sampling.py ----------------------------------------------------------------------
+
+
+def test_uniform_sample_weights_take_the_dtype_and_num_samples_is_positive(seed):
+    """``dtype=`` sets the weights' dtype (dropped, float64 weights came back float32), and
+    ``num_samples=0`` is refused naming it (without ``min=1`` an empty sample came back)."""
+    g = torch.Generator().manual_seed(seed)
+    idx, w = uniform_sample(10, 3, batch_shape=(2,), generator=g, dtype=torch.float64)
+    assert w.dtype == torch.float64 and idx.shape == (2, 3)
+    assert torch.all(w == 10 / 3)
+    with pytest.raises(ValueError, match="num_samples"):
+        uniform_sample(10, 0, generator=g)
