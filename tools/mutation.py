@@ -65,6 +65,7 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
                          "attn/polysketch/polynomial.py", "attn/polysketch/method.py"],
                         ["tests/attn/polysketch/test_polysketch.py",
                          "tests/attn/polysketch/test_polynomial.py",
+                         "tests/attn/polysketch/test_fused.py", "tests/attn/test_api.py",
                          "tests/attn/polysketch/test_mutation_gaps.py"]),
     "attn.lev": (["attn/lev/selection.py", "attn/lev/method.py"], ["tests/attn/lev"]),
     "sketch.tensor": (["sketch/tensor.py"], ["tests/sketch/test_tensor.py",

@@ -1,0 +1,215 @@
+"""PolySketch behaviour a sampled mutation run left untested (issue 22).
+
+Each test names the surviving mutant it kills. The references are float64
+materialisations of the same estimator: exact (q'·k')^p inside a causal block,
+sketched (φ(q')·φ(k'))² elsewhere, out = Σ w v / (1 + Σ w), lse = log(1 + Σ w).
+"""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernelsketch.attn.polysketch import PolySketchConfig, PolySketchFeatures
+from kernelsketch.attn.polysketch import method as dispatch
+from kernelsketch.attn.polysketch.polynomial import bounded_inputs
+
+
+def estimator_reference(qs, ks, v, fq, fk, *, degree, block_size, is_causal):
+    """Float64 (out, lse) of the estimator from its [N, M] weights (causal bottom-right)."""
+    qs, ks, v, fq, fk = (t.detach().double().cpu() for t in (qs, ks, v, fq, fk))
+    G = qs.shape[1] // ks.shape[1]
+    ks, v, fk = (t.repeat_interleave(G, dim=1) for t in (ks, v, fk))
+    N, M = qs.shape[2], ks.shape[2]
+    w = (fq @ fk.transpose(-1, -2)) ** 2
+    if is_causal:
+        pos_q = torch.arange(N)[:, None] + (M - N)
+        pos_k = torch.arange(M)[None, :]
+        same_block = pos_q // block_size == pos_k // block_size
+        w = torch.where(same_block, (qs @ ks.transpose(-1, -2)) ** degree, w)
+        w = w.masked_fill(pos_k > pos_q, 0.0)
+    den = w.sum(-1)
+    return (w @ v) / (1 + den).unsqueeze(-1), torch.log1p(den)
+
+
+def rel(a, b):
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return float((a - b).norm() / b.norm())
+
+
+def use_quadratic_by_flops(n, m, r, d, dv):
+    """The documented path rule (naive.use_quadratic): materialise the [n, m] scores when
+    n·m·(r + d + dv) < (n + m)·r²·(dv + 1), m the number of KEYS."""
+    return n * m * (r + d + dv) < (n + m) * r * r * (dv + 1)
+
+
+# (is_causal, Hq, Hkv, N, M, D, Dv, r). Each case takes the other path when the key count
+# M is replaced by the head dimension D (the surviving mutant `M = k.shape[3]`):
+PATH_CASES = [
+    (True, 2, 1, 100, 100, 4, 4, 4),  # linear (two blocks of 64); with M := D quadratic
+    (True, 1, 1, 12, 12, 64, 1, 16),  # quadratic; with M := D linear
+    (False, 2, 1, 32, 32, 4, 4, 4),  # linear; with M := D quadratic
+    (False, 1, 1, 64, 4, 64, 8, 8),  # quadratic; with M := D linear
+]
+
+
+@pytest.mark.parametrize("case", PATH_CASES, ids=str)
+def test_path_choice_counts_keys_and_both_paths_match_the_reference(
+        case, torch_generator, monkeypatch):
+    # Kills `M = k.shape[3]` in sketched_polynomial_attention: the quadratic-or-linear choice
+    # must count keys (k.shape[2]); each path must give the float64 estimator's output.
+    is_causal, Hq, Hkv, N, M, D, Dv, r = case
+    expected = use_quadratic_by_flops(N, M, r, D, Dv)
+    assert expected != use_quadratic_by_flops(N, D, r, D, Dv)  # the case separates the two
+    g = torch_generator
+    q = torch.randn(1, Hq, N, D, generator=g, dtype=torch.float64)
+    k = torch.randn(1, Hkv, M, D, generator=g, dtype=torch.float64)
+    v = torch.randn(1, Hkv, M, Dv, generator=g, dtype=torch.float64)
+    feats = PolySketchFeatures(D, PolySketchConfig(sketch_size=r), generator=g).double()
+    taken = []
+    original = dispatch._quadratic_torch
+    monkeypatch.setattr(dispatch, "_quadratic_torch",
+                        lambda *a, **kw: taken.append("quadratic") or original(*a, **kw))
+    scale = D ** -0.5
+    out, lse = dispatch.sketched_polynomial_attention(
+        q, k, v, feats, degree=4, block_size=64, exact_local=True, scale=scale,
+        is_causal=is_causal, need_lse=True)
+    assert (taken == ["quadratic"]) == expected
+    qs, ks = q * math.sqrt(scale), k * math.sqrt(scale)  # in range: bounded_inputs keeps them
+    ref_out, ref_lse = estimator_reference(qs, ks, v, feats(qs), feats(ks), degree=4,
+                                           block_size=64, is_causal=is_causal)
+    # Both are float64 sums of the same non-negative terms in another order: rounding only.
+    assert rel(out, ref_out) < 1e-12
+    assert (lse - ref_lse).abs().max() < 1e-12
+
+
+def fused_inputs(N, D, Dv, g, *, device):
+    q = F.layer_norm(torch.randn(1, 2, N, D, generator=g), (D,))
+    k = F.layer_norm(torch.randn(1, 1, N, D, generator=g), (D,))
+    v = torch.randn(1, 1, N, Dv, generator=g)
+    return q.to(device), k.to(device), v.to(device)
+
+
+def force_path(monkeypatch, fused):
+    calls = []
+    monkeypatch.setattr(dispatch, "fused_supported", lambda *a, **kw: calls.append(1) or fused)
+    return calls
+
+
+# Float32 against float64 (N = 100: two blocks of 64, GQA 2:1, D = Dv = r = 16): relative
+# output error and absolute lse error measured over 20 seeds on both paths (interpreter on
+# CPU): largest 2.5e-7 / 1e-6 (learned, scale 1/4) and 6e-7 / 8e-6 (scale 1e10, lse ~ 1e2,
+# float32 ulp 8e-6). Thresholds ~17x / 12x the largest; deterministic given the seed. The
+# mutants are off by O(1) (TypeError, or an lse missing its shrink of ~ 1e2).
+OUT_TOL, LSE_TOL = 1e-5, 1e-4
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["torch", "fused"])
+def test_lse_of_learned_sketches_matches_the_estimators_normaliser(
+        fused, triton_device, torch_generator, monkeypatch):
+    # Kills `torch.log(None)` in the fused branch for non-homogeneous (learned) features:
+    # return_lse there must be log(1 + Σ w̃) of the same estimator, in float64.
+    N, D, Dv, r = 100, 16, 16, 16
+    g = torch_generator
+    q, k, v = fused_inputs(N, D, Dv, g, device=triton_device)
+    feats = PolySketchFeatures(D, PolySketchConfig(sketch="learned", sketch_size=r),
+                               generator=g).to(triton_device)
+    assert not feats.homogeneous
+    calls = force_path(monkeypatch, fused)
+    scale = D ** -0.5
+    out, lse = dispatch.sketched_polynomial_attention(
+        q, k, v, feats, degree=4, block_size=64, exact_local=True, scale=scale,
+        is_causal=True, need_lse=True)
+    assert calls and lse is not None and lse.shape == (1, 2, N)
+    f64 = copy.deepcopy(feats).double().cpu()
+    qs, ks = (t.double().cpu() * math.sqrt(scale) for t in (q, k))
+    ref_out, ref_lse = estimator_reference(qs, ks, v, f64(qs), f64(ks), degree=4,
+                                           block_size=64, is_causal=True)
+    assert rel(out, ref_out) < OUT_TOL
+    assert float((lse.detach().double().cpu() - ref_lse).abs().max()) < LSE_TOL
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["torch", "fused"])
+def test_inputs_beyond_the_overflow_bound_are_restored_exactly(
+        fused, triton_device, torch_generator, monkeypatch):
+    # Kills `normalize_output(...)` without `shrink` in the fused branch: at scale = 1e10
+    # the float32 weights would overflow, bounded_inputs shrinks q', k' (shrink > 0), and
+    # out and lse must still be the float64 estimator's. One query row is tiny, so its true
+    # normaliser 1 + Σ w is not dominated by Σ w and the output itself depends on the shrink.
+    N, D, Dv, r = 100, 16, 16, 16
+    g = torch_generator
+    q, k, v = fused_inputs(N, D, Dv, g, device=triton_device)
+    q[:, :, 70] *= 1e-12
+    feats = PolySketchFeatures(D, PolySketchConfig(sketch_size=r), generator=g).to(triton_device)
+    scale = 1e10
+    _, _, shrink = bounded_inputs(q, k, v, scale=scale, degree=4)
+    assert bool((shrink > 0).all())  # the case exercises the rescaling
+    calls = force_path(monkeypatch, fused)
+    out, lse = dispatch.sketched_polynomial_attention(
+        q, k, v, feats, degree=4, block_size=64, exact_local=True, scale=scale,
+        is_causal=True, need_lse=True)
+    assert calls
+    f64 = copy.deepcopy(feats).double().cpu()
+    qs, ks = (t.double().cpu() * math.sqrt(scale) for t in (q, k))
+    ref_out, ref_lse = estimator_reference(qs, ks, v, f64(qs), f64(ks), degree=4,
+                                           block_size=64, is_causal=True)
+    assert rel(out, ref_out) < OUT_TOL
+    assert rel(out[:, :, 70], ref_out[:, :, 70]) < OUT_TOL
+    assert float((lse.detach().double().cpu() - ref_lse).abs().max()) < LSE_TOL
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_bounded_inputs_margin_is_e_minus_8_of_the_largest_float(dtype, torch_generator):
+    # Kills the margin constant 8 -> 9 in bounded_inputs. The documented bound: q', k' are
+    # sqrt(scale) q, sqrt(scale) k (shrink 0) while M T^p max(1, max|v|) <= e^-8 · finfo.max
+    # holds for T = max_i ‖q'_i‖ max_j ‖k'_j‖; beyond it they are shrunk until it holds.
+    # Unit-norm rows make T = scale, so scale = T_max e^{∓δ} sits on either side of it
+    # (δ = 1/(4p): a margin of 9 moves T_max by e^{-1/p}, past the inner point).
+    degree, M, D = 4, 50, 8
+    g = torch_generator
+    q = F.normalize(torch.randn(1, 2, 30, D, generator=g, dtype=torch.float64), dim=-1)
+    k = F.normalize(torch.randn(1, 1, M, D, generator=g, dtype=torch.float64), dim=-1)
+    v = torch.randn(1, 1, M, 8, generator=g, dtype=torch.float64)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    log_v = math.log(max(1.0, float(v.abs().max())))
+    log_max = math.log(torch.finfo(dtype).max)
+    log_t = (log_max - 8.0 - math.log(M) - log_v) / degree
+    delta = 0.25 / degree
+
+    inside = math.exp(log_t - delta)
+    qs, ks, shrink = bounded_inputs(q, k, v, scale=inside, degree=degree)
+    assert bool((shrink == 0).all())
+    root = math.sqrt(inside)
+    torch.testing.assert_close(qs, q * root, rtol=1e-6, atol=0)
+    torch.testing.assert_close(ks, k * root, rtol=1e-6, atol=0)
+
+    beyond = math.exp(log_t + delta)
+    qs, ks, shrink = bounded_inputs(q, k, v, scale=beyond, degree=degree)
+    assert bool((shrink > 0).all())
+    # The shrunk weights meet the bound (float64 logs of the largest |q'·k'|) ...
+    top = (qs.double() @ ks.double().transpose(-1, -2)).abs().max()
+    assert math.log(M) + degree * math.log(float(top)) + log_v <= log_max - 8.0 + 1e-6
+    # ... and e^shrink restores the true weights (scale q·k)^p exactly (homogeneity).
+    true_w = (beyond * q.double() @ k.double().transpose(-1, -2)) ** degree
+    shrunk_w = (qs.double() @ ks.double().transpose(-1, -2)) ** degree
+    # (float32 q', k' round each product relative to ‖q'‖‖k'‖: tolerance against the largest)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(shrunk_w * shrink.double().exp().unsqueeze(-1), true_w,
+                               rtol=tol, atol=tol * float(true_w.max()))
+
+
+@pytest.mark.parametrize("degree", [6, 8])
+@pytest.mark.parametrize("sketch,kind", [("gaussian", "gaussian"), ("hadamard", "srht")])
+def test_polysketch_tree_follows_the_configured_sketch(degree, sketch, kind, seed):
+    # Kills PolySketchFeatures' PolySketch built without `kind=` (whose own default is
+    # "srht"): at degree >= 6 the tree's node sketches must be the configured kind
+    # ("gaussian" by default, "hadamard" is TensorSRHT), as at degree 4.
+    for d in (4, degree):
+        feats = PolySketchFeatures(16, PolySketchConfig(degree=d, sketch=sketch, sketch_size=16),
+                                   seed=seed)
+        assert feats.sketch.kind == kind, d
+    nodes = [node for level in feats.sketch.levels for node in level]
+    assert nodes and all(node.kind == kind for node in nodes)
+    assert feats.sketch.degree == degree // 2
