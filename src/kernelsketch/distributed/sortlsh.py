@@ -55,8 +55,6 @@ from ..attn.common.exact import (
 )
 from ..attn.common.gqa import fold_groups, unfold_groups
 from ..attn.common.merge import accumulation_dtype, merge_many
-from ..attn.hyper.method import CPU_CAUSAL_BREAK_EVEN as HYPER_BREAK_EVEN
-from ..attn.kde.method import CPU_CAUSAL_BREAK_EVEN as KDE_BREAK_EVEN
 from ..sketch.lsh import AngularLSH
 from ..sketch.sampling import uniform_sample
 from .collectives import (
@@ -73,6 +71,11 @@ __all__ = ["MAX_LSH_BITS", "sortlsh_context_parallel"]
 
 # Bucket histograms are dense: 2**lsh_bits counts per head and rank.
 MAX_LSH_BITS = 16
+
+# Causal hyper / kde context parallel on CPU with fewer queries than this were measured slower
+# than the zig-zag ring of the same run for P >= 2 (BENCHMARKS.md, scale-out: N <= 8192):
+# they warn (NoSpeedupWarning).
+CONTEXT_PARALLEL_CPU_BREAK_EVEN = 16384
 
 
 @dataclass(frozen=True)
@@ -640,12 +643,9 @@ def sortlsh_context_parallel(q, k, v, *, method, is_causal, scale, config, gener
                             f"{'every block of the causal recursion' if is_causal else 'the keys'}"
                             " (context parallel: ring attention)")
         return ring_attention(q, k, v, is_causal=is_causal, scale=scale, group=group)
-    # The single process's measured CPU break-even (causal sketch vs SDPA); context parallel
-    # against the zig-zag ring, measured slower at N <= 8192 for P >= 2 (BENCHMARKS.md).
-    break_even = {"hyper": HYPER_BREAK_EVEN, "kde": KDE_BREAK_EVEN}[method]
-    if is_causal and q.device.type == "cpu" and N < break_even:
-        warn_no_speedup(method, f"causal on CPU below {break_even} queries (context parallel: "
-                        "ring attention is faster)")
+    if is_causal and q.device.type == "cpu" and N < CONTEXT_PARALLEL_CPU_BREAK_EVEN:
+        warn_no_speedup(method, f"causal on CPU below {CONTEXT_PARALLEL_CPU_BREAK_EVEN} queries "
+                        "(context parallel: ring attention is faster)")
     dev = q.device
     seed = int(torch.randint(2**62, (), generator=generator,
                              device=generator.device if generator is not None else dev.type))

@@ -11,9 +11,9 @@ from .config import HyperConfig
 from .naive import hyper_noncausal, sampling_probabilities
 
 # Causal calls on CPU with fewer queries than this were measured slower than SDPA with the
-# default config (BENCHMARKS.md, "CPU speed against SDPA": 0.62-0.96x at 8192, 1.37-1.52x at
-# 16384): they warn (NoSpeedupWarning).
-CPU_CAUSAL_BREAK_EVEN = 16384
+# default config (BENCHMARKS.md, "CPU speed against SDPA", idle machine: 0.89-0.90x at 2048,
+# 1.13x at 4096, 1.63-1.70x at 8192): they warn (NoSpeedupWarning).
+CPU_CAUSAL_BREAK_EVEN = 4096
 
 
 def use_fused(q, v, config: HyperConfig) -> bool:

@@ -11,9 +11,9 @@ from .config import KDEConfig
 from .naive import amm_probabilities, kde_noncausal
 
 # Causal calls on CPU with fewer queries than this were measured slower than SDPA with the
-# default config (BENCHMARKS.md, "CPU speed against SDPA": 0.44-0.75x at 8192, 0.93-1.39x at
-# 16384; 32768 not measured): they warn (NoSpeedupWarning).
-CPU_CAUSAL_BREAK_EVEN = 32768
+# default config (BENCHMARKS.md, "CPU speed against SDPA", idle machine: 0.98-1.00x at 4096,
+# 1.19-1.42x at 8192): they warn (NoSpeedupWarning).
+CPU_CAUSAL_BREAK_EVEN = 8192
 
 
 def use_fused(q, v, config: KDEConfig) -> bool:
