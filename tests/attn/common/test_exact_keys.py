@@ -132,3 +132,25 @@ def test_causal_cpu_sketch_below_its_break_even_is_announced(method, torch_gener
         assert len(found) == warns, [str(w.message) for w in caught]
         if warns:
             assert f"method='{method}' runs its sketch causal on CPU" in str(found[0].message)
+
+
+@pytest.mark.parametrize("method", list(CONFIGS))
+def test_half_precision_uses_its_own_break_even(method, torch_generator, monkeypatch):
+    from importlib import import_module
+
+    from kernelsketch.attn.common.exact import NoSpeedupWarning
+
+    q, k, v = (t.to(torch.bfloat16) for t in random_qkv(1, 2, 2, 50, 50, 8,
+                                                         generator=torch_generator))
+    cfg = CONFIGS[method](min_seq_len=8)
+    module = import_module(f"kernelsketch.attn.{method}.method")
+    assert module.CPU_CAUSAL_BREAK_EVEN_HALF >= module.CPU_CAUSAL_BREAK_EVEN
+    monkeypatch.setattr(module, "CPU_CAUSAL_BREAK_EVEN", 0)  # the float32 one must not count
+    for break_even, warns in ((51, True), (50, False)):
+        monkeypatch.setattr(module, "CPU_CAUSAL_BREAK_EVEN_HALF", break_even)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ks.attention(q, k, v, method=method, config=cfg, is_causal=True,
+                         generator=torch_generator)
+        found = [w for w in caught if issubclass(w.category, NoSpeedupWarning)]
+        assert len(found) == warns, [str(w.message) for w in caught]

@@ -7,6 +7,7 @@ from ..common.causal import approximate_or_exact
 from ..common.exact import flash_applies
 from ..common.sortlsh import fused_kernels_apply
 from ..common.spec import MethodSpec
+from ..common.triton_utils import HALF
 from .config import HyperConfig
 from .naive import hyper_noncausal, sampling_probabilities
 
@@ -14,6 +15,8 @@ from .naive import hyper_noncausal, sampling_probabilities
 # default config (BENCHMARKS.md, "CPU speed against SDPA", idle machine: 0.89-0.90x at 2048,
 # 1.13x at 4096, 1.63-1.70x at 8192): they warn (NoSpeedupWarning).
 CPU_CAUSAL_BREAK_EVEN = 4096
+# bfloat16 / float16 (idle: 1.00-1.03x at 8192, 1.43-1.62x at 16384).
+CPU_CAUSAL_BREAK_EVEN_HALF = 8192
 
 
 def use_fused(q, v, config: HyperConfig) -> bool:
@@ -40,7 +43,8 @@ def hyper_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
         noncausal=lambda qb, kb, vb, s, first, last: noncausal(qb, kb, vb, s, config, generator,
                                                                 first, last),
         need_lse=need_lse, sink=config.sink, window=config.window, method="hyper",
-        cpu_causal_break_even=CPU_CAUSAL_BREAK_EVEN,
+        cpu_causal_break_even=(CPU_CAUSAL_BREAK_EVEN_HALF if q.dtype in HALF
+                               else CPU_CAUSAL_BREAK_EVEN),
     )
 
 

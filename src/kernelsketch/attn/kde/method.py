@@ -7,6 +7,7 @@ from ..common.causal import approximate_or_exact
 from ..common.exact import flash_applies
 from ..common.sortlsh import fused_kernels_apply
 from ..common.spec import MethodSpec
+from ..common.triton_utils import HALF
 from .config import KDEConfig
 from .naive import amm_probabilities, kde_noncausal
 
@@ -14,6 +15,8 @@ from .naive import amm_probabilities, kde_noncausal
 # default config (BENCHMARKS.md, "CPU speed against SDPA", idle machine: 0.98-1.00x at 4096,
 # 1.19-1.42x at 8192): they warn (NoSpeedupWarning).
 CPU_CAUSAL_BREAK_EVEN = 8192
+# bfloat16 / float16 (idle: 0.64-0.69x at 8192, 0.90-0.96x at 16384, 1.35-1.39x at 32768).
+CPU_CAUSAL_BREAK_EVEN_HALF = 32768
 
 
 def use_fused(q, v, config: KDEConfig) -> bool:
@@ -40,7 +43,8 @@ def kde_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
         noncausal=lambda qb, kb, vb, s, first, last: noncausal(qb, kb, vb, s, config, generator,
                                                                 first, last),
         need_lse=need_lse, sink=config.sink, window=config.window, method="kde",
-        cpu_causal_break_even=CPU_CAUSAL_BREAK_EVEN,
+        cpu_causal_break_even=(CPU_CAUSAL_BREAK_EVEN_HALF if q.dtype in HALF
+                               else CPU_CAUSAL_BREAK_EVEN),
     )
 
 
