@@ -258,6 +258,17 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     # attn/common/exact.py
     ("exact_partial", "chunk_size: int = 1025", "chunk size of the exact reference: rounding only"),
     ("exact_lse", "chunk_size=1025", "chunk size of the exact reference: rounding only"),
+    # features/activations.py
+    ("_correlation", ".clamp(None, 1.0)", ("every rho <= -1 + 8 ulps is snapped to sign(rho) = -1"
+     " on the next line, so the lower clamp changes nothing")),
+    ("_folded", "((degree + parity) % 2)", "(d + p) % 2 == (d - p) % 2 for p in {0, 1}"),
+    ("_radial", "step = max(1, 2 * 22 // x.numel())", ("chunk size of the rows (each row's"
+     " quadrature is independent): memory and speed only")),
+    ("_symmetric", "torch.zeros(2, dtype=torch.float64), pos", ("a duplicated break 0 adds an"
+     " empty panel (zero weight, nodes at 0): differs only for activations non-finite at 0,"
+     " which the 2-D quadrature rejects either way (log|z|: no convergence)")),
+    ("ActivationSketchMap\u01c1__init__", 'kernel="NNGP",', ("the map only tests kernel == 'ntk'"
+     " (any other value is the NNGP path); callers validate and pass kernel explicitly")),
 ]
 
 _STRING = re.compile(r"""[rbf]*("[^"]*"|'[^']*')""")
