@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from kernelsketch.sketch.lsh import AngularLSH, gray_code, inverse_gray_code
+from tests.seeding import derive_seed
 
 
 def _popcount(v: torch.Tensor) -> torch.Tensor:
@@ -67,10 +68,11 @@ def test_adjacent_bucket_ids_hold_sign_patterns_one_bit_apart(torch_generator, s
     assert set(diffs) == {1}
 
 
-def test_bit_disagreement_rate_is_angle_over_pi():
+@pytest.mark.statistical
+def test_bit_disagreement_rate_is_angle_over_pi(torch_generator, seed, measure):
     # SimHash: each hyperplane separates x and y with probability theta / pi.
-    gen = torch.Generator().manual_seed(5)
-    lsh = AngularLSH(32, 30, seed=11)
+    gen = torch_generator
+    lsh = AngularLSH(32, 30, seed=derive_seed(seed, "lsh"))
     x = torch.randn(4000, 32, generator=gen, dtype=torch.float64)
     y = x + 0.8 * torch.randn(4000, 32, generator=gen, dtype=torch.float64)
     theta = torch.arccos(torch.nn.functional.cosine_similarity(x, y, dim=-1))
@@ -78,13 +80,17 @@ def test_bit_disagreement_rate_is_angle_over_pi():
     predicted = 30 * theta / math.pi
     n = differing.numel()
     stderr = (differing - predicted).std() / math.sqrt(n)
-    assert abs((differing - predicted).mean()) < 5 * stderr
+    z = measure("abs_z", abs((differing - predicted).mean()).item() / stderr.item())
+    # The mean of 4000 i.i.d. terms: |z| ~ half-normal, P(|z| > 5.5) = 3.8e-8. Measured over
+    # 300 seed offsets (tools/stat_runs.py): 0.72 +- 0.56, max 3.21, 0 failures.
+    assert z < 5.5
     assert stderr < 0.02 * predicted.mean()
 
 
-def test_nearby_vectors_get_close_bucket_ids():
-    gen = torch.Generator().manual_seed(3)
-    lsh = AngularLSH(16, 8, seed=4)
+@pytest.mark.statistical
+def test_nearby_vectors_get_close_bucket_ids(torch_generator, seed, measure):
+    gen = torch_generator
+    lsh = AngularLSH(16, 8, seed=derive_seed(seed, "lsh"))
     x = torch.randn(2000, 16, generator=gen)
     near = x + 0.05 * x.norm(dim=-1, keepdim=True) * torch.randn(2000, 16, generator=gen)
     far = torch.randn(2000, 16, generator=gen)
@@ -95,20 +101,27 @@ def test_nearby_vectors_get_close_bucket_ids():
     collide = (near_gap == 0).double()
     predicted = (1 - theta / math.pi) ** 8
     stderr = (collide - predicted).std() / math.sqrt(2000)
-    assert abs((collide - predicted).mean()) < 5 * stderr
-    assert near_gap.mean() < far_gap.mean() / 3
+    z = measure("abs_z", abs((collide - predicted).mean()).item() / stderr.item())
+    # Half-normal |z| (2000 terms): P(|z| > 5.5) = 3.8e-8. Measured over 300 offsets:
+    # 0.84 +- 0.62, max 3.06. The gap ratio: 0.170 +- 0.011 (max 0.213); 1/3 is 15 sd above.
+    assert z < 5.5
+    assert measure("near_over_far_gap", (near_gap.mean() / far_gap.mean()).item()) < 1 / 3
 
 
-def test_sorting_by_bucket_groups_clusters():
-    gen = torch.Generator().manual_seed(8)
+@pytest.mark.statistical
+def test_sorting_by_bucket_groups_clusters(torch_generator, seed, measure):
+    gen = torch_generator
     centres = torch.randn(8, 24, generator=gen)
     labels = torch.arange(8).repeat_interleave(32)
     x = centres[labels] + 0.03 * torch.randn(256, 24, generator=gen) * centres[labels].norm(
         dim=-1, keepdim=True
     )
-    order = AngularLSH(24, 7, seed=2)(x).argsort(stable=True)
-    same_neighbour = (labels[order][1:] == labels[order][:-1]).float().mean()
-    assert same_neighbour > 0.9  # a random order gives 1/8
+    order = AngularLSH(24, 7, seed=derive_seed(seed, "lsh"))(x).argsort(stable=True)
+    same_neighbour = measure("same_neighbour", (labels[order][1:] == labels[order][:-1]).float().mean().item())
+    # A random order gives 1/8. Measured over 300 seed offsets:
+    # 0.940 +- 0.016 (min 0.843), 0 failures; the lower tail is heavier than
+    # normal (a cluster cut by a hyperplane), so 0.7 sits far below the observed minimum.
+    assert same_neighbour > 0.7
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
