@@ -88,7 +88,8 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
                    ["tests/inner/test_join.py", "tests/inner/test_mutation_gaps.py"]),
     "features.constants": (["features/_arccos.py", "features/_powerseries.py",
                             "features/activations.py"],
-                           ["tests/features/test_activations.py", "tests/features/test_ntk.py"]),
+                           ["tests/features/test_activations.py", "tests/features/test_ntk.py",
+                            "tests/features/test_mutation_gaps.py"]),
 }
 
 # Mutants that cannot change any result: (function, text of the mutated line, reason).
