@@ -7,7 +7,7 @@ from scipy import stats
 
 
 def assert_unbiased(estimates: torch.Tensor, truth: torch.Tensor, *, fail_prob: float = 1e-6,
-                    max_rel_stderr: float = 0.12) -> float:
+                    max_rel_stderr: float = 0.12, measure=None) -> float:
     """Assert ``mean(estimates, 0)`` is within ``z`` standard errors of ``truth``; return the
     largest ``|mean - truth| / stderr`` (for ``measure``).
 
@@ -18,13 +18,16 @@ def assert_unbiased(estimates: torch.Tensor, truth: torch.Tensor, *, fail_prob: 
     exceed it, so callers measure the returned statistic over seed offsets). The test is
     only meaningful if it has power, so the standard error must also be below
     ``max_rel_stderr * |truth|``: a bias larger than ``z * max_rel_stderr`` relative would
-    be caught.
+    be caught. ``measure`` (the tests' fixture), if given, records the largest
+    ``stderr / |truth|`` as ``rel_stderr`` (random too: its bound is set from measurements).
     """
     n = estimates.shape[0]
     k = truth.numel()
     z = float(stats.t.isf(fail_prob / (2 * k), df=n - 1))
     mean = estimates.mean(0)
     stderr = estimates.std(0) / math.sqrt(n)
+    if measure is not None:
+        measure("rel_stderr", (stderr / truth.abs()).max())
     assert (stderr <= max_rel_stderr * truth.abs()).all(), (stderr, truth)
     dev = (mean - truth).abs()
     assert (dev <= z * stderr + 1e-9).all(), (mean, truth, stderr, z)
