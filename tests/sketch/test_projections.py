@@ -103,8 +103,9 @@ def test_inner_products_unbiased(cls, torch_generator, seed, measure):
     est = torch.stack([(s(x) * s(y)).sum(-1)
                        for s in (cls(12, 4, seed=i) for i in derive_seeds(seed, 400))])
     # Bonferroni-corrected t bound over the 3 entries (z = 5.17, < 1e-6 per run). Measured max |z|
-    # over 100 seed offsets (tools/stat_runs.py), 0 failures: 1.24-1.34 +- 0.54-0.62, max 3.50.
-    measure("max_abs_z", assert_unbiased(est, truth))
+    # over 100 seed offsets (tools/stat_runs.py), 0 failures: 1.24-1.34 +- 0.54-0.62, max 3.50;
+    # power guard rel_stderr <= 0.050 +- 0.002 (max 0.055, 50 offsets) against its 0.12.
+    measure("max_abs_z", assert_unbiased(est, truth, measure=measure))
 
 
 @pytest.mark.statistical
