@@ -14,7 +14,7 @@ from kernelsketch.sketch.projections import (
     RademacherSketch,
     fwht,
 )
-from tests.seeding import derive_seeds
+from tests.seeding import derive_seed, derive_seeds
 from tests.sketch.stats import assert_unbiased, correlated_pair
 
 LINEAR = [GaussianSketch, RademacherSketch, SRHT, CountSketch]
@@ -89,10 +89,14 @@ def test_dense_sketch_forward_is_matmul(cls, torch_generator, seed):
     torch.testing.assert_close(s(x), x @ s.matrix, rtol=1e-12, atol=1e-12)
 
 
-def test_dense_sketch_entry_scale(seed):
+@pytest.mark.statistical
+def test_dense_sketch_entry_scale(seed, measure):
     assert torch.allclose(RademacherSketch(9, 16, seed=seed).matrix.abs(), torch.full((9, 16), 0.25))
-    g = GaussianSketch(200, 100, seed=0).matrix
-    assert abs(g.var().item() * 100 - 1.0) < 0.05
+    g = GaussianSketch(200, 100, seed=derive_seed(seed, "gaussian")).matrix
+    # The sample variance of 20000 N(0, 1/100) entries, times 100: sd sqrt(2 / 19999) = 0.010,
+    # so 0.06 is 6 sd (P = 2e-9; the old 0.05 was 5 sd, 6e-7). Measured over 200 seed offsets:
+    # |err| 0.0076 +- 0.0054 (max 0.030), as the half-normal predicts; 0 failures.
+    assert measure("scaled_var_err", abs(g.var().item() * 100 - 1.0)) < 0.06
 
 
 @pytest.mark.statistical
