@@ -57,7 +57,7 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
     "attn.metrics": (["attn/common/metrics.py"], ["tests/attn/common/test_metrics*.py"]),
     "attn.hyper": (["attn/hyper/naive.py", "attn/hyper/method.py", "attn/hyper/config.py"],
                    ["tests/attn/hyper", "tests/attn/test_sampled_gradients.py",
-                    "tests/attn/common/test_exact_keys.py"]),
+                    "tests/attn/common/test_exact_keys.py", "tests/attn/common/test_budget.py"]),
     "attn.kde": (["attn/kde/naive.py", "attn/kde/method.py", "attn/kde/config.py"],
                  ["tests/attn/kde", "tests/attn/test_sampled_gradients.py",
                   "tests/attn/common/test_exact_keys.py"]),
@@ -176,6 +176,8 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     ("draw_samples", "vf.abs().amax(dim=(+2, -1)", "dims (2, -1) are (-2, -1) in 4-D"),
     ("draw_samples", "keepdim=True).clamp_min(1.0)", ("a per-(batch, head) scale leaves p_j"
      " unchanged")),
+    ("hyper_auto", "generator, rows=257)", ("the default is never used: the only caller"
+     " (attn.api.choose_budget) passes rows")),
     ("hyper_noncausal", "exact_first: int = 1,", "every caller passes exact_first"),
     ("hyper_noncausal", "exact_last: int = 1,", "every caller passes exact_last"),
     ("hyper_noncausal", "if (num_blocks > 1) or True else None", ("with one block every pair is"
