@@ -29,7 +29,6 @@ number of features only) and raises ``TypeError`` otherwise
 
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
@@ -38,41 +37,12 @@ import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from kernelsketch._checks import check_random_state
+from kernelsketch._checks import check_allocation, check_random_state
 from kernelsketch.distributed.dask import fit_transformer, is_dask_array
 from kernelsketch.distributed.dask import transform as dask_transform
 
-__all__ = ["Progress", "RandomFeaturesTransformer", "check_allocation", "check_points",
+__all__ = ["Progress", "RandomFeaturesTransformer", "check_points",
            "torch_generator_from_random_state"]
-
-
-def _available_bytes() -> int:
-    """Physical memory that may still be allocated (MemAvailable, else total RAM)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62
-
-
-def check_allocation(nbytes: float, what: str, hint: str = "") -> None:
-    """Raise ``ValueError`` before allocating ``nbytes`` that the machine cannot hold.
-
-    ``what`` names the array and the arguments that size it, e.g.
-    ``"the (n_samples, n_components) = (10, 10**9) output"``.
-    """
-    available = _available_bytes()
-    if nbytes > available:
-        raise ValueError(
-            f"{what} needs {nbytes / 2**30:.3g} GiB, more than the {available / 2**30:.3g} GiB of "
-            f"memory available{'; ' + hint if hint else ''}"
-        )
 
 
 def check_points(X, Y=None) -> tuple[np.ndarray, np.ndarray]:

@@ -40,12 +40,17 @@ from scipy.special import erfcx, gammainc, gammaincc, gammaln, roots_genlaguerre
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from kernelsketch._checks import check_choice, check_float, check_int, check_tensor
+from kernelsketch._checks import (
+    check_allocation,
+    check_choice,
+    check_float,
+    check_int,
+    check_tensor,
+)
 from kernelsketch.distributed.dask import is_dask_array
 from kernelsketch.distributed.dask import transform as dask_transform
 from kernelsketch.features._base import (
     RandomFeaturesTransformer,
-    check_allocation,
     check_points,
     torch_generator_from_random_state,
 )

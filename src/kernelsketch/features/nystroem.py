@@ -19,8 +19,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from kernelsketch._checks import check_choice, check_float, check_int, check_tensor
-from kernelsketch.features._base import Progress, RandomFeaturesTransformer, check_allocation
+from kernelsketch._checks import (
+    check_allocation,
+    check_choice,
+    check_float,
+    check_int,
+    check_tensor,
+)
+from kernelsketch.features._base import Progress, RandomFeaturesTransformer
 
 __all__ = ["NystroemMap", "RLSNystroem", "pairwise_kernel", "recursive_rls_landmarks"]
 

@@ -32,11 +32,16 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from kernelsketch._checks import check_choice, check_float, check_int, check_tensor
+from kernelsketch._checks import (
+    check_allocation,
+    check_choice,
+    check_float,
+    check_int,
+    check_tensor,
+)
 from kernelsketch.features._base import (
     Progress,
     RandomFeaturesTransformer,
-    check_allocation,
 )
 from kernelsketch.sketch.projections import CountSketch
 from kernelsketch.sketch.tensor import PolySketch, TensorSketch
