@@ -112,6 +112,10 @@ def test_bad_dask_input(seed):
     unknown = Xd[da.from_array(y > 0, chunks=50)]  # rows of unknown count per chunk
     with pytest.raises(ValueError, match="compute_chunk_sizes"):
         KernelRidge(FEATURES[0]).fit(unknown, y[: 0])
+    with pytest.raises(TypeError, match="fit_intercept must be a bool"):
+        KernelRidge(FEATURES[0], fit_intercept="yes").fit(Xd, da.from_array(y, chunks=50))
+    with pytest.raises(ValueError, match="verbose"):
+        KernelRidge(FEATURES[0], verbose=-1).fit(Xd, da.from_array(y, chunks=50))
     est = GegenbauerFeatures(n_components=8, gamma=0.05, random_state=0).fit(X)
     with pytest.raises(ValueError, match="3 features"):
         est.transform(Xd[:, :3])

@@ -369,14 +369,14 @@ class KernelRidge(RegressorMixin, BaseEstimator):
         plus D²), for feature maps whose fit does not read the data
         (:mod:`kernelsketch.distributed.dask`); the others raise ``TypeError``.
         """
-        if is_dask_array(X) or is_dask_array(y):
-            if sample_weight is not None:
-                raise TypeError("sample_weight must be None for Dask X or y, got weights")
-            return self._fit_dask(X, y)
         if not isinstance(self.fit_intercept, (bool, np.bool_)):
             raise TypeError(f"fit_intercept must be a bool, got {type(self.fit_intercept).__name__}"
                             f" {self.fit_intercept!r}")
         check_int("verbose", self.verbose, min=0)
+        if is_dask_array(X) or is_dask_array(y):
+            if sample_weight is not None:
+                raise TypeError("sample_weight must be None for Dask X or y, got weights")
+            return self._fit_dask(X, y)
         X, y = validate_data(
             self, X, y, accept_sparse="csr", multi_output=True, y_numeric=True,
             dtype=[np.float64, np.float32],
