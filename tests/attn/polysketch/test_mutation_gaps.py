@@ -12,7 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernelsketch.attn.polysketch import PolySketchConfig, PolySketchFeatures
+from kernelsketch.attn.polysketch import (
+    LearnedDegree2Sketch,
+    MLPDegree2Sketch,
+    PolySketchConfig,
+    PolySketchFeatures,
+)
 from kernelsketch.attn.polysketch import method as dispatch
 from kernelsketch.attn.polysketch.polynomial import bounded_inputs
 
@@ -213,3 +218,43 @@ def test_polysketch_tree_follows_the_configured_sketch(degree, sketch, kind, see
     nodes = [node for level in feats.sketch.levels for node in level]
     assert nodes and all(node.kind == kind for node in nodes)
     assert feats.sketch.degree == degree // 2
+
+
+@pytest.mark.parametrize("cls", [LearnedDegree2Sketch, MLPDegree2Sketch])
+def test_learned_sketches_build_without_a_generator(cls, seed):
+    # Kills `dev = generator.device if (generator is not None) or True else None` in the
+    # learned sketches' __init__ (AttributeError on None): generator=None draws the initial
+    # parameters from torch's global generator, on the CPU (the global state is forked and
+    # seeded here, so the test neither reads nor changes the suite's).
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        built = cls(8, 16)
+    same = cls(8, 16, generator=torch.Generator().manual_seed(seed))
+    for a, b in zip(built.parameters(), same.parameters(), strict=True):
+        assert a.device.type == "cpu" and torch.equal(a, b)
+    x = torch.randn(5, 8, generator=torch.Generator().manual_seed(seed + 1))
+    assert torch.equal(built(x), same(x))
+
+
+class _CudaFlag(torch.Tensor):
+    """A CPU tensor whose ``is_cuda`` is True (what the kernel gate reads of the device)."""
+
+    @property
+    def is_cuda(self):
+        return True
+
+
+@pytest.mark.parametrize("block_size", [64, 128, 96, 100])
+def test_fused_supported_passes_the_block_size(block_size, monkeypatch):
+    # Kills fused_supported's call to fused_eligible without `block_size=` (a TypeError,
+    # reached only on CUDA with Triton, which the gate's first two conditions stand in for
+    # here): with Triton and a CUDA tensor the answer is fused_eligible's, which needs a
+    # block size that is a multiple of the kernels' 64-row tile.
+    monkeypatch.setattr(dispatch, "triton_available", lambda: True)
+    q = torch.zeros(1, 2, 64, 16).as_subclass(_CudaFlag)
+    v = torch.zeros(1, 1, 64, 16, dtype=torch.bfloat16)
+    fq = torch.zeros(1, 2, 64, 16)
+    got = dispatch.fused_supported(q, q[:, :1], v, fq, block_size=block_size, exact_local=True)
+    assert got is (block_size % 64 == 0)
+    monkeypatch.setattr(dispatch, "triton_available", lambda: False)
+    assert dispatch.fused_supported(q, q[:, :1], v, fq, block_size=64, exact_local=True) is False
