@@ -4,10 +4,12 @@ Each target mutates a few modules and runs only its own test files against
 every mutant (mutmut 3: one fork per mutant, only the tests that reach the
 mutated function, stopping at the first failure). A mutant is *killed* when a
 test fails, *survived* when every test passes. The score of a target is
-killed / (killed + survived + timeout + no tests), leaving out of the
-denominator the mutants listed in ``EQUIVALENT`` (a change that cannot alter
-any result, with the reason) and the surviving mutants that change only the
-text of an error message (both reported apart).
+(killed + crashed) / (killed + crashed + survived + timeout + no tests), leaving
+out of the denominator the mutants listed in ``EQUIVALENT`` (a change that
+cannot alter any result, with the reason) and the surviving mutants that change
+only the text of an error message or a ``device=`` argument (reported apart).
+*Crashed* mutants kill the test process (mutmut's "segfault" / "suspicious"):
+the suite fails visibly, so they count as detected.
 
 Every target runs in a scratch copy of ``src/kernelsketch`` and ``tests/``
 under ``--workdir`` (never in the repository). On the shared machine, run it
@@ -263,6 +265,45 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     # attn/common/exact.py
     ("exact_partial", "chunk_size: int = 1025", "chunk size of the exact reference: rounding only"),
     ("exact_lse", "chunk_size=1025", "chunk size of the exact reference: rounding only"),
+    ("_flash_with_lse", "_scaled_dot_product_flash_attention(q, k, v, 0.0, is_causal, scale=",
+     "return_debug_mask=False is the kernel's default"),
+    ("_use_flash", "q.shape[-1] <= 257", ("no head size in (256, 257] is a multiple of 8 (the"
+     " next condition)")),
+    ("exact_partial", "query_positions(N, M, groups, None)", "device placement: CPU-only machine"),
+    ("exact_partial", "if (is_causal) and False else M - 1", ("key chunks past a causal chunk's"
+     " last visible key are fully masked: each adds out 0, lse -inf to the merge (work only)")),
+    ("exact_partial", "if is_causal else M + 1", "min(M, M + 2) = M: the same key chunks"),
+    ("exact_partial", "min(M, last_key + 2)", ("at most one more key chunk, past the last visible"
+     " key: fully masked, it adds out 0, lse -inf")),
+    ("exact_partial", "int(pos_c.min()) <= c1 - 1", ("builds a mask under which every key of the"
+     " chunk is visible (all True): the same logits")),
+    ("exact_partial", "int(pos_c.min()) < c1 + 1", ("builds a mask under which every key of the"
+     " chunk is visible (all True): the same logits")),
+    ("flash_lse", "if N >= M:", "inside `if is_causal and N != M`: the same condition"),
+    ("flash_lse", "k[:, :, : M + N], v[:, :, : M - N]", ("SDPA's CPU kernel takes the key count"
+     " from v: k's rows past M - N are never read (measured: identical out and lse)")),
+    ("flash_lse", "merge_partials(diag[0].to(None)", ("type promotion casts the q-dtype part to"
+     " float32 inside the merge, as .to() did")),
+    ("flash_lse", "prefix[0].to(None), prefix[1])", ("type promotion casts the q-dtype part to"
+     " float32 inside the merge, as .to() did")),
+    ("_FlashCPU\u01c1backward", "F.pad(x, (0, 1), value=None)", ("pad() is only called with its"
+     " default value 0.0, F.pad's default fill")),
+    ("_FlashCPU\u01c1backward", "F.pad(x, (0, 1), )", ("pad() is only called with its default"
+     " value 0.0, F.pad's default fill")),
+    ("_FlashCPU\u01c1backward", "torch.cat((dout.to(None),", "autograd passes dout in out's dtype"),
+    ("_FlashCPU\u01c1backward", "_FLASH_CPU_BWD(dout.to(None),", ("autograd passes dout in out's"
+     " dtype (and the cat above keeps it)")),
+    ("_FlashCPU\u01c1backward", "torch.ones_like(out[..., :2])", ("the kernel reads dout's first"
+     " Dv + 1 columns (v's width): the second ones column is never read (measured: identical"
+     " gradients)")),
+    ("_FlashCPU\u01c1backward", "dout = None", ("autograd materialises an unused output's gradient"
+     " as zeros (set_materialize_grads defaults to True): this branch is never taken")),
+    ("_FlashCPU\u01c1backward", "dout = torch.zeros_like(None)", ("autograd materialises an unused"
+     " output's gradient as zeros: this branch is never taken")),
+    ("_FlashCPU\u01c1backward", "fold = dlse is not None or bool(dlse.any())", ("folding an"
+     " all-zero dlse adds 0 to every dS: the same gradients (dlse is never None: materialised)")),
+    ("_FlashCPU\u01c1backward", "lse, 1.0, ctx.is_causal", ("SDPA's CPU backward ignores"
+     " dropout_p (measured: identical gradients)")),
     # attn/polysketch/method.py
     ("sketched_polynomial_attention", "bounded_inputs(q.to(None), k.to(acc)", ("q' = q * f"
      " promotes to float32 (the factors f are float32): only the overflow bound T changes"
@@ -378,14 +419,22 @@ def _device_only(diff: str) -> bool:
     return strip(removed[0]) == strip(added[0]) and "device" in removed[0]
 
 
+# mutmut statuses of a test run whose process died (SDPA's CPU kernel raises SIGFPE on an
+# empty key set, for one): the suite fails visibly, so these count as detected.
+_CRASHED = ("segfault", "suspicious")
+
+
 def classify(res: dict) -> dict:
-    """Split a target's not-killed mutants into equivalent (``EQUIVALENT``), error-message
-    text, device placement and the rest, and score it."""
+    """Split a target's not-killed mutants into crashed (detected: the test process died),
+    equivalent (``EQUIVALENT``), error-message text, device placement and the rest, and
+    score it."""
     counts = Counter(res["counts"])
-    survivors, equivalent, message, device = [], [], [], []
+    survivors, equivalent, message, device, crashed = [], [], [], [], []
     for entry in res["not_killed"]:
         reason = _equivalent(entry["mutant"], entry["diff"])
-        if entry["status"] != "survived":
+        if entry["status"] in _CRASHED:
+            crashed.append(entry)
+        elif entry["status"] != "survived":
             survivors.append(entry)
         elif reason is not None:
             equivalent.append({**entry, "reason": reason})
@@ -395,11 +444,11 @@ def classify(res: dict) -> dict:
             device.append(entry)
         else:
             survivors.append(entry)
-    scored = sum(counts[s] for s in ("killed", "survived", "timeout", "no tests", "suspicious"))
+    scored = sum(counts[s] for s in ("killed", "survived", "timeout", "no tests", *_CRASHED))
     denominator = scored - len(equivalent) - len(message) - len(device)
     return {**res, "equivalent": equivalent, "message_only": message, "device_only": device,
-            "survivors": survivors,
-            "score": counts["killed"] / denominator if denominator else None}
+            "crashed": crashed, "survivors": survivors,
+            "score": (counts["killed"] + len(crashed)) / denominator if denominator else None}
 
 
 _GENERATE = """
@@ -457,6 +506,7 @@ def _print(name: str, res: dict) -> None:
     print(f"{name:20s} mutants {res['mutants']:5d}  killed {c.get('killed', 0):5d}  "
           f"survived {c.get('survived', 0):4d} (equivalent {len(res['equivalent'])}, "
           f"message text {len(res['message_only'])}, device {len(res['device_only'])})  "
+          f"crashed {len(res.get('crashed', []))}  "
           f"timeout {c.get('timeout', 0)}  no tests {c.get('no tests', 0)}  "
           f"score {score if score is None else round(score, 3)}  ({res['wall_s']:.0f} s)"
           + (f"  sample of {res['sample']['of']}" if res.get("sample") else ""),
@@ -500,7 +550,8 @@ def main(argv: list[str] | None = None) -> int:
                 if "not_killed" not in res:  # written before not_killed was kept
                     res["not_killed"] = [{k: e[k] for k in ("mutant", "status", "diff")}
                                          for key in ("survivors", "equivalent", "message_only",
-                                                     "device_only") for e in res.get(key, [])]
+                                                     "device_only", "crashed")
+                                         for e in res.get(key, [])]
                 results[name] = classify(res)
                 _print(name, results[name])
         names = []

@@ -334,6 +334,8 @@ def test_exact_forward_chunk_size_reaches_the_chunked_path(torch_generator, monk
     ((2, 6, 2, 20, 36, 8, 8), False, True),   # non-causal rectangles: SDPA
     ((2, 6, 2, 20, 36, 8, 8), True, False),   # causal rectangles: bottom-right, exact_lse
     ((2, 3, 3, 20, 36, 8, 8), False, True),   # no GQA
+    ((1, 6, 2, 2, 2, 8, 8), False, True),     # N = M = Hkv != Hq: GQA all the same
+    ((1, 6, 2, 5, 6, 8, 8), False, True),     # M = Hq != Hkv
 ])
 def test_exact_forward_without_lse_takes_sdpa_with_scale_and_groups(shape, is_causal, sdpa,
                                                                     torch_generator,
