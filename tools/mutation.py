@@ -267,6 +267,12 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     ("exact_lse", "chunk_size=1025", "chunk size of the exact reference: rounding only"),
     ("_flash_with_lse", "_scaled_dot_product_flash_attention(q, k, v, 0.0, is_causal, scale=",
      "return_debug_mask=False is the kernel's default"),
+    ("warn_exact_fallback", "ExactFallbackWarning, stacklevel=3)", ("not testable under mutmut:"
+     " its trampoline adds a frame, so stacklevel 3 points at the caller there; outside mutmut"
+     " the test of the warnings' stacklevel kills it (applied by hand)")),
+    ("warn_no_speedup", "NoSpeedupWarning, stacklevel=3)", ("not testable under mutmut: its"
+     " trampoline adds a frame, so stacklevel 3 points at the caller there; outside mutmut the"
+     " test of the warnings' stacklevel kills it (applied by hand)")),
     ("_use_flash", "q.shape[-1] <= 257", ("no head size in (256, 257] is a multiple of 8 (the"
      " next condition)")),
     ("exact_partial", "query_positions(N, M, groups, None)", "device placement: CPU-only machine"),

@@ -510,4 +510,7 @@ def test_warnings_name_the_method_and_point_at_the_caller(warn, category, text):
     with pytest.warns(category) as record:
         warn("kde", "the input is short")
     assert len(record) == 1 and str(record[0].message) == text
-    assert record[0].filename == __file__  # stacklevel=2: the line that called it
+    # stacklevel=2: the line that called it (under tools/mutation.py, mutmut's trampoline
+    # is one frame between this test and the function, and takes that place).
+    assert record[0].filename != exact_module.__file__
+    assert record[0].filename == __file__ or "mutmut" in record[0].filename
