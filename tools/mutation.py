@@ -63,7 +63,7 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
                     "tests/attn/common/test_exact_keys.py", "tests/attn/common/test_budget.py"]),
     "attn.kde": (["attn/kde/naive.py", "attn/kde/method.py", "attn/kde/config.py"],
                  ["tests/attn/kde", "tests/attn/test_sampled_gradients.py",
-                  "tests/attn/common/test_exact_keys.py"]),
+                  "tests/attn/common/test_exact_keys.py", "tests/attn/common/test_budget.py"]),
     "attn.polysketch": (["attn/polysketch/features.py", "attn/polysketch/naive.py",
                          "attn/polysketch/polynomial.py", "attn/polysketch/method.py"],
                         ["tests/attn/polysketch/test_polysketch.py",
@@ -168,6 +168,7 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     ("use_fused", "fused_kernels_apply(q) and flash_applies(q)", ("chooses between the CPU flash"
      " path and the torch path, which compute the same estimator")),
     ("kde_noncausal", "exact_first=1, exact_last=0)", "every caller passes exact_first"),
+    ("kde_forward", "if use_fused(q, v, None):", "use_fused does not read its config argument"),
     ("kde_noncausal", "exact_first=0, exact_last=1)", "every caller passes exact_last"),
     # attn/hyper
     ("draw_samples", "torch.zeros(Hkv, M, device=k.device))", "zero log-weights broadcast over B"),

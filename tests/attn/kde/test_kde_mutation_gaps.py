@@ -118,3 +118,55 @@ def test_kde_forward_checks_the_value_head_dim_for_the_kernels(monkeypatch):
             kde_method.kde_forward(q, k, v, is_causal=False, scale=0.125, config=cfg,
                                    generator=None, need_lse=False)
         assert str(taken.value) == expected, dv
+
+
+def _sampling_inputs(seed, B=2, H=3, N=48, M=48, D=8):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, N, D, generator=g, dtype=torch.float64)
+    k = torch.randn(B, H, M, D, generator=g, dtype=torch.float64)
+    v = torch.randn(B, H, M, D, generator=g, dtype=torch.float64)
+    return q, k, v
+
+
+@pytest.mark.filterwarnings("ignore::kernelsketch.attn.common.exact.NoSpeedupWarning")
+@pytest.mark.parametrize("is_causal,n", [(False, 48), (True, 128)])
+def test_every_draw_comes_from_the_callers_generator(is_causal, n, seed):
+    # Kills generator=None (or dropped) wherever the torch path draws: the LSH planes, the
+    # AMM distribution's uniform rows and keys, the importance sample, and the generator
+    # handed through kde_forward and kde_noncausal (7 mutants of the full run). Drawing from
+    # torch's global generator instead would change its state and make two calls with
+    # equally seeded generators differ.
+    q, k, v = _sampling_inputs(seed, N=n, M=n)  # causal: off-diagonal blocks of 32, 64 keys
+    cfg = KDEConfig(block_size=16, sample_size=8, kde_samples=8, min_seq_len=0, sink=2,
+                    window=4)
+
+    def run(s):
+        return kde_method.kde_forward(q, k, v, is_causal=is_causal, scale=0.35, config=cfg,
+                                      generator=torch.Generator().manual_seed(s),
+                                      need_lse=True)
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        state = torch.get_rng_state()
+        first = run(seed + 1)
+        assert torch.equal(torch.get_rng_state(), state), "drew from the global generator"
+        again = run(seed + 1)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    other = run(seed + 2)  # the draws do depend on the generator: another estimate
+    assert not torch.equal(first[0], other[0])
+
+
+@pytest.mark.parametrize("blocks", [2, 3])
+def test_sampling_every_key_is_exact_attention(blocks, seed):
+    # Kills `s > M` for `s >= M` (s = M keys then importance-sampled, with repeats), the
+    # all-keys log-weights shaped [B, M] for [B, H, M] (B = 2 != H = 3 cannot broadcast) and
+    # samples_needed's `num_blocks > 2` (two blocks would drop the pairs between them): with
+    # sample_size = M every key outside a query's block enters once with weight 1, so the
+    # estimate is exact attention (float64 sums in another order: rounding only).
+    M = 16 * blocks
+    q, k, v = _sampling_inputs(seed, N=40, M=M)
+    cfg = KDEConfig(block_size=16, sample_size=M, kde_samples=8, min_seq_len=0)
+    out, lse = kde_module.kde_noncausal(q, k, v, 0.35, cfg, torch.Generator().manual_seed(seed))
+    s = q @ k.transpose(-1, -2) * 0.35
+    torch.testing.assert_close(out, torch.softmax(s, -1) @ v, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lse, torch.logsumexp(s, -1), rtol=1e-12, atol=1e-12)
