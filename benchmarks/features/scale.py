@@ -9,7 +9,9 @@
    ratio and test RMSE ratio; the crossover is the smallest n where the features fit faster.
 
 Run: ``flock /tmp/ks/bench.lock python benchmarks/features/scale.py [--max-n 1000000]``;
-writes ``benchmarks/results/features/scale.json``.
+writes ``benchmarks/results/features/scale.json``. ``--maps NAME ...`` (prefixes of the map
+names), ``--n N ...``, ``--reps R`` (median of R timed runs per cell) and ``--no-crossover``
+time a subset (printed only, no JSON written).
 """
 
 from __future__ import annotations
@@ -57,24 +59,29 @@ def _maps(d: int, m: int):
     ]
 
 
-def _time(make, X):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with Stopwatch("process") as sw:
-            Z = make().fit_transform(X)
-    del Z
-    return sw.seconds
+def _time(make, X, reps=1):
+    times = []
+    for _ in range(reps):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Stopwatch("process") as sw:
+                Z = make().fit_transform(X)
+        del Z
+        times.append(sw.seconds)
+    return float(np.median(times))
 
 
-def scale(ns, d=8, m=64):
+def scale(ns, d=8, m=64, maps=None, reps=1):
     rows = []
+    chosen = [row for row in _maps(d, m)
+              if maps is None or any(row[0].startswith(name) for name in maps)]
     warm = np.random.default_rng(1).normal(size=(500, d))
-    for _, make, _, make_peer in _maps(d, m):  # first calls (imports, allocator) untimed
+    for _, make, _, make_peer in chosen:  # first calls (imports, allocator) untimed
         _time(make, warm), _time(make_peer, warm)
     for n in ns:
         X = np.random.default_rng(0).normal(size=(n, d))
-        for name, make, peer, make_peer in _maps(d, m):
-            t, tp = _time(make, X), _time(make_peer, X)
+        for name, make, peer, make_peer in chosen:  # interleaved: load hits both alike
+            t, tp = _time(make, X, reps), _time(make_peer, X, reps)
             rows.append({"map": name, "peer": peer, "n": n, "d": d, "n_components": m,
                          "time_s": t, "peer_time_s": tp, "time_ratio": t / tp})
             print(f"scale {name:28s} n={n:8d} {t:8.3f} s vs {peer} {tp:8.3f} s "
@@ -110,7 +117,7 @@ def crossover(ns, m=256):
     return rows
 
 
-def main(max_n: int) -> dict:
+def _one_thread():
     torch.set_num_threads(1)
     try:
         from threadpoolctl import threadpool_limits
@@ -118,6 +125,10 @@ def main(max_n: int) -> dict:
         threadpool_limits(1)
     except ImportError:
         pass
+
+
+def main(max_n: int) -> dict:
+    _one_thread()
     ns = [n for n in (10_000, 100_000, 1_000_000) if n <= max_n]
     result = {"config": {"clock": "process", "threads": "torch 1, BLAS 1", "dtype": "float64",
                          "device": f"CPU ({platform.machine()}), shared machine"},
@@ -130,4 +141,16 @@ def main(max_n: int) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-n", type=int, default=1_000_000)
-    main(parser.parse_args().max_n)
+    parser.add_argument("--maps", nargs="+", help="only the maps whose names start so")
+    parser.add_argument("--n", type=int, nargs="+", help="only these row counts")
+    parser.add_argument("--reps", type=int, default=1, help="timed runs per cell (median)")
+    parser.add_argument("--no-crossover", action="store_true")
+    args = parser.parse_args()
+    if args.maps or args.n or args.reps != 1 or args.no_crossover:  # a subset: printed only
+        _one_thread()
+        ns = args.n or [n for n in (10_000, 100_000, 1_000_000) if n <= args.max_n]
+        scale(ns, maps=args.maps, reps=args.reps)
+        if not args.no_crossover:
+            crossover((500, 1000, 2000, 4000, 8000))
+    else:
+        main(args.max_n)

@@ -2,6 +2,8 @@
 autocorrelation polynomials of the weightings and the smoothness they give, Monte Carlo
 unbiasedness of the sparse features, spectral approximation, error falling with grids."""
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -441,9 +443,9 @@ def test_box_hash_and_block_paths_agree(kwargs, np_rng, monkeypatch):
     box_index = binning._BoxIndex
     inside = box_index.boxes_inside
 
-    def spy(self, cells):
+    def spy(self, cells, out):
         try:
-            return inside(self, cells)
+            return inside(self, cells, out)
         except binning._OutsideBoxes:
             outside.append(1)
             raise
@@ -472,6 +474,37 @@ class _NeverBox:
 
     def __init__(self, *args):
         pass
+
+
+@pytest.mark.parametrize("kwargs, chunk", [
+    ({"kernel": "laplacian", "projection_dim": 1}, None),  # box-numbered columns
+    ({"projection_dim": 2}, 20000),  # weighted, several blocks
+    ({"kernel": "laplacian", "length_scale": 3.0}, None),  # 10 coordinates: hashed keys
+])
+def test_csr_assembly_matches_cells_of_the_torch_map(kwargs, chunk, np_rng, monkeypatch):
+    # The CSR arrays are built directly (regular indptr, int32 columns): Z(Y) Z(X)^T must be
+    # sum_g w_g(y) w_g(x) [cells_g(y) == cells_g(x)] from the torch map's own cells, with
+    # the cells of Y not seen in fit dropped, and the index arrays int32 and sorted per row.
+    from kernelsketch.features import binning
+
+    if chunk is not None:
+        monkeypatch.setattr(binning, "_CHUNK_BYTES", chunk)
+    X = np_rng.normal(size=(400, 10))
+    Y = np.vstack([np_rng.normal(size=(30, 10)), X[:5], X[5:10] + 50.0])
+    est = WeightedRandomBinning(n_components=24, random_state=3, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Z = est.fit_transform(X)
+    Zy = est.transform(Y)
+    for M in (Z, Zy):
+        assert M.indices.dtype == M.indptr.dtype == np.int32 and M.has_sorted_indices
+    assert np.all(np.diff(Z.indptr) == 24) and Z.shape[1] == est.n_features_out_
+    cx, wx = (t.numpy() for t in est.feature_map_(torch.from_numpy(X)))
+    cy, wy = (t.numpy() for t in est.feature_map_(torch.from_numpy(Y)))
+    same = (cy[:, None] == cx[None, :]).all(-1)  # [len(Y), n, R]
+    ref = np.einsum("yg,xg,yxg->yx", wy, wx, same)
+    np.testing.assert_allclose((Zy @ Z.T).toarray(), ref, rtol=1e-12, atol=1e-14)
+    assert Zy[-5:].nnz < 5 * 24  # far rows: cells not seen in fit are dropped
 
 
 def test_unseen_cells_dropped_with_projections(np_rng):

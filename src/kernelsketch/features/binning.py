@@ -388,7 +388,8 @@ class _BoxIndex:
     Grid ``g``'s cells lie in the box ``lo_g <= c <= hi_g`` (per binned coordinate); the
     boxes are numbered one after the other (mixed radix inside a box), and a lookup table
     maps box numbers to columns (-1: no training row there). ``O(n R p)`` per call, no
-    sorting; columns come out increasing with the grid, so CSR rows are sorted.
+    sorting or hashing; columns come out increasing with the grid, so CSR rows are sorted.
+    Box numbers and columns are int32 while they fit (int64 beyond).
     """
 
     def __init__(self, lo: torch.Tensor, hi: torch.Tensor, limit: int):
@@ -401,18 +402,21 @@ class _BoxIndex:
         self.rad = torch.cumprod(torch.cat([torch.ones_like(span[:, :1]), span[:, :-1]], 1), 1)
         self.base = torch.cumsum(size, 0) - size - (self.lo * self.rad).sum(1)
         self.n_boxes = int(size.sum())
+        self.dtype = torch.int32 if self.n_boxes < 2**31 else torch.int64
 
-    def boxes(self, cells: torch.Tensor, *, overwrite: bool = False) -> torch.Tensor:
-        """Box number per (row, grid) of cells ``[n, R, p]`` inside the boxes: int32 or int64
-        ``[n, R]`` (``overwrite``: float64 ``cells`` may be used as the workspace)."""
+    def boxes(self, cells: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Box number per (row, grid) of cells ``[n, R, p]`` inside the boxes, ``[n, R]`` of
+        :attr:`dtype`, written to ``out`` when given (float64 ``cells`` are the workspace)."""
         first = cells[..., 0]
-        if overwrite and cells.dtype == torch.float64:
-            box = first.add_(self.base)  # rad[:, 0] = 1
-        else:
-            box = first.double() + self.base
-        for j in range(1, cells.shape[-1]):
+        box = first.add_(self.base) if cells.dtype == torch.float64 else first.double() + self.base
+        for j in range(1, cells.shape[-1]):  # rad[:, 0] = 1
             box.addcmul_(cells[..., j].double(), self.rad[:, j])
-        return box.to(torch.int32 if self.n_boxes < 2**31 else torch.int64)
+        # box >= 0: the conversion's truncation is the floor
+        return box.to(self.dtype) if out is None else out.copy_(box)
+
+    def all_inside(self, cells: torch.Tensor) -> bool:
+        """Whether every cell of ``cells`` ``[n, R, p]`` lies in its grid's box."""
+        return bool((cells.amin(0) >= self.lo).all() and (cells.amax(0) <= self.hi).all())
 
     def inside(self, cells: torch.Tensor) -> torch.Tensor:
         """Whether each (row, grid) cell of ``cells`` ``[n, R, p]`` lies in its box: bool [n, R]."""
@@ -423,42 +427,80 @@ class _BoxIndex:
             inside = ok if inside is None else inside.logical_and_(ok)
         return inside
 
-    def boxes_inside(self, cells: torch.Tensor) -> np.ndarray:
-        """:meth:`boxes` (as numpy), or ``_OutsideBoxes`` when a cell is outside its box."""
-        if not bool(self.inside(cells).all()):
+    def boxes_inside(self, cells: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """:meth:`boxes` into ``out``, or ``_OutsideBoxes`` when a cell is outside its box."""
+        if not self.all_inside(cells):
             raise _OutsideBoxes
-        return self.boxes(cells, overwrite=True).numpy()
+        return self.boxes(cells, out)
 
-    def index(self, boxes: np.ndarray) -> np.ndarray:
-        """Number the boxes occupied by ``boxes`` (training rows); return their columns."""
-        used = np.bincount(boxes.ravel(), minlength=self.n_boxes) > 0
-        self.lut = np.where(used, np.cumsum(used) - 1, -1).astype(np.int32)
+    def index(self, boxes: torch.Tensor) -> np.ndarray:
+        """Number the boxes occupied by the training rows' ``boxes`` ``[n, R]`` and replace
+        them by their columns, in place; return the rows per column."""
+        counts = torch.bincount(boxes.reshape(-1), minlength=self.n_boxes)
+        used = counts > 0
+        self.lut = torch.where(used, torch.cumsum(used, 0) - 1, -1).to(self.dtype)
         self.n_columns = int(used.sum())
-        return self.lut[boxes]
+        flat = boxes.view(-1)
+        for start in range(0, flat.numel(), _LOOKUP_CHUNK):
+            part = flat[start:start + _LOOKUP_CHUNK]
+            part.copy_(self.lut.index_select(0, part))
+        return counts[used].numpy()
 
-    def columns(self, cells: torch.Tensor) -> np.ndarray:
-        """Column per (row, grid) of cells ``[n, R, p]``; -1 outside the cells seen in fit."""
-        inside = self.inside(cells)
-        if bool(inside.all()):
-            return self.lut[self.boxes(cells).numpy()]
-        box = self.boxes(torch.where(inside[..., None], cells, self.lo.to(cells.dtype))).numpy()
-        return np.where(inside.numpy(), self.lut[box], -1)
+    def columns(self, cells: torch.Tensor, out: torch.Tensor) -> bool:
+        """Column per (row, grid) of cells ``[n, R, p]`` into ``out`` ``[n, R]``, -1 outside
+        the cells seen in fit (``cells`` is the workspace); return whether none is -1."""
+        if self.all_inside(cells):
+            box = self.boxes(cells)
+            out.view(-1).copy_(self.lut.index_select(0, box.view(-1)))
+        else:
+            inside = self.inside(cells)
+            box = self.boxes(torch.where(inside[..., None], cells, self.lo.to(cells.dtype)))
+            col = self.lut.index_select(0, box.view(-1)).view_as(box)
+            out.copy_(torch.where(inside, col, -1))
+        return bool(out.min() >= 0) if out.numel() else True
 
 
 class _HashIndex:
-    """Columns of the cells seen in ``fit`` by sorted 64-bit keys of the integer cells."""
+    """Columns of the cells seen in ``fit`` by sorted 64-bit keys of the integer cells.
 
-    def __init__(self, keys: np.ndarray):
-        self.keys = np.unique(keys)
-        self.n_columns = int(self.keys.size)
+    The columns are numbered grid by grid (``rank``: sorted key position -> column), so that
+    CSR rows come out sorted as with :class:`_BoxIndex`.
+    """
 
-    def columns(self, keys: np.ndarray) -> np.ndarray:
+    def __init__(self, keys: np.ndarray, rank: np.ndarray):
+        self.keys, self.rank = keys, rank  # sorted distinct keys; their columns
+        self.n_columns = int(keys.size)
+        self.dtype = torch.int32 if self.n_columns < 2**31 else torch.int64
+
+    @classmethod
+    def fit(cls, keys: np.ndarray) -> tuple[_HashIndex, torch.Tensor, np.ndarray]:
+        """Index the training rows' keys ``[n, R]``: ``(index, columns [n, R], rows per
+        column)``. (Sorting, then a binary search per key, measured faster than
+        ``np.unique(return_inverse=True)``'s argsort.)"""
+        distinct = np.unique(keys)
+        index = cls(distinct, np.arange(distinct.size))
+        pos = torch.empty(keys.shape, dtype=index.dtype)
+        index.columns(keys, pos)
+        pos = pos.numpy()
+        grid = np.empty(distinct.size, dtype=np.int32)
+        grid[pos] = np.arange(keys.shape[1], dtype=np.int32)  # the grid of each key
+        index.rank[np.argsort(grid, kind="stable")] = np.arange(distinct.size)
+        index.rank = index.rank.astype(pos.dtype)
+        cols = index.rank[pos]
+        return index, torch.from_numpy(cols), np.bincount(cols.ravel(), minlength=distinct.size)
+
+    def columns(self, keys: np.ndarray, out: torch.Tensor) -> bool:
+        """Column per key into ``out`` (-1: not seen in fit); return whether none is -1."""
         pos = np.searchsorted(self.keys, keys).clip(max=self.keys.size - 1)
-        return np.where(self.keys[pos] == keys, pos, -1)
+        seen = self.keys[pos] == keys
+        out.copy_(torch.from_numpy(np.where(seen, self.rank[pos], -1)))
+        return bool(seen.all())
 
 
 # Bytes of temporaries per block of rows when binning.
 _CHUNK_BYTES = 1 << 26
+# Entries per step of the in-place lookup of the training rows' columns.
+_LOOKUP_CHUNK = 1 << 20
 # Largest |cell index| (positions are clamped here: cells beyond are all distinct anyway).
 _MAX_CELL = 2.0**52
 # Input dimension from which binning the coordinates is warned about (slow: _warn_if_slow).
@@ -711,28 +753,44 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
                     pos.clamp_(-_MAX_CELL, _MAX_CELL)
                 yield slice(start, start + step), pos
 
-    def _bin_all(self, X: np.ndarray, to_ids, hashed: bool = False):
-        """``(ids [n, R], weights [n, R] or None)`` with ``ids = to_ids(cells)`` per block."""
-        ids = weights = None
-        for rows, pos in self._blocks(X, hashed):
+    def _weights_out(self, n: int, dtype) -> np.ndarray | None:
+        """The ``[n, R]`` weights of ``n`` rows, uninitialised (``None``: plain binning)."""
+        if not self.feature_map_.weight_order:
+            return None
+        return np.empty((n, self.n_components), dtype=dtype)
+
+    def _hash_all(self, X: np.ndarray):
+        """``(keys [n, R] int64, weights [n, R] or None)``: hashed cells of every row."""
+        keys, weights = np.empty((X.shape[0], self.n_components), np.int64), None
+        for rows, pos in self._blocks(X, hashed=True):
             cells, w = self.feature_map_.cell_weights(pos)
-            block = to_ids(cells)
-            if rows.start == 0 and rows.stop >= X.shape[0]:  # one block: no copies
-                return block, None if w is None else w.numpy()
-            if ids is None:
-                ids = np.empty((X.shape[0], block.shape[1]), dtype=block.dtype)
-                weights = None if w is None else np.empty(ids.shape, dtype=X.dtype)
-            ids[rows] = block
+            keys[rows] = self._hashed(cells)
             if w is not None:
+                weights = self._weights_out(X.shape[0], X.dtype) if weights is None else weights
                 weights[rows] = w.numpy()
-        return ids, weights
+        return keys, weights
 
     def _hashed(self, cells: torch.Tensor) -> np.ndarray:
         with np.errstate(over="ignore"):
             return _hash_cells(cells.to(torch.int64).numpy(), self._multipliers)
 
+    def _box_all(self, X: np.ndarray, box: _BoxIndex, check: bool):
+        """``(boxes [n, R], weights [n, R] or None)`` of every row; with ``check``,
+        ``_OutsideBoxes`` when a cell falls outside ``box``."""
+        boxes = torch.empty((X.shape[0], self.n_components), dtype=box.dtype)
+        weights = self._weights_out(X.shape[0], X.dtype)
+        for rows, pos in self._blocks(X):
+            cells, w = self.feature_map_.cell_weights(pos)
+            if check:
+                box.boxes_inside(cells, boxes[rows])
+            else:
+                box.boxes(cells, boxes[rows])
+            if w is not None:
+                weights[rows] = w.numpy()
+        return boxes, weights
+
     def _fit_boxes(self, X: np.ndarray, limit: int):
-        """Box-numbered ``(ids, weights)`` of the training rows, or ``None`` when the boxes
+        """Box-numbered ``(boxes, weights)`` of the training rows, or ``None`` when the boxes
         would be too large. One block: exact bounds from its cells. Several: bounds from an
         evenly spaced sample of rows widened by half their span, then exact bounds (a
         second pass) if a row falls outside."""
@@ -744,7 +802,7 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
                 return None
             self._index = box
             cells, w = self.feature_map_.cell_weights(pos)
-            return box.boxes(cells, overwrite=True).numpy(), None if w is None else w.numpy()
+            return box.boxes(cells), None if w is None else w.numpy()
         rows = np.unique(np.linspace(0, n - 1, min(n, _BOUND_ROWS)).round().astype(np.int64))
         _, pos = next(self._blocks(X[rows]))
         lo, hi = pos.amin(0).floor(), pos.amax(0).floor()
@@ -753,7 +811,7 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
         if box.ok:
             self._index = box
             try:
-                return self._bin_all(X, box.boxes_inside)
+                return self._box_all(X, box, check=True)
             except _OutsideBoxes:
                 pass
         lo = hi = None
@@ -765,9 +823,10 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
         if not box.ok:
             return None
         self._index = box
-        return self._bin_all(X, lambda cells: box.boxes(cells, overwrite=True).numpy())
+        return self._box_all(X, box, check=False)
 
     def _fit(self, X):
+        """Fit; return ``(X, columns [n, R] int32 or int64, weights [n, R] or None)``."""
         X = self._validate_X(X, reset=True)
         self._check_params(X.shape[1])
         generator = torch_generator_from_random_state(self.random_state)
@@ -777,28 +836,24 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
         if fmap.n_binned <= 8:  # small boxes are possible
             boxed = self._fit_boxes(X, max(_BOX_CELLS_PER_ENTRY * n * R, 1 << 16))
         if boxed is not None:
-            ids, weights = boxed
-            cols = self._index.index(ids)
+            cols, weights = boxed
+            counts = self._index.index(cols)  # box numbers -> columns, in place
         else:
-            ids, weights = self._bin_all(X, self._hashed, hashed=True)
-            self._index = _HashIndex(ids)
-            cols = self._index.columns(ids)
-        del ids, boxed
+            keys, weights = self._hash_all(X)
+            self._index, cols, counts = _HashIndex.fit(keys)
+            del keys
         self._n_features_out = self.n_features_out_ = self._index.n_columns
-        counts = np.bincount(cols.ravel(), minlength=self.n_features_out_)
         self._warn_if_bandwidth_unusable(counts, n)
-        return X, cols, weights
+        return X, cols.numpy(), weights
 
-    def _columns(self, cells: torch.Tensor) -> np.ndarray:
-        if isinstance(self._index, _BoxIndex):
-            return self._index.columns(cells)
-        return self._index.columns(self._hashed(cells))
-
-    def _csr(self, cols: np.ndarray, weights: np.ndarray | None, dtype) -> sp.csr_matrix:
-        """CSR from columns ``[n, R]`` (-1: dropped) and weights (``None``: plain binning)."""
+    def _csr(self, cols: np.ndarray, weights: np.ndarray | None, dtype,
+             complete: bool = True) -> sp.csr_matrix:
+        """CSR from columns ``[n, R]`` (-1: dropped; ``complete``: none is) and weights
+        (``None``: plain binning). Complete rows: ``indptr`` is ``0, R, 2R, ...`` and the
+        columns and weights are the CSR arrays as they are (int32 stays int32: no copy)."""
         n, R = cols.shape
         shape = (n, self.n_features_out_)
-        if (cols >= 0).all():  # (int32 indices stay int32: no index copy in scipy)
+        if complete:
             indptr = np.arange(0, n * R + 1, R, dtype=np.int32 if n * R < 2**31 else np.int64)
             data = (np.full(n * R, 1.0 / math.sqrt(R), dtype=dtype) if weights is None
                     else weights.ravel().astype(dtype, copy=False))
@@ -856,12 +911,14 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
         if is_dask_array(X):  # lazy, chunk by chunk (Dask array of CSR chunks)
             return dask_transform(self, X)
         X = self._validate_X(X, reset=False)
-        cols = np.empty((X.shape[0], self.n_components), dtype=np.int64)
-        weighted = self.feature_map_.weight_order > 0
-        weights = np.empty((X.shape[0], self.n_components), dtype=X.dtype) if weighted else None
-        for rows, pos in self._blocks(X, hashed=isinstance(self._index, _HashIndex)):
+        cols = torch.empty((X.shape[0], self.n_components), dtype=self._index.dtype)
+        weights = self._weights_out(X.shape[0], X.dtype)
+        hashed = isinstance(self._index, _HashIndex)
+        complete = True
+        for rows, pos in self._blocks(X, hashed=hashed):
             cells, w = self.feature_map_.cell_weights(pos)
-            cols[rows] = self._columns(cells)
-            if weighted:
+            if w is not None:
                 weights[rows] = w.numpy()
-        return self._csr(cols, weights, X.dtype)
+            keys = self._hashed(cells) if hashed else cells
+            complete &= self._index.columns(keys, cols[rows])
+        return self._csr(cols.numpy(), weights, X.dtype, complete)
