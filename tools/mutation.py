@@ -170,6 +170,8 @@ EQUIVALENT: list[tuple[str, str, str]] = [
      " path and the torch path, which compute the same estimator")),
     ("kde_noncausal", "exact_first=1, exact_last=0)", "every caller passes exact_first"),
     ("kde_forward", "if use_fused(q, v, None):", "use_fused does not read its config argument"),
+    ("kde_auto", "generator, rows=257)", ("the default is never used: the only caller"
+     " (attn.api.choose_budget) passes rows")),
     ("kde_noncausal", "exact_first=0, exact_last=1)", "every caller passes exact_last"),
     # attn/hyper
     ("draw_samples", "torch.zeros(Hkv, M, device=k.device))", "zero log-weights broadcast over B"),
@@ -193,6 +195,9 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     ("_running_argmin", "arg = np.full(m,", ("overwritten wherever a key exists; read only through"
      " arg >= 0, and an unsampled slot has hash inf, which never matches")),
     ("_running_argmin", "step = max(2,", "block size of the scan: the same minima"),
+    ("_running_argmin", "better = v <= best", ("differs only on equal scores of two keys in"
+     " different blocks: the same key hash twice (callers pass distinct keys: keyed_vectors"
+     " merges duplicates) or a 2**-53 coincidence; scores are finite (nonzero values)")),
     ("_union_estimate", "if not np.isfinite(total) and total <= 0.0:", ("total is > 0 or inf, and"
      " (m - 1)/inf is the 0.0 returned")),
     ("_union_estimate", "or total < 0.0:", "a sum of positive minima is never 0"),

@@ -38,3 +38,37 @@ def test_paper_config_is_exact_up_to_4096_tokens(is_causal, torch_generator):
                            is_causal=is_causal, generator=torch_generator)
     ref = naive_attention(q, k, v, is_causal=is_causal)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_auto_budget_predicts_with_the_value_norm_distribution(torch_generator, monkeypatch):
+    # hyper_auto with sampling="value_norm" (sampled run --sample 80 --sample-seed 23): the
+    # predictor's distribution must be p_j = 1/(2M) + ‖v_j‖/(2 Σ‖v‖) of each level's sampled
+    # keys. Mutant: sampling_probabilities(None, config) (an AttributeError the uniform
+    # default never reaches).
+    from kernelsketch.attn.hyper import method as hyper_method
+
+    seen = []
+    real = hyper_method.predict_sample_size
+
+    def recording(*args, probabilities, **kwargs):
+        def probs(ql, kr, vr, bq, bk, ke):
+            p = probabilities(ql, kr, vr, bq, bk, ke)
+            seen.append((vr, p))
+            return p
+        return real(*args, probabilities=probs, **kwargs)
+
+    monkeypatch.setattr(hyper_method, "predict_sample_size", recording)
+    g = torch_generator
+    q = torch.randn(1, 2, 128, 8, generator=g, dtype=torch.float64)
+    k = torch.randn(1, 2, 128, 8, generator=g, dtype=torch.float64)
+    v = torch.randn(1, 2, 128, 8, generator=g, dtype=torch.float64) * torch.rand(
+        1, 2, 128, 1, generator=g, dtype=torch.float64)  # unequal value norms
+    cfg = HyperConfig(block_size=16, sample_size=8, min_seq_len=0, sink=0, window=0,
+                      sampling="value_norm")
+    choice = hyper_method.hyper_auto(q, k, v, is_causal=False, scale=0.35, error=0.3,
+                                     config=cfg, generator=g, rows=32)
+    assert choice.config.sampling == "value_norm" and seen
+    for vr, p in seen:
+        norms = vr.norm(dim=-1)
+        want = 0.5 / vr.shape[2] + 0.5 * norms / norms.sum(-1, keepdim=True)
+        torch.testing.assert_close(p, want, rtol=1e-12, atol=0)

@@ -170,3 +170,29 @@ def test_sampling_every_key_is_exact_attention(blocks, seed):
     s = q @ k.transpose(-1, -2) * 0.35
     torch.testing.assert_close(out, torch.softmax(s, -1) @ v, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(lse, torch.logsumexp(s, -1), rtol=1e-12, atol=1e-12)
+
+
+def test_kde_auto_passes_rows_generator_and_exact_keys(seed, monkeypatch):
+    # Kills kde_auto's survivors (full attn.kde run at d9ed0e2): the budget predictor without
+    # `rows=` or the generator (None / dropped), the AMM distribution inside it without the
+    # generator or the exact (sink) keys, and BudgetChoice without the target or rows.
+    predict = _record(monkeypatch, kde_method, "predict_sample_size")
+    dist = _record(monkeypatch, kde_method, "amm_probabilities")
+    q, k, v = _sampling_inputs(seed, B=1, H=2, N=128, M=128)
+    cfg = KDEConfig(block_size=16, sample_size=8, kde_samples=8, min_seq_len=0, sink=3,
+                    window=0)
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        state = torch.get_rng_state()
+        choice = kde_method.kde_auto(q, k, v, is_causal=False, scale=0.35, error=0.3,
+                                     config=cfg, generator=g, rows=24)
+        assert torch.equal(torch.get_rng_state(), state), "drew from the global generator"
+    assert choice.target == 0.3 and choice.rows == 24
+    assert choice.config == cfg.replace(sample_size=choice.config.sample_size)
+    (_, kwargs, _), = predict
+    assert kwargs["rows"] == 24 and kwargs["generator"] is g
+    assert dist  # the distribution of the one non-causal level, with the sink keys' mass
+    for args, _, _ in dist:
+        assert args[6] is g
+        assert torch.equal(args[7], k[:, :, :3])
