@@ -20,7 +20,8 @@ offline with 8 to 100 features and at least 150 rows (digits as pixels / 16, the
 standardised). Prints one table (map x data set x error ratio x time ratio vs the peer) and
 writes ``benchmarks/results/features/vs_sklearn.json``.
 
-Run: ``flock /tmp/ks/bench.lock python benchmarks/features/vs_sklearn.py [--quick]``.
+Run: ``flock /tmp/ks/bench.lock python benchmarks/features/vs_sklearn.py [--quick]``; one map:
+``--only PolynomialSketch --reps 5 --out vs_sklearn_poly.json`` (median of 5 fits per seed).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from sklearn.kernel_approximation import Nystroem, PolynomialCountSketch, RBFSam
 from sklearn.metrics.pairwise import polynomial_kernel, rbf_kernel
 from sklearn.preprocessing import StandardScaler
 
-from kernelsketch.bench.timing import Stopwatch
+from kernelsketch.bench.timing import Stopwatch, time_ms
 from kernelsketch.features import (
     GegenbauerFeatures,
     KernelRidge,
@@ -108,11 +109,15 @@ def _pairs(d: int):
     return pairs
 
 
-def _fit_transform(make, m, seed, X):
+def _fit_transform(make, m, seed, X, reps=1):
+    """Features and fit+transform seconds (``reps > 1``: median of ``reps`` more fits)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with Stopwatch("process") as sw:
             Z = make(m, seed).fit_transform(X)
+        if reps > 1:
+            return Z, time_ms(lambda: make(m, seed).fit_transform(X), warmup=0, reps=reps,
+                              clock="process") / 1e3
     return Z, sw.seconds
 
 
@@ -140,7 +145,7 @@ def _krr_rmse(make, m, X, y, seed):
     return rmse(alpha, tr, te)
 
 
-def run(components=(256, 1024), quick=False) -> dict:
+def run(components=(256, 1024), quick=False, only=None, reps=1, out=None) -> dict:
     torch.set_num_threads(1)
     try:
         from threadpoolctl import threadpool_limits
@@ -156,13 +161,15 @@ def run(components=(256, 1024), quick=False) -> dict:
         n, d = X.shape
         erows = np.unique(np.linspace(0, n - 1, min(n, ERROR_ROWS)).round().astype(int))
         for name, peer, make, make_peer, kernel, peer_kernel in _pairs(d):
+            if only is not None and only not in name:
+                continue
             K = kernel(X[erows])
             K_peer = K if peer_kernel is None else peer_kernel(X[erows])
             for m in components:
                 e, ep, t, tp = [], [], [], []
                 for s in SEEDS:
-                    Z, sec = _fit_transform(make, m, s, X)
-                    Zp, secp = _fit_transform(make_peer, m, s, X)
+                    Z, sec = _fit_transform(make, m, s, X, reps)
+                    Zp, secp = _fit_transform(make_peer, m, s, X, reps)
                     e.append(_gram_error(Z, K, erows))
                     ep.append(_gram_error(Zp, K_peer, erows))
                     t.append(sec)
@@ -184,18 +191,19 @@ def run(components=(256, 1024), quick=False) -> dict:
                       f"err {row['error']:.4f} vs {row['peer_error']:.4f} "
                       f"ratio {row['error_ratio']:.3f}  time ratio {row['time_ratio']:.2f}{krr}",
                       flush=True)
-        _write(rows_out, components, quick)  # after every data set: a partial run keeps its rows
-    return _write(rows_out, components, quick)
+        _write(rows_out, components, quick, reps, out)  # after every data set: partial rows kept
+    return _write(rows_out, components, quick, reps, out)
 
 
-def _write(rows_out, components, quick) -> dict:
+def _write(rows_out, components, quick, reps=1, out=None) -> dict:
     result = {"config": {"seeds": list(SEEDS), "error_rows": ERROR_ROWS, "max_rows": MAX_ROWS,
                          "components": list(components), "clock": "process",
-                         "threads": "torch 1, BLAS 1", "dtype": "float64",
+                         "threads": "torch 1, BLAS 1", "dtype": "float64", "reps": reps,
                          "device": f"CPU ({platform.machine()}), shared machine"},
               "rows": rows_out}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / ("vs_sklearn_quick.json" if quick else "vs_sklearn.json")).write_text(
+    out = out or ("vs_sklearn_quick.json" if quick else "vs_sklearn.json")
+    (RESULTS / out).write_text(
         json.dumps(result, indent=2))
     return result
 
@@ -203,5 +211,13 @@ def _write(rows_out, components, quick) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="three data sets only")
+    parser.add_argument("--only", help="only the maps whose name contains this string")
+    parser.add_argument("--components", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--reps", type=int, default=1,
+                        help="time the median of this many fits per seed (default: one)")
+    parser.add_argument("--out", help="results file name in benchmarks/results/features/ "
+                        "(default vs_sklearn.json, vs_sklearn_quick.json with --quick)")
     args = parser.parse_args()
-    run(quick=args.quick)
+    if args.only and not args.out:
+        parser.error("--only needs --out (a partial table must not replace vs_sklearn.json)")
+    run(tuple(args.components), quick=args.quick, only=args.only, reps=args.reps, out=args.out)
