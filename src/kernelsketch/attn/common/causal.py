@@ -13,7 +13,11 @@ handed to a non-causal approximator. Recursing until the blocks are at most
 All off-diagonal blocks of one level have the same shape (the sequence is
 padded at the end to leaf·2^L, where padded keys sit in every real query's
 future and padded queries are dropped), so each level is ONE batched call of
-the approximator, and the leaves are one batched exact causal call.
+the approximator. The deepest level's blocks (at most ``min_seq_len`` keys)
+are exact: with the two leaves beside each they are exact causal attention
+on spans of two leaves, so the leaves and that level are one batched exact
+causal call, and the approximator only sees blocks of more than
+``min_seq_len`` keys.
 """
 
 from __future__ import annotations
@@ -47,8 +51,13 @@ def _square_causal(q, k, v, *, scale, approximate, min_seq_len):
     if n_pad != n:
         pad = (0, 0, 0, n_pad - n)
         q, k, v = F.pad(q, pad), F.pad(k, pad), F.pad(v, pad)
+    if levels and leaf <= min_seq_len:
+        # The deepest level's off-diagonal blocks are exact: with the two leaves beside
+        # each, they make exact causal attention on spans of 2 leaves, one call, no merge.
+        levels, leaf = levels - 1, 2 * leaf
     nb = 2**levels
-    # Leaves: exact causal attention inside each diagonal block, the blocks in the batch dim.
+    # Leaves: exact causal attention inside each diagonal block, the blocks in the batch dim
+    # (views for B = 1: the kernel then writes its output in the [B, H, n, ·] layout).
     def blocks(x):
         return x.reshape(B, x.shape[1], nb, leaf, x.shape[-1]).transpose(1, 2).reshape(
             B * nb, x.shape[1], leaf, x.shape[-1])
@@ -74,39 +83,45 @@ def _square_causal(q, k, v, *, scale, approximate, min_seq_len):
 
 
 def _merge_levels(out, lse, parts):
-    """Merge the leaves' partials with every level's (one pass per part, no re-stacking).
+    """Merge the leaves' partials with every level's, in place where autograd allows.
 
     ``out`` [B, H, n, Dv], ``lse`` [B, H, n]: the leaves, every row; each part
     ``(blocks, half, out [B, H, blocks, half, Dv], lse [B, H, blocks, half])``
     covers the second half of each of ``blocks`` equal spans of the rows. The
     result is :func:`.merge.merge_partials` of all parts, computed as
-    ``Σ_p e^{lse_p - m} out_p / Σ_p e^{lse_p - m}`` with one detached shift m.
+    ``Σ_p e^{lse_p - m} out_p / Σ_p e^{lse_p - m}`` with one detached shift m:
+    one pass over the leaves, one ``addcmul_`` per part, one division. Without
+    autograd through the inputs, the leaves' ``out`` is the accumulator.
     """
     if not parts:
         return out, lse
     B, H = lse.shape[:2]
     acc = lse.dtype
+    grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (out, lse, *(x for p in parts for x in p[2:])))
+    out = out.to(acc).contiguous()  # in place through the views below
 
     def second(x, blocks, half):
-        return x.reshape(B, H, blocks, 2, half, *x.shape[3:])[:, :, :, 1]
+        return x.view(B, H, blocks, 2, half, *x.shape[3:])[:, :, :, 1]
 
     with torch.no_grad():  # the shift cancels: no gradient flows through it
         m = lse.detach().clone()
         for blocks, half, _, part_lse in parts:
             view = second(m, blocks, half)
-            view.copy_(torch.maximum(view, part_lse.detach()))
+            torch.maximum(view, part_lse.detach(), out=view)
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     w = torch.exp(lse - m)
     den = w.clone()
-    num = w.unsqueeze(-1) * out.to(acc)
+    num = out * w.unsqueeze(-1) if grad else out.mul_(w.unsqueeze(-1))
     for blocks, half, part_out, part_lse in parts:
         wp = torch.exp(part_lse - second(m, blocks, half))
         second(den, blocks, half).add_(wp)
-        second(num, blocks, half).add_(wp.unsqueeze(-1) * part_out.to(acc))
+        second(num, blocks, half).addcmul_(part_out.to(acc), wp.unsqueeze(-1))
     nonzero = den > 0
-    den_safe = torch.where(nonzero, den, torch.ones_like(den))
-    out = num / den_safe.unsqueeze(-1)
-    lse = torch.where(nonzero, m + torch.log(den_safe), torch.full_like(m, float("-inf")))
+    den_safe = torch.where(nonzero, den, torch.ones_like(den)).unsqueeze(-1)
+    out = num / den_safe if grad else num.div_(den_safe)
+    lse = torch.where(nonzero, m + torch.log(den_safe.squeeze(-1)),
+                      torch.full_like(m, float("-inf")))
     return out, lse
 
 
@@ -126,7 +141,8 @@ def causal_attention(
     q : [B, Hq, N, D]; k, v : [B, Hkv, M, D] / [B, Hkv, M, Dv]; causal mask
         aligned bottom-right (query i sees keys j <= i + M - N).
     approximate : non-causal approximator for the off-diagonal blocks.
-    min_seq_len : blocks of at most this length are computed exactly.
+    min_seq_len : blocks of at most this length are computed exactly, here,
+        never handed to ``approximate``.
 
     Returns
     -------
@@ -204,9 +220,7 @@ def approximate_or_exact(q, k, v, *, is_causal, scale, min_seq_len, noncausal, n
     if q.device.type == "cpu" and N < cpu_causal_break_even:
         warn_no_speedup(method, f"causal on CPU below {cpu_causal_break_even} queries")
 
-    def approximate(qb, kb, vb, s):
-        if kb.shape[2] <= min_seq_len:
-            return exact_lse(qb, kb, vb, scale=s)
+    def approximate(qb, kb, vb, s):  # every block has more than min_seq_len keys
         return noncausal(qb, kb, vb, s, sink, window)
 
     return causal_attention(q, k, v, scale=scale, approximate=approximate, min_seq_len=min_seq_len)
