@@ -20,6 +20,50 @@ def test_window_nll_equals_the_models_own_loss(torch_generator):
     assert nll / count == pytest.approx(float(loss), rel=1e-6)
 
 
+def test_token_nll_is_the_per_token_loss_and_sums_to_window_nll(torch_generator):
+    model = tiny_llama(torch_generator, layers=2)
+    ids = tokens(torch_generator, 1, 33)
+    nll, seconds = lm.token_nll(model, ids)
+    with torch.no_grad():
+        logits = model(ids).logits
+    expected = torch.nn.functional.cross_entropy(logits[0, :-1].float(), ids[0, 1:],
+                                                 reduction="none")
+    assert nll.shape == (32,) and seconds > 0
+    torch.testing.assert_close(nll, expected, rtol=1e-6, atol=1e-6)
+    total, count, _ = lm.window_nll(model, ids)
+    assert count == 32 and total == pytest.approx(float(nll.sum()), rel=1e-6)
+
+
+def test_segment_nll_locates_the_loss_by_position(torch_generator):
+    model = tiny_llama(torch_generator, layers=2)
+    windows = [tokens(torch_generator, 1, 41) for _ in range(2)]
+    result = lm._evaluate(model, windows, segment=16)
+    per_token = torch.stack([lm.token_nll(model, ids)[0] for ids in windows])
+    # 40 predicted positions: segments [0, 16), [16, 32), [32, 40), averaged over both windows
+    expected = [float(per_token[:, a:b].mean()) for a, b in ((0, 16), (16, 32), (32, 40))]
+    assert result["segment_nll"] == pytest.approx(expected, rel=1e-6)
+    assert result["tokens"] == 80
+    assert result["nll_per_token"] == pytest.approx(float(per_token.mean()), rel=1e-6)
+
+
+def test_torch_threads_sets_and_restores_the_thread_count():
+    before = torch.get_num_threads()
+    with lm._torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with lm._torch_threads(None):
+        assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize(("kwargs", "name"), [({"threads": 0}, "threads"),
+                                              ({"segment": 0}, "segment")])
+def test_threads_and_segment_must_be_positive(kwargs, name):
+    threads = torch.get_num_threads()
+    with pytest.raises(ValueError, match=f"{name} must be >= 1, got 0"):
+        lm.run_lm_eval(methods=["exact"], out_dir=None, **kwargs)
+    assert torch.get_num_threads() == threads
+
+
 def test_pydoc_text_is_real_long_text():
     text = lm.pydoc_text()
     assert len(text) > 400_000 and "def " in text and "class " in text

@@ -20,6 +20,7 @@ measured in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -49,6 +50,7 @@ __all__ = [
     "pydoc_text",
     "run_lm_eval",
     "smollm2_gguf_path",
+    "token_nll",
     "window_nll",
 ]
 
@@ -151,26 +153,37 @@ def window_nll(model, ids: torch.Tensor) -> tuple[float, int, float]:
     Seconds: :func:`forward_clock` (process CPU time on CPU, so other jobs on a
     shared machine do not count; device-synchronised wall time on GPUs).
     """
+    nll, seconds = token_nll(model, ids)
+    return float(nll.sum()), nll.shape[0], seconds
+
+
+def token_nll(model, ids: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Next-token NLL of every predicted token of one window, float32 [n - 1] on the CPU,
+    and the forward's seconds (as :func:`window_nll`)."""
     with torch.inference_mode():
         with Stopwatch(forward_clock(ids.device), ids.device) as watch:
             logits = model(ids).logits
-        nll = torch.nn.functional.cross_entropy(
-            logits[0, :-1].float(), ids[0, 1:], reduction="sum"
-        )
-    return float(nll), ids.shape[1] - 1, watch.seconds
+        nll = torch.nn.functional.cross_entropy(logits[0, :-1].float(), ids[0, 1:],
+                                                reduction="none")
+    return nll.cpu(), watch.seconds
 
 
-def _evaluate(model, windows: list[torch.Tensor]) -> dict:
-    total, count, times = 0.0, 0, []
+def _evaluate(model, windows: list[torch.Tensor], segment: int) -> dict:
+    nll = []
+    times = []
     for ids in windows:
-        nll, n, seconds = window_nll(model, ids)
-        total, count = total + nll, count + n
+        window, seconds = token_nll(model, ids)
+        nll.append(window)
         times.append(seconds)
+    nll = torch.stack(nll)  # [windows, n - 1]
+    total, count = float(nll.sum()), nll.numel()
     return {
         "perplexity": math.exp(total / count),
         "nll_per_token": total / count,
         "tokens": count,
         "seconds_per_forward": statistics.median(times),
+        # mean NLL per token of each run of `segment` predicted positions (all windows)
+        "segment_nll": [float(part.mean()) for part in nll.split(segment, dim=1)],
     }
 
 
@@ -187,6 +200,8 @@ def run_lm_eval(
     tag: str = "",
     plot: bool = True,
     verbose: bool = True,
+    threads: int | None = None,
+    segment: int = 1024,
 ) -> dict:
     """Perplexity and forward time of SmolLM2-135M on the pydoc text, exact vs patched layers.
 
@@ -202,6 +217,16 @@ def run_lm_eval(
     seed : sketch seed (layer l uses seed + l).
     out_dir : where ``lm_eval<tag>.json`` and ``lm_eval<tag>.png`` go (None: no files).
     plot : write the PNG (perplexity vs layers patched, one panel per context).
+    threads : torch CPU threads during the run (restored after); None keeps the
+        current setting. On a shared machine one thread times the sketches fairly:
+        with two threads and other jobs on the cores, every small parallel op
+        waits for its second thread, which inflates the sketches' many small ops
+        and not SDPA's one call (n = 8192, hyper against SDPA: 1.70x on one
+        thread, 1.11x on two at load 3 on 2 cores; BENCHMARKS.md).
+    segment : the rows' ``segment_nll`` is the mean NLL of each run of
+        ``segment`` predicted positions (all windows), so a loss that sits in one
+        passage shows where it is; ``segment_ratio`` is its perplexity ratio to
+        exact.
 
     Returns
     -------
@@ -209,12 +234,34 @@ def run_lm_eval(
     perplexity, NLL per token, tokens, median seconds per forward and the
     ratio of perplexity and time to exact at the same context.
     """
+    if threads is not None:
+        check_int("threads", threads, min=1)
+    with _torch_threads(threads):
+        return _run_lm_eval(methods, contexts, layers, windows, device, dtype, seed, out_dir,
+                            tag, plot, verbose, segment)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    """torch's CPU thread count set to ``threads`` inside the block (None: unchanged)."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_lm_eval(methods, contexts, layers, windows, device, dtype, seed, out_dir, tag, plot,
+                 verbose, segment) -> dict:
     from ..integrations.transformers import patch_model, unpatch
 
     specs = list(methods) if methods is not None else [m for m in available_methods() if m != "exact"]
     parsed = [(spec, *parse_method_spec(spec)) for spec in specs]
     contexts = [check_int("context", c, min=2, max=MAX_CONTEXT) for c in contexts]
     check_int("windows", windows, min=1)
+    check_int("segment", segment, min=1)
     torch_dtype = getattr(torch, check_choice("dtype", dtype, ("float32", "bfloat16", "float16")))
 
     model, tokenizer = load_smollm2(device=device, dtype=torch_dtype)
@@ -232,6 +279,7 @@ def run_lm_eval(
         "torch": torch.__version__,
         "windows": windows,
         "seed": seed,
+        "segment": segment,
     }
     rows = []
 
@@ -240,6 +288,8 @@ def run_lm_eval(
         if exact is not None:
             row["ppl_ratio"] = result["perplexity"] / exact["perplexity"]
             row["time_ratio"] = result["seconds_per_forward"] / exact["seconds_per_forward"]
+            row["segment_ratio"] = [math.exp(a - b) for a, b in zip(result["segment_nll"],
+                                                                   exact["segment_nll"])]
         rows.append(row)
         if verbose:
             print(
@@ -258,7 +308,7 @@ def run_lm_eval(
             )
         batch = [ids[:, i * context:(i + 1) * context].to(device) for i in range(windows)]
         window_nll(model, batch[0][:, : min(context, 128)])  # warm-up
-        exact = _evaluate(model, batch)
+        exact = _evaluate(model, batch, segment)
         record(context, "exact", 0, exact, None)
         for label, name, config in parsed:
             for L in layer_counts:
@@ -266,7 +316,7 @@ def run_lm_eval(
                     continue
                 patch_model(model, name, config, layers=L, seed=seed)
                 try:
-                    record(context, label, L, _evaluate(model, batch), exact)
+                    record(context, label, L, _evaluate(model, batch, segment), exact)
                 finally:
                     unpatch(model)
     result = {"setup": setup, "rows": rows}
@@ -339,6 +389,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out-dir", default="benchmarks/results/attention")
     parser.add_argument("--tag", type=tag, default="", help="suffix of the output file names")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--threads", type=int_arg(min=1), default=None,
+                        help="torch CPU threads during the run (1 times the sketches fairly "
+                             "on a shared machine)")
+    parser.add_argument("--segment", type=int_arg(min=1), default=1024,
+                        help="positions per segment of the per-segment NLL in the JSON")
     args = parser.parse_args(argv)
     run_lm_eval(
         methods=args.methods,
@@ -351,5 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out_dir=check_out_dir(parser, args.out_dir),
         tag=args.tag,
         plot=not args.no_plot,
+        threads=args.threads,
+        segment=args.segment,
     )
     return 0
