@@ -317,6 +317,12 @@ EQUIVALENT: list[tuple[str, str, str]] = [
      " all-zero dlse adds 0 to every dS: the same gradients (dlse is never None: materialised)")),
     ("_FlashCPU\u01c1backward", "lse, 1.0, ctx.is_causal", ("SDPA's CPU backward ignores"
      " dropout_p (measured: identical gradients)")),
+    # attn/lev
+    ("_window_partial", "dtype=accumulation_dtype(None), device=dev)", ("float32 instead of"
+     " float64 for float64 q only: the band mask holds 0 and -inf (exact in float32) and"
+     " flash_lse casts a mask to q's dtype")),
+    ("universal_set", "device=None))", "device placement: CPU-only machine"),
+    ("universal_set", "amax(dim=(+2, -1)", "dims (2, -1) are (-2, -1) of the 4-D keys"),
     # attn/polysketch/method.py
     ("sketched_polynomial_attention", "bounded_inputs(q.to(None), k.to(acc)", ("q' = q * f"
      " promotes to float32 (the factors f are float32): only the overflow bound T changes"
