@@ -323,6 +323,13 @@ EQUIVALENT: list[tuple[str, str, str]] = [
      " flash_lse casts a mask to q's dtype")),
     ("universal_set", "device=None))", "device placement: CPU-only machine"),
     ("universal_set", "amax(dim=(+2, -1)", "dims (2, -1) are (-2, -1) of the 4-D keys"),
+    # attn/polysketch/polynomial.py
+    ("layer_norm_qk", "big = a > 2.0**51", ("rows with max |entry| in (2**50, 2**51] are normed"
+     " directly: squares <= 2**102 D stay in float32 range and eps 1e-5 is negligible next to"
+     " their variance (measured: the same output to one rounding, float32 and bfloat16)")),
+    ("layer_norm_qk", "x / torch.where(big, a, 1.0), 1.0)", ("fills rows that are not big,"
+     " whose `large` the final torch.where discards (constant rows norm to 0: finite, no"
+     " gradient to x)")),
     # attn/polysketch/method.py
     ("sketched_polynomial_attention", "bounded_inputs(q.to(None), k.to(acc)", ("q' = q * f"
      " promotes to float32 (the factors f are float32): only the overflow bound T changes"

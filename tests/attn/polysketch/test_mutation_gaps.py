@@ -258,3 +258,36 @@ def test_fused_supported_passes_the_block_size(block_size, monkeypatch):
     assert got is (block_size % 64 == 0)
     monkeypatch.setattr(dispatch, "triton_available", lambda: False)
     assert dispatch.fused_supported(q, q[:, :1], v, fq, block_size=64, exact_local=True) is False
+
+
+def test_learned_sketch_has_two_branches_of_documented_shapes(seed):
+    # LearnedDegree2Sketch: two branches f(x) = x G + gelu(x W) U with G [D, r], W [D, D],
+    # U [D, r] (a state dict of these shapes is what a trained sketch loads). Mutant
+    # (attn.polysketch --sample 80 --sample-seed 23): W drawn as [3, D, D] (the forward reads
+    # two slices, so no output shows it).
+    D, r = 8, 16
+    sketch = LearnedDegree2Sketch(D, r, generator=torch.Generator().manual_seed(seed))
+    shapes = {name: tuple(p.shape) for name, p in sketch.named_parameters()}
+    assert shapes == {"proj": (2, D, r), "hidden": (2, D, D), "out": (2, D, r)}
+
+
+def test_features_accept_a_head_dim_of_one(seed):
+    # PolySketchFeatures' head_dim bound is >= 1 (mutant: min=2): one-dimensional heads are
+    # valid and their features finite; 0 is rejected naming the argument.
+    feats = PolySketchFeatures(1, PolySketchConfig(sketch_size=16), seed=seed).double()
+    x = torch.randn(5, 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    phi = feats(x)
+    assert phi.shape == (5, 16) and bool(torch.isfinite(phi).all())
+    with pytest.raises(ValueError, match="head_dim"):
+        PolySketchFeatures(0, PolySketchConfig(sketch_size=16), seed=seed)
+
+
+@pytest.mark.parametrize("r,expected", [(16, True), (256, True), (8, False), (512, False),
+                                        (48, False)])
+def test_fused_kernels_take_sketch_sizes_16_to_256(r, expected):
+    # fused_eligible's docstring: r a power of two in [16, 256] (mutant: r < 256).
+    q = torch.zeros(1, 2, 64, 16)
+    v = torch.zeros(1, 1, 64, 16, dtype=torch.bfloat16)
+    got = dispatch.fused_eligible(q, q[:, :1], v, torch.zeros(1, 2, 64, r), block_size=64,
+                                  exact_local=True)
+    assert got is expected
