@@ -53,7 +53,8 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
                     "tests/attn/common/test_exact_flash.py"]),
     "attn.causal": (["attn/common/causal.py"],
                     ["tests/attn/common/test_causal*.py", "tests/attn/hyper", "tests/attn/kde",
-                     "tests/attn/test_sampled_gradients.py"]),
+                     "tests/attn/test_sampled_gradients.py",
+                     "tests/attn/common/test_mutation_gaps.py"]),
     "attn.sortlsh": (["attn/common/sortlsh/blocks.py", "attn/common/sortlsh/flash.py"],
                      ["tests/attn/hyper", "tests/attn/kde", "tests/attn/test_sampled_gradients.py",
                       "tests/attn/common/test_sortlsh_flash.py"]),
@@ -131,6 +132,30 @@ EQUIVALENT: list[tuple[str, str, str]] = [
      " leaf and value axes are contiguous and reshaped back")),
     ("approximate_or_exact", "N, M = q.shape[3], k.shape[2]", ("N only chooses between one exact"
      " call and a recursion whose blocks are then all exact: the same output")),
+    ("approximate_or_exact", 'method="XXsketchXX", cpu_causal_break_even=0', ("both callers"
+     " (hyper, kde) pass method")),
+    ("approximate_or_exact", 'method="SKETCH", cpu_causal_break_even=0', ("both callers (hyper,"
+     " kde) pass method")),
+    ("approximate_or_exact", 'method="sketch", cpu_causal_break_even=1', ("both callers (hyper,"
+     " kde) pass cpu_causal_break_even")),
+    ("_merge_levels", "if (grad) or True else", ("out of place also without autograd: the same"
+     " values (memory only)")),
+    ("_merge_levels", "grad = torch.is_grad_enabled() or any(", ("out of place whenever"
+     " autograd is on: the same values (memory only)")),
+    ("_merge_levels", "for x in p[3:])))", ("a part's out requires grad iff its lse does (one"
+     " computation): the same flag")),
+    ("_merge_levels", "out = num / den_safe if (grad) and False else", ("with autograd num is"
+     " the fresh product out * w, which no backward saved: dividing it in place gives the same"
+     " values and gradients")),
+    ("_merge_levels", "out = out.to(None).contiguous()", ("CPU: exact_lse returns the leaves'"
+     " out in lse's dtype already (its CUDA branch returns q's dtype: there the cast matters)")),
+    ("_merge_levels", "acc = None", ("CPU: exact_lse returns the leaves' out in lse's dtype"
+     " already and addcmul_ promotes a part's out (its CUDA branch returns q's dtype: there the"
+     " cast matters)")),
+    ("_merge_levels", "addcmul_(part_out.to(None),", ("addcmul_ into the float32/float64"
+     " accumulator promotes a part's out exactly as .to(acc)")),
+    ("_merge_levels", "nonzero = den >= 0", ("every row of the square causal recursion sees at"
+     " least its own key: den > 0")),
     # attn/common/metrics.py
     ("spectral_error", "q[b : b + 2,", "[0, 0] of the result takes the same (batch, head)"),
     ("spectral_error", "h : h + 2]", "[0, 0] of the result takes the same (batch, head)"),
