@@ -57,7 +57,8 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
                      "tests/attn/common/test_mutation_gaps.py"]),
     "attn.sortlsh": (["attn/common/sortlsh/blocks.py", "attn/common/sortlsh/flash.py"],
                      ["tests/attn/hyper", "tests/attn/kde", "tests/attn/test_sampled_gradients.py",
-                      "tests/attn/common/test_sortlsh_flash.py"]),
+                      "tests/attn/common/test_sortlsh_flash.py",
+                      "tests/attn/common/test_mutation_gaps.py"]),
     "attn.metrics": (["attn/common/metrics.py"], ["tests/attn/common/test_metrics*.py",
                                                   "tests/attn/common/test_mutation_gaps.py"]),
     "attn.hyper": (["attn/hyper/naive.py", "attn/hyper/method.py", "attn/hyper/config.py"],
@@ -121,6 +122,37 @@ EQUIVALENT: list[tuple[str, str, str]] = [
      " the key mask removes")),
     ("block_diagonal_attention", "_blocked(torch.ones_like(perm_k, dtype=torch.bool), num_blocks,",
      "bool padding with None or no value is False, as given"),
+    ("lsh_buckets", "if lsh.n_bits >= 16:", ("at 16 bits both branches give the same ids (the"
+     " float32 code is exact below 2**24)")),
+    ("lsh_buckets", "if lsh.n_bits > 17:", ("at 17 bits the float32 code (< 2**17) and the"
+     " 2**17-entry table are exact: the same ids")),
+    ("lsh_buckets", "_inverse_gray_table(lsh.n_bits, None)", "device placement: CPU-only machine"),
+    ("no_samples", "torch.zeros(heads, 0, device=device))", ("an empty sample set: S = 0 skips"
+     " every use of its log-weights")),
+    ("no_samples", "torch.zeros(batch, 0, device=device))", ("an empty sample set: S = 0 skips"
+     " every use of its log-weights")),
+    ("no_samples", "torch.zeros(batch, heads, device=device))", ("an empty sample set: S = 0"
+     " skips every use of its log-weights")),
+    ("no_samples", "torch.zeros(batch, heads, 1, device=device))", ("S is read from the indices"
+     " (0): the log-weights are never used")),
+    ("no_samples", "torch.zeros(batch, heads, 0, dtype=None, device=device)", ("an empty index"
+     " set: S = 0 skips every use of it")),
+    ("no_samples", "torch.zeros(batch, heads, 0, device=device),", ("an empty index set: S = 0"
+     " skips every use of it")),
+    ("flash_sorted_attention", "exact_first: int = 1,", "the only caller passes exact_first"),
+    ("flash_sorted_attention", "exact_last: int = 1,", "the only caller passes exact_last"),
+    ("flash_sorted_attention", "if (len(parts) > 1) or True else blk", ("cat of the one part"
+     " is that part")),
+    ("flash_sorted_attention", "if len(parts) >= 1 else blk", "cat of the one part is that part"),
+    ("flash_sorted_attention", "if nb * k_block >= Mr:", ("at equality no key is padding: the"
+     " masked_fill changes nothing")),
+    ("flash_sorted_attention", "math.ceil(Mr * k_block))", ("more blocks than needed: the extra"
+     " ones hold only padded rows (dropped) and padded keys (masked); work only")),
+    ("flash_sorted_attention", "dev = None", "device placement: CPU-only machine"),
+    ("flash_sorted_attention", "torch.arange(nb, device=dev).reshape(nb, 1)", ("[nb, 1]"
+     " broadcasts against [B*H, 1, S] as [1, nb, 1]")),
+    ("flash_sorted_attention", "lw = log_weights.to(None).reshape", ("the slice assignment into"
+     " the mask casts to its dtype, as .to(mask_dtype) did")),
     # attn/common/causal.py
     ("causal_attention", "if M >= N:", "for M == N the key prefix is empty and adds nothing"),
     ("causal_attention", "if M <= N:", "for M == N zero rows are padded"),

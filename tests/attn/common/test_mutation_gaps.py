@@ -1,16 +1,19 @@
 """Shared attention helpers' behaviour the mutation runs left untested (issue 22).
 
-Each test names the surviving mutants it kills (tools/mutation.py, targets attn.metrics
-and attn.causal).
+Each test names the surviving mutants it kills (tools/mutation.py, targets attn.metrics,
+attn.causal and attn.sortlsh).
 """
 
 import warnings
 
+import pytest
 import torch
 
 from kernelsketch.attn.common.causal import approximate_or_exact, causal_attention
 from kernelsketch.attn.common.exact import ExactFallbackWarning, NoSpeedupWarning, exact_lse
 from kernelsketch.attn.common.metrics import relative_error
+from kernelsketch.attn.common.sortlsh.blocks import lsh_buckets
+from kernelsketch.sketch.lsh import AngularLSH
 
 
 def test_relative_error_against_an_all_zero_exact_output():
@@ -128,3 +131,24 @@ def test_speed_and_fallback_warnings_name_the_method_and_the_boundary(seed):
     fallback = run(32, 0, min_seq_len=64)
     assert fallback == [(ExactFallbackWarning, ("method='kde' computed exact attention, not its "
                          "sketch: min_seq_len=64 covers every block of the causal recursion"))]
+
+
+# -- attn/common/sortlsh/blocks.py (full attn.sortlsh run at f7f3c9a) ---------------------
+
+
+@pytest.mark.parametrize("n_bits", [3, 16, 17, 20])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_lsh_buckets_equal_the_lsh_call(n_bits, dtype, seed):
+    # lsh_buckets is AngularLSH.__call__ without re-validation, through a float32 code and a
+    # cached Gray table up to 16 bits, the int64 sum above. Mutants: the > 16 branch's sum
+    # (None, axis, `/`), x not cast to the sketch's compute dtype (bfloat16 planes flip
+    # signs of small products), `>= 0` for `> 0` (a zero row's bits).
+    g = torch.Generator().manual_seed(seed)
+    lsh = AngularLSH(8, n_bits, generator=g)
+    x = torch.randn(2, 3, 700, 8, generator=g, dtype=torch.float64)
+    x[0, 0, 0] = 0.0  # every product exactly 0: bit 0 under `> 0`
+    x = x.to(dtype)
+    got = lsh_buckets(lsh, x)
+    assert got.dtype == torch.int64 and got.shape == (2, 3, 700)
+    assert torch.equal(got, lsh(x))
+    assert int(got[0, 0, 0]) == 0  # the all-zero sign code's Gray inverse
