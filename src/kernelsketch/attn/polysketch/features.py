@@ -179,3 +179,29 @@ class PolySketchFeatures(nn.Module):
 def self_tensor(f: torch.Tensor) -> torch.Tensor:
     """Φ = φ ⊗ φ flattened: [..., r] -> [..., r²], so Φ(x)·Φ(y) = (φ(x)·φ(y))²."""
     return (f.unsqueeze(-1) * f.unsqueeze(-2)).flatten(-2)
+
+
+def pair_features(f: torch.Tensor) -> torch.Tensor:
+    """Φ = φ ⊗ φ without its symmetric duplicates: [..., r] -> [..., (r//2 + 1)·r].
+
+    Entry (s, a) is φ_a φ_{(a+s) mod r}, s = 0..r//2: every unordered pair {a, b} once
+    (twice for the cyclic distance r/2 when r is even), so that
+    ``Σ pair_weights(r) · pair_features(x) · pair_features(y) = Φ(x)·Φ(y)``
+    with about half of Φ's r² features (one broadcast product over a strided view).
+    """
+    r = f.shape[-1]
+    windows = torch.cat((f, f[..., : r // 2]), -1).unfold(-1, r, 1)  # [..., r//2 + 1, r]
+    if torch.is_grad_enabled() and f.requires_grad:
+        return (f.unsqueeze(-2) * windows).reshape(*f.shape[:-1], -1)
+    # The product would take the windows' layout (s innermost): written row-major instead.
+    return torch.mul(f.unsqueeze(-2), windows, out=f.new_empty(windows.shape)).flatten(-2)
+
+
+def pair_weights(r: int, *, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """Multiplicity of each :func:`pair_features` entry in Φ(x)·Φ(y), [(r//2 + 1)·r]: 1 for
+    the squares (s = 0) and for s = r/2 (r even: those pairs appear twice), else 2."""
+    w = torch.full((r // 2 + 1, r), 2.0, dtype=dtype, device=device)
+    w[0] = 1.0
+    if r % 2 == 0:
+        w[r // 2] = 1.0
+    return w.flatten()

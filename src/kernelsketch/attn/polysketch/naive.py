@@ -11,8 +11,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .features import self_tensor
+from .features import pair_features, pair_weights
 from .polynomial import polynomial_weights
+
+# Rows of pair features per step of the causal scan and of the linear form. Each step's
+# features are a few MiB, formed, used and freed in turn: the r²-wide Φ of a whole
+# sequence (150 MiB at 4k tokens, 9 heads) was written to fresh pages on every call, which
+# took more CPU time than the products that read it.
+STEP_ROWS = 512
 
 
 def _to_blocks(x: torch.Tensor, front: int, blocks: int, block: int) -> torch.Tensor:
@@ -22,38 +28,74 @@ def _to_blocks(x: torch.Tensor, front: int, blocks: int, block: int) -> torch.Te
     return x.reshape(*x.shape[:-2], blocks, block, x.shape[-1])
 
 
-def _local_weights(qb, kb, fqb, fkb, *, degree, exact_local):
-    """In-block weights [..., nb, b, b] with the causal (lower-triangular) mask."""
-    b = qb.shape[-2]
-    mask = torch.ones(b, b, dtype=torch.bool, device=qb.device).tril()
-    if exact_local:
-        return polynomial_weights(qb, kb, degree=degree, mask=mask)
-    return polynomial_weights(fqb, fkb, degree=2, mask=mask)
+def _block_major(x: torch.Tensor, front: int, blocks: int, block: int) -> torch.Tensor:
+    """[B, H, (G,) L, c] -> [blocks, B·H, (G·)block, c] (contiguous): a block's rows of every
+    head of a group together, so that one batched product serves the G query heads."""
+    x = _to_blocks(x, front, blocks, block)
+    if x.dim() == 6:  # queries [B, Hkv, G, blocks, block, c]
+        B, H, G = x.shape[:3]
+        return x.permute(3, 0, 1, 2, 4, 5).reshape(blocks, B * H, G * block, x.shape[-1])
+    return x.flatten(0, 1).transpose(0, 1).contiguous()
+
+
+def _local_weights(s: torch.Tensor, *, power: int, G: int, inplace: bool) -> torch.Tensor:
+    """In-block weights s^power (power even) with the causal mask, from the scores s
+    [..., G·b, b] of a block's queries (G heads) against its keys; in place when no
+    gradient flows through s."""
+    b = s.shape[-1]
+    w = s.square_() if inplace else s.square()
+    if power > 2:
+        w = w.pow_(power // 2) if inplace else w.pow(power // 2)
+    w = w.view(*w.shape[:-2], G, b, b)
+    return (w.tril_() if inplace else w.tril()).view(s.shape)
 
 
 def _causal_torch(q, k, v, fq, fk, *, degree, block_size, exact_local):
-    """Block causal algorithm (torch). q, fq [B, Hkv, G, N, ·]; k, fk, v [B, Hkv, M, ·]."""
+    """Block causal algorithm (torch). q, fq [B, Hkv, G, N, ·]; k, fk, v [B, Hkv, M, ·].
+
+    A scan over the key blocks, :data:`STEP_ROWS` keys at a time: per step the pair
+    features of its key blocks, their states Φ(K_c)ᵀ[V_c, 1], the exclusive prefix of
+    the states (the running sum of the earlier steps, then a cumsum within the step),
+    the queries' products with their blocks' prefixes, and the exact local blocks.
+    """
     N, M, b = q.shape[-2], k.shape[-2], block_size
     if N > M:  # the first N - M queries see no key: num = den = 0
         num, den = _causal_torch(q[..., N - M :, :], k, v, fq[..., N - M :, :], fk, degree=degree,
                                  block_size=b, exact_local=exact_local)
         return F.pad(num, (0, 0, N - M, 0)), F.pad(den, (N - M, 0))
+    B, Hkv, G = q.shape[:3]
+    Dv, r = v.shape[-1], fq.shape[-1]
+    inplace = not (torch.is_grad_enabled()
+                   and any(t.requires_grad for t in (q, k, v, fq, fk)))
     vp = torch.cat((v, torch.ones_like(v[..., :1])), dim=-1)  # [v, 1]: numerator and denominator
     nbk = -(-M // b)
-    kb, fkb, vb = (_to_blocks(x, 0, nbk, b) for x in (k, fk, vp))
-    block_kv = torch.matmul(self_tensor(fkb).transpose(-1, -2), vb)  # [B, Hkv, nbk, r², Dv+1]
-    # Exclusive prefix sum over strictly earlier blocks (shifted, not cumsum - block_kv,
-    # which would let a block's own keys leak in through rounding).
-    prefix = F.pad(torch.cumsum(block_kv[:, :, :-1], dim=2), (0, 0, 0, 0, 1, 0))
-    # Query i sits at key position i + M - N; queries are blocked on the same grid.
+    # Query i sits at key position i + M - N; queries are blocked on the same grid, and
+    # key blocks before c0 have no query.
     c0, front = divmod(M - N, b)
-    nbq = nbk - c0
-    qb, fqb = (_to_blocks(x, front, nbq, b) for x in (q, fq))
-    out = torch.matmul(self_tensor(fqb), prefix[:, :, None, c0:])
-    local = _local_weights(qb, kb[:, :, None, c0:], fqb, fkb[:, :, None, c0:], degree=degree,
-                           exact_local=exact_local)
-    out = out + torch.matmul(local, vb[:, :, None, c0:])
-    out = out.flatten(-3, -2)[..., front : front + N, :]
+    kb, fkb, vb = (_block_major(x, 0, nbk, b) for x in (k, fk, vp))
+    qb, fqb = (_block_major(x, front, nbk - c0, b) for x in (q, fq))
+    lq, lk = (qb, kb) if exact_local else (fqb, fkb)
+    weights = pair_weights(r, dtype=fk.dtype, device=fk.device).unsqueeze(-1)
+    state = vb.new_zeros(1, B * Hkv, weights.shape[0], Dv + 1)  # the earlier steps' keys
+    step = max(1, STEP_ROWS // b)
+    outs = []
+    for c in range(0, nbk, step):
+        e = min(nbk, c + step)
+        kv = torch.matmul(pair_features(fkb[c:e]).transpose(-1, -2), vb[c:e]) * weights
+        # Exclusive prefix over strictly earlier blocks (shifted, not cumsum - kv, which
+        # would let a block's own keys leak in through rounding).
+        prefix = torch.cat((state, kv[:-1]), 0).cumsum(0)
+        state = prefix[-1:] + kv[-1:]
+        a = max(c, c0)
+        if a >= e:
+            continue
+        qs = slice(a - c0, e - c0)
+        out = torch.matmul(pair_features(fqb[qs]), prefix[a - c :])  # [S, B·Hkv, G·b, Dv+1]
+        w = _local_weights(torch.matmul(lq[qs], lk[a:e].transpose(-1, -2)),
+                           power=degree if exact_local else 2, G=G, inplace=inplace)
+        outs.append(torch.baddbmm(out.flatten(0, 1), w.flatten(0, 1), vb[a:e].flatten(0, 1)))
+    out = torch.cat(outs, 0).view(-1, B, Hkv, G, b, Dv + 1).permute(1, 2, 3, 0, 4, 5)
+    out = out.reshape(B, Hkv, G, -1, Dv + 1)[..., front : front + N, :]
     return out[..., :-1], out[..., -1]
 
 
@@ -81,8 +123,17 @@ def use_quadratic(n: int, m: int, r: int, d: int, dv: int) -> bool:
 
 
 def _noncausal_torch(fq, fk, v):
-    """Linear form Φ(Q)(Φ(K)ᵀ[V, 1]). fq [B, Hkv, G, N, r]; fk, v [B, Hkv, M, ·]."""
+    """Linear form Φ(Q)(Φ(K)ᵀ[V, 1]). fq [B, Hkv, G, N, r]; fk, v [B, Hkv, M, ·].
+
+    Through the pair features, :data:`STEP_ROWS` keys and then query rows (of all G
+    heads of a group) at a time."""
+    B, Hkv, G, N, r = fq.shape
     vp = torch.cat((v, torch.ones_like(v[..., :1])), dim=-1)
-    kv = torch.matmul(self_tensor(fk).transpose(-1, -2), vp)  # [B, Hkv, r², Dv+1]
-    out = torch.matmul(self_tensor(fq), kv.unsqueeze(2))
+    kv = sum(torch.matmul(pair_features(fk[..., i : i + STEP_ROWS, :]).transpose(-1, -2),
+                          vp[..., i : i + STEP_ROWS, :])
+             for i in range(0, fk.shape[-2], STEP_ROWS))  # [B, Hkv, F, Dv+1]
+    kv = kv * pair_weights(r, dtype=kv.dtype, device=kv.device).unsqueeze(-1)
+    rows = fq.reshape(B, Hkv, G * N, r)
+    out = torch.cat([torch.matmul(pair_features(rows[..., i : i + STEP_ROWS, :]), kv)
+                     for i in range(0, G * N, STEP_ROWS)], -2).view(B, Hkv, G, N, -1)
     return out[..., :-1], out[..., -1]
