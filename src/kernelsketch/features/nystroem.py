@@ -13,6 +13,7 @@ docs/rls_nystroem.md.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 
@@ -146,6 +147,38 @@ def _auto_ridge(diag_child: torch.Tensor, K_SS: torch.Tensor, w: torch.Tensor, s
     return max(tail / s, 1e-8 * mean_diag)
 
 
+def _scores_for_total(K_IS: torch.Tensor, K_SS: torch.Tensor, diag_I: torch.Tensor,
+                      total: float, members: torch.Tensor) -> torch.Tensor:
+    """Scores of ``I`` from the unweighted landmarks ``S`` (at positions ``members`` of ``I``,
+    scored left-one-out) at the ridge where they sum to ``total`` (bisection in
+    ``log lambda``, 60 steps).
+
+    For a top level whose landmarks are the uniform half ``S`` itself (``n <= 2 m``): ``S``'s
+    spectrum has no tail beyond its ``|S|`` eigenvalues, so :func:`_auto_ridge` falls to its
+    floor, every score saturates at 1 and the draw is uniform. With ``K_SS = V D V^T`` and
+    ``G = (K_SS + lambda I)^-1`` the scores are :func:`_ridge_scores`' at any ``lambda``:
+    ``(k_ii - sum_j (K_IS V)_ij^2 / (D_j + lambda)) / lambda`` and, left-one-out for the
+    landmarks, ``1 / (lambda G_ii) - 1`` (``O(n |S|)`` per step after one ``O(n |S|^2)``
+    product). A total below ``m`` keeps every point of score 1 with certainty.
+    """
+    D, V = torch.linalg.eigh(K_SS)
+    D = D.clamp_min(0.0)
+    B2 = (K_IS @ V).square_()
+    V2 = V.square()
+
+    def scores(lam: float) -> torch.Tensor:
+        inv = 1.0 / (D + lam)
+        out = (diag_I - B2 @ inv).clamp_min_(0.0).div_(lam)
+        out[members] = 1.0 / (lam * (V2 @ inv)) - 1.0
+        return out.clamp_(0.0, 1.0)
+
+    lo, hi = math.log(1e-8 * float(diag_I.mean())), math.log(float(diag_I.sum()))
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if float(scores(math.exp(mid)).sum()) > total else (lo, mid)
+    return scores(math.exp(hi))
+
+
 def _inclusion_probabilities(weights: torch.Tensor, m: int) -> torch.Tensor:
     """``pi_i = min(1, a w_i)`` with ``sum pi = m`` (``a`` by water-filling), float64 [n]."""
     w = weights.double()
@@ -250,11 +283,12 @@ def recursive_rls_landmarks(
     I = levels[0]
     child = levels[1] if len(levels) > 1 else levels[0]
     K_SS, K_IS = kmat(S, S), kmat(I, S)
-    if ridge is None:
-        lam = _auto_ridge(diag[child], K_SS, w, n_components, n / child.numel())
+    if ridge is None and len(levels) == 2:  # S is the uniform half itself: no tail to read
+        scores = _scores_for_total(K_IS, K_SS, diag, n_components / _OVERSAMPLE, S)
     else:
-        lam = ridge
-    scores = _ridge_scores(K_IS, K_SS, diag, w, lam, S)
+        lam = ridge if ridge is not None else _auto_ridge(diag[child], K_SS, w, n_components,
+                                                           n / child.numel())
+        scores = _ridge_scores(K_IS, K_SS, diag, w, lam, S)
     probs = scores.clamp_min(1e-12 * float(scores.max().clamp_min(1e-300)))
     indices = _systematic_sample(probs.cpu(), n_components, generator)
     if progress is not None:
