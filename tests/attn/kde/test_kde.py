@@ -59,6 +59,29 @@ def test_amm_distribution_is_the_papers_with_exact_density_estimates(monkeypatch
     torch.testing.assert_close(got, want)
 
 
+def test_amm_distribution_with_uneven_and_empty_blocks(seed, monkeypatch):
+    # Block ids of any layout (blocks of unequal sizes, rows whose block holds no key, a
+    # block of one key): the distribution is the paper's, as above, with exact estimates.
+    def everything(n, m, *, batch_shape, device, generator):
+        return torch.arange(n).expand(*batch_shape, n), torch.ones(*batch_shape, n)
+
+    monkeypatch.setattr(kde_module, "uniform_sample", everything)
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(2, 1, n, 8, generator=g, dtype=torch.float64) for n in (40, 70, 70))
+    blk_k = torch.randint(0, 4, (2, 1, 70), generator=g)
+    blk_k[..., 0] = 5  # block 5: one key; block 4: no key, the block of row 0
+    blk_q = torch.randint(0, 6, (2, 1, 40), generator=g)
+    blk_q[..., :3] = torch.tensor([4, 5, 0])
+    cfg = KDEConfig(block_size=20, sample_size=16, min_seq_len=0)
+    got = amm_probabilities(q, k, v, [(blk_q, blk_k)], 0.4, cfg, None)
+    p = torch.softmax(q @ k.transpose(-1, -2) * 0.4, dim=-1)
+    outside = blk_q.unsqueeze(-1) != blk_k.unsqueeze(-2)
+    col = ((p * outside) ** 2).sum(-2)
+    vrow = (v ** 2).sum(-1) + 1
+    want = 0.5 * col / col.sum(-1, keepdim=True) + 0.5 * vrow / vrow.sum(-1, keepdim=True)
+    torch.testing.assert_close(got, want)
+
+
 def test_spectral_error_falls_like_inverse_sqrt_of_sample_size():
     q, k, v = random_qkv(6, 2, 2, 512, 512, 16, scale=1.5)
     errs = []

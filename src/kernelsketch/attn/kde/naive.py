@@ -29,6 +29,23 @@ def _masked_lse(q, k, scale, keep, log_w=None):
     return torch.logsumexp(s.masked_fill(~keep, float("-inf")), dim=-1)
 
 
+def _block_members(blk_k, blk_rows):
+    """The keys sharing each row's block: int64 [B, H, S, K] and a bool mask of the real
+    entries (K the largest block; rows of smaller blocks padded), for key block ids
+    ``blk_k`` [B, H, M] and the rows' block ids ``blk_rows`` [B, H, S]."""
+    M = blk_k.shape[-1]
+    order = torch.argsort(blk_k, dim=-1, stable=True)  # keys grouped by block
+    nb = int(torch.maximum(blk_k.max(), blk_rows.max())) + 1
+    counts = torch.zeros(*blk_k.shape[:-1], nb, dtype=torch.long, device=blk_k.device)
+    counts.scatter_add_(-1, blk_k, torch.ones_like(blk_k))
+    starts = torch.cumsum(counts, -1) - counts
+    size = torch.gather(counts, -1, blk_rows).unsqueeze(-1)
+    t = torch.arange(max(int(counts.max()), 1), device=blk_k.device)
+    pos = (torch.gather(starts, -1, blk_rows).unsqueeze(-1) + t).clamp_(max=M - 1)
+    members = torch.gather(order, -1, pos.flatten(-2)).reshape(pos.shape)
+    return members, t < size
+
+
 @torch.no_grad()
 def amm_probabilities(qf, k, v, covered, scale, config, generator, k_exact=None):
     """KDEformer's sampling distribution over keys, [B, H, M] (unnormalised, > 0).
@@ -39,6 +56,10 @@ def amm_probabilities(qf, k, v, covered, scale, config, generator, k_exact=None)
     the keys every query attends to exactly (their mass enters D̂), or None.
     The distribution only chooses which keys to sample; the estimator is
     unbiased for any such choice, so it carries no gradient.
+
+    Cost: one [B, H, S, M] buffer of doubled logits (S = ``kde_samples`` rows)
+    and four passes over it (row maxima, shift, exp, column sums); everything
+    else is [B, H, S, ·] over a row's block, the exact keys and the key sample.
     """
     B, H, R, _ = qf.shape
     M = k.shape[2]
@@ -53,24 +74,29 @@ def amm_probabilities(qf, k, v, covered, scale, config, generator, k_exact=None)
     q_rows = gather_rows(qf, rows).to(acc)
     blk_q, blk_k = covered[0]
     blk_rows = torch.gather(blk_q, 2, rows)
-    logits = torch.matmul(q_rows, ka.transpose(-1, -2)) * scale  # [B, H, S_q, M]
-    same = blk_rows.unsqueeze(-1) == blk_k.unsqueeze(-2)
-    # Every pass on the [S_q, M] logits relative to the row maximum: e = exp(l - max) <= 1.
-    row_max = logits.amax(-1, keepdim=True)
-    e = torch.exp(logits - row_max)
-    log_exact = row_max.squeeze(-1) + torch.log((e * same).sum(-1))  # blocks (exact)
+    # 2·logits of the sampled rows against every key: [B, H, S, M].
+    logits2 = torch.matmul(q_rows * (2 * scale), ka.transpose(-1, -2))
+    members, real = _block_members(blk_k, blk_rows)
+    in_block = torch.gather(logits2, -1, members).mul_(0.5).masked_fill_(~real, float("-inf"))
+    log_d = torch.logsumexp(in_block, -1)  # the row's block (exact)
     if k_exact is not None:
         ex = torch.matmul(q_rows, k_exact.to(acc).transpose(-1, -2)) * scale
-        log_exact = torch.logaddexp(log_exact, torch.logsumexp(ex, dim=-1))
+        log_d = torch.logaddexp(log_d, torch.logsumexp(ex, dim=-1))
     keep = blk_rows.unsqueeze(-1) != torch.gather(blk_k, 2, idx).unsqueeze(-2)
-    lse_rest = _masked_lse(q_rows, gather_rows(ka, idx), scale, keep, w.log().to(acc))
-    log_d = torch.logaddexp(log_exact, lse_rest)
+    log_d = torch.logaddexp(log_d, _masked_lse(q_rows, gather_rows(ka, idx), scale, keep,
+                                               w.log().to(acc)))
     # Column KDE with kernel exp(2 s) and weights 1/D̂² over the sampled rows, outside the
-    # blocks: ĉ_j ∝ Σ_i e_ij² exp(2 (max_i - log D̂_i)), the row factors scaled by their
-    # largest (a constant of every column, which the normalisation below removes).
-    t = 2 * (row_max.squeeze(-1) - log_d)
-    row_w = torch.exp(t - t.amax(-1, keepdim=True)).nan_to_num(0.0)
-    col = torch.matmul(row_w.unsqueeze(-2), (e * e).masked_fill_(same, 0.0)).squeeze(-2)
+    # blocks: ĉ_j ∝ Σ_i exp(2 s_ij - 2 log D̂_i - c), c the largest exponent (a constant of
+    # every column, which the normalisation below removes); rows with D̂ = 0 drop out.
+    shift = torch.where(torch.isfinite(log_d), 2 * log_d, float("inf"))
+    top = logits2.amax(-1) - shift
+    top = torch.where(torch.isfinite(top), top, float("-inf")).amax(-1, keepdim=True)
+    shift += torch.where(torch.isfinite(top), top, 0.0)
+    e2 = logits2.sub_(shift.unsqueeze(-1)).exp_()
+    flat = (torch.arange(B * H * members.shape[2], device=k.device).reshape(members.shape[:3])
+            * M).unsqueeze(-1) + members
+    e2.view(-1).index_fill_(0, flat[real], 0.0)  # the pairs inside a block
+    col = e2.sum(-2)
     col = torch.nan_to_num(col / col.sum(-1, keepdim=True), nan=0.0)
     # Row norms of [V, 1] (the ones column), all divided by c = max(1, max|v|)
     # so that squaring never overflows: (‖v_j‖² + 1)/c² = ‖v_j/c‖² + 1/c².
