@@ -12,11 +12,15 @@ only the text of an error message or a ``device=`` argument (reported apart).
 the suite fails visibly, so they count as detected.
 
 Every target runs in a scratch copy of ``src/kernelsketch`` and ``tests/``
-under ``--workdir`` (never in the repository). On the shared machine, run it
-in the background under the bench lock::
+under ``--workdir`` (never in the repository), taken from the working tree of
+the checkout this script is in (run a clean worktree's copy to pin a commit).
+On the shared machine, run it in the background at the lowest priority with one
+worker, outside the bench lock (a long hold would block others' timings), each
+run with its own ``--workdir`` and ``--out`` (``--out`` is read at the start and
+written at the end: two runs on one file lose one's results)::
 
-    flock /tmp/ks/bench.lock nice -n 10 .venv/bin/python tools/mutation.py \\
-        --out benchmarks/results/tests/mutation.json > /tmp/mutation.log 2>&1 &
+    nohup nice -n 19 .venv/bin/python tools/mutation.py --jobs 1 --targets attn.exact \\
+        --workdir /tmp/mut_exact --out /tmp/mut_exact.json > /tmp/mut_exact.log 2>&1 &
 
 ``--targets sketch.tensor,inner.join`` runs a subset; ``--jobs`` sets mutmut's
 workers (default 1); ``--sample 80`` runs a uniform random sample of 80 mutants
