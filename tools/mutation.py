@@ -256,6 +256,20 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     ("_running_argmin", "arg = np.full(m,", ("overwritten wherever a key exists; read only through"
      " arg >= 0, and an unsampled slot has hash inf, which never matches")),
     ("_running_argmin", "step = max(2,", "block size of the scan: the same minima"),
+    ("_running_argmin", "block = None", ("every pass then scores all keys: the first finds the"
+     " minima and the others never improve on them (v == best is not better); work only")),
+    ("_running_argmin", "block = slice(s, None)", ("every pass scores keys s.. to the end: the"
+     " same minima at the same indices (j + s); work only")),
+    ("minhash_sketch", 'arrays={"hashes": best, "values": sample}, scalars=None',
+     "MinHashSketch has no scalars: the dict is never read"),
+    ("MinHashSketch\u01c1_merge", "return self._like(self._min_arrays(other), None)",
+     "MinHashSketch has no scalars: the dict is never read"),
+    ("MinHashSketch\u01c1_defect", "return super()._defect(params, None)",
+     "the base class's _defect reads params only"),
+    ("MinHashSketch\u01c1_defect", ('return "XXhashes and values must have one entry per hash'
+     ' functionXX"'), "message text of a deserialisation error"),
+    ("MinHashSketch\u01c1_defect", ('return "HASHES AND VALUES MUST HAVE ONE ENTRY PER HASH'
+     ' FUNCTION"'), "message text of a deserialisation error"),
     ("_running_argmin", "better = v <= best", ("differs only on equal scores of two keys in"
      " different blocks: the same key hash twice (callers pass distinct keys: keyed_vectors"
      " merges duplicates) or a 2**-53 coincidence; scores are finite (nonzero values)")),
