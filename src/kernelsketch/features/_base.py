@@ -131,7 +131,8 @@ def torch_generator_from_random_state(random_state) -> torch.Generator:
 def _check_finite_output(Z, X):
     """``Z``, or ``ValueError`` when finite ``X`` gave non-finite features (overflow)."""
     data = Z.data if sp.issparse(Z) else Z
-    if not np.isfinite(data).all():
+    # one reduction, no (n, m) mask: a finite sum is a finite Z (an overflowing sum is checked)
+    if not np.isfinite(data.sum()) and not np.isfinite(data).all():
         big = float(abs(X).max())
         raise ValueError(
             f"X's scale overflows the features in {np.dtype(Z.dtype).name} (largest |X| = "
