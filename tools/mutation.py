@@ -244,6 +244,19 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     ("draw_samples", "vf.abs().amax(dim=(+2, -1)", "dims (2, -1) are (-2, -1) in 4-D"),
     ("draw_samples", "keepdim=True).clamp_min(1.0)", ("a per-(batch, head) scale leaves p_j"
      " unchanged")),
+    ("sampling_probabilities", "vf = v.detach().to(None)", ("precision of the norms only: p_j"
+     " uses their ratios")),
+    ("sampling_probabilities", "vf.abs().amax(dim=None, keepdim=True)", ("any positive scale per"
+     " (batch, head) or global leaves the norms' ratios, hence p_j, unchanged")),
+    ("sampling_probabilities", "vf.abs().amax(keepdim=True)", "any global scale leaves p_j unchanged"),
+    ("sampling_probabilities", "vf.abs().amax(dim=(+2, -1)", "dims (2, -1) are (-2, -1) in 4-D"),
+    ("sampling_probabilities", "keepdim=True).clamp_min(1.0)", ("a per-(batch, head) scale leaves"
+     " p_j unchanged")),
+    ("sampling_probabilities", "norms.sum(-1, keepdim=True).clamp_min(1.0)", ("after dividing by"
+     " max|v| the row holding it has norm >= 1, so the sum is >= 1 (0 only for v = 0, where both"
+     " give 0)")),
+    ("draw_samples", "batch_shape=(B, Hkv), generator=generator)", ("device placement: the"
+     " generator's device, the CPU here")),
     ("hyper_auto", "generator, rows=257)", ("the default is never used: the only caller"
      " (attn.api.choose_budget) passes rows")),
     ("hyper_noncausal", "exact_first: int = 1,", "every caller passes exact_first"),
