@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--causal-n", default="4096,8192,16384,32768")
-    p.add_argument("--noncausal-n", default="4096,8192")
+    p.add_argument("--noncausal-n", default="4096,8192", help="0 or empty: none")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--threads", type=int, default=2)
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     dtypes = a.dtypes.split(",")
     jobs = sorted(((int(n), dtype, causal) for causal, ns in ((True, a.causal_n),
                                                                (False, a.noncausal_n))
-                   for n in ns.split(",") if n for dtype in dtypes),
+                   for n in ns.split(",") if n and int(n) > 0 for dtype in dtypes),
                   key=lambda job: (job[0], dtypes.index(job[1]), not job[2]))
     for n, dtype, causal in jobs:
         print(f"n={n}, {dtype}, causal={causal}", file=sys.stderr, flush=True)
