@@ -397,10 +397,6 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     ("_FlashCPU\u01c1backward", "torch.ones_like(out[..., :2])", ("the kernel reads dout's first"
      " Dv + 1 columns (v's width): the second ones column is never read (measured: identical"
      " gradients)")),
-    ("_FlashCPU\u01c1backward", "dout = None", ("autograd materialises an unused output's gradient"
-     " as zeros (set_materialize_grads defaults to True): this branch is never taken")),
-    ("_FlashCPU\u01c1backward", "dout = torch.zeros_like(None)", ("autograd materialises an unused"
-     " output's gradient as zeros: this branch is never taken")),
     ("_FlashCPU\u01c1backward", "fold = dlse is not None or bool(dlse.any())", ("folding an"
      " all-zero dlse adds 0 to every dS: the same gradients (dlse is never None: materialised)")),
     ("_FlashCPU\u01c1backward", "lse, 1.0, ctx.is_causal", ("SDPA's CPU backward ignores"

@@ -236,6 +236,8 @@ def test_cuda_flash_path_matches_the_oracle(dtype, shape, is_causal, torch_gener
     assert cuda_kernel_calls == [is_causal]
     ref, ref_lse, pv = _oracle(q, k, v, scale=0.3, is_causal=is_causal)
     assert out.shape == ref.shape and lse.shape == ref_lse.shape
+    # exact_lse's contract on every path: out in the accumulation dtype, as the lse.
+    assert out.dtype == lse.dtype == torch.float32
     _assert_within_rounding(out, lse, ref, ref_lse, pv, dtype)
 
 
@@ -514,3 +516,20 @@ def test_warnings_name_the_method_and_point_at_the_caller(warn, category, text):
     # is one frame between this test and the function, and takes that place).
     assert record[0].filename != exact_module.__file__
     assert record[0].filename == __file__ or "mutmut" in record[0].filename
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("N,M", [(0, 5), (4, 0), (0, 0)])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_flash_lse_empty_queries_or_keys(dtype, N, M, is_causal, torch_generator):
+    """No query or no key: out 0 and lse -inf, as the float64 path (the CPU kernel divides
+    by these counts and kills the process with SIGFPE)."""
+    q = torch.randn(1, 4, N, 8, generator=torch_generator).to(dtype)
+    k = torch.randn(1, 2, M, 8, generator=torch_generator).to(dtype)
+    v = torch.randn(1, 2, M, 6, generator=torch_generator).to(dtype)
+    out, lse = flash_lse(q, k, v, scale=0.3, is_causal=is_causal)
+    assert out.shape == (1, 4, N, 6) and out.dtype == dtype and bool((out == 0).all())
+    assert lse.shape == (1, 4, N) and lse.dtype == torch.float32 and bool(torch.isneginf(lse).all())
+    ref, ref_lse = exact_lse(q.double(), k.double(), v.double(), scale=0.3, is_causal=is_causal)
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=0)
+    torch.testing.assert_close(lse.double(), ref_lse, rtol=0, atol=0)

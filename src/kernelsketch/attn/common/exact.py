@@ -127,6 +127,9 @@ def exact_partial(
     """
     B, Hq, N, _ = q.shape
     Hkv, M = k.shape[1], k.shape[2]
+    if N == 0:
+        acc = accumulation_dtype(q.dtype)
+        return q.new_zeros(B, Hq, 0, v.shape[-1], dtype=acc), q.new_zeros(B, Hq, 0, dtype=acc)
     groups = Hq // Hkv
     qf = fold_groups(q, Hkv)
     rows = qf.shape[2]
@@ -184,8 +187,6 @@ class _FlashCPU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dlse):
         q, k, v, mask, out, lse = ctx.saved_tensors
-        if dout is None:
-            dout = torch.zeros_like(out)
         fold = dlse is not None and bool(dlse.any())
         if fold:
             def pad(x, value=0.0):
@@ -228,6 +229,11 @@ def flash_lse(
     float64 q). Both differentiable w.r.t. q, k, v.
     """
     N, M = q.shape[2], k.shape[2]
+    if N == 0 or M == 0:  # the kernel divides by these counts (SIGFPE): nothing to attend
+        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        B, Hq = q.shape[:2]
+        return (q.new_zeros(B, Hq, N, v.shape[-1]),
+                torch.full((B, Hq, N), float("-inf"), dtype=acc, device=q.device))
     if is_causal and N != M:
         if mask is not None:
             raise ValueError("flash_lse takes is_causal or a mask with N != M, got both")
@@ -294,7 +300,8 @@ def exact_lse(q, k, v, *, scale, is_causal=False, chunk_size=1024):
         out, lse = flash_lse(q, k, v, scale=scale, is_causal=is_causal)
         return out.to(lse.dtype), lse
     if _use_flash(q, k, v, is_causal):
-        return _flash_with_lse(q, k, v, scale=scale, is_causal=is_causal)
+        out, lse = _flash_with_lse(q, k, v, scale=scale, is_causal=is_causal)
+        return out.to(lse.dtype), lse
     return exact_partial(q, k, v, scale=scale, is_causal=is_causal, chunk_size=chunk_size)
 
 
