@@ -111,6 +111,9 @@ def polynomial_weights(
 
 def _log_norm(x: torch.Tensor) -> torch.Tensor:
     """log ‖x‖ over the last axis without overflow (-inf for zero rows)."""
+    n = torch.linalg.vector_norm(x, dim=-1)
+    if bool(((n > 0) & (n < math.inf)).all()):  # no row overflowed or underflowed: one pass
+        return n.log()
     a = x.abs().amax(-1)
     a_safe = torch.where(a > 0, a, torch.ones_like(a))
     return a.log() + (x / a_safe.unsqueeze(-1)).norm(dim=-1).log()
