@@ -6,8 +6,9 @@ import warnings
 import numpy as np
 import pytest
 
-from kernelsketch.inner import Sketcher, estimate_join, exact_join_statistics
+from kernelsketch.inner import Sketcher, estimate_join, exact_join_statistics, sketch_column
 from kernelsketch.inner.join import keyed_vectors
+from kernelsketch.sketch.hashing import hash_keys, to_unit
 
 
 def test_jl_sketch_of_many_keys_is_the_sum_of_its_blocks(seed):
@@ -108,3 +109,63 @@ def test_join_of_a_column_whose_values_are_all_dropped(seed):
         empty = keyed_vectors(np.array([], dtype=np.int64), np.array([]))
     assert stats.size == 0.0 and stats.sum_ab == 0.0
     assert all(x.size == 0 for x in empty)
+
+
+def _joint_weights_f64(keys, values, seed, duplicates):
+    """Distinct key hashes and the documented joint-sample weights
+    w_i = max(c_i^2/||c||^2, s_i^2/||s||^2, q_i^2/||q||^2), in float64 from a per-row loop."""
+    groups: dict[int, list[float]] = {}
+    for h, x in zip(hash_keys(keys, seed).tolist(), values.tolist()):
+        groups.setdefault(h, []).append(x)
+    hashes = np.array(sorted(groups), dtype=np.uint64)
+    rows = []
+    for h in hashes.tolist():
+        xs = groups[h]
+        if duplicates == "join":
+            rows.append((len(xs), sum(xs), sum(x * x for x in xs)))
+        else:
+            m = sum(xs) / len(xs)
+            rows.append((1.0, m, m * m))
+    cst = np.array(rows, dtype=np.float64)  # [k, 3]: count, sum, squares
+    w = (cst**2 / (cst**2).sum(axis=0)).max(axis=1)
+    return hashes, w
+
+
+@pytest.mark.parametrize("duplicates", ["join", "mean"])
+@pytest.mark.parametrize("method", ["ts", "ps"])
+def test_joint_sample_inclusion_probabilities_entry_by_entry(method, duplicates, seed):
+    """The joint sample keeps key i with probability min(1, scale * w_i), w_i the largest
+    normalised *squared* entry (Daliri et al. §5), checked key by key against a float64
+    recomputation: the weights it reports, its inclusion probabilities, the kept set (the
+    coordinated rule u_i <= scale * w_i, resp. the m smallest u_i / w_i) and, for threshold
+    sampling, the adaptive scale (sum_i min(1, c w_i) = m). Threshold and priority sampling
+    stay unbiased for any weights, so the join-sum tests cannot see `(v / n) ** 3`."""
+    rng = np.random.default_rng(seed)
+    n_keys = 400
+    keys = rng.integers(0, n_keys, size=900)
+    values = rng.standard_t(3, size=keys.size) + 0.5  # heavy tails: weights far from uniform
+    size = 4 + 60 * (4 if duplicates == "join" else 2)  # 60 sampled keys of ~360 distinct
+    m = 60
+    sample = sketch_column(keys, values, size=size, method=method, seed=seed % 2**31,
+                           duplicates=duplicates).sketches[0]
+    hashes, w = _joint_weights_f64(keys, values, seed % 2**31, duplicates)
+    assert hashes.size > 2 * m and w.max() > 3 * np.median(w)
+    at = np.searchsorted(hashes, sample.keys)
+    np.testing.assert_array_equal(hashes[at], sample.keys)
+    np.testing.assert_allclose(sample.weights(), w[at], rtol=1e-12, atol=0)
+    u = to_unit(hashes)
+    if method == "ts":
+        lo, hi = 0.0, 1e6 / w.max()  # bisection for sum_i min(1, c w_i) = m
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if np.minimum(1.0, mid * w).sum() < m else (lo, mid)
+        scale = 0.5 * (lo + hi)
+        kept = np.flatnonzero(u <= np.minimum(1.0, scale * w))
+    else:
+        ranks = u / w
+        order = np.argsort(ranks)
+        kept = np.sort(order[:m])
+        scale = ranks[order[m]]  # tau: the (m+1)-th smallest rank u_i / w_i
+    np.testing.assert_array_equal(np.sort(at), kept)
+    np.testing.assert_allclose(sample.probabilities(), np.minimum(1.0, scale * w[at]),
+                               rtol=1e-9, atol=0)
