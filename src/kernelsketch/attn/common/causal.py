@@ -116,7 +116,7 @@ def _merge_levels(out, lse, parts):
     for blocks, half, part_out, part_lse in parts:
         wp = torch.exp(part_lse - second(m, blocks, half))
         second(den, blocks, half).add_(wp)
-        second(num, blocks, half).addcmul_(part_out.to(acc), wp.unsqueeze(-1))
+        second(num, blocks, half).addcmul_(part_out, wp.unsqueeze(-1))  # promotes to acc
     nonzero = den > 0
     den_safe = torch.where(nonzero, den, torch.ones_like(den)).unsqueeze(-1)
     out = num / den_safe if grad else num.div_(den_safe)
