@@ -344,8 +344,6 @@ class PolynomialSketchMap(nn.Module):
     def from_lifted_blocks(self, a: torch.Tensor, *, rotated: bool = False) -> torch.Tensor:
         """:meth:`from_lifted` on blocks of rows with at most 64 MB of temporaries each."""
         per_row = 8 * (self.head.numel() + 4 * self.d_out + self._d_lift())
-        if getattr(self.sketch, "kind", None) == "countsketch":  # explicit outer products
-            per_row += 16 * self.sketch.d_out**2
         step = max(1, _BLOCK_BYTES // per_row)
         if len(a) <= step:
             return self.from_lifted(a, rotated=rotated)
@@ -429,8 +427,10 @@ class PolynomialSketch(RandomFeaturesTransformer):
         The others: no head, the PolySketch degree-2 tree of Ahle et al. (SODA 2020) with
         these node sketches on ``a(x)``, an oblivious sketch whose variance is polynomial
         in ``degree`` (TensorSketch's grows like ``3^degree``): for ``degree >= 5``.
-        ``"countsketch"`` nodes hash the explicit ``n_components^2`` outer product
-        (``12 n_components^2`` bytes per node), so it takes ``n_components <= 2048``.
+        ``"countsketch"``: CountSketch leaves and degree-2 TensorSketch nodes (CountSketch +
+        FFT, ``O(n_components log n_components)`` per node and row; the explicit-outer-product
+        CountSketch node of :class:`~kernelsketch.sketch.tensor.PolySketch` costs
+        ``n_components^2`` per node and row).
     n_exact : int or "auto", default "auto"
         Number of exact head features (``kind="tensorsketch"`` only). ``0`` gives the
         oblivious TensorSketch, equal in distribution to ``PolynomialCountSketch``.
@@ -490,18 +490,13 @@ class PolynomialSketch(RandomFeaturesTransformer):
         check_choice("kind", self.kind, ("tensorsketch", "srht", "gaussian", "countsketch"))
         if self.n_exact != "auto":
             check_int("n_exact", self.n_exact, min=0)
-        if self.kind == "countsketch" and self.n_components > 2048:
-            raise ValueError(
-                "n_components must be <= 2048 for kind='countsketch' (each tree node hashes the "
-                f"explicit n_components^2 outer product: {12 * self.n_components**2 / 1e9:.1f} "
-                f"GB per node), got {self.n_components}; use kind='tensorsketch'"
-            )
 
     def _make_feature_map(self, n_features, generator, X):
         gamma, coef0, q, m = float(self.gamma), float(self.coef0), self.degree, self.n_components
         D = n_features + (coef0 != 0.0)
-        if self.kind != "tensorsketch":
-            sketch = PolySketch(D, m, q, kind=self.kind, generator=generator).double()
+        if self.kind != "tensorsketch":  # "countsketch": CountSketch leaves, TensorSketch nodes
+            tree_kind = "tensorsketch" if self.kind == "countsketch" else self.kind
+            sketch = PolySketch(D, m, q, kind=tree_kind, generator=generator).double()
         # On a subsample, divided by its largest entry (the head is scale-free: no overflow).
         rows = _evenly_spaced(X.shape[0], _ROTATION_ROWS)
         cols = row_sq = None
