@@ -533,3 +533,22 @@ def test_flash_lse_empty_queries_or_keys(dtype, N, M, is_causal, torch_generator
     ref, ref_lse = exact_lse(q.double(), k.double(), v.double(), scale=0.3, is_causal=is_causal)
     torch.testing.assert_close(out.double(), ref, rtol=0, atol=0)
     torch.testing.assert_close(lse.double(), ref_lse, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_empty_query_or_key_sets_keep_the_documented_dtypes(dtype, torch_generator):
+    """The empty-set branches return lse in the accumulation dtype (float64 for float64 q,
+    else float32), flash_lse's out in q's dtype and exact_partial's out in the accumulation
+    dtype, as their non-empty paths do (issue 22: `acc = None`, `dtype=None` or a dropped
+    `dtype=` in these branches survived the attn.exact run at 120bc62)."""
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    q = torch.randn(1, 4, 3, 8, generator=torch_generator).to(dtype)
+    k = torch.randn(1, 2, 5, 8, generator=torch_generator).to(dtype)
+    v = torch.randn(1, 2, 5, 6, generator=torch_generator).to(dtype)
+    for qq, kk, vv in ((q[:, :, :0], k, v), (q, k[:, :, :0], v[:, :, :0])):
+        out, lse = flash_lse(qq, kk, vv, scale=0.3)
+        assert out.dtype == dtype and lse.dtype == acc
+        assert bool((out == 0).all()) and bool(torch.isneginf(lse).all())
+    out, lse = exact_partial(q[:, :, :0], k, v, scale=0.3)
+    assert out.shape == (1, 4, 0, 6) and out.dtype == acc
+    assert lse.shape == (1, 4, 0) and lse.dtype == acc
