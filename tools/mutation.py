@@ -346,14 +346,15 @@ EQUIVALENT: list[tuple[str, str, str]] = [
     # memory guards' work estimates: coarse bounds by design, not an accounting. The
     # forward peak measured with the torch profiler's memory timeline (float64, 2000 rows,
     # issue 22) is 0.53-0.59 of PolySketch's estimate (degree 3-8; all_powers 0.74-1.16) and
-    # 1.0-2.0x SRHT's (d_in 64-1000): 2 -> 3 widths moves the estimate by < 1.3x, inside its
-    # own error; it changes no result, only how early a call too large for memory is refused.
+    # 1.0-2.0x SRHT's old 2-width estimate (d_in 64-1000; now 4 widths): one more width
+    # moves the estimate by < 1.3x, inside its own error; it changes no result, only how
+    # early a call too large for memory is refused.
     ("PolySketch\u01c1_work_width", "return (3 * len(self.leaves) + self.degree + 1)",
      ("guard over-estimate by d_out words per leaf: the estimate is a coarse bound (measured"
       " peaks 0.53-1.16x of it), no result changes")),
-    ("SRHT\u01c1_work_width", "return 3 * self.signs.shape[0] * self.padded_dim",
+    ("SRHT\u01c1_work_width", "return 5 * self.signs.shape[0] * self.padded_dim",
      ("guard over-estimate by one padded transform per row: the estimate is a coarse bound"
-      " (measured peaks 1.0-2.0x of it), no result changes")),
+      " (measured peaks up to 4 padded widths), no result changes")),
     # inner/linear.py
     ("_inner", 'np.einsum("RW,RW->R"', "einsum labels are case-sensitive letters: the same sum"),
     ("_defect", 'return "KEYS AND VALUES MUST HAVE ONE ENTRY PER SAMPLED KEY"',

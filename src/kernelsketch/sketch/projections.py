@@ -303,7 +303,9 @@ class SRHT(SketchModule):
         return 8.0 * -(-d_out // padded) * (padded + d_in)
 
     def _work_width(self) -> int:
-        return 2 * self.signs.shape[0] * self.padded_dim + self.d_out
+        # Live at the peak: the signed, padded rows, the FWHT pass's product and its
+        # re-layout copy (measured up to 4 padded widths per row at d_in = 1000).
+        return 4 * self.signs.shape[0] * self.padded_dim + self.d_out
 
     def _sketch(self, x: torch.Tensor) -> torch.Tensor:
         z = x.unsqueeze(-2) * self.signs.to(x.dtype)
