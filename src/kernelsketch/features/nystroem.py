@@ -44,6 +44,12 @@ _BOTTOM_SHARE = 1.0
 _OVERSAMPLE = 2.0
 # Rows per block of the kernel rows made and used at once (scores, the feature map on CPU).
 _SCORE_ROWS = 2048
+# Scores summing to more than this many times their target (the effective dimension each
+# level's ridge aims at) are saturated: most are clamped at 1 and the draw is close to
+# uniform. The ridge is then chosen where they sum to the target, from at most
+# _RIDGE_ROWS rows of the level (measured: docs/rls_nystroem.md).
+_SATURATED = 4.0
+_RIDGE_ROWS = 1024
 
 
 def pairwise_kernel(
@@ -103,91 +109,95 @@ def _kernel_diag(X: torch.Tensor, kernel, **params) -> torch.Tensor:
     return torch.stack([pairwise_kernel(x[None], x[None], kernel, **params)[0, 0] for x in X])
 
 
+def _weighted_eigh(K_SS: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``W K_SS W = V diag(D) V^T`` (``D`` clamped at 0): one per level, for the auto ridge,
+    the ridge for a total and the scores."""
+    D, V = torch.linalg.eigh(w[:, None] * K_SS * w[None, :])
+    return D.clamp_min(0.0), V
+
+
 def _ridge_scores(
     K_IS: torch.Tensor | Callable[[int, int], torch.Tensor], K_SS: torch.Tensor,
     diag_I: torch.Tensor, w: torch.Tensor, lam: float, members: torch.Tensor | None = None,
+    eig: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Estimated ridge leverage scores from weighted landmarks (Musco & Musco's estimator).
 
     ``l_i = (k_ii - b_i^T A^-1 b_i) / lambda`` with ``A = W K_SS W + lambda I``,
-    ``b_i = W K_Si``. ``K_IS`` is the ``[n, s]`` kernel block, or a callable
-    ``(start, stop) -> rows start:stop`` of it: the block is then made and used
-    ``_SCORE_ROWS`` rows at a time (in cache: about 3x faster than the whole block at
-    ``n = 10^5``, and ``O(s)`` memory per row less). ``members`` (positions in ``I`` of the
-    landmarks ``S``): their own scores are left-one-out, ``b_i`` against ``S \\ {i}`` (with
-    ``i`` among the landmarks the estimate is its leverage in the sample divided by
-    ``w_i^2``, which under-states a sampled point of leverage ~1 by the factor ``p_i``);
-    ``O(s^3)``.
+    ``b_i = W K_Si``, through ``W K_SS W = V D V^T`` (``eig``, :func:`_weighted_eigh`):
+    ``b_i^T A^-1 b_i = sum_j (K_iS W V)_j^2 / (D_j + lambda)``. ``K_IS`` is the ``[n, s]``
+    kernel block, or a callable ``(start, stop) -> rows start:stop`` of it: the block is then
+    made and used ``_SCORE_ROWS`` rows at a time (in cache: about 3x faster than the whole
+    block at ``n = 10^5``, and ``O(s)`` memory per row less). ``members`` (positions in ``I``
+    of the landmarks ``S``): their own scores are left-one-out, ``b_i`` against ``S \\ {i}``:
+    ``(1 / (lambda G_ii) - 1) / w_i^2`` with ``G = A^-1`` (the Schur complement; with ``i``
+    among the landmarks the estimate is its leverage in the sample divided by ``w_i^2``,
+    which under-states a sampled point of leverage ~1 by the factor ``p_i``); ``O(s^2)``.
     """
-    A = w[:, None] * K_SS * w[None, :]
-    A.diagonal().add_(lam)
-    L = torch.linalg.cholesky(A)
-    # ||C_i||^2 is the quadratic form: C = K_IS W L^-T, one matrix product with W times the
-    # explicit inverse of the s x s factor (faster than a triangular solve)
-    L_inv = torch.linalg.solve_triangular(L, torch.eye(len(L), dtype=L.dtype, device=L.device),
-                                          upper=False)
-    right = w[:, None] * L_inv.mT
+    D, V = _weighted_eigh(K_SS, w) if eig is None else eig
+    inv = 1.0 / (D + lam)
+    right = (w[:, None] * V) * inv.sqrt()  # ||K_iS right||^2 is the quadratic form
     rows = K_IS if callable(K_IS) else (lambda a, b: K_IS[a:b])
     n = len(diag_I)
     quad = torch.empty(n, dtype=diag_I.dtype, device=diag_I.device)
     for start in range(0, n, _SCORE_ROWS):
         stop = min(n, start + _SCORE_ROWS)
         torch.sum((rows(start, stop) @ right).square_(), 1, out=quad[start:stop])
+    scores = (diag_I - quad).clamp_min_(0.0).div_(lam)
     if members is not None:
-        # q_i = b~^T G b~ - (G b~)_i^2 / G_ii for b~ = b_i with its own entry zeroed, G = A^-1
-        G = L_inv.mT @ L_inv
-        B = w[:, None] * K_SS  # column i: b_i
-        B.diagonal().zero_()
-        GB = G @ B
-        quad[members] = (B * GB).sum(0) - GB.diagonal().square() / G.diagonal()
-    resid = diag_I - quad
-    return (resid.clamp_min(0.0) / lam).clamp(max=1.0)
+        scores[members] = (1.0 / (lam * (V.square() @ inv)) - 1.0).div_(w.square())
+    return scores.clamp_(0.0, 1.0)
 
 
-def _auto_ridge(diag_child: torch.Tensor, K_SS: torch.Tensor, w: torch.Tensor, s: int,
-                scale: float) -> float:
+def _auto_ridge(diag_child: torch.Tensor, D: torch.Tensor, s: int, scale: float) -> float:
     """Ridge = spectral tail after the top ``s`` eigenvalues, over ``s`` (Musco & Musco's fixed-size variant).
 
-    ``W K_SS W`` approximates the kernel matrix of the set ``S`` was sampled from
-    (whose diagonal is ``diag_child``); ``scale`` = |current set| / |that set|
+    ``W K_SS W`` (eigenvalues ``D``) approximates the kernel matrix of the set ``S`` was
+    sampled from (whose diagonal is ``diag_child``); ``scale`` = |current set| / |that set|
     extrapolates its tail to the current set.
     """
-    eig = torch.linalg.eigvalsh(w[:, None] * K_SS * w[None, :]).clamp_min(0.0)
-    tail = float(diag_child.sum() - eig.flip(0)[:s].sum()) * scale
+    tail = float(diag_child.sum() - D.sort(descending=True).values[:s].sum()) * scale
     mean_diag = float(diag_child.mean())
     return max(tail / s, 1e-8 * mean_diag)
 
 
-def _scores_for_total(K_IS: torch.Tensor, K_SS: torch.Tensor, diag_I: torch.Tensor,
-                      total: float, members: torch.Tensor) -> torch.Tensor:
-    """Scores of ``I`` from the unweighted landmarks ``S`` (at positions ``members`` of ``I``,
-    scored left-one-out) at the ridge where they sum to ``total`` (bisection in
-    ``log lambda``, 60 steps).
+def _ridge_for_total(K_RS: torch.Tensor, eig: tuple[torch.Tensor, torch.Tensor],
+                     w: torch.Tensor, diag_R: torch.Tensor, diag_I: torch.Tensor,
+                     scale: float, total: float, lam: float | None, limit: float) -> float:
+    """``lam``, unless the estimated scores of the current set ``I`` saturate there (``lam``
+    None, or their sum above ``limit * total``): then the ridge at which they sum to
+    ``total`` (the first of a grid of 17 in ``log lambda``, refined three times: 0.7% in
+    ``lambda``; the floor ``1e-8 mean k_ii`` if they never reach it).
 
-    For a top level whose landmarks are the uniform half ``S`` itself (``n <= 2 m``): ``S``'s
-    spectrum has no tail beyond its ``|S|`` eigenvalues, so :func:`_auto_ridge` falls to its
-    floor, every score saturates at 1 and the draw is uniform. With ``K_SS = V D V^T`` and
-    ``G = (K_SS + lambda I)^-1`` the scores are :func:`_ridge_scores`' at any ``lambda``:
-    ``(k_ii - sum_j (K_IS V)_ij^2 / (D_j + lambda)) / lambda`` and, left-one-out for the
-    landmarks, ``1 / (lambda G_ii) - 1`` (``O(n |S|)`` per step after one ``O(n |S|^2)``
-    product). A total below ``m`` keeps every point of score 1 with certainty.
+    The sum is estimated from the landmarks ``S`` (their own scores left-one-out, exact) plus
+    ``scale`` times the scores of rows ``R`` of ``I \\ S`` (all of them, or a seeded uniform
+    draw; ``K_RS`` their kernel block, ``diag_R`` their diagonal), by :func:`_ridge_scores`'
+    formulas in the eigenbasis ``eig`` of ``W K_SS W`` (``O((|R| + |S|) |S|)`` per ridge after
+    one ``O(|R| |S|^2)`` product). Saturated scores (most clamped at 1) make a draw close to
+    uniform: the auto ridge fell to its floor (``n <= 2 m``: the uniform half has no spectral
+    tail to read; many duplicate rows, randhie). A total below ``m`` keeps every point of
+    score 1 with certainty.
     """
-    D, V = torch.linalg.eigh(K_SS)
-    D = D.clamp_min(0.0)
-    B2 = (K_IS @ V).square_()
-    V2 = V.square()
+    D, V = eig
+    B2 = ((K_RS * w) @ V).square_()
+    V2, w2 = V.square(), w.square()
 
-    def scores(lam: float) -> torch.Tensor:
-        inv = 1.0 / (D + lam)
-        out = (diag_I - B2 @ inv).clamp_min_(0.0).div_(lam)
-        out[members] = 1.0 / (lam * (V2 @ inv)) - 1.0
-        return out.clamp_(0.0, 1.0)
+    def estimate(lams: torch.Tensor) -> torch.Tensor:  # the sum at each ridge of lams
+        inv = 1.0 / (D[:, None] + lams)
+        rest = (diag_R[:, None] - B2 @ inv).clamp_min_(0.0).div_(lams).clamp_(max=1.0)
+        own = (1.0 / (lams * (V2 @ inv)) - 1.0).div_(w2[:, None]).clamp_(0.0, 1.0)
+        return own.sum(0) + scale * rest.sum(0)
 
+    if lam is not None and float(estimate(D.new_tensor([lam]))[0]) <= limit * total:
+        return lam
+    # every score is at most k_ii / lambda: the sum is below 1 at lambda = sum_i k_ii
     lo, hi = math.log(1e-8 * float(diag_I.mean())), math.log(float(diag_I.sum()))
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if float(scores(math.exp(mid)).sum()) > total else (lo, mid)
-    return scores(math.exp(hi))
+    for _ in range(3):  # a grid of 17 in log lambda, three times: 16^-3 of the range
+        grid = torch.linspace(lo, hi, 17, dtype=D.dtype, device=D.device)
+        below = (estimate(grid.exp()) <= total).nonzero()
+        k = int(below[0, 0]) if len(below) else 16
+        lo, hi = float(grid[max(k - 1, 0)]), float(grid[k])
+    return math.exp(hi)
 
 
 def _inclusion_probabilities(weights: torch.Tensor, m: int) -> torch.Tensor:
@@ -242,7 +252,8 @@ def recursive_rls_landmarks(
     kernel, kernel_params : see :func:`pairwise_kernel`
     ridge : float, optional
         ``lambda`` of the final scores; default: chosen from the spectrum so the
-        effective dimension is about ``n_components``.
+        effective dimension is about ``n_components``, or, where the scores saturate there
+        (sum above ``_SATURATED`` times the target), where they sum to ``n_components / 2``.
     generator : torch.Generator, optional
     progress : callable, optional
         Called with a short description after each level (``verbose`` fits).
@@ -281,13 +292,31 @@ def recursive_rls_landmarks(
         levels.append(idx[keep.to(idx.device)])
     S = levels[-1]
     w = torch.ones(S.numel(), dtype=X.dtype, device=X.device)
+
+    def level_scores(I, S, K_SS, eig, w, lam, total):
+        """Scores of ``I`` at ``lam``, or where they sum to ``total`` if they saturate
+        (``lam`` None, or summing to more than ``_SATURATED * total``; the rows of ``I \\ S``,
+        or ``_RIDGE_ROWS`` of them drawn uniformly, estimate the sum)."""
+        members = torch.searchsorted(I, S)
+        rest = torch.ones(I.numel(), dtype=torch.bool, device=I.device)
+        rest[members] = False
+        R = I[rest]
+        scale = 1.0
+        if R.numel() > _RIDGE_ROWS:
+            scale = R.numel() / _RIDGE_ROWS
+            R = R[torch.randint(R.numel(), (_RIDGE_ROWS,), generator=generator).to(R.device)]
+        lam = _ridge_for_total(kmat(R, S), eig, w, diag[R], diag[I], scale, total, lam,
+                               _SATURATED)
+        return _ridge_scores(krows(I, S), K_SS, diag[I], w, lam, members, eig)
+
     for depth in range(len(levels) - 2, 0, -1):
         I = levels[depth]
         child = levels[depth + 1]  # the uniform half of I that S was sampled from
+        target = max(1, round(s_level / _OVERSAMPLE))
         K_SS = kmat(S, S)
-        lam = _auto_ridge(diag[child], K_SS, w, max(1, round(s_level / _OVERSAMPLE)),
-                          I.numel() / child.numel())
-        scores = _ridge_scores(krows(I, S), K_SS, diag[I], w, lam, torch.searchsorted(I, S))
+        eig = _weighted_eigh(K_SS, w)
+        lam = _auto_ridge(diag[child], eig[0], target, I.numel() / child.numel())
+        scores = level_scores(I, S, K_SS, eig, w, lam, target)
         p = (s_level * scores / scores.sum().clamp_min(1e-300)).clamp(max=1.0)
         pick = torch.rand(I.numel(), generator=generator, dtype=torch.float64).to(p.device) < p
         pick = pick | (p >= 1.0)
@@ -298,12 +327,14 @@ def recursive_rls_landmarks(
     I = levels[0]
     child = levels[1] if len(levels) > 1 else levels[0]
     K_SS = kmat(S, S)
-    if ridge is None and len(levels) == 2:  # S is the uniform half itself: no tail to read
-        scores = _scores_for_total(kmat(I, S), K_SS, diag, n_components / _OVERSAMPLE, S)
+    eig = _weighted_eigh(K_SS, w)
+    if ridge is not None:
+        scores = _ridge_scores(krows(I, S), K_SS, diag, w, ridge, S, eig)
+    elif len(levels) == 2:  # S is the uniform half itself: no tail to read
+        scores = level_scores(I, S, K_SS, eig, w, None, n_components / _OVERSAMPLE)
     else:
-        lam = ridge if ridge is not None else _auto_ridge(diag[child], K_SS, w, n_components,
-                                                           n / child.numel())
-        scores = _ridge_scores(krows(I, S), K_SS, diag, w, lam, S)
+        lam = _auto_ridge(diag[child], eig[0], n_components, n / child.numel())
+        scores = level_scores(I, S, K_SS, eig, w, lam, n_components / _OVERSAMPLE)
     probs = scores.clamp_min(1e-12 * float(scores.max().clamp_min(1e-300)))
     indices = _systematic_sample(probs.cpu(), n_components, generator)
     if progress is not None:
@@ -393,7 +424,9 @@ class RLSNystroem(RandomFeaturesTransformer):
     coef0 : float, default 1.0
     ridge : float, optional
         ``lambda`` of the final leverage scores; default: the spectral tail
-        after the top ``n_components`` eigenvalues over ``n_components``.
+        after the top ``n_components`` eigenvalues over ``n_components``, raised to where the
+        estimated scores sum to ``n_components / 2`` when they saturate (duplicate rows,
+        ``n <= 2 n_components``; docs/rls_nystroem.md).
     random_state : int, RandomState or None
     verbose : int, default 0
         ``>= 1``: the recursion's levels on a tqdm bar (tqdm installed) or stderr.
