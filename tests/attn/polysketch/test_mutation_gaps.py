@@ -7,11 +7,13 @@ sketched (φ(q')·φ(k'))² elsewhere, out = Σ w v / (1 + Σ w), lse = log(1 + 
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import kernelsketch as ks
 from kernelsketch.attn.polysketch import (
     LearnedDegree2Sketch,
     MLPDegree2Sketch,
@@ -291,3 +293,20 @@ def test_fused_kernels_take_sketch_sizes_16_to_256(r, expected):
     got = dispatch.fused_eligible(q, q[:, :1], v, torch.zeros(1, 2, 64, r), block_size=64,
                                   exact_local=True)
     assert got is expected
+
+
+@pytest.mark.parametrize("dtype,warns", [(torch.bfloat16, True), (torch.float16, True),
+                                         (torch.float32, False)])
+def test_cpu_half_precision_warns_no_speedup(dtype, warns, torch_generator):
+    # Measured slower than SDPA in bfloat16 on CPU (BENCHMARKS.md): the call says so.
+    from kernelsketch.attn.common.exact import NoSpeedupWarning
+
+    q, k, v = (torch.randn(1, 2, 64, 16, generator=torch_generator).to(dtype) for _ in range(3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = ks.attention(q, k, v, method="polysketch", is_causal=True)
+    found = [w for w in caught if issubclass(w.category, NoSpeedupWarning)]
+    assert len(found) == int(warns) and out.shape == q.shape
+    if warns:
+        assert "method='polysketch'" in str(found[0].message)
+        assert "bfloat16/float16 on CPU" in str(found[0].message)

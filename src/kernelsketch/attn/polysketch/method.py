@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from ..common.exact import warn_no_speedup
 from ..common.merge import accumulation_dtype
 from ..common.spec import MethodSpec
 from ..common.triton_utils import HALF, max_head_dim, tf32_allowed, triton_available
@@ -122,6 +123,10 @@ def polysketch_forward(q, k, v, *, is_causal, scale, config, generator, need_lse
             f"sketch={config.sketch!r} has trainable parameters: use "
             "kernelsketch.attn.polysketch.PolySketchAttention, not the functional form"
         )
+    if q.device.type == "cpu" and q.dtype in HALF:
+        # BENCHMARKS.md: 0.13-0.47x SDPA at 4k-8k in bfloat16 (SDPA's half kernel is 2.5-3x
+        # its float32 one; this path computes in float32 after the layer norm).
+        warn_no_speedup("polysketch", "in bfloat16/float16 on CPU")
     features = PolySketchFeatures(q.shape[-1], config, generator=generator).to(q.device)
     if config.normalize:
         q, k = layer_norm_qk(q, k)
