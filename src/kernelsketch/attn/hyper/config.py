@@ -16,9 +16,9 @@ class HyperConfig(MethodConfig):
     Defaults (chosen from measurements, BENCHMARKS.md): the paper's LSH blocks
     and uniform samples (7 bits, 256 + 256), the causal recursion's leaves of
     1024 tokens, and the always-exact sink (8) and window (128) that keep a
-    pretrained LM's quality (SmolLM2-135M, 4 windows of 8192 tokens: perplexity
-    +4.4% / +5.6% with the last 15 / all 30 layers, in 0.87x / 0.75x the exact
-    model's CPU time); a verbatim copy from thousands of tokens back is still
+    pretrained LM's quality (SmolLM2-135M, 4 windows of 8192 tokens, one thread:
+    perplexity +4.4% / +5.6% with the last 15 / all 30 layers, in 0.93x / 0.79x
+    the exact model's CPU time; lm_eval_cpu_8k_defaults_s3.json); a verbatim copy from thousands of tokens back is still
     lost (docs/hyper.md). ``HyperConfig.paper()`` is the paper's estimator.
 
     lsh_bits : bits of the angular LSH (2**lsh_bits buckets), 1..30.
