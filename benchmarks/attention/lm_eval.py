@@ -3,7 +3,8 @@
 Thin wrapper of :func:`kernelsketch.eval.lm.run_lm_eval` (also
 ``kernelsketch eval-lm``). Prints a table; writes
 benchmarks/results/attention/lm_eval<tag>.json and .png (with each row's NLL per
-1024-position segment, so a loss concentrated in one passage shows). On a shared CPU,
+1024-position segment, so a loss concentrated in one passage shows; ``--per-window``
+adds each window's own perplexity to the JSON and the table). On a shared CPU,
 ``--threads 1`` times the sketches fairly (two threads on busy cores inflate their many
 small ops, not SDPA's one call); at 8k, several windows: one window's perplexity can hang
 on a single long-range copy. Examples::
@@ -11,7 +12,8 @@ on a single long-range copy. Examples::
     python benchmarks/attention/lm_eval.py --contexts 2048 --layers 4,15 --windows 1 \\
         --tag _cpu_2k --methods hyper:min_seq_len=256 kde:min_seq_len=256 lev
     flock /tmp/ks/bench.lock python benchmarks/attention/lm_eval.py --contexts 8192 \\
-        --layers 15,30 --windows 4 --threads 1 --tag _cpu_8k_defaults --methods hyper kde
+        --layers 15,30 --windows 4 --threads 1 --per-window --tag _cpu_8k_centred_s4 \\
+        --methods hyper kde --no-plot
     python benchmarks/attention/lm_eval.py --device cuda --contexts 2048,4096,8192 \\
         --layers 4,8,15,30 --windows 4 --tag _gpu \\
         --methods hyper:min_seq_len=256 hyper kde:min_seq_len=256 lev polysketch

@@ -46,6 +46,21 @@ def test_segment_nll_locates_the_loss_by_position(torch_generator):
     assert result["nll_per_token"] == pytest.approx(float(per_token.mean()), rel=1e-6)
 
 
+def test_per_window_perplexity_is_each_windows_own(torch_generator):
+    model = tiny_llama(torch_generator, layers=2)
+    windows = [tokens(torch_generator, 1, 41) for _ in range(3)]
+    pooled = lm._evaluate(model, windows, segment=16)
+    result = lm._evaluate(model, windows, segment=16, per_window=True)
+    per_token = [lm.token_nll(model, ids)[0] for ids in windows]
+    expected = [float(torch.exp(t.double().mean())) for t in per_token]
+    assert "window_perplexity" not in pooled
+    assert result["window_perplexity"] == pytest.approx(expected, rel=1e-6)
+    assert result["perplexity"] == pytest.approx(pooled["perplexity"], rel=1e-6)
+    # the pool is exp of the mean NLL: the geometric mean of equal-length windows
+    geometric = float(torch.tensor(expected, dtype=torch.float64).log().mean().exp())
+    assert result["perplexity"] == pytest.approx(geometric, rel=1e-6)
+
+
 def test_torch_threads_sets_and_restores_the_thread_count():
     before = torch.get_num_threads()
     with lm._torch_threads(1):

@@ -168,7 +168,7 @@ def token_nll(model, ids: torch.Tensor) -> tuple[torch.Tensor, float]:
     return nll.cpu(), watch.seconds
 
 
-def _evaluate(model, windows: list[torch.Tensor], segment: int) -> dict:
+def _evaluate(model, windows: list[torch.Tensor], segment: int, per_window: bool = False) -> dict:
     nll = []
     times = []
     for ids in windows:
@@ -177,7 +177,7 @@ def _evaluate(model, windows: list[torch.Tensor], segment: int) -> dict:
         times.append(seconds)
     nll = torch.stack(nll)  # [windows, n - 1]
     total, count = float(nll.sum()), nll.numel()
-    return {
+    result = {
         "perplexity": math.exp(total / count),
         "nll_per_token": total / count,
         "tokens": count,
@@ -185,6 +185,9 @@ def _evaluate(model, windows: list[torch.Tensor], segment: int) -> dict:
         # mean NLL per token of each run of `segment` predicted positions (all windows)
         "segment_nll": [float(part.mean()) for part in nll.split(segment, dim=1)],
     }
+    if per_window:  # exp(mean NLL) of each window alone (the pooled value weighs them equally)
+        result["window_perplexity"] = [math.exp(float(w.mean())) for w in nll]
+    return result
 
 
 def run_lm_eval(
@@ -202,6 +205,7 @@ def run_lm_eval(
     verbose: bool = True,
     threads: int | None = None,
     segment: int = 1024,
+    per_window: bool = False,
 ) -> dict:
     """Perplexity and forward time of SmolLM2-135M on the pydoc text, exact vs patched layers.
 
@@ -227,6 +231,9 @@ def run_lm_eval(
         ``segment`` predicted positions (all windows), so a loss that sits in one
         passage shows where it is; ``segment_ratio`` is its perplexity ratio to
         exact.
+    per_window : also each window's own perplexity (``window_perplexity``, and
+        ``window_ppl_ratio`` to exact on the same window), printed after the
+        pooled one: at 8k one window's long-range copy can dominate the pool.
 
     Returns
     -------
@@ -238,7 +245,7 @@ def run_lm_eval(
         check_int("threads", threads, min=1)
     with _torch_threads(threads):
         return _run_lm_eval(methods, contexts, layers, windows, device, dtype, seed, out_dir,
-                            tag, plot, verbose, segment)
+                            tag, plot, verbose, segment, per_window)
 
 
 @contextlib.contextmanager
@@ -254,7 +261,7 @@ def _torch_threads(threads: int | None):
 
 
 def _run_lm_eval(methods, contexts, layers, windows, device, dtype, seed, out_dir, tag, plot,
-                 verbose, segment) -> dict:
+                 verbose, segment, per_window) -> dict:
     from ..integrations.transformers import patch_model, unpatch
 
     specs = list(methods) if methods is not None else [m for m in available_methods() if m != "exact"]
@@ -280,6 +287,7 @@ def _run_lm_eval(methods, contexts, layers, windows, device, dtype, seed, out_di
         "windows": windows,
         "seed": seed,
         "segment": segment,
+        "per_window": per_window,
     }
     rows = []
 
@@ -290,16 +298,22 @@ def _run_lm_eval(methods, contexts, layers, windows, device, dtype, seed, out_di
             row["time_ratio"] = result["seconds_per_forward"] / exact["seconds_per_forward"]
             row["segment_ratio"] = [math.exp(a - b) for a, b in zip(result["segment_nll"],
                                                                    exact["segment_nll"])]
+            if per_window:
+                row["window_ppl_ratio"] = [a / b for a, b in zip(result["window_perplexity"],
+                                                                 exact["window_perplexity"])]
         rows.append(row)
         if verbose:
+            windows_text = "".join(f" {p:>8.3f}" for p in result.get("window_perplexity", ()))
             print(
                 f"{context:>7} {label:<40} {L:>3} {result['perplexity']:>10.3f} "
-                f"{result['seconds_per_forward']:>9.3f}",
+                f"{result['seconds_per_forward']:>9.3f}{windows_text}",
                 flush=True,
             )
 
     if verbose:
-        print(f"{'context':>7} {'method':<40} {'L':>3} {'perplexity':>10} {'s/forward':>9}")
+        heads = "".join(f" {f'window {i + 1}':>8}" for i in range(windows)) if per_window else ""
+        print(f"{'context':>7} {'method':<40} {'L':>3} {'perplexity':>10} {'s/forward':>9}"
+              f"{heads}")
     for context in contexts:
         if ids.shape[1] < context * windows + 1:
             raise ValueError(
@@ -308,7 +322,7 @@ def _run_lm_eval(methods, contexts, layers, windows, device, dtype, seed, out_di
             )
         batch = [ids[:, i * context:(i + 1) * context].to(device) for i in range(windows)]
         window_nll(model, batch[0][:, : min(context, 128)])  # warm-up
-        exact = _evaluate(model, batch, segment)
+        exact = _evaluate(model, batch, segment, per_window)
         record(context, "exact", 0, exact, None)
         for label, name, config in parsed:
             for L in layer_counts:
@@ -316,7 +330,8 @@ def _run_lm_eval(methods, contexts, layers, windows, device, dtype, seed, out_di
                     continue
                 patch_model(model, name, config, layers=L, seed=seed)
                 try:
-                    record(context, label, L, _evaluate(model, batch, segment), exact)
+                    record(context, label, L, _evaluate(model, batch, segment, per_window),
+                           exact)
                 finally:
                     unpatch(model)
     result = {"setup": setup, "rows": rows}
@@ -394,6 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "on a shared machine)")
     parser.add_argument("--segment", type=int_arg(min=1), default=1024,
                         help="positions per segment of the per-segment NLL in the JSON")
+    parser.add_argument("--per-window", action="store_true",
+                        help="also each window's perplexity (JSON and table)")
     args = parser.parse_args(argv)
     run_lm_eval(
         methods=args.methods,
@@ -408,5 +425,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         plot=not args.no_plot,
         threads=args.threads,
         segment=args.segment,
+        per_window=args.per_window,
     )
     return 0
