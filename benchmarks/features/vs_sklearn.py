@@ -21,7 +21,8 @@ standardised). Prints one table (map x data set x error ratio x time ratio vs th
 writes ``benchmarks/results/features/vs_sklearn.json``.
 
 Run: ``flock /tmp/ks/bench.lock python benchmarks/features/vs_sklearn.py [--quick]``; one map:
-``--only PolynomialSketch --reps 5 --out vs_sklearn_poly.json`` (median of 5 fits per seed).
+``--only PolynomialSketch --reps 5 --out vs_sklearn_poly.json`` (median of 5 fits per seed);
+``--kind countsketch`` sets PolynomialSketch's ``kind``.
 """
 
 from __future__ import annotations
@@ -80,14 +81,17 @@ def load_datasets() -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     return out
 
 
-def _pairs(d: int):
+def _pairs(d: int, kind: str | None = None):
     g = 1.0 / d
     ell = 1.0 / np.sqrt(2 * g)
     pairs = []
+    ours = {"kind": kind} if kind else {}
     for q in (2, 3):
         kw = {"degree": q, "gamma": g, "coef0": 1.0}
-        pairs.append((f"PolynomialSketch deg {q}", "PolynomialCountSketch",
-                      lambda m, s, kw=kw: PolynomialSketch(n_components=m, random_state=s, **kw),
+        pairs.append((f"PolynomialSketch deg {q}" + (f" kind={kind}" if kind else ""),
+                      "PolynomialCountSketch",
+                      lambda m, s, kw=kw: PolynomialSketch(n_components=m, random_state=s, **kw,
+                                                           **ours),
                       lambda m, s, kw=kw: PolynomialCountSketch(n_components=m, random_state=s,
                                                                 **kw),
                       lambda X, kw=kw: polynomial_kernel(X, **kw), None))
@@ -145,7 +149,7 @@ def _krr_rmse(make, m, X, y, seed):
     return rmse(alpha, tr, te)
 
 
-def run(components=(256, 1024), quick=False, only=None, reps=1, out=None) -> dict:
+def run(components=(256, 1024), quick=False, only=None, reps=1, out=None, kind=None) -> dict:
     torch.set_num_threads(1)
     try:
         from threadpoolctl import threadpool_limits
@@ -160,7 +164,7 @@ def run(components=(256, 1024), quick=False, only=None, reps=1, out=None) -> dic
     for dname, (X, y) in data.items():
         n, d = X.shape
         erows = np.unique(np.linspace(0, n - 1, min(n, ERROR_ROWS)).round().astype(int))
-        for name, peer, make, make_peer, kernel, peer_kernel in _pairs(d):
+        for name, peer, make, make_peer, kernel, peer_kernel in _pairs(d, kind):
             if only is not None and only not in name:
                 continue
             K = kernel(X[erows])
@@ -191,13 +195,14 @@ def run(components=(256, 1024), quick=False, only=None, reps=1, out=None) -> dic
                       f"err {row['error']:.4f} vs {row['peer_error']:.4f} "
                       f"ratio {row['error_ratio']:.3f}  time ratio {row['time_ratio']:.2f}{krr}",
                       flush=True)
-        _write(rows_out, components, quick, reps, out)  # after every data set: partial rows kept
-    return _write(rows_out, components, quick, reps, out)
+        _write(rows_out, components, quick, reps, out, kind)  # after every data set: partial rows
+    return _write(rows_out, components, quick, reps, out, kind)
 
 
-def _write(rows_out, components, quick, reps=1, out=None) -> dict:
+def _write(rows_out, components, quick, reps=1, out=None, kind=None) -> dict:
     result = {"config": {"seeds": list(SEEDS), "error_rows": ERROR_ROWS, "max_rows": MAX_ROWS,
                          "components": list(components), "clock": "process",
+                         "polynomial_sketch_kind": kind or "default",
                          "threads": "torch 1, BLAS 1", "dtype": "float64", "reps": reps,
                          "device": f"CPU ({platform.machine()}), shared machine"},
               "rows": rows_out}
@@ -217,7 +222,10 @@ if __name__ == "__main__":
                         help="time the median of this many fits per seed (default: one)")
     parser.add_argument("--out", help="results file name in benchmarks/results/features/ "
                         "(default vs_sklearn.json, vs_sklearn_quick.json with --quick)")
+    parser.add_argument("--kind", choices=["tensorsketch", "srht", "gaussian", "countsketch"],
+                        help="PolynomialSketch's kind (default: its default)")
     args = parser.parse_args()
     if args.only and not args.out:
         parser.error("--only needs --out (a partial table must not replace vs_sklearn.json)")
-    run(tuple(args.components), quick=args.quick, only=args.only, reps=args.reps, out=args.out)
+    run(tuple(args.components), quick=args.quick, only=args.only, reps=args.reps, out=args.out,
+        kind=args.kind)

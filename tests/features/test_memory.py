@@ -47,11 +47,10 @@ CHILD = textwrap.dedent("""
 
 # (class, params, n, d, budget in MB: the stated bound x 2)
 CASES = {
-    # the issue's blow-up: kind="countsketch", m = 1024, degree 3 on 64 features (> 9.5 GB at
-    # 600 rows; 100 here: the fit is slow);
-    # now rows in 64 MB blocks plus the (n, m) output (5 MB)
+    # the issue's blow-up: kind="countsketch", m = 1024, degree 3 on 600 x 64 (> 9.5 GB);
+    # now the plain TensorSketch, rows in 64 MB blocks plus the (n, m) output (5 MB)
     "countsketch": ("PolynomialSketch", {"n_components": 1024, "degree": 3, "gamma": 1 / 64,
-                                         "kind": "countsketch"}, 100, 64, 2 * (64 + 5)),
+                                         "kind": "countsketch"}, 600, 64, 2 * (64 + 5)),
     # 64 MB blocks + lookup (<= 4 n R int32: 20 MB) + CSR output (n R x 12 bytes: 15 MB)
     "binning projections": ("WeightedRandomBinning", {"n_components": 128, "kernel": "laplacian",
                                                       "projection_dim": 2,

@@ -12,6 +12,7 @@ from sklearn.kernel_approximation import PolynomialCountSketch
 from sklearn.metrics.pairwise import polynomial_kernel
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from kernelsketch.features import polynomial
 from kernelsketch.features.polynomial import (
     PolynomialLeverageSampler,
     PolynomialSketch,
@@ -47,7 +48,7 @@ def test_sklearn_compatible(estimator, check):
     check(estimator)
 
 
-@pytest.mark.parametrize("kind", ["srht", "gaussian", "tensorsketch"])
+@pytest.mark.parametrize("kind", ["srht", "gaussian", "tensorsketch", "countsketch"])
 def test_polysketch_unbiased(kind):
     # Average of independent sketches -> K, within 5 standard errors per entry
     # (the fitted torch map, rebuilt from 150 seeds without the sklearn shell).
@@ -64,6 +65,40 @@ def test_polysketch_unbiased(kind):
     est = np.stack(est)
     se = est.std(0) / np.sqrt(len(est))
     assert np.all(np.abs(est.mean(0) - K) <= 5 * se + 1e-12)
+
+
+def test_countsketch_kind_is_the_plain_tensorsketch(np_rng):
+    # kind="countsketch" is Pham & Pagh's degree-q TensorSketch of a(x) (the construction of
+    # PolynomialCountSketch): a CountSketch of a(x)^{⊗q} with bucket sum_t h_t(i_t) mod m and
+    # sign prod_t s_t(i_t), checked against that explicit sum over all D^q tuples.
+    X = np_rng.normal(size=(7, 4))
+    est = PolynomialSketch(n_components=11, degree=3, gamma=0.7, coef0=0.5, kind="countsketch",
+                           random_state=0).fit(X)
+    fmap = est.feature_map_
+    h, s = fmap.cs_buckets.numpy(), fmap.cs_signs.numpy()
+    assert est.n_exact_ == 0 and h.shape == (3, 5)
+    A = _lift(torch.from_numpy(X), 0.7, 0.5).numpy()
+    ref = np.zeros((7, 11))
+    for i in itertools.product(range(5), repeat=3):
+        ref[:, (h[0, i[0]] + h[1, i[1]] + h[2, i[2]]) % 11] += (
+            s[0, i[0]] * s[1, i[1]] * s[2, i[2]] * A[:, i[0]] * A[:, i[1]] * A[:, i[2]])
+    np.testing.assert_allclose(est.transform(X), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_sparse_representations_match_dense(monkeypatch):
+    # Large maps apply the CountSketches by a scatter and the head's correction as a sparse
+    # product; forced here on a small map, they give the dense matrices' features.
+    X = np.random.default_rng(1043).normal(size=(40, 6))
+    kw = {"n_components": 32, "degree": 3, "coef0": 1.0, "random_state": 0}
+    dense = PolynomialSketch(**kw).fit(X)
+    monkeypatch.setattr(polynomial, "_DENSE_COUNTSKETCH", 0)
+    scattered = PolynomialSketch(**kw).fit(X)
+    fmap = scattered.feature_map_
+    assert dense.feature_map_.ts_matrices.numel() and dense.feature_map_.corr_matrix.numel()
+    assert not fmap.ts_matrices.numel() and not fmap.corr_matrix.numel()
+    assert scattered.n_exact_ > 0 and fmap.width > 0
+    np.testing.assert_allclose(scattered.transform(X), dense.transform(X), rtol=1e-10,
+                               atol=1e-12)
 
 
 def test_polysketch_error_falls_with_dimension(np_rng):

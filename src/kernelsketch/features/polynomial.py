@@ -45,7 +45,7 @@ from kernelsketch.features._base import (
     RandomFeaturesTransformer,
 )
 from kernelsketch.sketch.projections import CountSketch
-from kernelsketch.sketch.tensor import PolySketch, TensorSketch
+from kernelsketch.sketch.tensor import PolySketch
 
 __all__ = [
     "CoordinateSampleMap",
@@ -142,6 +142,19 @@ def _multiplicity(c: np.ndarray) -> np.ndarray:
     return math.factorial(c.shape[1]) / denom
 
 
+@functools.lru_cache(maxsize=64)
+def _candidates(r: int, q: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The head's candidates over ``r`` coordinates, which depend on ``(r, q)`` only (cached,
+    read-only): multisets [C, q] (:func:`_multisets`), their multiplicities [C], and the
+    flat index of their first ``q - 1`` entries in ``[r]^(q-1)`` [C]."""
+    cand = _multisets(r, q)
+    flat = np.ravel_multi_index(tuple(cand[:, :-1].T), (r,) * (q - 1)) if q > 1 else cand[:, 0]
+    out = (cand, _multiplicity(cand), flat)
+    for a in out:
+        a.setflags(write=False)
+    return out
+
+
 @functools.lru_cache(maxsize=256)
 def _ordering_positions(pattern: tuple[bool, ...]) -> np.ndarray:
     """Distinct orderings of a sorted row whose neighbours are equal where ``pattern`` is
@@ -204,16 +217,14 @@ def _choose_head(A: np.ndarray, q: int, m: int, n_exact, rotate: bool, row_sq=No
     sq = np.einsum("ij,ij->i", B, B) if row_sq is None else row_sq[score]
     total = float(np.mean(sq**q))
     if n_exact == "auto" and row_sq is None and math.comb(D + q - 1, q) <= m:
-        head = _multisets(D, q)
-        return V, order[head], 0.0
+        return V, order[_candidates(D, q)[0]], 0.0
     budget = m if n_exact == "auto" else min(int(n_exact), m)
     if budget == 0 or total <= 0.0:
         return V, np.zeros((0, q), dtype=np.int64), 1.0 if total > 0 else 0.0
     r = 1
     while r < D and math.comb(r + q, q) <= _CANDIDATES_PER_FEATURE * budget:
         r += 1
-    cand = _multisets(r, q)
-    mult = _multiplicity(cand)
+    cand, mult, flat = _candidates(r, q)
     B2 = B[:, :r] * B[:, :r]
     if q == 1:
         moment = B2.mean(0)[cand[:, 0]]
@@ -222,7 +233,6 @@ def _choose_head(A: np.ndarray, q: int, m: int, n_exact, rotate: bool, row_sq=No
         P = B2
         for _ in range(q - 2):
             P = (P[:, :, None] * B2[:, None, :]).reshape(len(B2), -1)
-        flat = np.ravel_multi_index(tuple(cand[:, :-1].T), (r,) * (q - 1))
         moment = (P.T @ B2)[flat, cand[:, -1]] / len(B2)
     else:
         prod = B2[:, cand[:, 0]]
@@ -250,25 +260,42 @@ def _choose_head(A: np.ndarray, q: int, m: int, n_exact, rotate: bool, row_sq=No
     return V, order[cand[:k_best]], float(resid[k_best] / total)
 
 
-def _expected_error(B: np.ndarray, head: np.ndarray, m_sketch: int) -> float:
-    """Predicted relative Gram error on rows ``B`` [s, D] (a subsample, in the coordinates of
-    ``head`` [k, q]) of exact ``head`` features plus a width-``m_sketch`` sketch of the rest.
+def _expected_error(A: np.ndarray, q: int, residual: float, m_sketch: int) -> float:
+    """Predicted relative Gram error on lifted rows ``A`` [s, D] of exact head features
+    leaving the share ``residual`` of ``mean ||a||^{2q}`` to a width-``m_sketch`` sketch.
 
     The sketched part's variance is about ``(r_x r_y + <res_x, res_y>^2) / m`` for residual
     squared norms ``r`` (TensorSketch and PolySketch alike, up to degree-dependent
-    constants); the head part is exact.
+    constants), ``sum_x r_x ~ residual * sum_x ||a_x||^{2q}``; the head part is exact.
     """
-    if not m_sketch or not len(B):
+    if not m_sketch or not len(A) or residual <= 0.0:
         return 0.0
-    q = head.shape[1]
-    r = np.einsum("ij,ij->i", B, B) ** q
-    if len(head):
-        f2 = _multiplicity(head) * B[:, head[:, 0]] ** 2
-        for t in range(1, q):
-            f2 *= B[:, head[:, t]] ** 2
-        r = np.maximum(r - f2.sum(1), 0.0)
-    K = (B @ B.T) ** q
-    return float(math.sqrt(2.0 / m_sketch) * r.sum() / max(float(np.linalg.norm(K)), 1e-300))
+    r = residual * float((np.einsum("ij,ij->i", A, A) ** q).sum())
+    K = np.linalg.norm((A @ A.T) ** q)
+    return float(math.sqrt(2.0 / m_sketch) * r / max(float(K), 1e-300))
+
+
+def _draw_countsketches(d: int, width: int, q: int, generator: torch.Generator):
+    """``q`` independent CountSketches ``R^d -> R^width`` drawn at once (TensorSketch's
+    factors, :class:`~kernelsketch.sketch.tensor.TensorSketch`): buckets int64 [q, d],
+    signs float64 [q, d] (±1)."""
+    check_allocation(16.0 * q * d, f"the {q} CountSketches of {d} lifted features",
+                     "use fewer features")
+    buckets = torch.randint(width, (q, d), generator=generator)
+    signs = torch.randint(2, (q, d), generator=generator, dtype=torch.float64).mul_(2).sub_(1)
+    return buckets, signs
+
+
+def _countsketch_columns(buckets: np.ndarray, width: int) -> np.ndarray:
+    """Column of each (factor t, input i) in the side-by-side matrix ``[d, q width]``."""
+    return buckets + np.arange(len(buckets))[:, None] * width
+
+
+def _tensorsketch_combine(y: torch.Tensor, q: int, width: int) -> torch.Tensor:
+    """TensorSketch from its ``q`` CountSketches side by side, ``y`` [n, q width]:
+    ``IFFT(prod_t FFT(C_t b))`` (Pham & Pagh), [n, width]."""
+    spectrum = torch.fft.rfft(y.view(len(y), q, width), dim=-1)
+    return torch.fft.irfft(spectrum.prod(1) if q > 1 else spectrum[:, 0], n=width)
 
 
 class PolynomialSketchMap(nn.Module):
@@ -276,53 +303,61 @@ class PolynomialSketchMap(nn.Module):
 
     ``b = [sqrt(gamma) x, sqrt(coef0)] @ rotation``; features: the ``k`` exact head
     monomials ``sqrt(mult_c) prod_t b[c_t]`` (``head`` [k, q]), then a sketch of the rest of
-    ``b^{⊗q}``: a degree-q :class:`~kernelsketch.sketch.tensor.TensorSketch` of ``b`` minus the
-    head's own terms (``correction``), or a PolySketch tree (``sketch``, no head), then
-    ``pad`` zero columns. ``<phi(x), phi(y)>`` is unbiased for ``<a(x), a(y)>^q``; the head
-    part is exact.
+    ``b^{⊗q}``: a degree-q TensorSketch of ``b`` (Pham & Pagh: ``countsketches`` = (buckets
+    int64 [q, D], signs [q, D]) of width ``width``, combined by FFT) minus the head's own
+    terms (the correction), or a PolySketch tree (``tree``, no head), then ``pad`` zero
+    columns. ``<phi(x), phi(y)>`` is unbiased for ``<a(x), a(y)>^q``; the head part is exact.
     """
 
-    def __init__(self, gamma: float, coef0: float, degree: int, *, rotation, head, sketch,
+    def __init__(self, gamma: float, coef0: float, degree: int, *, rotation, head,
+                 countsketches=None, width: int = 0, tree: PolySketch | None = None,
                  pad: int = 0):
         super().__init__()
         self.gamma, self.coef0, self.degree = gamma, coef0, degree
         self.register_buffer("rotation", rotation)
         self.register_buffer("head", head)
-        self.register_buffer("head_scale", torch.from_numpy(
-            np.sqrt(_multiplicity(head.numpy())) if len(head) else np.zeros(0)))
-        self.sketch = sketch
-        self.tensorsketch = isinstance(sketch, TensorSketch)
-        if self.tensorsketch:  # (numpy: a few small arrays, cheaper than torch ops)
-            m_s = sketch.d_out
-            buckets = np.stack([f.buckets.numpy() for f in sketch.factors])  # [q, D]
-            signs = np.stack([f.signs.numpy() for f in sketch.factors]).astype(np.float64)
-        # The q CountSketches side by side as one dense [D, q m_s] matrix when small (one
-        # matmul): column t m_s + h_t(i) of row i holds s_t(i).
-        dense = self.tensorsketch and sketch.d_in * sketch.d_out <= _DENSE_COUNTSKETCH
-        if dense:
-            M = np.zeros((sketch.d_in, degree * m_s))
-            offset = np.arange(degree)[:, None] * m_s
-            M[np.tile(np.arange(sketch.d_in), degree), (buckets + offset).ravel()] = signs.ravel()
-        self.register_buffer("ts_matrices", torch.from_numpy(M) if dense else torch.zeros(0))
-        if self.tensorsketch and len(head):
-            k = len(head)
-            owner, tuples = _orderings(head.numpy())
-            positions = np.arange(degree)
-            bucket = buckets[positions, tuples].sum(1) % m_s
-            coef = signs[positions, tuples].prod(1) / self.head_scale.numpy()[owner]
-            # C [m_s, k] coalesced once (sorted by (bucket, owner), orderings that share a
-            # bucket summed): the per-call sparse product then needs no sort.
-            key, inverse = np.unique(bucket * k + owner, return_inverse=True)
-            self.register_buffer("corr_owner", torch.from_numpy(key % k))
-            self.register_buffer("corr_bucket", torch.from_numpy(key // k))
-            self.register_buffer("corr_coef", torch.from_numpy(
-                np.bincount(inverse.ravel(), weights=coef, minlength=len(key))))
-        else:
-            for name in ("corr_owner", "corr_bucket"):
-                self.register_buffer(name, torch.zeros(0, dtype=torch.int64))
-            self.register_buffer("corr_coef", torch.zeros(0, dtype=torch.float64))
+        head_np = head.numpy()
+        mult = _multiplicity(head_np) if len(head_np) else np.zeros(0)
+        self.register_buffer("head_scale", torch.from_numpy(np.sqrt(mult)))
+        self.sketch = tree
+        self.width = int(width) if countsketches is not None else 0
+        buckets, signs = (countsketches if countsketches is not None else
+                          (torch.zeros(degree, 0, dtype=torch.int64), torch.zeros(degree, 0)))
+        self.register_buffer("cs_buckets", buckets)
+        self.register_buffer("cs_signs", signs.double())
+        d_lift, w = buckets.shape[1], self.width
+        # Small: the q CountSketches side by side as one dense [D, q w] matrix (one matmul),
+        # column t w + h_t(i) of row i holding s_t(i); else a scatter per call.
+        M = torch.zeros(0)
+        if w and d_lift * degree * w <= _DENSE_COUNTSKETCH:
+            M = torch.zeros(d_lift, degree * w, dtype=torch.float64)
+            cols = torch.from_numpy(_countsketch_columns(buckets.numpy(), w))
+            M[torch.arange(d_lift).repeat(degree), cols.ravel()] = self.cs_signs.ravel()
+        self.register_buffer("ts_matrices", M)
+        # The head's own terms in the TensorSketch: correction = head @ C for C [k, w], dense
+        # when small, else sparse (coalesced once: the per-call product needs no sort).
+        C = torch.zeros(0, 0, dtype=torch.float64)
+        owner_key = bucket_key = np.zeros(0, dtype=np.int64)
+        coef = np.zeros(0)
+        if w and len(head_np):
+            k = len(head_np)
+            owner, tuples = _orderings(head_np)
+            flat = tuples + np.arange(degree) * d_lift  # (factor t, coordinate) in [q, D]
+            bucket = np.take(buckets.numpy(), flat).sum(1) % w
+            weight = np.take(self.cs_signs.numpy(), flat).prod(1) / np.sqrt(mult)[owner]
+            if k * w <= _DENSE_COUNTSKETCH:
+                C = torch.from_numpy(np.bincount(owner * w + bucket, weights=weight,
+                                                 minlength=k * w).reshape(k, w))
+            else:
+                key, inverse = np.unique(bucket * k + owner, return_inverse=True)
+                owner_key, bucket_key = key % k, key // k
+                coef = np.bincount(inverse.ravel(), weights=weight, minlength=len(key))
+        self.register_buffer("corr_matrix", C)
+        self.register_buffer("corr_owner", torch.from_numpy(owner_key))
+        self.register_buffer("corr_bucket", torch.from_numpy(bucket_key))
+        self.register_buffer("corr_coef", torch.from_numpy(coef))
         self.pad = int(pad)
-        self.d_out = len(head) + (sketch.d_out if sketch is not None else 0) + self.pad
+        self.d_out = len(head_np) + w + (tree.d_out if tree is not None else 0) + self.pad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor("x", x)
@@ -343,7 +378,8 @@ class PolynomialSketchMap(nn.Module):
 
     def from_lifted_blocks(self, a: torch.Tensor, *, rotated: bool = False) -> torch.Tensor:
         """:meth:`from_lifted` on blocks of rows with at most 64 MB of temporaries each."""
-        per_row = 8 * (self.head.numel() + 4 * self.d_out + self._d_lift())
+        q, D = self.cs_buckets.shape
+        per_row = 8 * (self.head.numel() + 4 * self.d_out + (q + 1) * D + 4 * q * self.width)
         step = max(1, _BLOCK_BYTES // per_row)
         if len(a) <= step:
             return self.from_lifted(a, rotated=rotated)
@@ -353,15 +389,19 @@ class PolynomialSketchMap(nn.Module):
     def _d_lift(self) -> int:
         if self.rotation.numel():
             return self.rotation.shape[0]
+        if self.width:
+            return self.cs_buckets.shape[1]
         if self.sketch is not None:
             return self.sketch.d_in
         return int(self.head.max()) + 1 if self.head.numel() else 0
 
     def _correction(self, head: torch.Tensor) -> torch.Tensor:
-        """The head's own terms in the TensorSketch, ``head @ C`` for sparse C [k, m]."""
+        """The head's own terms in the TensorSketch, ``head @ C`` for C [k, width]."""
+        if self.corr_matrix.numel():
+            return head @ self.corr_matrix.to(head.dtype)
         C = torch.sparse_coo_tensor(torch.stack([self.corr_bucket, self.corr_owner]),
                                     self.corr_coef.to(head.dtype),
-                                    (self.sketch.d_out, head.shape[1]), check_invariants=False,
+                                    (self.width, head.shape[1]), check_invariants=False,
                                     is_coalesced=True)
         return torch.sparse.mm(C, head.mT).mT
 
@@ -369,12 +409,22 @@ class PolynomialSketchMap(nn.Module):
         """The exact head monomials ``sqrt(mult_c) prod_t b[:, c_t]`` of rotated rows ``b``."""
         # Gathered as rows of b^T (contiguous copies, 2-3x faster than gathering columns);
         # returns the transpose of a contiguous [k, n].
-        k, q = self.head.shape
-        factors = b.mT.contiguous().index_select(0, self.head.mT.reshape(-1)).view(q, k, len(b))
-        head = factors[0] * self.head_scale.to(b.dtype)[:, None]
-        for t in range(1, q):
-            head *= factors[t]
+        bt, cols = b.mT.contiguous(), self.head.mT
+        head = bt.index_select(0, cols[0]).mul_(self.head_scale.to(b.dtype)[:, None])
+        for t in range(1, len(cols)):
+            head.mul_(bt.index_select(0, cols[t]))
         return head.mT
+
+    def tensorsketch(self, b: torch.Tensor) -> torch.Tensor:
+        """The degree-q TensorSketch of rows ``b`` [n, D] -> [n, width] (compute dtype)."""
+        q, w = self.degree, self.width
+        if self.ts_matrices.numel():  # the q CountSketches in one product
+            y = b @ self.ts_matrices.to(b.dtype)
+        else:
+            cols = (self.cs_buckets + torch.arange(q, device=b.device)[:, None] * w).ravel()
+            y = b.new_zeros(len(b), q * w).index_add_(
+                1, cols, b.repeat(1, q) * self.cs_signs.to(b.dtype).ravel())
+        return _tensorsketch_combine(y, q, w)
 
     def from_lifted(self, a: torch.Tensor, *, rotated: bool = False) -> torch.Tensor:
         """Features of lifted rows ``a`` [n, D] (compute dtype; already rotated if ``rotated``)."""
@@ -383,16 +433,13 @@ class PolynomialSketchMap(nn.Module):
         head = self.head_features(b) if self.head.numel() else None
         if head is not None:
             parts.append(head)
-        if self.sketch is not None:
-            if self.ts_matrices.numel():  # the q CountSketches in one product
-                m_s = self.sketch.d_out
-                y = (b @ self.ts_matrices.to(b.dtype)).view(len(b), self.degree, m_s)
-                s = torch.fft.irfft(torch.fft.rfft(y, dim=-1).prod(1), n=m_s)
-            else:
-                s = self.sketch._sketch(b)
-            if self.corr_owner.numel():
+        if self.width:
+            s = self.tensorsketch(b)
+            if head is not None:
                 s = s - self._correction(head)
             parts.append(s)
+        if self.sketch is not None:
+            parts.append(self.sketch._sketch(b))
         if self.pad:
             parts.append(b.new_zeros(len(b), self.pad))
         return torch.cat(parts, dim=-1)
@@ -424,13 +471,13 @@ class PolynomialSketch(RandomFeaturesTransformer):
         Must be >= 0 (the kernel is then positive definite).
     kind : {"tensorsketch", "srht", "gaussian", "countsketch"}, default "tensorsketch"
         Sketch of the residual. ``"tensorsketch"``: the head and a TensorSketch (above).
-        The others: no head, the PolySketch degree-2 tree of Ahle et al. (SODA 2020) with
-        these node sketches on ``a(x)``, an oblivious sketch whose variance is polynomial
-        in ``degree`` (TensorSketch's grows like ``3^degree``): for ``degree >= 5``.
-        ``"countsketch"``: CountSketch leaves and degree-2 TensorSketch nodes (CountSketch +
-        FFT, ``O(n_components log n_components)`` per node and row; the explicit-outer-product
-        CountSketch node of :class:`~kernelsketch.sketch.tensor.PolySketch` costs
-        ``n_components^2`` per node and row).
+        ``"countsketch"``: no head, the plain degree-``q`` TensorSketch of ``a(x)`` (Pham &
+        Pagh: ``q`` CountSketches, FFT, elementwise product, inverse FFT), oblivious and
+        equal in distribution to ``PolynomialCountSketch`` (same as ``n_exact=0``).
+        ``"srht"``, ``"gaussian"``: no head, the PolySketch degree-2 tree of Ahle et al.
+        (SODA 2020) with these node sketches on ``a(x)``, an oblivious sketch whose variance
+        is polynomial in ``degree`` (TensorSketch's grows like ``3^degree``): for
+        ``degree >= 5``.
     n_exact : int or "auto", default "auto"
         Number of exact head features (``kind="tensorsketch"`` only). ``0`` gives the
         oblivious TensorSketch, equal in distribution to ``PolynomialCountSketch``.
@@ -442,7 +489,9 @@ class PolynomialSketch(RandomFeaturesTransformer):
     ``[n_features, n_components]`` matrices).
 
     Memory: buffers ``O(D^2 + q (D + k q!) + n_components)`` for ``D = n_features + 1``
-    (``"tensorsketch"``); ``transform`` works on blocks of rows with at most 64 MB of
+    (``"tensorsketch"``; ``O(q D + n_components)`` for ``"countsketch"``, plus the
+    ``q`` CountSketches as one dense ``[D, q n_components]`` matrix when it has at most
+    ``2^20`` entries); ``transform`` works on blocks of rows with at most 64 MB of
     temporaries, plus its ``(n, n_components)`` output.
 
     Attributes
@@ -494,9 +543,9 @@ class PolynomialSketch(RandomFeaturesTransformer):
     def _make_feature_map(self, n_features, generator, X):
         gamma, coef0, q, m = float(self.gamma), float(self.coef0), self.degree, self.n_components
         D = n_features + (coef0 != 0.0)
-        if self.kind != "tensorsketch":  # "countsketch": CountSketch leaves, TensorSketch nodes
-            tree_kind = "tensorsketch" if self.kind == "countsketch" else self.kind
-            sketch = PolySketch(D, m, q, kind=tree_kind, generator=generator).double()
+        tree = None
+        if self.kind in ("srht", "gaussian"):
+            tree = PolySketch(D, m, q, kind=self.kind, generator=generator).double()
         # On a subsample, divided by its largest entry (the head is scale-free: no overflow).
         rows = _evenly_spaced(X.shape[0], _ROTATION_ROWS)
         cols = row_sq = None
@@ -510,36 +559,39 @@ class PolynomialSketch(RandomFeaturesTransformer):
                 A = A[:, cols]
             A = A.toarray() / scale
         else:
-            A = _lift(X[torch.from_numpy(rows)].to(torch.float64), gamma, coef0).numpy()
-            A = A / max(float(np.abs(A).max()), 1e-300)
-        if self.kind != "tensorsketch":
+            A = np.empty((len(rows), D))
+            A[:, :n_features] = X.numpy()[rows] if len(rows) < len(X) else X.numpy()
+            A[:, :n_features] *= math.sqrt(gamma)
+            A[:, n_features:] = math.sqrt(coef0)
+            A /= max(float(np.abs(A).max()), 1e-300)
+        empty = np.zeros((0, q), dtype=np.int64)
+        if tree is not None:
             self.n_exact_, self.residual_ = 0, 1.0
             fmap = PolynomialSketchMap(gamma, coef0, q, rotation=torch.zeros(0, 0),
-                                       head=torch.zeros(0, q, dtype=torch.int64), sketch=sketch)
+                                       head=torch.from_numpy(empty), tree=tree)
             if cols is None:
-                self._warn_if_inaccurate(A, None, np.zeros((0, q), dtype=np.int64), m)
+                self._warn_if_inaccurate(A, 1.0, m)
             return fmap
-        rotate = D <= _ROTATE_MAX_DIM
-        if self.n_exact == 0:
-            V, head, resid = None, np.zeros((0, q), dtype=np.int64), 1.0
+        if self.kind == "countsketch" or self.n_exact == 0:  # the plain TensorSketch
+            V, head, resid = None, empty, 1.0
         else:
-            V, head, resid = _choose_head(A, q, m, self.n_exact, rotate, row_sq)
+            V, head, resid = _choose_head(A, q, m, self.n_exact, D <= _ROTATE_MAX_DIM, row_sq)
             head = head if cols is None else cols[head]
         m_sketch = m - len(head) if resid > 0.0 else 0
-        sketch = TensorSketch(D, m_sketch, q, generator=generator) if m_sketch else None
         self.n_exact_, self.residual_ = len(head), resid
         rotation = torch.zeros(0, 0) if V is None else torch.from_numpy(V)
-        fmap = PolynomialSketchMap(gamma, coef0, q, rotation=rotation.double(),
-                                   head=torch.from_numpy(head), sketch=sketch,
-                                   pad=m - len(head) - m_sketch)
+        fmap = PolynomialSketchMap(
+            gamma, coef0, q, rotation=rotation.double(), head=torch.from_numpy(head),
+            countsketches=_draw_countsketches(D, m_sketch, q, generator) if m_sketch else None,
+            width=m_sketch, pad=m - len(head) - m_sketch)
         if cols is None:
-            self._warn_if_inaccurate(A, V, head, m_sketch)
+            self._warn_if_inaccurate(A, resid, m_sketch)
         return fmap
 
-    def _warn_if_inaccurate(self, A, rotation, head, m_sketch: int) -> None:
+    def _warn_if_inaccurate(self, A, residual: float, m_sketch: int) -> None:
         """Warn when the predicted relative Gram error on the training rows exceeds 0.5."""
         rows = A[_evenly_spaced(len(A), max(2, min(64, (1 << 22) // self.n_components)))]
-        err = _expected_error(rows if rotation is None else rows @ rotation, head, m_sketch)
+        err = _expected_error(rows, self.degree, residual, m_sketch)
         self.expected_error_ = err
         if err > 0.5:
             warnings.warn(
@@ -553,7 +605,7 @@ class PolynomialSketch(RandomFeaturesTransformer):
         """Features of scipy sparse ``X`` (dense ndarray in the dtype of ``X``)."""
         fmap = self.feature_map_
         A = _lift_sparse(X, float(self.gamma), float(self.coef0))
-        if not fmap.tensorsketch and fmap.sketch is not None:
+        if fmap.sketch is not None:
             return _polysketch_sparse(fmap.sketch, A).numpy().astype(X.dtype)
         if fmap.rotation.numel():  # dense rotated rows (lifted dimension <= 256)
             with torch.no_grad():
@@ -561,22 +613,20 @@ class PolynomialSketch(RandomFeaturesTransformer):
                 Z = fmap.from_lifted(B, rotated=True)
             return Z.numpy().astype(X.dtype)
         used = np.unique(fmap.head.numpy())
-        cols = torch.from_numpy(np.asarray(A[:, used].toarray()))
         parts = []
         head = None
         if len(used):
+            cols = torch.from_numpy(np.asarray(A[:, used].toarray()))
             local = torch.from_numpy(np.searchsorted(used, fmap.head.numpy()))
             head = cols[:, local].prod(-1) * fmap.head_scale
             parts.append(head)
-        if fmap.sketch is not None:
-            ts = fmap.sketch
-            spectrum = None
-            for factor in ts.factors:
-                f = torch.from_numpy((A @ _countsketch_matrix(factor)).toarray())
-                f = torch.fft.rfft(f, n=ts.d_out)
-                spectrum = f if spectrum is None else spectrum * f
-            s = torch.fft.irfft(spectrum, n=ts.d_out)
-            if fmap.corr_owner.numel():
+        if fmap.width:  # the q CountSketches as one sparse [D, q width] product: O(nnz(X))
+            q, D = fmap.cs_buckets.shape
+            cols = _countsketch_columns(fmap.cs_buckets.numpy(), fmap.width).ravel()
+            M = sp.csr_matrix((fmap.cs_signs.numpy().ravel(), (np.tile(np.arange(D), q), cols)),
+                              shape=(D, q * fmap.width))
+            s = _tensorsketch_combine(torch.from_numpy((A @ M).toarray()), q, fmap.width)
+            if head is not None:
                 s = s - fmap._correction(head)
             parts.append(s)
         if fmap.pad:
