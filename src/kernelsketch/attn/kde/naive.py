@@ -93,9 +93,12 @@ def amm_probabilities(qf, k, v, covered, scale, config, generator, k_exact=None)
     top = torch.where(torch.isfinite(top), top, float("-inf")).amax(-1, keepdim=True)
     shift += torch.where(torch.isfinite(top), top, 0.0)
     e2 = logits2.sub_(shift.unsqueeze(-1)).exp_()
-    flat = (torch.arange(B * H * members.shape[2], device=k.device).reshape(members.shape[:3])
-            * M).unsqueeze(-1) + members
-    e2.view(-1).index_fill_(0, flat[real], 0.0)  # the pairs inside a block
+    # The pairs inside a block get 0: one scatter along the keys, the padding entries sent
+    # to the row's first member (also 0), or, for a row whose block has no key, writing
+    # back the value of its column 0 (a boolean-mask index is 4x slower on CPU).
+    has_keys = real[..., :1]
+    to = torch.where(real, members, members[..., :1].masked_fill(~has_keys, 0))
+    e2.scatter_(-1, to, torch.where(has_keys, 0.0, e2[..., :1]).expand_as(to))
     col = e2.sum(-2)
     col = torch.nan_to_num(col / col.sum(-1, keepdim=True), nan=0.0)
     # Row norms of [V, 1] (the ones column), all divided by c = max(1, max|v|)
