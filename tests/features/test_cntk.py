@@ -1,6 +1,8 @@
 """Convolutional neural kernels: the exact recursion and CNTKSketch."""
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -141,13 +143,82 @@ def test_conv_kernels_symmetric_psd_homogeneous_and_numpy(np_rng):
     assert np.linalg.eigvalsh(G).min() > -1e-9
 
 
-def test_blocking_does_not_change_the_result(torch_generator):
+@pytest.mark.parametrize(
+    "act, depth, kernel, padding, readout, bias_var, rtol",
+    [
+        ("relu", 1, "ntk", "zeros", "gap", 0.0, 1e-12),
+        ("gelu", 2, "ntk", "circular", "flatten", 0.2, 1e-12),
+        ("erf", 3, "nngp", "zeros", "gap", 0.1, 1e-12),
+        # Hermite series: each entry within tol = 1e-10 of the truth; a mirrored tile evaluates
+        # (y, x) instead of (x, y) (measured difference 4e-12)
+        ("tanh", 2, "ntk", "zeros", "gap", 0.1, 1e-9),
+    ],
+)
+def test_tiles_equal_the_unblocked_kernel(act, depth, kernel, padding, readout, bias_var, rtol,
+                                          torch_generator):
     from kernelsketch.features.cntk import _conv_kernel, _ConvNet
 
-    X = torch.randn(5, 1, 4, 4, dtype=f64, generator=torch_generator)
-    net = _ConvNet(ACTIVATIONS["gelu"], 2, "ntk", 3, None, 1.7, 0.2, "zeros", "gap", "auto", 1e-10)
-    torch.testing.assert_close(_conv_kernel(X, None, net), _conv_kernel(X, None, net,
-                                                                       block_elems=1))
+    X = torch.randn(7, 2, 5, 4, dtype=f64, generator=torch_generator)
+    Y = torch.randn(5, 2, 5, 4, dtype=f64, generator=torch_generator)
+    net = _ConvNet(ACTIVATIONS[act], depth, kernel, 3, None, 1.7, bias_var, padding, readout,
+                   "auto", 1e-10)
+    for B in (None, Y):
+        whole = _conv_kernel(X, B, net, block_elems=2**40)  # one tile: every pair at once
+        # one pair per tile; 2 x 2 pairs (7 and 5 images: ragged last tiles)
+        for block in (1, 4 * 20**2):
+            torch.testing.assert_close(_conv_kernel(X, B, net, block_elems=block), whole,
+                                       rtol=rtol, atol=0)
+    # Y is X (upper tiles mirrored) equals the kernel against a copy of X (every tile)
+    torch.testing.assert_close(_conv_kernel(X, None, net, block_elems=1),
+                               _conv_kernel(X, X.clone(), net, block_elems=1), rtol=rtol, atol=0)
+
+
+def test_exact_kernel_raises_when_a_tile_cannot_fit(monkeypatch):
+    import kernelsketch._checks as checks
+
+    monkeypatch.setattr(checks, "available_memory", lambda: 2**20)  # 1 MiB
+    # one pair of 8 x 8 images: 48 temporaries of max(2^16, 64^2) float64 = 24 MiB
+    with pytest.raises(ValueError, match=r"exact kernel of 2 x 2 images of 8 x 8 pixels .*"
+                                         r"needs .* GiB, more than .*use CNTKSketch"):
+        conv_neural_kernel(torch.ones(2, 1, 8, 8, dtype=f64))
+
+
+CAPPED_CHILD = """
+import resource, torch
+torch.set_num_threads(1)
+from kernelsketch.features import conv_neural_kernel
+g = torch.Generator().manual_seed(0)
+conv_neural_kernel(torch.randn(3, 1, 6, 6, dtype=torch.float64, generator=g))  # warm-up
+
+def vm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+
+budget = 96 * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (vm() + budget, resource.RLIM_INFINITY))
+X = torch.randn(8, 1, 16, 16, dtype=torch.float64, generator=g)
+K = conv_neural_kernel(X, activation="gelu", depth=2, bias_std=0.1)
+print("OK", bool(torch.isfinite(K).all()), bool(torch.equal(K, K.T)))
+try:  # the cap is live: twice the budget cannot be allocated
+    torch.empty(2 * budget // 8, dtype=torch.float64).fill_(1.0)
+    print("CAP NOT LIVE")
+except RuntimeError:
+    pass
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc")
+def test_exact_kernel_fits_its_memory_bound_under_an_address_space_cap():
+    # 8 images of 16 x 16: (H W)^2 = 65536 pixel pairs; the tiles of one pair need at most
+    # 48 x 65536 float64 = 24 MiB (the budget: 96 MiB). The row blocks of a57b277's code held
+    # all 64 pairs at once (4.2M entries, ~38 temporaries: ~1.2 GB) and failed under this cap.
+    out = subprocess.run([sys.executable, "-c", CAPPED_CHILD], capture_output=True, text=True,
+                         timeout=300, check=False,
+                         env={"OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2",
+                              "MALLOC_MMAP_THRESHOLD_": "131072", "PATH": "/usr/bin:/bin"})
+    assert "CAP NOT LIVE" not in out.stdout
+    assert out.returncode == 0 and out.stdout.split() == ["OK", "True", "True"], out.stderr[-2000:]
 
 
 def test_pixel_variances_are_box_filtered_squared_norms(torch_generator):
