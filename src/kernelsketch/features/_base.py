@@ -226,13 +226,33 @@ class RandomFeaturesTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixi
         """
         if is_dask_array(X):
             return fit_transformer(self, X)
-        X = self._validate_X(X, reset=True)
+        return self._fit_validated(self._validate_X(X, reset=True))
+
+    def _fit_validated(self, X):
         self._check_params(X.shape[1])
         generator = torch_generator_from_random_state(self.random_state)
         data = X if sp.issparse(X) else torch.from_numpy(X)
         self.feature_map_ = self._make_feature_map(X.shape[1], generator, data)
         self._n_features_out = int(self.feature_map_.d_out)
         return self
+
+    def fit_transform(self, X, y=None):
+        """``fit(X).transform(X)``, validating ``X`` once (its cost is fixed per call: a
+        quarter of a small fit+transform's time on 200 rows).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : ignored
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, n_features_out), as :meth:`transform`
+        """
+        if is_dask_array(X):
+            return self.fit(X).transform(X)
+        X = self._validate_X(X, reset=True)
+        return self._fit_validated(X)._transform_validated(X)
 
     def transform(self, X):
         """Map ``X`` to random features.
@@ -251,7 +271,9 @@ class RandomFeaturesTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixi
         check_is_fitted(self, "feature_map_")
         if is_dask_array(X):
             return dask_transform(self, X)
-        X = self._validate_X(X, reset=False)
+        return self._transform_validated(self._validate_X(X, reset=False))
+
+    def _transform_validated(self, X):
         check_allocation(X.shape[0] * self._n_features_out * X.dtype.itemsize,
                          f"the (n_samples, n_features_out) = ({X.shape[0]}, "
                          f"{self._n_features_out}) output of {type(self).__name__}.transform",
