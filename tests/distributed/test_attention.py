@@ -13,7 +13,14 @@ import torch
 from kernelsketch.distributed import context_parallel_attention
 
 from .launch import run_ranks
-from .workers import CROSS, DEFAULTS, GQA, MHA, SAME_DRAWS, attention_job, equality_cases
+from .workers import (
+    DEFAULTS,
+    SAME_DRAWS,
+    SAME_DRAWS_INPUTS,
+    attention_job,
+    equality_cases,
+    same_draws_id,
+)
 
 CASES = equality_cases()
 F64 = 8  # bytes per element
@@ -102,12 +109,12 @@ def test_polysketch_bytes_are_the_states(runs):
                 assert causal.get("ring_shift", 0) == heads * halo * 2 * D * F64
 
 
-@pytest.mark.parametrize("case", [f"{name}-{'x'.join(map(str, shape))}" for name, _ in SAME_DRAWS
-                                  for shape in (MHA, GQA, CROSS)])
+@pytest.mark.parametrize("case", [same_draws_id(name, shape, offset) for name, _ in SAME_DRAWS
+                                  for shape, offset in SAME_DRAWS_INPUTS])
 def test_hyper_routing_reproduces_the_single_process_blocks(runs, case):
-    # Non-causal HyperAttention with the generator the distributed call derives: the bucket
-    # histograms, the sorted positions and the routing to the block owners rebuild the
-    # single-process blocks exactly, and the shared generator draws the same samples, so
+    # Non-causal HyperAttention with the generator the distributed call derives: the hash
+    # centred by the all-reduced mean rows, the bucket histograms, the sorted positions and
+    # the routing to the block owners rebuild the single-process blocks exactly, and the shared generator draws the same samples, so
     # output, LSE and gradients equal attn/hyper/naive.hyper_noncausal up to rounding.
     world, results = runs
     for rank, res in enumerate(results):
@@ -162,7 +169,8 @@ def test_hyper_bytes_are_a_shard(runs):
     # HyperAttention: each query and key row goes at most once to the owner of its block
     # (with an int64 slot) and each query's (out, lse) comes back: O(N/P d) per rank (per
     # depth of the causal recursion, ceil(log2 P) depths), plus the bucket histograms
-    # (2^bits per head, all-gathered) and the sampled rows (all-reduced), neither growing with N.
+    # (2^bits per head, all-gathered), the sampled rows and the problems' mean query and key
+    # rows that centre the hash (all-reduced), none growing with N.
     world, results = runs
     heads, bits, samples = 2, 4, 8
     depths = math.ceil(math.log2(world))
@@ -180,8 +188,10 @@ def test_hyper_bytes_are_a_shard(runs):
                     assert by_op["all_gather"] == (depths if causal else 1) * (world - 1) * hist
                 if not causal:  # the samples' keys, values and block ids, whatever N
                     sampled = heads * samples * (2 * D + 1) * F64
+                    means = 2 * heads * D * F64
                     assert small["all_reduce"] == large["all_reduce"] == \
-                        round(2 * (world - 1) / world * sampled)
+                        round(2 * (world - 1) / world * sampled) + \
+                        round(2 * (world - 1) / world * means)
                     ratio = large["all_to_all"] / small["all_to_all"]
                     assert 1.5 < ratio < 2.5, ratio
 

@@ -7,7 +7,9 @@ sample of the other keys with importance weights, merge by log-sum-exp. Over
 P ranks:
 
 1. Every rank draws the same hash (a generator derived from ``generator``,
-   identical everywhere) and buckets its rows.
+   identical everywhere) and buckets its rows, centred (as the single process
+   does) by the mean query / key row of their problem over all its ranks (one
+   all-reduce of row sums per depth).
 2. One all-gather of per-rank bucket histograms ([B, Hkv, G, 2^bits] each)
    gives every rank the global sorted position of each of its rows (ties in
    the order of the folded row index, as ``torch.argsort(stable=True)`` does
@@ -55,7 +57,9 @@ from ..attn.common.exact import (
 )
 from ..attn.common.gqa import fold_groups, unfold_groups
 from ..attn.common.merge import accumulation_dtype, merge_many
+from ..attn.common.sortlsh.blocks import lsh_buckets
 from ..sketch.lsh import AngularLSH
+from ..sketch.projections import compute_dtype
 from ..sketch.sampling import uniform_sample
 from .collectives import (
     all_gather,
@@ -217,18 +221,38 @@ def _slots(pos, blocks, length, plan, problem, B, H):
     return dest.reshape(-1), slot.reshape(-1)
 
 
+def _row_means(q: _Side, k: _Side, counts, group) -> torch.Tensor:
+    """Each problem's mean query row and mean estimator key row over all its ranks'
+    rows, [2, Q, B, H, D] in the compute dtype, from one all-reduce of the ranks' row
+    sums (``counts`` [2][Q]: the problems' query rows, groups folded, and estimator keys).
+    The single process centres each hash call's rows by their own mean
+    (attn/common/sortlsh/blocks.lsh_buckets); these are the same means."""
+    B, H, D = q.rows.shape[0], q.rows.shape[1], q.rows.shape[-1]
+    dtype = compute_dtype(q.rows.dtype)
+    sums = torch.zeros(2, len(counts[0]), B, H, D, dtype=dtype, device=q.rows.device)
+    with torch.no_grad():
+        for i, side in enumerate((q, k)):
+            if side.problem is not None and side.n:
+                sums[i, side.problem] = side.rows.to(dtype).sum(dim=(2, 3))
+        sums = all_reduce_sum(sums, group)
+    count = torch.tensor(counts, dtype=dtype, device=sums.device).clamp_min(1)
+    return sums / count[:, :, None, None, None]
+
+
 def _block_round(q: _Side, k: _Side, v_rows, problems, plans, lsh, covered_q, covered_k, *,
-                 scale, me, P, group, nb_buckets):
+                 means, scale, me, P, group, nb_buckets):
     """One hash round: the sortLSH blocks of every problem, computed by their owners.
 
-    Returns (out [B,H,G,n,Dv], lse [B,H,G,n]) for the local queries (empty if none)
+    ``means`` [2, Q, B, H, D]: :func:`_row_means`, by which each side's rows are centred
+    before hashing. Returns (out [B,H,G,n,Dv], lse [B,H,G,n]) for the local queries (empty if none)
     and the block ids of the local query rows [B,H,G,n] and key rows [B,H,1,m].
     """
     B, H, G = q.rows.shape[:3]
     dev = q.rows.device
     buckets, blocks, routes, metas, payloads = [], [], [], [], []
-    for side in (q, k):
-        bucket = (lsh(side.rows) if side.n else  # [B, H, g, n]
+    for i, side in enumerate((q, k)):
+        bucket = (lsh_buckets(lsh, side.rows, means[i, side.problem][:, :, None, None])
+                  if side.n else  # [B, H, g, n]
                   torch.zeros(side.rows.shape[:4], dtype=torch.long, device=dev))
         hist = torch.zeros(*bucket.shape[:3], nb_buckets, dtype=torch.long, device=dev)
         hist.scatter_add_(-1, bucket, torch.ones_like(bucket))
@@ -433,12 +457,13 @@ def _noncausal_level(qg, k, v, problems, *, method, config, scale, seed, tag, wi
         kside = _Side(k.unsqueeze(2)[..., lo:hi, :], ki, problem.k_ranks,
                       min(max(start, first), M - last) - first)
     vrows = v.unsqueeze(2)[..., lo:hi, :]
+    means = _row_means(qside, kside, [[G * n * len(p.q_ranks) for p in problems], sizes], group)
     rounds = config.hash_rounds if method == "hyper" else 1
     parts, blk_q, blk_k = [], [], []
     for _ in range(rounds):
         lsh = AngularLSH(D, config.lsh_bits, generator=gen).to(dev)
         out, lse, bq, bk = _block_round(qside, kside, vrows, problems, plans, lsh, blk_q, blk_k,
-                                        scale=scale, me=me, P=P, group=group,
+                                        means=means, scale=scale, me=me, P=P, group=group,
                                         nb_buckets=lsh.n_buckets)
         parts.append((out, lse))
         blk_q.append(bq)

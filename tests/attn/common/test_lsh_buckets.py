@@ -1,4 +1,5 @@
-"""sortlsh.blocks.lsh_buckets (the attention methods' fast bucket ids) equals AngularLSH."""
+"""sortlsh.blocks.lsh_buckets (the attention methods' fast bucket ids) equals AngularLSH on
+rows centred by a given mean (zero here; the default centring: test_centred_hashing.py)."""
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from kernelsketch.sketch.lsh import AngularLSH, gray_code
 def test_lsh_buckets_equal_the_module(n_bits, dtype, torch_generator, seed):
     lsh = AngularLSH(16, n_bits, seed=seed)
     x = torch.randn(2, 3, 300, 16, generator=torch_generator).to(dtype)
-    ids = lsh_buckets(lsh, x)
+    ids = lsh_buckets(lsh, x, x.new_zeros(1, 16))  # uncentred (centring: test_centred_hashing)
     assert ids.dtype == torch.int64 and ids.shape == (2, 3, 300)
     assert torch.equal(ids, lsh(x))
     if dtype != torch.float64:  # lower precisions may flip a sign near a hyperplane
@@ -25,5 +26,5 @@ def test_lsh_buckets_equal_the_module(n_bits, dtype, torch_generator, seed):
 
 def test_lsh_buckets_hit_every_bucket_of_a_small_hash(torch_generator, seed):
     lsh = AngularLSH(8, 3, seed=seed)
-    ids = lsh_buckets(lsh, torch.randn(4000, 8, generator=torch_generator))
+    ids = lsh_buckets(lsh, torch.randn(4000, 8, generator=torch_generator) + 3.0)
     assert torch.equal(ids.unique(), torch.arange(8))
