@@ -17,9 +17,10 @@ class HyperConfig(MethodConfig):
     and uniform samples (7 bits, 256 + 256), the causal recursion's leaves of
     1024 tokens, and the always-exact sink (8) and window (128) that keep a
     pretrained LM's quality (SmolLM2-135M, 4 windows of 8192 tokens, one thread:
-    perplexity +4.4% / +5.6% with the last 15 / all 30 layers, in 0.93x / 0.79x
-    the exact model's CPU time; lm_eval_cpu_8k_defaults_s3.json); a verbatim copy from thousands of tokens back is still
-    lost (docs/hyper.md). ``HyperConfig.paper()`` is the paper's estimator.
+    perplexity +3.6% / +4.9% with the last 15 / all 30 layers, in 0.87x / 0.65x
+    the exact model's CPU time, centred hashing; lm_eval_cpu_8k_centred_s4.json); a
+    verbatim copy from thousands of tokens back is still partly lost (docs/hyper.md).
+    ``HyperConfig.paper()`` is the paper's estimator.
 
     lsh_bits : bits of the angular LSH (2**lsh_bits buckets), 1..30.
     block_size : keys per block of the sorted block-diagonal part.

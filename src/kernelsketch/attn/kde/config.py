@@ -15,10 +15,10 @@ class KDEConfig(MethodConfig):
     Defaults (chosen from measurements, BENCHMARKS.md): LSH blocks and AMM
     samples of 256 keys, the causal recursion's leaves of 1024 tokens, and the
     always-exact sink (8) and window (128) that keep a pretrained LM's quality
-    (SmolLM2-135M, 4 windows of 8192 tokens, one thread: perplexity +4.2% / +5.0%
-    with the last 15 / all 30 layers, in 0.97x / 0.88x the exact model's CPU time;
-    lm_eval_cpu_8k_defaults_s3.json); a
-    verbatim copy from thousands of tokens back is still lost (docs/hyper.md).
+    (SmolLM2-135M, 4 windows of 8192 tokens, one thread: perplexity +3.4% / +3.9%
+    with the last 15 / all 30 layers, in 0.83x / 0.75x the exact model's CPU time,
+    centred hashing; lm_eval_cpu_8k_centred_s4.json); a verbatim copy from thousands
+    of tokens back is still partly lost (docs/hyper.md).
 
     lsh_bits : bits of the angular LSH, 1..30.
     block_size : keys per sorted block (the exact, LSH-colliding part).
