@@ -8,11 +8,13 @@ from sklearn.kernel_approximation import Nystroem
 from sklearn.metrics.pairwise import laplacian_kernel, polynomial_kernel, rbf_kernel
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from kernelsketch.features import nystroem
 from kernelsketch.features.nystroem import (
     RLSNystroem,
     _inclusion_probabilities,
     _ridge_scores,
     _systematic_sample,
+    _weighted_eigh,
     pairwise_kernel,
 )
 
@@ -213,21 +215,44 @@ def test_randhie_scores_do_not_saturate(seed, measure):
 
 def test_landmark_scores_are_left_one_out(np_rng):
     # A landmark's own score is the estimator's value from the other landmarks (the
-    # closed form through A^-1 against recomputing without it).
+    # closed form through A^-1 against recomputing without it); the other points' scores
+    # are the estimator's formula, against a float64 solve.
     X = torch.from_numpy(np_rng.normal(size=(40, 3)))
     K = pairwise_kernel(X, X, "rbf", gamma=0.5)
     S = torch.tensor([1, 5, 7, 20, 33])
     w = torch.from_numpy(np_rng.uniform(0.5, 3.0, size=5))
     ones = torch.ones(40, dtype=torch.float64)
-    scores = _ridge_scores(K[:, S].clone(), K[S][:, S], ones, w, 0.3, S)
-    plain = _ridge_scores(K[:, S].clone(), K[S][:, S], ones, w, 0.3)
+
+    def scores_from(members):
+        cols = S[members]
+        eig = _weighted_eigh(K[cols][:, cols], w[members])
+        return _ridge_scores(lambda pos: K[pos][:, cols], ones, cols, eig, w[members], 0.3)
+
+    scores, lam = scores_from(list(range(5)))
+    assert lam == 0.3
     others = torch.ones(40, dtype=torch.bool)
     others[S] = False
-    torch.testing.assert_close(scores[others], plain[others], rtol=0, atol=0)
+    B = K[others][:, S] * w
+    A = w[:, None] * K[S][:, S] * w + 0.3 * torch.eye(5, dtype=torch.float64)
+    quad = (B * torch.linalg.solve(A, B.T).T).sum(1)
+    torch.testing.assert_close(scores[others], ((1 - quad) / 0.3).clamp(0, 1), rtol=0,
+                               atol=1e-12)
     for j, i in enumerate(S.tolist()):
-        keep = [k for k in range(5) if k != j]
-        ref = _ridge_scores(K[:, S[keep]].clone(), K[S[keep]][:, S[keep]], ones, w[keep], 0.3)
+        ref, _ = scores_from([k for k in range(5) if k != j])
         assert abs(float(scores[i] - ref[i])) <= 1e-10
+
+
+def test_scores_from_kept_products_match_a_second_pass(np_rng, seed, monkeypatch):
+    # Levels whose squared products fit in _STORED numbers take the scores at the chosen
+    # ridge from them; above it, from a second pass over the kernel rows: same scores and
+    # landmarks (n = 3000, m = 40: saturated and unsaturated levels, the check rows drawn).
+    X = np_rng.normal(size=(3000, 4))
+    kept = RLSNystroem(n_components=40, random_state=seed).fit(X)
+    monkeypatch.setattr(nystroem, "_STORED", 0)
+    passes = RLSNystroem(n_components=40, random_state=seed).fit(X)
+    np.testing.assert_allclose(kept.leverage_scores_, passes.leverage_scores_, rtol=0,
+                               atol=1e-12)
+    np.testing.assert_array_equal(kept.landmark_indices_, passes.landmark_indices_)
 
 
 def test_systematic_sample_exact_size_and_certain_points():

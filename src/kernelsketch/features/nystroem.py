@@ -50,6 +50,10 @@ _SCORE_ROWS = 2048
 # _RIDGE_ROWS rows of the level (measured: docs/rls_nystroem.md).
 _SATURATED = 4.0
 _RIDGE_ROWS = 1024
+# A level's squared products (K_RS W V)^2 of the rows R = I \ S are kept for the scores at the
+# chosen ridge when they hold at most this many numbers (16 MB; measured:
+# docs/rls_nystroem.md); above it the scores take a second pass over the kernel rows.
+_STORED = 2**21
 
 
 def pairwise_kernel(
@@ -81,10 +85,15 @@ def pairwise_kernel(
         return kernel(X, Y)
     gamma = 1.0 / X.shape[-1] if gamma is None else gamma
     if kernel == "rbf":
-        # exp(2 gamma <x, y> - gamma |y|^2 - gamma |x|^2): one product, then in place
-        # (the exponent is -gamma |x - y|^2 <= 0 up to rounding).
-        K = torch.addmm((Y * Y).sum(-1)[None, :], X, Y.mT, beta=-gamma, alpha=2.0 * gamma)
-        return K.sub_((gamma * (X * X).sum(-1))[:, None]).clamp_max_(0.0).exp_()
+        # exp(<[x, -gamma |x|^2, 1], [2 gamma y, 1, -gamma |y|^2]>): one product of the lifted
+        # rows, then in place (the exponent is -gamma |x - y|^2 <= 0 up to rounding; 20% less
+        # time than a broadcast addmm and a subtraction at (10^4, 45)).
+        d = X.shape[-1]
+        XL, YL = X.new_empty(X.shape[0], d + 2), Y.new_empty(Y.shape[0], d + 2)
+        XL[:, :d], XL[:, d], XL[:, d + 1] = X, (X * X).sum(-1).mul_(-gamma), 1.0
+        torch.mul(Y, 2.0 * gamma, out=YL[:, :d])
+        YL[:, d], YL[:, d + 1] = 1.0, (Y * Y).sum(-1).mul_(-gamma)
+        return (XL @ YL.mT).clamp_max_(0.0).exp_()
     if kernel == "laplacian":
         return torch.exp(-gamma * torch.cdist(X, Y, p=1.0))
     if kernel == "polynomial":
@@ -110,94 +119,131 @@ def _kernel_diag(X: torch.Tensor, kernel, **params) -> torch.Tensor:
 
 
 def _weighted_eigh(K_SS: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``W K_SS W = V diag(D) V^T`` (``D`` clamped at 0): one per level, for the auto ridge,
-    the ridge for a total and the scores."""
+    """``W K_SS W = V diag(D) V^T`` (``D`` ascending, clamped at 0): one per level, for the
+    auto ridge, the ridge for a total and the scores."""
     D, V = torch.linalg.eigh(w[:, None] * K_SS * w[None, :])
     return D.clamp_min(0.0), V
 
 
+def _squared_products(rows: Callable[[torch.Tensor], torch.Tensor], positions: torch.Tensor,
+                      right: torch.Tensor, reduce: bool = False) -> torch.Tensor:
+    """``(K_iS right)^2`` [r, s] for the rows ``positions`` [r] of a kernel block
+    (``rows(positions) -> K`` rows), or their row sums [r] (``reduce``): made and used
+    ``_SCORE_ROWS`` rows at a time (in cache: about 3x faster than the whole block at
+    ``n = 10^5``, and with ``reduce`` ``O(s)`` memory per row less)."""
+    r = positions.numel()
+    out = right.new_empty((r,) if reduce else (r, right.shape[1]))
+    for start in range(0, r, _SCORE_ROWS):
+        stop = min(r, start + _SCORE_ROWS)
+        K = rows(positions[start:stop])
+        if reduce:
+            torch.sum((K @ right).square_(), 1, out=out[start:stop])
+        else:
+            torch.mm(K, right, out=out[start:stop]).square_()
+    return out
+
+
+def _rest_scores(quad: torch.Tensor, diag_R: torch.Tensor, lams: torch.Tensor) -> torch.Tensor:
+    """``min(1, (k_ii - quad_i) / lambda)`` [r, k] for ``quad`` [r, k] at the ridges ``lams``
+    [k] (Musco & Musco's estimator, below)."""
+    return (diag_R[:, None] - quad).clamp_min_(0.0).div_(lams).clamp_(max=1.0)
+
+
+def _own_scores(V2: torch.Tensor, w2: torch.Tensor, inv: torch.Tensor,
+                lams: torch.Tensor) -> torch.Tensor:
+    """The landmarks' left-one-out scores ``(1 / (lambda G_ii) - 1) / w_i^2`` [s, k] at the
+    ridges ``lams`` [k], ``G = (W K_SS W + lambda I)^-1``, from ``V2 = V^2``, ``w2 = w^2`` and
+    ``inv = 1 / (D + lambda)`` [s, k]."""
+    return (1.0 / (lams * (V2 @ inv)) - 1.0).div_(w2[:, None]).clamp_(0.0, 1.0)
+
+
 def _ridge_scores(
-    K_IS: torch.Tensor | Callable[[int, int], torch.Tensor], K_SS: torch.Tensor,
-    diag_I: torch.Tensor, w: torch.Tensor, lam: float, members: torch.Tensor | None = None,
-    eig: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """Estimated ridge leverage scores from weighted landmarks (Musco & Musco's estimator).
+    rows: Callable[[torch.Tensor], torch.Tensor], diag_I: torch.Tensor, members: torch.Tensor,
+    eig: tuple[torch.Tensor, torch.Tensor], w: torch.Tensor, lam: float | None,
+    total: float | None = None, generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, float]:
+    """Estimated ridge leverage scores of a set ``I`` from weighted landmarks ``S`` (Musco &
+    Musco's estimator), and the ridge they were taken at.
 
     ``l_i = (k_ii - b_i^T A^-1 b_i) / lambda`` with ``A = W K_SS W + lambda I``,
     ``b_i = W K_Si``, through ``W K_SS W = V D V^T`` (``eig``, :func:`_weighted_eigh`):
-    ``b_i^T A^-1 b_i = sum_j (K_iS W V)_j^2 / (D_j + lambda)``. ``K_IS`` is the ``[n, s]``
-    kernel block, or a callable ``(start, stop) -> rows start:stop`` of it: the block is then
-    made and used ``_SCORE_ROWS`` rows at a time (in cache: about 3x faster than the whole
-    block at ``n = 10^5``, and ``O(s)`` memory per row less). ``members`` (positions in ``I``
-    of the landmarks ``S``): their own scores are left-one-out, ``b_i`` against ``S \\ {i}``:
+    ``b_i^T A^-1 b_i = sum_j B_ij^2 / (D_j + lambda)``, ``B = K_IS W V`` (``rows(positions)``:
+    kernel rows of ``I`` against ``S``, :func:`_squared_products`). ``members`` (positions in
+    ``I`` of ``S``): their scores are left-one-out, ``b_i`` against ``S \\ {i}``:
     ``(1 / (lambda G_ii) - 1) / w_i^2`` with ``G = A^-1`` (the Schur complement; with ``i``
     among the landmarks the estimate is its leverage in the sample divided by ``w_i^2``,
-    which under-states a sampled point of leverage ~1 by the factor ``p_i``); ``O(s^2)``.
+    which under-states a sampled point of leverage ~1 by the factor ``p_i``), ``O(s^2)``:
+    their kernel rows are not made.
+
+    ``total`` given: ``lam``, unless the scores saturate there (``lam`` None, or their sum
+    above ``_SATURATED * total``): then the ridge at which they sum to ``total`` (the first
+    of a grid of 17 in ``log lambda``, refined three times: 0.7% in ``lambda``; the floor
+    ``1e-8 mean k_ii`` if they never reach it). The sum is estimated from the landmarks'
+    scores plus those of the rows ``R = I \\ S`` (at most ``_RIDGE_ROWS`` of them, drawn
+    uniformly with ``generator``, scaled by ``|R| / _RIDGE_ROWS``), ``O((|R| + |S|) |S|)``
+    per ridge from their squared ``B`` rows. Saturated scores (most clamped at 1) make a
+    draw close to uniform: the auto ridge fell to its floor (``n <= 2 m``: the uniform half
+    has no spectral tail to read; many duplicate rows, randhie). The squared ``B`` rows of
+    all of ``R`` are kept when they hold at most ``_STORED`` numbers: the scores at the
+    chosen ridge are then one product with them, without a second pass over the kernel.
     """
-    D, V = _weighted_eigh(K_SS, w) if eig is None else eig
+    D, V = eig
+    n, s = len(diag_I), len(members)
+    rest = torch.ones(n, dtype=torch.bool, device=diag_I.device)
+    rest[members] = False
+    R = rest.nonzero().squeeze(1)
+    right = w[:, None] * V
+    V2, w2 = V.square(), w.square()
+    stored = None
+    if total is not None:
+        draw, scale = None, 1.0
+        if R.numel() > _RIDGE_ROWS:
+            scale = R.numel() / _RIDGE_ROWS
+            draw = torch.randint(R.numel(), (_RIDGE_ROWS,), generator=generator).to(R.device)
+        check = R if draw is None else R[draw]
+        if R.numel() * s <= _STORED:
+            stored = _squared_products(rows, R, right)
+            B2 = stored if draw is None else stored[draw]
+        else:
+            B2 = _squared_products(rows, check, right)
+        diag_R = diag_I[check]
+
+        def estimate(lams: torch.Tensor) -> torch.Tensor:  # the sum at each ridge of lams
+            inv = 1.0 / (D[:, None] + lams)
+            return (_own_scores(V2, w2, inv, lams).sum(0)
+                    + scale * _rest_scores(B2 @ inv, diag_R, lams).sum(0))
+
+        if lam is None or float(estimate(D.new_tensor([lam]))[0]) > _SATURATED * total:
+            # every score is at most k_ii / lambda: the sum is below 1 at lambda = sum k_ii
+            lo, hi = math.log(1e-8 * float(diag_I.mean())), math.log(float(diag_I.sum()))
+            for _ in range(3):  # a grid of 17 in log lambda, three times: 16^-3 of the range
+                grid = torch.linspace(lo, hi, 17, dtype=D.dtype, device=D.device)
+                below = (estimate(grid.exp()) <= total).nonzero()
+                k = int(below[0, 0]) if len(below) else 16
+                lo, hi = float(grid[max(k - 1, 0)]), float(grid[k])
+            lam = math.exp(hi)
+    lams = D.new_tensor([lam])
     inv = 1.0 / (D + lam)
-    right = (w[:, None] * V) * inv.sqrt()  # ||K_iS right||^2 is the quadratic form
-    rows = K_IS if callable(K_IS) else (lambda a, b: K_IS[a:b])
-    n = len(diag_I)
-    quad = torch.empty(n, dtype=diag_I.dtype, device=diag_I.device)
-    for start in range(0, n, _SCORE_ROWS):
-        stop = min(n, start + _SCORE_ROWS)
-        torch.sum((rows(start, stop) @ right).square_(), 1, out=quad[start:stop])
-    scores = (diag_I - quad).clamp_min_(0.0).div_(lam)
-    if members is not None:
-        scores[members] = (1.0 / (lam * (V.square() @ inv)) - 1.0).div_(w.square())
-    return scores.clamp_(0.0, 1.0)
+    if stored is not None:
+        quad = stored @ inv
+    else:
+        quad = _squared_products(rows, R, right * inv.sqrt(), reduce=True)
+    scores = torch.empty_like(diag_I)
+    scores[R] = _rest_scores(quad[:, None], diag_I[R], lams)[:, 0]
+    scores[members] = _own_scores(V2, w2, inv[:, None], lams)[:, 0]
+    return scores, lam
 
 
 def _auto_ridge(diag_child: torch.Tensor, D: torch.Tensor, s: int, scale: float) -> float:
     """Ridge = spectral tail after the top ``s`` eigenvalues, over ``s`` (Musco & Musco's fixed-size variant).
 
-    ``W K_SS W`` (eigenvalues ``D``) approximates the kernel matrix of the set ``S`` was
-    sampled from (whose diagonal is ``diag_child``); ``scale`` = |current set| / |that set|
-    extrapolates its tail to the current set.
+    ``W K_SS W`` (eigenvalues ``D``, ascending) approximates the kernel matrix of the set
+    ``S`` was sampled from (whose diagonal is ``diag_child``); ``scale`` = |current set| /
+    |that set| extrapolates its tail to the current set.
     """
-    tail = float(diag_child.sum() - D.sort(descending=True).values[:s].sum()) * scale
+    tail = float(diag_child.sum() - D[-s:].sum()) * scale
     mean_diag = float(diag_child.mean())
     return max(tail / s, 1e-8 * mean_diag)
-
-
-def _ridge_for_total(K_RS: torch.Tensor, eig: tuple[torch.Tensor, torch.Tensor],
-                     w: torch.Tensor, diag_R: torch.Tensor, diag_I: torch.Tensor,
-                     scale: float, total: float, lam: float | None, limit: float) -> float:
-    """``lam``, unless the estimated scores of the current set ``I`` saturate there (``lam``
-    None, or their sum above ``limit * total``): then the ridge at which they sum to
-    ``total`` (the first of a grid of 17 in ``log lambda``, refined three times: 0.7% in
-    ``lambda``; the floor ``1e-8 mean k_ii`` if they never reach it).
-
-    The sum is estimated from the landmarks ``S`` (their own scores left-one-out, exact) plus
-    ``scale`` times the scores of rows ``R`` of ``I \\ S`` (all of them, or a seeded uniform
-    draw; ``K_RS`` their kernel block, ``diag_R`` their diagonal), by :func:`_ridge_scores`'
-    formulas in the eigenbasis ``eig`` of ``W K_SS W`` (``O((|R| + |S|) |S|)`` per ridge after
-    one ``O(|R| |S|^2)`` product). Saturated scores (most clamped at 1) make a draw close to
-    uniform: the auto ridge fell to its floor (``n <= 2 m``: the uniform half has no spectral
-    tail to read; many duplicate rows, randhie). A total below ``m`` keeps every point of
-    score 1 with certainty.
-    """
-    D, V = eig
-    B2 = ((K_RS * w) @ V).square_()
-    V2, w2 = V.square(), w.square()
-
-    def estimate(lams: torch.Tensor) -> torch.Tensor:  # the sum at each ridge of lams
-        inv = 1.0 / (D[:, None] + lams)
-        rest = (diag_R[:, None] - B2 @ inv).clamp_min_(0.0).div_(lams).clamp_(max=1.0)
-        own = (1.0 / (lams * (V2 @ inv)) - 1.0).div_(w2[:, None]).clamp_(0.0, 1.0)
-        return own.sum(0) + scale * rest.sum(0)
-
-    if lam is not None and float(estimate(D.new_tensor([lam]))[0]) <= limit * total:
-        return lam
-    # every score is at most k_ii / lambda: the sum is below 1 at lambda = sum_i k_ii
-    lo, hi = math.log(1e-8 * float(diag_I.mean())), math.log(float(diag_I.sum()))
-    for _ in range(3):  # a grid of 17 in log lambda, three times: 16^-3 of the range
-        grid = torch.linspace(lo, hi, 17, dtype=D.dtype, device=D.device)
-        below = (estimate(grid.exp()) <= total).nonzero()
-        k = int(below[0, 0]) if len(below) else 16
-        lo, hi = float(grid[max(k - 1, 0)]), float(grid[k])
-    return math.exp(hi)
 
 
 def _inclusion_probabilities(weights: torch.Tensor, m: int) -> torch.Tensor:
@@ -280,9 +326,9 @@ def recursive_rls_landmarks(
     def kmat(I, J):
         return pairwise_kernel(X[I], X[J], kernel, **params)
 
-    def krows(I, J):  # rows start:stop of kmat(I, J), made block by block in _ridge_scores
+    def krows(I, J):  # kernel rows of positions in I against J, for _ridge_scores
         XJ = X[J]
-        return lambda start, stop: pairwise_kernel(X[I[start:stop]], XJ, kernel, **params)
+        return lambda positions: pairwise_kernel(X[I[positions]], XJ, kernel, **params)
 
     # Levels: the full set, then nested uniform halves until at most n_components remain.
     levels = [torch.arange(n, device=X.device)]
@@ -293,30 +339,19 @@ def recursive_rls_landmarks(
     S = levels[-1]
     w = torch.ones(S.numel(), dtype=X.dtype, device=X.device)
 
-    def level_scores(I, S, K_SS, eig, w, lam, total):
+    def level_scores(I, S, eig, w, lam, total):
         """Scores of ``I`` at ``lam``, or where they sum to ``total`` if they saturate
-        (``lam`` None, or summing to more than ``_SATURATED * total``; the rows of ``I \\ S``,
-        or ``_RIDGE_ROWS`` of them drawn uniformly, estimate the sum)."""
-        members = torch.searchsorted(I, S)
-        rest = torch.ones(I.numel(), dtype=torch.bool, device=I.device)
-        rest[members] = False
-        R = I[rest]
-        scale = 1.0
-        if R.numel() > _RIDGE_ROWS:
-            scale = R.numel() / _RIDGE_ROWS
-            R = R[torch.randint(R.numel(), (_RIDGE_ROWS,), generator=generator).to(R.device)]
-        lam = _ridge_for_total(kmat(R, S), eig, w, diag[R], diag[I], scale, total, lam,
-                               _SATURATED)
-        return _ridge_scores(krows(I, S), K_SS, diag[I], w, lam, members, eig)
+        (:func:`_ridge_scores`)."""
+        return _ridge_scores(krows(I, S), diag[I], torch.searchsorted(I, S), eig, w, lam,
+                             total, generator)[0]
 
     for depth in range(len(levels) - 2, 0, -1):
         I = levels[depth]
         child = levels[depth + 1]  # the uniform half of I that S was sampled from
         target = max(1, round(s_level / _OVERSAMPLE))
-        K_SS = kmat(S, S)
-        eig = _weighted_eigh(K_SS, w)
+        eig = _weighted_eigh(kmat(S, S), w)
         lam = _auto_ridge(diag[child], eig[0], target, I.numel() / child.numel())
-        scores = level_scores(I, S, K_SS, eig, w, lam, target)
+        scores = level_scores(I, S, eig, w, lam, target)
         p = (s_level * scores / scores.sum().clamp_min(1e-300)).clamp(max=1.0)
         pick = torch.rand(I.numel(), generator=generator, dtype=torch.float64).to(p.device) < p
         pick = pick | (p >= 1.0)
@@ -326,15 +361,14 @@ def recursive_rls_landmarks(
     # Top level: scores of every point from the last weighted landmark set.
     I = levels[0]
     child = levels[1] if len(levels) > 1 else levels[0]
-    K_SS = kmat(S, S)
-    eig = _weighted_eigh(K_SS, w)
+    eig = _weighted_eigh(kmat(S, S), w)
     if ridge is not None:
-        scores = _ridge_scores(krows(I, S), K_SS, diag, w, ridge, S, eig)
+        scores = level_scores(I, S, eig, w, ridge, None)
     elif len(levels) == 2:  # S is the uniform half itself: no tail to read
-        scores = level_scores(I, S, K_SS, eig, w, None, n_components / _OVERSAMPLE)
+        scores = level_scores(I, S, eig, w, None, n_components / _OVERSAMPLE)
     else:
         lam = _auto_ridge(diag[child], eig[0], n_components, n / child.numel())
-        scores = level_scores(I, S, K_SS, eig, w, lam, n_components / _OVERSAMPLE)
+        scores = level_scores(I, S, eig, w, lam, n_components / _OVERSAMPLE)
     probs = scores.clamp_min(1e-12 * float(scores.max().clamp_min(1e-300)))
     indices = _systematic_sample(probs.cpu(), n_components, generator)
     if progress is not None:
