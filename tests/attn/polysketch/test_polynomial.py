@@ -219,3 +219,26 @@ def test_huge_and_tiny_inputs_give_the_exact_result(magnitude, normalize, is_cau
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()
     torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-5)
     torch.testing.assert_close(lse.double(), ref_lse, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log_norm_of_rows_with_subnormal_squares_is_exact(dtype):
+    # Rows whose norm is positive but below sqrt(d · tiny) have subnormal squares: one
+    # pass gave log ‖x‖ 1.8e-3 off in float32 (entries 3e-22, d = 64). _log_norm rescales
+    # them; ordinary and tiny rows in one tensor, each within rounding of the exact value.
+    from kernelsketch.attn.polysketch.polynomial import _log_norm
+
+    tiny = torch.finfo(dtype).tiny
+    d = 64
+    rows = [1.0, 3e-22 if dtype == torch.float32 else 3e-162,  # squares subnormal
+            0.5 * math.sqrt(tiny),                            # norm below sqrt(d·tiny)
+            4.0 * math.sqrt(tiny)]                            # norm above: one pass exact
+    # Equal entries: their squares' rounding errors add up instead of averaging out.
+    x = torch.tensor(rows, dtype=dtype).unsqueeze(-1).expand(len(rows), d).contiguous()
+    x64 = x.double()  # the same values; rescaled, as float64 squares of 3e-162 underflow too
+    a = x64.abs().amax(-1, keepdim=True)
+    want = (a.log() + (x64 / a).norm(dim=-1, keepdim=True).log()).squeeze(-1)
+    # |log ‖x‖| <= 750: its own rounding is <= 750 eps; 2x margin. The old guard (n > 0) was
+    # 1.8e-3 (1.5e4 eps) off in float32, 0.047 in float64.
+    tol = 1500 * torch.finfo(dtype).eps
+    torch.testing.assert_close(_log_norm(x).double(), want, rtol=0, atol=tol)
