@@ -45,7 +45,7 @@ def causal_levels(n: int, min_seq_len: int) -> tuple[int, int]:
 
 
 def _square_causal(q, k, v, *, scale, approximate, min_seq_len):
-    B, Hq, n, _ = q.shape
+    B, n = q.shape[0], q.shape[2]
     levels, leaf = causal_levels(n, min_seq_len)
     n_pad = leaf * 2**levels
     if n_pad != n:
@@ -56,16 +56,15 @@ def _square_causal(q, k, v, *, scale, approximate, min_seq_len):
         # each, they make exact causal attention on spans of 2 leaves, one call, no merge.
         levels, leaf = levels - 1, 2 * leaf
     nb = 2**levels
-    # Leaves: exact causal attention inside each diagonal block, the blocks in the batch dim
-    # (views for B = 1: the kernel then writes its output in the [B, H, n, ·] layout).
-    def blocks(x):
-        return x.reshape(B, x.shape[1], nb, leaf, x.shape[-1]).transpose(1, 2).reshape(
-            B * nb, x.shape[1], leaf, x.shape[-1])
+    # Leaves: exact causal attention inside each span of ``leaf`` rows, the spans in the batch
+    # dim (views for B = 1). Their results stay in that span-major layout, [B·nb, Hq, leaf, ·]:
+    # the merge writes the final [B, Hq, n, ·] layout in its first pass (no re-layout copy).
+    def spans(x):
+        return x.unflatten(2, (nb, leaf)).transpose(1, 2).reshape(B * nb, x.shape[1], leaf,
+                                                                  x.shape[-1])
 
-    out, lse = exact_lse(blocks(q), blocks(k), blocks(v), scale=scale, is_causal=True)
-    out = out.reshape(B, nb, Hq, leaf, -1).transpose(1, 2).reshape(B, Hq, n_pad, -1)
-    lse = lse.reshape(B, nb, Hq, leaf).transpose(1, 2).reshape(B, Hq, n_pad)
-    parts = []  # (blocks, half, out, lse) of each level's off-diagonal blocks
+    out, lse = exact_lse(spans(q), spans(k), spans(v), scale=scale, is_causal=True)
+    parts = []  # (blocks, out, lse) of each level's off-diagonal blocks
     for level in range(levels, 0, -1):
         blocks = 2 ** (level - 1)
         half = n_pad // (2 * blocks)
@@ -75,54 +74,65 @@ def _square_causal(q, k, v, *, scale, approximate, min_seq_len):
             x = x.reshape(B, h, blocks, 2, half, x.shape[-1])[:, :, :, second]
             return x.transpose(1, 2).reshape(B * blocks, h, half, x.shape[-1])
 
-        off_out, off_lse = approximate(halves(q, 1), halves(k, 0), halves(v, 0), scale)
-        parts.append((blocks, half, off_out.reshape(B, blocks, Hq, half, -1).transpose(1, 2),
-                      off_lse.reshape(B, blocks, Hq, half).transpose(1, 2)))
-    out, lse = _merge_levels(out, lse, parts)
+        parts.append((blocks, *approximate(halves(q, 1), halves(k, 0), halves(v, 0), scale)))
+    out, lse = _merge_levels(out, lse, parts, batch=B)
     return out[:, :, :n], lse[:, :, :n]
 
 
-def _merge_levels(out, lse, parts):
-    """Merge the leaves' partials with every level's, in place where autograd allows.
+def _merge_levels(out, lse, parts, *, batch):
+    """Merge the leaves' partials with every level's into ``(out [B, H, n, Dv], lse [B, H, n])``.
 
-    ``out`` [B, H, n, Dv], ``lse`` [B, H, n]: the leaves, every row; each part
-    ``(blocks, half, out [B, H, blocks, half, Dv], lse [B, H, blocks, half])``
-    covers the second half of each of ``blocks`` equal spans of the rows. The
-    result is :func:`.merge.merge_partials` of all parts, computed as
-    ``Σ_p e^{lse_p - m} out_p / Σ_p e^{lse_p - m}`` with one detached shift m:
-    one pass over the leaves, one ``addcmul_`` per part, one division. Without
-    autograd through the inputs, the leaves' ``out`` is the accumulator.
+    ``out`` [B·nb, H, leaf, Dv], ``lse`` [B·nb, H, leaf]: the leaves, span-major (row
+    ``b·leaf + t`` of the sequence is ``[·, b, ·, t]``); each part ``(blocks, out
+    [B·blocks, H, half, Dv], lse [B·blocks, H, half])`` covers the second half of each of
+    ``blocks`` equal spans of the rows. The result is :func:`.merge.merge_partials` of all
+    parts, computed as ``Σ_p e^{lse_p - lse} out_p`` with ``lse = m + log Σ_p e^{lse_p - m}``
+    (m the detached largest lse of each row, a shift that cancels) found first on the
+    [B, H, n] log-sum-exps: one pass over the leaves' out (writing the final layout), one
+    ``addcmul_`` per part, no division pass. Rows no part covers get out 0, lse -inf.
     """
-    if not parts:
+    if not parts:  # one span: the leaves' own layout is [B, H, n, ·]
         return out, lse
-    B, H = lse.shape[:2]
+    B = batch
+    nb, H, leaf = lse.shape[0] // B, lse.shape[1], lse.shape[2]
     acc = lse.dtype
+
+    def span_major(x, blocks):  # a part [B·blocks, H, half, ·] as [B, blocks, half/leaf, H, leaf, ·]
+        return x.unflatten(0, (B, blocks)).unflatten(3, (-1, leaf)).transpose(2, 3)
+
+    def second(x, blocks):  # rows covered by a part, of x [B, nb, H, leaf, ·]
+        return x.unflatten(1, (blocks, 2, -1))[:, :, 1]
+
+    leaf_lse = lse.unflatten(0, (B, nb))
+    parts = [(blocks, span_major(o, blocks), span_major(s, blocks)) for blocks, o, s in parts]
     grad = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (out, lse, *(x for p in parts for x in p[2:])))
-    out = out.to(acc).contiguous()  # in place through the views below
-
-    def second(x, blocks, half):
-        return x.view(B, H, blocks, 2, half, *x.shape[3:])[:, :, :, 1]
-
+        t.requires_grad for t in (out, lse, *(x for p in parts for x in p[1:])))
     with torch.no_grad():  # the shift cancels: no gradient flows through it
-        m = lse.detach().clone()
-        for blocks, half, _, part_lse in parts:
-            view = second(m, blocks, half)
+        m = leaf_lse.detach().clone()
+        for blocks, _, part_lse in parts:
+            view = second(m, blocks)
             torch.maximum(view, part_lse.detach(), out=view)
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    w = torch.exp(lse - m)
-    den = w.clone()
-    num = out * w.unsqueeze(-1) if grad else out.mul_(w.unsqueeze(-1))
-    for blocks, half, part_out, part_lse in parts:
-        wp = torch.exp(part_lse - second(m, blocks, half))
-        second(den, blocks, half).add_(wp)
-        second(num, blocks, half).addcmul_(part_out, wp.unsqueeze(-1))  # promotes to acc
-    nonzero = den > 0
-    den_safe = torch.where(nonzero, den, torch.ones_like(den)).unsqueeze(-1)
-    out = num / den_safe if grad else num.div_(den_safe)
-    lse = torch.where(nonzero, m + torch.log(den_safe.squeeze(-1)),
-                      torch.full_like(m, float("-inf")))
-    return out, lse
+    den = torch.exp(leaf_lse - m)
+    den = den.clone() if grad else den  # exp saved its output for backward
+    for blocks, _, part_lse in parts:
+        second(den, blocks).add_(torch.exp(part_lse - second(m, blocks)))
+    nonzero = den > 0  # else every part is empty (m = 0): every weight below is 0
+    total = m + torch.log(torch.where(nonzero, den, torch.ones_like(den)))
+    w = torch.exp(leaf_lse - total).unsqueeze(-1)
+    leaf_out = out.unflatten(0, (B, nb))
+    if grad:
+        res = (leaf_out * w).to(acc)  # out of place: the kernel saved its out for backward
+    else:
+        final = torch.empty(B, H, nb * leaf, out.shape[-1], dtype=acc, device=out.device)
+        res = final.unflatten(2, (nb, leaf)).transpose(1, 2)
+        torch.mul(leaf_out, w, out=res)
+    for blocks, part_out, part_lse in parts:
+        wp = torch.exp(part_lse - second(total, blocks)).unsqueeze(-1)
+        second(res, blocks).addcmul_(part_out, wp)  # promotes to acc
+    lse = torch.where(nonzero, total, torch.full_like(total, float("-inf")))
+    lse = lse.transpose(1, 2).reshape(B, H, nb * leaf)
+    return res.transpose(1, 2).reshape(B, H, nb * leaf, -1), lse
 
 
 def causal_attention(
