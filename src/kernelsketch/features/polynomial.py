@@ -111,8 +111,13 @@ _CANDIDATES_PER_FEATURE = 2
 _ORDERINGS_PER_FEATURE = 24
 # Largest [rows, r^(q-1)] product table for the head's candidate moments (else a gather).
 _MOMENT_WORDS = 1 << 22
-# Largest [D, m] CountSketch kept as a dense matrix (one matmul instead of a scatter).
+# Largest [D, m] CountSketch kept as a dense matrix (one matmul instead of a scatter), and
+# the largest dense [k, m] head correction (else sparse).
 _DENSE_COUNTSKETCH = 1 << 20
+# The dense CountSketch product costs ~ n q w D, the scatter ~ n q (w + D) with a 40-50x larger
+# constant (measured, 1 thread: D = 13-32 dense faster, D = 65 at w = 1024 scatter 2x faster):
+# dense while w D <= 45 (w + D).
+_DENSE_COUNTSKETCH_WORK = 45
 # Bytes of temporaries per block of rows in the torch maps' forward.
 _BLOCK_BYTES = 1 << 26
 # Largest n_components / degree accepted (sizes above cannot be allocated or evaluated).
@@ -326,10 +331,11 @@ class PolynomialSketchMap(nn.Module):
         self.register_buffer("cs_buckets", buckets)
         self.register_buffer("cs_signs", signs.double())
         d_lift, w = buckets.shape[1], self.width
-        # Small: the q CountSketches side by side as one dense [D, q w] matrix (one matmul),
+        # Small and narrow: the q CountSketches side by side as one dense [D, q w] matrix (one matmul),
         # column t w + h_t(i) of row i holding s_t(i); else a scatter per call.
         M = torch.zeros(0)
-        if w and d_lift * degree * w <= _DENSE_COUNTSKETCH:
+        if (w and d_lift * degree * w <= _DENSE_COUNTSKETCH
+                and w * d_lift <= _DENSE_COUNTSKETCH_WORK * (w + d_lift)):
             M = torch.zeros(d_lift, degree * w, dtype=torch.float64)
             cols = torch.from_numpy(_countsketch_columns(buckets.numpy(), w))
             M[torch.arange(d_lift).repeat(degree), cols.ravel()] = self.cs_signs.ravel()
