@@ -390,3 +390,15 @@ def test_leverage_sampler_verbose_reports_steps_and_changes_nothing(np_rng, caps
     np.testing.assert_array_equal(loud.transform(X), quiet.transform(X))
     with pytest.raises(ValueError, match="verbose must be >= 0"):
         PolynomialLeverageSampler(verbose=-1).fit(X)
+
+
+@pytest.mark.parametrize("q", [1, 2, 3, 4, 5])
+def test_orderings_are_the_distinct_permutations(q, np_rng):
+    # The head's TensorSketch corrections need every distinct ordering of each multiset once
+    # (q <= 4: a filter over all q! permutations; q >= 5: per equality pattern).
+    c = np.sort(np_rng.integers(0, 4, size=(60, q)), axis=1)
+    owner, tuples = polynomial._orderings(c)
+    got = sorted(zip(owner.tolist(), map(tuple, tuples.tolist())))
+    ref = sorted((i, p) for i, row in enumerate(c.tolist())
+                 for p in set(itertools.permutations(row)))
+    assert got == ref

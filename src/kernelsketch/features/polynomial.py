@@ -170,9 +170,27 @@ def _ordering_positions(pattern: tuple[bool, ...]) -> np.ndarray:
     return first[perms]
 
 
+@functools.lru_cache(maxsize=8)
+def _out_of_order_pairs(q: int) -> tuple[np.ndarray, list[tuple[int, int, np.ndarray]]]:
+    """All ``q!`` permutations [P, q] and, per position pair ``u < v``, the permutations that
+    put a later position of the row at ``u`` than at ``v`` (mask [P])."""
+    perms = np.array(list(itertools.permutations(range(q))), dtype=np.int64)
+    pairs = [(u, v, perms[:, u] > perms[:, v]) for u in range(q) for v in range(u + 1, q)]
+    return perms, pairs
+
+
 def _orderings(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct orderings of each sorted row of ``c`` [k, q]: (owner row [N], tuples [N, q])."""
     q = c.shape[1]
+    if q <= 4:  # all q! permutations at once; of those giving one tuple, keep the one that
+        # keeps equal entries in their order (a few array operations instead of a loop)
+        perms, pairs = _out_of_order_pairs(q)
+        T = c[:, perms]  # [k, q!, q]
+        keep = np.ones(T.shape[:2], dtype=bool)
+        for u, v, swapped in pairs:
+            keep &= ~((T[:, :, u] == T[:, :, v]) & swapped)
+        owner, p = np.nonzero(keep)
+        return owner, T[owner, p]
     pattern = c[:, 1:] == c[:, :-1]  # rows with one equality pattern share their orderings
     code = pattern @ (1 << np.arange(q - 2, -1, -1))  # the pattern as an int, first bit high
     owners, tuples = [], []
@@ -331,15 +349,16 @@ class PolynomialSketchMap(nn.Module):
         self.register_buffer("cs_buckets", buckets)
         self.register_buffer("cs_signs", signs.double())
         d_lift, w = buckets.shape[1], self.width
-        # Small and narrow: the q CountSketches side by side as one dense [D, q w] matrix (one matmul),
-        # column t w + h_t(i) of row i holding s_t(i); else a scatter per call.
-        M = torch.zeros(0)
+        b_np, s_np = buckets.numpy(), self.cs_signs.numpy()
+        # Small and narrow: the q CountSketches side by side as one dense [D, q w] matrix
+        # (one matmul), column t w + h_t(i) of row i holding s_t(i); else a scatter per call.
+        M = np.zeros(0)
         if (w and d_lift * degree * w <= _DENSE_COUNTSKETCH
                 and w * d_lift <= _DENSE_COUNTSKETCH_WORK * (w + d_lift)):
-            M = torch.zeros(d_lift, degree * w, dtype=torch.float64)
-            cols = torch.from_numpy(_countsketch_columns(buckets.numpy(), w))
-            M[torch.arange(d_lift).repeat(degree), cols.ravel()] = self.cs_signs.ravel()
-        self.register_buffer("ts_matrices", M)
+            M = np.zeros((d_lift, degree * w))
+            M[np.tile(np.arange(d_lift), degree), _countsketch_columns(b_np, w).ravel()] = (
+                s_np.ravel())
+        self.register_buffer("ts_matrices", torch.from_numpy(M))
         # The head's own terms in the TensorSketch: correction = head @ C for C [k, w], dense
         # when small, else sparse (coalesced once: the per-call product needs no sort).
         C = torch.zeros(0, 0, dtype=torch.float64)
@@ -349,8 +368,8 @@ class PolynomialSketchMap(nn.Module):
             k = len(head_np)
             owner, tuples = _orderings(head_np)
             flat = tuples + np.arange(degree) * d_lift  # (factor t, coordinate) in [q, D]
-            bucket = np.take(buckets.numpy(), flat).sum(1) % w
-            weight = np.take(self.cs_signs.numpy(), flat).prod(1) / np.sqrt(mult)[owner]
+            bucket = np.take(b_np, flat).sum(1) % w
+            weight = np.take(s_np, flat).prod(1) / np.sqrt(mult)[owner]
             if k * w <= _DENSE_COUNTSKETCH:
                 C = torch.from_numpy(np.bincount(owner * w + bucket, weights=weight,
                                                  minlength=k * w).reshape(k, w))
