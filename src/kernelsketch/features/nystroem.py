@@ -13,6 +13,7 @@ docs/rls_nystroem.md.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -85,15 +86,7 @@ def pairwise_kernel(
         return kernel(X, Y)
     gamma = 1.0 / X.shape[-1] if gamma is None else gamma
     if kernel == "rbf":
-        # exp(<[x, -gamma |x|^2, 1], [2 gamma y, 1, -gamma |y|^2]>): one product of the lifted
-        # rows, then in place (the exponent is -gamma |x - y|^2 <= 0 up to rounding; 20% less
-        # time than a broadcast addmm and a subtraction at (10^4, 45)).
-        d = X.shape[-1]
-        XL, YL = X.new_empty(X.shape[0], d + 2), Y.new_empty(Y.shape[0], d + 2)
-        XL[:, :d], XL[:, d], XL[:, d + 1] = X, (X * X).sum(-1).mul_(-gamma), 1.0
-        torch.mul(Y, 2.0 * gamma, out=YL[:, :d])
-        YL[:, d], YL[:, d + 1] = 1.0, (Y * Y).sum(-1).mul_(-gamma)
-        return (XL @ YL.mT).clamp_max_(0.0).exp_()
+        return _rbf_lifted(_rbf_lift(X, gamma, 0), _rbf_lift(Y, gamma, 1))
     if kernel == "laplacian":
         return torch.exp(-gamma * torch.cdist(X, Y, p=1.0))
     if kernel == "polynomial":
@@ -105,6 +98,27 @@ def pairwise_kernel(
         Yn = Y / Y.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(Y.dtype).tiny)
         return Xn @ Yn.mT
     raise ValueError(f"kernel must be one of {KERNELS} or a callable, got {kernel!r}")
+
+
+def _rbf_lift(X: torch.Tensor, gamma: float, side: int) -> torch.Tensor:
+    """Rows ``[x, -gamma |x|^2, 1]`` (``side`` 0) or ``[2 gamma x, 1, -gamma |x|^2]`` (1),
+    ``[n, d + 2]``: a row of each side has the product ``-gamma |x - y|^2``."""
+    d = X.shape[-1]
+    out = X.new_empty(X.shape[0], d + 2)
+    sq = (X * X).sum(-1).mul_(-gamma)
+    if side == 0:
+        out[:, :d], out[:, d], out[:, d + 1] = X, sq, 1.0
+    else:
+        torch.mul(X, 2.0 * gamma, out=out[:, :d])
+        out[:, d], out[:, d + 1] = 1.0, sq
+    return out
+
+
+def _rbf_lifted(XL: torch.Tensor, YL: torch.Tensor) -> torch.Tensor:
+    """The rbf block from lifted rows (:func:`_rbf_lift`): one product, then in place (the
+    exponent is ``<= 0`` up to rounding; 20% less time than a broadcast ``addmm`` and a
+    subtraction at (10^4, 45))."""
+    return torch.mm(XL, YL.mT).clamp_max_(0.0).exp_()
 
 
 def _kernel_diag(X: torch.Tensor, kernel, **params) -> torch.Tensor:
@@ -143,18 +157,12 @@ def _squared_products(rows: Callable[[torch.Tensor], torch.Tensor], positions: t
     return out
 
 
-def _rest_scores(quad: torch.Tensor, diag_R: torch.Tensor, lams: torch.Tensor) -> torch.Tensor:
-    """``min(1, (k_ii - quad_i) / lambda)`` [r, k] for ``quad`` [r, k] at the ridges ``lams``
-    [k] (Musco & Musco's estimator, below)."""
-    return (diag_R[:, None] - quad).clamp_min_(0.0).div_(lams).clamp_(max=1.0)
-
-
 def _own_scores(V2: torch.Tensor, w2: torch.Tensor, inv: torch.Tensor,
-                lams: torch.Tensor) -> torch.Tensor:
+                lams: torch.Tensor | float) -> torch.Tensor:
     """The landmarks' left-one-out scores ``(1 / (lambda G_ii) - 1) / w_i^2`` [s, k] at the
-    ridges ``lams`` [k], ``G = (W K_SS W + lambda I)^-1``, from ``V2 = V^2``, ``w2 = w^2`` and
-    ``inv = 1 / (D + lambda)`` [s, k]."""
-    return (1.0 / (lams * (V2 @ inv)) - 1.0).div_(w2[:, None]).clamp_(0.0, 1.0)
+    ridges ``lams`` [k] (or one float), ``G = (W K_SS W + lambda I)^-1``, from ``V2 = V^2``,
+    ``w2 = w^2`` and ``inv = 1 / (D + lambda)`` [s, k]."""
+    return torch.mm(V2, inv).mul_(lams).reciprocal_().sub_(1.0).div_(w2[:, None]).clamp_(0.0, 1.0)
 
 
 def _ridge_scores(
@@ -195,23 +203,27 @@ def _ridge_scores(
     right = w[:, None] * V
     V2, w2 = V.square(), w.square()
     stored = None
+    # The other points' scores min(1, max(0, k_ii - quad_i) / lambda) below are computed as
+    # clamp(k_ii - quad_i, 0, lambda) / lambda (the same numbers).
     if total is not None:
         draw, scale = None, 1.0
         if R.numel() > _RIDGE_ROWS:
             scale = R.numel() / _RIDGE_ROWS
             draw = torch.randint(R.numel(), (_RIDGE_ROWS,), generator=generator).to(R.device)
-        check = R if draw is None else R[draw]
+        check = R if draw is None else R.index_select(0, draw)
         if R.numel() * s <= _STORED:
             stored = _squared_products(rows, R, right)
-            B2 = stored if draw is None else stored[draw]
+            B2 = stored if draw is None else stored.index_select(0, draw)
         else:
             B2 = _squared_products(rows, check, right)
-        diag_R = diag_I[check]
+        diag_R = diag_I.index_select(0, check)[:, None]
 
         def estimate(lams: torch.Tensor) -> torch.Tensor:  # the sum at each ridge of lams
-            inv = 1.0 / (D[:, None] + lams)
-            return (_own_scores(V2, w2, inv, lams).sum(0)
-                    + scale * _rest_scores(B2 @ inv, diag_R, lams).sum(0))
+            inv = (D[:, None] + lams).reciprocal_()
+            quad = torch.mm(B2, inv)
+            excess = torch.sub(diag_R, quad, out=quad).clamp_min_(0.0)
+            excess = torch.minimum(excess, lams, out=excess).sum(0).div_(lams)
+            return _own_scores(V2, w2, inv, lams).sum(0).add_(excess, alpha=scale)
 
         if lam is None or float(estimate(D.new_tensor([lam]))[0]) > _SATURATED * total:
             # every score is at most k_ii / lambda: the sum is below 1 at lambda = sum k_ii
@@ -222,15 +234,15 @@ def _ridge_scores(
                 k = int(below[0, 0]) if len(below) else 16
                 lo, hi = float(grid[max(k - 1, 0)]), float(grid[k])
             lam = math.exp(hi)
-    lams = D.new_tensor([lam])
-    inv = 1.0 / (D + lam)
+    inv = (D + lam).reciprocal_()
     if stored is not None:
         quad = stored @ inv
     else:
         quad = _squared_products(rows, R, right * inv.sqrt(), reduce=True)
     scores = torch.empty_like(diag_I)
-    scores[R] = _rest_scores(quad[:, None], diag_I[R], lams)[:, 0]
-    scores[members] = _own_scores(V2, w2, inv[:, None], lams)[:, 0]
+    quad = torch.sub(diag_I.index_select(0, R), quad, out=quad).clamp_(0.0, lam).div_(lam)
+    scores.index_copy_(0, R, quad)
+    scores.index_copy_(0, members, _own_scores(V2, w2, inv[:, None], lam)[:, 0])
     return scores, lam
 
 
@@ -323,12 +335,17 @@ def recursive_rls_landmarks(
     diag = _kernel_diag(X, kernel, **params)
     s_level = max(1, round(_LEVEL_SHARE * n_components))
 
-    def kmat(I, J):
-        return pairwise_kernel(X[I], X[J], kernel, **params)
+    if kernel == "rbf":  # X lifted once: a block of kernel rows is one gather and one product
+        gamma = 1.0 / X.shape[-1] if params["gamma"] is None else params["gamma"]
+        XL = _rbf_lift(X, gamma, 0)
 
-    def krows(I, J):  # kernel rows of positions in I against J, for _ridge_scores
-        XJ = X[J]
-        return lambda positions: pairwise_kernel(X[I[positions]], XJ, kernel, **params)
+        def against(J):  # rows(idx) = k(X[idx], X[J])
+            YL = _rbf_lift(X[J], gamma, 1)
+            return lambda idx: _rbf_lifted(XL.index_select(0, idx), YL)
+    else:
+        def against(J):
+            XJ = X[J]
+            return lambda idx: pairwise_kernel(X.index_select(0, idx), XJ, kernel, **params)
 
     # Levels: the full set, then nested uniform halves until at most n_components remain.
     levels = [torch.arange(n, device=X.device)]
@@ -339,36 +356,40 @@ def recursive_rls_landmarks(
     S = levels[-1]
     w = torch.ones(S.numel(), dtype=X.dtype, device=X.device)
 
-    def level_scores(I, S, eig, w, lam, total):
-        """Scores of ``I`` at ``lam``, or where they sum to ``total`` if they saturate
+    def level_scores(I, S, w, ridge, total):
+        """Scores of ``I`` from the landmarks ``S`` at ``ridge`` (a float, or a function of the
+        eigenvalues of ``W K_SS W``), or where they sum to ``total`` if they saturate
         (:func:`_ridge_scores`)."""
-        return _ridge_scores(krows(I, S), diag[I], torch.searchsorted(I, S), eig, w, lam,
-                             total, generator)[0]
+        rows = against(S)
+        eig = _weighted_eigh(rows(S), w)
+        lam = ridge(eig[0]) if callable(ridge) else ridge
+        return _ridge_scores(lambda positions: rows(I.index_select(0, positions)), diag[I],
+                             torch.searchsorted(I, S), eig, w, lam, total, generator)[0]
 
     for depth in range(len(levels) - 2, 0, -1):
         I = levels[depth]
         child = levels[depth + 1]  # the uniform half of I that S was sampled from
         target = max(1, round(s_level / _OVERSAMPLE))
-        eig = _weighted_eigh(kmat(S, S), w)
-        lam = _auto_ridge(diag[child], eig[0], target, I.numel() / child.numel())
-        scores = level_scores(I, S, eig, w, lam, target)
+        auto = functools.partial(_auto_ridge, diag[child], s=target,
+                                 scale=I.numel() / child.numel())
+        scores = level_scores(I, S, w, auto, target)
         p = (s_level * scores / scores.sum().clamp_min(1e-300)).clamp(max=1.0)
         pick = torch.rand(I.numel(), generator=generator, dtype=torch.float64).to(p.device) < p
-        pick = pick | (p >= 1.0)
-        S, w = I[pick], 1.0 / p[pick].sqrt()
+        pick = (pick | (p >= 1.0)).nonzero().squeeze(1)
+        S, w = I.index_select(0, pick), p.index_select(0, pick).rsqrt_()
         if progress is not None:
             progress(f"level {depth}: {I.numel()} points, {S.numel()} landmarks")
     # Top level: scores of every point from the last weighted landmark set.
     I = levels[0]
     child = levels[1] if len(levels) > 1 else levels[0]
-    eig = _weighted_eigh(kmat(S, S), w)
     if ridge is not None:
-        scores = level_scores(I, S, eig, w, ridge, None)
+        scores = level_scores(I, S, w, ridge, None)
     elif len(levels) == 2:  # S is the uniform half itself: no tail to read
-        scores = level_scores(I, S, eig, w, None, n_components / _OVERSAMPLE)
+        scores = level_scores(I, S, w, None, n_components / _OVERSAMPLE)
     else:
-        lam = _auto_ridge(diag[child], eig[0], n_components, n / child.numel())
-        scores = level_scores(I, S, eig, w, lam, n_components / _OVERSAMPLE)
+        auto = functools.partial(_auto_ridge, diag[child], s=n_components,
+                                 scale=n / child.numel())
+        scores = level_scores(I, S, w, auto, n_components / _OVERSAMPLE)
     probs = scores.clamp_min(1e-12 * float(scores.max().clamp_min(1e-300)))
     indices = _systematic_sample(probs.cpu(), n_components, generator)
     if progress is not None:
