@@ -20,8 +20,8 @@ from ..common.spec import MethodSpec
 from ..common.triton_utils import HALF, max_head_dim, tf32_allowed, triton_available
 from .config import LEARNED, PolySketchConfig
 from .features import PolySketchFeatures
-from .naive import _causal_torch, _noncausal_torch, _quadratic_torch, use_quadratic
-from .polynomial import bounded_inputs, layer_norm_qk, normalize_output
+from .naive import _causal_torch, _noncausal_torch, _quadratic_torch, product_dtype, use_quadratic
+from .polynomial import bounded_inputs, in_range, layer_norm_qk, normalize_output
 
 
 def fused_eligible(q, k, v, fq, *, block_size, exact_local) -> bool:
@@ -62,6 +62,7 @@ def sketched_polynomial_attention(
     scale: float,
     is_causal: bool,
     need_lse: bool = False,
+    norm_bound: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """PolySketch attention of already-normalised q, k (see docs/polysketch.md).
 
@@ -70,6 +71,9 @@ def sketched_polynomial_attention(
     q : [B, Hq, N, D]; k : [B, Hkv, M, D]; v : [B, Hkv, M, Dv] (GQA; causal
         aligned bottom-right).
     features : the degree-p/2 feature map φ (on q's device).
+    norm_bound : a bound on every row norm of q and k where one is known (layer-normalised
+        rows: sqrt(D)); where it shows them in range (:func:`.polynomial.in_range`) the
+        norms of :func:`.polynomial.bounded_inputs` are not computed.
 
     Returns
     -------
@@ -82,29 +86,35 @@ def sketched_polynomial_attention(
     # Blocks of b >= M keys all hold one block: clamp b (block_size=10**12 was allocated),
     # to a power of two >= 64 so a multiple of 64 stays one.
     block_size = min(block_size, max(64, 1 << (k.shape[2] - 1).bit_length()))
-    if features.homogeneous:  # rescaled into range, exactly (scale=1e10 gave NaN)
-        qs, ks, shrink = bounded_inputs(q.to(acc), k.to(acc), v, scale=scale, degree=degree)
-    else:  # learned sketches are not homogeneous: q' = sqrt(scale) q as they were trained
-        root = math.sqrt(scale)
+    G, M, r = Hq // Hkv, k.shape[2], features.dim
+    quadratic = use_quadratic(N, M, r, D, v.shape[-1])
+    # The scan's and the linear form's products, the features included, in bfloat16 for
+    # bfloat16 on CPU; states and sums in acc (naive.py).
+    low = acc if quadratic else product_dtype(v.dtype, v.device)
+    root = math.sqrt(scale)
+    if not features.homogeneous:  # learned sketches: q' = sqrt(scale) q as they were trained
         qs, ks, shrink = q.to(acc) * root, k.to(acc) * root, None
-    fq, fk = features(qs), features(ks)
+    elif norm_bound is not None and in_range(v, keys=M, norm_bound=norm_bound, scale=scale,
+                                             degree=degree, dtype=acc):
+        qs, ks, shrink = q.to(low) * root, k.to(low) * root, None  # bounded_inputs' factors: 1
+    else:  # rescaled into range, exactly (scale=1e10 gave NaN)
+        qs, ks, shrink = bounded_inputs(q.to(acc), k.to(acc), v, scale=scale, degree=degree)
+    fq, fk = features(qs.to(low)), features(ks.to(low))
     if is_causal and fused_supported(qs, ks, v, fq, block_size=block_size,
                                      exact_local=exact_local):
         from .fused import polysketch_causal
 
         # The kernels multiply in v's dtype (float32: TF32), with float32 states.
-        low = v.dtype if v.dtype in HALF else acc
-        out, den = polysketch_causal(qs.to(low), ks.to(low), v.to(low), fq, fk, degree=degree,
+        kdt = v.dtype if v.dtype in HALF else acc
+        out, den = polysketch_causal(qs.to(kdt), ks.to(kdt), v.to(kdt), fq, fk, degree=degree,
                                      block_size=block_size)
         if shrink is None:
             return out, (torch.log(1.0 + den) if need_lse else None)
         # The kernels return num / (1 + den): restore num, then normalise with the shrink.
         return normalize_output(out * (1.0 + den).unsqueeze(-1), den, need_lse, shrink)
-    G = Hq // Hkv
-    qg, fqg = qs.reshape(B, Hkv, G, N, D), fq.reshape(B, Hkv, G, N, -1)
-    v = v.to(acc)
-    M, r = k.shape[2], fq.shape[-1]
-    if use_quadratic(N, M, r, D, v.shape[-1]):
+    qg, fqg = qs.reshape(B, Hkv, G, N, D).to(low), fq.reshape(B, Hkv, G, N, -1)
+    ks, v = ks.to(low), v.to(low)
+    if quadratic:
         num, den = _quadratic_torch(qg, ks, v, fqg, fk, degree=degree, block_size=block_size,
                                     exact_local=exact_local, is_causal=is_causal)
     elif is_causal:
@@ -112,7 +122,8 @@ def sketched_polynomial_attention(
                                  exact_local=exact_local)
     else:
         num, den = _noncausal_torch(fqg, fk, v)
-    num, den = num.reshape(B, Hq, N, -1), den.reshape(B, Hq, N)
+    # num may be in the product dtype: the division below promotes it to acc.
+    num, den = num.reshape(B, Hq, N, -1), den.reshape(B, Hq, N).to(acc)
     return normalize_output(num, den, need_lse, shrink)
 
 
@@ -130,9 +141,12 @@ def polysketch_forward(q, k, v, *, is_causal, scale, config, generator, need_lse
     features = PolySketchFeatures(q.shape[-1], config, generator=generator).to(q.device)
     if config.normalize:
         q, k = layer_norm_qk(q, k)
+    # Layer-normalised rows have norm <= sqrt(D) (1% for the rounding of half inputs).
+    bound = 1.01 * math.sqrt(q.shape[-1]) if config.normalize else None
     return sketched_polynomial_attention(
         q, k, v, features, degree=config.degree, block_size=config.block_size,
         exact_local=config.exact_local, scale=scale, is_causal=is_causal, need_lse=need_lse,
+        norm_bound=bound,
     )
 
 

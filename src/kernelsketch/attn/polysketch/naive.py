@@ -3,7 +3,10 @@ short-sequence quadratic form (the reference of the Triton kernels in :mod:`.fus
 
 Inputs are the scaled, normalised q', k' and their features; every function
 returns the numerator Σ w̃_ij v_j and the denominator Σ w̃_ij (without the 1).
-Theory: docs/polysketch.md.
+The causal scan and the linear form multiply in their inputs' dtype (bfloat16 on
+CPU: :func:`product_dtype`; float32 accumulation inside each product), keep the
+key/value states in the accumulation dtype and return the numerator and the
+denominator in the inputs' dtype, each rounded once. Theory: docs/polysketch.md.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..common.merge import accumulation_dtype
 from .features import pair_features, pair_weights
 from .polynomial import polynomial_weights
 
@@ -19,6 +23,16 @@ from .polynomial import polynomial_weights
 # sequence (150 MiB at 4k tokens, 9 heads) was written to fresh pages on every call, which
 # took more CPU time than the products that read it.
 STEP_ROWS = 512
+
+
+def product_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype the scan and the linear form multiply in for inputs of ``dtype``: bfloat16
+    for bfloat16 on CPU (oneDNN's products, AMX / AVX512-BF16, accumulate in float32 and
+    ran 2-3x faster than float32 ones on the scan's shapes: BENCHMARKS.md), otherwise the
+    accumulation dtype (float16 products on CPU were no faster than float32)."""
+    if dtype == torch.bfloat16 and device.type == "cpu":
+        return dtype
+    return accumulation_dtype(dtype)
 
 
 def _to_blocks(x: torch.Tensor, front: int, blocks: int, block: int) -> torch.Tensor:
@@ -65,6 +79,7 @@ def _causal_torch(q, k, v, fq, fk, *, degree, block_size, exact_local):
         return F.pad(num, (0, 0, N - M, 0)), F.pad(den, (N - M, 0))
     B, Hkv, G = q.shape[:3]
     Dv, r = v.shape[-1], fq.shape[-1]
+    acc = accumulation_dtype(v.dtype)
     inplace = not (torch.is_grad_enabled()
                    and any(t.requires_grad for t in (q, k, v, fq, fk)))
     vp = torch.cat((v, torch.ones_like(v[..., :1])), dim=-1)  # [v, 1]: numerator and denominator
@@ -75,27 +90,36 @@ def _causal_torch(q, k, v, fq, fk, *, degree, block_size, exact_local):
     kb, fkb, vb = (_block_major(x, 0, nbk, b) for x in (k, fk, vp))
     qb, fqb = (_block_major(x, front, nbk - c0, b) for x in (q, fq))
     lq, lk = (qb, kb) if exact_local else (fqb, fkb)
-    weights = pair_weights(r, dtype=fk.dtype, device=fk.device).unsqueeze(-1)
-    state = vb.new_zeros(1, B * Hkv, weights.shape[0], Dv + 1)  # the earlier steps' keys
+    weights = pair_weights(r, dtype=acc, device=fk.device).unsqueeze(-1)
+    # Σ Φ(k_j)ᵀ[v_j, 1] over the earlier steps' keys (without the pair weights), in the
+    # accumulation dtype: each step's product is rounded to the input dtype once, then added.
+    state = vb.new_zeros(1, B * Hkv, weights.shape[0], Dv + 1, dtype=acc)
     step = max(1, STEP_ROWS // b)
-    outs = []
+    # The queries' blocks, written step by step in their final layout (the input dtype:
+    # each row's numerator and denominator rounded once, in the fused product below).
+    res = vb.new_empty(B, Hkv, G, nbk - c0, b, Dv + 1)
+
+    def lay(x):  # [S·B·Hkv, G·b, Dv+1] -> [B, Hkv, G, S, b, Dv+1], a view
+        return x.view(-1, B, Hkv, G, b, Dv + 1).permute(1, 2, 3, 0, 4, 5)
+
     for c in range(0, nbk, step):
         e = min(nbk, c + step)
-        kv = torch.matmul(pair_features(fkb[c:e]).transpose(-1, -2), vb[c:e]) * weights
+        kv = torch.matmul(pair_features(fkb[c:e]).transpose(-1, -2), vb[c:e])
         # Exclusive prefix over strictly earlier blocks (shifted, not cumsum - kv, which
-        # would let a block's own keys leak in through rounding).
+        # would let a block's own keys leak in through rounding), in acc.
         prefix = torch.cat((state, kv[:-1]), 0).cumsum(0)
         state = prefix[-1:] + kv[-1:]
         a = max(c, c0)
         if a >= e:
             continue
         qs = slice(a - c0, e - c0)
-        out = torch.matmul(pair_features(fqb[qs]), prefix[a - c :])  # [S, B·Hkv, G·b, Dv+1]
+        hq = (prefix[a - c :] * weights).to(vb.dtype)
+        out = torch.matmul(pair_features(fqb[qs]), hq).flatten(0, 1)
         w = _local_weights(torch.matmul(lq[qs], lk[a:e].transpose(-1, -2)),
                            power=degree if exact_local else 2, G=G, inplace=inplace)
-        outs.append(torch.baddbmm(out.flatten(0, 1), w.flatten(0, 1), vb[a:e].flatten(0, 1)))
-    out = torch.cat(outs, 0).view(-1, B, Hkv, G, b, Dv + 1).permute(1, 2, 3, 0, 4, 5)
-    out = out.reshape(B, Hkv, G, -1, Dv + 1)[..., front : front + N, :]
+        # Sketched and local parts summed before the rounding (float32 accumulation).
+        res[:, :, :, qs] = lay(torch.baddbmm(out, w.flatten(0, 1), vb[a:e].flatten(0, 1)))
+    out = res.view(B, Hkv, G, -1, Dv + 1)[..., front : front + N, :]
     return out[..., :-1], out[..., -1]
 
 
@@ -128,11 +152,12 @@ def _noncausal_torch(fq, fk, v):
     Through the pair features, :data:`STEP_ROWS` keys and then query rows (of all G
     heads of a group) at a time."""
     B, Hkv, G, N, r = fq.shape
+    acc = accumulation_dtype(v.dtype)
     vp = torch.cat((v, torch.ones_like(v[..., :1])), dim=-1)
     kv = sum(torch.matmul(pair_features(fk[..., i : i + STEP_ROWS, :]).transpose(-1, -2),
-                          vp[..., i : i + STEP_ROWS, :])
+                          vp[..., i : i + STEP_ROWS, :]).to(acc)
              for i in range(0, fk.shape[-2], STEP_ROWS))  # [B, Hkv, F, Dv+1]
-    kv = kv * pair_weights(r, dtype=kv.dtype, device=kv.device).unsqueeze(-1)
+    kv = (kv * pair_weights(r, dtype=acc, device=kv.device).unsqueeze(-1)).to(v.dtype)
     rows = fq.reshape(B, Hkv, G * N, r)
     out = torch.cat([torch.matmul(pair_features(rows[..., i : i + STEP_ROWS, :]), kv)
                      for i in range(0, G * N, STEP_ROWS)], -2).view(B, Hkv, G, N, -1)

@@ -130,6 +130,23 @@ def _log_norm(x: torch.Tensor) -> torch.Tensor:
     return a.log() + (x / a_safe.unsqueeze(-1)).norm(dim=-1).log()
 
 
+def _log_room(dtype: torch.dtype, keys: int, log_v, degree: int):
+    """log T of :func:`bounded_inputs`: ``keys · T^p · max(1, max|v|) = e^-8 · (largest
+    float)``, with ``log_v = log max(1, max|v|)`` (a float or a tensor)."""
+    return (math.log(torch.finfo(dtype).max) - 8.0 - math.log(keys) - log_v) / degree
+
+
+def in_range(v: torch.Tensor, *, keys: int, norm_bound: float, scale: float, degree: int,
+             dtype: torch.dtype) -> bool:
+    """Whether q, k whose rows all have norm <= ``norm_bound`` need no rescaling by
+    :func:`bounded_inputs` (its factors would all be 1): ``scale · norm_bound² <= T``,
+    from one min/max pass over v instead of the norms of q and k. Layer-normalised rows
+    (no affine parameters) have norm <= sqrt(D)."""
+    lo, hi = torch.aminmax(v.detach())
+    log_v = math.log(max(1.0, -float(lo), float(hi)))  # v is finite: checked at the entry
+    return math.log(scale) + 2.0 * math.log(norm_bound) <= _log_room(dtype, keys, log_v, degree)
+
+
 def bounded_inputs(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, degree: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -153,7 +170,7 @@ def bounded_inputs(
         log_q = _log_norm(q) + log_root  # [B, Hq, N]
         log_k = _log_norm(k).amax(-1) + log_root  # [B, Hkv]
         log_v = v.abs().amax(dim=(-2, -1)).to(q.dtype).clamp_min(1.0).log()
-        log_t = (math.log(torch.finfo(q.dtype).max) - 8.0 - math.log(M) - log_v) / degree
+        log_t = _log_room(q.dtype, M, log_v, degree)
         ck = (0.5 * log_t - log_k).clamp(max=0.0)  # log of the keys' factor, [B, Hkv]
         room = (log_t - log_k - ck).repeat_interleave(Hq // Hkv, dim=1)  # [B, Hq]
         cq = (room.unsqueeze(-1) - log_q).clamp(max=0.0)  # log of each query's factor
