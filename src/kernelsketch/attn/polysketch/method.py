@@ -23,6 +23,13 @@ from .features import PolySketchFeatures
 from .naive import _causal_torch, _noncausal_torch, _quadratic_torch, product_dtype, use_quadratic
 from .polynomial import bounded_inputs, in_range, layer_norm_qk, normalize_output
 
+# Causal bfloat16 calls on CPU with fewer queries warn with NoSpeedupWarning: SDPA's
+# bfloat16 kernel is 2.5-3x its float32 one, and this path's bfloat16 products were measured
+# slower than it at 4096 queries, faster at 6144 and 8192 (BENCHMARKS.md). float16 runs the
+# float32 path (float16 products are no faster on CPU) against an SDPA as slow as float32's:
+# faster from 4096 like float32, no warning.
+CPU_CAUSAL_BREAK_EVEN_BF16 = 6144
+
 
 def fused_eligible(q, k, v, fq, *, block_size, exact_local) -> bool:
     """Whether the fused kernels handle these inputs, whatever the device: float32 q (the
@@ -134,10 +141,10 @@ def polysketch_forward(q, k, v, *, is_causal, scale, config, generator, need_lse
             f"sketch={config.sketch!r} has trainable parameters: use "
             "kernelsketch.attn.polysketch.PolySketchAttention, not the functional form"
         )
-    if q.device.type == "cpu" and q.dtype in HALF:
-        # BENCHMARKS.md: 0.13-0.47x SDPA at 4k-8k in bfloat16 (SDPA's half kernel is 2.5-3x
-        # its float32 one; this path computes in float32 after the layer norm).
-        warn_no_speedup("polysketch", "in bfloat16/float16 on CPU")
+    if (is_causal and q.device.type == "cpu" and q.dtype == torch.bfloat16
+            and q.shape[2] < CPU_CAUSAL_BREAK_EVEN_BF16):
+        warn_no_speedup("polysketch", f"causal in bfloat16 on CPU below "
+                        f"{CPU_CAUSAL_BREAK_EVEN_BF16} queries")
     features = PolySketchFeatures(q.shape[-1], config, generator=generator).to(q.device)
     if config.normalize:
         q, k = layer_norm_qk(q, k)

@@ -38,7 +38,8 @@ def product_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
 def _to_blocks(x: torch.Tensor, front: int, blocks: int, block: int) -> torch.Tensor:
     """Zero-pad axis -2 with ``front`` rows before and rows after, to ``blocks*block``; split it."""
     back = blocks * block - front - x.shape[-2]
-    x = F.pad(x, (0, 0, front, back))
+    if front or back:  # (F.pad copies even when it pads nothing)
+        x = F.pad(x, (0, 0, front, back))
     return x.reshape(*x.shape[:-2], blocks, block, x.shape[-1])
 
 
