@@ -200,6 +200,16 @@ def recursion_is_exact(N: int, M: int, min_seq_len: int) -> bool:
 _EXACT = ExactConfig()
 
 
+def long_causal_config(config, *, is_causal: bool, num_keys: int):
+    """The budget schedule of the LSH methods: ``config`` with ``sample_size`` replaced by
+    ``config.long_sample_size`` for a causal problem over more than ``config.long_seq_len``
+    keys (and ``long_sample_size`` None, so the result is final); ``config`` itself
+    otherwise, or when ``long_sample_size`` is None."""
+    if is_causal and config.long_sample_size is not None and num_keys > config.long_seq_len:
+        return config.replace(sample_size=config.long_sample_size, long_sample_size=None)
+    return config
+
+
 def approximate_or_exact(q, k, v, *, is_causal, scale, min_seq_len, noncausal, need_lse,
                          sink=0, window=0, method="sketch", cpu_causal_break_even=0):
     """Dispatch shared by the LSH methods (HyperAttention, KDEformer).

@@ -33,6 +33,13 @@ class KDEConfig(MethodConfig):
     window : causal: every query attends exactly to its ``window`` preceding
         keys (each off-diagonal block of the recursion attends exactly to its
         last ``window`` keys); not used without ``is_causal``.
+    long_seq_len, long_sample_size : causal problems with more than
+        ``long_seq_len`` keys sample ``long_sample_size`` keys per off-diagonal
+        block instead of ``sample_size`` (None: ``sample_size`` at every length).
+        The defaults (8192, 120) leave every problem up to 8192 tokens unchanged
+        (the perplexity measurement above) and above it give each block's queries
+        at most 512 keys with the default block, sink and window: one key tile of
+        SDPA's CPU flash kernel (docs/kde.md, "Budget schedule").
     """
 
     lsh_bits: int = 7
@@ -42,6 +49,8 @@ class KDEConfig(MethodConfig):
     min_seq_len: int = 1024
     sink: int = 8
     window: int = 128
+    long_seq_len: int = 8192
+    long_sample_size: int | None = 120
 
     def __post_init__(self) -> None:
         check_int("lsh_bits", self.lsh_bits, min=1, max=30)
@@ -51,8 +60,12 @@ class KDEConfig(MethodConfig):
         check_int("min_seq_len", self.min_seq_len, min=0)
         check_int("sink", self.sink, min=0)
         check_int("window", self.window, min=0)
+        check_int("long_seq_len", self.long_seq_len, min=0)
+        if self.long_sample_size is not None:
+            check_int("long_sample_size", self.long_sample_size, min=0)
 
     @classmethod
     def full_budget(cls, seq_len: int) -> KDEConfig:
         """A config whose blocks cover every pair at this length (equals exact attention)."""
-        return cls(block_size=max(seq_len, 1), sample_size=0, min_seq_len=0, sink=0, window=0)
+        return cls(block_size=max(seq_len, 1), sample_size=0, min_seq_len=0, sink=0, window=0,
+                   long_sample_size=None)
