@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from sklearn.datasets import load_digits
 from sklearn.kernel_approximation import PolynomialCountSketch
 from sklearn.metrics.pairwise import polynomial_kernel
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -67,12 +68,12 @@ def test_polysketch_unbiased(kind):
     assert np.all(np.abs(est.mean(0) - K) <= 5 * se + 1e-12)
 
 
-def test_countsketch_kind_is_the_plain_tensorsketch(np_rng):
-    # kind="countsketch" is Pham & Pagh's degree-q TensorSketch of a(x) (the construction of
+def test_plain_tensorsketch_is_the_explicit_countsketch(np_rng):
+    # n_exact=0 is Pham & Pagh's degree-q TensorSketch of a(x) (the construction of
     # PolynomialCountSketch): a CountSketch of a(x)^{⊗q} with bucket sum_t h_t(i_t) mod m and
     # sign prod_t s_t(i_t), checked against that explicit sum over all D^q tuples.
     X = np_rng.normal(size=(7, 4))
-    est = PolynomialSketch(n_components=11, degree=3, gamma=0.7, coef0=0.5, kind="countsketch",
+    est = PolynomialSketch(n_components=11, degree=3, gamma=0.7, coef0=0.5, n_exact=0,
                            random_state=0).fit(X)
     fmap = est.feature_map_
     h, s = fmap.cs_buckets.numpy(), fmap.cs_signs.numpy()
@@ -83,6 +84,42 @@ def test_countsketch_kind_is_the_plain_tensorsketch(np_rng):
         ref[:, (h[0, i[0]] + h[1, i[1]] + h[2, i[2]]) % 11] += (
             s[0, i[0]] * s[1, i[1]] * s[2, i[2]] * A[:, i[0]] * A[:, i[1]] * A[:, i[2]])
     np.testing.assert_allclose(est.transform(X), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_countsketch_kind_head_is_oblivious_and_exact(np_rng):
+    # kind="countsketch": the constant and linear monomials of a(x)^{⊗q} exact, chosen from
+    # (d, q, m) alone: their columns give coef0^q + q coef0^(q-1) gamma <x, y> in float64,
+    # and a fit on other rows (Dask fits on one zero row) gives the same map.
+    X = np_rng.normal(size=(9, 5))
+    kw = {"n_components": 64, "degree": 3, "gamma": 0.3, "coef0": 0.7, "kind": "countsketch",
+          "random_state": 0}
+    est = PolynomialSketch(**kw).fit(X)
+    assert est.n_exact_ == 6 and est.feature_map_.width == 56  # 7-smooth, 2 zero columns
+    H = est.transform(X)[:, :6]
+    np.testing.assert_allclose(H @ H.T, 0.7**3 + 3 * 0.7**2 * 0.3 * X @ X.T, rtol=1e-12)
+    other = PolynomialSketch(**kw).fit(np.zeros((1, 5)))
+    np.testing.assert_array_equal(other.transform(X), est.transform(X))
+    # too narrow for the linear part (d + 1 > m / 2): only the constant is exact
+    assert PolynomialSketch(**{**kw, "n_components": 8}).fit(X).n_exact_ == 1
+
+
+def test_countsketch_kind_far_below_plain_tensorsketch_on_digits():
+    # The exact constant and linear monomials carry most of the kernel of positive data:
+    # ratio of the mean Gram error over 10 seeds to the plain TensorSketch's (n_exact=0,
+    # PolynomialCountSketch's construction) measured on 40 disjoint 40-row digits subsets:
+    # 0.08-0.28 (mean 0.16, sd 0.04); 0.5 is > 8 sd above the mean.
+    X = load_digits().data[7::40][:40] / 16.0
+    K = polynomial_kernel(X, degree=3, gamma=1 / 64, coef0=1.0)
+
+    def err(est):
+        Z = est.fit_transform(X)
+        return np.linalg.norm(Z @ Z.T - K) / np.linalg.norm(K)
+
+    kw = {"n_components": 256, "degree": 3, "gamma": 1 / 64, "coef0": 1.0}
+    ours = np.mean([err(PolynomialSketch(kind="countsketch", random_state=s, **kw))
+                    for s in range(10)])
+    plain = np.mean([err(PolynomialSketch(n_exact=0, random_state=s, **kw)) for s in range(10)])
+    assert ours < 0.5 * plain, (ours, plain)
 
 
 def test_sparse_representations_match_dense(monkeypatch):

@@ -8,7 +8,9 @@ is ``<a(x), a(y)>^degree``; both take dense arrays or scipy sparse matrices
   heaviest monomials of ``a(x)^{⊗degree}`` exactly and a TensorSketch of the rest;
   ``E[<S(x), S(y)>] = k(x, y)`` for all x, y, with the variance of a TensorSketch of the
   residual (a few percent of the whole on real data); exact when every monomial fits.
-  ``kind="srht"`` etc.: the oblivious PolySketch tree of Ahle et al. (SODA 2020).
+  ``kind="countsketch"``: oblivious, the constant and linear monomials exactly and a
+  TensorSketch of the rest; ``kind="srht"`` / ``"gaussian"``: the oblivious PolySketch
+  tree of Ahle et al. (SODA 2020).
 - :class:`PolynomialLeverageSampler` (data-dependent): ``n_components``
   coordinates of ``a(X)^{⊗degree}`` sampled by approximate ridge leverage
   scores, rescaled so that ``E[Z Z^T] = K`` exactly; with
@@ -112,7 +114,7 @@ _ORDERINGS_PER_FEATURE = 24
 # Largest [rows, r^(q-1)] product table for the head's candidate moments (else a gather).
 _MOMENT_WORDS = 1 << 22
 # Largest [D, m] CountSketch kept as a dense matrix (one matmul instead of a scatter), and
-# the largest dense [k, m] head correction (else sparse).
+# the largest dense [k, m] head correction (else sparse, also when it has under 1/16 non-zeros).
 _DENSE_COUNTSKETCH = 1 << 20
 # The dense CountSketch product costs ~ n q w D, the scatter ~ n q (w + D) with a 40-50x larger
 # constant (measured, 1 thread: D = 13-32 dense faster, D = 65 at w = 1024 scatter 2x faster):
@@ -283,6 +285,28 @@ def _choose_head(A: np.ndarray, q: int, m: int, n_exact, rotate: bool, row_sq=No
     return V, order[cand[:k_best]], float(resid[k_best] / total)
 
 
+def _oblivious_head(d: int, q: int, m: int) -> np.ndarray:
+    """Head of ``kind="countsketch"`` on ``a = [sqrt(gamma) x, sqrt(coef0)]`` (constant at
+    index ``d``): the constant monomial ``coef0^(q/2)`` and, when ``d + 1 <= m / 2``, the ``d``
+    linear ones ``sqrt(q gamma coef0^(q-1)) x_i``; int64 [k, q], rows sorted. They carry
+    ``coef0^q + q coef0^(q-1) gamma <x, y>`` of the kernel exactly, whatever the data."""
+    const = np.full((1 if m > 1 else 0, q), d, dtype=np.int64)  # m = 1: the sketch alone
+    if d + 1 > m // 2:
+        return const
+    linear = np.concatenate([np.arange(d)[:, None], np.full((d, q - 1), d)], axis=1)
+    return np.concatenate([linear, const])
+
+
+def _oblivious_residual(sq: np.ndarray, c2: float, q: int, linear: bool) -> float:
+    """Share of ``sum_x ||a_x||^{2q}`` that :func:`_oblivious_head` leaves to the sketch, for
+    rows' squared norms ``sq`` whose constant coordinate squared is ``c2``."""
+    total = float((sq**q).sum())
+    if total <= 0.0:
+        return 0.0
+    head = len(sq) * c2**q + (q * c2 ** (q - 1) * (sq - c2).sum() if linear else 0.0)
+    return max(1.0 - head / total, 0.0)
+
+
 def _expected_error(A: np.ndarray, q: int, residual: float, m_sketch: int) -> float:
     """Predicted relative Gram error on lifted rows ``A`` [s, D] of exact head features
     leaving the share ``residual`` of ``mean ||a||^{2q}`` to a width-``m_sketch`` sketch.
@@ -370,7 +394,8 @@ class PolynomialSketchMap(nn.Module):
             flat = tuples + np.arange(degree) * d_lift  # (factor t, coordinate) in [q, D]
             bucket = np.take(b_np, flat).sum(1) % w
             weight = np.take(s_np, flat).prod(1) / np.sqrt(mult)[owner]
-            if k * w <= _DENSE_COUNTSKETCH:
+            # dense while its product costs at most 16x the sparse one's multiply-adds
+            if k * w <= min(_DENSE_COUNTSKETCH, 16 * len(weight)):
                 C = torch.from_numpy(np.bincount(owner * w + bucket, weights=weight,
                                                  minlength=k * w).reshape(k, w))
             else:
@@ -461,7 +486,7 @@ class PolynomialSketchMap(nn.Module):
         if self.width:
             s = self.tensorsketch(b)
             if head is not None:
-                s = s - self._correction(head)
+                s.sub_(self._correction(head))
             parts.append(s)
         if self.sketch is not None:
             parts.append(self.sketch._sketch(b))
@@ -496,9 +521,13 @@ class PolynomialSketch(RandomFeaturesTransformer):
         Must be >= 0 (the kernel is then positive definite).
     kind : {"tensorsketch", "srht", "gaussian", "countsketch"}, default "tensorsketch"
         Sketch of the residual. ``"tensorsketch"``: the head and a TensorSketch (above).
-        ``"countsketch"``: no head, the plain degree-``q`` TensorSketch of ``a(x)`` (Pham &
-        Pagh: ``q`` CountSketches, FFT, elementwise product, inverse FFT), oblivious and
-        equal in distribution to ``PolynomialCountSketch`` (same as ``n_exact=0``).
+        ``"countsketch"``: oblivious (no rotation, the map depends on ``n_features``,
+        ``degree``, ``n_components`` only): the constant monomial and, when
+        ``n_features + 1 <= n_components / 2``, the linear ones exact (they carry
+        ``coef0^q + q coef0^(q-1) gamma <x, y>``), the rest a degree-``q`` TensorSketch of
+        ``a(x)`` (Pham & Pagh: ``q`` CountSketches, FFT, elementwise product, inverse FFT;
+        a 7-smooth width) minus the head's own terms; unbiased. ``n_exact=0`` is the plain
+        TensorSketch, equal in distribution to ``PolynomialCountSketch``.
         ``"srht"``, ``"gaussian"``: no head, the PolySketch degree-2 tree of Ahle et al.
         (SODA 2020) with these node sketches on ``a(x)``, an oblivious sketch whose variance
         is polynomial in ``degree`` (TensorSketch's grows like ``3^degree``): for
@@ -514,7 +543,7 @@ class PolynomialSketch(RandomFeaturesTransformer):
     ``[n_features, n_components]`` matrices).
 
     Memory: buffers ``O(D^2 + q (D + k q!) + n_components)`` for ``D = n_features + 1``
-    (``"tensorsketch"``; ``O(q D + n_components)`` for ``"countsketch"``, plus the
+    (``"tensorsketch"``; ``O(q^2 D + n_components)`` for ``"countsketch"``, plus the
     ``q`` CountSketches as one dense ``[D, q n_components]`` matrix when it has at most
     ``2^20`` entries); ``transform`` works on blocks of rows with at most 64 MB of
     temporaries, plus its ``(n, n_components)`` output.
@@ -588,7 +617,8 @@ class PolynomialSketch(RandomFeaturesTransformer):
             A[:, :n_features] = X.numpy()[rows] if len(rows) < len(X) else X.numpy()
             A[:, :n_features] *= math.sqrt(gamma)
             A[:, n_features:] = math.sqrt(coef0)
-            A /= max(float(np.abs(A).max()), 1e-300)
+            scale = max(float(np.abs(A).max()), 1e-300)
+            A /= scale
         empty = np.zeros((0, q), dtype=np.int64)
         if tree is not None:
             self.n_exact_, self.residual_ = 0, 1.0
@@ -597,12 +627,21 @@ class PolynomialSketch(RandomFeaturesTransformer):
             if cols is None:
                 self._warn_if_inaccurate(A, 1.0, m)
             return fmap
-        if self.kind == "countsketch" or self.n_exact == 0:  # the plain TensorSketch
-            V, head, resid = None, empty, 1.0
+        if self.kind == "countsketch":  # oblivious: the head depends on (d, q, m) only
+            V, head = None, _oblivious_head(n_features, q, m) if coef0 else empty
+            sq = row_sq if row_sq is not None else np.einsum("ij,ij->i", A, A)
+            resid = _oblivious_residual(sq, coef0 / scale**2, q, len(head) > 1)
+            # the widest 7-smooth sketch that fits (a large prime factor slows its FFT 3-6x)
+            sizes = _fft_sizes()
+            m_sketch = (0 if len(head) == D and q == 1 else
+                        int(sizes[np.searchsorted(sizes, m - len(head), side="right") - 1]))
         else:
-            V, head, resid = _choose_head(A, q, m, self.n_exact, D <= _ROTATE_MAX_DIM, row_sq)
-            head = head if cols is None else cols[head]
-        m_sketch = m - len(head) if resid > 0.0 else 0
+            if self.n_exact == 0:  # the plain TensorSketch
+                V, head, resid = None, empty, 1.0
+            else:
+                V, head, resid = _choose_head(A, q, m, self.n_exact, D <= _ROTATE_MAX_DIM, row_sq)
+                head = head if cols is None else cols[head]
+            m_sketch = m - len(head) if resid > 0.0 else 0
         self.n_exact_, self.residual_ = len(head), resid
         rotation = torch.zeros(0, 0) if V is None else torch.from_numpy(V)
         fmap = PolynomialSketchMap(
@@ -652,7 +691,7 @@ class PolynomialSketch(RandomFeaturesTransformer):
                               shape=(D, q * fmap.width))
             s = _tensorsketch_combine(torch.from_numpy((A @ M).toarray()), q, fmap.width)
             if head is not None:
-                s = s - fmap._correction(head)
+                s.sub_(fmap._correction(head))
             parts.append(s)
         if fmap.pad:
             parts.append(torch.zeros(X.shape[0], fmap.pad, dtype=torch.float64))
