@@ -51,9 +51,10 @@ _SCORE_ROWS = 2048
 # _RIDGE_ROWS rows of the level (measured: docs/rls_nystroem.md).
 _SATURATED = 4.0
 _RIDGE_ROWS = 1024
-# A level's squared products (K_RS W V)^2 of the rows R = I \ S are kept for the scores at the
-# chosen ridge when they hold at most this many numbers (16 MB; measured:
-# docs/rls_nystroem.md); above it the scores take a second pass over the kernel rows.
+# A level's squared products (K_RS W V)^2 of the rows R = I \ S are kept for the check and the
+# scores at the chosen ridge when they hold at most this many numbers (16 MB, within the
+# fit's O(n m) bound; a choice, not tuned); above it the check's _RIDGE_ROWS rows are made
+# separately and the scores take a second blockwise pass over the kernel rows.
 _STORED = 2**21
 
 
