@@ -384,7 +384,7 @@ class PolynomialSketchMap(nn.Module):
                 s_np.ravel())
         self.register_buffer("ts_matrices", torch.from_numpy(M))
         # The head's own terms in the TensorSketch: correction = head @ C for C [k, w], dense
-        # when small, else sparse (coalesced once: the per-call product needs no sort).
+        # when small, else sparse.
         C = torch.zeros(0, 0, dtype=torch.float64)
         owner_key = bucket_key = np.zeros(0, dtype=np.int64)
         coef = np.zeros(0)
@@ -398,7 +398,7 @@ class PolynomialSketchMap(nn.Module):
             if k * w <= min(_DENSE_COUNTSKETCH, 16 * len(weight)):
                 C = torch.from_numpy(np.bincount(owner * w + bucket, weights=weight,
                                                  minlength=k * w).reshape(k, w))
-            else:
+            else:  # orderings that share a (bucket, owner) summed
                 key, inverse = np.unique(bucket * k + owner, return_inverse=True)
                 owner_key, bucket_key = key % k, key // k
                 coef = np.bincount(inverse.ravel(), weights=weight, minlength=len(key))
@@ -445,15 +445,13 @@ class PolynomialSketchMap(nn.Module):
             return self.sketch.d_in
         return int(self.head.max()) + 1 if self.head.numel() else 0
 
-    def _correction(self, head: torch.Tensor) -> torch.Tensor:
-        """The head's own terms in the TensorSketch, ``head @ C`` for C [k, width]."""
+    def _subtract_correction(self, s: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+        """``s -= head @ C`` in place: the head's own terms in the TensorSketch (C [k, width],
+        dense, or sparse as (owner, bucket, coef) entries added by a scatter)."""
         if self.corr_matrix.numel():
-            return head @ self.corr_matrix.to(head.dtype)
-        C = torch.sparse_coo_tensor(torch.stack([self.corr_bucket, self.corr_owner]),
-                                    self.corr_coef.to(head.dtype),
-                                    (self.width, head.shape[1]), check_invariants=False,
-                                    is_coalesced=True)
-        return torch.sparse.mm(C, head.mT).mT
+            return s.addmm_(head, self.corr_matrix.to(head.dtype), alpha=-1.0)
+        terms = head.index_select(1, self.corr_owner) * self.corr_coef.to(head.dtype)
+        return s.index_add_(1, self.corr_bucket, terms, alpha=-1.0)
 
     def head_features(self, b: torch.Tensor) -> torch.Tensor:
         """The exact head monomials ``sqrt(mult_c) prod_t b[:, c_t]`` of rotated rows ``b``."""
@@ -486,7 +484,7 @@ class PolynomialSketchMap(nn.Module):
         if self.width:
             s = self.tensorsketch(b)
             if head is not None:
-                s.sub_(self._correction(head))
+                self._subtract_correction(s, head)
             parts.append(s)
         if self.sketch is not None:
             parts.append(self.sketch._sketch(b))
@@ -691,7 +689,7 @@ class PolynomialSketch(RandomFeaturesTransformer):
                               shape=(D, q * fmap.width))
             s = _tensorsketch_combine(torch.from_numpy((A @ M).toarray()), q, fmap.width)
             if head is not None:
-                s.sub_(fmap._correction(head))
+                fmap._subtract_correction(s, head)
             parts.append(s)
         if fmap.pad:
             parts.append(torch.zeros(X.shape[0], fmap.pad, dtype=torch.float64))
