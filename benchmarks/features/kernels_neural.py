@@ -37,7 +37,7 @@ Parts (``--part``, default all but ``scale`` and ``cntk``):
    kernel error is measured on those 2000 rows.
 5. ``cntk`` (minutes): the CNTK headline of arXiv 2106.07880 on the digits
    images (8x8; ``--cntk-images`` of the 1797, default N_CNTK_IMAGES, drawn
-   with a fixed seed, split 70 / 30; the exact CNTK of all 1797 costs ~5 CPU
+   with a fixed seed, split 70 / 30; the exact CNTK of all 1797 costs ~4 CPU
    minutes), exact CNTK (depth 1, 3x3, GAP; O(n^2 (HW)^2) time, memory
    bounded by its tiles) vs CNTKSketch at 1024 and 4096 features, and the
    baseline a user would pick on the same pixels (exact RBF, RBFSampler at

@@ -240,8 +240,8 @@ def conv_neural_kernel(X, Y=None, *, activation="relu", depth: int = 1, kernel: 
     meant for small images (e.g. 8 x 8) and as the test oracle of
     :class:`CNTKSketch`. Memory: the n x m output plus ``O(max(2^16, (H W)^2))``
     per temporary (tiles of image pairs, :data:`BLOCK_ELEMS`); ``ValueError``
-    before computing when that cannot fit (all 1797 digits: ~4 CPU minutes on
-    one thread, < 100 MiB above the output).
+    before computing when that cannot fit (digits 8x8: the 1257-image Gram and
+    the 540 x 1257 test kernel in 245 CPU seconds on one thread, BENCHMARKS.md).
 
     Parameters
     ----------
