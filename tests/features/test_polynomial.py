@@ -122,11 +122,13 @@ def test_countsketch_kind_far_below_plain_tensorsketch_on_digits():
     assert ours < 0.5 * plain, (ours, plain)
 
 
-def test_sparse_representations_match_dense(monkeypatch):
-    # Large maps apply the CountSketches by a scatter and the head's correction as a sparse
-    # product; forced here on a small map, they give the dense matrices' features.
+@pytest.mark.parametrize("kind", ["tensorsketch", "countsketch"])
+def test_sparse_representations_match_dense(kind, monkeypatch):
+    # Large maps apply the CountSketches by a scatter and the head's correction sparsely (a
+    # scatter for few terms, "countsketch" here, else a sparse product); forced on a small
+    # map, they give the dense matrices' features.
     X = np.random.default_rng(1043).normal(size=(40, 6))
-    kw = {"n_components": 32, "degree": 3, "coef0": 1.0, "random_state": 0}
+    kw = {"n_components": 32, "degree": 3, "coef0": 1.0, "kind": kind, "random_state": 0}
     dense = PolynomialSketch(**kw).fit(X)
     monkeypatch.setattr(polynomial, "_DENSE_COUNTSKETCH", 0)
     scattered = PolynomialSketch(**kw).fit(X)
@@ -134,6 +136,8 @@ def test_sparse_representations_match_dense(monkeypatch):
     assert dense.feature_map_.ts_matrices.numel() and dense.feature_map_.corr_matrix.numel()
     assert not fmap.ts_matrices.numel() and not fmap.corr_matrix.numel()
     assert scattered.n_exact_ > 0 and fmap.width > 0
+    # few terms per bucket (the scatter) for the oblivious head, many for the fitted one
+    assert (fmap.corr_coef.numel() <= fmap.width) == (kind == "countsketch")
     np.testing.assert_allclose(scattered.transform(X), dense.transform(X), rtol=1e-10,
                                atol=1e-12)
 
