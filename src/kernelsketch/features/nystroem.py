@@ -37,9 +37,15 @@ KERNELS = ("rbf", "laplacian", "polynomial", "linear", "cosine")
 # Landmarks sampled at the intermediate levels, as a share of n_components, and the size
 # (same unit) below which the recursion stops (practical constants, not the paper's bounds;
 # measured: docs/rls_nystroem.md). The scores of n points cost O(n s^2) for s landmarks,
-# and the halving levels score 2n points in all: about the final map's O(n n_components^2).
+# and the levels score at most 2n points in all: about the final map's O(n n_components^2).
 _LEVEL_SHARE = 0.7
 _BOTTOM_SHARE = 1.0
+# Each level keeps a uniform quarter of the one above while that quarter is expected to hold
+# at least the bottom size (the top level: 4 times it), else a half: fewer small levels,
+# whose cost is per-level overhead (an eigh, the ridge search, ~100 small torch calls), not
+# arithmetic. The top level's scores decide the final draw: a quarter of 6000 rows at
+# n_components = 1024 raised fair's Gram error by 16% (measured: docs/rls_nystroem.md).
+_SHRINK = 4
 # Intermediate levels choose lambda for an effective dimension of their sample size over
 # this factor, so that points of leverage ~1 are kept with probability 1.
 _OVERSAMPLE = 2.0
@@ -328,7 +334,8 @@ def recursive_rls_landmarks(
         left-one-out).
 
     Cost: ``O(n s (d + s))`` for ``s = 0.7 n_components`` landmarks per intermediate
-    level (the levels halve: ``2 n`` points are scored in all), memory ``O(n s)``.
+    level (each level a uniform quarter of the one above, a half near the bottom: at most
+    ``2 n`` points are scored in all), memory ``O(n s)``.
     """
     n = X.shape[0]
     params = {"gamma": kernel_params.get("gamma"), "degree": kernel_params.get("degree", 3),
@@ -348,11 +355,17 @@ def recursive_rls_landmarks(
             XJ = X[J]
             return lambda idx: pairwise_kernel(X.index_select(0, idx), XJ, kernel, **params)
 
-    # Levels: the full set, then nested uniform halves until at most n_components remain.
+    # Levels: the full set, then nested uniform quarters (halves near the bottom, _SHRINK)
+    # until at most n_components remain.
     levels = [torch.arange(n, device=X.device)]
-    while levels[-1].numel() > _BOTTOM_SHARE * n_components:
+    bottom = _BOTTOM_SHARE * n_components
+    while levels[-1].numel() > bottom:
         idx = levels[-1]
-        keep = torch.rand(idx.numel(), generator=generator, dtype=torch.float64) < 0.5
+        enough = _SHRINK * bottom * (_SHRINK if len(levels) == 1 else 1)
+        share = 1.0 / _SHRINK if idx.numel() >= enough else 0.5
+        keep = torch.rand(idx.numel(), generator=generator, dtype=torch.float64) < share
+        if not bool(keep.any()):  # tiny n_components: the level itself is the bottom
+            break
         levels.append(idx[keep.to(idx.device)])
     S = levels[-1]
     w = torch.ones(S.numel(), dtype=X.dtype, device=X.device)
@@ -369,7 +382,7 @@ def recursive_rls_landmarks(
 
     for depth in range(len(levels) - 2, 0, -1):
         I = levels[depth]
-        child = levels[depth + 1]  # the uniform half of I that S was sampled from
+        child = levels[depth + 1]  # the uniform part of I that S was sampled from
         target = max(1, round(s_level / _OVERSAMPLE))
         auto = functools.partial(_auto_ridge, diag[child], s=target,
                                  scale=I.numel() / child.numel())
@@ -385,7 +398,7 @@ def recursive_rls_landmarks(
     child = levels[1] if len(levels) > 1 else levels[0]
     if ridge is not None:
         scores = level_scores(I, S, w, ridge, None)
-    elif len(levels) == 2:  # S is the uniform half itself: no tail to read
+    elif len(levels) == 2:  # S is the uniform part itself: no tail to read
         scores = level_scores(I, S, w, None, n_components / _OVERSAMPLE)
     else:
         auto = functools.partial(_auto_ridge, diag[child], s=n_components,
@@ -461,8 +474,8 @@ class RLSNystroem(RandomFeaturesTransformer):
     K_XL K_LL^+ K_LY`` never exceeds ``K`` (in the PSD order) and
     ``K - K~ <= eps * lambda * I`` with ``n_components ~ d_lambda log d_lambda / eps``
     (Musco & Musco 2017). ``fit`` costs ``O(n m (d + m))`` for ``m = n_components``
-    (0.65-1.7x scikit-learn's ``Nystroem.fit_transform`` on the shipped data, 2.3x at 10^4
-    standard-normal rows with m = 64, BENCHMARKS.md).
+    (0.66-1.6x scikit-learn's ``Nystroem.fit_transform`` on the shipped data, 2.2-2.4x at
+    10^4 standard-normal rows with m = 64, BENCHMARKS.md).
 
     Memory: ``fit`` holds ``O(n m)`` (the kernel between the rows of a level and its
     ``0.7 m`` landmarks, float64) and the ``(m, d)`` landmarks and ``(m, m)`` normalisation;
