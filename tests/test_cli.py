@@ -40,7 +40,7 @@ def test_cli_rejects_unknown_command():
       "--inputs", "--no-backward", "--reps", "--out-dir"]),
     (["eval-lm", "--help"], "kernelsketch eval-lm",
      ["--methods", "--contexts", "--layers", "--windows", "--device", "--dtype", "--seed",
-      "--out-dir", "--tag", "--no-plot"]),
+      "--out-dir", "--tag", "--no-plot", "--threads", "--segment", "--per-window"]),
     (["demo", "--help"], "kernelsketch demo", ["--out-dir"]),
     (["bench", "--help"], "kernelsketch bench", ["attention"]),
     (["--help"], "kernelsketch", ["--version", "demo", "bench", "eval-lm"]),

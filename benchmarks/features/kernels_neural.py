@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 from pathlib import Path
@@ -448,7 +449,8 @@ def run(results_dir, parts=PARTS[:3], cntk_images=N_CNTK_IMAGES) -> dict:
                 out[part] = rows
                 meta = {
                     "device": f"CPU ({platform.processor() or platform.machine()}), 1 thread, "
-                              "float64; shared machine (other jobs running)",
+                              "float64",
+                    "load_average_1_5_15_min": os.getloadavg(),
                     "timing": "process CPU seconds (bench.timing.Stopwatch('process'))",
                     "torch": torch.__version__, "python": sys.version.split()[0],
                     "part": part, "rows": rows,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +88,8 @@ def main() -> None:
     rows = measure()
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / "neural_quadrature.json").write_text(json.dumps(
-        {"device": "CPU, 1 thread, float64; shared machine", "timing": "process CPU time",
+        {"device": "CPU, 1 thread, float64", "load_average_1_5_15_min": os.getloadavg(),
+         "timing": "process CPU time",
          "rows": rows}, indent=2))
 
 

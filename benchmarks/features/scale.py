@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import warnings
 from pathlib import Path
@@ -131,7 +132,8 @@ def main(max_n: int) -> dict:
     _one_thread()
     ns = [n for n in (10_000, 100_000, 1_000_000) if n <= max_n]
     result = {"config": {"clock": "process", "threads": "torch 1, BLAS 1", "dtype": "float64",
-                         "device": f"CPU ({platform.machine()}), shared machine"},
+                         "device": f"CPU ({platform.machine()})",
+                         "load_average_1_5_15_min": os.getloadavg()},
               "scale": scale(ns), "crossover": crossover((500, 1000, 2000, 4000, 8000))}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "scale.json").write_text(json.dumps(result, indent=2))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import warnings
 from pathlib import Path
@@ -204,7 +205,8 @@ def _write(rows_out, components, quick, reps=1, out=None, kind=None) -> dict:
                          "components": list(components), "clock": "process",
                          "polynomial_sketch_kind": kind or "default",
                          "threads": "torch 1, BLAS 1", "dtype": "float64", "reps": reps,
-                         "device": f"CPU ({platform.machine()}), shared machine"},
+                         "device": f"CPU ({platform.machine()})",
+                         "load_average_1_5_15_min": os.getloadavg()},
               "rows": rows_out}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = out or ("vs_sklearn_quick.json" if quick else "vs_sklearn.json")
