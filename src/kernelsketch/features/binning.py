@@ -586,7 +586,7 @@ class WeightedRandomBinning(RandomFeaturesTransformer):
         ``None``: bin the input coordinates. ``p``: bin ``p`` projections on directions
         ``~ N(0, I / (p length_scale^2))`` per grid ("gaussian" and "laplacian" only).
         Serves any ``d``: ``p = 1`` with ``"laplacian"`` measured 0.37-0.80x RBFSampler's
-        Gram error at 0.91-1.61x its time on the shipped data sets (0.63x at 10^6 rows);
+        Gram error at 0.45-1.40x its time on the shipped data sets (0.63x at 10^6 rows);
         ``p = 2`` about 1.3-2.4x its time (BENCHMARKS.md).
     random_state : int, RandomState or None
 

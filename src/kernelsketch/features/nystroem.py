@@ -474,7 +474,7 @@ class RLSNystroem(RandomFeaturesTransformer):
     K_XL K_LL^+ K_LY`` never exceeds ``K`` (in the PSD order) and
     ``K - K~ <= eps * lambda * I`` with ``n_components ~ d_lambda log d_lambda / eps``
     (Musco & Musco 2017). ``fit`` costs ``O(n m (d + m))`` for ``m = n_components``
-    (0.66-1.6x scikit-learn's ``Nystroem.fit_transform`` on the shipped data, 2.2-2.4x at
+    (0.66-1.48x scikit-learn's ``Nystroem.fit_transform`` on the shipped data, 2.20x at
     10^4 standard-normal rows with m = 64, BENCHMARKS.md).
 
     Memory: ``fit`` holds ``O(n m)`` (the kernel between the rows of a level and its

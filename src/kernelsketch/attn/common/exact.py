@@ -230,7 +230,7 @@ def flash_lse(
     """
     N, M = q.shape[2], k.shape[2]
     if N == 0 or M == 0:  # the kernel divides by these counts (SIGFPE): nothing to attend
-        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        acc = accumulation_dtype(q.dtype)
         B, Hq = q.shape[:2]
         return (q.new_zeros(B, Hq, N, v.shape[-1]),
                 torch.full((B, Hq, N), float("-inf"), dtype=acc, device=q.device))

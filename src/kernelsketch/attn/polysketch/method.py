@@ -25,8 +25,8 @@ from .polynomial import bounded_inputs, in_range, layer_norm_qk, normalize_outpu
 
 # Causal bfloat16 calls on CPU with fewer queries warn with NoSpeedupWarning: SDPA's
 # bfloat16 kernel is 2.5-3x its float32 one, and this path's bfloat16 products were measured
-# at parity with it at 4096 queries (0.90-1.10x; 0.85x on a loaded machine), faster at 6144
-# (1.25x) and 8192 (1.6-2.0x) (BENCHMARKS.md). float16 runs the float32 path (float16
+# (idle, 2 threads) at parity with it at 4096 queries (0.87-0.98x), faster at 6144
+# (1.06-1.54x) and 8192 (1.51-1.62x) (BENCHMARKS.md). float16 runs the float32 path (float16
 # products are no faster on CPU) against an SDPA as slow as float32's: 1.5-1.7x at 4096,
 # no warning.
 CPU_CAUSAL_BREAK_EVEN_BF16 = 6144
