@@ -552,3 +552,33 @@ def test_empty_query_or_key_sets_keep_the_documented_dtypes(dtype, torch_generat
     out, lse = exact_partial(q[:, :, :0], k, v, scale=0.3)
     assert out.shape == (1, 4, 0, 6) and out.dtype == acc
     assert lse.shape == (1, 4, 0) and lse.dtype == acc
+
+
+def _views(x):
+    """Non-contiguous views of x [B, H, R, D] (B = 2, R = 40) whose rows gather_rows reads
+    in place: the causal recursion's second halves, its half blocks (batch = blocks,
+    B = 1), every other head, one row of one batch."""
+    H, R, D = x.shape[1:]
+    blocks = x[:1].reshape(1, H, 2, 2, R // 4, D)[:, :, :, 1].transpose(1, 2).reshape(2, H, -1, D)
+    return {"halves": x[:, :, R // 2:], "blocks": blocks, "heads": x[:, ::2], "row": x[1:, :, 3:4]}
+
+
+@pytest.mark.parametrize("view", ["halves", "blocks", "heads", "row"])
+@pytest.mark.parametrize("kv_heads", [None, 1, 3])
+def test_gather_rows_reads_views_and_their_fold(view, kv_heads, torch_generator):
+    from kernelsketch.attn.common.gqa import fold_groups
+
+    x = torch.randn(2, 6, 40, 5, dtype=torch.float64, generator=torch_generator,
+                    requires_grad=True)
+    xv = _views(x)[view]
+    assert not xv.is_contiguous()
+    H = xv.shape[1] if kv_heads is None else kv_heads
+    ref = xv.contiguous() if kv_heads is None else fold_groups(xv.contiguous(), kv_heads)
+    idx = torch.randint(0, ref.shape[2], (xv.shape[0], H, 23), generator=torch_generator)
+    got = gather_rows(xv, idx, kv_heads)
+    want = gather_rows(ref, idx)
+    assert torch.equal(got, want)
+    w = torch.randn(got.shape, dtype=torch.float64, generator=torch_generator)
+    (grad,) = torch.autograd.grad((got * w).sum(), x)
+    (want_grad,) = torch.autograd.grad((want * w).sum(), x)
+    assert torch.equal(grad, want_grad) and grad.abs().sum() > 0

@@ -28,3 +28,21 @@ def test_lsh_buckets_hit_every_bucket_of_a_small_hash(torch_generator, seed):
     lsh = AngularLSH(8, 3, seed=seed)
     ids = lsh_buckets(lsh, torch.randn(4000, 8, generator=torch_generator) + 3.0)
     assert torch.equal(ids.unique(), torch.arange(8))
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_lsh_buckets_of_a_view_folded_equal_those_of_the_folded_copy(kv_heads, torch_generator,
+                                                                     seed):
+    # The causal recursion's half blocks (batch = blocks) with their GQA groups folded into
+    # rows, hashed in place: the ids (and each group's centring mean) of the folded copy.
+    from kernelsketch.attn.common.gqa import fold_groups
+
+    lsh = AngularLSH(16, 7, seed=seed)
+    q = torch.randn(1, 4, 400, 16, generator=torch_generator, dtype=torch.float64) + 1.5
+    view = q.reshape(1, 4, 2, 2, 100, 16)[:, :, :, 1].transpose(1, 2).reshape(2, 4, 100, 16)
+    assert not view.is_contiguous()
+    folded = fold_groups(view.contiguous(), kv_heads)
+    ids = lsh_buckets(lsh, view, kv_heads=kv_heads)
+    assert ids.shape == (2, kv_heads, 400 // kv_heads)
+    assert torch.equal(ids, lsh_buckets(lsh, folded))
+    assert torch.equal(ids, lsh(folded - folded.mean(dim=-2, keepdim=True)))

@@ -16,24 +16,26 @@ from .config import HyperConfig
 from .naive import draw_samples
 
 
-def sorted_sampled_attention(qf, k, v, perm_q, perm_k, idx, log_w, sample_blocks, *, q_block,
+def sorted_sampled_attention(q, k, v, perm_q, perm_k, idx, log_w, sample_blocks, *, q_block,
                              k_block, scale, exact_first, exact_last):
     """The sorted blocks, the always-exact keys and the samples of one estimator, one kernel call.
 
     CPU: :func:`~kernelsketch.attn.common.sortlsh.flash.flash_sorted_attention`
-    (the exact keys inside the same call; arguments as there). CUDA: the Triton
-    kernels of :mod:`~kernelsketch.attn.common.sortlsh.fused` on the
-    estimator's keys, merged with the exact keys' partial attention. Returns
-    ``(out, lse)`` of the folded rows [B, H, R, ·].
+    (the exact keys inside the same call; arguments as there: q [B, Hq, N, D] read
+    as the folded rows, not copied). CUDA: the Triton kernels of
+    :mod:`~kernelsketch.attn.common.sortlsh.fused` on the estimator's keys, merged
+    with the exact keys' partial attention. Returns ``(out, lse)`` of the folded
+    rows [B, H, R, ·].
     """
     kw = {"q_block": q_block, "k_block": k_block, "scale": scale}
-    if qf.device.type == "cpu":
+    if q.device.type == "cpu":
         from ..common.sortlsh.flash import flash_sorted_attention
 
-        return flash_sorted_attention(qf, k, v, perm_q, perm_k, idx, log_w, sample_blocks,
+        return flash_sorted_attention(q, k, v, perm_q, perm_k, idx, log_w, sample_blocks,
                                       exact_first=exact_first, exact_last=exact_last, **kw)
     from ..common.sortlsh.fused import fused_sorted_attention
 
+    qf = fold_groups(q, k.shape[1])
     k_exact, v_exact, k, v = split_exact_keys(k, v, exact_first, exact_last)
     out, lse = fused_sorted_attention(qf, k, v, perm_q, perm_k, idx, log_w, sample_blocks, **kw)
     if k_exact is None:
@@ -62,20 +64,19 @@ def hyper_noncausal_fused(
     """
     B, Hq, _, D = q.shape
     Hkv = k.shape[1]
-    qf = fold_groups(q, Hkv)
     k_exact, v_exact, k_rest, v_rest = split_exact_keys(k, v, exact_first, exact_last)
     M = k_rest.shape[2]
     if not M:  # every key is in the exact set
-        out, lse = exact_lse(qf, k_exact, v_exact, scale=scale)
+        out, lse = exact_lse(fold_groups(q, Hkv), k_exact, v_exact, scale=scale)
         return unfold_groups(out, Hq), unfold_groups(lse, Hq)
     num_blocks = math.ceil(M / config.block_size)
     lsh = AngularLSH(D, config.lsh_bits, generator=generator).to(q.device)
-    perm_q, _, q_len = sorted_blocks(lsh_buckets(lsh, qf), num_blocks)
+    perm_q, _, q_len = sorted_blocks(lsh_buckets(lsh, q, kv_heads=Hkv), num_blocks)
     perm_k, blk_k, k_len = sorted_blocks(lsh_buckets(lsh, k_rest), num_blocks)
     samples = draw_samples(k_rest, v_rest, config, generator) if num_blocks > 1 else None
     idx, log_w = no_samples(B, Hkv, q.device) if samples is None else samples
     first = min(exact_first, k.shape[2])
-    out, lse = sorted_sampled_attention(qf, k, v, perm_q, perm_k, idx, log_w.detach(),
+    out, lse = sorted_sampled_attention(q, k, v, perm_q, perm_k, idx, log_w.detach(),
                                         torch.gather(blk_k, 2, idx), q_block=q_len,
                                         k_block=k_len, scale=scale, exact_first=first,
                                         exact_last=k.shape[2] - M - first)

@@ -36,23 +36,22 @@ def kde_noncausal_fused(
     """
     B, Hq, _, D = q.shape
     Hkv = k.shape[1]
-    qf = fold_groups(q, Hkv)
     k_exact, v_exact, k_rest, v_rest = split_exact_keys(k, v, exact_first, exact_last)
     M = k_rest.shape[2]
     if not M:  # every key is in the exact set
-        out, lse = exact_lse(qf, k_exact, v_exact, scale=scale)
+        out, lse = exact_lse(fold_groups(q, Hkv), k_exact, v_exact, scale=scale)
         return unfold_groups(out, Hq), unfold_groups(lse, Hq)
     num_blocks = math.ceil(M / config.block_size)
     lsh = AngularLSH(D, config.lsh_bits, generator=generator).to(q.device)
-    perm_q, blk_q, q_len = sorted_blocks(lsh_buckets(lsh, qf), num_blocks)
+    perm_q, blk_q, q_len = sorted_blocks(lsh_buckets(lsh, q, kv_heads=Hkv), num_blocks)
     perm_k, blk_k, k_len = sorted_blocks(lsh_buckets(lsh, k_rest), num_blocks)
     if samples_needed(config, num_blocks):
-        idx, log_w = draw_samples(qf, k_rest, v_rest, [(blk_q, blk_k)], scale, config, generator,
+        idx, log_w = draw_samples(q, k_rest, v_rest, [(blk_q, blk_k)], scale, config, generator,
                                   k_exact)
     else:
         idx, log_w = no_samples(B, Hkv, q.device)
     first = min(exact_first, k.shape[2])
-    out, lse = sorted_sampled_attention(qf, k, v, perm_q, perm_k, idx, log_w.detach(),
+    out, lse = sorted_sampled_attention(q, k, v, perm_q, perm_k, idx, log_w.detach(),
                                         torch.gather(blk_k, 2, idx), q_block=q_len,
                                         k_block=k_len, scale=scale, exact_first=first,
                                         exact_last=k.shape[2] - M - first)

@@ -47,13 +47,15 @@ def _block_members(blk_k, blk_rows):
 
 
 @torch.no_grad()
-def amm_probabilities(qf, k, v, covered, scale, config, generator, k_exact=None):
+def amm_probabilities(q, k, v, covered, scale, config, generator, k_exact=None):
     """KDEformer's sampling distribution over keys, [B, H, M] (unnormalised, > 0).
 
     ½·ĉ_j/Σĉ + ½·(‖v_j‖² + 1)/Σ(‖v‖² + 1), with ĉ_j the estimated squared norm of
     column j of D⁻¹A restricted to pairs outside the blocks. ``covered`` holds
     the (query, key) block ids of the sortLSH blocks; ``k_exact`` [B, H, E, D]
-    the keys every query attends to exactly (their mass enters D̂), or None.
+    the keys every query attends to exactly (their mass enters D̂), or None. q
+    [B, Hq, N, D]: the R = G·N query rows of each of k's H heads (fold_groups; read
+    in place, G = 1 for folded q).
     The distribution only chooses which keys to sample; the estimator is
     unbiased for any such choice, so it carries no gradient.
 
@@ -61,9 +63,9 @@ def amm_probabilities(qf, k, v, covered, scale, config, generator, k_exact=None)
     and four passes over it (row maxima, shift, exp, column sums); everything
     else is [B, H, S, ·] over a row's block, the exact keys and the key sample.
     """
-    B, H, R, _ = qf.shape
-    M = k.shape[2]
-    acc = accumulation_dtype(qf.dtype)
+    B, H, M = k.shape[:3]
+    R = q.shape[1] // H * q.shape[2]
+    acc = accumulation_dtype(q.dtype)
     ka = k.to(acc)
     # Row KDE at uniformly sampled query rows: D̂_i = exact part (blocks and exact keys)
     # + uniformly sampled other keys.
@@ -71,7 +73,7 @@ def amm_probabilities(qf, k, v, covered, scale, config, generator, k_exact=None)
                             generator=generator)
     rows, _ = uniform_sample(R, min(config.kde_samples, R), batch_shape=(B, H),
                              device=k.device, generator=generator)
-    q_rows = gather_rows(qf, rows).to(acc)
+    q_rows = gather_rows(q, rows, H).to(acc)
     blk_q, blk_k = covered[0]
     blk_rows = torch.gather(blk_q, 2, rows)
     # 2·logits of the sampled rows against every key: [B, H, S, M].
@@ -115,7 +117,7 @@ def samples_needed(config: KDEConfig, num_blocks: int) -> bool:
     return num_blocks > 1 and config.sample_size > 0
 
 
-def draw_samples(qf, k, v, covered, scale, config: KDEConfig, generator, k_exact=None):
+def draw_samples(q, k, v, covered, scale, config: KDEConfig, generator, k_exact=None):
     """Sampled keys [B, H, s] int64 and their log-weights [B, H, s] (AMM distribution).
 
     Call only where :func:`samples_needed`. Every key with weight 1 once
@@ -127,7 +129,7 @@ def draw_samples(qf, k, v, covered, scale, config: KDEConfig, generator, k_exact
     if s >= M:
         return (torch.arange(M, device=k.device).expand(B, H, M),
                 torch.zeros(B, H, M, device=k.device))
-    probs = amm_probabilities(qf, k, v, covered, scale, config, generator, k_exact)
+    probs = amm_probabilities(q, k, v, covered, scale, config, generator, k_exact)
     idx, w = importance_sample(probs, s, generator=generator)
     return idx, w.log()
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ....sketch.lsh import AngularLSH, inverse_gray_code
 from ....sketch.projections import compute_dtype
 from ..exact import partial_attention
-from ..gqa import gather_rows
+from ..gqa import fold_groups, gather_rows
 
 
 @functools.lru_cache(maxsize=64)
@@ -28,26 +28,53 @@ def _inverse_gray_table(n_bits: int, device: torch.device) -> torch.Tensor:
     return inverse_gray_code(torch.arange(1 << n_bits, device=device))
 
 
-def lsh_buckets(lsh: AngularLSH, x: torch.Tensor, mean: torch.Tensor | None = None
-                ) -> torch.Tensor:
+def _rows_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x @ w`` for x [..., R, D], w [D, k], reading x in place: x's leading dims ordered
+    by stride and merged into one batch dim where its strides allow (the causal
+    recursion's half blocks and their heads do); ``matmul`` would copy such views."""
+    lead = x.dim() - 2
+    order = sorted(range(lead), key=lambda i: x.stride(i), reverse=True)
+    xp = x.permute(*order, lead, lead + 1)
+    try:
+        x3 = xp.view(-1, *x.shape[-2:])
+    except RuntimeError:
+        return x @ w
+    y = (x3 @ w).view(*xp.shape[:-1], w.shape[-1])
+    return y.permute(*sorted(range(lead), key=order.__getitem__), lead, lead + 1)
+
+
+def lsh_buckets(lsh: AngularLSH, x: torch.Tensor, mean: torch.Tensor | None = None, *,
+                kv_heads: int | None = None) -> torch.Tensor:
     """``lsh(x - mean)``, the Gray-code bucket ids int64 [...] of the centred rows of
     x [..., R, D], without validating x again (the attention entry point did).
 
     ``mean`` [..., 1, D] defaults to x's mean over its R rows (context parallel: the
-    mean over every rank's rows of the problem, all-reduced). Centring: in pretrained
+    mean over every rank's rows of the problem, all-reduced). With ``kv_heads``, x is
+    [B, H, R, D] and the ids are those of ``fold_groups(x, kv_heads)``'s rows
+    [B, kv_heads, G·R], centred on each group's mean (``mean`` [B, kv_heads, 1, D]),
+    without copying x. Centring: in pretrained
     LMs queries and keys each share a large common component and the two point apart
     (SmolLM2: the mean has 0.6-0.7 of the rows' norm, cosine between the q and k means
     -0.3 to -0.9), so uncentred hashes sort queries and keys by that offset and the
     rank-paired sorted blocks catch a query's heaviest key no more often than random
     blocks (docs/hyper.md). Only the partition changes: the estimator stays unbiased.
 
-    Up to 16 bits the sign code is one float32 product with the bit values (exact below
-    2**24) and the Gray inverse one lookup in a cached table: on CPU (n = 8192, 9 heads)
-    this is 20x faster than the int64 sum and the shift-XOR prefix of ``lsh(x)``."""
+    The sign of (x - mean)·w is read as x·w > mean·w: one product of x in place (no
+    centred copy; views of the causal recursion are not copied either). Up to 16 bits
+    the sign code is one float32 product with the bit values (exact below 2**24) and
+    the Gray inverse one lookup in a cached table: on CPU (n = 8192, 9 heads) this is
+    20x faster than the int64 sum and the shift-XOR prefix of ``lsh(x)``."""
     with torch.no_grad():  # bucket ids carry no gradient
         xc = x.to(compute_dtype(x.dtype))
-        xc = xc - (xc.mean(dim=-2, keepdim=True) if mean is None else mean.to(xc.dtype))
-        bits = (xc @ lsh.planes.to(xc.dtype)) > 0
+        planes = lsh.planes.to(xc.dtype)
+        proj = _rows_matmul(xc, planes)
+        if kv_heads is not None:
+            proj = fold_groups(proj, kv_heads)
+        if mean is None:
+            mean = xc.mean(dim=-2, keepdim=True)
+            if kv_heads is not None:  # equal groups: the mean of the G heads' means
+                mean = mean.unflatten(1, (kv_heads, -1)).mean(dim=2)
+        bits = proj > mean.to(xc.dtype) @ planes
     if lsh.n_bits > 16:
         return inverse_gray_code((bits.long() * lsh.bit_values).sum(-1))
     code = bits.to(torch.float32) @ lsh.bit_values.to(torch.float32)

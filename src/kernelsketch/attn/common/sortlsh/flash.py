@@ -27,7 +27,7 @@ from ..merge import accumulation_dtype
 
 
 def flash_sorted_attention(
-    qf: torch.Tensor,
+    q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     perm_q: torch.Tensor,
@@ -46,8 +46,10 @@ def flash_sorted_attention(
 
     Parameters
     ----------
-    qf : [B, H, R, D] queries (GQA groups folded into rows); k : [B, H, M, D];
-        v : [B, H, M, Dv]; CPU, one dtype (float32, bfloat16, float16, float64).
+    q : [B, Hq, N, D] queries, read as the R = G·N rows of each key head's G query
+        heads (:func:`~kernelsketch.attn.common.gqa.fold_groups`, not copied; G = 1
+        for folded q); k : [B, H, M, D]; v : [B, H, M, Dv]; CPU, one dtype
+        (float32, bfloat16, float16, float64).
     exact_first, exact_last : the first and last keys of k, attended exactly
         by every query; the estimator's keys are the rest,
         ``k[:, :, exact_first : M - exact_last]`` (M' keys), to which the
@@ -61,19 +63,20 @@ def flash_sorted_attention(
 
     Returns
     -------
-    out [B, H, R, Dv] in q's dtype and lse [B, H, R] (float32; float64 for
+    out [B, H, R, Dv] in q's dtype and lse [B, H, R] (folded rows) (float32; float64 for
     float64 q), original row order; differentiable w.r.t. q, k and v (the
     log-weights, permutations and indices are constants).
     """
-    B, H, R, D = qf.shape
-    M, Mr, S = k.shape[2], perm_k.shape[2], sample_idx.shape[2]
+    B, H, M = k.shape[:3]
+    D = q.shape[-1]
+    R, Mr, S = perm_q.shape[2], perm_k.shape[2], sample_idx.shape[2]
     E = exact_first + exact_last
     nb = max(math.ceil(R / q_block), math.ceil(Mr / k_block))
-    dev = qf.device
-    mask_dtype = accumulation_dtype(qf.dtype)
+    dev = q.device
+    mask_dtype = accumulation_dtype(q.dtype)
     # Queries: sorted, padded to nb blocks (padded rows repeat row 0 and are dropped).
     rows = F.pad(perm_q, (0, nb * q_block - R))
-    qs = gather_rows(qf, rows).reshape(B * H, nb, q_block, D)
+    qs = gather_rows(q, rows, H).reshape(B * H, nb, q_block, D)
     # Keys of block b: [exact keys | sorted block b | samples], one gather.
     blk = F.pad(perm_k + exact_first, (0, nb * k_block - Mr)).reshape(B, H, nb, k_block)
     parts = [blk]
