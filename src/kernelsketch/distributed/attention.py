@@ -199,13 +199,12 @@ def _dispatch(q, k, v, method, cfg, generator, kwargs):
 
         out, lse = lev_context_parallel(q, k, v, config=cfg, generator=generator, **kwargs)
     else:
-        from ..attn.common.causal import long_causal_config
         from .collectives import group_size
         from .sortlsh import sortlsh_context_parallel
 
         # The budget schedule of the whole sequence (P·m keys), as in the single process.
-        cfg = long_causal_config(cfg, is_causal=kwargs["is_causal"],
-                                 num_keys=group_size(kwargs["group"]) * k.shape[2])
+        cfg = cfg.scheduled(is_causal=kwargs["is_causal"],
+                            num_keys=group_size(kwargs["group"]) * k.shape[2])
         out, lse = sortlsh_context_parallel(q, k, v, method=method, config=cfg,
                                             generator=generator, **kwargs)
     return out, lse

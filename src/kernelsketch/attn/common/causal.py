@@ -127,8 +127,14 @@ def _merge_levels(out, lse, parts, *, batch):
         final = torch.empty(B, H, nb * leaf, out.shape[-1], dtype=acc, device=out.device)
         res = final.unflatten(2, (nb, leaf)).transpose(1, 2)
         torch.mul(leaf_out, w, out=res)
+    scratch = None  # parts in a lower dtype (bfloat16 sketches) are widened here, in turn
     for blocks, part_out, part_lse in parts:
         wp = torch.exp(part_lse - second(total, blocks)).unsqueeze(-1)
+        if part_out.dtype != acc and not grad:  # a mixed-dtype addcmul_ is 7x slower on CPU
+            if scratch is None:
+                scratch = torch.empty(max(p[1].numel() for p in parts), dtype=acc,
+                                      device=out.device)
+            part_out = scratch[:part_out.numel()].view(part_out.shape).copy_(part_out)
         second(res, blocks).addcmul_(part_out, wp)  # promotes to acc
     lse = torch.where(nonzero, total, torch.full_like(total, float("-inf")))
     lse = lse.transpose(1, 2).reshape(B, H, nb * leaf)
@@ -198,16 +204,6 @@ def recursion_is_exact(N: int, M: int, min_seq_len: int) -> bool:
 
 
 _EXACT = ExactConfig()
-
-
-def long_causal_config(config, *, is_causal: bool, num_keys: int):
-    """The budget schedule of the LSH methods: ``config`` with ``sample_size`` replaced by
-    ``config.long_sample_size`` for a causal problem over more than ``config.long_seq_len``
-    keys (and ``long_sample_size`` None, so the result is final); ``config`` itself
-    otherwise, or when ``long_sample_size`` is None."""
-    if is_causal and config.long_sample_size is not None and num_keys > config.long_seq_len:
-        return config.replace(sample_size=config.long_sample_size, long_sample_size=None)
-    return config
 
 
 def approximate_or_exact(q, k, v, *, is_causal, scale, min_seq_len, noncausal, need_lse,

@@ -266,6 +266,35 @@ def flash_applies(q: torch.Tensor) -> bool:
     return q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16, torch.float16)
 
 
+SKETCH_DTYPES = ("auto", "input", "bfloat16")
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AMX tiles or AVX512-BF16), where
+    SDPA's CPU flash kernel runs bfloat16 2.3x faster than float32 (BENCHMARKS.md)."""
+    cpu = getattr(torch, "cpu", None)
+    return any(bool(getattr(cpu, name, lambda: False)())
+               for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+
+
+def sketch_product_dtype(q: torch.Tensor, setting: str) -> torch.dtype:
+    """The dtype in which the CPU flash path multiplies a sketched block's queries, keys
+    and values (softmax and accumulation stay float32 inside the kernel).
+
+    ``setting`` (the LSH methods' ``sketch_dtype``): "input" keeps q's dtype;
+    "bfloat16" rounds float32 inputs to bfloat16; "auto" does so on CPUs with native
+    bfloat16 products (:func:`native_bf16_cpu`). The rounding (relative 2^-9 per entry)
+    is far below the sketch's own error: measured normalised spectral errors equal to
+    three decimals (docs/hyper.md). Exact parts (leaves, calls up to ``min_seq_len``)
+    always keep q's dtype.
+    """
+    if q.dtype != torch.float32 or q.device.type != "cpu" or setting == "input":
+        return q.dtype
+    if setting == "bfloat16" or native_bf16_cpu():
+        return torch.bfloat16
+    return q.dtype
+
+
 def _flash_with_lse(q, k, v, *, scale, is_causal):
     """CUDA fp16/bf16 fast path through the flash kernel that returns the LSE (no autograd of lse)."""
     Hq, Hkv = q.shape[1], k.shape[1]

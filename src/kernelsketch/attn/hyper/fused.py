@@ -8,7 +8,7 @@ import math
 import torch
 
 from ...sketch.lsh import AngularLSH
-from ..common.exact import exact_lse
+from ..common.exact import exact_lse, sketch_product_dtype
 from ..common.gqa import fold_groups, unfold_groups
 from ..common.merge import merge_partials
 from ..common.sortlsh.blocks import lsh_buckets, no_samples, sorted_blocks, split_exact_keys
@@ -17,12 +17,12 @@ from .naive import draw_samples
 
 
 def sorted_sampled_attention(q, k, v, perm_q, perm_k, idx, log_w, sample_blocks, *, q_block,
-                             k_block, scale, exact_first, exact_last):
+                             k_block, scale, exact_first, exact_last, product_dtype=None):
     """The sorted blocks, the always-exact keys and the samples of one estimator, one kernel call.
 
     CPU: :func:`~kernelsketch.attn.common.sortlsh.flash.flash_sorted_attention`
     (the exact keys inside the same call; arguments as there: q [B, Hq, N, D] read
-    as the folded rows, not copied). CUDA: the Triton kernels of
+    as the folded rows, not copied; out in ``product_dtype``). CUDA: the Triton kernels of
     :mod:`~kernelsketch.attn.common.sortlsh.fused` on the estimator's keys, merged
     with the exact keys' partial attention. Returns ``(out, lse)`` of the folded
     rows [B, H, R, ·].
@@ -32,7 +32,8 @@ def sorted_sampled_attention(q, k, v, perm_q, perm_k, idx, log_w, sample_blocks,
         from ..common.sortlsh.flash import flash_sorted_attention
 
         return flash_sorted_attention(q, k, v, perm_q, perm_k, idx, log_w, sample_blocks,
-                                      exact_first=exact_first, exact_last=exact_last, **kw)
+                                      exact_first=exact_first, exact_last=exact_last,
+                                      product_dtype=product_dtype, **kw)
     from ..common.sortlsh.fused import fused_sorted_attention
 
     qf = fold_groups(q, k.shape[1])
@@ -79,5 +80,6 @@ def hyper_noncausal_fused(
     out, lse = sorted_sampled_attention(q, k, v, perm_q, perm_k, idx, log_w.detach(),
                                         torch.gather(blk_k, 2, idx), q_block=q_len,
                                         k_block=k_len, scale=scale, exact_first=first,
-                                        exact_last=k.shape[2] - M - first)
+                                        exact_last=k.shape[2] - M - first,
+                                        product_dtype=sketch_product_dtype(q, config.sketch_dtype))
     return unfold_groups(out, Hq), unfold_groups(lse, Hq)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..common.budget import BudgetChoice, predict_sample_size
-from ..common.causal import approximate_or_exact, long_causal_config
+from ..common.causal import approximate_or_exact
 from ..common.exact import flash_applies
 from ..common.sortlsh import fused_kernels_apply
 from ..common.spec import MethodSpec
@@ -32,7 +32,7 @@ def hyper_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
     Exact below ``config.min_seq_len``; otherwise the non-causal approximation
     directly, or inside the causal recursion (common/causal.py, §4 of the paper).
     """
-    config = long_causal_config(config, is_causal=is_causal, num_keys=k.shape[2])
+    config = config.scheduled(is_causal=is_causal, num_keys=k.shape[2])
     if use_fused(q, v, config):
         from . import fused
 
@@ -52,13 +52,15 @@ def hyper_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
 def hyper_auto(q, k, v, *, is_causal, scale, error, config, generator, rows=256) -> BudgetChoice:
     """The smallest ``sample_size`` whose predicted normalised spectral error is <= ``error``
     (:mod:`..common.budget`, on ``rows`` sampled query rows per head); the other fields
-    are ``config``'s (``samples_per_key`` set to 0)."""
-    config = config.replace(samples_per_key=0.0)
+    are those of ``config`` as scheduled for this call (``samples_per_key`` set to 0)."""
+    config = config.scheduled(is_causal=is_causal, num_keys=k.shape[2]).replace(
+        samples_per_key=0.0)
     s, est = predict_sample_size(
         q, k, v, scale=scale, is_causal=is_causal, config=config, target=error, rows=rows,
         generator=generator,
         probabilities=lambda ql, kr, vr, bq, bk, ke: sampling_probabilities(vr, config))
-    return BudgetChoice(config.replace(sample_size=s, long_sample_size=None), est, error, rows)
+    chosen = config.replace(sample_size=s, long_sample_size=None, long_min_seq_len=None)
+    return BudgetChoice(chosen, est, error, rows)
 
 
 METHOD = MethodSpec(

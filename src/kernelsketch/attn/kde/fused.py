@@ -8,7 +8,7 @@ import math
 import torch
 
 from ...sketch.lsh import AngularLSH
-from ..common.exact import exact_lse
+from ..common.exact import exact_lse, sketch_product_dtype
 from ..common.gqa import fold_groups, unfold_groups
 from ..common.sortlsh.blocks import lsh_buckets, no_samples, sorted_blocks, split_exact_keys
 from ..hyper.fused import sorted_sampled_attention
@@ -54,5 +54,6 @@ def kde_noncausal_fused(
     out, lse = sorted_sampled_attention(q, k, v, perm_q, perm_k, idx, log_w.detach(),
                                         torch.gather(blk_k, 2, idx), q_block=q_len,
                                         k_block=k_len, scale=scale, exact_first=first,
-                                        exact_last=k.shape[2] - M - first)
+                                        exact_last=k.shape[2] - M - first,
+                                        product_dtype=sketch_product_dtype(q, config.sketch_dtype))
     return unfold_groups(out, Hq), unfold_groups(lse, Hq)

@@ -41,6 +41,7 @@ def flash_sorted_attention(
     scale: float,
     exact_first: int = 0,
     exact_last: int = 0,
+    product_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sorted block diagonal + exact keys + masked weighted samples, one flash call (CPU).
 
@@ -60,11 +61,14 @@ def flash_sorted_attention(
     sample_idx : [B, H, S] int64 sampled keys (duplicates allowed);
         log_weights : [B, H, S] their log importance weights (constants);
         sample_blocks : [B, H, S] the sorted block of each sampled key.
+    product_dtype : dtype of the kernel's q, k, v (default q's): q, k and v are
+        rounded to it once, before the gathers (e.g. bfloat16 for float32 inputs,
+        :func:`~kernelsketch.attn.common.exact.sketch_product_dtype`).
 
     Returns
     -------
-    out [B, H, R, Dv] in q's dtype and lse [B, H, R] (folded rows) (float32; float64 for
-    float64 q), original row order; differentiable w.r.t. q, k and v (the
+    out [B, H, R, Dv] in ``product_dtype`` and lse [B, H, R] (float32; float64 for
+    float64 q), folded rows in the original order; differentiable w.r.t. q, k and v (the
     log-weights, permutations and indices are constants).
     """
     B, H, M = k.shape[:3]
@@ -74,6 +78,8 @@ def flash_sorted_attention(
     nb = max(math.ceil(R / q_block), math.ceil(Mr / k_block))
     dev = q.device
     mask_dtype = accumulation_dtype(q.dtype)
+    if product_dtype is not None and product_dtype != q.dtype:
+        q, k, v = q.to(product_dtype), k.to(product_dtype), v.to(product_dtype)
     # Queries: sorted, padded to nb blocks (padded rows repeat row 0 and are dropped).
     rows = F.pad(perm_q, (0, nb * q_block - R))
     qs = gather_rows(q, rows, H).reshape(B * H, nb, q_block, D)
