@@ -18,7 +18,9 @@ from kernelsketch.attn.hyper import HyperConfig
 from kernelsketch.attn.kde import KDEConfig
 
 CONFIGS = {"hyper": HyperConfig, "kde": KDEConfig}
-OFF = {"long_sample_size": None, "long_min_seq_len": None}
+# The long budget of each method's defaults, as plain fields.
+LONG = {"hyper": {"sample_size": 120, "min_seq_len": 512},
+        "kde": {"sample_size": 120, "min_seq_len": 512, "kde_samples": 128}}
 
 
 def _qkv(n, seed, dtype):
@@ -40,21 +42,21 @@ def test_defaults_up_to_8192_keys_are_the_unscheduled_estimator(method, dtype, s
     cls = CONFIGS[method]
     q, k, v = _qkv(8192, seed, dtype)
     got = _run(method, q, k, v, cls(), seed + 1)
-    want = _run(method, q, k, v, cls(**OFF), seed + 1)
+    want = _run(method, q, k, v, cls(**cls.unscheduled()), seed + 1)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize("method", ["hyper", "kde"])
-@pytest.mark.parametrize("field", ["long_sample_size", "long_min_seq_len"])
+@pytest.mark.parametrize("method, field", [(m, f) for m in LONG for f in LONG[m]])
 def test_above_8192_keys_causal_calls_run_the_long_budget(method, field, seed):
     cls = CONFIGS[method]
+    assert cls.SCHEDULED == tuple(LONG[method])
     q, k, v = _qkv(8193, seed, torch.float32)
     got = _run(method, q, k, v, cls(), seed + 1)
-    want = _run(method, q, k, v, cls(sample_size=120, min_seq_len=512, **OFF), seed + 1)
+    want = _run(method, q, k, v, cls(**LONG[method], **cls.unscheduled()), seed + 1)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     # each long_ field changes the call on its own
-    partial = _run(method, q, k, v, cls(**{field: None}), seed + 1)
+    partial = _run(method, q, k, v, cls(**{"long_" + field: None}), seed + 1)
     assert not torch.equal(got[0], partial[0])
 
 
@@ -64,7 +66,7 @@ def test_non_causal_calls_keep_sample_size(method, seed):
     cls = CONFIGS[method]
     q, k, v = _qkv(8193, seed, torch.float32)
     got = _run(method, q, k, v, cls(), seed + 1, is_causal=False)
-    want = _run(method, q, k, v, cls(**OFF), seed + 1, is_causal=False)
+    want = _run(method, q, k, v, cls(**cls.unscheduled()), seed + 1, is_causal=False)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
@@ -75,12 +77,14 @@ def test_scheduled(method):
               long_min_seq_len=16)
     assert cfg.scheduled(is_causal=True, num_keys=100) is cfg
     assert cfg.scheduled(is_causal=False, num_keys=101) is cfg
+    off = cls.unscheduled()
+    kde = {"kde_samples": 128} if method == "kde" else {}
     assert cfg.scheduled(is_causal=True, num_keys=101) == cls(
-        sample_size=8, min_seq_len=16, long_seq_len=100, **OFF)
+        sample_size=8, min_seq_len=16, long_seq_len=100, **kde, **off)
     assert cfg.replace(long_min_seq_len=None).scheduled(is_causal=True, num_keys=101) == cls(
-        sample_size=8, min_seq_len=32, long_seq_len=100, **OFF)
-    off = cls(**OFF)
-    assert off.scheduled(is_causal=True, num_keys=10**6) is off
+        sample_size=8, min_seq_len=32, long_seq_len=100, **kde, **off)
+    none = cls(**off)
+    assert none.scheduled(is_causal=True, num_keys=10**6) is none
     # The constructors whose point is their own budget switch the schedule off.
     assert cls.full_budget(64) == cls.full_budget(64).scheduled(is_causal=True, num_keys=10**6)
     if method == "hyper":
@@ -98,6 +102,12 @@ def test_schedule_fields_are_checked(method, field, value, error):
         CONFIGS[method](**{field: value})
 
 
+@pytest.mark.parametrize("value, error", [(0, ValueError), (2.0, TypeError)])
+def test_long_kde_samples_is_checked(value, error):
+    with pytest.raises(error, match="long_kde_samples"):
+        KDEConfig(long_kde_samples=value)
+
+
 @pytest.mark.parametrize("method", ["hyper", "kde"])
 def test_automatic_budget_is_not_rescheduled(method, seed):
     # config="auto" picks sample_size for the call: the schedule must not replace it.
@@ -106,4 +116,4 @@ def test_automatic_budget_is_not_rescheduled(method, seed):
     cfg = CONFIGS[method](min_seq_len=64)
     choice = ks.attn.choose_budget(q, k, v, method=method, is_causal=True, config=cfg,
                                    generator=g, rows=32)
-    assert choice.config.long_sample_size is None and choice.config.long_min_seq_len is None
+    assert choice.config == choice.config.replace(**choice.config.unscheduled())

@@ -191,7 +191,7 @@ def test_kde_auto_passes_rows_generator_and_exact_keys(seed, monkeypatch):
     assert choice.target == 0.3 and choice.rows == 24
     # The chosen sample size at every length (the budget schedule off).
     assert choice.config == cfg.replace(sample_size=choice.config.sample_size,
-                                        long_sample_size=None, long_min_seq_len=None)
+                                        **cfg.unscheduled())
     (_, kwargs, _), = predict
     assert kwargs["rows"] == 24 and kwargs["generator"] is g
     assert dist  # the distribution of the one non-causal level, with the sink keys' mass

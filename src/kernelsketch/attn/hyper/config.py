@@ -50,12 +50,11 @@ class HyperConfig(SortLSHConfig):
     def paper(cls) -> HyperConfig:
         """The paper's estimator (and its code's defaults): no exact sink or window, exact
         attention up to 4096 tokens."""
-        return cls(min_seq_len=4096, sink=0, window=0, long_sample_size=None,
-                   long_min_seq_len=None)
+        return cls(min_seq_len=4096, sink=0, window=0, **cls.unscheduled())
 
     @classmethod
     def full_budget(cls, seq_len: int) -> HyperConfig:
         """A config whose blocks cover every pair at this length (equals exact attention, in
         the input dtype)."""
         return cls(block_size=max(seq_len, 1), sample_size=0, min_seq_len=0, sink=0, window=0,
-                   long_sample_size=None, long_min_seq_len=None, sketch_dtype="input")
+                   sketch_dtype="input", **cls.unscheduled())

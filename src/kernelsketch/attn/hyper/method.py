@@ -59,7 +59,7 @@ def hyper_auto(q, k, v, *, is_causal, scale, error, config, generator, rows=256)
         q, k, v, scale=scale, is_causal=is_causal, config=config, target=error, rows=rows,
         generator=generator,
         probabilities=lambda ql, kr, vr, bq, bk, ke: sampling_probabilities(vr, config))
-    chosen = config.replace(sample_size=s, long_sample_size=None, long_min_seq_len=None)
+    chosen = config.replace(sample_size=s, **config.unscheduled())
     return BudgetChoice(chosen, est, error, rows)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..._checks import check_int
 from ..common.sortlsh.config import SortLSHConfig
@@ -22,6 +23,10 @@ class KDEConfig(SortLSHConfig):
 
     kde_samples : uniform samples used by the two density estimates (keys for
         D̂, query rows for the column norms).
+    long_kde_samples : ``kde_samples`` of the budget schedule (causal problems over
+        ``long_seq_len`` keys; None: ``kde_samples`` at every length). 128 halves the
+        density estimates' [rows, keys] products with the same spectral error at 32k
+        (BENCHMARKS.md).
 
     The other fields (LSH, blocks, the AMM sample size, exact sink and window, budget
     schedule, sketch dtype) are
@@ -29,14 +34,19 @@ class KDEConfig(SortLSHConfig):
     """
 
     kde_samples: int = 256
+    long_kde_samples: int | None = 128
+
+    SCHEDULED: ClassVar[tuple[str, ...]] = (*SortLSHConfig.SCHEDULED, "kde_samples")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int("kde_samples", self.kde_samples, min=1)
+        if self.long_kde_samples is not None:
+            check_int("long_kde_samples", self.long_kde_samples, min=1)
 
     @classmethod
     def full_budget(cls, seq_len: int) -> KDEConfig:
         """A config whose blocks cover every pair at this length (equals exact attention, in
         the input dtype)."""
         return cls(block_size=max(seq_len, 1), sample_size=0, min_seq_len=0, sink=0, window=0,
-                   long_sample_size=None, long_min_seq_len=None, sketch_dtype="input")
+                   sketch_dtype="input", **cls.unscheduled())

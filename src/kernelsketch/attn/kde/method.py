@@ -61,7 +61,7 @@ def kde_auto(q, k, v, *, is_causal, scale, error, config, generator, rows=256) -
     s, est = predict_sample_size(q, k, v, scale=scale, is_causal=is_causal, config=config,
                                  target=error, rows=rows, generator=generator,
                                  probabilities=probabilities)
-    chosen = config.replace(sample_size=s, long_sample_size=None, long_min_seq_len=None)
+    chosen = config.replace(sample_size=s, **config.unscheduled())
     return BudgetChoice(chosen, est, error, rows)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ...._checks import check_choice, check_int
 from ..exact import SKETCH_DTYPES
@@ -50,6 +51,9 @@ class SortLSHConfig(MethodConfig):
     long_min_seq_len: int | None = 512
     sketch_dtype: str = "auto"
 
+    # The fields the budget schedule replaces by their ``long_`` namesakes.
+    SCHEDULED: ClassVar[tuple[str, ...]] = ("sample_size", "min_seq_len")
+
     def __post_init__(self) -> None:
         check_int("lsh_bits", self.lsh_bits, min=1, max=30)
         check_int("block_size", self.block_size, min=1)
@@ -58,19 +62,24 @@ class SortLSHConfig(MethodConfig):
         check_int("sink", self.sink, min=0)
         check_int("window", self.window, min=0)
         check_int("long_seq_len", self.long_seq_len, min=0)
-        for name in ("long_sample_size", "long_min_seq_len"):
-            if getattr(self, name) is not None:
-                check_int(name, getattr(self, name), min=0)
+        for name in SortLSHConfig.SCHEDULED:
+            if getattr(self, "long_" + name) is not None:
+                check_int("long_" + name, getattr(self, "long_" + name), min=0)
         check_choice("sketch_dtype", self.sketch_dtype, SKETCH_DTYPES)
 
     def scheduled(self, *, is_causal: bool, num_keys: int) -> SortLSHConfig:
         """The config a call runs: for a causal problem over more than ``long_seq_len``
-        keys, ``sample_size`` and ``min_seq_len`` replaced by their ``long_`` values
-        (where not None; the result has both None, so it is final); else ``self``."""
+        keys, the :attr:`SCHEDULED` fields replaced by their ``long_`` values (where not
+        None; the result has every ``long_`` field None, so it is final); else ``self``."""
         if not is_causal or num_keys <= self.long_seq_len:
             return self
-        changes = {name: getattr(self, "long_" + name) for name in ("sample_size", "min_seq_len")
+        changes = {name: getattr(self, "long_" + name) for name in self.SCHEDULED
                    if getattr(self, "long_" + name) is not None}
         if not changes:
             return self
-        return self.replace(**changes, long_sample_size=None, long_min_seq_len=None)
+        return self.replace(**changes, **self.unscheduled())
+
+    @classmethod
+    def unscheduled(cls) -> dict:
+        """The field values that switch the budget schedule off: ``cls(**cls.unscheduled())``."""
+        return {"long_" + name: None for name in cls.SCHEDULED}
