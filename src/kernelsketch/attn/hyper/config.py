@@ -14,12 +14,13 @@ class HyperConfig(SortLSHConfig):
     """Configuration of HyperAttention.
 
     Defaults (chosen from measurements, BENCHMARKS.md): the paper's LSH blocks
-    and uniform samples (7 bits, 256 + 256), the causal recursion's leaves of
-    1024 tokens, and the always-exact sink (8) and window (128) that keep a
-    pretrained LM's quality (SmolLM2-135M, 4 windows of 8192 tokens, one thread:
-    perplexity +3.6% / +4.9% with the last 15 / all 30 layers, in 0.87x / 0.65x
-    the exact model's CPU time, centred hashing; lm_eval_cpu_8k_centred_s4.json); a
-    verbatim copy from thousands of tokens back is still partly lost (docs/hyper.md).
+    and uniform samples (7 bits, 256 + 256), exact causal blocks of up to 1024
+    keys, the always-exact sink (8) and window (128) that keep a pretrained LM's
+    quality (SmolLM2-135M, 4 windows of 8192 tokens, one thread: perplexity +3.6% /
+    +4.9% with the last 15 / all 30 layers, in 0.93x / 0.76x the exact model's CPU
+    time; lm_eval_cpu_8k_bf16_s5.json), the budget schedule above 8192 keys and
+    bfloat16 sketched blocks where the CPU multiplies them natively; a verbatim copy
+    from thousands of tokens back is still partly lost (docs/hyper.md).
     ``HyperConfig.paper()`` is the paper's estimator.
 
     hash_rounds : independent LSH rounds whose blocks are united.

@@ -60,8 +60,9 @@ def hyper_noncausal_fused(
     Draws the hash and the samples exactly as the torch path does, so both
     give the same result for the same generator state. Differentiable w.r.t.
     q, k and v (out and lse); the sampling weights are constants of the
-    estimator. out [B, Hq, N, Dv] in q's dtype, lse [B, Hq, N] float32
-    (float64 for float64 inputs).
+    estimator. out [B, Hq, N, Dv] in the
+    products' dtype (q's, or bfloat16 under ``config.sketch_dtype``), lse [B, Hq, N]
+    float32 (float64 for float64 inputs).
     """
     B, Hq, _, D = q.shape
     Hkv = k.shape[1]

@@ -11,10 +11,11 @@ from ..common.triton_utils import HALF
 from .config import HyperConfig
 from .naive import hyper_noncausal, sampling_probabilities
 
-# Causal calls on CPU with fewer queries than this were measured slower than SDPA with the
-# default config (BENCHMARKS.md, "CPU speed against SDPA", idle machine: 0.89-0.90x at 2048,
-# 1.13x at 4096, 1.63-1.70x at 8192): they warn (NoSpeedupWarning).
-CPU_CAUSAL_BREAK_EVEN = 4096
+# Causal calls on CPU with fewer queries than this were not measured faster than SDPA with
+# the default config (BENCHMARKS.md, "CPU speed against SDPA", session 5, idle machine,
+# float32: 1.13-1.18x at 3072, 1.27-1.28x at 4096, 1.92-2.12x at 8192; at 2048 every
+# block is exact and the call falls back to exact attention): they warn (NoSpeedupWarning).
+CPU_CAUSAL_BREAK_EVEN = 3072
 # bfloat16 / float16 (idle: 1.00-1.03x at 8192, 1.43-1.62x at 16384).
 CPU_CAUSAL_BREAK_EVEN_HALF = 8192
 

@@ -31,8 +31,9 @@ def kde_noncausal_fused(
     Draws the hash and the samples as the torch path does (the AMM
     distribution's density estimates need only the logits of its sampled
     rows), so both agree for the same generator state. Differentiable w.r.t.
-    q, k and v; out [B, Hq, N, Dv] in q's dtype, lse [B, Hq, N] float32
-    (float64 for float64 inputs).
+    q, k and v; out [B, Hq, N, Dv] in the
+    products' dtype (q's, or bfloat16 under ``config.sketch_dtype``), lse [B, Hq, N]
+    float32 (float64 for float64 inputs).
     """
     B, Hq, _, D = q.shape
     Hkv = k.shape[1]

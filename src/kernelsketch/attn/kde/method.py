@@ -11,10 +11,11 @@ from ..common.triton_utils import HALF
 from .config import KDEConfig
 from .naive import amm_probabilities, kde_noncausal
 
-# Causal calls on CPU with fewer queries than this were measured slower than SDPA with the
-# default config (BENCHMARKS.md, "CPU speed against SDPA", idle machine: 0.98-1.00x at 4096,
-# 1.19-1.42x at 8192): they warn (NoSpeedupWarning).
-CPU_CAUSAL_BREAK_EVEN = 8192
+# Causal calls on CPU with fewer queries than this were not measured faster than SDPA with
+# the default config (BENCHMARKS.md, "CPU speed against SDPA", session 5, idle machine,
+# float32: 1.10-1.12x at 3072, 1.11-1.15x at 4096, 1.75-1.77x at 8192; at 2048 every
+# block is exact and the call falls back to exact attention): they warn (NoSpeedupWarning).
+CPU_CAUSAL_BREAK_EVEN = 3072
 # bfloat16 / float16 (idle: 0.64-0.69x at 8192, 0.90-0.96x at 16384, 1.35-1.39x at 32768).
 CPU_CAUSAL_BREAK_EVEN_HALF = 32768
 
