@@ -67,7 +67,7 @@ def test_a_key_sampled_several_times_accumulates_every_copy(triton_device):
 
 @pytest.mark.skipif(not torch.cuda.is_available(),
                     reason="needs CUDA: on CPU hyper's fused path is SDPA's flash kernel "
-                           "(hyper/fused.py), not these Triton kernels")
+                           "(common/sortlsh/estimate.py), not these Triton kernels")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_hyper_through_the_triton_kernels_matches_its_torch_path(dtype):
     # The method-level dispatch on CUDA: same hash and samples from the same generator.

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ..common.budget import BudgetChoice, predict_sample_size
-from ..common.causal import approximate_or_exact
 from ..common.exact import flash_applies
 from ..common.sortlsh import fused_kernels_apply
+from ..common.sortlsh.estimate import sortlsh_forward
 from ..common.spec import MethodSpec
 from ..common.triton_utils import HALF
 from .config import HyperConfig
@@ -33,18 +33,15 @@ def hyper_forward(q, k, v, *, is_causal, scale, config, generator, need_lse):
     Exact below ``config.min_seq_len``; otherwise the non-causal approximation
     directly, or inside the causal recursion (common/causal.py, §4 of the paper).
     """
-    config = config.scheduled(is_causal=is_causal, num_keys=k.shape[2])
     if use_fused(q, v, config):
         from . import fused
 
-        noncausal = fused.hyper_noncausal_fused
+        estimator = fused.hyper_noncausal_fused
     else:
-        noncausal = hyper_noncausal
-    return approximate_or_exact(
-        q, k, v, is_causal=is_causal, scale=scale, min_seq_len=config.min_seq_len,
-        noncausal=lambda qb, kb, vb, s, first, last: noncausal(qb, kb, vb, s, config, generator,
-                                                                first, last),
-        need_lse=need_lse, sink=config.sink, window=config.window, method="hyper",
+        estimator = hyper_noncausal
+    return sortlsh_forward(
+        q, k, v, is_causal=is_causal, scale=scale, config=config, generator=generator,
+        need_lse=need_lse, estimator=estimator, method="hyper",
         cpu_causal_break_even=(CPU_CAUSAL_BREAK_EVEN_HALF if q.dtype in HALF
                                else CPU_CAUSAL_BREAK_EVEN),
     )

@@ -1,6 +1,10 @@
 """sortLSH (HyperAttention Alg. 1, KDEformer §4): shared by ``hyper`` and ``kde``.
 
+- :mod:`.config`: the fields both methods share (:class:`.config.SortLSHConfig`) and the
+  budget schedule.
 - :mod:`.blocks`: torch path, the sorted block diagonal and the covered-pair test.
+- :mod:`.estimate`: one estimate (hash, the method's sample, blocks + exact keys +
+  samples) in one fused call: :mod:`.flash` (SDPA's CPU flash kernel) or :mod:`.fused`.
 - :mod:`.fused`: the block diagonal plus masked, weighted key samples in one
   Triton kernel pair (:mod:`.kernels_fwd`, :mod:`.kernels_bwd`) behind one
   ``autograd.Function``; imported only where :func:`fused_kernels_apply` holds.
