@@ -16,7 +16,8 @@ from .naive import hyper_noncausal, sampling_probabilities
 # float32: 1.13-1.18x at 3072, 1.27-1.28x at 4096, 1.92-2.12x at 8192; at 2048 every
 # block is exact and the call falls back to exact attention): they warn (NoSpeedupWarning).
 CPU_CAUSAL_BREAK_EVEN = 3072
-# bfloat16 / float16 (idle: 1.00-1.03x at 8192, 1.43-1.62x at 16384).
+# bfloat16 inputs (session 5, idle, SDPA in bfloat16: 0.69-0.87x at 4096, 1.07-1.18x at 8192,
+# 1.63-1.67x at 16384, 2.81-2.84x at 32768; float16 inputs take the same threshold).
 CPU_CAUSAL_BREAK_EVEN_HALF = 8192
 
 

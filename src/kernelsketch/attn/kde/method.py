@@ -16,8 +16,9 @@ from .naive import amm_probabilities, kde_noncausal
 # float32: 1.10-1.12x at 3072, 1.11-1.15x at 4096, 1.75-1.77x at 8192; at 2048 every
 # block is exact and the call falls back to exact attention): they warn (NoSpeedupWarning).
 CPU_CAUSAL_BREAK_EVEN = 3072
-# bfloat16 / float16 (idle: 0.64-0.69x at 8192, 0.90-0.96x at 16384, 1.35-1.39x at 32768).
-CPU_CAUSAL_BREAK_EVEN_HALF = 32768
+# bfloat16 inputs (session 5, idle, SDPA in bfloat16: 0.91-0.98x at 8192, 1.33-1.34x at 16384,
+# 2.19-2.25x at 32768; float16 inputs take the same threshold).
+CPU_CAUSAL_BREAK_EVEN_HALF = 16384
 
 
 def use_fused(q, v, config: KDEConfig) -> bool:
