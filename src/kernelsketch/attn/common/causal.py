@@ -44,7 +44,7 @@ def causal_levels(n: int, min_seq_len: int) -> tuple[int, int]:
     return levels, math.ceil(n / 2**levels)
 
 
-def _square_causal(q, k, v, *, scale, approximate, min_seq_len):
+def _square_causal(q, k, v, *, scale, approximate, min_seq_len, leaf_dtype=None):
     B, n = q.shape[0], q.shape[2]
     levels, leaf = causal_levels(n, min_seq_len)
     n_pad = leaf * 2**levels
@@ -63,7 +63,8 @@ def _square_causal(q, k, v, *, scale, approximate, min_seq_len):
         return x.unflatten(2, (nb, leaf)).transpose(1, 2).reshape(B * nb, x.shape[1], leaf,
                                                                   x.shape[-1])
 
-    out, lse = exact_lse(spans(q), spans(k), spans(v), scale=scale, is_causal=True)
+    leaves = (q, k, v) if leaf_dtype in (None, q.dtype) else (x.to(leaf_dtype) for x in (q, k, v))
+    out, lse = exact_lse(*map(spans, leaves), scale=scale, is_causal=True)
     parts = []  # (blocks, out, lse) of each level's off-diagonal blocks
     for level in range(levels, 0, -1):
         blocks = 2 ** (level - 1)
@@ -126,7 +127,10 @@ def _merge_levels(out, lse, parts, *, batch):
     else:
         final = torch.empty(B, H, nb * leaf, out.shape[-1], dtype=acc, device=out.device)
         res = final.unflatten(2, (nb, leaf)).transpose(1, 2)
-        torch.mul(leaf_out, w, out=res)
+        if leaf_out.dtype == acc:
+            torch.mul(leaf_out, w, out=res)
+        else:  # widen, then scale in place: a mixed-dtype mul is several times slower on CPU
+            res.copy_(leaf_out).mul_(w)
     scratch = None  # parts in a lower dtype (bfloat16 sketches) are widened here, in turn
     for blocks, part_out, part_lse in parts:
         wp = torch.exp(part_lse - second(total, blocks)).unsqueeze(-1)
@@ -149,6 +153,7 @@ def causal_attention(
     scale: float,
     approximate: Approximator,
     min_seq_len: int,
+    leaf_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal attention by recursive halving with a non-causal approximator.
 
@@ -159,6 +164,9 @@ def causal_attention(
     approximate : non-causal approximator for the off-diagonal blocks.
     min_seq_len : blocks of at most this length are computed exactly, here,
         never handed to ``approximate``.
+    leaf_dtype : dtype of the exact leaves' products (default q's; e.g. bfloat16 for
+        float32 inputs under the LSH methods' ``sketch_dtype``); softmax and
+        accumulation stay in the accumulation dtype.
 
     Returns
     -------
@@ -171,19 +179,21 @@ def causal_attention(
         prefix = _noncausal(q, k[:, :, : M - N], v[:, :, : M - N], scale, approximate, min_seq_len)
         diag = _square_causal(
             q, k[:, :, M - N :], v[:, :, M - N :], scale=scale, approximate=approximate,
-            min_seq_len=min_seq_len,
+            min_seq_len=min_seq_len, leaf_dtype=leaf_dtype,
         )
         return merge_partials(*diag, *prefix)
     if M < N:
         # The first N - M queries see no key at all.
         out, lse = _square_causal(
-            q[:, :, N - M :], k, v, scale=scale, approximate=approximate, min_seq_len=min_seq_len
+            q[:, :, N - M :], k, v, scale=scale, approximate=approximate, min_seq_len=min_seq_len,
+            leaf_dtype=leaf_dtype,
         )
         empty = N - M
         out = F.pad(out, (0, 0, empty, 0))
         lse = F.pad(lse, (empty, 0), value=float("-inf"))
         return out, lse
-    return _square_causal(q, k, v, scale=scale, approximate=approximate, min_seq_len=min_seq_len)
+    return _square_causal(q, k, v, scale=scale, approximate=approximate, min_seq_len=min_seq_len,
+                          leaf_dtype=leaf_dtype)
 
 
 def _noncausal(q, k, v, scale, approximate, min_seq_len):
@@ -207,7 +217,8 @@ _EXACT = ExactConfig()
 
 
 def approximate_or_exact(q, k, v, *, is_causal, scale, min_seq_len, noncausal, need_lse,
-                         sink=0, window=0, method="sketch", cpu_causal_break_even=0):
+                         sink=0, window=0, method="sketch", cpu_causal_break_even=0,
+                         leaf_dtype=None):
     """Dispatch shared by the LSH methods (HyperAttention, KDEformer).
 
     Exact attention when the problem is at most ``min_seq_len`` long (keys for
@@ -221,7 +232,8 @@ def approximate_or_exact(q, k, v, *, is_causal, scale, min_seq_len, noncausal, n
     exact leaves, every query sees its ``window`` preceding keys and the
     sequence's first ``sink`` keys exactly). A causal sketch on CPU with fewer than
     ``cpu_causal_break_even`` queries (the method's measured break-even against SDPA)
-    warns once with :class:`~.exact.NoSpeedupWarning`.
+    warns once with :class:`~.exact.NoSpeedupWarning`. ``leaf_dtype``: the recursion's
+    exact leaves' product dtype (:func:`causal_attention`); the exact fallback keeps q's.
     """
     N, M = q.shape[2], k.shape[2]
     if (is_causal and recursion_is_exact(N, M, min_seq_len)) or (
@@ -239,4 +251,5 @@ def approximate_or_exact(q, k, v, *, is_causal, scale, min_seq_len, noncausal, n
     def approximate(qb, kb, vb, s):  # every block has more than min_seq_len keys
         return noncausal(qb, kb, vb, s, sink, window)
 
-    return causal_attention(q, k, v, scale=scale, approximate=approximate, min_seq_len=min_seq_len)
+    return causal_attention(q, k, v, scale=scale, approximate=approximate, min_seq_len=min_seq_len,
+                            leaf_dtype=leaf_dtype)

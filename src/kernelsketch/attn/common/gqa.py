@@ -62,3 +62,25 @@ def gather_rows(x: torch.Tensor, idx: torch.Tensor, kv_heads: int | None = None)
             + torch.arange(Hf, device=dev).reshape(1, Hf, 1) * (G * sH))
     offs = base + idx * sR if G == 1 else base + (idx // R) * sH + (idx % R) * sR
     return flat.index_select(0, offs.reshape(-1)).reshape(*idx.shape, D)
+
+
+def batched_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for a [..., R, K] and b [..., K, C] (or b [K, C]), reading the larger
+    operand in place where its leading dims, ordered by its strides, merge into one
+    batch dim: the causal recursion's half blocks and heads do, and ``matmul`` would copy
+    them (it folds the batch dims in their given order). The smaller operand is laid out
+    in the same order (a copy of it at most). Result [..., R, C] (a permuted view)."""
+    lead = a.dim() - 2
+    big = a if b.dim() == 2 or a.numel() >= b.numel() else b
+    order = sorted(range(lead), key=lambda i: big.stride(i), reverse=True)
+
+    def merged(x):  # [..., r, c] -> [N, r, c] in ``order``; a view for the larger operand
+        xp = x.permute(*order, lead, lead + 1)
+        return xp.view(-1, *x.shape[-2:]) if x is big else xp.reshape(-1, *x.shape[-2:])
+
+    try:
+        a3, b3 = merged(a), (b if b.dim() == 2 else merged(b))
+    except RuntimeError:
+        return a @ b
+    y = (a3 @ b3).view(*[a.shape[i] for i in order], a.shape[-2], b.shape[-1])
+    return y.permute(*sorted(range(lead), key=order.__getitem__), lead, lead + 1)

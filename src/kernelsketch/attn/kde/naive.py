@@ -14,7 +14,7 @@ import torch
 from ...sketch.lsh import AngularLSH
 from ...sketch.sampling import importance_sample, uniform_sample
 from ..common.exact import partial_attention
-from ..common.gqa import fold_groups, gather_rows, unfold_groups
+from ..common.gqa import batched_matmul, fold_groups, gather_rows, unfold_groups
 from ..common.merge import accumulation_dtype, merge_many
 from ..common.sortlsh import block_diagonal_attention, covered_by_blocks
 from ..common.sortlsh.blocks import split_exact_keys
@@ -77,7 +77,7 @@ def amm_probabilities(q, k, v, covered, scale, config, generator, k_exact=None):
     blk_q, blk_k = covered[0]
     blk_rows = torch.gather(blk_q, 2, rows)
     # 2·logits of the sampled rows against every key: [B, H, S, M].
-    logits2 = torch.matmul(q_rows * (2 * scale), ka.transpose(-1, -2))
+    logits2 = batched_matmul(q_rows * (2 * scale), ka.transpose(-1, -2))  # k not copied
     members, real = _block_members(blk_k, blk_rows)
     in_block = torch.gather(logits2, -1, members).mul_(0.5).masked_fill_(~real, float("-inf"))
     log_d = torch.logsumexp(in_block, -1)  # the row's block (exact)
@@ -103,11 +103,14 @@ def amm_probabilities(q, k, v, covered, scale, config, generator, k_exact=None):
     e2.scatter_(-1, to, torch.where(has_keys, 0.0, e2[..., :1]).expand_as(to))
     col = e2.sum(-2)
     col = torch.nan_to_num(col / col.sum(-1, keepdim=True), nan=0.0)
-    # Row norms of [V, 1] (the ones column), all divided by c = max(1, max|v|)
-    # so that squaring never overflows: (‖v_j‖² + 1)/c² = ‖v_j/c‖² + 1/c².
+    # Row norms of [V, 1] (the ones column): ‖v_j‖² + 1, one pass over v. Where their sum
+    # overflows, all are divided by c² = max(1, max|v|)², which the normalisation cancels:
+    # (‖v_j‖² + 1)/c² = ‖v_j/c‖² + 1/c².
     va = v.to(acc)
-    c = va.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1.0)
-    vnorm = torch.linalg.vector_norm(va / c, dim=-1) ** 2 + c.squeeze(-1) ** -2
+    vnorm = torch.linalg.vector_norm(va, dim=-1) ** 2 + 1
+    if not bool(torch.isfinite(vnorm.sum(-1)).all()):
+        c = va.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1.0)
+        vnorm = torch.linalg.vector_norm(va / c, dim=-1) ** 2 + c.squeeze(-1) ** -2
     return 0.5 * col + 0.5 * vnorm / vnorm.sum(-1, keepdim=True)
 
 

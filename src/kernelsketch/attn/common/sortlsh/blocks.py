@@ -19,28 +19,13 @@ import torch.nn.functional as F
 from ....sketch.lsh import AngularLSH, inverse_gray_code
 from ....sketch.projections import compute_dtype
 from ..exact import partial_attention
-from ..gqa import fold_groups, gather_rows
+from ..gqa import batched_matmul, fold_groups, gather_rows
 
 
 @functools.lru_cache(maxsize=64)
 def _inverse_gray_table(n_bits: int, device: torch.device) -> torch.Tensor:
     """``inverse_gray_code`` of every ``n_bits``-bit code, int64 [2**n_bits]."""
     return inverse_gray_code(torch.arange(1 << n_bits, device=device))
-
-
-def _rows_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``x @ w`` for x [..., R, D], w [D, k], reading x in place: x's leading dims ordered
-    by stride and merged into one batch dim where its strides allow (the causal
-    recursion's half blocks and their heads do); ``matmul`` would copy such views."""
-    lead = x.dim() - 2
-    order = sorted(range(lead), key=lambda i: x.stride(i), reverse=True)
-    xp = x.permute(*order, lead, lead + 1)
-    try:
-        x3 = xp.view(-1, *x.shape[-2:])
-    except RuntimeError:
-        return x @ w
-    y = (x3 @ w).view(*xp.shape[:-1], w.shape[-1])
-    return y.permute(*sorted(range(lead), key=order.__getitem__), lead, lead + 1)
 
 
 def lsh_buckets(lsh: AngularLSH, x: torch.Tensor, mean: torch.Tensor | None = None, *,
@@ -67,7 +52,7 @@ def lsh_buckets(lsh: AngularLSH, x: torch.Tensor, mean: torch.Tensor | None = No
     with torch.no_grad():  # bucket ids carry no gradient
         xc = x.to(compute_dtype(x.dtype))
         planes = lsh.planes.to(xc.dtype)
-        proj = _rows_matmul(xc, planes)
+        proj = batched_matmul(xc, planes)
         if kv_heads is not None:
             proj = fold_groups(proj, kv_heads)
         if mean is None:
@@ -84,7 +69,8 @@ def lsh_buckets(lsh: AngularLSH, x: torch.Tensor, mean: torch.Tensor | None = No
 def sorted_blocks(bucket: torch.Tensor, num_blocks: int):
     """Sort rows by bucket; return (perm [.., R], block id of each original row [.., R], block len)."""
     rows = bucket.shape[-1]
-    perm = torch.argsort(bucket, dim=-1, stable=True)
+    # Bucket ids are < 2**30: int32 keys sort 1.3x faster than int64 on CPU.
+    perm = torch.argsort(bucket.to(torch.int32), dim=-1, stable=True)
     block_len = math.ceil(rows / num_blocks)
     rank = torch.empty_like(perm)
     rank.scatter_(-1, perm, torch.arange(rows, device=perm.device).expand_as(perm))

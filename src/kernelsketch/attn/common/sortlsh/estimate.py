@@ -95,11 +95,13 @@ def sortlsh_forward(q, k, v, *, is_causal, scale, config: SortLSHConfig, generat
     ``estimator(q, k, v, scale, config, generator, exact_first, exact_last)`` directly
     (non-causal) or on the causal recursion's blocks, with the config's exact sink and
     window (:func:`..causal.approximate_or_exact`, which names ``method`` in its
-    warnings)."""
+    warnings); the recursion's exact leaves multiply in the sketch's product dtype
+    (``config.sketch_dtype``)."""
     config = config.scheduled(is_causal=is_causal, num_keys=k.shape[2])
     return approximate_or_exact(
         q, k, v, is_causal=is_causal, scale=scale, min_seq_len=config.min_seq_len,
         noncausal=lambda qb, kb, vb, s, first, last: estimator(qb, kb, vb, s, config, generator,
                                                                 first, last),
         need_lse=need_lse, sink=config.sink, window=config.window, method=method,
-        cpu_causal_break_even=cpu_causal_break_even)
+        cpu_causal_break_even=cpu_causal_break_even,
+        leaf_dtype=sketch_product_dtype(q, config.sketch_dtype))
