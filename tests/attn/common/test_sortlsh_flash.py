@@ -133,9 +133,10 @@ def test_attention_dispatches_cpu_low_precision_to_the_fast_path(method, module,
 @pytest.mark.parametrize("method", ["hyper", "kde"])
 def test_bfloat16_sketch_gradients_track_the_float32_ones(method, torch_generator, seed):
     # Training through the default sketch_dtype: the same causal estimate (same draws) with
-    # bfloat16 and with float32 products, out and the gradients of q, k and v. Over 150
-    # seeds: relative differences out 2.37e-3 +- 1.0e-4, gradients 2.8e-3 to 3.5e-3 +-
-    # 1.4e-4 (max 3.9e-3); the bounds sit over 14 sd from every mean.
+    # bfloat16 and with float32 products (sketched blocks and exact leaves), out and the
+    # gradients of q, k and v. Over 150 seeds: relative differences out 3.4e-3 +- 1.0e-4,
+    # gradients 4.4e-3 to 5.1e-3 +- 1.6e-4 (max 5.6e-3); the bounds sit over 18 sd from
+    # every mean.
     q, k, v = (torch.randn(1, h, 300, 16, generator=torch_generator).requires_grad_()
                for h in (4, 2, 2))
     w = torch.randn(1, 4, 300, 16, generator=torch_generator)
@@ -149,4 +150,4 @@ def test_bfloat16_sketch_gradients_track_the_float32_ones(method, torch_generato
         got[setting] = (out, *torch.autograd.grad((out * w).sum(), (q, k, v)))
     for a, b in zip(got["bfloat16"], got["input"]):
         assert a.dtype == torch.float32
-        assert 1e-3 < relative_error(a, b) < 6e-3
+        assert 1.5e-3 < relative_error(a, b) < 8e-3

@@ -278,15 +278,16 @@ def native_bf16_cpu() -> bool:
 
 
 def sketch_product_dtype(q: torch.Tensor, setting: str) -> torch.dtype:
-    """The dtype in which the CPU flash path multiplies a sketched block's queries, keys
-    and values (softmax and accumulation stay float32 inside the kernel).
+    """The dtype in which a sketched call multiplies queries, keys and values on the CPU
+    flash path: its sketched blocks and the causal recursion's exact leaves (softmax and
+    accumulation stay float32 inside the kernel).
 
     ``setting`` (the LSH methods' ``sketch_dtype``): "input" keeps q's dtype;
     "bfloat16" rounds float32 inputs to bfloat16; "auto" does so on CPUs with native
     bfloat16 products (:func:`native_bf16_cpu`). The rounding (relative 2^-9 per entry)
     is far below the sketch's own error: measured normalised spectral errors equal to
-    three decimals (docs/hyper.md). Exact parts (leaves, calls up to ``min_seq_len``)
-    always keep q's dtype.
+    three decimals (docs/hyper.md). Calls that fall back to exact attention (up to
+    ``min_seq_len``) keep q's dtype, and so do the hash and the sampling distributions.
     """
     if q.dtype != torch.float32 or q.device.type != "cpu" or setting == "input":
         return q.dtype

@@ -35,9 +35,10 @@ class SortLSHConfig(MethodConfig):
         above it give each block's queries at most 512 keys with the default block,
         sink and window (one key tile of SDPA's CPU flash kernel) and leaves of 1024
         tokens (docs/hyper.md, "Budget schedule").
-    sketch_dtype : "auto", "input" or "bfloat16": the dtype of the sketched blocks'
-        products on the CPU flash path for float32 inputs ("auto": bfloat16 where the
-        CPU multiplies it natively; :func:`~kernelsketch.attn.common.exact.sketch_product_dtype`).
+    sketch_dtype : "auto", "input" or "bfloat16": the dtype of a sketched call's products
+        (sketched blocks and the causal recursion's exact leaves) on the CPU flash path
+        for float32 inputs ("auto": bfloat16 where the CPU multiplies it natively;
+        :func:`~kernelsketch.attn.common.exact.sketch_product_dtype`).
     """
 
     lsh_bits: int = 7
