@@ -17,9 +17,9 @@ class HyperConfig(SortLSHConfig):
     and uniform samples (7 bits, 256 + 256), exact causal blocks of up to 1024
     keys, the always-exact sink (8) and window (128) that keep a pretrained LM's
     quality (SmolLM2-135M, 4 windows of 8192 tokens, one thread: perplexity +3.6% /
-    +4.9% with the last 15 / all 30 layers, in 0.93x / 0.76x the exact model's CPU
-    time; lm_eval_cpu_8k_bf16_s5.json), the budget schedule above 8192 keys and
-    bfloat16 sketched blocks where the CPU multiplies them natively; a verbatim copy
+    +5.0% with the last 15 / all 30 layers, in 0.82x / 0.62x the exact model's CPU
+    time; lm_eval_cpu_8k_bf16leaves_s5.json), the budget schedule above 8192 keys and
+    bfloat16 products where the CPU multiplies them natively; a verbatim copy
     from thousands of tokens back is still partly lost (docs/hyper.md).
     ``HyperConfig.paper()`` is the paper's estimator.
 

@@ -12,8 +12,9 @@ from .config import HyperConfig
 from .naive import hyper_noncausal, sampling_probabilities
 
 # Causal calls on CPU with fewer queries than this were not measured faster than SDPA with
-# the default config (BENCHMARKS.md, "CPU speed against SDPA", session 5, idle machine,
-# float32: 1.13-1.18x at 3072, 1.27-1.28x at 4096, 1.92-2.12x at 8192; at 2048 every
+# the default config (2049-3071 unmeasured; BENCHMARKS.md, "CPU speed against SDPA",
+# session 5, idle machine,
+# float32: 1.86-1.99x at 3072, 2.19-2.37x at 4096, 3.32-3.34x at 8192; at 2048 every
 # block is exact and the call falls back to exact attention): they warn (NoSpeedupWarning).
 CPU_CAUSAL_BREAK_EVEN = 3072
 # bfloat16 inputs (session 5, idle, SDPA in bfloat16: 0.69-0.87x at 4096, 1.07-1.18x at 8192,

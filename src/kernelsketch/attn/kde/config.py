@@ -16,10 +16,10 @@ class KDEConfig(SortLSHConfig):
     Defaults (chosen from measurements, BENCHMARKS.md): LSH blocks and AMM
     samples of 256 keys, exact causal blocks of up to 1024 keys, the always-exact
     sink (8) and window (128) that keep a pretrained LM's quality (SmolLM2-135M, 4
-    windows of 8192 tokens, one thread: perplexity +3.4% / +4.3% with the last 15 /
-    all 30 layers, in 0.96x / 0.80x the exact model's CPU time;
-    lm_eval_cpu_8k_bf16_s5.json), the budget schedule above 8192 keys and bfloat16
-    sketched blocks where the CPU multiplies them natively; a verbatim copy from
+    windows of 8192 tokens, one thread: perplexity +3.3% / +4.0% with the last 15 /
+    all 30 layers, in 0.87x / 0.72x the exact model's CPU time;
+    lm_eval_cpu_8k_bf16leaves_s5.json), the budget schedule above 8192 keys and
+    bfloat16 products where the CPU multiplies them natively; a verbatim copy from
     thousands of tokens back is still partly lost (docs/hyper.md).
 
     kde_samples : uniform samples used by the two density estimates (keys for

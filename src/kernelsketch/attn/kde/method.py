@@ -12,8 +12,9 @@ from .config import KDEConfig
 from .naive import amm_probabilities, kde_noncausal
 
 # Causal calls on CPU with fewer queries than this were not measured faster than SDPA with
-# the default config (BENCHMARKS.md, "CPU speed against SDPA", session 5, idle machine,
-# float32: 1.10-1.12x at 3072, 1.11-1.15x at 4096, 1.75-1.77x at 8192; at 2048 every
+# the default config (2049-3071 unmeasured; BENCHMARKS.md, "CPU speed against SDPA",
+# session 5, idle machine,
+# float32: 1.47-1.64x at 3072, 1.91-1.99x at 4096, 2.63x at 8192; at 2048 every
 # block is exact and the call falls back to exact attention): they warn (NoSpeedupWarning).
 CPU_CAUSAL_BREAK_EVEN = 3072
 # bfloat16 inputs (session 5, idle, SDPA in bfloat16: 0.91-0.98x at 8192, 1.33-1.34x at 16384,
