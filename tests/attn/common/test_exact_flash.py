@@ -582,3 +582,23 @@ def test_gather_rows_reads_views_and_their_fold(view, kv_heads, torch_generator)
     (grad,) = torch.autograd.grad((got * w).sum(), x)
     (want_grad,) = torch.autograd.grad((want * w).sum(), x)
     assert torch.equal(grad, want_grad) and grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("view", ["halves", "blocks", "heads", "row"])
+def test_batched_matmul_equals_matmul_on_views(view, torch_generator):
+    from kernelsketch.attn.common.gqa import batched_matmul
+
+    x = torch.randn(2, 6, 40, 5, dtype=torch.float64, generator=torch_generator,
+                    requires_grad=True)
+    xv = _views(x)[view]
+    small = torch.randn(*xv.shape[:2], 3, 5, dtype=torch.float64, generator=torch_generator)
+    w = torch.randn(5, 4, dtype=torch.float64, generator=torch_generator)
+    for a, b in ((xv, w), (small, xv.transpose(-1, -2)), (xv, small.transpose(-1, -2))):
+        got, want = batched_matmul(a, b), a @ b
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn(*xv.shape[:3], dtype=torch.float64, generator=torch_generator)
+    g = g[:, :, None].expand(-1, -1, 3, -1)
+    (grad,) = torch.autograd.grad((batched_matmul(small, xv.transpose(-1, -2)) * g).sum(), x)
+    (want_grad,) = torch.autograd.grad(((small @ xv.transpose(-1, -2)) * g).sum(), x)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-12, atol=1e-12)

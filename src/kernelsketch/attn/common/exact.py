@@ -16,6 +16,7 @@ Two building blocks used by every method:
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -269,6 +270,7 @@ def flash_applies(q: torch.Tensor) -> bool:
 SKETCH_DTYPES = ("auto", "input", "bfloat16")
 
 
+@functools.cache
 def native_bf16_cpu() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AMX tiles or AVX512-BF16), where
     SDPA's CPU flash kernel runs bfloat16 2.3x faster than float32 (BENCHMARKS.md)."""
@@ -278,9 +280,9 @@ def native_bf16_cpu() -> bool:
 
 
 def sketch_product_dtype(q: torch.Tensor, setting: str) -> torch.dtype:
-    """The dtype in which a sketched call multiplies queries, keys and values on the CPU
-    flash path: its sketched blocks and the causal recursion's exact leaves (softmax and
-    accumulation stay float32 inside the kernel).
+    """The dtype in which a sketched call multiplies queries, keys and values on CPU: its
+    sketched blocks on the fused flash path (one hash round) and the causal recursion's
+    exact leaves (softmax and accumulation stay float32 inside the kernel).
 
     ``setting`` (the LSH methods' ``sketch_dtype``): "input" keeps q's dtype;
     "bfloat16" rounds float32 inputs to bfloat16; "auto" does so on CPUs with native

@@ -36,9 +36,11 @@ class SortLSHConfig(MethodConfig):
         sink and window (one key tile of SDPA's CPU flash kernel) and leaves of 1024
         tokens (docs/hyper.md, "Budget schedule").
     sketch_dtype : "auto", "input" or "bfloat16": the dtype of a sketched call's products
-        (sketched blocks and the causal recursion's exact leaves) on the CPU flash path
-        for float32 inputs ("auto": bfloat16 where the CPU multiplies it natively;
-        :func:`~kernelsketch.attn.common.exact.sketch_product_dtype`).
+        on CPU for float32 inputs (the sketched blocks on the fused flash path, i.e. one
+        hash round, and the causal recursion's exact leaves; "auto": bfloat16 where the
+        CPU multiplies it natively; :func:`~kernelsketch.attn.common.exact.sketch_product_dtype`).
+        The context-parallel path (kernelsketch.distributed) multiplies its cross-rank
+        blocks in the input dtype; each rank's own causal block runs this method as is.
     """
 
     lsh_bits: int = 7
